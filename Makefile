@@ -1,0 +1,62 @@
+# A thin wrapper over invoke. Every recipe is one line calling the real tool.
+# make folds a failing command's exit status into 2: scripts that need the exact
+# status (0 ok, 1 a target failed, 2 bad manifest or usage) call .venv/bin/invoke.
+
+PYTHON ?= python3
+VENV := .venv
+ifeq ($(OS),Windows_NT)
+BIN := $(VENV)/Scripts
+else
+BIN := $(VENV)/bin
+endif
+STAMP := $(VENV)/.installed
+ARGS ?=
+BENCH_SIZE ?= 1024
+
+.DEFAULT_GOAL := help
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' && touch $(STAMP)
+
+.PHONY: help  ## list the targets
+help:
+	@grep -E '^\.PHONY: [a-z-]+ +## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z-]+) +## (.*)/  make \1\t\2/' | expand -t 20
+
+.PHONY: install  ## create .venv and install the pinned dependencies
+install: $(STAMP)
+
+.PHONY: backup  ## back up every target in backups.yml (ARGS="--only site --check")
+backup: $(STAMP)
+	$(BIN)/invoke backup $(ARGS)
+
+.PHONY: validate  ## check backups.yml without running it
+validate: $(STAMP)
+	$(BIN)/invoke validate $(ARGS)
+
+.PHONY: list  ## show the targets with their resolved settings
+list: $(STAMP)
+	$(BIN)/invoke list $(ARGS)
+
+.PHONY: verify  ## read every archive back in full (ARGS="--latest")
+verify: $(STAMP)
+	$(BIN)/invoke verify $(ARGS)
+
+.PHONY: prune  ## apply the keep: policies without a new archive (ARGS="--check")
+prune: $(STAMP)
+	$(BIN)/invoke prune $(ARGS)
+
+.PHONY: test  ## run the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+.PHONY: lint  ## ruff and mypy
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+.PHONY: bench  ## time this tool against the original script, zip and tar|zstd (BENCH_SIZE=MiB)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --size-mib $(BENCH_SIZE) $(ARGS)
+
+.PHONY: clean  ## remove .venv, caches and the benchmark's work folder
+clean:
+	$(PYTHON) -c "import shutil; [shutil.rmtree(p, ignore_errors=True) for p in ('$(VENV)', '.pytest_cache', '.mypy_cache', '.ruff_cache', '.hypothesis', 'benchmarks/work')]"

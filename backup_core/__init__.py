@@ -1,0 +1,3 @@
+"""Manifest-driven zip backups: validate, snapshot, zip, verify, rotate, report."""
+
+__version__ = "0.1.0"

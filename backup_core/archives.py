@@ -1,0 +1,129 @@
+"""Archive names, the archives of one target, and putting a finished archive in place.
+
+An archive is `<target>-<YYYYMMDDTHHMMSS>.<microseconds>Z.zip`: the target's name,
+then a UTC timestamp that sorts as text.  Only files matching a target's exact
+pattern are ever treated as its archives, so a person's own zips, another
+target's archives and the original script's files are never touched.
+Work in progress lives under `.<target>-<timestamp>Z.<what>.partial`, which no
+reader mistakes for a finished backup.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+_STAMP = "%Y%m%dT%H%M%S"
+_STAMP_PATTERN = r"(\d{8}T\d{6})\.(\d{6})Z"
+
+
+@dataclass(frozen=True, order=True)
+class Archive:
+    """A finished archive of a target, ordered by the time in its name."""
+
+    when: datetime
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def stamp(when: datetime) -> str:
+    return f"{when.astimezone(timezone.utc).strftime(_STAMP)}.{when.microsecond:06d}Z"
+
+
+def archive_name(target: str, when: datetime) -> str:
+    return f"{target}-{stamp(when)}.zip"
+
+
+def _pattern(target: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(target)}-{_STAMP_PATTERN}\.zip")
+
+
+def _partial_pattern(target: str) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(target)}-{_STAMP_PATTERN}\.[a-z0-9-]+\.partial")
+
+
+def parse_when(target: str, filename: str) -> datetime | None:
+    """The UTC time in an archive's name, or None when the name is not this target's."""
+    match = _pattern(target).fullmatch(filename)
+    if not match:
+        return None
+    try:
+        moment = datetime.strptime(match.group(1), _STAMP).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return moment.replace(microsecond=int(match.group(2)))
+
+
+def list_archives(destination: Path, target: str) -> list[Archive]:
+    """The target's finished archives in `destination`, oldest first."""
+    found = []
+    try:
+        names = os.listdir(destination)
+    except FileNotFoundError:
+        return []
+    for filename in names:
+        when = parse_when(target, filename)
+        if when is not None:
+            found.append(Archive(when, destination / filename))
+    return sorted(found)
+
+
+def next_time(now: datetime, existing: list[Archive]) -> datetime:
+    """`now`, or just after the newest archive when the clock has not moved past it.
+
+    Two runs in one microsecond, or a clock set back, must neither overwrite an
+    archive nor produce a name that sorts before one already made (rotation would
+    then delete the newest backup first).
+    """
+    if existing and existing[-1].when >= now:
+        return existing[-1].when + timedelta(microseconds=1)
+    return now
+
+
+def partial_path(destination: Path, target: str, when: datetime, what: str) -> Path:
+    return destination / f".{target}-{stamp(when)}.{what}.partial"
+
+
+def stale_partials(destination: Path, target: str) -> list[Path]:
+    """Work left by an interrupted run of this target (only call while holding its lock)."""
+    try:
+        names = os.listdir(destination)
+    except FileNotFoundError:
+        return []
+    pattern = _partial_pattern(target)
+    return [destination / name for name in names if pattern.fullmatch(name)]
+
+
+def place(partial: Path, final: Path) -> None:
+    """Atomically rename a finished archive into place, never over an existing file."""
+    if final.exists():
+        raise FileExistsError(f"{final} already exists")
+    for attempt in range(10):
+        try:
+            os.replace(partial, final)
+            break
+        except PermissionError:
+            # Windows: an indexer or virus scanner may hold the new file for a moment.
+            if sys.platform != "win32" or attempt == 9:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    sync_folder(final.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename or deletion in `folder` durable (POSIX; Windows has no folder handles)."""
+    if sys.platform == "win32":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

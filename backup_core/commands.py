@@ -1,0 +1,143 @@
+"""One function per command: load the manifest, pick targets, run, report, return the exit status.
+
+tasks.py only parses flags and calls these; they raise UsageError (exit 2) for a
+bad manifest or command line and otherwise return the status the results give.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import manifest as manifest_module
+from . import report, restore as restore_module, runner, selection
+from .errors import EXIT_OK, TargetError, UsageError
+from .manifest import Manifest, Target
+
+FORMATS = ("text", "json")
+
+
+def _load(manifest_path: Path | str) -> Manifest:
+    return manifest_module.load(Path(manifest_path))
+
+
+def _format(value: str) -> str:
+    if value not in FORMATS:
+        raise UsageError(f"--format {value}: choose one of {', '.join(FORMATS)}")
+    return value
+
+
+def run_targets(
+    command: str,
+    manifest_path: Path | str,
+    only: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    skip_tags: Iterable[str] | None = None,
+    check: bool = False,
+    force: bool = False,
+    jobs: int = 0,
+    output: str = "text",
+    verbose: bool = False,
+    log_file: str | None = None,
+    latest: bool = False,
+) -> int:
+    """backup, prune or verify the selected targets; return the exit status."""
+    output = _format(output)
+    if jobs < 0:
+        raise UsageError(f"--jobs {jobs}: give a number of targets to run at once, 1 or more")
+    loaded = _load(manifest_path)
+    targets = selection.select(loaded.targets, only, tags, skip_tags)
+    # In JSON mode stdout carries the document alone; people's text goes to stderr.
+    text = report.TextReporter(
+        sys.stderr if output == "json" else sys.stdout,
+        command,
+        check=check,
+        verbose=verbose,
+        log_file=Path(log_file) if log_file else None,
+    )
+    options = runner.Options(
+        check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text
+    )
+    text.begin(loaded.file, len(targets))
+    outcome = runner.run(command, loaded, targets, options)
+    text.end(outcome)
+    if output == "json":
+        report.print_json(outcome, sys.stdout)
+    return outcome.exit_code
+
+
+def validate(manifest_path: Path | str) -> int:
+    """Check a manifest without running it."""
+    loaded = _load(manifest_path)
+    count = len(loaded.targets)
+    print(f"{loaded.file.name}: valid, {count} target{'s' if count != 1 else ''}")
+    return EXIT_OK
+
+
+def list_targets(
+    manifest_path: Path | str,
+    only: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    skip_tags: Iterable[str] | None = None,
+    output: str = "text",
+) -> int:
+    """Show the targets a selection would run, with every resolved setting."""
+    output = _format(output)
+    loaded = _load(manifest_path)
+    targets = selection.select(loaded.targets, only, tags, skip_tags)
+    if output == "json":
+        print(json.dumps([t.settings() for t in targets], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for target in targets:
+        print(_describe_target(target))
+    return EXIT_OK
+
+
+def _describe_target(target: Target) -> str:
+    settings = target.settings()
+    lines = [f"{target.name}:"]
+    for key, value in settings.items():
+        if key == "name" or value in ([], {}, None) or value == {"before": [], "after": [], "on_failure": []}:
+            continue
+        shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+        shown = ", ".join(shown) if isinstance(shown, list) else shown
+        lines.append(f"  {key}: {shown}")
+    return "\n".join(lines)
+
+
+def restore(
+    manifest_path: Path | str,
+    target_name: str,
+    to: str | None,
+    archive: str | None = None,
+    member: str | None = None,
+    force: bool = False,
+) -> int:
+    """Restore a target's archive (the newest unless named) into a folder."""
+    if not to:
+        raise UsageError("restore needs --to DIR: the folder to restore into (it is created if missing)")
+    loaded = _load(manifest_path)
+    matches = [t for t in loaded.targets if t.name == target_name]
+    if not matches:
+        known = ", ".join(t.name for t in loaded.targets)
+        raise UsageError(f"no target named {target_name!r}; targets are: {known}")
+    target = matches[0]
+    try:
+        chosen = restore_module.choose_archive(target, archive)
+        done = restore_module.restore(chosen, Path(to), member=member, force=force)
+    except TargetError as exc:
+        print(f"failed: [{target.name}] => {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"failed: [{target.name}] => {exc.strerror or exc} ({exc.filename or to})", file=sys.stderr)
+        return TargetError.exit_code
+    for warning in done.warnings:
+        print(f"  [WARNING] [{target.name}] {warning}")
+    print(
+        f"restored: [{target.name}] => {chosen.name} -> {done.folder} "
+        f"({done.files} files, {done.directories} folders, {done.links} links, "
+        f"{done.databases} databases passed integrity_check)"
+    )
+    return EXIT_OK

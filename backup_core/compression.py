@@ -1,0 +1,68 @@
+"""Which deflate implementation compresses a member, and which members are not worth compressing.
+
+ISA-L's deflate (the `isal` package) is 7 to 10 times faster than zlib at a size
+close to zlib's level 6, writes the same standard deflate stream, and releases
+the GIL, so two threads use two cores.  Levels 4-9 fall back to zlib for
+operators who want the smallest archive whatever it costs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from pathlib import PurePath
+from typing import Any, Protocol
+
+try:  # Wheels exist for every mainstream platform; stay correct (if slower) without one.
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - exercised only where isal has no wheel
+    _isal = None
+
+
+class Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+    def flush(self, mode: int = ..., /) -> bytes: ...
+
+
+CompressorFactory = Callable[[], Compressor]
+
+# Raw deflate (no zlib header) is what a zip member holds.
+_RAW_DEFLATE = -15
+# A final, empty deflate block: ends a stream whose chunks were each closed with a sync flush.
+FINAL_BLOCK = zlib.compressobj(1, zlib.DEFLATED, _RAW_DEFLATE).flush()
+SYNC_FLUSH = zlib.Z_SYNC_FLUSH
+
+# Formats that are already compressed: deflating them costs time and saves nothing.
+STORED_SUFFIXES = frozenset(
+    """
+    .7z .aac .apk .avi .avif .br .bz2 .cab .deb .docx .epub .flac .gif .gz .heic .jar .jpeg .jpg
+    .lz .lz4 .lzma .lzo .m4a .m4v .mkv .mov .mp3 .mp4 .mpeg .mpg .odp .ods .odt .ogg .opus .png
+    .pptx .rar .rpm .tbz .tbz2 .tgz .txz .webm .webp .whl .woff .woff2 .xlsx .xz .zip .zst .zstd
+    """.split()
+)
+
+
+def compressor_factory(level: int) -> CompressorFactory | None:
+    """A factory of raw-deflate compressors for `level`, or None when level 0 asks to store."""
+    if level == 0:
+        return None
+    if level <= 3 and _isal is not None:
+        isal: Any = _isal
+        return lambda: isal.compressobj(level, isal.DEFLATED, _RAW_DEFLATE)  # type: ignore[no-any-return]
+    zlib_level = level if level > 3 else 1  # without isal, its fast levels map to zlib's fastest
+    return lambda: zlib.compressobj(zlib_level, zlib.DEFLATED, _RAW_DEFLATE)
+
+
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
+    """CRC-32 as zip stores it; ISA-L's is several times faster than zlib's."""
+    return (_isal.crc32 if _isal is not None else zlib.crc32)(data, value)
+
+
+def decompressor() -> Any:
+    """A raw-deflate decompressor (ISA-L's when available: it inflates faster)."""
+    return (_isal or zlib).decompressobj(_RAW_DEFLATE)
+
+
+def worth_compressing(name: str | PurePath) -> bool:
+    """False for formats that are already compressed, judged by the file's extension."""
+    return PurePath(name).suffix.lower() not in STORED_SUFFIXES

@@ -1,0 +1,49 @@
+"""Errors as values with a place, and the exit codes they map to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a target (or an archive, for verify) failed
+EXIT_USAGE = 2  # the manifest or the command line is wrong; nothing was done
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, located at a line and column."""
+
+    file: Path
+    line: int  # 1-based; 0 when the problem has no place in the file
+    column: int
+    where: str  # path to the key, e.g. targets[2].keep.last
+    message: str
+
+    def __str__(self) -> str:
+        place = f"{self.file.name}:{self.line}:{self.column}" if self.line else f"{self.file.name}"
+        return f"{place}: {self.where}: {self.message}" if self.where else f"{place}: {self.message}"
+
+
+class BackupError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(BackupError):
+    """The command line asks for something impossible (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ManifestError(UsageError):
+    """A manifest that cannot run; carries every problem found, sorted by place."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = sorted(problems, key=lambda p: (str(p.file), p.line, p.column, p.where))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class TargetError(BackupError):
+    """One target failed; the message is a sentence an operator can act on."""

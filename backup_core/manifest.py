@@ -1,0 +1,285 @@
+"""backups.yml → validated, resolved targets.
+
+The JSON Schema in schema/backups.schema.json is the one source of truth: it
+validates the manifest and supplies every default; this module adds only what
+a schema cannot say (duplicate names, variables, paths that swallow themselves).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from . import yaml_source
+from .errors import ManifestError, Problem
+from .yaml_source import Document, KeyPath
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "backups.schema.json"
+# Settings a target inherits from `defaults:`; the schema lists them under defaults.properties.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The manifest's JSON Schema."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def schema_default(setting: str) -> Any:
+    """The schema's default for a target setting (the single place defaults are written)."""
+    definition = schema()["definitions"][setting]
+    return json.loads(json.dumps(definition.get("default")))  # a fresh copy every time
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One command of a hook list."""
+
+    argv: tuple[str, ...] | None
+    command: str | None  # a command line for the platform shell, when asked for
+    timeout: float
+
+    def describe(self) -> str:
+        return self.command if self.command is not None else " ".join(self.argv or ())
+
+
+@dataclass(frozen=True)
+class Hooks:
+    before: tuple[Hook, ...] = ()
+    after: tuple[Hook, ...] = ()
+    on_failure: tuple[Hook, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """One resolved target: every setting filled in, every path absolute."""
+
+    name: str
+    path: Path
+    type: str
+    destination: Path
+    keep: dict[str, Any]
+    exclude: tuple[str, ...]
+    tags: tuple[str, ...]
+    compression_level: int
+    sqlite_check: str
+    busy_timeout: float
+    skip_unchanged: bool
+    lock_timeout: float
+    hooks: Hooks
+    line: int = 0
+
+    def settings(self) -> dict[str, Any]:
+        """The resolved settings as plain data (for `invoke list` and JSON output)."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "type": self.type,
+            "destination": str(self.destination),
+            "keep": self.keep,
+            "exclude": list(self.exclude),
+            "tags": list(self.tags),
+            "compression": {"level": self.compression_level},
+            "sqlite": {"check": self.sqlite_check, "busy_timeout": self.busy_timeout},
+            "skip_unchanged": self.skip_unchanged,
+            "lock_timeout": self.lock_timeout,
+            "hooks": {
+                when: [h.describe() for h in getattr(self.hooks, when)] for when in ("before", "after", "on_failure")
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    file: Path
+    targets: tuple[Target, ...]
+    jobs: int
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
+    """Read, validate and resolve a manifest; raise ManifestError listing every problem."""
+    file = Path(file).absolute()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError([Problem(file, 0, 0, "", "manifest not found; pass --manifest PATH")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError([Problem(file, 0, 0, "", f"cannot read the manifest: {_reason(exc)}")]) from None
+    document, problems = yaml_source.load(file, text)
+    if document is None:
+        raise ManifestError(problems)
+    problems += _schema_problems(document)
+    if problems:
+        raise ManifestError(problems)
+    manifest, problems = _resolve(document, os.environ if environ is None else environ)
+    if problems:
+        raise ManifestError(problems)
+    return manifest
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _schema_problems(document: Document) -> list[Problem]:
+    validator = jsonschema.Draft7Validator(schema())
+    problems = []
+    for error in validator.iter_errors(document.data):
+        problems.extend(_explain(document, error))
+    return problems
+
+
+def _explain(document: Document, error: jsonschema.ValidationError) -> list[Problem]:
+    """Turn one schema error into located sentences an operator can act on."""
+    path: KeyPath = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        problems = []
+        for key in error.instance:
+            if key in allowed:
+                continue
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(allowed)}"
+            problems.append(document.problem((*path, key), f"unknown key '{key}'; {suggestion}"))
+        return problems
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        deepest = jsonschema.exceptions.best_match(error.context)
+        return _explain(document, _rebase(deepest, error))
+    if error.validator == "type" and isinstance(error.instance, str):
+        wanted = error.validator_value
+        if wanted == "boolean":
+            return [document.problem(path, f"'{error.instance}' is not true or false; write true or false")]
+        return [document.problem(path, f"'{error.instance}' is a string, expected {wanted}")]
+    if error.validator == "pattern" and path and path[-1] == "name":
+        return [
+            document.problem(
+                path,
+                f"'{error.instance}' is not a safe name: use letters, digits, '-' and '_' "
+                "(at most 64, starting with a letter or digit)",
+            )
+        ]
+    if error.validator == "pattern" and path and path[-1] == "within":
+        return [document.problem(path, f"'{error.instance}' is not a duration like 36h, 14d, 8w, 6m or 1y")]
+    if error.validator == "minProperties" and path and path[-1] == "keep":
+        return [document.problem(path, "keep needs at least one rule (last, hourly, daily, ...), or it keeps nothing")]
+    return [document.problem(path, error.message)]
+
+
+def _rebase(child: jsonschema.ValidationError, parent: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    # Errors inside anyOf carry paths relative to the anyOf's instance.
+    child.path.extendleft(reversed(parent.absolute_path))
+    return child
+
+
+# --- resolution ---------------------------------------------------------------------------------
+
+
+def _resolve(document: Document, environ: Any) -> tuple[Manifest, list[Problem]]:
+    data = document.data
+    base = document.file.parent
+    defaults = data.get("defaults", {})
+    problems: list[Problem] = []
+    targets = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(data["targets"]):
+        here: KeyPath = ("targets", index)
+        name = raw["name"]
+        if name.lower() in seen:
+            problems.append(
+                document.problem(
+                    (*here, "name"), f"duplicate target name '{name}' (also targets[{seen[name.lower()]}])"
+                )
+            )
+        seen.setdefault(name.lower(), index)
+
+        def setting(key: str, raw: dict[str, Any] = raw) -> Any:
+            if key in raw:
+                return raw[key]
+            return defaults[key] if key in defaults else schema_default(key)
+
+        def source(key: str, raw: dict[str, Any] = raw) -> KeyPath:
+            return (*here, key) if key in raw else ("defaults", key)
+
+        path = _expand_path(document, setting("path"), source("path"), base, environ, problems)
+        destination = _expand_path(
+            document, setting("destination"), source("destination"), base, environ, problems
+        )
+        if path is not None and destination is not None and _is_within(destination, path):
+            problems.append(
+                document.problem(
+                    source("destination"),
+                    f"destination {destination} is inside the source {path}; "
+                    "the backup would swallow its own archives",
+                )
+            )
+        compression = {**schema_default("compression"), **setting("compression")}
+        sqlite = {**schema_default("sqlite"), **setting("sqlite")}
+        targets.append(
+            Target(
+                name=name,
+                path=path or Path(),
+                type=setting("type"),
+                destination=destination or Path(),
+                keep=dict(setting("keep")),
+                exclude=tuple(setting("exclude")),
+                tags=tuple(setting("tags")),
+                compression_level=compression["level"],
+                sqlite_check=sqlite["check"],
+                busy_timeout=float(sqlite["busy_timeout"]),
+                skip_unchanged=setting("skip_unchanged"),
+                lock_timeout=float(setting("lock_timeout")),
+                hooks=_hooks(setting("hooks") or {}),
+                line=document.place(here)[0],
+            )
+        )
+    jobs = data.get("jobs", schema()["properties"]["jobs"]["default"])
+    return Manifest(document.file, tuple(targets), jobs, _hooks(data.get("hooks") or {})), problems
+
+
+def _expand_path(
+    document: Document, value: str, where: KeyPath, base: Path, environ: Any, problems: list[Problem]
+) -> Path | None:
+    missing = [m.group(1) for m in _VARIABLE.finditer(value) if m.group(1) not in environ]
+    if missing:
+        names = ", ".join(f"${{{name}}}" for name in missing)
+        problems.append(document.problem(where, f"undefined environment variable {names}; set it or change the path"))
+        return None
+    expanded = _VARIABLE.sub(lambda m: environ[m.group(1)], value)
+    path = Path(expanded).expanduser()
+    return Path(os.path.abspath(base / path))
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    # Resolve links so an alias of the source folder is caught too.
+    inner, outer = inner.resolve(), outer.resolve()
+    return inner == outer or outer in inner.parents
+
+
+def _hooks(raw: dict[str, Any]) -> Hooks:
+    default_timeout = schema()["definitions"]["hook"]["anyOf"][1]["properties"]["timeout"]["default"]
+
+    def one(item: Any) -> Hook:
+        if isinstance(item, list):
+            return Hook(tuple(item), None, default_timeout)
+        run, timeout = item["run"], float(item.get("timeout", default_timeout))
+        if isinstance(run, str) and item.get("shell"):
+            return Hook(None, run, timeout)
+        if isinstance(run, str):
+            import shlex
+
+            return Hook(tuple(shlex.split(run)), None, timeout)
+        return Hook(tuple(run), None, timeout)
+
+    return Hooks(*(tuple(one(item) for item in raw.get(when, [])) for when in ("before", "after", "on_failure")))

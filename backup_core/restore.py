@@ -1,0 +1,170 @@
+"""Put an archive's contents back on disk, safely.
+
+Every member is checked before anything is written: names that would land
+outside the folder (`../`, absolute paths, drive letters, links pointing out)
+are refused, and existing files are left alone unless forced.  Each file is
+written under a temporary name and renamed into place, so a reader never sees a
+half-restored file; a restored database must pass its integrity check first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from . import archives, sqlite
+from .errors import TargetError, UsageError
+from .manifest import Target
+from .sources import SQLITE_HEADER
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_BLOCK = 1 << 20
+
+
+@dataclass
+class Restored:
+    archive: Path
+    folder: Path
+    files: int = 0
+    directories: int = 0
+    links: int = 0
+    databases: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def choose_archive(target: Target, name: str | None) -> Path:
+    """The named archive of `target`, or its newest."""
+    existing = archives.list_archives(target.destination, target.name)
+    if not existing:
+        raise TargetError(f"no archives of {target.name} in {target.destination}; nothing to restore")
+    if name is None:
+        return existing[-1].path
+    for archive in existing:
+        if archive.name == Path(name).name:
+            return archive.path
+    newest = ", ".join(a.name for a in existing[-3:])
+    raise UsageError(f"--archive {name}: not an archive of {target.name}; the newest are: {newest}")
+
+
+def restore(archive: Path, folder: Path, member: str | None = None, force: bool = False) -> Restored:
+    """Extract `archive` (or one member or subfolder of it) into `folder`."""
+    done = Restored(archive, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder.resolve()
+    try:
+        directory = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise TargetError(f"cannot open {archive.name}: {exc}") from None
+    with directory:
+        chosen = _choose(directory.infolist(), member, archive)
+        plan = [(info, _destination(root, info)) for info in chosen]
+        if not force:
+            clashes = [str(path) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
+            if clashes:
+                more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
+                raise UsageError(f"{clashes[0]}{more} already exist(s); pass --force to overwrite")
+        for info, path in plan:
+            _extract(directory, info, path, root, done)
+    return done
+
+
+def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> list[zipfile.ZipInfo]:
+    if member is None:
+        return infos
+    wanted = member.strip("/")
+    chosen = [i for i in infos if i.filename.rstrip("/") == wanted or i.filename.startswith(wanted + "/")]
+    if not chosen:
+        raise UsageError(f"--member {member}: no such file or folder in {archive.name}")
+    return chosen
+
+
+def _destination(root: Path, info: zipfile.ZipInfo) -> Path:
+    name = info.filename
+    parts = PurePosixPath(name).parts
+    if (
+        name.startswith(("/", "\\"))
+        or "\\" in name
+        or _DRIVE.match(name)
+        or ".." in parts
+        or any(":" in part for part in parts)
+        or not parts
+    ):
+        raise TargetError(f"refusing unsafe member name {name!r}: it would land outside {root}")
+    path = root.joinpath(*parts)
+    # Resolve links already on disk (including ones this restore made) so none leads out.
+    if not _inside(root, path.parent.resolve()):
+        raise TargetError(f"refusing member {name!r}: a link on its way leads outside {root}")
+    return path
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root: Path, done: Restored) -> None:
+    mode = info.external_attr >> 16
+    mtime = datetime(*info.date_time).timestamp()
+    if info.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        done.directories += 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if stat.S_ISLNK(mode):
+        link = directory.read(info).decode("utf-8", "surrogateescape")
+        if os.path.isabs(link) or _DRIVE.match(link) or not _inside(root, (path.parent / link).resolve()):
+            raise TargetError(f"refusing link {info.filename!r} -> {link!r}: it points outside {root}")
+        if os.path.lexists(path):
+            path.unlink()
+        try:
+            os.symlink(link, path)
+            done.links += 1
+        except OSError as exc:  # Windows without the privilege to make links
+            done.warnings.append(f"could not make link {info.filename} -> {link}: {exc.strerror or exc}")
+        return
+    partial = path.with_name(f".{path.name}.restore-partial")
+    try:
+        with directory.open(info) as source, partial.open("wb") as copy:
+            head = source.read(_BLOCK)
+            is_database = head[:16] == SQLITE_HEADER
+            while head:
+                copy.write(head)
+                head = source.read(_BLOCK)
+            copy.flush()
+            os.fsync(copy.fileno())
+        if is_database:
+            found = sqlite.check(partial, "integrity")
+            if found:
+                raise TargetError(f"restored database {info.filename} fails integrity_check: {found}")
+            # A stale -wal beside the old database would be replayed into the restored one.
+            for suffix in ("-wal", "-shm", "-journal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            done.databases += 1
+        if stat.S_IMODE(mode):
+            os.chmod(partial, stat.S_IMODE(mode))
+        os.utime(partial, (mtime, _member_mtime(info, mtime)))
+        if path.is_dir() and not path.is_symlink():
+            raise TargetError(f"cannot restore file {info.filename}: a folder of that name exists in {root}")
+        os.replace(partial, path)
+        done.files += 1
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise TargetError(f"{info.filename} in {directory.filename}: {exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{partial}{suffix}").unlink(missing_ok=True)
+
+
+def _member_mtime(info: zipfile.ZipInfo, fallback: float) -> float:
+    """The exact UTC time from the extended-timestamp field, else the DOS (local, 2 s) time."""
+    extra = info.extra
+    while len(extra) >= 4:
+        kind, size = int.from_bytes(extra[:2], "little"), int.from_bytes(extra[2:4], "little")
+        if kind == 0x5455 and size >= 5 and extra[4] & 1:
+            return int.from_bytes(extra[5:9], "little", signed=True)
+        extra = extra[4 + size :]
+    return fallback

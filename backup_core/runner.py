@@ -1,0 +1,380 @@
+"""Run the selected targets: back up, prune or verify each, and collect one result per target.
+
+Every target runs even when an earlier one fails; each holds a lock on its own
+archives while it works; results come back in manifest order whatever order the
+targets finished in.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import filelock
+
+from . import archives, fingerprint, hooks, retention, sources, sqlite
+from .archives import Archive
+from .compression import compressor_factory
+from .errors import BackupError, TargetError
+from .manifest import Hooks, Manifest, Target
+from .results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
+from .verify import verify_archive
+from .zipwriter import ZipWriter
+
+NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
+
+
+class Observer(Protocol):
+    """What a reporter hears while a run goes on (results themselves come back as data)."""
+
+    wants_totals: bool
+
+    def started(self, target: Target, total_bytes: int | None) -> None: ...
+    def advanced(self, target: Target, done_bytes: int) -> None: ...
+    def file(self, target: Target, name: str) -> None: ...
+    def finished(self, result: TargetResult) -> None: ...
+
+
+class _Silent:
+    wants_totals = False
+
+    def started(self, target: Target, total_bytes: int | None) -> None: ...
+    def advanced(self, target: Target, done_bytes: int) -> None: ...
+    def file(self, target: Target, name: str) -> None: ...
+    def finished(self, result: TargetResult) -> None: ...
+
+
+@dataclass
+class Options:
+    check: bool = False  # preview only: write, delete and lock nothing
+    force: bool = False  # archive even when the source is unchanged
+    jobs: int = 1
+    latest: bool = False  # verify: only the newest archive of each target
+    observer: Observer = _Silent()
+
+
+def utc_now() -> datetime:
+    """The current UTC time, or the time in $BACKUP_NOW."""
+    fixed = os.environ.get(NOW_VARIABLE)
+    if fixed:
+        moment = datetime.fromisoformat(fixed.replace("Z", "+00:00"))
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return datetime.now(timezone.utc)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def run(command: str, manifest: Manifest, targets: list[Target], options: Options) -> RunResult:
+    """Run `command` (backup, prune or verify) on `targets`; never raises for a target's failure."""
+    per_target: dict[str, Callable[[Target, Options], list[TargetResult]]] = {
+        "backup": lambda t, o: [backup_target(t, o)],
+        "prune": lambda t, o: [prune_target(t, o)],
+        "verify": verify_target,
+    }
+    work = per_target[command]
+    outcome = RunResult(command, manifest.file, options.check, order=[t.name for t in targets])
+    started = time.monotonic()
+    run_hooks = manifest.hooks if command == "backup" and not options.check else Hooks()
+    try:
+        hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "started"})
+    except TargetError as exc:
+        outcome.errors.append(f"run not started: {exc}")
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def one(target: Target) -> list[TargetResult]:
+        results = work(target, options)
+        for result in results:
+            options.observer.finished(result)
+        return results
+
+    with ThreadPoolExecutor(max(1, min(options.jobs, len(targets)))) as pool:
+        for results in pool.map(one, targets):
+            outcome.results.extend(results)
+    phase, commands = ("on_failure", run_hooks.on_failure) if outcome.failed else ("after", run_hooks.after)
+    try:
+        status = FAILED if outcome.failed else "ok"
+        hooks.run_hooks(phase, commands, {"BACKUP_STATUS": status})
+    except TargetError as exc:
+        outcome.errors.append(str(exc))
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _describe(exc: BaseException, target: Target) -> str:
+    """A known failure as one sentence; OS errors named by what they mean to an operator."""
+    if isinstance(exc, BackupError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename or target.destination
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"disk full writing to {target.destination}; free some space or choose another destination"
+        if isinstance(exc, PermissionError):
+            return f"permission denied on {where}; fix its permissions or run as a user that can use it"
+        if exc.errno == errno.EROFS:
+            return f"{where} is on a read-only file system; choose another destination"
+        return f"{exc.strerror or exc} ({where})"
+    return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
+    """Hold this target's lock; yield False (and mark the result skipped) when another run has it."""
+    target.destination.mkdir(parents=True, exist_ok=True)
+    # One lock per destination and target: two targets sharing a folder never wait on each other.
+    lock = filelock.FileLock(target.destination / f".{target.name}.lock")
+    try:
+        lock.acquire(timeout=target.lock_timeout)
+    except filelock.Timeout:
+        result.status = SKIPPED
+        waited = f" after waiting {target.lock_timeout:g}s" if target.lock_timeout else ""
+        result.reason = f"another run is working on this target{waited} (lock_timeout to wait longer)"
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def _guarded(target: Target, result: TargetResult, body: Callable[[], None]) -> TargetResult:
+    started = time.monotonic()
+    try:
+        body()
+    except (BackupError, OSError) as exc:
+        result.fail(_describe(exc, target))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# --- backup --------------------------------------------------------------------------------------
+
+
+def backup_target(target: Target, options: Options) -> TargetResult:
+    """Archive one target, then rotate its old archives; failures become the result's error."""
+    result = TargetResult(target.name)
+
+    def body() -> None:
+        kind = sources.kind_of(target.path, target.type)
+        if options.check:
+            _preview(target, kind, result)
+            return
+        with _locked(target, result) as held:
+            if not held:
+                return
+            variables = _hook_variables(target, result)
+            try:
+                hooks.run_hooks("before", target.hooks.before, variables)
+                _archive(target, kind, options, result)
+                if result.status == CHANGED:
+                    _rotate(target, result)
+            except (BackupError, OSError) as exc:
+                result.fail(_describe(exc, target))
+                hooks_to_run, when = target.hooks.on_failure, "on_failure"
+            else:
+                hooks_to_run, when = target.hooks.after, "after"
+            try:
+                hooks.run_hooks(when, hooks_to_run, _hook_variables(target, result))
+            except TargetError as exc:
+                kept = f"; the archive {result.archive.name} is kept" if result.archive else ""
+                result.fail(f"{exc}{kept}" if result.status != FAILED else f"{result.error}; also {exc}")
+
+    return _guarded(target, result, body)
+
+
+def _hook_variables(target: Target, result: TargetResult) -> dict[str, str]:
+    return {
+        "BACKUP_TARGET": target.name,
+        "BACKUP_SOURCE": str(target.path),
+        "BACKUP_DESTINATION": str(target.destination),
+        "BACKUP_STATUS": result.status,
+        "BACKUP_ARCHIVE": str(result.archive or ""),
+        "BACKUP_ERROR": result.error or "",
+    }
+
+
+def _archive(target: Target, kind: str, options: Options, result: TargetResult) -> None:
+    destination, observer = target.destination, options.observer
+    for stale in archives.stale_partials(destination, target.name):
+        stale.unlink(missing_ok=True)
+    existing = archives.list_archives(destination, target.name)
+    when = archives.next_time(utc_now(), existing)
+    partial = archives.partial_path(destination, target.name, when, "zip")
+    final = destination / archives.archive_name(target.name, when)
+    total = (
+        sum(e.stat.st_size for e in sources.entries(target.path, kind, target.exclude))
+        if observer.wants_totals else None
+    )  # fmt: skip
+    observer.started(target, total)
+    snapshots: list[Path] = []
+    try:
+        with _create_private(partial) as file:
+            writer = ZipWriter(
+                file, compressor_factory(target.compression_level), on_progress=lambda n: observer.advanced(target, n)
+            )
+            try:
+                for entry in sources.entries(target.path, kind, target.exclude):
+                    observer.file(target, entry.name)
+                    _add(writer, entry, target, destination, when, snapshots, result)
+                stats = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            file.flush()
+            os.fsync(file.fileno())
+        result.files, result.directories = stats.files, stats.directories
+        result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
+        verdict = verify_archive(partial)
+        if not verdict.ok:
+            raise TargetError(f"the new archive failed its read-back check: {verdict.problems[0]}")
+        if target.skip_unchanged and not options.force and existing and _same_content(partial, existing[-1].path):
+            result.status, result.archive = OK, existing[-1].path
+            result.reason = f"unchanged since {existing[-1].name}"
+            return
+        archives.place(partial, final)
+        result.status, result.archive = CHANGED, final
+    finally:
+        for path in (partial, *snapshots):
+            for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
+                leftover.unlink(missing_ok=True)
+
+
+def _add(
+    writer: ZipWriter,
+    entry: sources.Entry,
+    target: Target,
+    destination: Path,
+    when: datetime,
+    snapshots: list[Path],
+    result: TargetResult,
+) -> None:
+    if entry.kind == "dir":
+        writer.add_directory(entry.name, entry.stat)
+    elif entry.kind == "link":
+        writer.add_symlink(entry.name, os.readlink(entry.path), entry.stat)
+    elif entry.kind == "file":
+        writer.add_file(entry.name, entry.path, entry.stat)
+    else:
+        copy = archives.partial_path(destination, target.name, when, f"sqlite{len(snapshots)}")
+        snapshots.append(copy)
+        with _create_private(copy):
+            pass  # created empty with mode 0600 before SQLite writes secrets into it
+        sqlite.snapshot(entry.path, copy, target.busy_timeout)
+        found = sqlite.check(copy, target.sqlite_check)
+        if found:
+            raise TargetError(
+                f"the snapshot of {entry.path} failed PRAGMA {sqlite.CHECK_PRAGMAS[target.sqlite_check]}: "
+                f"{found}; the database itself may be damaged"
+            )
+        copied = copy.stat()
+        # Archive the snapshot under the live database's name, mode and time.
+        st = os.stat_result((entry.stat.st_mode, 0, 0, 1, 0, 0, copied.st_size, 0, entry.stat.st_mtime, 0))
+        writer.add_file(entry.name, copy, st)
+        result.databases += 1
+
+
+@contextmanager
+def _create_private(path: Path) -> Iterator[BinaryIO]:
+    """Create `path` new, readable by its owner only (archives hold secrets), buffered for writing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(path, flags, 0o600)
+    with os.fdopen(descriptor, "wb", buffering=1 << 20) as file:
+        yield file
+
+
+def _same_content(new: Path, old: Path) -> bool:
+    try:
+        return fingerprint.of_archive(new) == fingerprint.of_archive(old)
+    except (OSError, ValueError):
+        return False  # an unreadable old archive is no reason to skip a backup
+
+
+def _rotate(target: Target, result: TargetResult) -> None:
+    """Delete this target's archives that its policy no longer keeps (never the new one)."""
+    existing = archives.list_archives(target.destination, target.name)
+    _, doomed = retention.split(existing, _when, target.keep)
+    for archive in doomed:
+        if archive.path == result.archive:  # cannot happen: the newest is always kept
+            continue
+        archive.path.unlink(missing_ok=True)
+        result.deleted.append(archive.name)
+    if doomed:
+        archives.sync_folder(target.destination)
+
+
+def _when(archive: Archive) -> datetime:
+    return archive.when
+
+
+def _preview(target: Target, kind: str, result: TargetResult) -> None:
+    """Check mode: what a backup would archive and delete, touching nothing."""
+    for entry in sources.entries(target.path, kind, target.exclude):
+        if entry.kind in ("file", "sqlite"):
+            result.files += 1
+            result.bytes_in += entry.stat.st_size
+            result.databases += entry.kind == "sqlite"
+        elif entry.kind == "dir":
+            result.directories += 1
+    existing = archives.list_archives(target.destination, target.name)
+    planned = Archive(archives.next_time(utc_now(), existing), target.destination / "(new archive)")
+    _, doomed = retention.split([*existing, planned], _when, target.keep)
+    result.deleted = [a.name for a in doomed]
+    result.status = CHANGED
+    result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")
+
+
+# --- prune ---------------------------------------------------------------------------------------
+
+
+def prune_target(target: Target, options: Options) -> TargetResult:
+    """Apply the target's retention policy without making a new archive."""
+    result = TargetResult(target.name)
+
+    def body() -> None:
+        existing = archives.list_archives(target.destination, target.name)
+        _, doomed = retention.split(existing, _when, target.keep)
+        if options.check:
+            result.deleted = [a.name for a in doomed]
+            result.status, result.reason = (CHANGED if doomed else OK), "would prune"
+            return
+        if not doomed:
+            result.reason = f"{len(existing)} archive(s), nothing to prune"
+            return
+        with _locked(target, result) as held:
+            if held:
+                result.status = CHANGED
+                _rotate(target, result)
+
+    return _guarded(target, result, body)
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+
+def verify_target(target: Target, options: Options) -> list[TargetResult]:
+    """Read back every archive of the target (or the newest); one result per archive."""
+    existing = archives.list_archives(target.destination, target.name)
+    if not existing:
+        result = TargetResult(target.name)
+        result.fail(f"no archives of {target.name} in {target.destination}; run a backup first")
+        return [result]
+    how = target.sqlite_check if target.sqlite_check != "none" else "integrity"
+    results = []
+    for archive in existing[-1:] if options.latest else existing:
+        started = time.monotonic()
+        verdict = verify_archive(archive.path, sqlite_check=how)
+        result = TargetResult(target.name, OK, archive.path, files=verdict.members, databases=verdict.databases)
+        result.bytes_in, result.seconds = verdict.bytes, time.monotonic() - started
+        if not verdict.ok:
+            result.fail("; ".join(verdict.problems[:3]) + (" ..." if len(verdict.problems) > 3 else ""))
+        results.append(result)
+    return results

@@ -1,0 +1,128 @@
+"""What a target's path holds: the entries to archive, in a stable order.
+
+A folder is walked with os.scandir, sorted by name so archives are reproducible.
+Symbolic links are archived as links (never followed): following them could
+leave the tree, loop, or archive the same data twice.  SQLite databases are
+recognised by their header, not their name, and their -wal, -shm and -journal
+companions are left out because the database is archived as a snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from .errors import TargetError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing to archive: a folder, a link, a file or a database."""
+
+    name: str  # the member name: relative, forward slashes
+    path: Path
+    kind: str  # "dir", "link", "file" or "sqlite"
+    stat: os.stat_result
+
+
+def is_sqlite(path: Path, st: os.stat_result | None = None) -> bool:
+    """True when `path` starts with the SQLite header."""
+    st = st or path.stat()
+    # Every database file is a whole number of pages of at least 512 bytes; checking
+    # the size first spares opening every file of a large tree.
+    if st.st_size < 512 or st.st_size % 512:
+        return False
+    try:
+        with path.open("rb") as source:
+            return source.read(16) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def kind_of(path: Path, declared: str) -> str:
+    """Resolve a target's type ("auto" becomes file, folder or sqlite); fail on a missing path."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise TargetError(f"source not found: {path}; check the path in the manifest") from None
+    except PermissionError:
+        raise TargetError(f"permission denied on {path}; run as a user that can read it") from None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = path.stat()  # a target that is itself a link is followed: the operator named it
+        except FileNotFoundError:
+            raise TargetError(f"source {path} is a link to nothing; check the path in the manifest") from None
+    actual = "folder" if stat.S_ISDIR(st.st_mode) else "file"
+    if declared == "folder" and actual != "folder":
+        raise TargetError(f"source {path} is not a folder but the manifest says type: folder")
+    if declared in ("file", "sqlite") and actual == "folder":
+        raise TargetError(f"source {path} is a folder but the manifest says type: {declared}")
+    if declared == "sqlite":
+        if not is_sqlite(path, st):
+            raise TargetError(f"source {path} is not an SQLite database (no SQLite header)")
+        return "sqlite"
+    if declared == "auto" and actual == "file" and is_sqlite(path, st):
+        return "sqlite"
+    return actual
+
+
+def entries(path: Path, kind: str, exclude: tuple[str, ...] = ()) -> Iterator[Entry]:
+    """Yield what to archive for a target whose path is of `kind`."""
+    if kind != "folder":
+        yield Entry(path.name, path, kind, path.stat())
+        return
+    yield from _walk(path, "", exclude)
+
+
+def _excluded(relative: str, name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(relative if "/" in p else name, p.rstrip("/")) for p in patterns)
+
+
+def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry]:
+    try:
+        with os.scandir(folder) as scan:
+            listing = sorted(scan, key=lambda e: e.name)
+    except PermissionError:
+        raise TargetError(f"permission denied listing {folder}; fix its permissions or add it to exclude") from None
+    except FileNotFoundError:
+        if prefix:
+            return  # a subfolder removed while we walked: nothing left to archive
+        raise TargetError(f"source not found: {folder}; check the path in the manifest") from None
+    databases: set[str] = set()
+    regular: list[tuple[os.DirEntry[str], os.stat_result, str]] = []
+    for entry in listing:
+        relative = prefix + entry.name
+        if _excluded(relative, entry.name, exclude):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # vanished between listing and stat
+        if stat.S_ISDIR(st.st_mode):
+            regular.append((entry, st, relative))
+        elif stat.S_ISLNK(st.st_mode):
+            regular.append((entry, st, relative))
+        elif stat.S_ISREG(st.st_mode):
+            if is_sqlite(Path(entry.path), st):
+                databases.add(entry.name)
+            regular.append((entry, st, relative))
+        # sockets, fifos and devices are not data: skipped
+    for entry, st, relative in regular:
+        name = entry.name
+        if any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
+            continue
+        path = Path(entry.path)
+        if stat.S_ISDIR(st.st_mode):
+            yield Entry(relative + "/", path, "dir", st)
+            yield from _walk(path, relative + "/", exclude)
+        elif stat.S_ISLNK(st.st_mode):
+            yield Entry(relative, path, "link", st)
+        else:
+            yield Entry(relative, path, "sqlite" if name in databases else "file", st)

@@ -1,0 +1,88 @@
+"""Consistent snapshots of live SQLite databases, and their integrity checks.
+
+Copying `data.db` (even with its -wal and -shm) while an application writes can
+miss every transaction still in the WAL or capture torn pages.  SQLite's online
+backup API copies the database as one transaction sees it.  It is run in one
+step (pages=-1): copied in small steps, the backup restarts whenever another
+connection commits and, under a steady writer, never finishes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from .errors import TargetError
+
+CHECK_PRAGMAS = {"integrity": "integrity_check", "quick": "quick_check"}
+
+
+def snapshot(source: Path, destination: Path, busy_timeout: float) -> None:
+    """Copy the live database `source` into the new file `destination`, consistently."""
+    if not source.is_file():
+        # mode=ro never creates a file, but say plainly what is wrong.
+        raise TargetError(f"database not found: {source}; check the path in the manifest")
+    deadline = time.monotonic() + busy_timeout
+    # Read-only: the backup never writes to the live database or checkpoints its WAL.
+    uri = f"{source.resolve().as_uri()}?mode=ro"
+    try:
+        live = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise TargetError(f"cannot open database {source}: {exc}") from None
+    try:
+        _begin_read(live, source, busy_timeout, deadline)
+        copy = sqlite3.connect(destination, isolation_level=None)
+        try:
+            # The read transaction begun above pins one consistent view for the whole copy.
+            live.backup(copy, pages=-1)
+        finally:
+            copy.close()
+    except sqlite3.Error as exc:
+        raise TargetError(f"snapshot of {source} failed: {exc}") from None
+    finally:
+        live.close()
+
+
+def _begin_read(live: sqlite3.Connection, source: Path, busy_timeout: float, deadline: float) -> None:
+    # Taking the read lock ourselves, under the busy timeout, turns a locked database into
+    # a clear failure: the backup API would otherwise retry a busy source forever.
+    while True:
+        try:
+            live.execute("BEGIN")
+            live.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            live.execute("ROLLBACK") if live.in_transaction else None
+            message = str(exc)
+            if ("locked" in message or "busy" in message) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            if "locked" in message or "busy" in message:
+                raise TargetError(
+                    f"database {source} stayed locked for {busy_timeout:g}s; "
+                    "retry later or raise sqlite.busy_timeout"
+                ) from None
+            if "not a database" in message or "malformed" in message:
+                raise TargetError(f"{source} is not a usable SQLite database: {message}") from None
+            raise TargetError(f"cannot read database {source}: {message}") from None
+
+
+def check(database: Path, how: str) -> str | None:
+    """Run the configured check on a private copy; None when it passes, else what it found."""
+    if how == "none":
+        return None
+    try:
+        # Read-write on purpose: a copy of a WAL database needs its -shm to be opened, and
+        # SQLite removes the -wal and -shm it made when this, the only connection, closes.
+        connection = sqlite3.connect(database)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        rows = connection.execute(f"PRAGMA {CHECK_PRAGMAS[how]}").fetchall()
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        connection.close()
+    found = [str(row[0]) for row in rows]
+    return None if found == ["ok"] else "; ".join(found[:3])

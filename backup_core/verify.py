@@ -1,0 +1,132 @@
+"""Read an archive back in full and say whether every member is intact.
+
+Python's `zipfile` parses the central directory (so a standard reader must
+accept the archive); each member's data is then read from disk, inflated and
+checked against its recorded CRC-32 and size.  SQLite members can also be
+extracted to a private folder and put through an integrity check.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from . import sqlite
+from .compression import crc32, decompressor
+from .sources import SQLITE_HEADER
+
+_BLOCK = 1 << 20
+
+
+@dataclass
+class Verdict:
+    """What reading an archive found."""
+
+    archive: Path
+    members: int = 0
+    databases: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
+    """Check every member's data; with sqlite_check, also every SQLite member's integrity."""
+    verdict = Verdict(archive)
+    try:
+        with zipfile.ZipFile(archive) as directory:
+            infos = sorted(directory.infolist(), key=lambda info: info.header_offset)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
+        verdict.problems.append(f"not a readable zip archive (truncated or damaged?): {exc}")
+        return verdict
+    except OSError as exc:
+        verdict.problems.append(f"cannot read: {exc.strerror or exc}")
+        return verdict
+    scratch = Path(tempfile.mkdtemp(prefix="verify-")) if sqlite_check != "none" else None
+    try:
+        with archive.open("rb") as source:
+            for info in infos:
+                verdict.members += 1
+                problem = _check_member(source, archive, info, verdict, scratch, sqlite_check)
+                if problem:
+                    verdict.problems.append(f"{info.filename}: {problem}")
+    except OSError as exc:
+        verdict.problems.append(f"cannot read: {exc.strerror or exc}")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return verdict
+
+
+def _check_member(
+    source: BinaryIO, archive: Path, info: zipfile.ZipInfo, verdict: Verdict, scratch: Path | None, how: str
+) -> str | None:
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return _check_with_zipfile(archive, info)
+    source.seek(info.header_offset)
+    header = source.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        return "local header missing or damaged"
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    source.seek(info.header_offset + 30 + name_length + extra_length)
+    inflater = decompressor() if info.compress_type == zipfile.ZIP_DEFLATED else None
+    remaining, crc, size = info.compress_size, 0, 0
+    copy: BinaryIO | None = None
+    try:
+        while remaining:
+            block = source.read(min(remaining, _BLOCK))
+            if not block:
+                return "data cut short (truncated archive)"
+            remaining -= len(block)
+            data = inflater.decompress(block) if inflater else block
+            if scratch is not None and size == 0 and data[:16] == SQLITE_HEADER and not info.is_dir():
+                copy = (scratch / f"member-{verdict.members}.db").open("wb")
+            crc, size = crc32(data, crc), size + len(data)
+            if copy is not None:
+                copy.write(data)
+        if inflater is not None:
+            tail = inflater.flush()
+            crc, size = crc32(tail, crc), size + len(tail)
+            if copy is not None:
+                copy.write(tail)
+            if not inflater.eof:
+                return "compressed data ends early"
+    except zlib.error as exc:
+        return f"compressed data is damaged ({exc})"
+    except Exception as exc:  # isal raises its own error type for damaged streams
+        if type(exc).__name__ != "IsalError":
+            raise
+        return f"compressed data is damaged ({exc})"
+    finally:
+        if copy is not None:
+            copy.close()
+    verdict.bytes += size
+    if size != info.file_size:
+        return f"size is {size} bytes, the directory says {info.file_size}"
+    if crc != info.CRC:
+        return f"CRC mismatch (stored {info.CRC:08x}, data gives {crc:08x}): the archive is damaged"
+    if copy is not None:
+        verdict.databases += 1
+        found = sqlite.check(Path(copy.name), how)
+        if found:
+            return f"SQLite {sqlite.CHECK_PRAGMAS[how]} failed: {found}"
+    return None
+
+
+def _check_with_zipfile(archive: Path, info: zipfile.ZipInfo) -> str | None:
+    try:
+        with zipfile.ZipFile(archive) as directory, directory.open(info) as member:
+            while member.read(_BLOCK):
+                pass
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
+        return str(exc)
+    return None

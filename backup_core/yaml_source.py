@@ -1,0 +1,143 @@
+"""Read YAML without PyYAML's silent conversions, keeping where every value came from.
+
+PyYAML (YAML 1.1) turns `no` into False, `0755` into 493, `12:30` into 750 and
+`2024-01-01` into a date, and keeps the last of two duplicate keys.  A backup
+manifest must never mean something other than what the operator typed, so this
+loader resolves only what YAML 1.2's core schema resolves (true/false, decimal
+numbers, null) and leaves everything else a string for the schema to judge.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import Problem
+
+Location = tuple[int, int]  # 1-based line and column
+KeyPath = tuple[str | int, ...]
+
+
+class _CoreResolver(yaml.resolver.Resolver):
+    """YAML 1.2 core schema resolution: nothing implicit beyond bool, int, float, null."""
+
+
+_CoreResolver.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^[-+]?[0-9]+$", "-+0123456789"),
+    ("float", r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$", "-+.0123456789"),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+):
+    _CoreResolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first))
+
+
+class _Composer(
+    yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _CoreResolver
+):
+    def __init__(self, text: str) -> None:
+        yaml.reader.Reader.__init__(self, text)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        _CoreResolver.__init__(self)
+
+
+_OCTAL_LOOKING = re.compile(r"^0[0-9]+$")
+
+
+class Document:
+    """A parsed YAML document: plain Python data plus the place of every value and key."""
+
+    def __init__(self, file: Path, data: Any, places: dict[KeyPath, Location]):
+        self.file = file
+        self.data = data
+        self._places = places
+
+    def place(self, path: KeyPath) -> Location:
+        """Line and column of the value at `path`, or of its nearest located parent."""
+        while path not in self._places and path:
+            path = path[:-1]
+        return self._places.get(path, (0, 0))
+
+    def problem(self, path: KeyPath, message: str) -> Problem:
+        line, column = self.place(path)
+        return Problem(self.file, line, column, format_path(path), message)
+
+
+def format_path(path: KeyPath) -> str:
+    """targets[2].keep.last, the way an operator reads a key path."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def load(file: Path, text: str) -> tuple[Document | None, list[Problem]]:
+    """Parse `text`; return the document and every problem found (syntax stops at the first)."""
+    try:
+        node = _Composer(text).get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        reason = exc.problem or exc.context or "invalid YAML"
+        return None, [Problem(file, line, column, "", f"YAML syntax error: {reason}")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(file, 0, 0, "", f"YAML error: {exc}")]
+    places: dict[KeyPath, Location] = {}
+    problems: list[Problem] = []
+    data = _build(file, node, (), places, problems) if node is not None else None
+    return Document(file, data, places), problems
+
+
+def _build(
+    file: Path, node: yaml.Node, path: KeyPath, places: dict[KeyPath, Location], problems: list[Problem]
+) -> Any:
+    places[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(file, node, path, problems)
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(file, item, (*path, i), places, problems) for i, item in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            here = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                problems.append(Problem(file, *here, format_path(path), "keys must be plain words (no merge keys)"))
+                continue
+            key = str(key_node.value)
+            if key in result:
+                first = places[(*path, key)]
+                problems.append(
+                    Problem(
+                        file, *here, format_path((*path, key)), f"duplicate key; first given at line {first[0]}"
+                    )
+                )
+                continue
+            result[key] = None  # reserve the slot so duplicates are found even if the value fails
+            places[(*path, key)] = here
+            result[key] = _build(file, value_node, (*path, key), places, problems)
+            places[(*path, key)] = here  # a key's place is where the key is written
+        return result
+    raise AssertionError(f"unexpected YAML node {node!r}")
+
+
+def _scalar(file: Path, node: yaml.ScalarNode, path: KeyPath, problems: list[Problem]) -> Any:
+    tag, value = node.tag, node.value
+    if tag.endswith(":bool"):
+        return value.lower() == "true"
+    if tag.endswith(":int"):
+        if _OCTAL_LOOKING.match(value.lstrip("+-")):
+            line, column = node.start_mark.line + 1, node.start_mark.column + 1
+            problems.append(
+                Problem(file, line, column, format_path(path), f"{value} has a leading zero; quote it if it is text")
+            )
+        return int(value)
+    if tag.endswith(":float"):
+        return float(value)
+    if tag.endswith(":null"):
+        return None
+    return value
