@@ -7,13 +7,12 @@ Exit status: 0 all selected targets succeeded, 1 a target (or archive) failed,
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from invoke import Context, Exit, Task, task
 
 from backup_core import commands
-from backup_core.errors import BackupError
+from backup_core.errors import BackupError, ManifestError
 
 MANIFEST = str(Path(__file__).resolve().parent / "backups.yml")
 
@@ -51,6 +50,8 @@ def _finish(code: int) -> None:
 def _run(call: object, *args: object, **kwargs: object) -> None:
     try:
         code = call(*args, **kwargs)  # type: ignore[operator]
+    except ManifestError as exc:
+        raise Exit(str(exc), code=exc.exit_code) from None
     except BackupError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
     except KeyboardInterrupt:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import manifest as manifest_module
-from . import report, restore as restore_module, runner, selection
+from . import report, runner, selection
+from . import restore as restore_module
 from .errors import EXIT_OK, TargetError, UsageError
 from .manifest import Manifest, Target
 

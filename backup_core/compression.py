@@ -34,11 +34,7 @@ SYNC_FLUSH = zlib.Z_SYNC_FLUSH
 
 # Formats that are already compressed: deflating them costs time and saves nothing.
 STORED_SUFFIXES = frozenset(
-    """
-    .7z .aac .apk .avi .avif .br .bz2 .cab .deb .docx .epub .flac .gif .gz .heic .jar .jpeg .jpg
-    .lz .lz4 .lzma .lzo .m4a .m4v .mkv .mov .mp3 .mp4 .mpeg .mpg .odp .ods .odt .ogg .opus .png
-    .pptx .rar .rpm .tbz .tbz2 .tgz .txz .webm .webp .whl .woff .woff2 .xlsx .xz .zip .zst .zstd
-    """.split()
+    [".7z", ".aac", ".apk", ".avi", ".avif", ".br", ".bz2", ".cab", ".deb", ".docx", ".epub", ".flac", ".gif", ".gz", ".heic", ".jar", ".jpeg", ".jpg", ".lz", ".lz4", ".lzma", ".lzo", ".m4a", ".m4v", ".mkv", ".mov", ".mp3", ".mp4", ".mpeg", ".mpg", ".odp", ".ods", ".odt", ".ogg", ".opus", ".png", ".pptx", ".rar", ".rpm", ".tbz", ".tbz2", ".tgz", ".txz", ".webm", ".webp", ".whl", ".woff", ".woff2", ".xlsx", ".xz", ".zip", ".zst", ".zstd"]
 )
 
 

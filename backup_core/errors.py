@@ -42,7 +42,9 @@ class ManifestError(UsageError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = sorted(problems, key=lambda p: (str(p.file), p.line, p.column, p.where))
-        super().__init__("\n".join(str(p) for p in self.problems))
+        count = len(self.problems)
+        summary = f"{count} problem{'s' if count != 1 else ''} in the manifest; nothing was done"
+        super().__init__("\n".join([*(str(p) for p in self.problems), summary]))
 
 
 class TargetError(BackupError):

@@ -117,11 +117,17 @@ def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
     document, problems = yaml_source.load(file, text)
     if document is None:
         raise ManifestError(problems)
-    problems += _schema_problems(document)
-    if problems:
-        raise ManifestError(problems)
-    manifest, problems = _resolve(document, os.environ if environ is None else environ)
-    if problems:
+    # A value YAML already flagged (say 0755) needs no second sentence from the schema.
+    flagged = {p.where for p in problems}
+    problems += [p for p in _schema_problems(document) if p.where not in flagged]
+    manifest = None
+    if all(p.where.startswith("targets[") for p in problems):
+        # Keep looking (duplicate names, variables, paths) in every target the schema accepted,
+        # so one run of `invoke validate` lists every problem.
+        broken = {p.where.split(".")[0] for p in problems}
+        manifest, more = _resolve(document, os.environ if environ is None else environ, broken)
+        problems += more
+    if problems or manifest is None:
         raise ManifestError(problems)
     return manifest
 
@@ -186,7 +192,7 @@ def _rebase(child: jsonschema.ValidationError, parent: jsonschema.ValidationErro
 # --- resolution ---------------------------------------------------------------------------------
 
 
-def _resolve(document: Document, environ: Any) -> tuple[Manifest, list[Problem]]:
+def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manifest, list[Problem]]:
     data = document.data
     base = document.file.parent
     defaults = data.get("defaults", {})
@@ -195,14 +201,16 @@ def _resolve(document: Document, environ: Any) -> tuple[Manifest, list[Problem]]
     seen: dict[str, int] = {}
     for index, raw in enumerate(data["targets"]):
         here: KeyPath = ("targets", index)
-        name = raw["name"]
-        if name.lower() in seen:
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str) and name.lower() in seen:
+            # Case-blind: two names that differ only in case share archive names on Windows.
             problems.append(
-                document.problem(
-                    (*here, "name"), f"duplicate target name '{name}' (also targets[{seen[name.lower()]}])"
-                )
+                document.problem((*here, "name"), f"duplicate target name '{name}' (also targets[{seen[name.lower()]}])")
             )
-        seen.setdefault(name.lower(), index)
+        if isinstance(name, str):
+            seen.setdefault(name.lower(), index)
+        if f"targets[{index}]" in broken:
+            continue
 
         def setting(key: str, raw: dict[str, Any] = raw) -> Any:
             if key in raw:

@@ -153,7 +153,12 @@ class _Progress:
     def __init__(self, stream: IO[str]) -> None:
         from rich.console import Console
         from rich.progress import (
-            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
         )  # fmt: skip
 
         self._bars = Progress(

@@ -105,9 +105,7 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue  # vanished between listing and stat
-        if stat.S_ISDIR(st.st_mode):
-            regular.append((entry, st, relative))
-        elif stat.S_ISLNK(st.st_mode):
+        if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
             regular.append((entry, st, relative))
         elif stat.S_ISREG(st.st_mode):
             if is_sqlite(Path(entry.path), st):
