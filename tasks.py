@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from invoke import Context, Exit, Task, task
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import Task, task
 
 from backup_core import commands
 from backup_core.errors import BackupError, ManifestError
@@ -30,7 +32,7 @@ _SELECT = {
 _SHORT_FLAGS = {"manifest": "m", "only": "o", "tags": "t", "jobs": "j", "verbose": "v"}
 
 
-class _Task(Task):  # type: ignore[misc]
+class _Task(Task):  # type: ignore[type-arg]
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
         opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
         if name in _SHORT_FLAGS:

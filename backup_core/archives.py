@@ -65,15 +65,18 @@ def parse_when(target: str, filename: str) -> datetime | None:
 def list_archives(destination: Path, target: str) -> list[Archive]:
     """The target's finished archives in `destination`, oldest first."""
     found = []
+    for path in _children(destination):
+        when = parse_when(target, path.name)
+        if when is not None:
+            found.append(Archive(when, path))
+    return sorted(found)
+
+
+def _children(folder: Path) -> list[Path]:
     try:
-        names = os.listdir(destination)
+        return list(folder.iterdir())
     except FileNotFoundError:
         return []
-    for filename in names:
-        when = parse_when(target, filename)
-        if when is not None:
-            found.append(Archive(when, destination / filename))
-    return sorted(found)
 
 
 def next_time(now: datetime, existing: list[Archive]) -> datetime:
@@ -94,12 +97,8 @@ def partial_path(destination: Path, target: str, when: datetime, what: str) -> P
 
 def stale_partials(destination: Path, target: str) -> list[Path]:
     """Work left by an interrupted run of this target (only call while holding its lock)."""
-    try:
-        names = os.listdir(destination)
-    except FileNotFoundError:
-        return []
     pattern = _partial_pattern(target)
-    return [destination / name for name in names if pattern.fullmatch(name)]
+    return [path for path in _children(destination) if pattern.fullmatch(path.name)]
 
 
 def place(partial: Path, final: Path) -> None:
@@ -108,7 +107,7 @@ def place(partial: Path, final: Path) -> None:
         raise FileExistsError(f"{final} already exists")
     for attempt in range(10):
         try:
-            os.replace(partial, final)
+            partial.replace(final)
             break
         except PermissionError:
             # Windows: an indexer or virus scanner may hold the new file for a moment.

@@ -58,9 +58,7 @@ def run_targets(
         verbose=verbose,
         log_file=Path(log_file) if log_file else None,
     )
-    options = runner.Options(
-        check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text
-    )
+    options = runner.Options(check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text)
     text.begin(loaded.file, len(targets))
     outcome = runner.run(command, loaded, targets, options)
     text.end(outcome)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any, Protocol
 
+_isal: Any
 try:  # Wheels exist for every mainstream platform; stay correct (if slower) without one.
     from isal import isal_zlib as _isal
 except ImportError:  # pragma: no cover - exercised only where isal has no wheel
@@ -34,7 +35,61 @@ SYNC_FLUSH = zlib.Z_SYNC_FLUSH
 
 # Formats that are already compressed: deflating them costs time and saves nothing.
 STORED_SUFFIXES = frozenset(
-    [".7z", ".aac", ".apk", ".avi", ".avif", ".br", ".bz2", ".cab", ".deb", ".docx", ".epub", ".flac", ".gif", ".gz", ".heic", ".jar", ".jpeg", ".jpg", ".lz", ".lz4", ".lzma", ".lzo", ".m4a", ".m4v", ".mkv", ".mov", ".mp3", ".mp4", ".mpeg", ".mpg", ".odp", ".ods", ".odt", ".ogg", ".opus", ".png", ".pptx", ".rar", ".rpm", ".tbz", ".tbz2", ".tgz", ".txz", ".webm", ".webp", ".whl", ".woff", ".woff2", ".xlsx", ".xz", ".zip", ".zst", ".zstd"]
+    [
+        ".7z",
+        ".aac",
+        ".apk",
+        ".avi",
+        ".avif",
+        ".br",
+        ".bz2",
+        ".cab",
+        ".deb",
+        ".docx",
+        ".epub",
+        ".flac",
+        ".gif",
+        ".gz",
+        ".heic",
+        ".jar",
+        ".jpeg",
+        ".jpg",
+        ".lz",
+        ".lz4",
+        ".lzma",
+        ".lzo",
+        ".m4a",
+        ".m4v",
+        ".mkv",
+        ".mov",
+        ".mp3",
+        ".mp4",
+        ".mpeg",
+        ".mpg",
+        ".odp",
+        ".ods",
+        ".odt",
+        ".ogg",
+        ".opus",
+        ".png",
+        ".pptx",
+        ".rar",
+        ".rpm",
+        ".tbz",
+        ".tbz2",
+        ".tgz",
+        ".txz",
+        ".webm",
+        ".webp",
+        ".whl",
+        ".woff",
+        ".woff2",
+        ".xlsx",
+        ".xz",
+        ".zip",
+        ".zst",
+        ".zstd",
+    ]
 )
 
 

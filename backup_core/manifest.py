@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -151,7 +152,7 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
     """Turn one schema error into located sentences an operator can act on."""
     path: KeyPath = tuple(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted(error.schema.get("properties", {}))
+        allowed = sorted(error.schema.get("properties", {}) if isinstance(error.schema, dict) else {})
         problems = []
         for key in error.instance:
             if key in allowed:
@@ -194,66 +195,67 @@ def _rebase(child: jsonschema.ValidationError, parent: jsonschema.ValidationErro
 
 def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manifest, list[Problem]]:
     data = document.data
-    base = document.file.parent
-    defaults = data.get("defaults", {})
     problems: list[Problem] = []
     targets = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(data["targets"]):
-        here: KeyPath = ("targets", index)
         name = raw.get("name") if isinstance(raw, dict) else None
         if isinstance(name, str) and name.lower() in seen:
             # Case-blind: two names that differ only in case share archive names on Windows.
+            first = seen[name.lower()]
             problems.append(
-                document.problem((*here, "name"), f"duplicate target name '{name}' (also targets[{seen[name.lower()]}])")
+                document.problem(("targets", index, "name"), f"duplicate target name '{name}' (also targets[{first}])")
             )
         if isinstance(name, str):
             seen.setdefault(name.lower(), index)
-        if f"targets[{index}]" in broken:
-            continue
-
-        def setting(key: str, raw: dict[str, Any] = raw) -> Any:
-            if key in raw:
-                return raw[key]
-            return defaults[key] if key in defaults else schema_default(key)
-
-        def source(key: str, raw: dict[str, Any] = raw) -> KeyPath:
-            return (*here, key) if key in raw else ("defaults", key)
-
-        path = _expand_path(document, setting("path"), source("path"), base, environ, problems)
-        destination = _expand_path(
-            document, setting("destination"), source("destination"), base, environ, problems
-        )
-        if path is not None and destination is not None and _is_within(destination, path):
-            problems.append(
-                document.problem(
-                    source("destination"),
-                    f"destination {destination} is inside the source {path}; "
-                    "the backup would swallow its own archives",
-                )
-            )
-        compression = {**schema_default("compression"), **setting("compression")}
-        sqlite = {**schema_default("sqlite"), **setting("sqlite")}
-        targets.append(
-            Target(
-                name=name,
-                path=path or Path(),
-                type=setting("type"),
-                destination=destination or Path(),
-                keep=dict(setting("keep")),
-                exclude=tuple(setting("exclude")),
-                tags=tuple(setting("tags")),
-                compression_level=compression["level"],
-                sqlite_check=sqlite["check"],
-                busy_timeout=float(sqlite["busy_timeout"]),
-                skip_unchanged=setting("skip_unchanged"),
-                lock_timeout=float(setting("lock_timeout")),
-                hooks=_hooks(setting("hooks") or {}),
-                line=document.place(here)[0],
-            )
-        )
+        if f"targets[{index}]" not in broken:
+            targets.append(_resolve_target(document, index, raw, data.get("defaults", {}), environ, problems))
     jobs = data.get("jobs", schema()["properties"]["jobs"]["default"])
     return Manifest(document.file, tuple(targets), jobs, _hooks(data.get("hooks") or {})), problems
+
+
+def _resolve_target(
+    document: Document, index: int, raw: dict[str, Any], defaults: dict[str, Any], environ: Any, problems: list[Problem]
+) -> Target:
+    """One target with every setting filled in: its own value, else defaults:, else the schema's default."""
+    here: KeyPath = ("targets", index)
+
+    def setting(key: str) -> Any:
+        if key in raw:
+            return raw[key]
+        return defaults[key] if key in defaults else schema_default(key)
+
+    def source(key: str) -> KeyPath:
+        return (*here, key) if key in raw else ("defaults", key)
+
+    base = document.file.parent
+    path = _expand_path(document, raw["path"], source("path"), base, environ, problems)
+    destination = _expand_path(document, setting("destination"), source("destination"), base, environ, problems)
+    if path is not None and destination is not None and _is_within(destination, path):
+        problems.append(
+            document.problem(
+                source("destination"),
+                f"destination {destination} is inside the source {path}; the backup would swallow its own archives",
+            )
+        )
+    compression = {**schema_default("compression"), **setting("compression")}
+    sqlite = {**schema_default("sqlite"), **setting("sqlite")}
+    return Target(
+        name=raw["name"],
+        path=path or Path(),
+        type=setting("type"),
+        destination=destination or Path(),
+        keep=dict(setting("keep")),
+        exclude=tuple(setting("exclude")),
+        tags=tuple(setting("tags")),
+        compression_level=compression["level"],
+        sqlite_check=sqlite["check"],
+        busy_timeout=float(sqlite["busy_timeout"]),
+        skip_unchanged=setting("skip_unchanged"),
+        lock_timeout=float(setting("lock_timeout")),
+        hooks=_hooks(setting("hooks") or {}),
+        line=document.place(here)[0],
+    )
 
 
 def _expand_path(
@@ -266,7 +268,7 @@ def _expand_path(
         return None
     expanded = _VARIABLE.sub(lambda m: environ[m.group(1)], value)
     path = Path(expanded).expanduser()
-    return Path(os.path.abspath(base / path))
+    return Path(os.path.abspath(base / path))  # noqa: PTH100 - resolve() would follow links
 
 
 def _is_within(inner: Path, outer: Path) -> bool:
@@ -285,8 +287,6 @@ def _hooks(raw: dict[str, Any]) -> Hooks:
         if isinstance(run, str) and item.get("shell"):
             return Hook(None, run, timeout)
         if isinstance(run, str):
-            import shlex
-
             return Hook(tuple(shlex.split(run)), None, timeout)
         return Hook(tuple(run), None, timeout)
 

@@ -37,12 +37,14 @@ def describe(result: TargetResult, command: str, check: bool) -> str:
     if result.status == SKIPPED:
         return result.reason
     if command == "verify":
-        return f"{result.archive.name if result.archive else ''} ({result.files} members, {result.databases} databases checked, {human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
+        name = result.archive.name if result.archive else ""
+        return (
+            f"{name} ({result.files} members, {result.databases} databases checked, "
+            f"{human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
+        )
     deleted = ", ".join(result.deleted) if result.deleted else "nothing"
     if check and command == "backup":
-        return (
-            f"{result.reason} {result.files} files ({human_bytes(result.bytes_in)}); would delete {deleted}"
-        )
+        return f"{result.reason} {result.files} files ({human_bytes(result.bytes_in)}); would delete {deleted}"
     if check or command == "prune":
         return f"{'would delete' if check else 'deleted'} {deleted}" if result.deleted else result.reason
     if result.status == OK:
@@ -86,7 +88,8 @@ class TextReporter:
     def finished(self, result: TargetResult) -> None:
         if self._progress:
             self._progress.stop(result.name)
-        self._say(f"{self._paint(result.status, result.status)}: [{result.name}] => {describe(result, self.command, self.check)}")
+        line = describe(result, self.command, self.check)
+        self._say(f"{self._paint(result.status, result.status)}: [{result.name}] => {line}")
         for warning in result.warnings:
             self._say(f"  [WARNING] [{result.name}] {warning}")
 

@@ -116,12 +116,17 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
     path.parent.mkdir(parents=True, exist_ok=True)
     if stat.S_ISLNK(mode):
         link = directory.read(info).decode("utf-8", "surrogateescape")
-        if os.path.isabs(link) or _DRIVE.match(link) or not _inside(root, (path.parent / link).resolve()):
+        if (
+            Path(link).is_absolute()
+            or link.startswith(("/", "\\"))
+            or _DRIVE.match(link)
+            or not _inside(root, (path.parent / link).resolve())
+        ):
             raise TargetError(f"refusing link {info.filename!r} -> {link!r}: it points outside {root}")
         if os.path.lexists(path):
             path.unlink()
         try:
-            os.symlink(link, path)
+            path.symlink_to(link)
             done.links += 1
         except OSError as exc:  # Windows without the privilege to make links
             done.warnings.append(f"could not make link {info.filename} -> {link}: {exc.strerror or exc}")
@@ -145,11 +150,11 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             done.databases += 1
         if stat.S_IMODE(mode):
-            os.chmod(partial, stat.S_IMODE(mode))
+            partial.chmod(stat.S_IMODE(mode))
         os.utime(partial, (mtime, _member_mtime(info, mtime)))
         if path.is_dir() and not path.is_symlink():
             raise TargetError(f"cannot restore file {info.filename}: a folder of that name exists in {root}")
-        os.replace(partial, path)
+        partial.replace(path)
         done.files += 1
     except (zipfile.BadZipFile, EOFError) as exc:
         raise TargetError(f"{info.filename} in {directory.filename}: {exc}") from None

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -58,7 +58,7 @@ class Options:
     force: bool = False  # archive even when the source is unchanged
     jobs: int = 1
     latest: bool = False  # verify: only the newest archive of each target
-    observer: Observer = _Silent()
+    observer: Observer = field(default_factory=_Silent)
 
 
 def utc_now() -> datetime:
@@ -260,7 +260,7 @@ def _add(
     if entry.kind == "dir":
         writer.add_directory(entry.name, entry.stat)
     elif entry.kind == "link":
-        writer.add_symlink(entry.name, os.readlink(entry.path), entry.stat)
+        writer.add_symlink(entry.name, str(entry.path.readlink()), entry.stat)
     elif entry.kind == "file":
         writer.add_file(entry.name, entry.path, entry.stat)
     else:

@@ -60,8 +60,7 @@ def _begin_read(live: sqlite3.Connection, source: Path, busy_timeout: float, dea
                 continue
             if "locked" in message or "busy" in message:
                 raise TargetError(
-                    f"database {source} stayed locked for {busy_timeout:g}s; "
-                    "retry later or raise sqlite.busy_timeout"
+                    f"database {source} stayed locked for {busy_timeout:g}s; retry later or raise sqlite.busy_timeout"
                 ) from None
             if "not a database" in message or "malformed" in message:
                 raise TargetError(f"{source} is not a usable SQLite database: {message}") from None

@@ -35,9 +35,7 @@ for _tag, _pattern, _first in (
     _CoreResolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first))
 
 
-class _Composer(
-    yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _CoreResolver
-):
+class _Composer(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _CoreResolver):
     def __init__(self, text: str) -> None:
         yaml.reader.Reader.__init__(self, text)
         yaml.scanner.Scanner.__init__(self)
@@ -93,9 +91,7 @@ def load(file: Path, text: str) -> tuple[Document | None, list[Problem]]:
     return Document(file, data, places), problems
 
 
-def _build(
-    file: Path, node: yaml.Node, path: KeyPath, places: dict[KeyPath, Location], problems: list[Problem]
-) -> Any:
+def _build(file: Path, node: yaml.Node, path: KeyPath, places: dict[KeyPath, Location], problems: list[Problem]) -> Any:
     places[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.ScalarNode):
         return _scalar(file, node, path, problems)
@@ -109,18 +105,17 @@ def _build(
                 problems.append(Problem(file, *here, format_path(path), "keys must be plain words (no merge keys)"))
                 continue
             key = str(key_node.value)
+            key_path = (*path, key)
             if key in result:
-                first = places[(*path, key)]
+                first = places[key_path]
                 problems.append(
-                    Problem(
-                        file, *here, format_path((*path, key)), f"duplicate key; first given at line {first[0]}"
-                    )
+                    Problem(file, *here, format_path(key_path), f"duplicate key; first given at line {first[0]}")
                 )
                 continue
             result[key] = None  # reserve the slot so duplicates are found even if the value fails
-            places[(*path, key)] = here
-            result[key] = _build(file, value_node, (*path, key), places, problems)
-            places[(*path, key)] = here  # a key's place is where the key is written
+            places[key_path] = here
+            result[key] = _build(file, value_node, key_path, places, problems)
+            places[key_path] = here  # a key's place is where the key is written
         return result
     raise AssertionError(f"unexpected YAML node {node!r}")
 

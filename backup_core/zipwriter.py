@@ -198,7 +198,8 @@ class ZipWriter:
 
     def _prepare_batch(self, batch: list[_Item]) -> list[tuple[Member, bytes] | str]:
         ready: list[tuple[Member, bytes] | str] = []
-        for member, path, payload, compress in batch:
+        for member, path, given, compress in batch:
+            payload = given
             if path is not None:
                 try:
                     with path.open("rb", buffering=0) as source:
@@ -307,8 +308,14 @@ class ZipWriter:
             self._write(_LOCATOR64.pack(b"PK\x06\x07", 0, end64, 1))
         self._write(
             _END.pack(
-                b"PK\x05\x06", 0, 0, min(count, 0xFFFF), min(count, 0xFFFF), min(size, _ZIP64_LIMIT),
-                min(start, _ZIP64_LIMIT), 0,
+                b"PK\x05\x06",
+                0,
+                0,
+                min(count, 0xFFFF),
+                min(count, 0xFFFF),
+                min(size, _ZIP64_LIMIT),
+                min(start, _ZIP64_LIMIT),
+                0,
             )
         )
 
@@ -352,8 +359,17 @@ def _local_header(member: Member) -> bytes:
     version = 45 if member.zip64_local else 20
     return (
         _LOCAL.pack(
-            b"PK\x03\x04", version, _flags(member), member.method, dostime, dosdate, member.crc, compressed,
-            size, len(member.encoded), len(extra),
+            b"PK\x03\x04",
+            version,
+            _flags(member),
+            member.method,
+            dostime,
+            dosdate,
+            member.crc,
+            compressed,
+            size,
+            len(member.encoded),
+            len(extra),
         )
         + member.encoded
         + extra
@@ -380,8 +396,23 @@ def _central_header(member: Member) -> bytes:
     version = 45 if zip64 else 20
     return (
         _CENTRAL.pack(
-            b"PK\x01\x02", _MADE_BY, version, _flags(member), member.method, dostime, dosdate, member.crc,
-            compressed, size, len(member.encoded), len(extra), 0, 0, 0, external, offset,
+            b"PK\x01\x02",
+            _MADE_BY,
+            version,
+            _flags(member),
+            member.method,
+            dostime,
+            dosdate,
+            member.crc,
+            compressed,
+            size,
+            len(member.encoded),
+            len(extra),
+            0,
+            0,
+            0,
+            external,
+            offset,
         )
         + member.encoded
         + extra
