@@ -7,7 +7,9 @@ bad manifest or command line and otherwise return the status the results give.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -59,12 +61,23 @@ def run_targets(
         log_file=Path(log_file) if log_file else None,
     )
     options = runner.Options(check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text)
+    _stop_on_terminate()
     text.begin(loaded.file, len(targets))
     outcome = runner.run(command, loaded, targets, options)
     text.end(outcome)
     if output == "json":
         report.print_json(outcome, sys.stdout)
     return outcome.exit_code
+
+
+def _stop_on_terminate() -> None:
+    """cron, CI and systemd stop a job with SIGTERM: clean up exactly as for Ctrl-C."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def validate(manifest_path: Path | str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from .verify import verify_archive
 from .zipwriter import ZipWriter
 
 NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
+_stopping = threading.Event()  # set when the run is interrupted; targets in other threads stop
 
 
 class Observer(Protocol):
@@ -97,9 +99,22 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
             options.observer.finished(result)
         return results
 
-    with ThreadPoolExecutor(max(1, min(options.jobs, len(targets)))) as pool:
-        for results in pool.map(one, targets):
-            outcome.results.extend(results)
+    jobs = max(1, min(options.jobs, len(targets)))
+    if jobs == 1:
+        # In this thread, so Ctrl-C unwinds through the target's clean-up at once.
+        for target in targets:
+            outcome.results.extend(one(target))
+    else:
+        pool = ThreadPoolExecutor(jobs, thread_name_prefix="target")
+        try:
+            for results in pool.map(one, targets):
+                outcome.results.extend(results)
+        except BaseException:
+            # Ctrl-C: running targets stop at their next file and remove their partial archive.
+            _stopping.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     phase, commands = ("on_failure", run_hooks.on_failure) if outcome.failed else ("after", run_hooks.after)
     try:
         status = FAILED if outcome.failed else "ok"
@@ -223,6 +238,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
             )
             try:
                 for entry in sources.entries(target.path, kind, target.exclude):
+                    if _stopping.is_set():
+                        raise TargetError("interrupted; the partial archive was removed")
                     observer.file(target, entry.name)
                     _add(writer, entry, target, destination, when, snapshots, result)
                 stats = writer.close()
