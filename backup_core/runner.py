@@ -31,6 +31,7 @@ from .verify import verify_archive
 from .zipwriter import ZipWriter
 
 NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
+_DATA = ("file", "sqlite")  # entry kinds that carry bytes
 _stopping = threading.Event()  # set when the run is interrupted; targets in other threads stop
 
 
@@ -226,7 +227,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
     total = (
-        sum(e.stat.st_size for e in sources.entries(target.path, kind, target.exclude))
+        sum(e.stat.st_size for e in sources.entries(target.path, kind, target.exclude) if e.kind in _DATA)
         if observer.wants_totals else None
     )  # fmt: skip
     observer.started(target, total)
@@ -335,7 +336,7 @@ def _when(archive: Archive) -> datetime:
 def _preview(target: Target, kind: str, result: TargetResult) -> None:
     """Check mode: what a backup would archive and delete, touching nothing."""
     for entry in sources.entries(target.path, kind, target.exclude):
-        if entry.kind in ("file", "sqlite"):
+        if entry.kind in _DATA:
             result.files += 1
             result.bytes_in += entry.stat.st_size
             result.databases += entry.kind == "sqlite"
