@@ -6,6 +6,8 @@ Exit status: 0 all selected targets succeeded, 1 a target (or archive) failed,
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,10 @@ def _run(call: object, *args: object, **kwargs: object) -> None:
         raise Exit(str(exc), code=exc.exit_code) from None
     except BackupError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
+    except BrokenPipeError:
+        # The reader went away (`invoke list | head`): nothing more can be said.
+        sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - stands in for the closed pipe until exit
+        raise Exit(code=1) from None
     except KeyboardInterrupt:
         raise Exit("interrupted; no partial archive was left in place", code=130) from None
     _finish(code)

@@ -53,13 +53,16 @@ def run_targets(
     loaded = _load(manifest_path)
     targets = selection.select(loaded.targets, only, tags, skip_tags)
     # In JSON mode stdout carries the document alone; people's text goes to stderr.
-    text = report.TextReporter(
-        sys.stderr if output == "json" else sys.stdout,
-        command,
-        check=check,
-        verbose=verbose,
-        log_file=Path(log_file) if log_file else None,
-    )
+    try:
+        text = report.TextReporter(
+            sys.stderr if output == "json" else sys.stdout,
+            command,
+            check=check,
+            verbose=verbose,
+            log_file=Path(log_file) if log_file else None,
+        )
+    except OSError as exc:
+        raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
     options = runner.Options(check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text)
     _stop_on_terminate()
     text.begin(loaded.file, len(targets))
@@ -83,8 +86,7 @@ def _stop_on_terminate() -> None:
 def validate(manifest_path: Path | str) -> int:
     """Check a manifest without running it."""
     loaded = _load(manifest_path)
-    count = len(loaded.targets)
-    print(f"{loaded.file.name}: valid, {count} target{'s' if count != 1 else ''}")
+    print(f"{loaded.file.name}: valid, {report.count(len(loaded.targets), 'target')}")
     return EXIT_OK
 
 
@@ -113,10 +115,19 @@ def _describe_target(target: Target) -> str:
     for key, value in settings.items():
         if key == "name" or value in ([], {}, None) or value == {"before": [], "after": [], "on_failure": []}:
             continue
-        shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
-        shown = ", ".join(shown) if isinstance(shown, list) else shown
-        lines.append(f"  {key}: {shown}")
+        lines.append(f"  {key}: {_plain(value)}")
     return "\n".join(lines)
+
+
+def _plain(value: object) -> str:
+    """A setting as the manifest would spell it: true, 30, [a, b], {last: 7}."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_plain(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def restore(

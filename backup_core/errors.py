@@ -21,7 +21,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        place = f"{self.file.name}:{self.line}:{self.column}" if self.line else f"{self.file.name}"
+        place = f"{self.file.name}:{self.line}:{self.column}" if self.line else str(self.file)
         return f"{place}: {self.where}: {self.message}" if self.where else f"{place}: {self.message}"
 
 
@@ -41,7 +41,8 @@ class ManifestError(UsageError):
     """A manifest that cannot run; carries every problem found, sorted by place."""
 
     def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems, key=lambda p: (str(p.file), p.line, p.column, p.where))
+        # A problem in defaults: is found once per target that inherits it: say it once.
+        self.problems = sorted(set(problems), key=lambda p: (str(p.file), p.line, p.column, p.where, p.message))
         count = len(self.problems)
         summary = f"{count} problem{'s' if count != 1 else ''} in the manifest; nothing was done"
         super().__init__("\n".join([*(str(p) for p in self.problems), summary]))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import TargetError
-from .manifest import Hook
+from .manifest import Hook, Hooks
 
 
 class HookError(TargetError):
@@ -24,23 +28,60 @@ def run_hooks(when: str, hooks: tuple[Hook, ...], variables: Mapping[str, str]) 
     for hook in hooks:
         command: str | list[str] = hook.command if hook.command is not None else list(hook.argv or ())
         try:
-            completed = subprocess.run(
+            process = subprocess.Popen(
                 command,
                 shell=hook.command is not None,
                 env=environment,
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=hook.timeout,
-                check=False,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                **_OWN_GROUP,
             )
-        except subprocess.TimeoutExpired:
-            raise HookError(f"{when} hook `{hook.describe()}` timed out after {hook.timeout:g}s") from None
         except OSError as exc:
             raise HookError(f"{when} hook `{hook.describe()}` could not start: {exc.strerror or exc}") from None
-        if completed.returncode != 0:
-            said = _last_line(completed.stderr) or _last_line(completed.stdout)
+        with process:
+            try:
+                stdout, stderr = process.communicate(timeout=hook.timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                process.communicate()
+                raise HookError(f"{when} hook `{hook.describe()}` timed out after {hook.timeout:g}s") from None
+        if process.returncode != 0:
+            said = _last_line(stderr) or _last_line(stdout)
             detail = f": {said}" if said else ""
-            raise HookError(f"{when} hook `{hook.describe()}` exited with status {completed.returncode}{detail}")
+            raise HookError(f"{when} hook `{hook.describe()}` exited with status {process.returncode}{detail}")
+
+
+def run_closing_hooks(
+    hooks: Hooks,
+    variables: Callable[[], Mapping[str, str]],
+    failed: Callable[[], bool],
+    report: Callable[[HookError], None],
+) -> None:
+    """`after` when all went well; then `on_failure` if anything failed, `after` included."""
+    for when, commands in (("after", hooks.after), ("on_failure", hooks.on_failure)):
+        if failed() == (when == "on_failure"):
+            try:
+                run_hooks(when, commands, variables())
+            except HookError as exc:
+                report(exc)
+
+
+# A hook runs in its own process group (session) so a timeout stops everything it started,
+# not only the shell in front of it.
+_OWN_GROUP: dict[str, Any] = (
+    {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+    if sys.platform == "win32"
+    else {"start_new_session": True}
+)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    if sys.platform == "win32":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _last_line(output: bytes) -> str:

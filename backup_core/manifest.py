@@ -121,16 +121,28 @@ def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
     # A value YAML already flagged (say 0755) needs no second sentence from the schema.
     flagged = {p.where for p in problems}
     problems += [p for p in _schema_problems(document) if p.where not in flagged]
+    if document.data is None:
+        raise ManifestError([Problem(file, 1, 1, "", "the manifest is empty; it needs `version: 1` and `targets:`")])
     manifest = None
-    if all(p.where.startswith("targets[") for p in problems):
+    if _resolvable(document.data):
         # Keep looking (duplicate names, variables, paths) in every target the schema accepted,
         # so one run of `invoke validate` lists every problem.
-        broken = {p.where.split(".")[0] for p in problems}
+        broken = {
+            ".".join(p.where.split(".")[:2]) if p.where.startswith("defaults.") else p.where.split(".")[0]
+            for p in problems
+        }
         manifest, more = _resolve(document, os.environ if environ is None else environ, broken)
         problems += more
     if problems or manifest is None:
         raise ManifestError(problems)
     return manifest
+
+
+def _resolvable(data: Any) -> bool:
+    # Targets can be resolved when the structure they hang from is sound.
+    return (
+        isinstance(data, dict) and isinstance(data.get("targets"), list) and isinstance(data.get("defaults", {}), dict)
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -198,6 +210,8 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
     problems: list[Problem] = []
     targets = []
     seen: dict[str, int] = {}
+    # A default with a problem of its own (already reported) is left out rather than inherited.
+    defaults = {key: value for key, value in data.get("defaults", {}).items() if f"defaults.{key}" not in broken}
     for index, raw in enumerate(data["targets"]):
         name = raw.get("name") if isinstance(raw, dict) else None
         if isinstance(name, str) and name.lower() in seen:
@@ -209,7 +223,7 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
         if isinstance(name, str):
             seen.setdefault(name.lower(), index)
         if f"targets[{index}]" not in broken:
-            targets.append(_resolve_target(document, index, raw, data.get("defaults", {}), environ, problems))
+            targets.append(_resolve_target(document, index, raw, defaults, environ, problems))
     jobs = data.get("jobs", schema()["properties"]["jobs"]["default"])
     return Manifest(document.file, tuple(targets), jobs, _hooks(data.get("hooks") or {})), problems
 
@@ -226,7 +240,9 @@ def _resolve_target(
         return defaults[key] if key in defaults else schema_default(key)
 
     def source(key: str) -> KeyPath:
-        return (*here, key) if key in raw else ("defaults", key)
+        # Where a value was written, for the message; a schema default is written nowhere,
+        # so its problems point at the target.
+        return (*here, key) if key in raw else ("defaults", key) if key in defaults else here
 
     base = document.file.parent
     path = _expand_path(document, raw["path"], source("path"), base, environ, problems)
@@ -238,8 +254,9 @@ def _resolve_target(
                 f"destination {destination} is inside the source {path}; the backup would swallow its own archives",
             )
         )
-    compression = {**schema_default("compression"), **setting("compression")}
-    sqlite = {**schema_default("sqlite"), **setting("sqlite")}
+    # Nested settings merge key by key: schema default, then defaults:, then the target's own.
+    compression = {**schema_default("compression"), **defaults.get("compression", {}), **raw.get("compression", {})}
+    sqlite = {**schema_default("sqlite"), **defaults.get("sqlite", {}), **raw.get("sqlite", {})}
     return Target(
         name=raw["name"],
         path=path or Path(),

@@ -21,12 +21,17 @@ _COLOURS = {OK: "green", CHANGED: "yellow", FAILED: "red", SKIPPED: "cyan"}
 _ANSI = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "bold": "1"}
 
 
-def human_bytes(count: float) -> str:
+def human_bytes(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(count) < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
     raise AssertionError("unreachable")
+
+
+def count(number: int, noun: str) -> str:
+    """'1 file', '2 files'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def describe(result: TargetResult, command: str, check: bool) -> str:
@@ -39,20 +44,21 @@ def describe(result: TargetResult, command: str, check: bool) -> str:
     if command == "verify":
         name = result.archive.name if result.archive else ""
         return (
-            f"{name} ({result.files} members, {result.databases} databases checked, "
+            f"{name} ({count(result.files, 'member')}, {count(result.databases, 'database')} checked, "
             f"{human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
         )
     deleted = ", ".join(result.deleted) if result.deleted else "nothing"
     if check and command == "backup":
-        return f"{result.reason} {result.files} files ({human_bytes(result.bytes_in)}); would delete {deleted}"
+        size = human_bytes(result.bytes_in)
+        return f"{result.reason} {count(result.files, 'file')} ({size}); would delete {deleted}"
     if check or command == "prune":
         return f"{'would delete' if check else 'deleted'} {deleted}" if result.deleted else result.reason
     if result.status == OK:
         return result.reason
     name = result.archive.name if result.archive else ""
-    databases = f", {result.databases} databases" if result.databases else ""
+    databases = f", {count(result.databases, 'database')}" if result.databases else ""
     return (
-        f"{name} ({result.files} files{databases}, {human_bytes(result.bytes_in)} -> "
+        f"{name} ({count(result.files, 'file')}{databases}, {human_bytes(result.bytes_in)} -> "
         f"{human_bytes(result.bytes_out)}, {result.seconds:.2f}s, {len(result.deleted)} rotated)"
     )
 
@@ -94,8 +100,8 @@ class TextReporter:
             self._say(f"  [WARNING] [{result.name}] {warning}")
 
     # The run's opening and closing.
-    def begin(self, manifest: Path, count: int) -> None:
-        title = f"{self.command.upper()} [{manifest.name}: {count} target{'s' if count != 1 else ''}]"
+    def begin(self, manifest: Path, targets: int) -> None:
+        title = f"{self.command.upper()} [{manifest.name}: {count(targets, 'target')}]"
         if self.check:
             title += " (CHECK MODE: nothing is written, deleted or locked)"
         self._say(self._paint("bold", f"{title} " + "*" * max(3, 72 - len(title))))

@@ -54,7 +54,6 @@ def choose_archive(target: Target, name: str | None) -> Path:
 def restore(archive: Path, folder: Path, member: str | None = None, force: bool = False) -> Restored:
     """Extract `archive` (or one member or subfolder of it) into `folder`."""
     done = Restored(archive, folder)
-    folder.mkdir(parents=True, exist_ok=True)
     root = folder.resolve()
     try:
         directory = zipfile.ZipFile(archive)
@@ -63,14 +62,41 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
     with directory:
         chosen = _choose(directory.infolist(), member, archive)
         plan = [(info, _destination(root, info)) for info in chosen]
+        _refuse_paths_through_links(chosen)
         if not force:
             clashes = [str(path) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
             if clashes:
                 more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
                 raise UsageError(f"{clashes[0]}{more} already exist(s); pass --force to overwrite")
-        for info, path in plan:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Links last, as tar does: no file is ever written through a link this restore made.
+        for info, path in sorted(plan, key=lambda item: _is_link(item[0])):
             _extract(directory, info, path, root, done)
+        _refuse_links_leading_out(root, [path for info, path in plan if _is_link(info)])
     return done
+
+
+def _is_link(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _refuse_paths_through_links(infos: list[zipfile.ZipInfo]) -> None:
+    links = {info.filename.rstrip("/") for info in infos if _is_link(info)}
+    for info in infos:
+        parents = PurePosixPath(info.filename).parents
+        through = next((str(p) for p in parents if str(p) in links), None)
+        if through:
+            raise TargetError(f"refusing member {info.filename!r}: it lies under the link {through!r}")
+
+
+def _refuse_links_leading_out(root: Path, links: list[Path]) -> None:
+    # A link can be made to lead out by another link made after it (a -> b/../x, then b -> .),
+    # so every link is judged once all of them exist; any leading out is removed.
+    escaping = [link for link in links if link.is_symlink() and not _inside(root, link.resolve())]
+    for link in escaping:
+        link.unlink()
+    if escaping:
+        raise TargetError(f"refusing link {escaping[0].relative_to(root)}: it leads outside {root} (removed)")
 
 
 def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> list[zipfile.ZipInfo]:

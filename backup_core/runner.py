@@ -87,12 +87,6 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
     outcome = RunResult(command, manifest.file, options.check, order=[t.name for t in targets])
     started = time.monotonic()
     run_hooks = manifest.hooks if command == "backup" and not options.check else Hooks()
-    try:
-        hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "started"})
-    except TargetError as exc:
-        outcome.errors.append(f"run not started: {exc}")
-        outcome.seconds = time.monotonic() - started
-        return outcome
 
     def one(target: Target) -> list[TargetResult]:
         results = work(target, options)
@@ -100,30 +94,40 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
             options.observer.finished(result)
         return results
 
-    jobs = max(1, min(options.jobs, len(targets)))
+    try:
+        hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "running"})
+    except TargetError as exc:
+        outcome.errors.append(f"run not started: {exc}")
+    else:
+        _run_all(targets, options.jobs, one, outcome)
+    hooks.run_closing_hooks(
+        run_hooks,
+        lambda: {"BACKUP_STATUS": FAILED if outcome.failed else OK, "BACKUP_ERROR": "; ".join(outcome.errors)},
+        lambda: outcome.failed,
+        lambda exc: outcome.errors.append(str(exc)),
+    )
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _run_all(targets: list[Target], jobs: int, one: Callable[[Target], list[TargetResult]], outcome: RunResult) -> None:
+    """Run every target, `jobs` at a time; results land in manifest order."""
+    jobs = max(1, min(jobs, len(targets)))
     if jobs == 1:
         # In this thread, so Ctrl-C unwinds through the target's clean-up at once.
         for target in targets:
             outcome.results.extend(one(target))
-    else:
-        pool = ThreadPoolExecutor(jobs, thread_name_prefix="target")
-        try:
-            for results in pool.map(one, targets):
-                outcome.results.extend(results)
-        except BaseException:
-            # Ctrl-C: running targets stop at their next file and remove their partial archive.
-            _stopping.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown()
-    phase, commands = ("on_failure", run_hooks.on_failure) if outcome.failed else ("after", run_hooks.after)
+        return
+    pool = ThreadPoolExecutor(jobs, thread_name_prefix="target")
     try:
-        status = FAILED if outcome.failed else "ok"
-        hooks.run_hooks(phase, commands, {"BACKUP_STATUS": status})
-    except TargetError as exc:
-        outcome.errors.append(str(exc))
-    outcome.seconds = time.monotonic() - started
-    return outcome
+        for results in pool.map(one, targets):
+            outcome.results.extend(results)
+    except BaseException:
+        # Ctrl-C: running targets stop at their next file and remove their partial archive.
+        _stopping.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _describe(exc: BaseException, target: Target) -> str:
@@ -180,39 +184,45 @@ def backup_target(target: Target, options: Options) -> TargetResult:
     result = TargetResult(target.name)
 
     def body() -> None:
-        kind = sources.kind_of(target.path, target.type)
         if options.check:
-            _preview(target, kind, result)
+            _preview(target, sources.kind_of(target.path, target.type), result)
             return
         with _locked(target, result) as held:
             if not held:
                 return
-            variables = _hook_variables(target, result)
             try:
-                hooks.run_hooks("before", target.hooks.before, variables)
+                hooks.run_hooks("before", target.hooks.before, _hook_variables(target, result, "running"))
+                # After the before hooks: one of them may be what mounts or prepares the source.
+                kind = sources.kind_of(target.path, target.type)
                 _archive(target, kind, options, result)
                 if result.status == CHANGED:
                     _rotate(target, result)
             except (BackupError, OSError) as exc:
                 result.fail(_describe(exc, target))
-                hooks_to_run, when = target.hooks.on_failure, "on_failure"
-            else:
-                hooks_to_run, when = target.hooks.after, "after"
-            try:
-                hooks.run_hooks(when, hooks_to_run, _hook_variables(target, result))
-            except TargetError as exc:
-                kept = f"; the archive {result.archive.name} is kept" if result.archive else ""
-                result.fail(f"{exc}{kept}" if result.status != FAILED else f"{result.error}; also {exc}")
+            hooks.run_closing_hooks(
+                target.hooks,
+                lambda: _hook_variables(target, result),
+                lambda: result.status == FAILED,
+                lambda exc: _hook_failed(result, exc),
+            )
 
     return _guarded(target, result, body)
 
 
-def _hook_variables(target: Target, result: TargetResult) -> dict[str, str]:
+def _hook_failed(result: TargetResult, exc: TargetError) -> None:
+    if result.status == FAILED:
+        result.error = f"{result.error}; also {exc}"
+    else:
+        kept = f"; the archive {result.archive.name} is kept" if result.archive else ""
+        result.fail(f"{exc}{kept}")
+
+
+def _hook_variables(target: Target, result: TargetResult, status: str | None = None) -> dict[str, str]:
     return {
         "BACKUP_TARGET": target.name,
         "BACKUP_SOURCE": str(target.path),
         "BACKUP_DESTINATION": str(target.destination),
-        "BACKUP_STATUS": result.status,
+        "BACKUP_STATUS": status or result.status,
         "BACKUP_ARCHIVE": str(result.archive or ""),
         "BACKUP_ERROR": result.error or "",
     }
@@ -362,7 +372,8 @@ def prune_target(target: Target, options: Options) -> TargetResult:
         _, doomed = retention.split(existing, _when, target.keep)
         if options.check:
             result.deleted = [a.name for a in doomed]
-            result.status, result.reason = (CHANGED if doomed else OK), "would prune"
+            result.status = CHANGED if doomed else OK
+            result.reason = f"{len(existing)} archive(s), nothing to prune"
             return
         if not doomed:
             result.reason = f"{len(existing)} archive(s), nothing to prune"

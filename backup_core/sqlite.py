@@ -52,7 +52,7 @@ def _begin_read(live: sqlite3.Connection, source: Path, busy_timeout: float, dea
             live.execute("BEGIN")
             live.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             live.execute("ROLLBACK") if live.in_transaction else None
             message = str(exc)
             if ("locked" in message or "busy" in message) and time.monotonic() < deadline:

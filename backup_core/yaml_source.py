@@ -82,6 +82,9 @@ def load(file: Path, text: str) -> tuple[Document | None, list[Problem]]:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         reason = exc.problem or exc.context or "invalid YAML"
+        opened = exc.context_mark
+        if exc.context and opened and exc.problem_mark and opened.line != exc.problem_mark.line:
+            reason += f" ({exc.context} started at line {opened.line + 1}, column {opened.column + 1})"
         return None, [Problem(file, line, column, "", f"YAML syntax error: {reason}")]
     except yaml.YAMLError as exc:
         return None, [Problem(file, 0, 0, "", f"YAML error: {exc}")]

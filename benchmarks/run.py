@@ -1,0 +1,530 @@
+"""Benchmark: this tool against the original script, Info-ZIP zip and tar | zstd, on a generated tree.
+
+Run from the repository root (`make bench` does):
+
+    python -m benchmarks.run [--size-mib 1024] [--rounds 3] [--sqlite-mib 500]
+                             [--tiny-files 100000] [--big-file-gib 0] [--quick]
+
+It generates a deterministic tree (see benchmarks/generate.py) under
+benchmarks/work, then times every archiver on it, in turn within each round so
+a change in the machine's load touches all of them alike, and prints Markdown:
+a machine line, one table, the project's goals marked PASS or FAIL, an
+`unzip -t` check of this tool's archive, and the extra sections (a live SQLite
+database, 100,000 tiny files, one huge sparse file).  Progress goes to stderr,
+so stdout is the report alone.
+
+Every archiver reads the same tree from the page cache: an untimed read warms
+it first.  Every command is a child process, timed from start to exit, so the
+interpreter's start-up counts for the Python tools as it does for an operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from backup_core.sqlite import snapshot
+
+from . import generate
+from .measure import Run, Summary, launcher_floor, measure, tail
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "benchmarks" / "work"
+LOGS = WORK / "logs"
+PYTHON = Path(sys.executable)
+INVOKE = PYTHON.with_name("invoke")  # the venv's own invoke, beside its python
+ORIGINAL_SCRIPT = REPO / "benchmarks" / "original_script.py"
+SEED = 20240601
+MB = 1_000_000  # MB and GB in the report are powers of ten
+
+# The project's goals, checked after the main table.
+GOAL_SPEEDUP = 10.0  # at least this many times the original script's speed
+STRETCH_SPEEDUP = 20.0
+GOAL_SIZE_RATIO = 1.15  # archive at most this much larger than the original script's
+GOAL_PEAK_BYTES = 150 * MB
+
+TOOL = "this tool (invoke backup)"
+ORIGINAL = "original script (zipfile)"
+ZIP = "Info-ZIP zip -r"
+TAR_ZSTD = "tar | zstd -1 -T0"
+FLOOR = "raw read (floor)"
+
+# The one shell string: a pipeline is what a shell is for.  Paths come in as $1 and $2,
+# never spliced into the command, so no name needs quoting.
+_TAR_ZSTD_PIPELINE = 'tar cf - -C "$1" . | zstd -1 -T0 -q -o "$2"'
+
+
+class BenchmarkError(Exception):
+    """A command failed or a tool is missing: the numbers would mean nothing."""
+
+
+@dataclass(frozen=True)
+class Options:
+    size_mib: int
+    rounds: int
+    sqlite_mib: int
+    tiny_files: int
+    big_file_gib: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One command to time; `output` is the folder it writes into, emptied before every run."""
+
+    name: str
+    argv: tuple[str | Path, ...]
+    cwd: Path
+    output: Path | None
+
+
+@dataclass(frozen=True)
+class Result:
+    summary: Summary
+    archive_bytes: int | None  # None for the floor, which writes nothing
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _parse(argv)
+    try:
+        _benchmark(options)
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Time this tool against the original script, Info-ZIP zip and tar | zstd; print Markdown.",
+    )
+    parser.add_argument("--size-mib", type=_count, default=1024, help="size of the generated tree (default 1024)")
+    parser.add_argument("--rounds", type=_count, default=3, help="runs of each command; the median counts (3)")
+    parser.add_argument(
+        "--sqlite-mib", type=_count_or_zero, default=500, help="SQLite database to snapshot, in MiB (500; 0 skips)"
+    )
+    parser.add_argument(
+        "--tiny-files", type=_count_or_zero, default=100_000, help="tiny files to archive (100000; 0 skips)"
+    )
+    parser.add_argument(
+        "--big-file-gib", type=_count_or_zero, default=0, help="sparse file to archive, in GiB (default 0: skip)"
+    )
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the generated data")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run in seconds: a 64 MiB tree, 1 round, a 20 MiB database, 2000 tiny files "
+        "(overrides those four options)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size_mib, args.rounds, args.sqlite_mib, args.tiny_files = 64, 1, 20, 2000
+    return Options(args.size_mib, args.rounds, args.sqlite_mib, args.tiny_files, args.big_file_gib, args.seed)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    return value
+
+
+def _count_or_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: give 0 (skip) or more")
+    return value
+
+
+def _benchmark(options: Options) -> None:
+    if not INVOKE.is_file():
+        raise BenchmarkError(f"{INVOKE.name} is not installed beside {PYTHON.name}; run `make install` first")
+    WORK.mkdir(parents=True, exist_ok=True)
+    _progress(f"preparing a {options.size_mib} MiB tree (seed {options.seed}) ...")
+    tree = generate.ensure_tree(WORK, options.size_mib, options.seed)
+    _emit("## Backup benchmark", "", _machine(), "")
+    _emit(
+        f"Tree: {options.size_mib} MiB generated with seed {options.seed}: {tree.files:,} files in "
+        f"{tree.folders:,} folders, {tree.bytes / MB:,.0f} MB (40% text and logs, 30% incompressible, "
+        "20% in small files, 10% in a few large files).",
+        "",
+    )
+    floor = launcher_floor(REPO, LOGS / "launcher-floor.log")
+    results = _main_comparison(tree, options.rounds, floor)
+    _emit(*_goals(results), "")
+    tool_archive = _newest_file(WORK / "out-tool")
+    if tool_archive is not None:
+        _emit(f"Integrity of this tool's archive: {_unzip_test(tool_archive)}", "")
+    if options.sqlite_mib:
+        _sqlite_section(options)
+    if options.tiny_files:
+        _tiny_files_section(options)
+    if options.big_file_gib:
+        _big_file_section(options)
+
+
+# --- the main comparison -------------------------------------------------------------------------
+
+
+def _main_comparison(tree: generate.Built, rounds: int, floor: int) -> dict[str, Result]:
+    contenders = [
+        _tool_contender("bench", tree.path, WORK / "out-tool"),
+        _original_contender(tree.path, WORK / "out-original"),
+    ]
+    missing = []
+    if shutil.which("zip"):
+        out = WORK / "out-zip"
+        contenders.append(Contender(ZIP, ("zip", "-r", "-q", out / "tree.zip", "."), tree.path, out))
+    else:
+        missing.append("zip")
+    if shutil.which("tar") and shutil.which("zstd"):
+        out = WORK / "out-tar-zstd"
+        argv = ("sh", "-c", _TAR_ZSTD_PIPELINE, "sh", tree.path, out / "tree.tar.zst")
+        contenders.append(Contender(TAR_ZSTD, argv, WORK, out))
+    else:
+        missing.append("tar | zstd")
+    contenders.append(Contender(FLOOR, (PYTHON, "-m", "benchmarks.read_tree", tree.path), REPO, None))
+
+    _progress("warming the page cache with an untimed read of the tree ...")
+    _run_checked(contenders[-1])
+    results = _race(contenders, rounds)
+
+    original = results[ORIGINAL]
+    rows = []
+    for contender in contenders:
+        result = results[contender.name]
+        seconds = result.summary.seconds
+        rows.append(
+            [
+                contender.name,
+                f"{seconds:.2f}",
+                f"{tree.bytes / seconds / MB:,.0f}",
+                _mb(result.archive_bytes),
+                _ratio(result.archive_bytes, original.archive_bytes),
+                f"{result.summary.peak_bytes / MB:,.0f}",
+                f"{original.summary.seconds / seconds:.1f}×",
+            ]
+        )
+    _emit(
+        *_table(
+            [
+                "tool",
+                "seconds (median)",
+                "MB/s",
+                "archive MB",
+                "size vs original",
+                "peak memory MB",
+                "speed vs original",
+            ],
+            rows,
+        ),
+        "",
+        f"Seconds: median of {rounds} round(s), wall time of the whole command (interpreter start-up included); "
+        "within each round the tools run in turn, the first one changing from round to round. "
+        "This tool's time includes its fsync and its read-back check of the new archive; the original script, "
+        "zip and tar | zstd do neither. "
+        "Peak memory: the largest ru_maxrss of any round, from wait4 on the command's process, which a small "
+        f"launcher starts; every figure includes the {floor / MB:.1f} MB a command inherits from that launcher "
+        "(the peak of `true`). For tar | zstd the process is the shell, whose figure is the largest single "
+        "process of the pipeline: tar and zstd run at the same time, so their sum can be higher. "
+        "MB = 10^6 bytes.",
+    )
+    if missing:
+        _emit("", f"Not installed, so not timed: {', '.join(missing)}.")
+    _emit("")
+    return results
+
+
+def _tool_contender(target: str, source: Path, destination: Path, name: str = TOOL) -> Contender:
+    """This tool backing up `source` into `destination`, through a manifest written for it."""
+    manifest = WORK / f"{target}.yml"
+    # Relative paths resolve from the manifest's folder, so nothing here depends on where the
+    # repository lives (and no path needs quoting).
+    manifest.write_text(
+        "# Written by benchmarks/run.py for one benchmark run.\n"
+        "version: 1\n"
+        "targets:\n"
+        f"  - name: {target}\n"
+        f"    path: {source.relative_to(WORK).as_posix()}\n"
+        f"    destination: {destination.relative_to(WORK).as_posix()}\n"
+        "    keep: {last: 1}\n",
+        encoding="utf-8",
+    )
+    return Contender(name, (INVOKE, "backup", "--manifest", manifest), REPO, destination)
+
+
+def _original_contender(source: Path, out: Path, name: str = ORIGINAL) -> Contender:
+    return Contender(name, (PYTHON, ORIGINAL_SCRIPT, source, out / "original.zip"), REPO, out)
+
+
+def _race(contenders: list[Contender], rounds: int) -> dict[str, Result]:
+    """Run every contender once per round, in turn; the first to run moves along each round."""
+    runs: dict[str, list[Run]] = {c.name: [] for c in contenders}
+    for number in range(rounds):
+        shift = number % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            _progress(f"round {number + 1}/{rounds}: {contender.name} ...")
+            runs[contender.name].append(_run_checked(contender))
+    results = {}
+    for contender in contenders:
+        archive = _newest_file(contender.output) if contender.output else None
+        size = archive.stat().st_size if archive else None
+        if contender.output and size is None:
+            raise BenchmarkError(f"{contender.name} exited 0 but wrote nothing into {contender.output.name}")
+        results[contender.name] = Result(Summary(tuple(runs[contender.name])), size)
+    return results
+
+
+def _run_checked(contender: Contender) -> Run:
+    if contender.output is not None:
+        # Start from an empty folder: no tool gets to overwrite, rotate or delete a previous output.
+        shutil.rmtree(contender.output, ignore_errors=True)
+        contender.output.mkdir(parents=True)
+    log = LOGS / f"{_slug(contender.name)}.log"
+    # NO_COLOR: the output goes to a log file and should be plain text.
+    run = measure(contender.argv, contender.cwd, log, env={**os.environ, "NO_COLOR": "1"})
+    if run.exit_code != 0:
+        raise BenchmarkError(f"{contender.name} exited with status {run.exit_code}:\n{tail(log)}")
+    return run
+
+
+def _newest_file(folder: Path | None) -> Path | None:
+    """The newest visible file in `folder` (an archive, never the tool's hidden lock file)."""
+    if folder is None or not folder.is_dir():
+        return None
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+# --- goals and checks ----------------------------------------------------------------------------
+
+
+def _goals(results: dict[str, Result]) -> list[str]:
+    tool, original = results[TOOL], results[ORIGINAL]
+    speedup = original.summary.seconds / tool.summary.seconds
+    size_ratio = (tool.archive_bytes or 0) / (original.archive_bytes or 1)
+    peak = tool.summary.peak_bytes
+    lines = [
+        "Goals:",
+        "",
+        f"- speed ≥ {GOAL_SPEEDUP:g}× the original script's: {speedup:.1f}× {_verdict(speedup >= GOAL_SPEEDUP)} "
+        f"(stretch {STRETCH_SPEEDUP:g}×: {_verdict(speedup >= STRETCH_SPEEDUP)})",
+        f"- archive ≤ {GOAL_SIZE_RATIO:g}× the original script's: {size_ratio:.3f}× "
+        f"{_verdict(size_ratio <= GOAL_SIZE_RATIO)}",
+    ]
+    if TAR_ZSTD in results:
+        theirs = results[TAR_ZSTD].summary.seconds
+        faster = tool.summary.seconds < theirs
+        lines.append(
+            f"- faster than {TAR_ZSTD}: {tool.summary.seconds:.2f} s against {theirs:.2f} s {_verdict(faster)}"
+        )
+    else:
+        lines.append(f"- faster than {TAR_ZSTD}: not measured (tar or zstd is not installed)")
+    lines.append(f"- peak memory < {GOAL_PEAK_BYTES / MB:g} MB: {peak / MB:.0f} MB {_verdict(peak < GOAL_PEAK_BYTES)}")
+    return lines
+
+
+def _verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def _unzip_test(archive: Path) -> str:
+    """What `unzip -tq` says of `archive`: an independent reader checking every member's CRC."""
+    if not shutil.which("unzip"):
+        return "not checked (unzip is not installed)"
+    # Run beside the archive and name it alone, so the report shows no machine's paths.
+    checked = subprocess.run(
+        ["unzip", "-tq", archive.name], cwd=archive.parent, capture_output=True, text=True, check=False
+    )
+    said = " ".join((checked.stdout + checked.stderr).split())
+    if checked.returncode == 0:
+        return f"`unzip -tq` PASS ({said})"
+    return f"`unzip -tq` FAIL, exit status {checked.returncode}: {said[:500]}"
+
+
+# --- extra sections ------------------------------------------------------------------------------
+
+
+def _sqlite_section(options: Options) -> None:
+    _progress(f"preparing a {options.sqlite_mib} MiB SQLite database ...")
+    database = generate.ensure_database(WORK, options.sqlite_mib, options.seed)
+    size = database.path.stat().st_size
+    ours_folder, cli_folder = WORK / "out-sqlite-snapshot", WORK / "out-sqlite-cli"
+    full = _tool_contender("bench-db", database.path, WORK / "out-sqlite-tool")
+    cli = (
+        # Run in the output folder with a bare name: the dot-command then needs no quoting.
+        Contender(
+            "sqlite3 .backup (command line)", ("sqlite3", database.path, ".backup snapshot.db"), cli_folder, cli_folder
+        )
+        if shutil.which("sqlite3")
+        else None
+    )
+    ours: list[Run] = []
+    theirs: list[Run] = []
+    backups: list[Run] = []
+    for number in range(options.rounds):
+        _progress(f"round {number + 1}/{options.rounds}: SQLite snapshot, sqlite3 .backup, invoke backup ...")
+        ours.append(_timed(lambda: _snapshot_into(database.path, ours_folder)))
+        if cli is not None:
+            theirs.append(_run_checked(cli))
+        backups.append(_run_checked(full))
+    rows = [_sqlite_row("backup_core.sqlite.snapshot (in process)", Summary(tuple(ours)), size)]
+    if cli is not None:
+        rows.append(_sqlite_row(cli.name, Summary(tuple(theirs)), size))
+    rows.append(
+        _sqlite_row("invoke backup of the database (snapshot, check, zip, verify)", Summary(tuple(backups)), size)
+    )
+    _emit(
+        f"### SQLite: a {size / MB:,.0f} MB database in WAL mode",
+        "",
+        *_table(["step", "seconds (median)", "MB/s", "peak memory MB"], rows),
+        "",
+    )
+    if cli is not None:
+        ratio = Summary(tuple(ours)).seconds / Summary(tuple(theirs)).seconds
+        _emit(f"Snapshot time against the sqlite3 command line's .backup: {ratio:.2f}× (lower is better).")
+    else:
+        _emit("The sqlite3 command line is not installed: the snapshot was not compared with it.")
+    archive = _newest_file(full.output)
+    if archive is not None:
+        _emit(f"Archive: {archive.stat().st_size / MB:,.1f} MB.")
+    _emit("Peak memory of the in-process snapshot is not measured (it shares the benchmark's process).", "")
+
+
+def _snapshot_into(database: Path, folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    snapshot(database, folder / "snapshot.db", busy_timeout=30)
+
+
+def _timed(work: Callable[[], None]) -> Run:
+    started = time.perf_counter()
+    work()
+    return Run(time.perf_counter() - started, 0, 0)
+
+
+def _sqlite_row(name: str, summary: Summary, size: int) -> list[str]:
+    peak = f"{summary.peak_bytes / MB:,.0f}" if summary.peak_bytes else "—"
+    return [name, f"{summary.seconds:.2f}", f"{size / summary.seconds / MB:,.0f}", peak]
+
+
+def _tiny_files_section(options: Options) -> None:
+    _progress(f"preparing {options.tiny_files:,} tiny files ...")
+    tiny = generate.ensure_tiny_files(WORK, options.tiny_files, options.seed)
+    contenders = [
+        _tool_contender("bench-tiny", tiny.path, WORK / "out-tiny-tool"),
+        _original_contender(tiny.path, WORK / "out-tiny-original"),
+    ]
+    results = _race(contenders, options.rounds)
+    original = results[ORIGINAL]
+    rows = []
+    for contender in contenders:
+        result = results[contender.name]
+        seconds = result.summary.seconds
+        rows.append(
+            [
+                contender.name,
+                f"{seconds:.2f}",
+                f"{tiny.files / seconds:,.0f}",
+                _mb(result.archive_bytes),
+                f"{result.summary.peak_bytes / MB:,.0f}",
+                f"{original.summary.seconds / seconds:.1f}×",
+            ]
+        )
+    _emit(
+        f"### Tiny files: {tiny.files:,} files of 10-200 bytes in {tiny.folders:,} folders",
+        "",
+        *_table(["tool", "seconds (median)", "files/s", "archive MB", "peak memory MB", "speed vs original"], rows),
+        "",
+    )
+
+
+def _big_file_section(options: Options) -> None:
+    _progress(f"preparing a {options.big_file_gib} GiB sparse file ...")
+    big = generate.ensure_sparse_file(WORK, options.big_file_gib)
+    tool = _tool_contender("bench-big", big.path, WORK / "out-big-tool")
+    _progress(f"archiving the {options.big_file_gib} GiB sparse file (one run) ...")
+    run = _run_checked(tool)
+    archive = _newest_file(tool.output)
+    if archive is None:
+        raise BenchmarkError(f"{tool.name} exited 0 but wrote no archive of the sparse file")
+    row = [
+        f"{run.seconds:.2f}",
+        f"{big.bytes / run.seconds / MB:,.0f}",
+        f"{archive.stat().st_size / MB:,.1f}",
+        f"{run.peak_bytes / MB:,.0f}",
+    ]
+    _emit(
+        f"### One large file: {options.big_file_gib} GiB, sparse (all zeros), one run",
+        "",
+        *_table(["seconds", "MB/s", "archive MB", "peak memory MB"], [row]),
+        "",
+        f"Integrity: {_unzip_test(archive)}",
+        "",
+    )
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def _machine() -> str:
+    return (
+        f"Machine: {_cpu_model()}, {os.cpu_count() or 1} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}."
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass  # not Linux: fall back on what platform knows
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: the first column left-aligned, the numbers right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        padded = [cells[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(["-" * (widths[0] + 2), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|"
+    return [line(headers), rule, *(line(row) for row in rows)]
+
+
+def _mb(size: int | None) -> str:
+    return "—" if size is None else f"{size / MB:,.1f}"
+
+
+def _ratio(size: int | None, reference: int | None) -> str:
+    return "—" if size is None or not reference else f"{size / reference:.3f}"
+
+
+def _emit(*lines: str) -> None:
+    print("\n".join(lines), flush=True)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

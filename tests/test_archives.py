@@ -1,0 +1,768 @@
+"""Archives made by the real `invoke backup`, read back by real zip readers.
+
+Every archive is checked with Info-ZIP `unzip`, `7z`, `bsdtar` (when installed) and
+Python's `zipfile`; member bytes are compared with the source, not just listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import INVOKE, REPO, Project, Ran, have, needs
+
+pytestmark = [needs("unzip"), needs("7z")]
+
+MiB = 1 << 20
+GiB = 1 << 30
+ARCHIVE_NAME = re.compile(r"site-\d{8}T\d{6}\.\d{6}Z\.zip")
+UTF8_FLAG = 0x800
+POSIX = pytest.mark.skipif(os.name != "posix", reason="POSIX only")
+
+# A member kind and its bytes: ("file", data), ("dir", b"") or ("link", target).
+Tree = dict[str, tuple[str, bytes]]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def write_manifest(
+    project: Project,
+    path: str,
+    *,
+    keep: int = 7,
+    level: int | None = None,
+    exclude: list[str] | None = None,
+    destination: str = "backups",
+) -> None:
+    """A manifest with one target, `site`, backing up `path`."""
+    lines = [
+        "version: 1",
+        "targets:",
+        "  - name: site",
+        f"    path: {json.dumps(path, ensure_ascii=False)}",
+        f"    destination: {json.dumps(destination, ensure_ascii=False)}",
+        f"    keep: {{last: {keep}}}",
+    ]
+    if level is not None:
+        lines.append(f"    compression: {{level: {level}}}")
+    if exclude:
+        lines.append(f"    exclude: {json.dumps(exclude)}")
+    project.write_manifest("\n".join(lines) + "\n")
+
+
+def backup(project: Project, now: str | None = None) -> Path:
+    """Run `invoke backup` (which must succeed) and return the archive it made."""
+    ran = project.invoke("backup", "--format", "json", env={"BACKUP_NOW": now or ""})
+    assert ran.code == 0, ran.output
+    (result,) = ran.json()["targets"]
+    assert result["status"] == "changed", result
+    archive = Path(result["archive"])
+    assert archive.is_file()
+    return archive
+
+
+def tool(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a reader in a UTF-8 locale, so names are printed as they are."""
+    return subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+        env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_readers_accept(archive: Path, *, read_with_zipfile: bool = True) -> None:
+    """unzip -t, 7z t, bsdtar -tf and zipfile.testzip all find the archive intact."""
+    tested = tool("unzip", "-t", archive)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "No errors detected" in tested.stdout, tested.stdout
+    tested = tool("7z", "t", archive)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "Everything is Ok" in tested.stdout, tested.stdout
+    if have("bsdtar"):
+        listed = tool("bsdtar", "-tf", archive)
+        assert listed.returncode == 0, listed.stderr
+    with zipfile.ZipFile(archive) as opened:
+        if read_with_zipfile:
+            assert opened.testzip() is None
+
+
+def reader_names(archive: Path) -> dict[str, list[str]]:
+    """The member names each external reader lists (without trailing slashes), sorted."""
+    found: dict[str, list[str]] = {}
+    listed = tool("unzip", "-Z1", archive)
+    assert listed.returncode == 0, listed.stderr
+    found["unzip -Z1"] = listed.stdout.splitlines()
+    listed = tool("7z", "l", "-slt", archive)
+    assert listed.returncode == 0, listed.stderr
+    _, _, members = listed.stdout.partition("\n----------\n")
+    found["7z l"] = [line[len("Path = ") :] for line in members.splitlines() if line.startswith("Path = ")]
+    if have("bsdtar"):
+        listed = tool("bsdtar", "-tf", archive)
+        assert listed.returncode == 0, listed.stderr
+        found["bsdtar -tf"] = listed.stdout.splitlines()
+    return {reader: sorted(name.rstrip("/") for name in names) for reader, names in found.items()}
+
+
+def zip_tree(archive: Path) -> Tree:
+    """Every member of the archive, read back through zipfile."""
+    tree: Tree = {}
+    with zipfile.ZipFile(archive) as opened:
+        for info in opened.infolist():
+            mode = info.external_attr >> 16
+            data = opened.read(info)
+            if stat.S_ISLNK(mode):
+                tree[info.filename] = ("link", data)
+            elif info.is_dir():
+                assert stat.S_ISDIR(mode), f"{info.filename}: directory entry without S_IFDIR"
+                assert data == b""
+                tree[info.filename] = ("dir", data)
+            else:
+                assert stat.S_ISREG(mode), f"{info.filename}: mode {mode:o} is not a regular file"
+                tree[info.filename] = ("file", data)
+    return tree
+
+
+def disk_tree(root: Path) -> Tree:
+    """What a folder holds, in the same shape as zip_tree (links are not followed)."""
+    tree: Tree = {}
+
+    def walk(folder: Path, prefix: str) -> None:
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                relative = prefix + entry.name
+                if entry.is_symlink():
+                    tree[relative] = ("link", os.fsencode(Path(entry.path).readlink()))
+                elif entry.is_dir():
+                    tree[relative + "/"] = ("dir", b"")
+                    walk(Path(entry.path), relative + "/")
+                else:
+                    tree[relative] = ("file", Path(entry.path).read_bytes())
+
+    walk(root, "")
+    return tree
+
+
+def extract(archive: Path, into: Path, reader: str) -> Path:
+    """Unpack the archive with an external reader into a new folder."""
+    into.mkdir(parents=True)
+    if reader == "unzip":
+        done = tool("unzip", "-q", archive, "-d", into)
+    elif reader == "7z":
+        done = tool("7z", "x", "-y", f"-o{into}", archive)
+    else:
+        done = tool("bsdtar", "-xf", archive, "-C", into)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return into
+
+
+def readers_that_extract() -> list[str]:
+    return ["unzip", "7z", *(["bsdtar"] if have("bsdtar") else [])]
+
+
+def text_bytes(size: int, seed: int = 0) -> bytes:
+    """Compressible, log-like text of exactly `size` bytes."""
+    rng = random.Random(seed)
+    words = ["alpha", "backup", "zip", "member", "folder", "deflate", "chunk", "archive", "stored"]
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        line = f"{len(lines):08d} " + " ".join(rng.choice(words) for _ in range(8)) + "\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def random_bytes(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def members(archive: Path) -> dict[str, zipfile.ZipInfo]:
+    with zipfile.ZipFile(archive) as opened:
+        return {info.filename: info for info in opened.infolist()}
+
+
+def destination_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file in the destination with its bytes and mtime (the lock file aside)."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.name != ".site.lock"}
+
+
+def partials(folder: Path, target: str = "site") -> list[Path]:
+    return sorted(folder.glob(f".{target}-*.partial"))
+
+
+def failed_line(ran: Ran) -> str:
+    lines = [line for line in ran.output.splitlines() if line.startswith("failed: [site]")]
+    assert len(lines) == 1, ran.output
+    return lines[0]
+
+
+# --- what an archive holds ----------------------------------------------------------------------
+
+
+def test_single_file_is_archived_under_its_own_name(project: Project) -> None:
+    content = text_bytes(5000)
+    project.file("docs/notes.txt", content)
+    write_manifest(project, "docs/notes.txt")
+
+    archive = backup(project)
+
+    assert zip_tree(archive) == {"notes.txt": ("file", content)}
+    assert_readers_accept(archive)
+    assert set(map(tuple, reader_names(archive).values())) == {("notes.txt",)}
+    for reader in readers_that_extract():
+        assert disk_tree(extract(archive, project.root / f"out-{reader}", reader)) == {"notes.txt": ("file", content)}
+
+
+def test_folder_members_are_relative_forward_slash_names_with_empty_folders_and_excludes(project: Project) -> None:
+    kept = {
+        "a.txt": b"a\n",
+        "cache.txt": b"a name pattern matches whole names only\n",
+        "sub/b.txt": b"b\n",
+        "sub/deeper/c.txt": text_bytes(3000),
+        "logs/b.txt": b"not a .gz\n",
+        "other/logs/c.gz": b"a pattern with a slash matches from the top only\n",
+    }
+    excluded = {
+        "x.tmp": b"excluded by name",
+        "sub/y.tmp": b"excluded by name, deep down",
+        "cache/z.txt": b"inside an excluded folder",
+        "sub/cache": b"a file named cache",
+        "logs/a.gz": b"excluded by relative path",
+        "logs/deep/d.gz": b"* also matches /",
+    }
+    for relative, content in {**kept, **excluded}.items():
+        project.file(f"src/{relative}", content)
+    for empty in ("empty", "sub/empty2"):
+        (project.root / "src" / empty).mkdir()
+    write_manifest(project, "src", exclude=["*.tmp", "cache", "logs/*.gz"])
+
+    archive = backup(project)
+
+    folders = ["empty/", "logs/", "logs/deep/", "other/", "other/logs/", "sub/", "sub/deeper/", "sub/empty2/"]
+    expected: Tree = {name: ("file", content) for name, content in kept.items()}
+    expected.update({name: ("dir", b"") for name in folders})
+    assert zip_tree(archive) == expected
+    for name in members(archive):
+        assert "\\" not in name and not name.startswith(("/", "./")) and ".." not in name.split("/"), name
+    assert_readers_accept(archive)
+    wanted = sorted(name.rstrip("/") for name in expected)
+    assert reader_names(archive) == {reader: wanted for reader in reader_names(archive)}
+    for reader in readers_that_extract():
+        assert disk_tree(extract(archive, project.root / f"out-{reader}", reader)) == expected, reader
+
+
+def test_non_ascii_names_are_intact_in_every_reader(project: Project) -> None:
+    files = {
+        "café.txt": "crème brûlée\n".encode(),
+        "日本/ファイル.txt": "日本語のテキスト\n".encode(),
+        "emoji-😀.txt": "🎉\n".encode(),
+        "plain.txt": b"ascii\n",
+    }
+    for relative, content in files.items():
+        project.file(f"src/{relative}", content)
+    (project.root / "src" / "日本" / "空").mkdir()
+    write_manifest(project, "src")
+
+    archive = backup(project)
+
+    expected: Tree = {name: ("file", content) for name, content in files.items()}
+    expected.update({"日本/": ("dir", b""), "日本/空/": ("dir", b"")})
+    assert zip_tree(archive) == expected
+    for name, info in members(archive).items():
+        # Non-ASCII names are flagged UTF-8 so no reader guesses a code page.
+        assert bool(info.flag_bits & UTF8_FLAG) == (not name.isascii()), name
+    assert_readers_accept(archive)
+    wanted = sorted(name.rstrip("/") for name in expected)
+    assert reader_names(archive) == {reader: wanted for reader in reader_names(archive)}
+    listed = tool("unzip", "-l", archive).stdout + tool("7z", "l", archive).stdout
+    for name in ("café.txt", "日本/ファイル.txt", "emoji-😀.txt", "日本/空"):
+        assert listed.count(name) >= 2, f"{name} missing from unzip -l or 7z l output:\n{listed}"
+    for reader in readers_that_extract():
+        assert disk_tree(extract(archive, project.root / f"out-{reader}", reader)) == expected, reader
+
+
+# --- symbolic links -----------------------------------------------------------------------------
+
+
+@POSIX
+def test_symbolic_links_are_stored_as_links_and_unzip_restores_them(project: Project) -> None:
+    project.file("src/a.txt", b"the real file\n")
+    project.file("src/sub/b.txt", b"b\n")
+    links = {"link": "a.txt", "sub/up": "../a.txt", "dangling": "no/such/file", "sub/to-dir": "."}
+    for name, target in links.items():
+        (project.root / "src" / name).symlink_to(target)
+    write_manifest(project, "src")
+
+    archive = backup(project)
+
+    tree = zip_tree(archive)
+    for name, target in links.items():
+        assert tree[name] == ("link", target.encode()), name
+    assert tree["a.txt"] == ("file", b"the real file\n")
+    assert not any(name.startswith("sub/to-dir/") for name in tree), "a link to a folder was followed"
+    long_listing = tool("unzip", "-Z", archive).stdout
+    for name in links:
+        (line,) = [line for line in long_listing.splitlines() if line.endswith(f" {name}")]
+        assert line.startswith("l"), line
+    assert_readers_accept(archive)
+
+    restored = extract(archive, project.root / "out", "unzip")
+    for name, target in links.items():
+        assert (restored / name).is_symlink(), name
+        assert (restored / name).readlink() == Path(target)
+    assert disk_tree(restored) == disk_tree(project.root / "src")
+    if have("bsdtar"):
+        assert disk_tree(extract(archive, project.root / "out-bsdtar", "bsdtar")) == disk_tree(project.root / "src")
+
+
+@POSIX
+def test_link_to_a_folder_outside_the_tree_is_not_followed(project: Project) -> None:
+    secret = b"outside the backed-up tree: must not be archived\n"
+    project.file("outside/secret.txt", secret)
+    project.file("outside/deeper/more.txt", secret)
+    project.file("src/inside.txt", b"inside\n")
+    outside = project.root / "outside"
+    (project.root / "src" / "out").symlink_to(outside)
+    (project.root / "src" / "out-file").symlink_to(outside / "secret.txt")
+    write_manifest(project, "src")
+
+    archive = backup(project)
+
+    tree = zip_tree(archive)
+    assert tree == {
+        "inside.txt": ("file", b"inside\n"),
+        "out": ("link", os.fsencode(outside)),
+        "out-file": ("link", os.fsencode(outside / "secret.txt")),
+    }
+    assert all(secret not in data for _, data in tree.values())
+    assert_readers_accept(archive)
+    restored = extract(archive, project.root / "restored", "unzip")
+    assert (restored / "out").readlink() == outside
+
+
+# --- stored or deflated -------------------------------------------------------------------------
+
+
+def test_compressed_formats_and_incompressible_data_are_stored_text_is_deflated(project: Project) -> None:
+    files = {
+        "photo.jpg": random_bytes(64 << 10, seed=2),
+        "CAPS.JPG": text_bytes(64 << 10, seed=3),  # compressible, but the extension says stored
+        "random.bin": random_bytes(64 << 10, seed=4),
+        "text.txt": text_bytes(64 << 10, seed=5),
+        "empty.txt": b"",
+    }
+    for name, content in files.items():
+        project.file(f"src/{name}", content)
+    write_manifest(project, "src")
+
+    archive = backup(project)
+
+    info = members(archive)
+    for name in ("photo.jpg", "CAPS.JPG"):
+        assert info[name].compress_type == zipfile.ZIP_STORED, name
+        assert info[name].compress_size == info[name].file_size, name
+    # deflate did not shrink it, so it is stored rather than grown
+    assert info["random.bin"].compress_type == zipfile.ZIP_STORED
+    assert info["random.bin"].compress_size <= info["random.bin"].file_size
+    assert info["text.txt"].compress_type == zipfile.ZIP_DEFLATED
+    assert info["text.txt"].compress_size < info["text.txt"].file_size // 3
+    assert zip_tree(archive) == {name: ("file", content) for name, content in files.items()}
+    assert_readers_accept(archive)
+
+
+def test_large_files_take_the_chunked_path_and_round_trip(project: Project) -> None:
+    files = {
+        "big.txt": text_bytes(5 * MiB + 12345, seed=6),
+        "big.bin": random_bytes(5 * MiB + 777, seed=7),
+        "big.jpg": text_bytes(3 * MiB, seed=8),
+        "exactly-2mib.txt": text_bytes(2 * MiB, seed=9),
+        "2mib-plus-1.txt": text_bytes(2 * MiB + 1, seed=10),
+        "text-then-random.dat": text_bytes(2 * MiB + 100, seed=11) + random_bytes(3 * MiB, seed=12),
+    }
+    for name, content in files.items():
+        project.file(f"src/{name}", content)
+    write_manifest(project, "src")
+
+    archive = backup(project)
+
+    info = members(archive)
+    for name in ("big.txt", "exactly-2mib.txt", "2mib-plus-1.txt"):
+        assert info[name].compress_type == zipfile.ZIP_DEFLATED, name
+        assert info[name].compress_size < info[name].file_size // 3, name
+    for name in ("big.bin", "big.jpg"):
+        assert info[name].compress_type == zipfile.ZIP_STORED, name
+        assert info[name].compress_size == info[name].file_size, name
+    assert info["text-then-random.dat"].compress_size <= info["text-then-random.dat"].file_size + (64 << 10)
+    assert zip_tree(archive) == {name: ("file", content) for name, content in files.items()}
+    assert_readers_accept(archive)
+    for reader in readers_that_extract():
+        restored = extract(archive, project.root / f"out-{reader}", reader)
+        assert disk_tree(restored) == {name: ("file", content) for name, content in files.items()}, reader
+
+
+def test_level_0_stores_every_member(project: Project) -> None:
+    files = {"text.txt": text_bytes(100 << 10), "big.txt": text_bytes(3 * MiB, seed=1), "empty": b""}
+    for name, content in files.items():
+        project.file(f"src/{name}", content)
+    write_manifest(project, "src", level=0)
+
+    archive = backup(project)
+
+    for name, info in members(archive).items():
+        assert info.compress_type == zipfile.ZIP_STORED, name
+        assert info.compress_size == info.file_size, name
+    assert zip_tree(archive) == {name: ("file", content) for name, content in files.items()}
+    assert_readers_accept(archive)
+
+
+@pytest.mark.parametrize("level", [1, 3, 4, 9])
+def test_other_levels_deflate_text_and_round_trip(project: Project, level: int) -> None:
+    files = {
+        "text.txt": text_bytes(100 << 10),
+        "big.txt": text_bytes(3 * MiB, seed=1),
+        "random.bin": random_bytes(100 << 10),
+    }
+    for name, content in files.items():
+        project.file(f"src/{name}", content)
+    write_manifest(project, "src", level=level)
+
+    archive = backup(project)
+
+    info = members(archive)
+    for name in ("text.txt", "big.txt"):
+        assert info[name].compress_type == zipfile.ZIP_DEFLATED, name
+        assert info[name].compress_size < info[name].file_size // 3, name
+    assert info["random.bin"].compress_type == zipfile.ZIP_STORED
+    assert zip_tree(archive) == {name: ("file", content) for name, content in files.items()}
+    assert_readers_accept(archive)
+
+
+# --- names, modes and the clock -----------------------------------------------------------------
+
+
+def test_archive_name_pattern(project: Project) -> None:
+    project.file("src/a.txt")
+    write_manifest(project, "src")
+
+    archive = backup(project)
+
+    assert ARCHIVE_NAME.fullmatch(archive.name), archive.name
+    assert archive.parent == project.root / "backups"
+    assert project.archives() == [archive]
+
+
+@POSIX
+def test_archive_is_readable_by_its_owner_only(project: Project) -> None:
+    project.file("src/a.txt")
+    write_manifest(project, "src")
+
+    archive = backup(project)
+
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("now", "name"),
+    [
+        ("2026-03-04T05:06:07.123456Z", "site-20260304T050607.123456Z.zip"),
+        ("2026-03-04T07:06:07.500000+02:00", "site-20260304T050607.500000Z.zip"),
+        ("2026-03-04T05:06:07", "site-20260304T050607.000000Z.zip"),
+    ],
+)
+def test_archive_name_is_the_utc_time_of_the_run(project: Project, now: str, name: str) -> None:
+    project.file("src/a.txt")
+    write_manifest(project, "src")
+
+    assert backup(project, now=now).name == name
+
+
+def test_two_backups_in_quick_succession_get_distinct_names(project: Project) -> None:
+    source = project.file("src/a.txt", "first\n")
+    write_manifest(project, "src")
+
+    first = backup(project)
+    source.write_text("second\n", encoding="utf-8")
+    second = backup(project)
+
+    assert first.name != second.name
+    assert ARCHIVE_NAME.fullmatch(second.name)
+    assert first.name < second.name
+    assert project.archives() == [first, second]
+    assert zip_tree(first) == {"a.txt": ("file", b"first\n")}
+    assert zip_tree(second) == {"a.txt": ("file", b"second\n")}
+
+
+def test_the_same_instant_twice_still_makes_a_new_later_archive(project: Project) -> None:
+    source = project.file("src/a.txt", "run 1\n")
+    write_manifest(project, "src", keep=2)
+    now = "2026-05-01T12:00:00.000000Z"
+
+    made = [backup(project, now=now)]
+    for run in (2, 3):
+        source.write_text(f"run {run}\n", encoding="utf-8")
+        made.append(backup(project, now=now))
+
+    assert [a.name for a in made] == [
+        "site-20260501T120000.000000Z.zip",
+        "site-20260501T120000.000001Z.zip",
+        "site-20260501T120000.000002Z.zip",
+    ]
+    # keep: last 2 keeps the two made last, which are also the two that sort last
+    assert project.archives() == made[1:]
+    assert zip_tree(made[1]) == {"a.txt": ("file", b"run 2\n")}
+    assert zip_tree(made[2]) == {"a.txt": ("file", b"run 3\n")}
+
+
+def test_a_clock_set_back_still_makes_the_newest_archive_sort_last(project: Project) -> None:
+    source = project.file("src/a.txt", "before the clock jumped\n")
+    write_manifest(project, "src", keep=2)
+    first = backup(project, now="2026-06-01T00:00:00Z")
+
+    source.write_text("after the jump\n", encoding="utf-8")
+    second = backup(project, now="2020-01-01T00:00:00Z")
+    source.write_text("a day later, still behind\n", encoding="utf-8")
+    third = backup(project, now="2020-01-02T00:00:00Z")
+
+    assert first.name < second.name < third.name
+    assert project.archives() == [second, third]
+    assert zip_tree(second) == {"a.txt": ("file", b"after the jump\n")}
+    assert zip_tree(third) == {"a.txt": ("file", b"a day later, still behind\n")}
+
+
+# --- ZIP64 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_more_than_65535_files_need_zip64_and_every_reader_counts_them(project: Project) -> None:
+    count = 66_000
+    folder = project.root / "src" / "many"
+    folder.mkdir(parents=True)
+    for index in range(count):
+        (folder / f"f{index:05d}").write_bytes(b"x" if index % 2 else b"")
+    write_manifest(project, "src")
+
+    archive = backup(project)
+
+    with zipfile.ZipFile(archive) as opened:
+        names = opened.namelist()
+        assert opened.testzip() is None
+        assert opened.read("many/f00001") == b"x"
+    assert len(names) == count + 1
+    assert set(names) == {"many/", *(f"many/f{index:05d}" for index in range(count))}
+    with archive.open("rb") as raw:
+        raw.seek(-200, os.SEEK_END)
+        tail = raw.read()
+    assert b"PK\x06\x06" in tail and b"PK\x06\x07" in tail, "no ZIP64 end of central directory"
+    assert_readers_accept(archive, read_with_zipfile=False)
+    for reader, listed in reader_names(archive).items():
+        assert len(listed) == count + 1, reader
+
+
+def _run_measured(project: Project, log: Path) -> tuple[int, int]:
+    """Run `invoke backup` as a child; return its exit code and peak resident memory in bytes."""
+    with log.open("w", encoding="utf-8") as output:
+        child = subprocess.Popen(
+            [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest)],
+            cwd=REPO,
+            env={**os.environ, "NO_COLOR": "1", "BACKUP_NOW": ""},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+    return child.returncode, usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+@pytest.mark.slow
+@POSIX
+def test_a_5_gib_sparse_file_needs_zip64_and_memory_stays_flat(project: Project) -> None:
+    size = 5 * GiB
+    big = project.root / "src" / "disk.img"
+    big.parent.mkdir()
+    with big.open("wb") as handle:
+        handle.truncate(size)
+    write_manifest(project, "src")
+
+    code, peak = _run_measured(project, project.root / "run.log")
+
+    assert code == 0, (project.root / "run.log").read_text(encoding="utf-8")
+    (archive,) = project.archives()
+    info = members(archive)["disk.img"]
+    assert info.file_size == size
+    assert info.compress_size < size
+    tested = tool("unzip", "-t", archive, timeout=1200)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "No errors detected" in tested.stdout
+    tested = tool("7z", "t", archive, timeout=1200)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    # Writing, and reading the new archive back, must both stay flat whatever the file's size.
+    assert peak < 150_000_000, f"peak memory of the backup was {peak / 1e6:.0f} MB"
+
+
+# --- interrupted and failed runs ---------------------------------------------------------------
+
+
+def _wait_for_partial(folder: Path, child: subprocess.Popen[bytes], at_least: int) -> Path:
+    """Poll until the run's partial archive holds `at_least` bytes; fail if the run ends first."""
+    give_up = time.monotonic() + 300  # a guard against a hung child, not a measurement
+    while child.poll() is None and time.monotonic() < give_up:
+        for partial in partials(folder):
+            try:
+                if partial.stat().st_size >= at_least:
+                    return partial
+            except FileNotFoundError:
+                continue
+        time.sleep(0.002)
+    pytest.fail(f"the backup ended (code {child.poll()}) before a partial archive of {at_least} bytes appeared")
+
+
+@pytest.mark.slow
+@POSIX
+def test_a_killed_backup_leaves_no_archive_and_the_next_run_cleans_up(project: Project) -> None:
+    source = project.file("src/small.txt", "first run\n")
+    write_manifest(project, "src")
+    first = backup(project)
+    first_bytes = first.read_bytes()
+    destination = first.parent
+    others = project.file("backups/.other-20260101T000000.000000Z.zip.partial", b"another target's work")
+    for index in range(4):
+        (source.parent / f"blob{index}.bin").write_bytes(random_bytes(100 * MiB, seed=index))
+
+    with (project.root / "killed.log").open("w", encoding="utf-8") as output:
+        child = subprocess.Popen(
+            [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest)],
+            cwd=REPO,
+            env={**os.environ, "NO_COLOR": "1", "BACKUP_NOW": ""},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_partial(destination, child, at_least=16 * MiB)
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    # Nothing that looks like a finished archive, and the earlier one is untouched.
+    assert sorted(p.name for p in destination.iterdir() if p.name.endswith(".zip")) == [first.name]
+    assert project.archives() == [first]
+    assert first.read_bytes() == first_bytes
+    assert partials(destination), "the killed run left no partial file: was it killed mid-archive?"
+
+    second = backup(project)
+
+    assert partials(destination) == []
+    assert others.read_bytes() == b"another target's work"
+    assert project.archives() == [first, second]
+    assert first.read_bytes() == first_bytes
+    info = members(second)
+    assert sorted(info) == ["blob0.bin", "blob1.bin", "blob2.bin", "blob3.bin", "small.txt"]
+    assert all(i.file_size == 100 * MiB for name, i in info.items() if name.startswith("blob"))
+    tested = tool("unzip", "-t", second)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def _three_archives_then_keep_one(project: Project) -> Path:
+    """Three archives of `site`, then a manifest whose keep: last 1 would delete two of them."""
+    project.file("src/a.txt", "data\n")
+    write_manifest(project, "src", keep=5)
+    for day in (1, 2, 3):
+        backup(project, now=f"2026-01-0{day}T00:00:00Z")
+    project.file("backups/notes.zip", b"a person's own zip")
+    write_manifest(project, "src", keep=1)
+    return project.root / "backups"
+
+
+def test_a_missing_source_fails_without_writing_or_deleting_anything(project: Project) -> None:
+    destination = _three_archives_then_keep_one(project)
+    shutil.rmtree(project.root / "src")
+    before = destination_state(destination)
+
+    ran = project.invoke("backup", env={"BACKUP_NOW": "2026-01-04T00:00:00Z"})
+
+    assert ran.code == 1, ran.output
+    assert str(project.root / "src") in failed_line(ran)
+    assert destination_state(destination) == before
+    assert partials(destination) == []
+    assert len(project.archives(target="site")) == 3
+
+
+def _permissions_enforced() -> bool:
+    """False for root (or anyone who can read a mode-000 file): chmod 000 would not stop the read."""
+    if os.name != "posix":
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_bytes(b"x")
+        probe.chmod(0)
+        try:
+            probe.read_bytes()
+        except PermissionError:
+            return True
+        return False
+
+
+@pytest.mark.skipif(not _permissions_enforced(), reason="root (or this platform) reads files whatever their mode")
+@pytest.mark.parametrize("size", [100, 3 * MiB], ids=["small", "chunked"])
+def test_an_unreadable_file_fails_naming_it_and_leaves_nothing(project: Project, size: int) -> None:
+    destination = _three_archives_then_keep_one(project)
+    locked = project.file("src/sub/locked.txt", text_bytes(size))
+    project.file("src/zz-after.txt", "after the locked file\n")
+    locked.chmod(0)
+    before = destination_state(destination)
+    try:
+        ran = project.invoke("backup", env={"BACKUP_NOW": "2026-01-04T00:00:00Z"})
+    finally:
+        locked.chmod(0o600)
+
+    assert ran.code == 1, ran.output
+    assert str(locked) in failed_line(ran)
+    assert destination_state(destination) == before
+    assert partials(destination) == []
+    assert len(project.archives(target="site")) == 3
+
+
+SMALL_FS = os.environ.get("BACKUP_TEST_SMALL_FS", "")
+
+
+@pytest.mark.skipif(not SMALL_FS, reason="set BACKUP_TEST_SMALL_FS to a writable folder on a small filesystem")
+def test_a_full_disk_fails_cleanly(project: Project) -> None:
+    destination = Path(SMALL_FS) / f"backup-test-{os.getpid()}-{project.root.name}"
+    destination.mkdir()
+    try:
+        free = shutil.disk_usage(destination).free
+        if free > 512 * MiB:
+            pytest.skip(f"{SMALL_FS} has {free} bytes free; too many to fill in a test")
+        foreign = destination / "notes.zip"
+        foreign.write_bytes(b"a person's own zip")
+        project.file("src/blob.bin", random_bytes(free + 16 * MiB))
+        write_manifest(project, "src", destination=str(destination))
+
+        ran = project.invoke("backup")
+
+        assert ran.code == 1, ran.output
+        assert "disk full" in failed_line(ran)
+        assert sorted(p.name for p in destination.iterdir() if p.name != ".site.lock") == ["notes.zip"]
+        assert foreign.read_bytes() == b"a person's own zip"
+    finally:
+        shutil.rmtree(destination, ignore_errors=True)

@@ -1,0 +1,913 @@
+"""The manifest: backups.yml read, validated and resolved, and the JSON Schema that describes it.
+
+Every rule is proved at the function level (backup_core.manifest.load), and what an
+operator sees is proved through the real `invoke` command in a subprocess.  The
+subprocess runs are shared by module-scoped fixtures so the file stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from conftest import REPO, Project, Ran, run_invoke
+
+from backup_core import manifest, yaml_source
+from backup_core.errors import ManifestError, Problem
+
+SCHEMA_FILE = REPO / "schema" / "backups.schema.json"
+SHIPPED = REPO / "backups.yml"
+SAFE_NAME = "is not a safe name: use letters, digits, '-' and '_' (at most 64, starting with a letter or digit)"
+SWALLOW = "the backup would swallow its own archives"
+
+
+def load_problems(path: Path, environ: dict[str, str] | None = None) -> list[Problem]:
+    with pytest.raises(ManifestError) as caught:
+        manifest.load(path, environ={} if environ is None else environ)
+    assert caught.value.exit_code == 2
+    return caught.value.problems
+
+
+def problems_of(path: Path, environ: dict[str, str] | None = None) -> list[str]:
+    """Every problem load() reports, as the located lines an operator reads."""
+    return [str(p) for p in load_problems(path, environ)]
+
+
+def summary(count: int) -> str:
+    return f"{count} problem{'s' if count != 1 else ''} in the manifest; nothing was done"
+
+
+def settings(project: Project, environ: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    loaded = manifest.load(project.manifest, environ={} if environ is None else environ)
+    return {t.name: t.settings() for t in loaded.targets}
+
+
+def write(project: Project, *lines: str) -> Path:
+    """A manifest from exact lines (so line and column numbers in the tests are plain to count)."""
+    project.manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return project.manifest
+
+
+# --- version and the basic shape -----------------------------------------------------------------
+
+
+def test_version_1_loads_with_every_setting_resolved(project: Project) -> None:
+    write(project, "version: 1", "targets:", "  - name: site", "    path: site")
+    loaded = manifest.load(project.manifest, environ={})
+    assert loaded.file == project.manifest
+    assert loaded.jobs == 1
+    assert [t.name for t in loaded.targets] == ["site"]
+    assert loaded.targets[0].line == 3
+    assert loaded.targets[0].settings() == {
+        "name": "site",
+        "path": str(project.root / "site"),
+        "type": "auto",
+        "destination": str(project.root / "backups"),
+        "keep": {"last": 7},
+        "exclude": [],
+        "tags": [],
+        "compression": {"level": 2},
+        "sqlite": {"check": "integrity", "busy_timeout": 30},
+        "skip_unchanged": False,
+        "lock_timeout": 0,
+        "hooks": {"before": [], "after": [], "on_failure": []},
+    }
+
+
+@pytest.mark.parametrize(
+    ("first_line", "expected"),
+    [
+        ("version: 2", "backups.yml:1:1: version: 2 is not one of [1]"),
+        ("jobs: 1", "backups.yml:1:1: 'version' is a required property"),
+    ],
+)
+def test_only_version_1_exists(project: Project, first_line: str, expected: str) -> None:
+    write(project, first_line, "targets:", "  - name: site", "    path: site")
+    assert problems_of(project.manifest) == [expected]
+
+
+# --- defaults --------------------------------------------------------------------------------------
+
+
+def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -> None:
+    project.write_manifest(
+        """
+        version: 1
+        defaults:
+          destination: store
+          keep: {last: 3, daily: 2}
+          exclude: ["*.tmp"]
+          tags: [nightly]
+          compression: {level: 5}
+          sqlite: {check: quick, busy_timeout: 4}
+          skip_unchanged: true
+          lock_timeout: 9
+          type: folder
+          hooks: {before: [[echo, hi]]}
+        targets:
+          - name: inherits
+            path: a
+          - name: overrides
+            path: b
+            destination: elsewhere
+            keep: {weekly: 4}
+            exclude: ["cache"]
+            tags: [web]
+            compression: {level: 0}
+            sqlite: {check: none, busy_timeout: 1}
+            skip_unchanged: false
+            lock_timeout: 2
+            type: file
+            hooks: {after: [[echo, bye]]}
+        """
+    )
+    resolved = settings(project)
+    assert resolved["inherits"] == {
+        "name": "inherits",
+        "path": str(project.root / "a"),
+        "type": "folder",
+        "destination": str(project.root / "store"),
+        "keep": {"last": 3, "daily": 2},
+        "exclude": ["*.tmp"],
+        "tags": ["nightly"],
+        "compression": {"level": 5},
+        "sqlite": {"check": "quick", "busy_timeout": 4},
+        "skip_unchanged": True,
+        "lock_timeout": 9,
+        "hooks": {"before": ["echo hi"], "after": [], "on_failure": []},
+    }
+    assert resolved["overrides"] == {
+        "name": "overrides",
+        "path": str(project.root / "b"),
+        "type": "file",
+        "destination": str(project.root / "elsewhere"),
+        "keep": {"weekly": 4},  # a target's keep replaces the default policy, it is not merged into it
+        "exclude": ["cache"],
+        "tags": ["web"],
+        "compression": {"level": 0},
+        "sqlite": {"check": "none", "busy_timeout": 1},
+        "skip_unchanged": False,
+        "lock_timeout": 2,
+        "hooks": {"before": [], "after": ["echo bye"], "on_failure": []},
+    }
+
+
+# --- paths -----------------------------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_manifest_folder_not_the_cwd(
+    project: Project, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.write_manifest(
+        """
+        version: 1
+        defaults:
+          destination: ../vault
+        targets:
+          - name: site
+            path: sub/site
+        """
+    )
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    target = manifest.load(project.manifest, environ={}).targets[0]
+    assert target.path == project.root / "sub" / "site"
+    assert target.destination == project.root.parent / "vault"
+
+
+def test_tilde_and_variables_expand_in_path_and_destination(
+    project: Project, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    project.write_manifest(
+        """
+        version: 1
+        defaults:
+          destination: ${VAULT}/${HOST_NAME}
+        targets:
+          - name: notes
+            path: ~/notes.txt
+          - name: app
+            path: ${APP_HOME}/data.db
+            destination: ~/backups
+          - name: relative
+            path: ${REL}/x
+        """
+    )
+    environ = {"VAULT": "/srv/vault", "HOST_NAME": "web1", "APP_HOME": "/opt/app", "REL": "sub"}
+    resolved = settings(project, environ)
+    assert resolved["notes"]["path"] == str(home / "notes.txt")
+    assert resolved["notes"]["destination"] == str(Path("/srv/vault/web1").absolute())
+    assert resolved["app"]["path"] == str(Path("/opt/app/data.db").absolute())
+    assert resolved["app"]["destination"] == str(home / "backups")
+    assert resolved["relative"]["path"] == str(project.root / "sub" / "x")  # expanded, then relative to the manifest
+
+
+def test_an_undefined_variable_is_a_located_error_never_an_empty_string(project: Project) -> None:
+    write(project, "version: 1", "targets:", "  - name: app", "    path: ${APP_UNSET_1}/data/${ALSO_UNSET_2}")
+    assert problems_of(project.manifest, {"HOME": "/root"}) == [
+        "backups.yml:4:5: targets[0].path: undefined environment variable ${APP_UNSET_1}, ${ALSO_UNSET_2}; "
+        "set it or change the path"
+    ]
+    # A variable set to an empty string is set: only an unset one is an error.
+    assert settings(project, {"APP_UNSET_1": "", "ALSO_UNSET_2": "x"})["app"]["path"] == str(Path("/data/x").absolute())
+
+
+def test_an_undefined_variable_in_defaults_is_reported_once_not_once_per_target(project: Project) -> None:
+    write(
+        project,
+        "version: 1",
+        "defaults:",
+        "  destination: ${VAULT_UNSET_3}/b",
+        "targets:",
+        "  - {name: a, path: a}",
+        "  - {name: b, path: b}",
+        "  - {name: c, path: c}",
+    )
+    assert problems_of(project.manifest) == [
+        "backups.yml:3:3: defaults.destination: undefined environment variable ${VAULT_UNSET_3}; "
+        "set it or change the path"
+    ]
+
+
+# --- unknown keys and YAML traps ---------------------------------------------------------------------
+
+
+def test_unknown_keys_are_rejected_with_a_did_you_mean(project: Project) -> None:
+    write(
+        project,
+        "version: 1",
+        "job: 2",
+        "defaults:",
+        "  kepp: {last: 2}",
+        "targets:",
+        "  - name: site",
+        "    path: site",
+        "    kepp: {last: 1}",
+        "    keep: {lats: 3}",
+        "    zzzz: 1",
+    )
+    assert problems_of(project.manifest) == [
+        "backups.yml:2:1: job: unknown key 'job'; did you mean 'jobs'?",
+        "backups.yml:4:3: defaults.kepp: unknown key 'kepp'; did you mean 'keep'?",
+        "backups.yml:8:5: targets[0].kepp: unknown key 'kepp'; did you mean 'keep'?",
+        "backups.yml:9:12: targets[0].keep.lats: unknown key 'lats'; did you mean 'last'?",
+        "backups.yml:10:5: targets[0].zzzz: unknown key 'zzzz'; allowed: compression, destination, exclude, "
+        "hooks, keep, lock_timeout, name, path, skip_unchanged, sqlite, tags, type",
+    ]
+
+
+@pytest.mark.parametrize("word", ["no", "yes", "on", "off", "No", "Y", "n"])
+def test_yaml_1_1_booleans_are_errors_not_booleans(project: Project, word: str) -> None:
+    write(project, "version: 1", "targets:", "  - name: notes", "    path: notes.txt", f"    skip_unchanged: {word}")
+    assert problems_of(project.manifest) == [
+        f"backups.yml:5:5: targets[0].skip_unchanged: '{word}' is not true or false; write true or false"
+    ]
+
+
+def test_true_and_false_are_the_booleans(project: Project) -> None:
+    write(
+        project,
+        "version: 1",
+        "defaults: {skip_unchanged: true}",
+        "targets:",
+        "  - {name: a, path: a}",
+        "  - {name: b, path: b, skip_unchanged: false}",
+    )
+    resolved = settings(project)
+    assert resolved["a"]["skip_unchanged"] is True
+    assert resolved["b"]["skip_unchanged"] is False
+
+
+def test_a_leading_zero_number_is_flagged_once_and_quoting_it_makes_text(project: Project) -> None:
+    write(
+        project,
+        "version: 1",
+        "targets:",
+        "  - name: site",
+        "    path: site",
+        "    compression: {level: 0755}",
+        '    tags: [0644, "0755"]',
+    )
+    assert problems_of(project.manifest) == [
+        "backups.yml:5:26: targets[0].compression.level: 0755 has a leading zero; quote it if it is text",
+        "backups.yml:6:12: targets[0].tags[0]: 0644 has a leading zero; quote it if it is text",
+    ]
+    write(project, "version: 1", "targets:", "  - name: site", "    path: site", '    tags: ["0644", "0755"]')
+    assert settings(project)["site"]["tags"] == ["0644", "0755"]
+
+
+def test_dates_and_times_stay_text(project: Project) -> None:
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - name: site
+            path: site
+            tags: [2024-01-01]
+            exclude: [12:30, 2024-01-01, 1:2:3]
+          - name: notes
+            path: notes.txt
+            exclude:
+              - 12:30
+        """
+    )
+    resolved = settings(project)
+    assert resolved["site"]["tags"] == ["2024-01-01"]
+    assert resolved["site"]["exclude"] == ["12:30", "2024-01-01", "1:2:3"]
+    assert resolved["notes"]["exclude"] == ["12:30"]
+
+
+def test_duplicate_mapping_keys_are_rejected_with_both_lines(project: Project) -> None:
+    write(
+        project,
+        "version: 1",
+        "version: 1",
+        "targets:",
+        "  - name: site",
+        "    path: site",
+        "    keep: {last: 1, last: 2}",
+        "    path: other",
+    )
+    assert problems_of(project.manifest) == [
+        "backups.yml:2:1: version: duplicate key; first given at line 1",
+        "backups.yml:6:21: targets[0].keep.last: duplicate key; first given at line 6",
+        "backups.yml:7:5: targets[0].path: duplicate key; first given at line 5",
+    ]
+
+
+def test_yaml_merge_keys_are_not_merged(project: Project) -> None:
+    write(project, "version: 1", "targets:", "  - &base {name: a, path: a}", "  - <<: *base", "    name: b")
+    problems = problems_of(project.manifest)
+    assert "backups.yml:4:5: targets[1]: 'path' is a required property" in problems
+    assert any(p.startswith("backups.yml:4:5: targets[1].<<: unknown key '<<'") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "version: 1\ntargets:\n  - name: a\n    path: src: x\n",
+            "backups.yml:4:14: YAML syntax error: mapping values are not allowed here",
+        ),
+        (
+            "version: 1\ntargets:\n  - name: a\n\tpath: src\n",
+            "backups.yml:4:1: YAML syntax error: found character '\\t' that cannot start any token",
+        ),
+    ],
+)
+def test_a_yaml_syntax_error_is_located(project: Project, text: str, expected: str) -> None:
+    project.manifest.write_text(text, encoding="utf-8")
+    assert problems_of(project.manifest) == [expected]
+
+
+def test_invoke_reports_a_yaml_syntax_error_located(project: Project) -> None:
+    project.manifest.write_text("version: 1\ntargets:\n  - name: a\n    path: src: x\n", encoding="utf-8")
+    before = project.snapshot_tree()
+    ran = project.invoke("validate")
+    assert (ran.code, ran.stdout) == (2, "")
+    assert ran.stderr == (f"backups.yml:4:14: YAML syntax error: mapping values are not allowed here\n{summary(1)}\n")
+    assert project.snapshot_tree() == before
+
+
+# --- targets: names, duplicates, destinations --------------------------------------------------------
+
+
+def test_duplicate_target_names_are_rejected_ignoring_case(project: Project) -> None:
+    write(
+        project,
+        "version: 1",
+        "targets:",
+        "  - name: site",
+        "    path: a",
+        "  - name: Site",
+        "    path: b",
+        "  - name: site",
+        "    path: c",
+    )
+    assert problems_of(project.manifest) == [
+        "backups.yml:5:5: targets[1].name: duplicate target name 'Site' (also targets[0])",
+        "backups.yml:7:5: targets[2].name: duplicate target name 'site' (also targets[0])",
+    ]
+
+
+@pytest.mark.parametrize("name", ["a/b", "a b", "../up", "-dash", "a.b", "a\\b", "x" * 65, ""])
+def test_unsafe_target_names_are_rejected(project: Project, name: str) -> None:
+    write(project, "version: 1", "targets:", f"  - name: '{name}'", "    path: a")  # single quotes: taken as is
+    assert problems_of(project.manifest) == [f"backups.yml:3:5: targets[0].name: '{name}' {SAFE_NAME}"]
+
+
+def test_a_safe_name_of_64_characters_is_accepted(project: Project) -> None:
+    name = "A" + "b-_9" * 15 + "xyz"
+    assert len(name) == 64
+    write(project, "version: 1", "targets:", f"  - name: {name}", "    path: a")
+    assert list(settings(project)) == [name]
+
+
+def test_a_destination_inside_its_own_source_is_rejected(project: Project) -> None:
+    write(
+        project,
+        "version: 1",
+        "defaults:",
+        "  destination: data/backups",
+        "targets:",
+        "  - name: site",
+        "    path: site",
+        "    destination: site/backups",
+        "  - name: data",
+        "    path: data",
+        "  - name: same",
+        "    path: same",
+        "    destination: same",
+        "  - name: fine",
+        "    path: site2",
+    )
+    root = project.root
+    assert problems_of(project.manifest) == [
+        f"backups.yml:3:3: defaults.destination: destination {root / 'data' / 'backups'} is inside the source "
+        f"{root / 'data'}; {SWALLOW}",
+        f"backups.yml:7:5: targets[0].destination: destination {root / 'site' / 'backups'} is inside the source "
+        f"{root / 'site'}; {SWALLOW}",
+        f"backups.yml:12:5: targets[2].destination: destination {root / 'same'} is inside the source "
+        f"{root / 'same'}; {SWALLOW}",
+    ]
+
+
+def test_a_destination_reached_through_a_link_to_the_source_is_rejected(project: Project) -> None:
+    (project.root / "site").mkdir()
+    try:
+        (project.root / "alias").symlink_to(project.root / "site", target_is_directory=True)
+    except OSError:
+        pytest.skip("cannot create symbolic links here")
+    write(project, "version: 1", "targets:", "  - name: site", "    path: site", "    destination: alias/backups")
+    assert problems_of(project.manifest) == [
+        f"backups.yml:5:5: targets[0].destination: destination {project.root / 'alias' / 'backups'} is inside the "
+        f"source {project.root / 'site'}; {SWALLOW}"
+    ]
+
+
+def test_a_builtin_default_destination_inside_the_source_is_located_at_the_target(project: Project) -> None:
+    # No `defaults:` section: the destination is the schema's `backups`, inside the source `.`.
+    # The problem must point at the target the operator wrote, not at a defaults key that is not in the file.
+    write(project, "version: 1", "targets:", "  - name: everything", "    path: .")
+    [problem] = load_problems(project.manifest)
+    assert problem.message == f"destination {project.root / 'backups'} is inside the source {project.root}; {SWALLOW}"
+    assert problem.where.startswith("targets[0]"), str(problem)
+    assert problem.line in (3, 4), str(problem)
+
+
+# --- keep ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keep", "expected"),
+    [
+        ("{last: 0}", "backups.yml:5:12: targets[0].keep.last: 0 is less than the minimum of 1"),
+        ("{}", "backups.yml:5:5: targets[0].keep: keep needs at least one rule (last, hourly, daily, ...), "
+         "or it keeps nothing"),
+        ("{within: 3x}", "backups.yml:5:12: targets[0].keep.within: '3x' is not a duration like 36h, 14d, 8w, "
+         "6m or 1y"),
+        ("{within: 0d}", "backups.yml:5:12: targets[0].keep.within: '0d' is not a duration like 36h, 14d, 8w, "
+         "6m or 1y"),
+        ("{daily: -1}", "backups.yml:5:12: targets[0].keep.daily: -1 is less than the minimum of 1"),
+        ("{last: '3'}", "backups.yml:5:12: targets[0].keep.last: '3' is a string, expected integer"),
+    ],
+)  # fmt: skip
+def test_keep_policies_that_keep_nothing_or_make_no_sense_are_errors(
+    project: Project, keep: str, expected: str
+) -> None:
+    write(project, "version: 1", "targets:", "  - name: site", "    path: site", f"    keep: {keep}")
+    assert problems_of(project.manifest) == [expected]
+
+
+# --- every problem at once, through invoke -----------------------------------------------------------
+
+MANY_PROBLEMS = (
+    "version: 1",
+    "targets:",
+    "  - name: site",
+    "    path: site",
+    "    keep: {last: 1, last: 2}",
+    "  - name: Site",
+    "    path: site",
+    "    destination: site/inner",
+    "  - name: vars",
+    "    path: ${UNSET_VARIABLE_4}/x",
+    "  - name: typo",
+    "    path: typo",
+    "    kepp: {last: 1}",
+    "  - name: octal",
+    "    path: octal",
+    "    compression: {level: 0755}",
+    "  - name: flags",
+    "    path: flags",
+    "    skip_unchanged: no",
+    "  - name: web/site",
+    "    path: a",
+    "  - name: my notes",
+    "    path: b",
+    "  - name: zero",
+    "    path: z",
+    "    keep: {last: 0}",
+    "  - name: empty",
+    "    path: e",
+    "    keep: {}",
+    "  - name: odd",
+    "    path: o",
+    "    keep: {within: 3x}",
+)
+
+
+def many_problems_expected(root: Path) -> list[str]:
+    return [
+        "backups.yml:5:21: targets[0].keep.last: duplicate key; first given at line 5",
+        "backups.yml:6:5: targets[1].name: duplicate target name 'Site' (also targets[0])",
+        f"backups.yml:8:5: targets[1].destination: destination {root / 'site' / 'inner'} is inside the source "
+        f"{root / 'site'}; {SWALLOW}",
+        "backups.yml:10:5: targets[2].path: undefined environment variable ${UNSET_VARIABLE_4}; "
+        "set it or change the path",
+        "backups.yml:13:5: targets[3].kepp: unknown key 'kepp'; did you mean 'keep'?",
+        "backups.yml:16:26: targets[4].compression.level: 0755 has a leading zero; quote it if it is text",
+        "backups.yml:19:5: targets[5].skip_unchanged: 'no' is not true or false; write true or false",
+        f"backups.yml:20:5: targets[6].name: 'web/site' {SAFE_NAME}",
+        f"backups.yml:22:5: targets[7].name: 'my notes' {SAFE_NAME}",
+        "backups.yml:26:12: targets[8].keep.last: 0 is less than the minimum of 1",
+        "backups.yml:29:5: targets[9].keep: keep needs at least one rule (last, hourly, daily, ...), "
+        "or it keeps nothing",
+        "backups.yml:32:12: targets[10].keep.within: '3x' is not a duration like 36h, 14d, 8w, 6m or 1y",
+    ]
+
+
+@dataclass
+class Rejected:
+    project: Project
+    before: dict[str, tuple[int, int]]
+    after: dict[str, tuple[int, int]]
+    runs: dict[str, Ran]
+
+
+@pytest.fixture(scope="module")
+def rejected(tmp_path_factory: pytest.TempPathFactory) -> Rejected:
+    """`invoke validate` and `invoke backup` on a manifest with twelve problems (one run each)."""
+    project = Project(tmp_path_factory.mktemp("many-problems"))
+    write(project, *MANY_PROBLEMS)
+    for source in ("site/index.html", "typo", "octal", "flags", "a", "b", "z", "e", "o"):
+        project.file(source)  # real sources: a backup that ran would have something to write
+    before = project.snapshot_tree()
+    runs = {command: project.invoke(command) for command in ("validate", "backup")}
+    return Rejected(project, before, project.snapshot_tree(), runs)
+
+
+def test_every_problem_is_found_at_once_sorted_by_line(project: Project) -> None:
+    write(project, *MANY_PROBLEMS)
+    expected = many_problems_expected(project.root)
+    assert problems_of(project.manifest) == expected
+    with pytest.raises(ManifestError) as caught:
+        manifest.load(project.manifest, environ={})
+    assert str(caught.value) == "\n".join([*expected, summary(12)])
+
+
+@pytest.mark.parametrize("command", ["validate", "backup"])
+def test_invoke_prints_every_problem_on_its_own_line_then_a_summary_and_exits_2(
+    rejected: Rejected, command: str
+) -> None:
+    ran = rejected.runs[command]
+    assert ran.code == 2
+    assert ran.stdout == ""
+    assert ran.stderr.splitlines() == [*many_problems_expected(rejected.project.root), summary(12)]
+    assert "Traceback" not in ran.output
+
+
+def test_a_rejected_manifest_writes_nothing_anywhere(rejected: Rejected) -> None:
+    assert rejected.after == rejected.before
+    assert not (rejected.project.root / "backups").exists()
+    assert not (rejected.project.root / "site" / "inner").exists()
+
+
+def test_a_problem_outside_targets_does_not_hide_the_problems_of_targets(project: Project) -> None:
+    # One run of `invoke validate` must list every problem: a typo in defaults (or at the top level)
+    # must not hide a duplicate name or an undefined variable, which do not depend on it.
+    write(
+        project,
+        "version: 1",
+        "defaults:",
+        "  kepp: {last: 2}",
+        "targets:",
+        "  - name: site",
+        "    path: ${UNSET_VARIABLE_5}",
+        "  - name: SITE",
+        "    path: b",
+    )
+    assert problems_of(project.manifest) == [
+        "backups.yml:3:3: defaults.kepp: unknown key 'kepp'; did you mean 'keep'?",
+        "backups.yml:6:5: targets[0].path: undefined environment variable ${UNSET_VARIABLE_5}; "
+        "set it or change the path",
+        "backups.yml:7:5: targets[1].name: duplicate target name 'SITE' (also targets[0])",
+    ]
+
+
+# --- missing manifest ------------------------------------------------------------------------------
+
+
+def test_a_missing_manifest_is_exit_2_with_a_message_naming_the_file(project: Project) -> None:
+    missing = project.root / "nowhere" / "backups.yml"
+    [problem] = load_problems(missing)
+    assert (problem.file, problem.line, problem.message) == (missing, 0, "manifest not found; pass --manifest PATH")
+
+    ran = run_invoke("validate", "--manifest", str(missing))
+    assert ran.code == 2
+    assert ran.stdout == ""
+    assert "manifest not found; pass --manifest PATH" in ran.stderr
+    assert ran.stderr.endswith(f"\n{summary(1)}\n")
+    assert "Traceback" not in ran.output
+    assert list(project.root.iterdir()) == []
+    # The operator must learn which file was looked for: the default lies beside tasks.py, not in the cwd.
+    assert str(missing) in ran.stderr
+
+
+# --- validate and list through invoke ------------------------------------------------------------
+
+
+def test_invoke_validate_reports_a_valid_manifest_and_touches_nothing(project: Project) -> None:
+    write(project, "version: 1", "targets:", "  - {name: site, path: site}", "  - {name: notes, path: notes.txt}")
+    before = project.snapshot_tree()
+    ran = project.invoke("validate")
+    assert (ran.code, ran.stdout, ran.stderr) == (0, "backups.yml: valid, 2 targets\n", "")
+    assert project.snapshot_tree() == before
+
+
+def test_invoke_list_shows_resolved_settings_as_text(project: Project) -> None:
+    project.write_manifest(
+        """
+        version: 1
+        defaults:
+          destination: vault
+          keep: {last: 3}
+          compression: {level: 6}
+        targets:
+          - name: site
+            path: site
+            tags: [web, nightly]
+            exclude: ["*.tmp", cache]
+          - name: notes
+            path: notes.txt
+            keep: {daily: 5}
+        """
+    )
+    root = project.root
+    before = project.snapshot_tree()
+    ran = project.invoke("list")
+    assert (ran.code, ran.stderr) == (0, "")
+    assert ran.stdout.splitlines() == [
+        "site:",
+        f"  path: {root / 'site'}",
+        "  type: auto",
+        f"  destination: {root / 'vault'}",
+        "  keep: {last: 3}",
+        "  exclude: [*.tmp, cache]",
+        "  tags: [web, nightly]",
+        "  compression: {level: 6}",
+        "  sqlite: {check: integrity, busy_timeout: 30}",
+        "  skip_unchanged: false",
+        "  lock_timeout: 0",
+        "notes:",
+        f"  path: {root / 'notes.txt'}",
+        "  type: auto",
+        f"  destination: {root / 'vault'}",
+        "  keep: {daily: 5}",
+        "  compression: {level: 6}",
+        "  sqlite: {check: integrity, busy_timeout: 30}",
+        "  skip_unchanged: false",
+        "  lock_timeout: 0",
+    ]
+    assert project.snapshot_tree() == before
+
+
+@dataclass
+class Listed:
+    root: Path  # the project folder, holding the manifest
+    cwd: Path  # where invoke ran
+    home: Path
+    vault: Path
+    ran: Ran
+
+
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory: pytest.TempPathFactory) -> Listed:
+    """`invoke list --format json` run from another folder, with a relative --manifest, ~ and ${VAR}."""
+    root = tmp_path_factory.mktemp("listed-project")
+    cwd = tmp_path_factory.mktemp("listed-cwd")
+    home = tmp_path_factory.mktemp("listed-home")
+    vault = tmp_path_factory.mktemp("listed-vault")
+    project = Project(root)
+    project.write_manifest(
+        """
+        version: 1
+        defaults:
+          destination: ${VAULT}/archives
+          keep: {last: 3}
+        targets:
+          - name: site
+            path: sub/site
+            tags: [2024-01-01]
+            exclude: [12:30, 2024-01-01]
+          - name: notes
+            path: ~/notes.txt
+            destination: ~/saved
+            exclude:
+              - 12:30
+          - name: app
+            path: ${APP_HOME}/data.db
+            destination: local
+            keep: {daily: 2}
+        """
+    )
+    relative_manifest = os.path.relpath(project.manifest, cwd)
+    ran = run_invoke(
+        "list", "--manifest", relative_manifest, "--format", "json",
+        cwd=cwd, env={"HOME": str(home), "VAULT": str(vault), "APP_HOME": str(home / "app")},
+    )  # fmt: skip
+    return Listed(root, cwd, home, vault, ran)
+
+
+def test_invoke_list_json_is_one_document_of_every_target(listed: Listed) -> None:
+    assert (listed.ran.code, listed.ran.stderr) == (0, "")
+    assert [t["name"] for t in listed.ran.json()] == ["site", "notes", "app"]
+    assert list(listed.cwd.iterdir()) == []
+    assert list(listed.vault.iterdir()) == []
+
+
+def test_invoke_resolves_relative_paths_against_the_manifest_folder_not_the_cwd(listed: Listed) -> None:
+    by_name = {t["name"]: t for t in listed.ran.json()}
+    assert by_name["site"]["path"] == str(listed.root / "sub" / "site")
+    assert by_name["app"]["destination"] == str(listed.root / "local")
+
+
+def test_invoke_expands_tilde_and_variables(listed: Listed) -> None:
+    by_name = {t["name"]: t for t in listed.ran.json()}
+    assert (by_name["site"]["path"], by_name["site"]["destination"]) == (
+        str(listed.root / "sub" / "site"),
+        str(listed.vault / "archives"),
+    )
+    assert (by_name["notes"]["path"], by_name["notes"]["destination"]) == (
+        str(listed.home / "notes.txt"),
+        str(listed.home / "saved"),
+    )
+    assert by_name["app"]["path"] == str(listed.home / "app" / "data.db")
+
+
+def test_invoke_list_shows_inherited_defaults_and_overrides(listed: Listed) -> None:
+    by_name = {t["name"]: t for t in listed.ran.json()}
+    assert {name: t["keep"] for name, t in by_name.items()} == {
+        "site": {"last": 3},
+        "notes": {"last": 3},
+        "app": {"daily": 2},
+    }
+    assert by_name["app"] == {
+        "name": "app",
+        "path": str(listed.home / "app" / "data.db"),
+        "type": "auto",
+        "destination": str(listed.root / "local"),
+        "keep": {"daily": 2},
+        "exclude": [],
+        "tags": [],
+        "compression": {"level": 2},
+        "sqlite": {"check": "integrity", "busy_timeout": 30},
+        "skip_unchanged": False,
+        "lock_timeout": 0,
+        "hooks": {"before": [], "after": [], "on_failure": []},
+    }
+
+
+def test_invoke_list_keeps_dates_and_times_as_text(listed: Listed) -> None:
+    by_name = {t["name"]: t for t in listed.ran.json()}
+    assert (by_name["site"]["tags"], by_name["site"]["exclude"]) == (["2024-01-01"], ["12:30", "2024-01-01"])
+    assert by_name["notes"]["exclude"] == ["12:30"]
+
+
+# --- the schema ------------------------------------------------------------------------------------
+
+
+def schema_nodes(node: Any) -> Iterator[dict[str, Any]]:
+    """Every sub-schema of the schema (each dict that describes a value, not a `properties` table)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from schema_nodes(item)
+        return
+    if not isinstance(node, dict):
+        return
+    yield node
+    for key, value in node.items():
+        if key in ("properties", "definitions"):
+            for sub in value.values():
+                yield from schema_nodes(sub)
+        elif key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties", "not"):
+            yield from schema_nodes(value)
+
+
+def resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node and "description" not in node:
+        node = manifest.schema()["definitions"][node["$ref"].removeprefix("#/definitions/")]
+    return node
+
+
+def test_the_schema_is_a_valid_draft_7_schema() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert schema == manifest.schema()
+
+
+def test_every_property_in_the_schema_has_a_description() -> None:
+    properties = [
+        (name, sub) for node in schema_nodes(manifest.schema()) for name, sub in node.get("properties", {}).items()
+    ]
+    assert len(properties) >= 43  # root 5, defaults 10, target 12, keep 7, compression 1, sqlite 2, hooks 3, hook 3
+    assert [name for name, sub in properties if not resolve(sub).get("description")] == []
+
+
+def test_every_object_in_the_schema_forbids_unknown_keys() -> None:
+    objects = [node for node in schema_nodes(manifest.schema()) if node.get("type") == "object" or "properties" in node]
+    assert len(objects) >= 8  # root, defaults, target, keep, compression, sqlite, hooks, hook
+    assert [
+        sorted(node.get("properties", {})) for node in objects if node.get("additionalProperties") is not False
+    ] == []
+
+
+def test_the_shipped_manifest_validates_and_names_its_schema() -> None:
+    text = SHIPPED.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "# yaml-language-server: $schema=schema/backups.schema.json"
+    assert (SHIPPED.parent / "schema" / "backups.schema.json").resolve() == SCHEMA_FILE.resolve()
+    document, problems = yaml_source.load(SHIPPED, text)
+    assert problems == []
+    assert document is not None
+    assert [e.message for e in jsonschema.Draft7Validator(manifest.schema()).iter_errors(document.data)] == []
+    loaded = manifest.load(SHIPPED)
+    assert [t.name for t in loaded.targets] == ["site", "app-db", "notes"]
+    assert all(t.path.is_relative_to(REPO) and t.destination.is_relative_to(REPO) for t in loaded.targets)
+
+
+def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
+    schema = manifest.schema()
+    target_properties = schema["properties"]["targets"]["items"]["properties"]
+    default_properties = schema["properties"]["defaults"]["properties"]
+    # Everything a target can set can be set in defaults, except what makes a target itself.
+    assert set(target_properties) - set(default_properties) == {"name", "path"}
+    assert set(default_properties) <= set(target_properties)
+
+    # One target that sets every property (and every nested key) to a value that is not its default.
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - name: everything
+            path: src
+            type: sqlite
+            destination: out
+            keep: {last: 2, hourly: 3, daily: 4, weekly: 5, monthly: 6, yearly: 7, within: 8d}
+            exclude: ['*.log']
+            tags: [t1]
+            compression: {level: 9}
+            sqlite: {check: quick, busy_timeout: 11}
+            skip_unchanged: true
+            lock_timeout: 12
+            hooks: {before: [[a]], after: [[b]], on_failure: [{run: c d, shell: true, timeout: 5}]}
+        """
+    )
+    document, _ = yaml_source.load(project.manifest, project.manifest.read_text(encoding="utf-8"))
+    assert document is not None
+    # A new schema property fails here until this test (and Target.settings) handle it.
+    assert set(document.data["targets"][0]) == set(target_properties)
+    shown = settings(project)["everything"]
+    assert shown == {
+        "name": "everything",
+        "path": str(project.root / "src"),
+        "type": "sqlite",
+        "destination": str(project.root / "out"),
+        "keep": {"last": 2, "hourly": 3, "daily": 4, "weekly": 5, "monthly": 6, "yearly": 7, "within": "8d"},
+        "exclude": ["*.log"],
+        "tags": ["t1"],
+        "compression": {"level": 9},
+        "sqlite": {"check": "quick", "busy_timeout": 11},
+        "skip_unchanged": True,
+        "lock_timeout": 12,
+        "hooks": {"before": ["a"], "after": ["b"], "on_failure": ["c d"]},
+    }
+    assert set(shown) == set(target_properties)
+    for key in ("keep", "compression", "sqlite", "hooks"):
+        assert set(shown[key]) == set(schema["definitions"][key]["properties"]), key
+
+
+def test_schema_defaults_are_the_defaults_a_bare_target_gets(project: Project) -> None:
+    write(project, "version: 1", "targets:", "  - {name: bare, path: bare}")
+    shown = settings(project)["bare"]
+    definitions = manifest.schema()["definitions"]
+    for key in ("type", "keep", "exclude", "tags", "compression", "sqlite", "skip_unchanged", "lock_timeout"):
+        assert shown[key] == definitions[key]["default"], key
+    assert shown["destination"] == str(project.root / definitions["destination"]["default"])
+    assert manifest.load(project.manifest, environ={}).jobs == manifest.schema()["properties"]["jobs"]["default"]

@@ -1,0 +1,281 @@
+"""Retention: `keep:` rules, checked against a small independent reference, and `invoke prune`.
+
+The reference below is written from the rules as documented (README, schema), not
+from backup_core.retention: every period rule groups the archives by period, takes
+the newest of each group, and keeps the groups' newest N; `last` keeps the N newest;
+`within` keeps everything at most that long before the newest; the newest is always kept.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable, Hashable
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Project
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backup_core import manifest, retention, runner
+from backup_core.results import CHANGED
+
+UTC = timezone.utc
+COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+# --- the reference ----------------------------------------------------------------------------
+
+
+def _monday(t: datetime) -> date:
+    """The Monday that starts t's ISO week: one key per ISO week, found without isocalendar()."""
+    return t.date() - timedelta(days=t.weekday())
+
+
+REFERENCE_PERIODS: dict[str, Callable[[datetime], Hashable]] = {
+    "hourly": lambda t: t.replace(minute=0, second=0, microsecond=0),
+    "daily": lambda t: t.date(),
+    "weekly": _monday,
+    "monthly": lambda t: (t.year, t.month),
+    "yearly": lambda t: t.year,
+}
+REFERENCE_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1),
+                   "m": timedelta(days=31), "y": timedelta(days=365)}  # fmt: skip
+
+
+def reference_keep(times: list[datetime], policy: dict[str, Any]) -> set[datetime]:
+    """The times a policy keeps, computed the obvious (slow) way."""
+    if not times:
+        return set()
+    newest_first = sorted(times, reverse=True)
+    kept = {newest_first[0]}
+    kept.update(newest_first[: policy.get("last", 0)])
+    for rule, key in REFERENCE_PERIODS.items():
+        groups: dict[Any, list[datetime]] = {}
+        for t in times:
+            groups.setdefault(key(t), []).append(t)
+        newest_periods = sorted(groups, reverse=True)[: policy.get(rule, 0)]
+        kept.update(max(groups[period]) for period in newest_periods)
+    if "within" in policy:
+        text = policy["within"]
+        horizon = newest_first[0] - int(text[:-1]) * REFERENCE_UNITS[text[-1]]
+        kept.update(t for t in times if t >= horizon)
+    return kept
+
+
+def archive_file_name(target: str, when: datetime) -> str:
+    """`<target>-<YYYYMMDDTHHMMSS>.<microseconds>Z.zip`, as the README documents it."""
+    return f"{target}-{when:%Y%m%dT%H%M%S}.{when.microsecond:06d}Z.zip"
+
+
+def fake_archive(folder: Path, target: str, when: datetime) -> Path:
+    """A small real zip under a target's archive name (prune only reads names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / archive_file_name(target, when)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data.txt", f"made at {when.isoformat()}\n")
+    return path
+
+
+def flow(value: Any) -> str:
+    """A value as YAML flow text (JSON is valid YAML)."""
+    return json.dumps(value)
+
+
+# --- property: keep() against the reference ---------------------------------------------------
+
+BASE = datetime(2023, 12, 25, 0, 0, tzinfo=UTC)  # a week before an ISO year boundary
+
+
+@st.composite
+def archive_times(draw: st.DrawFn) -> list[datetime]:
+    """Distinct UTC times, in random order, over a span from an hour and a half to ~2.5 years."""
+    span_minutes = draw(st.sampled_from([90, 60 * 24 * 3, 60 * 24 * 60, 60 * 24 * 900]))
+    offsets = draw(st.lists(st.integers(0, span_minutes), max_size=40, unique=True))
+    seconds = draw(st.lists(st.integers(0, 59), min_size=len(offsets), max_size=len(offsets)))
+    return [BASE + timedelta(minutes=m, seconds=s) for m, s in zip(offsets, seconds, strict=True)]
+
+
+durations = st.builds(lambda n, unit: f"{n}{unit}", st.integers(1, 60), st.sampled_from("hdwmy"))
+policies = st.fixed_dictionaries(
+    {}, optional={**{rule: st.integers(1, 8) for rule in COUNT_RULES}, "within": durations}
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(times=archive_times(), policy=policies)
+def test_keep_matches_the_reference(times: list[datetime], policy: dict[str, Any]) -> None:
+    kept = retention.keep(times, lambda t: t, policy)
+    assert kept <= set(range(len(times)))
+    assert {times[i] for i in kept} == reference_keep(times, policy)
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=archive_times(), policy=policies)
+def test_split_partitions_in_the_order_given(times: list[datetime], policy: dict[str, Any]) -> None:
+    kept, deleted = retention.split(times, lambda t: t, policy)
+    expected = reference_keep(times, policy)
+    assert kept == [t for t in times if t in expected]
+    assert deleted == [t for t in times if t not in expected]
+
+
+# --- examples a reader can check by hand ------------------------------------------------------
+
+
+def t(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def kept_times(times: list[datetime], policy: dict[str, Any]) -> list[datetime]:
+    return sorted(times[i] for i in retention.keep(times, lambda x: x, policy))
+
+
+def test_weekly_uses_iso_weeks_across_a_year_boundary() -> None:
+    # 2020-12-31 (Thu) and 2021-01-03 (Sun) are both in ISO week 2020-W53; 2021-01-04 starts 2021-W01.
+    times = [t("2020-12-28T10:00"), t("2020-12-31T10:00"), t("2021-01-03T10:00"), t("2021-01-04T10:00")]
+    assert kept_times(times, {"weekly": 2}) == [t("2021-01-03T10:00"), t("2021-01-04T10:00")]
+
+
+def test_daily_keeps_the_newest_of_each_recent_day_that_has_one() -> None:
+    times = [t("2026-03-01T01:00"), t("2026-03-01T23:00"), t("2026-03-03T05:00"), t("2026-03-03T06:00"),
+             t("2026-03-07T12:00")]  # fmt: skip
+    # Days without an archive (03-02, 03-04..06) do not count against the 3.
+    assert kept_times(times, {"daily": 3}) == [t("2026-03-01T23:00"), t("2026-03-03T06:00"), t("2026-03-07T12:00")]
+
+
+def test_within_includes_its_boundary_and_months_are_31_days() -> None:
+    newest = t("2026-03-31T12:00")
+    times = [newest - timedelta(hours=36), newest - timedelta(hours=36, seconds=1), newest]
+    assert kept_times(times, {"within": "36h"}) == [newest - timedelta(hours=36), newest]
+    times = [newest - timedelta(days=31), newest - timedelta(days=32), newest]
+    assert kept_times(times, {"within": "1m"}) == [newest - timedelta(days=31), newest]
+
+
+def test_rules_are_a_union_and_the_newest_is_always_kept() -> None:
+    times = [t("2025-06-01T00:00"), t("2026-01-15T00:00"), t("2026-03-01T00:00"), t("2026-03-01T01:00")]
+    assert kept_times(times, {"yearly": 2}) == [t("2025-06-01T00:00"), t("2026-03-01T01:00")]
+    assert kept_times(times, {"yearly": 2, "monthly": 2}) == [
+        t("2025-06-01T00:00"), t("2026-01-15T00:00"), t("2026-03-01T01:00"),
+    ]  # fmt: skip
+    # An empty policy (not allowed in a manifest) still keeps the newest.
+    assert kept_times(times, {}) == [t("2026-03-01T01:00")]
+
+
+# --- manifest errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [{}, {"last": 0}, {"daily": 0}, {"weekly": -1}, {"within": "0d"}, {"within": "14"}, {"hourly": 0, "last": 3}],
+    ids=["empty", "last-0", "daily-0", "weekly-negative", "within-0d", "within-no-unit", "one-rule-zero"],
+)
+def test_a_rule_that_would_keep_nothing_is_a_manifest_error(project: Project, keep: dict[str, Any]) -> None:
+    project.file("src/a.txt")
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - name: site
+            path: src
+            keep: {flow(keep)}
+        """
+    )
+    before = project.snapshot_tree()
+    ran = project.invoke("backup")
+    assert ran.code == 2, ran.output
+    assert "targets[0].keep" in ran.output
+    assert "nothing was done" in ran.output
+    assert project.snapshot_tree() == before
+
+
+# --- invoke prune ----------------------------------------------------------------------------
+
+PRUNE_TIMES = [
+    t("2026-01-02T03:00"), t("2026-01-20T10:00"), t("2026-02-01T00:00"), t("2026-02-09T08:00"),
+    t("2026-02-10T08:00"), t("2026-02-10T20:00"), t("2026-02-15T23:59"), t("2026-02-16T00:00"),
+    t("2026-02-20T06:00"), t("2026-02-21T06:00"), t("2026-02-21T07:00"), t("2026-02-22T06:00"),
+]  # fmt: skip
+PRUNE_POLICY = {"last": 2, "daily": 3, "weekly": 2, "monthly": 2}
+
+
+def test_prune_applies_the_policy_without_a_new_archive(project: Project) -> None:
+    project.file("src/a.txt")
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - name: site
+            path: src
+            keep: {flow(PRUNE_POLICY)}
+          - name: site2
+            path: src
+            keep: {{last: 1}}
+        """
+    )
+    backups = project.root / "backups"
+    for when in PRUNE_TIMES:
+        fake_archive(backups, "site", when)
+    # Never touched: another target's archives, a person's own zip, the old script's files.
+    foreign = [fake_archive(backups, "site2", PRUNE_TIMES[0]), project.file("backups/site-mine.zip"),
+               project.file("backups/backup-20260101.zip")]  # fmt: skip
+    expected = reference_keep(PRUNE_TIMES, PRUNE_POLICY)
+    assert 0 < len(expected) < len(PRUNE_TIMES)  # the example prunes something and keeps something
+
+    ran = project.invoke("prune", "--only", "site")
+    assert ran.code == 0, ran.output
+    remaining = {p.name for p in project.archives(target="site")}
+    assert remaining == {archive_file_name("site", w) for w in expected} | {"site-mine.zip"}
+    doomed = sorted(archive_file_name("site", w) for w in PRUNE_TIMES if w not in expected)
+    assert f"changed: [site] => deleted {', '.join(doomed)}" in ran.stdout.splitlines()
+    assert all(p.exists() for p in foreign)
+
+    again = project.invoke("prune", "--only", "site")
+    assert again.code == 0, again.output
+    assert "ok: [site] => " in again.stdout
+    assert {p.name for p in project.archives(target="site")} == remaining
+
+
+# --- a month of backups -----------------------------------------------------------------------
+
+MONTH_POLICY = {"last": 3, "daily": 7, "weekly": 4}
+
+
+def test_a_simulated_month_keeps_exactly_what_the_policy_says(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = project.file("src/data.txt", "start\n")
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - name: db
+            path: src
+            keep: {flow(MONTH_POLICY)}
+        """
+    )
+    [target] = manifest.load(project.manifest).targets
+    gaps = [3, 20, 9, 42, 11, 27]  # hours: several runs on some days, none on others
+    moment = datetime(2026, 3, 1, 0, 17, tzinfo=UTC)
+    model: set[datetime] = set()
+    runs = 40
+    for run in range(runs):
+        source.write_text(f"run {run}\n", encoding="utf-8")
+        now = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if run % 5 == 4:  # every fifth run through the real command
+            ran = project.invoke("backup", env={"BACKUP_NOW": now})
+            assert ran.code == 0, ran.output
+            assert "changed: [db] => " in ran.stdout
+        else:
+            monkeypatch.setenv("BACKUP_NOW", now)
+            result = runner.backup_target(target, runner.Options())
+            assert result.status == CHANGED, result.error
+        model = reference_keep([*model, moment], MONTH_POLICY)
+        on_disk = [p.name for p in project.archives(target="db")]
+        assert on_disk == sorted(archive_file_name("db", w) for w in model), f"after run {run} at {now}"
+        moment += timedelta(hours=gaps[run % len(gaps)])
+    assert moment - datetime(2026, 3, 1, tzinfo=UTC) > timedelta(days=29)  # the runs did span a month
+    # The end state, for a reader: the last 3, plus the newest of the 7 most recent days and 4 weeks.
+    assert len(model) < runs

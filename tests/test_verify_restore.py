@@ -1,0 +1,530 @@
+"""`invoke verify` reads archives back in full; `invoke restore` puts them back safely.
+
+Damaged and hostile archives are made here byte by byte (or with Python's
+zipfile) and put in a target's destination under a valid archive name, as an
+attacker or a failing disk would leave them.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import stat
+import struct
+import zipfile
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from conftest import Project, Ran
+
+BIG_TEXT = "".join(f"line {n}: the quick brown fox jumps over the lazy dog\n" for n in range(20000))
+CRAFTED = "20260101T000000.000000Z"  # a valid archive time, older than any the clock gives
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def make_db(path: Path, rows: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        connection.execute("CREATE INDEX IF NOT EXISTS items_name ON items(name)")
+        have = connection.execute("SELECT count(*) FROM items").fetchone()[0]
+        connection.execute("BEGIN")
+        connection.executemany(
+            "INSERT INTO items(name) VALUES (?)", [(f"item {n}",) for n in range(have + 1, rows + 1)]
+        )
+        connection.execute("COMMIT")
+    return path
+
+
+def names(database: Path) -> list[str]:
+    with closing(sqlite3.connect(database)) as connection:
+        return [row[0] for row in connection.execute("SELECT name FROM items ORDER BY id")]
+
+
+def integrity(database: Path) -> list[str]:
+    with closing(sqlite3.connect(database)) as connection:
+        return [str(row[0]) for row in connection.execute("PRAGMA integrity_check")]
+
+
+def damaged_db_bytes(folder: Path) -> bytes:
+    """A database whose schema page reads but one table page is zeros: integrity_check fails."""
+    database = make_db(folder / "to-damage.db", rows=2000)
+    data = bytearray(database.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    start = data.find(b"item 1000") // page_size * page_size
+    assert start >= page_size
+    data[start : start + page_size] = bytes(page_size)
+    database.unlink()
+    return bytes(data)
+
+
+def tree(folder: Path) -> dict[str, bytes | str | None]:
+    """Every path under `folder`: file bytes, link target, or None for a folder."""
+    found: dict[str, bytes | str | None] = {}
+    for path in sorted(folder.rglob("*")):
+        key = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            found[key] = str(path.readlink())
+        elif path.is_dir():
+            found[key] = None
+        else:
+            found[key] = path.read_bytes()
+    return found
+
+
+def lines(ran: Ran, status: str, target: str) -> list[str]:
+    prefix = f"{status}: [{target}] =>"
+    return [line for line in ran.output.splitlines() if line.startswith(prefix)]
+
+
+def recap(ran: Ran, target: str) -> dict[str, int]:
+    """The RECAP counts of `target`."""
+    text = ran.output.split("RECAP", 1)[1]
+    match = re.search(rf"^{re.escape(target)}\s+:\s+(.*)$", text, re.MULTILINE)
+    assert match, ran.output
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def data_offset(archive: Path, member: str) -> tuple[int, zipfile.ZipInfo]:
+    """Where `member`'s (compressed) data starts in the archive file."""
+    with zipfile.ZipFile(archive) as opened:
+        info = opened.getinfo(member)
+    with archive.open("rb") as file:
+        file.seek(info.header_offset)
+        header = file.read(30)
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_length + extra_length, info
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(data)
+
+
+def symlink_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+def craft(destination: Path, target: str, members: list[tuple[zipfile.ZipInfo | str, bytes | str]]) -> Path:
+    """A zip made with zipfile, under a valid archive name of `target`."""
+    destination.mkdir(parents=True, exist_ok=True)
+    archive = destination / f"{target}-{CRAFTED}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as opened:
+        for info, data in members:
+            opened.writestr(info, data)
+    return archive
+
+
+SITE_MANIFEST = """
+    version: 1
+    targets:
+      - name: site
+        path: site
+        tags: [web]
+      - name: app-db
+        path: data/app.db
+        tags: [db]
+    """
+
+
+def make_site(project: Project) -> None:
+    project.file("site/big.txt", BIG_TEXT)
+    project.file("site/photo.jpg", bytes(range(256)) * 400)  # stored, never deflated
+    project.file("site/sub/small.txt", "small\n")
+    make_db(project.root / "site" / "data.db", rows=50)
+    make_db(project.root / "data" / "app.db", rows=20)
+    project.write_manifest(SITE_MANIFEST)
+
+
+def back_up(project: Project, times: int = 1) -> None:
+    for _ in range(times):
+        ran = project.invoke("backup")
+        assert ran.code == 0, ran.output
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+
+def test_verify_reads_every_archive_one_line_each_with_a_recap(project: Project) -> None:
+    make_site(project)
+    back_up(project, times=3)
+    site, databases = project.archives(target="site"), project.archives(target="app-db")
+    assert len(site) == 3 and len(databases) == 3
+    before = project.snapshot_tree()
+
+    ran = project.invoke("verify")
+
+    assert ran.code == 0, ran.output
+    ok = lines(ran, "ok", "site")
+    assert len(ok) == 3
+    for archive, line in zip(site, ok, strict=True):  # oldest first
+        assert archive.name in line
+        assert "1 database checked" in line
+    assert len(lines(ran, "ok", "app-db")) == 3
+    assert recap(ran, "site") == {"ok": 3, "changed": 0, "failed": 0, "skipped": 0}
+    assert recap(ran, "app-db") == {"ok": 3, "changed": 0, "failed": 0, "skipped": 0}
+    assert project.snapshot_tree() == before, "verify changed something"
+
+
+@pytest.mark.parametrize(
+    ("flags", "shown", "hidden"),
+    [
+        (["--only", "app-db"], "app-db", "site"),
+        (["--only", "si*"], "site", "app-db"),
+        (["--tags", "web"], "site", "app-db"),
+        (["--tags", "db"], "app-db", "site"),
+    ],
+)
+def test_verify_checks_only_the_selected_targets(project: Project, flags: list[str], shown: str, hidden: str) -> None:
+    make_site(project)
+    back_up(project, times=2)
+    for archive in project.archives(target=hidden):
+        archive.write_bytes(b"damaged beyond reading")  # would fail verify if it were looked at
+
+    ran = project.invoke("verify", *flags)
+
+    assert ran.code == 0, ran.output
+    assert len(lines(ran, "ok", shown)) == 2
+    assert f"[{hidden}]" not in ran.output
+
+
+@pytest.mark.parametrize("member", ["big.txt", "photo.jpg", "data.db"])
+def test_verify_names_an_archive_with_one_flipped_byte(project: Project, member: str) -> None:
+    make_site(project)
+    back_up(project, times=2)
+    older, newer = project.archives(target="site")
+    start, info = data_offset(older, member)
+    expected = zipfile.ZIP_STORED if member == "photo.jpg" else zipfile.ZIP_DEFLATED
+    assert info.compress_type == expected
+    assert info.compress_size > 100
+    flip_byte(older, start + info.compress_size // 2)
+
+    ran = project.invoke("verify", "--only", "site")
+
+    assert ran.code == 1, ran.output
+    (failed,) = lines(ran, "failed", "site")
+    assert older.name in failed and member in failed
+    (ok,) = lines(ran, "ok", "site")
+    assert newer.name in ok
+    assert recap(ran, "site") == {"ok": 1, "changed": 0, "failed": 1, "skipped": 0}
+
+    latest = project.invoke("verify", "--only", "site", "--latest")
+    assert latest.code == 0, latest.output
+    (only,) = lines(latest, "ok", "site")
+    assert newer.name in only
+    assert older.name not in latest.output
+
+
+@pytest.mark.parametrize("keep", ["half", "all but the last byte"])
+def test_verify_names_a_truncated_archive(project: Project, keep: str) -> None:
+    make_site(project)
+    back_up(project, times=2)
+    older, newer = project.archives(target="site")
+    data = newer.read_bytes()
+    newer.write_bytes(data[: len(data) // 2] if keep == "half" else data[:-1])
+
+    ran = project.invoke("verify", "--only", "site")
+
+    assert ran.code == 1, ran.output
+    (failed,) = lines(ran, "failed", "site")
+    assert newer.name in failed
+    (ok,) = lines(ran, "ok", "site")
+    assert older.name in ok
+
+    latest = project.invoke("verify", "--only", "site", "--latest")
+    assert latest.code == 1, latest.output
+    (failed,) = lines(latest, "failed", "site")
+    assert newer.name in failed
+    assert older.name not in latest.output
+
+
+@pytest.mark.parametrize("member", ["data.db", "store"])
+def test_verify_integrity_checks_database_members(project: Project, member: str) -> None:
+    make_site(project)
+    back_up(project)
+    damaged = craft(
+        project.root / "backups", "site", [("notes.txt", "fine\n"), (member, damaged_db_bytes(project.root))]
+    )
+    (good,) = [a for a in project.archives(target="site") if a != damaged]
+
+    ran = project.invoke("verify", "--only", "site")
+
+    assert ran.code == 1, ran.output
+    (failed,) = lines(ran, "failed", "site")
+    assert damaged.name in failed and member in failed and "integrity_check" in failed
+    (ok,) = lines(ran, "ok", "site")
+    assert good.name in ok
+
+
+def test_verify_of_a_target_without_archives_fails(project: Project) -> None:
+    make_site(project)
+    ran = project.invoke("verify", "--only", "site")
+    assert ran.code == 1, ran.output
+    (failed,) = lines(ran, "failed", "site")
+    assert "no archives" in failed
+
+
+# --- restore: what comes back --------------------------------------------------------------------
+
+
+def test_restore_takes_the_newest_archive_or_the_one_named(project: Project) -> None:
+    make_site(project)
+    back_up(project)
+    project.file("site/sub/small.txt", "changed\n")
+    make_db(project.root / "site" / "data.db", rows=60)
+    back_up(project)
+    older, newer = project.archives(target="site")
+
+    newest = project.root / "newest"
+    ran = project.invoke("restore", "site", "--to", str(newest))
+    assert ran.code == 0, ran.output
+    assert newer.name in ran.output
+    assert (newest / "sub" / "small.txt").read_text() == "changed\n"
+    assert (newest / "big.txt").read_text() == BIG_TEXT
+    assert (newest / "photo.jpg").read_bytes() == (project.root / "site" / "photo.jpg").read_bytes()
+    assert integrity(newest / "data.db") == ["ok"]
+    assert names(newest / "data.db") == [f"item {n}" for n in range(1, 61)]
+
+    named = project.root / "named"
+    ran = project.invoke("restore", "site", "--to", str(named), "--archive", older.name)
+    assert ran.code == 0, ran.output
+    assert (named / "sub" / "small.txt").read_text() == "small\n"
+    assert integrity(named / "data.db") == ["ok"]
+    assert names(named / "data.db") == [f"item {n}" for n in range(1, 51)]
+
+
+def test_restore_of_one_member_writes_only_that_file(project: Project) -> None:
+    make_site(project)
+    back_up(project)
+    folder = project.root / "restored"
+
+    ran = project.invoke("restore", "site", "--to", str(folder), "--member", "sub/small.txt")
+
+    assert ran.code == 0, ran.output
+    assert tree(folder) == {"sub": None, "sub/small.txt": b"small\n"}
+
+
+def test_restore_of_one_folder_member_writes_only_that_folder(project: Project) -> None:
+    make_site(project)
+    back_up(project)
+    folder = project.root / "restored"
+
+    ran = project.invoke("restore", "site", "--to", str(folder), "--member", "sub")
+
+    assert ran.code == 0, ran.output
+    assert tree(folder) == {"sub": None, "sub/small.txt": b"small\n"}
+
+
+def test_restore_does_not_overwrite_without_force_and_does_with_it(project: Project) -> None:
+    make_site(project)
+    back_up(project)
+    folder = project.root / "restored"
+    project.file("restored/sub/small.txt", "mine, newer than the backup\n")
+    before = tree(folder)
+    times = project.snapshot_tree()
+
+    ran = project.invoke("restore", "site", "--to", str(folder))
+
+    assert ran.code == 2, ran.output
+    assert "--force" in ran.output
+    assert tree(folder) == before, "restore without --force wrote or changed files"
+    assert project.snapshot_tree() == times
+
+    forced = project.invoke("restore", "site", "--to", str(folder), "--force")
+
+    assert forced.code == 0, forced.output
+    assert (folder / "sub" / "small.txt").read_text() == "small\n"
+    assert (folder / "big.txt").read_text() == BIG_TEXT
+    assert names(folder / "data.db") == [f"item {n}" for n in range(1, 51)]
+
+
+def test_restore_with_force_replaces_a_link_instead_of_writing_through_it(project: Project) -> None:
+    make_site(project)
+    back_up(project)
+    outside = project.file("outside/precious.txt", "must stay\n")
+    folder = project.root / "restored"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "small.txt").symlink_to(outside)
+
+    ran = project.invoke("restore", "site", "--to", str(folder), "--force")
+
+    assert ran.code == 0, ran.output
+    assert outside.read_text() == "must stay\n"
+    assert not (folder / "sub" / "small.txt").is_symlink()
+    assert (folder / "sub" / "small.txt").read_text() == "small\n"
+
+
+def test_restore_over_a_database_removes_its_stale_wal(project: Project) -> None:
+    database = make_db(project.root / "data" / "app.db", rows=3)
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - name: app-db
+            path: data/app.db
+        """
+    )
+    back_up(project)
+    # The application went on writing in WAL mode, then crashed: app.db with a -wal full of later commits.
+    live = project.root / "live"
+    make_db(live / "app.db", rows=3)
+    writer = sqlite3.connect(live / "app.db", isolation_level=None)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("INSERT INTO items(name) VALUES ('after the backup')")
+        wal = live / "app.db-wal"
+        assert wal.stat().st_size > 0
+        folder = project.root / "restored"
+        folder.mkdir()
+        for name in ("app.db", "app.db-wal"):
+            (folder / name).write_bytes((live / name).read_bytes())
+    finally:
+        writer.close()
+    assert names(project.root / "live" / "app.db")[-1] == "after the backup"
+
+    ran = project.invoke("restore", "app-db", "--to", str(folder), "--force")
+
+    assert ran.code == 0, ran.output
+    assert not (folder / "app.db-wal").exists(), "a stale -wal left beside the restored database is replayed"
+    assert integrity(folder / "app.db") == ["ok"]
+    assert names(folder / "app.db") == ["item 1", "item 2", "item 3"]
+
+
+# --- restore: refusals ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        pytest.param(["site"], id="no --to"),
+        pytest.param(["nosuch", "--to", "{folder}"], id="unknown target"),
+        pytest.param(["site", "--to", "{folder}", "--archive", f"site-{CRAFTED}.zip"], id="unknown archive"),
+        pytest.param(["site", "--to", "{folder}", "--archive", "nonsense.zip"], id="not an archive name"),
+        pytest.param(["site", "--to", "{folder}", "--member", "no/such/file"], id="unknown member"),
+    ],
+)
+def test_restore_usage_errors_exit_2_and_write_nothing(project: Project, flags: list[str]) -> None:
+    make_site(project)
+    back_up(project)
+    folder = project.root / "restored"
+    before = project.snapshot_tree()
+
+    ran = project.invoke("restore", *(flag.format(folder=folder) for flag in flags))
+
+    assert ran.code == 2, ran.output
+    assert not folder.exists() or tree(folder) == {}
+    assert {k: v for k, v in project.snapshot_tree().items() if not k.startswith("restored")} == before
+
+
+def assert_nothing_written_outside(root: Path, folder: Path) -> None:
+    """No file anywhere under `root` but inside `folder` (or an archive) holds the payload."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.suffix != ".zip":
+            inside = folder.resolve() in path.resolve().parents
+            assert inside or b"EVIL" not in path.read_bytes(), f"written outside {folder}: {path}"
+    assert list((root / "outside").iterdir()) == []
+
+
+def restore_crafted(project: Project, members: list[tuple[zipfile.ZipInfo | str, bytes | str]]) -> tuple[Ran, Path]:
+    project.file("site/file.txt", "x\n")
+    project.write_manifest(SITE_MANIFEST)
+    (project.root / "outside").mkdir()
+    craft(project.root / "backups", "site", members)
+    folder = project.root / "restored"
+    return project.invoke("restore", "site", "--to", str(folder)), folder
+
+
+UNSAFE_NAMES = [
+    "../evil.txt",
+    "sub/../../evil.txt",
+    "../outside/evil.txt",
+    "{outside}/abs.txt",
+    "C:\\evil.txt",
+    "C:/evil.txt",
+    "\\evil.txt",
+    "sub\\..\\..\\evil.txt",
+]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_restore_refuses_member_names_that_leave_the_folder(project: Project, name: str) -> None:
+    name = name.format(outside=project.root / "outside")
+    ran, folder = restore_crafted(project, [("harmless.txt", "fine\n"), (name, "EVIL")])
+
+    assert ran.code == 1, ran.output
+    assert "refus" in ran.output and name in ran.output.replace("\\\\", "\\")
+    assert_nothing_written_outside(project.root, folder)
+    assert not any(b"EVIL" in p.read_bytes() for p in folder.rglob("*") if p.is_file())
+
+
+LINK_ATTACKS = {
+    "relative link out": [(symlink_info("link"), "../outside"), ("link/pwned.txt", "EVIL")],
+    "absolute link out": [(symlink_info("link"), "{outside}"), ("link/pwned.txt", "EVIL")],
+    "deep relative link out": [(symlink_info("a/b/link"), "../../../outside"), ("a/b/link/pwned.txt", "EVIL")],
+    # `l1` points inside while `d` does not exist; once `d` -> `.` exists, `l1` leads out of the folder.
+    "link made to lead out by a later link": [
+        (symlink_info("l1"), "d/../outside"),
+        (symlink_info("d"), "."),
+        ("l1/pwned.txt", "EVIL"),
+    ],
+}
+
+
+@pytest.mark.parametrize("members", LINK_ATTACKS.values(), ids=LINK_ATTACKS.keys())
+def test_restore_refuses_links_that_lead_outside(project: Project, members: list[tuple[zipfile.ZipInfo, str]]) -> None:
+    outside = str(project.root / "outside")
+    ran, folder = restore_crafted(project, [(info, data.format(outside=outside)) for info, data in members])
+
+    assert ran.code == 1, ran.output
+    assert "refus" in ran.output
+    assert_nothing_written_outside(project.root, folder)
+
+
+def test_restore_refuses_to_write_through_a_link_already_in_the_folder(project: Project) -> None:
+    folder = project.root / "restored"
+    folder.mkdir()
+    (project.root / "outside").mkdir()
+    (folder / "link").symlink_to(project.root / "outside")
+    project.file("site/file.txt", "x\n")
+    project.write_manifest(SITE_MANIFEST)
+    craft(project.root / "backups", "site", [("link/pwned.txt", "EVIL")])
+
+    ran = project.invoke("restore", "site", "--to", str(folder), "--force")
+
+    assert ran.code == 1, ran.output
+    assert "refus" in ran.output
+    assert list((project.root / "outside").iterdir()) == []
+
+
+def test_restore_refuses_a_damaged_database_and_writes_nothing_for_it(project: Project) -> None:
+    ran, folder = restore_crafted(project, [("data.db", damaged_db_bytes(project.root))])
+
+    assert ran.code == 1, ran.output
+    assert "integrity_check" in ran.output
+    assert not (folder / "data.db").exists()
+    assert [p.name for p in folder.iterdir()] == [], "a partial or damaged file was left in the folder"
+
+
+def test_restore_of_a_truncated_archive_fails_cleanly(project: Project) -> None:
+    make_site(project)
+    back_up(project)
+    (archive,) = project.archives(target="site")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    folder = project.root / "restored"
+
+    ran = project.invoke("restore", "site", "--to", str(folder))
+
+    assert ran.code == 1, ran.output
+    assert archive.name in ran.output
+    assert "Traceback" not in ran.output
