@@ -23,11 +23,36 @@ def snapshot(source: Path, destination: Path, busy_timeout: float) -> None:
     if not source.is_file():
         # mode=ro never creates a file, but say plainly what is wrong.
         raise TargetError(f"database not found: {source}; check the path in the manifest")
-    deadline = time.monotonic() + busy_timeout
+    companions = (Path(f"{source}-wal"), Path(f"{source}-shm"))
+    if _in_wal_mode(source) and not any(p.exists() for p in companions):
+        # No connection has this database open (an open WAL connection keeps its -wal and -shm),
+        # and a read-only WAL reader would leave an empty -wal and -shm beside it. Read it as
+        # immutable instead, then make sure nobody opened it meanwhile; if someone did, the
+        # usual locked read below starts over.
+        before = _identity(source)
+        _copy(source, destination, "mode=ro&immutable=1", busy_timeout)
+        if not any(p.exists() for p in companions) and _identity(source) == before:
+            return
     # Read-only: the backup never writes to the live database or checkpoints its WAL.
-    uri = f"{source.resolve().as_uri()}?mode=ro"
+    _copy(source, destination, "mode=ro", busy_timeout)
+
+
+def _in_wal_mode(source: Path) -> bool:
+    with source.open("rb") as header:
+        return header.read(20)[18:20] == b"\x02\x02"  # file format versions 2: WAL
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _copy(source: Path, destination: Path, options: str, busy_timeout: float) -> None:
+    deadline = time.monotonic() + busy_timeout
     try:
-        live = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+        live = sqlite3.connect(
+            f"{source.resolve().as_uri()}?{options}", uri=True, timeout=busy_timeout, isolation_level=None
+        )
     except sqlite3.Error as exc:
         raise TargetError(f"cannot open database {source}: {exc}") from None
     try:

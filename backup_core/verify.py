@@ -14,6 +14,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,28 +109,17 @@ def _check_member(
         return "local header missing or damaged"
     name_length, extra_length = struct.unpack("<HH", header[26:30])
     source.seek(info.header_offset + 30 + name_length + extra_length)
-    inflater = decompressor() if info.compress_type == zipfile.ZIP_DEFLATED else None
-    remaining, crc, size = info.compress_size, 0, 0
+    crc, size = 0, 0
     copy: BinaryIO | None = None
     try:
-        while remaining:
-            block = source.read(min(remaining, _BLOCK))
-            if not block:
-                return "data cut short (truncated archive)"
-            remaining -= len(block)
-            data = inflater.decompress(block) if inflater else block
+        for data in _member_data(source, info):
             if scratch is not None and size == 0 and data[:16] == SQLITE_HEADER and not info.is_dir():
                 copy = (scratch / f"member-{info.header_offset}.db").open("wb")
             crc, size = crc32(data, crc), size + len(data)
             if copy is not None:
                 copy.write(data)
-        if inflater is not None:
-            tail = inflater.flush()
-            crc, size = crc32(tail, crc), size + len(tail)
-            if copy is not None:
-                copy.write(tail)
-            if not inflater.eof:
-                return "compressed data ends early"
+    except _Damaged as exc:
+        return str(exc)
     except zlib.error as exc:
         return f"compressed data is damaged ({exc})"
     except Exception as exc:  # isal raises its own error type for damaged streams
@@ -150,6 +140,34 @@ def _check_member(
         if found:
             return f"SQLite {sqlite.CHECK_PRAGMAS[how]} failed: {found}"
     return None
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _member_data(source: BinaryIO, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    """A member's uncompressed data in pieces of at most _BLOCK bytes, whatever its ratio.
+
+    Bounding the output matters: a megabyte of deflated zeros inflates to a gigabyte.
+    """
+    inflater = decompressor() if info.compress_type == zipfile.ZIP_DEFLATED else None
+    remaining = info.compress_size
+    while remaining:
+        block = source.read(min(remaining, _BLOCK))
+        if not block:
+            raise _Damaged("data cut short (truncated archive)")
+        remaining -= len(block)
+        if inflater is None:
+            yield block
+            continue
+        yield inflater.decompress(block, _BLOCK)
+        while inflater.unconsumed_tail:
+            yield inflater.decompress(inflater.unconsumed_tail, _BLOCK)
+    if inflater is not None:
+        yield inflater.flush()
+        if not inflater.eof:
+            raise _Damaged("compressed data ends early")
 
 
 def _check_with_zipfile(archive: Path, info: zipfile.ZipInfo) -> str | None:

@@ -321,6 +321,8 @@ def ensure_database(work: Path, size_mib: int, seed: int) -> Built:
 
 
 def _build_database(path: Path, size: int, seed: int) -> Built:
+    for companion in ("-wal", "-shm"):  # left by an older database: SQLite would try to use them
+        Path(f"{path}{companion}").unlink(missing_ok=True)
     rng = random.Random(seed)
     text = _Text(rng)
     connection = sqlite3.connect(path, isolation_level=None)

@@ -3,7 +3,7 @@
 Run from the repository root (`make bench` does):
 
     python -m benchmarks.run [--size-mib 1024] [--rounds 3] [--sqlite-mib 500]
-                             [--tiny-files 100000] [--big-file-gib 0] [--quick]
+                             [--tiny-files 100000] [--big-file-gib 0] [--seed N] [--quick]
 
 It generates a deterministic tree (see benchmarks/generate.py) under
 benchmarks/work, then times every archiver on it, in turn within each round so
@@ -14,8 +14,11 @@ database, 100,000 tiny files, one huge sparse file).  Progress goes to stderr,
 so stdout is the report alone.
 
 Every archiver reads the same tree from the page cache: an untimed read warms
-it first.  Every command is a child process, timed from start to exit, so the
+it first.  Every command is a child process (started by benchmarks/launch.py,
+which also takes its peak memory), timed from start to exit, so the
 interpreter's start-up counts for the Python tools as it does for an operator.
+The one exception is this tool's SQLite snapshot function, which is called in
+this process, as a library.
 """
 
 from __future__ import annotations
@@ -102,33 +105,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# Defaults of the full run, and of --quick, which must finish in seconds.
+_FULL = {"rounds": 3, "sqlite_mib": 500, "tiny_files": 100_000}
+_QUICK = {"size_mib": 64, "rounds": 1, "sqlite_mib": 20, "tiny_files": 2000}
+
+
 def _parse(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
         description="Time this tool against the original script, Info-ZIP zip and tar | zstd; print Markdown.",
     )
-    parser.add_argument("--size-mib", type=_count, default=1024, help="size of the generated tree (default 1024)")
-    parser.add_argument("--rounds", type=_count, default=3, help="runs of each command; the median counts (3)")
+    parser.add_argument("--size-mib", type=_count, default=1024, metavar="N", help="size of the tree (1024)")
+    parser.add_argument("--rounds", type=_count, metavar="N", help="runs of each command; the median counts (3)")
     parser.add_argument(
-        "--sqlite-mib", type=_count_or_zero, default=500, help="SQLite database to snapshot, in MiB (500; 0 skips)"
+        "--sqlite-mib", type=_count_or_zero, metavar="N", help="SQLite database to snapshot, in MiB (500; 0 skips)"
     )
     parser.add_argument(
-        "--tiny-files", type=_count_or_zero, default=100_000, help="tiny files to archive (100000; 0 skips)"
+        "--tiny-files", type=_count_or_zero, metavar="N", help="tiny files to archive (100000; 0 skips)"
     )
     parser.add_argument(
-        "--big-file-gib", type=_count_or_zero, default=0, help="sparse file to archive, in GiB (default 0: skip)"
+        "--big-file-gib", type=_count_or_zero, default=0, metavar="N", help="sparse file to archive, in GiB (0 skips)"
     )
-    parser.add_argument("--seed", type=int, default=SEED, help="seed of the generated data")
+    parser.add_argument("--seed", type=int, default=SEED, metavar="N", help="seed of the generated data")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run in seconds: a 64 MiB tree, 1 round, a 20 MiB database, 2000 tiny files "
-        "(overrides those four options)",
+        help="smoke run in seconds: always a 64 MiB tree (so `make bench ARGS=--quick` works), and unless "
+        "given: 1 round, a 20 MiB database, 2000 tiny files",
     )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.size_mib, args.rounds, args.sqlite_mib, args.tiny_files = 64, 1, 20, 2000
-    return Options(args.size_mib, args.rounds, args.sqlite_mib, args.tiny_files, args.big_file_gib, args.seed)
+    # Options left out take the defaults of the kind of run; --quick overrides the tree's size
+    # even when given, because `make bench` always passes one.
+    chosen = dict(_QUICK if args.quick else _FULL)
+    chosen.update({key: value for key, value in vars(args).items() if key in _FULL and value is not None})
+    size_mib = _QUICK["size_mib"] if args.quick else args.size_mib
+    return Options(size_mib, chosen["rounds"], chosen["sqlite_mib"], chosen["tiny_files"], args.big_file_gib, args.seed)
 
 
 def _count(text: str) -> int:
@@ -214,29 +225,20 @@ def _main_comparison(tree: generate.Built, rounds: int, floor: int) -> dict[str,
                 f"{original.summary.seconds / seconds:.1f}×",
             ]
         )
+    headers = ["tool", "seconds (median)", "MB/s", "archive MB", "size vs original", "peak memory MB"]
     _emit(
-        *_table(
-            [
-                "tool",
-                "seconds (median)",
-                "MB/s",
-                "archive MB",
-                "size vs original",
-                "peak memory MB",
-                "speed vs original",
-            ],
-            rows,
-        ),
+        *_table([*headers, "speed vs original"], rows),
         "",
-        f"Seconds: median of {rounds} round(s), wall time of the whole command (interpreter start-up included); "
-        "within each round the tools run in turn, the first one changing from round to round. "
-        "This tool's time includes its fsync and its read-back check of the new archive; the original script, "
-        "zip and tar | zstd do neither. "
-        "Peak memory: the largest ru_maxrss of any round, from wait4 on the command's process, which a small "
-        f"launcher starts; every figure includes the {floor / MB:.1f} MB a command inherits from that launcher "
-        "(the peak of `true`). For tar | zstd the process is the shell, whose figure is the largest single "
-        "process of the pipeline: tar and zstd run at the same time, so their sum can be higher. "
-        "MB = 10^6 bytes.",
+        f"- Seconds: the median of {rounds} round(s), wall time of the whole command, interpreter start-up "
+        "included. Within a round the tools run in turn; the first to run changes from round to round.",
+        "- This tool's time includes its fsync and its read-back check of the new archive; "
+        "the original script, zip and tar | zstd do neither.",
+        "- Peak memory: the largest ru_maxrss of any round, from wait4 on the command's process, which a small "
+        f"launcher starts. Every figure includes the {floor / MB:.1f} MB a command inherits from that launcher "
+        "(the figure of `true`).",
+        "- For tar | zstd the process is the shell, whose figure is that of the largest single process of the "
+        "pipeline; tar and zstd run at the same time, so their sum can be higher.",
+        "- MB = 10^6 bytes.",
     )
     if missing:
         _emit("", f"Not installed, so not timed: {', '.join(missing)}.")
@@ -462,6 +464,7 @@ def _big_file_section(options: Options) -> None:
     if archive is None:
         raise BenchmarkError(f"{tool.name} exited 0 but wrote no archive of the sparse file")
     row = [
+        f"{big.path.name} ({options.big_file_gib} GiB)",
         f"{run.seconds:.2f}",
         f"{big.bytes / run.seconds / MB:,.0f}",
         f"{archive.stat().st_size / MB:,.1f}",
@@ -470,7 +473,7 @@ def _big_file_section(options: Options) -> None:
     _emit(
         f"### One large file: {options.big_file_gib} GiB, sparse (all zeros), one run",
         "",
-        *_table(["seconds", "MB/s", "archive MB", "peak memory MB"], [row]),
+        *_table(["file", "seconds", "MB/s", "archive MB", "peak memory MB"], [row]),
         "",
         f"Integrity: {_unzip_test(archive)}",
         "",
@@ -500,6 +503,8 @@ def _cpu_model() -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table: the first column left-aligned, the numbers right-aligned."""
+    # A | inside a cell (tar | zstd) would end the cell.
+    headers, rows = _escaped(headers), [_escaped(row) for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: list[str]) -> str:
@@ -508,6 +513,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
     rule = "|" + "|".join(["-" * (widths[0] + 2), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|"
     return [line(headers), rule, *(line(row) for row in rows)]
+
+
+def _escaped(cells: list[str]) -> list[str]:
+    return [cell.replace("|", "\\|") for cell in cells]
 
 
 def _mb(size: int | None) -> str:
