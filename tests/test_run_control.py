@@ -109,11 +109,16 @@ def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> Non
 
 
 def pid_alive(pid: int) -> bool:
+    """True while `pid` runs; a killed process waiting to be reaped (a zombie) is not running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    status = Path(f"/proc/{pid}/stat")
+    try:
+        return status.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # gone meanwhile on Linux; no /proc at all elsewhere, so trust kill(0)
+        return not Path("/proc/self").exists()
 
 
 # Hook scripts, written into the project and run with this interpreter.
@@ -434,7 +439,7 @@ def test_an_unchanged_sqlite_database_is_ok_the_second_time(project: Project, jo
     )
     first = project.invoke("backup", env={"BACKUP_NOW": NOW1})
     assert first.code == 0, first.output
-    assert "changed: [app-db] => " in first.stdout and "1 databases" in first.stdout
+    assert "changed: [app-db] => " in first.stdout and "1 database" in first.stdout
 
     second = project.invoke("backup", env={"BACKUP_NOW": NOW2})
 

@@ -158,7 +158,7 @@ def test_live_wal_database_is_archived_as_one_snapshot_and_left_untouched(projec
         assert names(database) == ["item 1", "item 2", "item 3", "in wal 1", "in wal 2"]
 
     (archive,) = project.archives(target="db")
-    assert "1 databases" in line_for(ran, "changed", "db")
+    assert "1 database" in line_for(ran, "changed", "db")
     assert member_names(archive) == ["data.db"], "only the snapshot belongs in the archive, never -wal/-shm"
     copy = extract(archive, "data.db", project.root / "alone")
     assert copy.read_bytes()[:16] == b"SQLite format 3\x00"
