@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from pathlib import PurePath
 from typing import Any, Protocol
 
 _isal: Any
@@ -114,6 +113,9 @@ def decompressor() -> Any:
     return (_isal or zlib).decompressobj(_RAW_DEFLATE)
 
 
-def worth_compressing(name: str | PurePath) -> bool:
+def worth_compressing(name: str) -> bool:
     """False for formats that are already compressed, judged by the file's extension."""
-    return PurePath(name).suffix.lower() not in STORED_SUFFIXES
+    # Called for every file: plain string work, not a PurePath per name.
+    base = name.rpartition("/")[2]
+    dot = base.rfind(".")
+    return dot <= 0 or base[dot:].lower() not in STORED_SUFFIXES

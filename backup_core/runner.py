@@ -23,7 +23,7 @@ import filelock
 
 from . import archives, fingerprint, hooks, retention, sources, sqlite
 from .archives import Archive
-from .compression import compressor_factory
+from .compression import compressor_factory, crc32
 from .errors import BackupError, TargetError
 from .manifest import Hooks, Manifest, Target
 from .results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
@@ -261,9 +261,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
             os.fsync(file.fileno())
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
-        verdict = verify_archive(partial)
-        if not verdict.ok:
-            raise TargetError(f"the new archive failed its read-back check: {verdict.problems[0]}")
+        _read_back(partial, writer)
         if target.skip_unchanged and not options.force and existing and _same_content(partial, existing[-1].path):
             result.status, result.archive = OK, existing[-1].path
             result.reason = f"unchanged since {existing[-1].name}"
@@ -274,6 +272,23 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
         for path in (partial, *snapshots):
             for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
                 leftover.unlink(missing_ok=True)
+
+
+def _read_back(archive: Path, writer: ZipWriter) -> None:
+    """After fsync, read the new archive back: every member's data against its CRC and size,
+    and the central directory byte for byte against what was written."""
+    records = writer.records()
+    verdict = verify_archive(archive, records=records)
+    start, expected = writer.directory_checksum()
+    with archive.open("rb") as source:
+        source.seek(start)
+        found = 0
+        while block := source.read(1 << 20):
+            found = crc32(block, found)
+    if found != expected:
+        verdict.problems.append("the central directory on disk differs from what was written")
+    if not verdict.ok:
+        raise TargetError(f"the new archive failed its read-back check: {verdict.problems[0]}")
 
 
 def _add(
@@ -288,7 +303,7 @@ def _add(
     if entry.kind == "dir":
         writer.add_directory(entry.name, entry.stat)
     elif entry.kind == "link":
-        writer.add_symlink(entry.name, str(entry.path.readlink()), entry.stat)
+        writer.add_symlink(entry.name, str(Path(entry.path).readlink()), entry.stat)
     elif entry.kind == "file":
         writer.add_file(entry.name, entry.path, entry.stat)
     else:
@@ -296,7 +311,7 @@ def _add(
         snapshots.append(copy)
         with _create_private(copy):
             pass  # created empty with mode 0600 before SQLite writes secrets into it
-        sqlite.snapshot(entry.path, copy, target.busy_timeout)
+        sqlite.snapshot(Path(entry.path), copy, target.busy_timeout)
         found = sqlite.check(copy, target.sqlite_check)
         if found:
             raise TargetError(

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import TargetError
 
@@ -22,28 +22,30 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 _COMPANIONS = ("-wal", "-shm", "-journal")
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One thing to archive: a folder, a link, a file or a database."""
 
     name: str  # the member name: relative, forward slashes
-    path: Path
+    path: str  # a string, not a Path: building 100,000 Path objects costs more than the walk
     kind: str  # "dir", "link", "file" or "sqlite"
     stat: os.stat_result
 
 
 def is_sqlite(path: Path, st: os.stat_result | None = None) -> bool:
     """True when `path` starts with the SQLite header."""
-    st = st or path.stat()
-    # Every database file is a whole number of pages of at least 512 bytes; checking
-    # the size first spares opening every file of a large tree.
-    if st.st_size < 512 or st.st_size % 512:
+    if not _could_be_sqlite(st or path.stat()):
         return False
     try:
         with path.open("rb") as source:
             return source.read(16) == SQLITE_HEADER
     except OSError:
         return False
+
+
+def _could_be_sqlite(st: os.stat_result) -> bool:
+    # Every database file is a whole number of pages of at least 512 bytes; checking
+    # the size first spares opening every file of a large tree.
+    return st.st_size >= 512 and not st.st_size % 512
 
 
 def kind_of(path: Path, declared: str) -> str:
@@ -76,7 +78,7 @@ def kind_of(path: Path, declared: str) -> str:
 def entries(path: Path, kind: str, exclude: tuple[str, ...] = ()) -> Iterator[Entry]:
     """Yield what to archive for a target whose path is of `kind`."""
     if kind != "folder":
-        yield Entry(path.name, path, kind, path.stat())
+        yield Entry(path.name, str(path), kind, path.stat())
         return
     yield from _walk(path, "", exclude)
 
@@ -99,7 +101,7 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
     regular: list[tuple[os.DirEntry[str], os.stat_result, str]] = []
     for entry in listing:
         relative = prefix + entry.name
-        if _excluded(relative, entry.name, exclude):
+        if exclude and _excluded(relative, entry.name, exclude):
             continue
         try:
             st = entry.stat(follow_symlinks=False)
@@ -108,19 +110,18 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
         if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
             regular.append((entry, st, relative))
         elif stat.S_ISREG(st.st_mode):
-            if is_sqlite(Path(entry.path), st):
+            if _could_be_sqlite(st) and is_sqlite(Path(entry.path), st):
                 databases.add(entry.name)
             regular.append((entry, st, relative))
         # sockets, fifos and devices are not data: skipped
     for entry, st, relative in regular:
         name = entry.name
-        if any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
+        if databases and any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
             continue
-        path = Path(entry.path)
         if stat.S_ISDIR(st.st_mode):
-            yield Entry(relative + "/", path, "dir", st)
-            yield from _walk(path, relative + "/", exclude)
+            yield Entry(relative + "/", entry.path, "dir", st)
+            yield from _walk(Path(entry.path), relative + "/", exclude)
         elif stat.S_ISLNK(st.st_mode):
-            yield Entry(relative, path, "link", st)
+            yield Entry(relative, entry.path, "link", st)
         else:
-            yield Entry(relative, path, "sqlite" if name in databases else "file", st)
+            yield Entry(relative, entry.path, "sqlite" if name in databases else "file", st)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from . import sqlite
 from .compression import crc32, decompressor
@@ -42,12 +42,37 @@ class Verdict:
         return not self.problems
 
 
-def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
-    """Check every member's data; with sqlite_check, also every SQLite member's integrity."""
+class Record(NamedTuple):
+    """What the central directory says of one member (the fields of zipfile.ZipInfo used here)."""
+
+    filename: str
+    header_offset: int
+    compress_type: int
+    compress_size: int
+    file_size: int
+    CRC: int  # ZipInfo's spelling
+
+
+def read_directory(archive: Path) -> list[Record]:
+    """Every member of `archive` in file order, as Python's zipfile reads the central directory."""
+    with zipfile.ZipFile(archive) as directory:
+        return sorted(
+            (
+                Record(i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC)
+                for i in directory.infolist()
+            ),
+            key=lambda record: record.header_offset,
+        )
+
+
+def verify_archive(archive: Path, sqlite_check: str = "none", records: list[Record] | None = None) -> Verdict:
+    """Check every member's data; with sqlite_check, also every SQLite member's integrity.
+
+    `records` (what the writer wrote) spares parsing the central directory again.
+    """
     verdict = Verdict(archive)
     try:
-        with zipfile.ZipFile(archive) as directory:
-            infos = sorted(directory.infolist(), key=lambda info: info.header_offset)
+        infos = records if records is not None else read_directory(archive)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
         verdict.problems.append(f"not a readable zip archive (truncated or damaged?): {exc}")
         return verdict
@@ -71,10 +96,10 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
     return verdict
 
 
-def _slices(infos: list[zipfile.ZipInfo], count: int) -> list[list[zipfile.ZipInfo]]:
+def _slices(infos: list[Record], count: int) -> list[list[Record]]:
     """Split members (in file order) into about `count` runs of similar compressed size."""
     total = sum(info.compress_size for info in infos) or 1
-    slices: list[list[zipfile.ZipInfo]] = [[]]
+    slices: list[list[Record]] = [[]]
     done = 0
     for info in infos:
         if done >= total * len(slices) / count and slices[-1]:
@@ -84,7 +109,7 @@ def _slices(infos: list[zipfile.ZipInfo], count: int) -> list[list[zipfile.ZipIn
     return [part for part in slices if part]
 
 
-def _check_slice(archive: Path, infos: list[zipfile.ZipInfo], scratch: Path | None, how: str) -> Verdict:
+def _check_slice(archive: Path, infos: list[Record], scratch: Path | None, how: str) -> Verdict:
     verdict = Verdict(archive)
     try:
         with archive.open("rb") as source:
@@ -99,7 +124,7 @@ def _check_slice(archive: Path, infos: list[zipfile.ZipInfo], scratch: Path | No
 
 
 def _check_member(
-    source: BinaryIO, archive: Path, info: zipfile.ZipInfo, verdict: Verdict, scratch: Path | None, how: str
+    source: BinaryIO, archive: Path, info: Record, verdict: Verdict, scratch: Path | None, how: str
 ) -> str | None:
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         return _check_with_zipfile(archive, info)
@@ -113,7 +138,7 @@ def _check_member(
     copy: BinaryIO | None = None
     try:
         for data in _member_data(source, info):
-            if scratch is not None and size == 0 and data[:16] == SQLITE_HEADER and not info.is_dir():
+            if scratch is not None and size == 0 and data[:16] == SQLITE_HEADER and not info.filename.endswith("/"):
                 copy = (scratch / f"member-{info.header_offset}.db").open("wb")
             crc, size = crc32(data, crc), size + len(data)
             if copy is not None:
@@ -146,7 +171,7 @@ class _Damaged(Exception):
     pass
 
 
-def _member_data(source: BinaryIO, info: zipfile.ZipInfo) -> Iterator[bytes]:
+def _member_data(source: BinaryIO, info: Record) -> Iterator[bytes]:
     """A member's uncompressed data in pieces of at most _BLOCK bytes, whatever its ratio.
 
     Bounding the output matters: a megabyte of deflated zeros inflates to a gigabyte.
@@ -170,9 +195,9 @@ def _member_data(source: BinaryIO, info: zipfile.ZipInfo) -> Iterator[bytes]:
             raise _Damaged("compressed data ends early")
 
 
-def _check_with_zipfile(archive: Path, info: zipfile.ZipInfo) -> str | None:
+def _check_with_zipfile(archive: Path, info: Record) -> str | None:
     try:
-        with zipfile.ZipFile(archive) as directory, directory.open(info) as member:
+        with zipfile.ZipFile(archive) as directory, directory.open(info.filename) as member:
             while member.read(_BLOCK):
                 pass
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
