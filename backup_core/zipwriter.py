@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .compression import FINAL_BLOCK, SYNC_FLUSH, CompressorFactory, crc32, worth_compressing
+from .compression import FINAL_BLOCK, SYNC_FLUSH, CompressorFactory, crc32, inflate, worth_compressing
 from .errors import TargetError
 from .verify import Record
 
@@ -72,6 +72,7 @@ class Member:
     offset: int = 0
     zip64_local: bool = False
     dos_time: tuple[int, int] = (0, 0)  # (time, date) as zip headers store them; computed once
+    packed_crc: int = 0  # CRC-32 of the bytes written as the member's data (compressed or not)
 
 
 @dataclass
@@ -172,7 +173,7 @@ class ZipWriter:
 
     def records(self) -> list[Record]:
         """What the central directory says of each member, for reading the archive back."""
-        return [Record(m.name, m.offset, m.method, m.compressed, m.size, m.crc) for m in self._members]
+        return [Record(m.name, m.offset, m.method, m.compressed, m.size, m.crc, m.packed_crc) for m in self._members]
 
     def directory_checksum(self) -> tuple[int, int]:
         """(offset, CRC-32) of everything after the members: directory and end records."""
@@ -224,11 +225,13 @@ class ZipWriter:
             member.crc = crc32(payload)
             member.size = len(payload)
             member.method = _STORED
+            member.packed_crc = member.crc
             if compress and payload:
                 squeezer = self._compressor()  # type: ignore[misc]
                 packed = squeezer.compress(payload) + squeezer.flush()
                 if len(packed) < len(payload):
-                    member.method, payload = _DEFLATED, packed
+                    _prove_decodes(packed, member.crc, member.name)
+                    member.method, payload, member.packed_crc = _DEFLATED, packed, crc32(packed)
             member.compressed = len(payload)
             ready.append((member, payload))
         return ready
@@ -237,7 +240,9 @@ class ZipWriter:
         if not large.compress:
             return chunk, None
         squeezer = self._compressor()  # type: ignore[misc]
-        return chunk, squeezer.compress(chunk) + squeezer.flush(SYNC_FLUSH)
+        packed = squeezer.compress(chunk) + squeezer.flush(SYNC_FLUSH)
+        _prove_decodes(packed, crc32(chunk), large.member.name)
+        return chunk, packed
 
     # --- writer side: strictly in order ---------------------------------------------------------
 
@@ -268,6 +273,7 @@ class ZipWriter:
             member.size += len(raw)
             data = packed if large.compress and packed is not None else raw
             member.compressed += len(data)
+            member.packed_crc = crc32(data, member.packed_crc)
             self._write(data)
 
         return write
@@ -280,6 +286,7 @@ class ZipWriter:
         elif member.method == _DEFLATED:
             self._write(FINAL_BLOCK)
             member.compressed += len(FINAL_BLOCK)
+            member.packed_crc = crc32(FINAL_BLOCK, member.packed_crc)
         if not member.zip64_local and max(member.size, member.compressed) >= _ZIP64_LIMIT:
             raise TargetError(f"{large.path} grew past 4 GiB while it was being read; run the backup again")
         # Patch method, CRC and sizes into the local header written before the data.
@@ -344,6 +351,13 @@ def _member(name: str, st: os.stat_result) -> Member:
     member = Member(name, encoded, _STORED, st.st_mtime, st.st_mode)
     member.dos_time = _dos_time(st.st_mtime)
     return member
+
+
+def _prove_decodes(packed: bytes, crc: int, name: str) -> None:
+    # Every deflated piece is inflated again before it is written and must give back the
+    # source's CRC; reading the archive back later then only has to find these same bytes.
+    if crc32(inflate(packed)) != crc:
+        raise TargetError(f"compressing {name} gave data that does not inflate back to it; archive discarded")
 
 
 def _flags(member: Member) -> int:

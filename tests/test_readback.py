@@ -1,0 +1,93 @@
+"""The checks a new archive passes before it is renamed into place, each shown to fail."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+
+from backup_core import runner
+from backup_core.compression import compressor_factory
+from backup_core.errors import TargetError
+from backup_core.zipwriter import CHUNK, ZipWriter
+
+TEXT = b"".join(b"line %d of a log that compresses well\n" % i for i in range(200_000))
+
+
+def _write(archive: Path, sources: list[Path], compressor: object = None) -> ZipWriter:
+    factory = compressor or compressor_factory(2)
+    with archive.open("wb") as file:
+        writer = ZipWriter(file, factory)  # type: ignore[arg-type]
+        for source in sources:
+            writer.add_file(source.name, source, source.stat())
+        writer.close()
+    return writer
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> list[Path]:
+    small = tmp_path / "small.log"
+    small.write_bytes(TEXT[: 64 * 1024])
+    large = tmp_path / "large.log"
+    large.write_bytes(TEXT)
+    assert large.stat().st_size > CHUNK  # the chunked path
+    return [small, large]
+
+
+def test_a_sound_archive_passes_its_read_back(tmp_path: Path, sources: list[Path]) -> None:
+    archive = tmp_path / "a.zip"
+    writer = _write(archive, sources)
+    runner._read_back(archive, writer)  # raises on any problem
+
+
+@pytest.mark.parametrize("where", ["small member", "large member", "central directory"])
+def test_a_byte_changed_on_disk_after_writing_is_found(tmp_path: Path, sources: list[Path], where: str) -> None:
+    archive = tmp_path / "a.zip"
+    writer = _write(archive, sources)
+    records = writer.records()
+    start, _ = writer.directory_checksum()
+    offset = {
+        "small member": records[0].header_offset + 100,
+        "large member": records[1].header_offset + 5000,
+        "central directory": start + 20,
+    }[where]
+    with archive.open("r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 0x40]))
+    with pytest.raises(TargetError, match="read-back check"):
+        runner._read_back(archive, writer)
+
+
+class _Lossy:
+    """A compressor whose output inflates to something other than its input."""
+
+    def __init__(self) -> None:
+        self._inner = zlib.compressobj(1, zlib.DEFLATED, -15)
+
+    def compress(self, data: bytes) -> bytes:
+        return self._inner.compress(data[:-1] + b"X" if data else data)
+
+    def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
+        return self._inner.flush(mode)
+
+
+@pytest.mark.parametrize("name", ["small.log", "large.log"])
+def test_compressed_data_that_does_not_inflate_back_is_never_written(
+    tmp_path: Path, sources: list[Path], name: str
+) -> None:
+    chosen = [s for s in sources if s.name == name]
+    with pytest.raises(TargetError, match="does not inflate back"):
+        _write(tmp_path / "a.zip", chosen, compressor=_Lossy)
+
+
+def test_the_read_back_reads_what_is_on_disk_not_what_is_in_memory(tmp_path: Path, sources: list[Path]) -> None:
+    # Truncating the file after writing must fail the check: it reads the file itself.
+    archive = tmp_path / "a.zip"
+    writer = _write(archive, sources)
+    os.truncate(archive, archive.stat().st_size // 2)
+    with pytest.raises(TargetError, match="read-back check"):
+        runner._read_back(archive, writer)
