@@ -10,6 +10,7 @@ counter would, and prints the number of hits committed every second.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 import time
@@ -41,7 +42,5 @@ def main(database: Path) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python examples/hit_counter.py DATABASE")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is meant to stop
         main(Path(sys.argv[1]))
-    except KeyboardInterrupt:
-        pass
