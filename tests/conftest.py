@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import zipfile
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +106,34 @@ def have(tool: str) -> bool:
 needs: Callable[[str], pytest.MarkDecorator] = lambda tool: pytest.mark.skipif(  # noqa: E731
     not have(tool), reason=f"{tool} is not installed"
 )
+
+
+def flow(value: Any) -> str:
+    """A value as YAML flow text (JSON is valid YAML)."""
+    return json.dumps(value)
+
+
+def archive_file_name(target: str, when: datetime) -> str:
+    """`<target>-<YYYYMMDDTHHMMSS>.<microseconds>Z.zip`, as the README documents it."""
+    return f"{target}-{when:%Y%m%dT%H%M%S}.{when.microsecond:06d}Z.zip"
+
+
+def fake_archive(folder: Path, target: str, when: datetime) -> Path:
+    """A small real zip under a target's archive name (prune and rotation only read names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / archive_file_name(target, when)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data.txt", f"made at {when.isoformat()}\n")
+    return path
+
+
+def names(database: Path) -> list[str]:
+    """The names in `items`, opening the file as SQLite would find it (with whatever lies beside it)."""
+    with closing(sqlite3.connect(database)) as connection:
+        return [row[0] for row in connection.execute("SELECT name FROM items ORDER BY id")]
+
+
+def integrity(database: Path) -> list[str]:
+    """What PRAGMA integrity_check says of a database."""
+    with closing(sqlite3.connect(database)) as connection:
+        return [str(row[0]) for row in connection.execute("PRAGMA integrity_check")]

@@ -8,15 +8,12 @@ the newest of each group, and keeps the groups' newest N; `last` keeps the N new
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections.abc import Callable, Hashable
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project
+from conftest import Project, archive_file_name, fake_archive, flow
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -64,25 +61,6 @@ def reference_keep(times: list[datetime], policy: dict[str, Any]) -> set[datetim
         horizon = newest_first[0] - int(text[:-1]) * REFERENCE_UNITS[text[-1]]
         kept.update(t for t in times if t >= horizon)
     return kept
-
-
-def archive_file_name(target: str, when: datetime) -> str:
-    """`<target>-<YYYYMMDDTHHMMSS>.<microseconds>Z.zip`, as the README documents it."""
-    return f"{target}-{when:%Y%m%dT%H%M%S}.{when.microsecond:06d}Z.zip"
-
-
-def fake_archive(folder: Path, target: str, when: datetime) -> Path:
-    """A small real zip under a target's archive name (prune only reads names)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / archive_file_name(target, when)
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("data.txt", f"made at {when.isoformat()}\n")
-    return path
-
-
-def flow(value: Any) -> str:
-    """A value as YAML flow text (JSON is valid YAML)."""
-    return json.dumps(value)
 
 
 # --- property: keep() against the reference ---------------------------------------------------

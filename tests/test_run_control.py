@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INVOKE, REPO, Project, Ran
+from conftest import INVOKE, REPO, Project, Ran, archive_file_name, fake_archive, flow
 
 PY = sys.executable
 POSIX = os.name == "posix"
@@ -77,23 +77,6 @@ def would_delete(detail: str) -> list[str]:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def flow(value: Any) -> str:
-    """A value as YAML flow text (JSON is valid YAML)."""
-    return json.dumps(value)
-
-
-def archive_file_name(target: str, when: datetime) -> str:
-    return f"{target}-{when:%Y%m%dT%H%M%S}.{when.microsecond:06d}Z.zip"
-
-
-def fake_archive(folder: Path, target: str, when: datetime) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / archive_file_name(target, when)
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("data.txt", f"made at {when.isoformat()}\n")
-    return path
 
 
 def utc(text: str) -> datetime:

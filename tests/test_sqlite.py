@@ -21,7 +21,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import INVOKE, REPO, Project, Ran
+from conftest import INVOKE, REPO, Project, Ran, integrity, names
 
 from backup_core import sqlite as sqlite_module
 from backup_core.errors import TargetError
@@ -45,17 +45,6 @@ def make_db(path: Path, rows: int = 3, *, wal: bool = False, page_size: int | No
         connection.executemany("INSERT INTO items(name) VALUES (?)", [(f"item {n}",) for n in range(1, rows + 1)])
         connection.execute("COMMIT")
     return path
-
-
-def names(database: Path) -> list[str]:
-    """The names in `items`, opening the file as SQLite would find it (with whatever lies beside it)."""
-    with closing(sqlite3.connect(database)) as connection:
-        return [row[0] for row in connection.execute("SELECT name FROM items ORDER BY id")]
-
-
-def integrity(database: Path) -> list[str]:
-    with closing(sqlite3.connect(database)) as connection:
-        return [str(row[0]) for row in connection.execute("PRAGMA integrity_check")]
 
 
 @contextmanager

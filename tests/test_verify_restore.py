@@ -16,7 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import Project, Ran
+from conftest import Project, Ran, integrity, names
 
 BIG_TEXT = "".join(f"line {n}: the quick brown fox jumps over the lazy dog\n" for n in range(20000))
 CRAFTED = "20260101T000000.000000Z"  # a valid archive time, older than any the clock gives
@@ -37,16 +37,6 @@ def make_db(path: Path, rows: int) -> Path:
         )
         connection.execute("COMMIT")
     return path
-
-
-def names(database: Path) -> list[str]:
-    with closing(sqlite3.connect(database)) as connection:
-        return [row[0] for row in connection.execute("SELECT name FROM items ORDER BY id")]
-
-
-def integrity(database: Path) -> list[str]:
-    with closing(sqlite3.connect(database)) as connection:
-        return [str(row[0]) for row in connection.execute("PRAGMA integrity_check")]
 
 
 def damaged_db_bytes(folder: Path) -> bytes:
