@@ -386,23 +386,12 @@ def _local_header(member: Member) -> bytes:
         extra += struct.pack("<HHQQ", 1, 16, size, compressed)
         size = compressed = _ZIP64_LIMIT
     version = 45 if member.zip64_local else 20
-    return (
-        _LOCAL.pack(
-            b"PK\x03\x04",
-            version,
-            _flags(member),
-            member.method,
-            dostime,
-            dosdate,
-            member.crc,
-            compressed,
-            size,
-            len(member.encoded),
-            len(extra),
-        )
-        + member.encoded
-        + extra
-    )
+    # signature, version needed, flags, method, time, date, CRC, sizes, name and extra lengths
+    header = _LOCAL.pack(
+        b"PK\x03\x04", version, _flags(member), member.method, dostime, dosdate, member.crc, compressed, size,
+        len(member.encoded), len(extra),
+    )  # fmt: skip
+    return header + member.encoded + extra
 
 
 def _central_header(member: Member) -> bytes:
@@ -423,29 +412,13 @@ def _central_header(member: Member) -> bytes:
     if stat.S_ISDIR(member.mode):
         external |= _DOS_DIRECTORY
     version = 45 if zip64 else 20
-    return (
-        _CENTRAL.pack(
-            b"PK\x01\x02",
-            _MADE_BY,
-            version,
-            _flags(member),
-            member.method,
-            dostime,
-            dosdate,
-            member.crc,
-            compressed,
-            size,
-            len(member.encoded),
-            len(extra),
-            0,
-            0,
-            0,
-            external,
-            offset,
-        )
-        + member.encoded
-        + extra
-    )
+    # as the local header, after "version made by"; then comment length, disk number,
+    # internal attributes, external attributes (Unix mode) and the local header's offset
+    header = _CENTRAL.pack(
+        b"PK\x01\x02", _MADE_BY, version, _flags(member), member.method, dostime, dosdate, member.crc, compressed,
+        size, len(member.encoded), len(extra), 0, 0, 0, external, offset,
+    )  # fmt: skip
+    return header + member.encoded + extra
 
 
 def _read_small(path: str | Path, expected: int) -> bytes:
