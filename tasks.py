@@ -86,7 +86,7 @@ def backup(
     skip_tags: list[str] | None = None,
     check: bool = False,
     force: bool = False,
-    jobs: int = 0,
+    jobs: str = "0",  # parsed by backup_core, so a bad value is a usage error, not a traceback
     format: str = "text",
     verbose: bool = False,
     log_file: str = "",

@@ -40,7 +40,7 @@ def run_targets(
     skip_tags: Iterable[str] | None = None,
     check: bool = False,
     force: bool = False,
-    jobs: int = 0,
+    jobs: int | str = 0,
     output: str = "text",
     verbose: bool = False,
     log_file: str | None = None,
@@ -48,8 +48,8 @@ def run_targets(
 ) -> int:
     """backup, prune or verify the selected targets; return the exit status."""
     output = _format(output)
-    if jobs < 0:
-        raise UsageError(f"--jobs {jobs}: give a number of targets to run at once, 1 or more")
+    jobs = _jobs(jobs)
+    _tolerant_output()
     loaded = _load(manifest_path)
     targets = selection.select(loaded.targets, only, tags, skip_tags)
     # In JSON mode stdout carries the document alone; people's text goes to stderr.
@@ -71,6 +71,24 @@ def run_targets(
     if output == "json":
         report.print_json(outcome, sys.stdout)
     return outcome.exit_code
+
+
+def _jobs(value: int | str) -> int:
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = -1
+    if jobs < 0:
+        raise UsageError(f"--jobs {value}: give a number of targets to run at once, 1 or more")
+    return jobs
+
+
+def _tolerant_output() -> None:
+    """A file name the console cannot show (a cp1252 console, a strict pipe) is escaped, not fatal."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 def _stop_on_terminate() -> None:

@@ -174,8 +174,11 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
             problems.append(document.problem((*path, key), f"unknown key '{key}'; {suggestion}"))
         return problems
     if error.validator in ("anyOf", "oneOf") and error.context:
-        deepest = jsonschema.exceptions.best_match(error.context)
-        return _explain(document, _rebase(deepest, error))
+        # Explain the branch meant for this kind of value (an object's problem, not "is not
+        # an array"); context errors know their absolute place through their parent.
+        meant = [e for e in error.context if not (e.validator == "type" and not e.path)]
+        chosen = max(meant, key=lambda e: len(e.path)) if meant else jsonschema.exceptions.best_match(error.context)
+        return _explain(document, chosen)
     if error.validator == "type" and isinstance(error.instance, str):
         wanted = error.validator_value
         if wanted == "boolean":
@@ -194,12 +197,6 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
     if error.validator == "minProperties" and path and path[-1] == "keep":
         return [document.problem(path, "keep needs at least one rule (last, hourly, daily, ...), or it keeps nothing")]
     return [document.problem(path, error.message)]
-
-
-def _rebase(child: jsonschema.ValidationError, parent: jsonschema.ValidationError) -> jsonschema.ValidationError:
-    # Errors inside anyOf carry paths relative to the anyOf's instance.
-    child.path.extendleft(reversed(parent.absolute_path))
-    return child
 
 
 # --- resolution ---------------------------------------------------------------------------------
@@ -225,7 +222,8 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
         if f"targets[{index}]" not in broken:
             targets.append(_resolve_target(document, index, raw, defaults, environ, problems))
     jobs = data.get("jobs", schema()["properties"]["jobs"]["default"])
-    return Manifest(document.file, tuple(targets), jobs, _hooks(data.get("hooks") or {})), problems
+    run_hooks = _hooks(data.get("hooks") or {}, document, ("hooks",), problems)
+    return Manifest(document.file, tuple(targets), jobs, run_hooks), problems
 
 
 def _resolve_target(
@@ -270,7 +268,7 @@ def _resolve_target(
         busy_timeout=float(sqlite["busy_timeout"]),
         skip_unchanged=setting("skip_unchanged"),
         lock_timeout=float(setting("lock_timeout")),
-        hooks=_hooks(setting("hooks") or {}),
+        hooks=_hooks(setting("hooks") or {}, document, source("hooks"), problems),
         line=document.place(here)[0],
     )
 
@@ -294,17 +292,29 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def _hooks(raw: dict[str, Any]) -> Hooks:
+def _hooks(raw: dict[str, Any], document: Document, where: KeyPath, problems: list[Problem]) -> Hooks:
     default_timeout = schema()["definitions"]["hook"]["anyOf"][1]["properties"]["timeout"]["default"]
 
-    def one(item: Any) -> Hook:
+    def one(item: Any, here: KeyPath) -> Hook:
         if isinstance(item, list):
             return Hook(tuple(item), None, default_timeout)
         run, timeout = item["run"], float(item.get("timeout", default_timeout))
         if isinstance(run, str) and item.get("shell"):
             return Hook(None, run, timeout)
         if isinstance(run, str):
-            return Hook(tuple(shlex.split(run)), None, timeout)
+            try:
+                argv = tuple(shlex.split(run))
+            except ValueError as exc:
+                problems.append(document.problem((*here, "run"), f"cannot split this command ({exc}); fix its quotes"))
+                argv = ()
+            if not argv and run.strip() == "":
+                problems.append(document.problem((*here, "run"), "the command is empty"))
+            return Hook(argv, None, timeout)
         return Hook(tuple(run), None, timeout)
 
-    return Hooks(*(tuple(one(item) for item in raw.get(when, [])) for when in ("before", "after", "on_failure")))
+    return Hooks(
+        *(
+            tuple(one(item, (*where, when, index)) for index, item in enumerate(raw.get(when, [])))
+            for when in ("before", "after", "on_failure")
+        )
+    )

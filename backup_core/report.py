@@ -72,7 +72,8 @@ class TextReporter:
         self.stream, self.command, self.check, self.verbose = stream, command, check, verbose
         self.colour = stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
         self._lock = threading.Lock()  # lines from parallel targets never interleave
-        self._log = log_file.open("a", encoding="utf-8") if log_file else None
+        # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
+        self._log = log_file.open("a", encoding="utf-8", errors="backslashreplace") if log_file else None
         self._progress = _Progress(stream) if self.colour and command == "backup" and not check else None
         self.wants_totals = self._progress is not None
 

@@ -44,6 +44,10 @@ def choose_archive(target: Target, name: str | None) -> Path:
         raise TargetError(f"no archives of {target.name} in {target.destination}; nothing to restore")
     if name is None:
         return existing[-1].path
+    if Path(name).name != name:
+        raise UsageError(
+            f"--archive {name}: give the archive's file name only; it is looked for in {target.destination}"
+        )
     for archive in existing:
         if archive.name == Path(name).name:
             return archive.path
@@ -158,8 +162,12 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             done.warnings.append(f"could not make link {info.filename} -> {link}: {exc.strerror or exc}")
         return
     partial = path.with_name(f".{path.name}.restore-partial")
+    # A leftover temporary name could be a link planted to make us write elsewhere: remove
+    # it, then create the file anew, refusing to follow anything found there.
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
     try:
-        with directory.open(info) as source, partial.open("wb") as copy:
+        with directory.open(info) as source, os.fdopen(descriptor, "wb") as copy:
             head = source.read(_BLOCK)
             is_database = head[:16] == SQLITE_HEADER
             while head:

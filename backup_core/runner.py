@@ -11,6 +11,7 @@ import errno
 import os
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -151,7 +152,9 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
     """Hold this target's lock; yield False (and mark the result skipped) when another run has it."""
     target.destination.mkdir(parents=True, exist_ok=True)
     # One lock per destination and target: two targets sharing a folder never wait on each other.
-    lock = filelock.FileLock(target.destination / f".{target.name}.lock")
+    path = target.destination / f".{target.name}.lock"
+    path.touch(exist_ok=True)  # a folder we cannot write to is a failure, not "another run"
+    lock = filelock.FileLock(path)
     try:
         lock.acquire(timeout=target.lock_timeout)
     except filelock.Timeout:
@@ -170,7 +173,7 @@ def _guarded(target: Target, result: TargetResult, body: Callable[[], None]) -> 
     started = time.monotonic()
     try:
         body()
-    except (BackupError, OSError) as exc:
+    except Exception as exc:  # one target's failure, whatever it is, must not stop the run
         result.fail(_describe(exc, target))
     result.seconds = time.monotonic() - started
     return result
@@ -195,18 +198,37 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 # After the before hooks: one of them may be what mounts or prepares the source.
                 kind = sources.kind_of(target.path, target.type)
                 _archive(target, kind, options, result)
-                if result.status == CHANGED:
-                    _rotate(target, result)
-            except (BackupError, OSError) as exc:
+            except KeyboardInterrupt:
+                # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
+                # on_failure starts again.
+                result.fail("interrupted; the partial archive was removed")
+                _closing_hooks(target, result)
+                raise
+            except Exception as exc:  # see _guarded
                 result.fail(_describe(exc, target))
-            hooks.run_closing_hooks(
-                target.hooks,
-                lambda: _hook_variables(target, result),
-                lambda: result.status == FAILED,
-                lambda exc: _hook_failed(result, exc),
-            )
+            _closing_hooks(target, result)
 
     return _guarded(target, result, body)
+
+
+def _closing_hooks(target: Target, result: TargetResult) -> None:
+    """after (on success), then rotation, then on_failure if anything failed on the way."""
+    if result.status != FAILED:
+        try:
+            hooks.run_hooks("after", target.hooks.after, _hook_variables(target, result))
+        except TargetError as exc:
+            _hook_failed(result, exc)
+    if result.status == CHANGED:
+        # Old archives go only once everything the operator asked for has succeeded.
+        try:
+            _rotate(target, result)
+        except OSError as exc:
+            result.fail(f"archive made, but rotating old archives failed: {_describe(exc, target)}")
+    if result.status == FAILED:
+        try:
+            hooks.run_hooks("on_failure", target.hooks.on_failure, _hook_variables(target, result))
+        except TargetError as exc:
+            _hook_failed(result, exc)
 
 
 def _hook_failed(result: TargetResult, exc: TargetError) -> None:
@@ -337,8 +359,8 @@ def _create_private(path: Path) -> Iterator[BinaryIO]:
 def _same_content(new: Path, old: Path) -> bool:
     try:
         return fingerprint.of_archive(new) == fingerprint.of_archive(old)
-    except (OSError, ValueError):
-        return False  # an unreadable old archive is no reason to skip a backup
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False  # a damaged old archive is no reason to skip a backup: make a new one
 
 
 def _rotate(target: Target, result: TargetResult) -> None:
@@ -406,7 +428,12 @@ def prune_target(target: Target, options: Options) -> TargetResult:
 
 def verify_target(target: Target, options: Options) -> list[TargetResult]:
     """Read back every archive of the target (or the newest); one result per archive."""
-    existing = archives.list_archives(target.destination, target.name)
+    try:
+        existing = archives.list_archives(target.destination, target.name)
+    except OSError as exc:
+        result = TargetResult(target.name)
+        result.fail(f"cannot list {target.destination}: {exc.strerror or exc}")
+        return [result]
     if not existing:
         result = TargetResult(target.name)
         result.fail(f"no archives of {target.name} in {target.destination}; run a backup first")

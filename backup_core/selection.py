@@ -21,6 +21,10 @@ def select(
     skip_tags: Iterable[str] | None = None,
 ) -> list[Target]:
     """The targets that match, in manifest order; selecting nothing is a usage error."""
+    for flag, given in (("--only", only), ("--tags", tags), ("--skip-tags", skip_tags)):
+        # `--only "$T"` with T empty must not quietly mean every target.
+        if given and not split_words(given):
+            raise UsageError(f"{flag} was given without a name")
     names, wanted, unwanted = split_words(only), set(split_words(tags)), set(split_words(skip_tags))
     known = [t.name for t in targets]
     for pattern in names:

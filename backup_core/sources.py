@@ -61,6 +61,9 @@ def kind_of(path: Path, declared: str) -> str:
             st = path.stat()  # a target that is itself a link is followed: the operator named it
         except FileNotFoundError:
             raise TargetError(f"source {path} is a link to nothing; check the path in the manifest") from None
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        # Reading a FIFO would wait forever; a device is not data to back up.
+        raise TargetError(f"source {path} is not a file or a folder (a FIFO, socket or device); check the path")
     actual = "folder" if stat.S_ISDIR(st.st_mode) else "file"
     if declared == "folder" and actual != "folder":
         raise TargetError(f"source {path} is not a folder but the manifest says type: folder")
@@ -87,6 +90,22 @@ def _excluded(relative: str, name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(relative if "/" in p else name, p.rstrip("/")) for p in patterns)
 
 
+_REPARSE_POINT = 0x400  # FILE_ATTRIBUTE_REPARSE_POINT
+
+
+def _is_junction(entry: os.DirEntry[str], st: os.stat_result) -> bool:
+    # Windows junctions look like folders to lstat on Python before 3.12.
+    return bool(getattr(st, "st_file_attributes", 0) & _REPARSE_POINT) or bool(
+        getattr(entry, "is_junction", lambda: False)()
+    )
+
+
+def _as_link(st: os.stat_result) -> os.stat_result:
+    fields = list(st[:10])
+    fields[0] = stat.S_IFLNK | 0o777
+    return os.stat_result(fields)
+
+
 def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry]:
     try:
         with os.scandir(folder) as scan:
@@ -107,7 +126,9 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue  # vanished between listing and stat
-        if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        if stat.S_ISDIR(st.st_mode) and _is_junction(entry, st):
+            regular.append((entry, _as_link(st), relative))  # a Windows junction: a link, not followed
+        elif stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
             regular.append((entry, st, relative))
         elif stat.S_ISREG(st.st_mode):
             if _could_be_sqlite(st) and is_sqlite(Path(entry.path), st):

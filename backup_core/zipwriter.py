@@ -73,6 +73,7 @@ class Member:
     zip64_local: bool = False
     dos_time: tuple[int, int] = (0, 0)  # (time, date) as zip headers store them; computed once
     packed_crc: int = 0  # CRC-32 of the bytes written as the member's data (compressed or not)
+    utf8: bool = False  # the name is non-ASCII UTF-8 (the zip flag that says so)
 
 
 @dataclass
@@ -345,10 +346,12 @@ class ZipWriter:
 
 def _member(name: str, st: os.stat_result) -> Member:
     try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:  # a name that is not valid UTF-8 on disk: keep its bytes
-        encoded = os.fsencode(name)
-    member = Member(name, encoded, _STORED, st.st_mtime, st.st_mode)
+        encoded, utf8 = name.encode("utf-8"), not name.isascii()
+    except UnicodeEncodeError:
+        # A name that is not valid UTF-8 on disk: keep its bytes and do not claim UTF-8,
+        # or readers that trust the flag refuse the whole archive.
+        encoded, utf8 = os.fsencode(name), False
+    member = Member(name, encoded, _STORED, st.st_mtime, st.st_mode, utf8=utf8)
     member.dos_time = _dos_time(st.st_mtime)
     return member
 
@@ -361,7 +364,7 @@ def _prove_decodes(packed: bytes, crc: int, name: str) -> None:
 
 
 def _flags(member: Member) -> int:
-    return _UTF8_FLAG if not member.encoded.isascii() else 0
+    return _UTF8_FLAG if member.utf8 else 0
 
 
 def _dos_time(mtime: float) -> tuple[int, int]:

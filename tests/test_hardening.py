@@ -1,0 +1,221 @@
+"""Inputs a careless or hostile world provides, each through the real `invoke` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import INVOKE, REPO, Project, fake_archive, flow
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="needs POSIX file names, FIFOs or signals")
+
+
+def manifest(project: Project, target: str, **settings: object) -> None:
+    extra = "".join(f"\n            {key}: {flow(value)}" for key, value in settings.items())
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - name: site
+            path: {target}
+            destination: backups{extra}
+        """
+    )
+
+
+def line(text: str, status: str) -> str:
+    return next(row for row in text.splitlines() if row.startswith(f"{status}: [site]"))
+
+
+def test_restore_never_writes_through_a_link_planted_at_its_temporary_name(project: Project) -> None:
+    project.file("src/a.txt", "archived\n")
+    manifest(project, "src")
+    assert project.invoke("backup").code == 0
+    victim = project.file("victim.txt", "not yours\n")
+    restored = project.root / "restored"
+    restored.mkdir()
+    (restored / ".a.txt.restore-partial").symlink_to(victim)
+
+    ran = project.invoke("restore", "site", "--to", str(restored))
+
+    assert ran.code == 0, ran.output
+    assert victim.read_text() == "not yours\n"
+    assert (restored / "a.txt").read_text() == "archived\n"
+    assert not (restored / "a.txt").is_symlink()
+
+
+@posix_only
+def test_a_file_name_that_is_not_utf8_archives_verifies_and_restores(project: Project) -> None:
+    folder = project.root / "src"
+    folder.mkdir()
+    raw_name = b"bad\xff\xfe.txt"
+    Path(os.fsdecode(os.fsencode(folder) + b"/" + raw_name)).write_text("odd name\n")
+    manifest(project, "src")
+
+    assert project.invoke("backup").code == 0
+    (archive,) = project.archives()
+    with zipfile.ZipFile(archive) as opened:
+        (info,) = opened.infolist()
+        assert not info.flag_bits & 0x800, "a name that is not UTF-8 must not claim to be"
+        assert opened.read(info) == b"odd name\n"
+    verified = project.invoke("verify")
+    assert verified.code == 0, verified.output
+    restored = project.invoke("restore", "site", "--to", str(project.root / "out"))
+    assert restored.code == 0, restored.output
+    assert "Traceback" not in restored.output
+
+
+def test_a_damaged_newest_archive_does_not_stop_later_backups(project: Project) -> None:
+    project.file("notes.txt", "notes\n")
+    manifest(project, "notes.txt", skip_unchanged=True)
+    assert project.invoke("backup").code == 0
+    (archive,) = project.archives()
+    os.truncate(archive, 40)
+
+    ran = project.invoke("backup")
+
+    assert ran.code == 0, ran.output
+    assert line(ran.stdout, "changed")
+    assert len(project.archives()) == 2
+    assert "Traceback" not in ran.output
+
+
+@posix_only
+def test_a_fifo_as_a_target_fails_at_once(project: Project) -> None:
+    os.mkfifo(project.root / "pipe")
+    manifest(project, "pipe")
+
+    ran = project.invoke("backup", timeout=60)
+
+    assert ran.code == 1, ran.output
+    assert "not a file or a folder" in line(ran.stdout, "failed")
+    assert project.archives() == []
+
+
+@posix_only
+def test_sigterm_during_a_before_hook_still_runs_on_failure(project: Project) -> None:
+    project.file("src/a.txt")
+    started = project.root / "started"
+    restarted = project.root / "restarted"
+    before = [sys.executable, "-c", f"open({str(started)!r}, 'w').close(); import time; time.sleep(30)"]
+    on_failure = [sys.executable, "-c", f"open({str(restarted)!r}, 'w').close()"]
+    manifest(project, "src", hooks={"before": [before], "on_failure": [on_failure]})
+    child = subprocess.Popen(
+        [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the before hook never started"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=60)
+
+    assert child.returncode == 130
+    assert restarted.exists(), "on_failure must run when a run is stopped after a before hook"
+    assert project.archives() == []
+
+
+def test_a_log_file_whose_name_is_not_utf8_is_escaped_not_fatal(project: Project) -> None:
+    weird = "caf\udce9.txt" if os.name == "posix" else "café.txt"
+    Path(project.root / "src").mkdir()
+    try:
+        (project.root / "src" / weird).write_text("x\n")
+    except (UnicodeEncodeError, OSError):
+        pytest.skip("this file system cannot hold that name")
+    project.file("src/z.txt", "after\n")
+    manifest(project, "src")
+    log = project.root / "run.log"
+
+    ran = project.invoke("backup", "-v", "--log-file", str(log))
+
+    assert ran.code == 0, ran.output
+    assert "z.txt" in log.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        ({"run": "echo 'unclosed"}, "cannot split this command"),
+        ({"run": "   "}, "the command is empty"),
+        ({"run": ["true"], "timeout": 1e300}, "is greater than the maximum"),
+    ],
+    ids=["bad quotes", "empty", "huge timeout"],
+)
+def test_a_broken_hook_is_a_located_manifest_error(project: Project, hook: dict[str, object], message: str) -> None:
+    project.file("src/a.txt")
+    manifest(project, "src", hooks={"before": [hook]})
+
+    ran = project.invoke("validate")
+
+    assert ran.code == 2, ran.output
+    assert "backups.yml:" in ran.stderr and "targets[0].hooks" in ran.stderr and message in ran.stderr
+    assert "Traceback" not in ran.output
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--jobs", "abc"], ["--jobs", "-1"], ["--only", ""], ["--only", ","], ["--tags", ""]],
+    ids=["jobs not a number", "jobs negative", "only empty", "only comma", "tags empty"],
+)
+def test_bad_flags_are_usage_errors_that_change_nothing(project: Project, arguments: list[str]) -> None:
+    project.file("src/a.txt")
+    manifest(project, "src")
+    before = project.snapshot_tree()
+
+    ran = project.invoke("backup", *arguments)
+
+    assert ran.code == 2, ran.output
+    assert "Traceback" not in ran.output
+    assert project.snapshot_tree() == before
+
+
+def test_restore_refuses_an_archive_named_with_a_folder(project: Project) -> None:
+    project.file("src/a.txt")
+    manifest(project, "src")
+    assert project.invoke("backup").code == 0
+    (archive,) = project.archives()
+
+    ran = project.invoke("restore", "site", "--to", str(project.root / "out"), "--archive", f"../x/{archive.name}")
+
+    assert ran.code == 2, ran.output
+    assert "file name only" in ran.stderr
+    assert not (project.root / "out").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_a_destination_that_cannot_be_written_is_a_failure_not_a_skip(project: Project) -> None:
+    project.file("src/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - {name: site, path: src, destination: /proc/self}
+        """
+    )
+
+    ran = project.invoke("backup")
+
+    assert ran.code == 1, ran.output
+    assert line(ran.stdout, "failed")
+
+
+def test_a_failing_after_hook_deletes_no_old_archive(project: Project) -> None:
+    project.file("src/a.txt")
+    old = fake_archive(project.root / "backups", "site", datetime(2020, 1, 1))
+    manifest(project, "src", keep={"last": 1}, hooks={"after": [[sys.executable, "-c", "raise SystemExit(3)"]]})
+
+    ran = project.invoke("backup")
+
+    assert ran.code == 1, ran.output
+    assert old.exists(), "rotation must wait until the after hooks have succeeded"
+    assert len(project.archives()) == 2
