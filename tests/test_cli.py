@@ -668,7 +668,7 @@ def test_backup_help_shows_the_manifest_flag(runs: Callable[[str], Done]) -> Non
     assert (ran.code, ran.stderr) == (0, "")
     assert re.search(r"^\s+-m STRING, --manifest=STRING\s+Manifest to run", ran.stdout, re.MULTILINE)
     for flag in ("--check", "--format=STRING", "--log-file=STRING", "-o, --only", "-t, --tags", "--skip-tags",
-                 "-v, --verbose", "-j INT, --jobs=INT"):  # fmt: skip
+                 "-v, --verbose", "-j STRING, --jobs=STRING"):  # fmt: skip
         assert flag in ran.stdout, flag
 
 
