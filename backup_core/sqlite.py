@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from .errors import TargetError
 
@@ -37,6 +38,16 @@ def snapshot(source: Path, destination: Path, busy_timeout: float) -> None:
     _copy(source, destination, "mode=ro", busy_timeout)
 
 
+def file_uri(path: Path) -> str:
+    """An SQLite URI for `path`, whatever characters it holds.
+
+    Path.as_uri() writes a Windows share as file://server/share/..., which SQLite refuses
+    (it accepts no authority); with an empty authority the share goes in the path instead.
+    """
+    text = path.resolve().as_posix()
+    return "file://" + quote(text if text.startswith("/") else "/" + text, safe="/:")
+
+
 def _in_wal_mode(source: Path) -> bool:
     with source.open("rb") as header:
         return header.read(20)[18:20] == b"\x02\x02"  # file format versions 2: WAL
@@ -51,7 +62,7 @@ def _copy(source: Path, destination: Path, options: str, busy_timeout: float) ->
     deadline = time.monotonic() + busy_timeout
     try:
         live = sqlite3.connect(
-            f"{source.resolve().as_uri()}?{options}", uri=True, timeout=busy_timeout, isolation_level=None
+            f"{file_uri(source)}?{options}", uri=True, timeout=busy_timeout, isolation_level=None
         )
     except sqlite3.Error as exc:
         raise TargetError(f"cannot open database {source}: {exc}") from None

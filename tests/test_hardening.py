@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import zipfile
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -219,3 +221,23 @@ def test_a_failing_after_hook_deletes_no_old_archive(project: Project) -> None:
     assert ran.code == 1, ran.output
     assert old.exists(), "rotation must wait until the after hooks have succeeded"
     assert len(project.archives()) == 2
+
+
+def test_a_database_whose_path_holds_uri_characters_backs_up(project: Project) -> None:
+    folder = project.root / "odd # name ? 100%"
+    folder.mkdir()
+    database = folder / "data.db"
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE t (x)")
+        connection.execute("INSERT INTO t VALUES (42)")
+        connection.commit()
+    manifest(project, flow(str(database)))
+
+    ran = project.invoke("backup")
+
+    assert ran.code == 0, ran.output
+    assert len(project.archives()) == 1
+    restored = project.invoke("restore", "site", "--to", str(project.root / "out"))
+    assert restored.code == 0, restored.output
+    with closing(sqlite3.connect(project.root / "out" / "data.db")) as connection:
+        assert connection.execute("SELECT x FROM t").fetchall() == [(42,)]
