@@ -57,14 +57,22 @@ def run_closing_hooks(
     variables: Callable[[], Mapping[str, str]],
     failed: Callable[[], bool],
     report: Callable[[HookError], None],
+    then: Callable[[], None] = lambda: None,
 ) -> None:
-    """`after` when all went well; then `on_failure` if anything failed, `after` included."""
-    for when, commands in (("after", hooks.after), ("on_failure", hooks.on_failure)):
-        if failed() == (when == "on_failure"):
-            try:
-                run_hooks(when, commands, variables())
-            except HookError as exc:
-                report(exc)
+    """`after` when all went well, then `then` if still well; `on_failure` if anything failed,
+    `after` and `then` included."""
+    if not failed():
+        try:
+            run_hooks("after", hooks.after, variables())
+        except HookError as exc:
+            report(exc)
+    if not failed():
+        then()
+    if failed():
+        try:
+            run_hooks("on_failure", hooks.on_failure, variables())
+        except HookError as exc:
+            report(exc)
 
 
 # A hook runs in its own process group (session) so a timeout stops everything it started,

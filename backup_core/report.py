@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from .manifest import Target
 from .results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
 
 _COLOURS = {OK: "green", CHANGED: "yellow", FAILED: "red", SKIPPED: "cyan"}
+_ANSI_CODE = re.compile(r"\033\[[0-9;]*m")
 _ANSI = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "bold": "1"}
 
 
@@ -133,12 +135,12 @@ class TextReporter:
                 self._progress.print(line)
             else:
                 print(line, file=self.stream, flush=True)
-            self._write_log(line, locked=True)
+            self._write_log(line)
 
-    def _write_log(self, line: str, locked: bool = False) -> None:
+    def _write_log(self, line: str) -> None:
         if not self._log:
             return
-        plain = _strip_ansi(line)
+        plain = _ANSI_CODE.sub("", line)
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
         self._log.write(f"{stamp} {plain}\n")
         self._log.flush()
@@ -149,12 +151,6 @@ def _worst(counts: dict[str, int]) -> str:
         if counts.get(status):
             return status
     return OK
-
-
-def _strip_ansi(text: str) -> str:
-    import re
-
-    return re.sub(r"\033\[[0-9;]*m", "", text)
 
 
 class _Progress:
@@ -206,7 +202,3 @@ def json_document(outcome: RunResult) -> str:
 
 def print_json(outcome: RunResult, stream: IO[str]) -> None:
     print(json_document(outcome), file=stream, flush=True)
-
-
-def settings_table(targets: list[Target]) -> list[dict[str, Any]]:
-    return [t.settings() for t in targets]

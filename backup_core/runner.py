@@ -213,22 +213,23 @@ def backup_target(target: Target, options: Options) -> TargetResult:
 
 def _closing_hooks(target: Target, result: TargetResult) -> None:
     """after (on success), then rotation, then on_failure if anything failed on the way."""
-    if result.status != FAILED:
-        try:
-            hooks.run_hooks("after", target.hooks.after, _hook_variables(target, result))
-        except TargetError as exc:
-            _hook_failed(result, exc)
-    if result.status == CHANGED:
+
+    def rotate() -> None:
         # Old archives go only once everything the operator asked for has succeeded.
+        if result.status != CHANGED:
+            return
         try:
             _rotate(target, result)
         except OSError as exc:
             result.fail(f"archive made, but rotating old archives failed: {_describe(exc, target)}")
-    if result.status == FAILED:
-        try:
-            hooks.run_hooks("on_failure", target.hooks.on_failure, _hook_variables(target, result))
-        except TargetError as exc:
-            _hook_failed(result, exc)
+
+    hooks.run_closing_hooks(
+        target.hooks,
+        lambda: _hook_variables(target, result),
+        lambda: result.status == FAILED,
+        lambda exc: _hook_failed(result, exc),
+        then=rotate,
+    )
 
 
 def _hook_failed(result: TargetResult, exc: TargetError) -> None:

@@ -61,9 +61,7 @@ def _identity(path: Path) -> tuple[int, int, int]:
 def _copy(source: Path, destination: Path, options: str, busy_timeout: float) -> None:
     deadline = time.monotonic() + busy_timeout
     try:
-        live = sqlite3.connect(
-            f"{file_uri(source)}?{options}", uri=True, timeout=busy_timeout, isolation_level=None
-        )
+        live = sqlite3.connect(f"{file_uri(source)}?{options}", uri=True, timeout=busy_timeout, isolation_level=None)
     except sqlite3.Error as exc:
         raise TargetError(f"cannot open database {source}: {exc}") from None
     try:

@@ -83,7 +83,6 @@ class ArchiveStats:
     links: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    stored: int = 0  # members written without compression
     warnings: list[str] = field(default_factory=list)
 
 
@@ -97,7 +96,7 @@ class _Large:
 
 
 # A batch item: (member, path or None, payload for links/dirs, compress?)
-_Item = tuple[Member, "str | Path | None", bytes, bool]
+_Item = tuple[Member, str | Path | None, bytes, bool]
 
 
 class ZipWriter:
@@ -307,8 +306,6 @@ class ZipWriter:
             self.stats.files += 1
             self.stats.bytes_in += member.size
             self._on_progress(member.size)
-        if member.method == _STORED and member.size:
-            self.stats.stored += 1
 
     def _write(self, data: bytes) -> None:
         self._file.write(data)
