@@ -8,6 +8,7 @@ operators who want the smallest archive whatever it costs.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -20,7 +21,7 @@ except ImportError:  # pragma: no cover - exercised only where isal has no wheel
 
 
 class Compressor(Protocol):
-    def compress(self, data: bytes, /) -> bytes: ...
+    def compress(self, data: bytes | memoryview, /) -> bytes: ...
     def flush(self, mode: int = ..., /) -> bytes: ...
 
 
@@ -96,11 +97,11 @@ def compressor_factory(level: int) -> CompressorFactory | None:
     """A factory of raw-deflate compressors for `level`, or None when level 0 asks to store."""
     if level == 0:
         return None
+    # partial, not a lambda: the factory travels to worker processes with each job.
     if level <= 3 and _isal is not None:
-        isal: Any = _isal
-        return lambda: isal.compressobj(level, isal.DEFLATED, _RAW_DEFLATE)  # type: ignore[no-any-return]
+        return functools.partial(_isal.compressobj, level, _isal.DEFLATED, _RAW_DEFLATE)
     zlib_level = level if level > 3 else 1  # without isal, its fast levels map to zlib's fastest
-    return lambda: zlib.compressobj(zlib_level, zlib.DEFLATED, _RAW_DEFLATE)
+    return functools.partial(zlib.compressobj, zlib_level, zlib.DEFLATED, _RAW_DEFLATE)
 
 
 def crc32(data: bytes | memoryview, value: int = 0) -> int:
@@ -125,3 +126,44 @@ def worth_compressing(name: str) -> bool:
     base = name.rpartition("/")[2]
     dot = base.rfind(".")
     return dot <= 0 or base[dot:].lower() not in STORED_SUFFIXES
+
+
+# --- combining CRCs ------------------------------------------------------------------------------
+# A large member's pieces are checksummed on different workers; the member's CRC is
+# combined from theirs as zlib's crc32_combine does (arithmetic on polynomials over GF(2)),
+# which Python's zlib does not expose.
+
+_POLY = 0xEDB88320
+
+
+def _multiply(a: int, b: int) -> int:
+    """a * b modulo the CRC polynomial (bit-reflected)."""
+    product, bit = 0, 1 << 31
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return product
+
+
+def _powers() -> list[int]:
+    powers = [1 << 30]  # x**1
+    for _ in range(63):
+        powers.append(_multiply(powers[-1], powers[-1]))  # x**(2**k)
+    return powers
+
+
+_X_TO_2_TO = _powers()
+
+
+def crc32_combine(first: int, second: int, second_length: int) -> int:
+    """The CRC-32 of A + B from CRC(A), CRC(B) and len(B)."""
+    shift, k, bits = 1 << 31, 3, second_length  # x**(8 * len(B)): the shift of A's CRC past B
+    while bits:
+        if bits & 1:
+            shift = _multiply(_X_TO_2_TO[k & 63], shift)
+        bits >>= 1
+        k += 1
+    return _multiply(shift, first) ^ second

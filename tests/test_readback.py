@@ -68,8 +68,8 @@ class _Lossy:
     def __init__(self) -> None:
         self._inner = zlib.compressobj(1, zlib.DEFLATED, -15)
 
-    def compress(self, data: bytes) -> bytes:
-        return self._inner.compress(data[:-1] + b"X" if data else data)
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._inner.compress(bytes(data)[:-1] + b"X" if data else data)
 
     def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
         return self._inner.flush(mode)

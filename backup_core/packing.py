@@ -1,0 +1,228 @@
+"""The work done on members' data before the writer puts it in place: read, checksum,
+compress, prove, frame.
+
+These functions run on worker threads or in worker processes (see workers.py), so
+they take and return plain values, and import nothing heavier than the compressor.
+Each one only reads sources: running one again gives the same answer, which is
+what lets the writer redo a job whose worker died.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import time
+from typing import NamedTuple
+
+from .compression import SYNC_FLUSH, CompressorFactory, crc32, inflate
+from .errors import TargetError
+
+CHUNK = 2 << 20  # a large file is compressed in pieces of this size
+STORED, DEFLATED = 0, 8
+ZIP64_LIMIT = 0xFFFFFFFF
+_UTF8_FLAG = 0x800
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate line ends
+_LOCAL = struct.Struct("<4sHHHHHLLLHH")
+# Deflate a piece only if its first _TRIAL bytes shrink below _SHRINK_ENOUGH of their size:
+# random data and formats with no telling extension cost one small trial, not a full pass.
+_TRIAL = 64 << 10
+_SHRINK_ENOUGH = 0.97
+
+
+# Jobs and answers cross a pipe for every batch: plain tuples pickle several times faster
+# than named ones.  A small member to pack: its name as stored, whether that is UTF-8, its
+# mtime, then a file's path and the size stat gave, or (path None) the bytes of a link
+# target or of a folder (none); last, whether to try deflate.
+Item = tuple[bytes, bool, float, str | None, int, bytes, bool]
+# What the writer records of a packed small member: method, CRC and size of the source,
+# size of the data written, CRC-32 of that data (for the read-back), local header length.
+Packed = tuple[int, int, int, int, int, int]
+
+
+class Piece(NamedTuple):
+    """What the writer records of one piece of a large member."""
+
+    crc: int  # of the source
+    size: int  # of the source
+    packed_crc: int  # of the data to write
+    length: int  # of the data to write
+
+
+def pack_batch(compressor: CompressorFactory | None, items: list[Item]) -> tuple[list[Packed | str], bytes]:
+    """What to record of `items` (a str for a member that vanished), and their local headers and
+    data as one block to write."""
+    parts: list[bytes] = []
+    packed: list[Packed | str] = []
+    for encoded, utf8, mtime, path, expected, given, compress in items:
+        source = given
+        if path is not None:
+            try:
+                source = _read_small(path, expected)
+            except FileNotFoundError:
+                packed.append(f"{path} vanished before it was read; not archived")
+                continue
+            except OSError as exc:
+                raise read_error(path, exc) from None
+        crc = crc32(source)
+        method, data, data_crc = STORED, source, crc
+        deflated = _deflate(compressor, source, finish=True) if compress and source else None
+        if deflated is not None and len(deflated) < len(source):
+            _prove_decodes(deflated, source, os.fsdecode(encoded))
+            method, data, data_crc = DEFLATED, deflated, crc32(deflated)
+        header = local_header(encoded, utf8, method, mtime, crc, len(data), len(source))
+        parts += (header, data)
+        packed.append((method, crc, len(source), len(data), data_crc, len(header)))
+    return packed, b"".join(parts)
+
+
+def pack_piece(compressor: CompressorFactory | None, path: str, start: int, length: int) -> tuple[Piece, bytes]:
+    """Read `length` bytes of `path` from `start`; with a compressor, deflate them as one piece of
+    a longer stream (a piece that would not shrink goes in stored blocks)."""
+    try:
+        source = _read_range(path, start, length)
+    except FileNotFoundError:
+        raise TargetError(f"{path} vanished while it was being read; run the backup again") from None
+    crc = crc32(source)
+    data = source
+    if compressor is not None and source:
+        deflated = _deflate(compressor, source, finish=False)
+        if deflated is None:
+            data = _stored_blocks(source)
+        else:
+            _prove_decodes(deflated, source, path)
+            data = deflated
+    return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data)), data
+
+
+def worth_deflating(compressor: CompressorFactory | None, path: str) -> bool:
+    """Whether the start of `path` shrinks under deflate: decides a large member's method.
+    Raises FileNotFoundError when the file is gone."""
+    start = _read_range(path, 0, _TRIAL)
+    if compressor is None:
+        return False
+    squeezer = compressor()
+    return len(squeezer.compress(start) + squeezer.flush(SYNC_FLUSH)) < len(start) * _SHRINK_ENOUGH
+
+
+def _stored_blocks(source: bytes) -> bytes:
+    # Deflate's stored blocks (header byte 0: not final, type 00; then LEN and its complement),
+    # at most 65,535 bytes each: 5 bytes of framing per 64 KiB.
+    view, parts = memoryview(source), list[bytes | memoryview]()
+    for start in range(0, len(source), 0xFFFF):
+        block = view[start : start + 0xFFFF]
+        parts += (struct.pack("<BHH", 0, len(block), len(block) ^ 0xFFFF), block)
+    return b"".join(parts)
+
+
+def _deflate(compressor: CompressorFactory | None, source: bytes, finish: bool) -> bytes | None:
+    """`source` deflated (whole, or as a piece ended by a sync flush); None when a trial on its
+    start shows it will not shrink."""
+    if compressor is None:
+        return None
+    squeezer = compressor()
+    view = memoryview(source)
+    head = b""
+    if len(source) > 2 * _TRIAL:
+        head = squeezer.compress(view[:_TRIAL]) + squeezer.flush(SYNC_FLUSH)
+        if len(head) >= _TRIAL * _SHRINK_ENOUGH:
+            return None
+        view = view[_TRIAL:]
+    return head + squeezer.compress(view) + (squeezer.flush() if finish else squeezer.flush(SYNC_FLUSH))
+
+
+def _prove_decodes(deflated: bytes, source: bytes, name: str) -> None:
+    # Every deflated piece is inflated again before it is written and must give back the
+    # source exactly; reading the archive back later then only has to find these same bytes.
+    if inflate(deflated) != source:
+        raise TargetError(f"compressing {name} gave data that does not inflate back to it; archive discarded")
+
+
+# --- local headers -------------------------------------------------------------------------------
+
+
+def local_header(
+    encoded: bytes, utf8: bool, method: int, mtime: float, crc: int, compressed: int, size: int, zip64: bool = False
+) -> bytes:
+    dostime, dosdate = dos_time(mtime)
+    extra = timestamp_extra(mtime)
+    if zip64:
+        extra += struct.pack("<HHQQ", 1, 16, size, compressed)
+        size = compressed = ZIP64_LIMIT
+    # signature, version needed, flags, method, time, date, CRC, sizes, name and extra lengths
+    header = _LOCAL.pack(
+        b"PK\x03\x04", 45 if zip64 else 20, _UTF8_FLAG if utf8 else 0, method, dostime, dosdate, crc, compressed,
+        size, len(encoded), len(extra),
+    )  # fmt: skip
+    return header + encoded + extra
+
+
+@functools.lru_cache(maxsize=4096)
+def _dos_time_of_second(second: int) -> tuple[int, int]:
+    t = time.localtime(max(second, 315532800))  # zip cannot say before 1980
+    year = min(max(t.tm_year, 1980), 2107)
+    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+
+
+def dos_time(mtime: float) -> tuple[int, int]:
+    """(time, date) as zip headers store them, in local time to two seconds."""
+    # Cached by second: files written together share a time, and localtime is not free.
+    return _dos_time_of_second(int(mtime))
+
+
+def timestamp_extra(mtime: float) -> bytes:
+    """Extended timestamp (0x5455): the UTC mtime to the second, which unzip and bsdtar restore."""
+    second = int(mtime)
+    if not 0 <= second <= 0x7FFFFFFF:
+        return b""
+    return struct.pack("<HHBl", 0x5455, 5, 1, second)
+
+
+# --- reading sources -----------------------------------------------------------------------------
+
+
+def _read_small(path: str, expected: int) -> bytes:
+    # os.open and os.read: the leanest way to read 100,000 small files.  Ask for the size stat
+    # gave, plus one byte to see growth: reading CHUNK bytes would allocate 2 MiB per file.
+    descriptor = os.open(path, os.O_RDONLY | _O_BINARY)
+    try:
+        source = os.read(descriptor, expected + 1)
+        while len(source) > expected and len(source) <= CHUNK:
+            more = os.read(descriptor, CHUNK + 1 - len(source))
+            if not more:
+                break
+            source += more
+    finally:
+        os.close(descriptor)
+    if len(source) > CHUNK:
+        raise TargetError(f"{path} grew while it was being read; run the backup again")
+    return source
+
+
+def _read_range(path: str, start: int, length: int) -> bytes:
+    try:
+        descriptor = os.open(path, os.O_RDONLY | _O_BINARY)
+    except FileNotFoundError:
+        raise  # the callers say what it means
+    except OSError as exc:
+        raise read_error(path, exc) from None
+    try:
+        os.lseek(descriptor, start, os.SEEK_SET)
+        pieces = []
+        while length > 0:
+            piece = os.read(descriptor, length)
+            if not piece:
+                break  # the file shrank while it was read: archive what is there
+            pieces.append(piece)
+            length -= len(piece)
+    except OSError as exc:
+        raise read_error(path, exc) from None
+    finally:
+        os.close(descriptor)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def read_error(path: str, exc: OSError) -> TargetError:
+    if isinstance(exc, PermissionError):
+        return TargetError(f"permission denied reading {path}; fix its permissions or add it to exclude")
+    return TargetError(f"cannot read {path}: {exc.strerror or exc}")

@@ -1,0 +1,292 @@
+"""Where packing jobs run: on threads for a small archive, in worker processes for a big one.
+
+Why processes: compressing releases the GIL, but reading, checksumming and framing
+tens of thousands of small files is Python work, and on threads it runs on one core
+at a time while the writer waits its turn.  Worker processes run all of it in
+parallel, and write their data into the archive themselves, at the offset the
+writer gives them once every member before it is placed: the data never crosses
+a pipe.  They cost about 50 ms to start, so an archive uses them only once enough
+data is queued to repay that (small archives, and most test runs, never start one).
+
+The processes are plain `python -m backup_core.workers` children talking over
+their standard input and output (length-prefixed pickles), not a multiprocessing
+pool: a spawned pool re-imports the parent's main module, here the whole of
+Invoke, in every worker.  Jobs only read sources, so when a worker process cannot
+start or dies before answering, its jobs run again on a thread and the archive is
+still made; one that dies holding data it was to write fails the archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+from . import packing
+from .errors import TargetError
+
+# Data queued before worker processes start; overridable so tests reach that path with
+# small trees.
+PROCESSES_FROM = int(os.environ.get("BACKUP_PROCESSES_FROM") or 32 << 20)
+_JOBS: dict[str, Callable[..., tuple[Any, bytes]]] = {
+    "pack_batch": packing.pack_batch,
+    "pack_piece": packing.pack_piece,
+}
+_LENGTH = struct.Struct("<Q")
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+class Job:
+    """A job handed to a thread or a process.  Every job returns (facts, data): what the writer
+    records, and the bytes to place in the archive."""
+
+    def __init__(self, name: str, args: tuple[Any, ...], future: Future[Any] | None, process: _Process | None):
+        self.name, self.args, self.future, self.process = name, args, future, process
+
+
+class _Broken(Exception):
+    """A worker process stopped answering."""
+
+
+class Workers:
+    """`count` threads, then `count` processes once PROCESSES_FROM bytes were submitted."""
+
+    def __init__(self, count: int, archive: Path | None) -> None:
+        self._count = count
+        self._archive = archive  # where processes write; None: they are never used
+        self._threads = ThreadPoolExecutor(count, thread_name_prefix="zip")
+        self._processes: list[_Process] = []
+        self._submitted = 0
+        self._turn = 0
+        self.warning: str | None = None  # why worker processes were given up, once
+
+    def submit(self, name: str, size: int, *args: Any) -> Job:
+        """Run job `name` (a function of packing.py) on `args`; `size` is the data it reads."""
+        self._submitted += size
+        if not self._processes and self._wants_processes():
+            self._start_processes()
+        if self._processes:
+            process = self._processes[self._turn % len(self._processes)]
+            self._turn += 1
+            try:
+                process.send(("job", name, args))
+                return Job(name, args, None, process)
+            except _Broken as exc:
+                self._give_up(exc)
+        return Job(name, args, self._threads.submit(_JOBS[name], *args), None)
+
+    def facts(self, job: Job) -> tuple[Any, bytes | None]:
+        """Wait for `job`: what to record, and its data, or None when its process holds the data."""
+        if job.future is not None:
+            return job.future.result()  # type: ignore[no-any-return]
+        process = job.process
+        assert process is not None
+        if not process.retired:
+            try:
+                return process.answer(), None
+            except _Broken as exc:
+                if any(p.answered for p in self._processes):
+                    # It may have held data it was told to write: the archive has a hole.
+                    raise TargetError(f"a worker process failed ({exc}); run the backup again") from None
+                self._give_up(exc)  # none has answered yet, so none has written anything
+        return _JOBS[job.name](*job.args)
+
+    def place(self, job: Job, offset: int) -> None:
+        """Have the process that ran `job` write its data at `offset`."""
+        assert job.process is not None
+        try:
+            job.process.send(("place", str(self._archive), offset))
+        except _Broken as exc:
+            raise TargetError(f"a worker process failed before writing its part of the archive ({exc})") from None
+
+    def close(self, abandon: bool = False) -> None:
+        """Stop the workers; without `abandon`, once every process has written all it was told to
+        (raising what went wrong writing)."""
+        processes, self._processes = self._processes, []
+        self._threads.shutdown(wait=True, cancel_futures=abandon)
+        for process in processes:
+            process.stop(abandon)
+        if not abandon:
+            for process in processes:
+                process.check_finished()
+
+    def _wants_processes(self) -> bool:
+        return (
+            self._archive is not None and self.warning is None and self._count > 1
+            and self._submitted >= PROCESSES_FROM
+        )  # fmt: skip
+
+    def _start_processes(self) -> None:
+        try:
+            for _ in range(self._count):
+                self._processes.append(_Process())
+        except (OSError, ValueError) as exc:
+            self._give_up(_Broken(f"cannot start: {exc}"))
+
+    def _give_up(self, why: Exception) -> None:
+        # Only while no process has answered: none holds data, so stopping them loses nothing.
+        self.warning = f"worker processes failed ({why}); compressed on threads instead"
+        for process in self._processes:
+            process.stop(abandon=True)
+        self._processes = []
+
+
+class _Process:
+    """One worker process and the thread that collects its answers."""
+
+    def __init__(self) -> None:
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "backup_core.workers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # failures come back as answers; a crash shows as a closed pipe
+            env=env,
+            # Its own process group: Ctrl-C reaches the writer, which stops the workers itself.
+            start_new_session=os.name == "posix",
+            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+        )
+        self._answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.answered = 0
+        self.retired = False
+        self._reader = threading.Thread(target=self._collect, name="zip-answers", daemon=True)
+        self._reader.start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        try:
+            _send(self._stdin(), message)
+        except (OSError, ValueError) as exc:
+            raise _Broken(f"cannot send it work: {exc}") from None
+
+    def answer(self) -> Any:
+        """The next answer; raises what the job raised, or _Broken if the process is gone."""
+        kind, value = self._answers.get()
+        if kind == "gone":
+            self._answers.put((kind, value))  # every later job of this process is lost too
+            raise _Broken(value)
+        if kind in ("failed", "unwritten"):
+            raise value
+        self.answered += 1
+        return value
+
+    def stop(self, abandon: bool) -> None:
+        self.retired = True
+        with contextlib.suppress(OSError):
+            self._stdin().close()  # end of work: the process writes what it still holds, then exits
+        if abandon:
+            self._child.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a killed process that does not die
+            self._child.wait(timeout=None if not abandon else 30)
+        self._reader.join(timeout=30)
+
+    def check_finished(self) -> None:
+        """After stop(): raise what went wrong writing, or if the process did not finish its work."""
+        kind, value = self._answers.get()
+        if kind == "unwritten":
+            raise value
+        if kind != "gone" or self._child.returncode != 0:
+            raise TargetError(f"a worker process did not finish writing its part of the archive ({value})")
+
+    def _stdin(self) -> IO[bytes]:
+        assert self._child.stdin is not None
+        return self._child.stdin
+
+    def _collect(self) -> None:
+        assert self._child.stdout is not None
+        try:
+            while (answer := _receive(self._child.stdout)) is not None:
+                self._answers.put(answer)
+            why = "it exited"
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            why = f"its answer could not be read: {exc}"
+        code = self._child.wait()
+        self._answers.put(("gone", why if code == 0 else f"it exited with status {code}"))
+
+
+def _send(stream: IO[bytes], message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> Any:
+    head = stream.read(_LENGTH.size)
+    if not head:
+        return None
+    if len(head) < _LENGTH.size:
+        raise EOFError("cut short")
+    (length,) = _LENGTH.unpack(head)
+    data = stream.read(length)
+    if len(data) < length:
+        raise EOFError("cut short")
+    return pickle.loads(data)
+
+
+# --- the worker process ----------------------------------------------------------------------------
+
+
+def _serve() -> None:
+    """Answer jobs from standard input, and write the data of each when told where, until
+    standard input closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the writer decides when to stop
+    requests = sys.stdin.buffer
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the answers
+    held: deque[bytes] = deque()  # data of answered jobs, in order, until placed
+    archive: int | None = None
+    try:
+        while (message := _receive(requests)) is not None:
+            if message[0] == "job":
+                _, name, args = message
+                try:
+                    facts, data = _JOBS[name](*args)
+                except Exception as exc:  # raised in the writer, as on a thread
+                    _send(answers, ("failed", exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}")))
+                    continue
+                held.append(data)
+                _send(answers, ("done", facts))
+            else:
+                _, path, offset = message
+                if archive is None:
+                    archive = os.open(path, os.O_WRONLY | _O_BINARY)
+                _write_at(archive, held.popleft(), offset)
+        if archive is not None:
+            os.close(archive)
+    except OSError as exc:  # a full disk, most often: the writer names it
+        with contextlib.suppress(OSError):
+            _send(answers, ("unwritten", exc))
+
+
+def _write_at(descriptor: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        if hasattr(os, "pwrite"):
+            written = os.pwrite(descriptor, view, offset)
+        else:  # Windows: this process's own descriptor, so seeking it disturbs no one
+            os.lseek(descriptor, offset, os.SEEK_SET)
+            written = os.write(descriptor, view)
+        view, offset = view[written:], offset + written
+
+
+def _picklable(value: object) -> bool:
+    try:
+        pickle.loads(pickle.dumps(value))
+    except Exception:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    _serve()
