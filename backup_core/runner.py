@@ -300,10 +300,14 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 writer.abort()
                 raise
             file.flush()
-            os.fsync(file.fileno())
+            # The read-back reads the pages just written while the disk catches up with them:
+            # both must pass before the archive is renamed into place.
+            with ThreadPoolExecutor(1, thread_name_prefix="fsync") as syncing:
+                synced = syncing.submit(os.fsync, file.fileno())
+                _read_back(partial, writer)
+                synced.result()
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
-        _read_back(partial, writer)
         if target.skip_unchanged and not options.force and existing and _same_content(partial, existing[-1].path):
             result.status, result.archive = OK, existing[-1].path
             result.reason = f"unchanged since {existing[-1].name}"
@@ -317,7 +321,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:
-    """After fsync, read the new archive back: every member's data against its CRC and size,
+    """Read the new archive back: every member's data against its CRC and size,
     and the central directory byte for byte against what was written."""
     records = writer.records()
     verdict = verify_archive(archive, records=records)

@@ -38,7 +38,7 @@ from .errors import TargetError
 
 # Data queued before worker processes start; overridable so tests reach that path with
 # small trees.
-PROCESSES_FROM = int(os.environ.get("BACKUP_PROCESSES_FROM") or 32 << 20)
+PROCESSES_FROM = int(os.environ.get("BACKUP_PROCESSES_FROM") or 16 << 20)
 _JOBS: dict[str, Callable[..., tuple[Any, bytes]]] = {
     "pack_batch": packing.pack_batch,
     "pack_piece": packing.pack_piece,

@@ -1,12 +1,10 @@
 """Run a command and measure it: wall time, exit status and peak memory.
 
 Each command runs under benchmarks/launch.py, a small child process that starts
-the command, reaps it with `os.wait4` and records that call's `ru_maxrss` (see
-launch.py for why the benchmark does not start commands itself).  Linux
-computes ru_maxrss as the largest resident set of the process and of every
-descendant it waited for, so for a shell running a pipeline it is the largest
-single process of the pipeline, not their sum.  `os.wait4` exists on Unix only,
-so the benchmark runs there.
+the command and records its wall time and peak memory: the larger of wait4's
+ru_maxrss (the largest single process) and the sampled sum over the command's
+process tree (see launch.py).  `os.wait4` and /proc exist on Linux, so the
+benchmark runs there.
 """
 
 from __future__ import annotations

@@ -233,11 +233,11 @@ def _main_comparison(tree: generate.Built, rounds: int, floor: int) -> dict[str,
         "included. Within a round the tools run in turn; the first to run changes from round to round.",
         "- This tool's time includes its fsync and its read-back check of the new archive; "
         "the original script, zip and tar | zstd do neither.",
-        "- Peak memory: the largest ru_maxrss of any round, from wait4 on the command's process, which a small "
-        f"launcher starts. Every figure includes the {floor / MB:.1f} MB a command inherits from that launcher "
-        "(the figure of `true`).",
-        "- For tar | zstd the process is the shell, whose figure is that of the largest single process of the "
-        "pipeline; tar and zstd run at the same time, so their sum can be higher.",
+        "- Peak memory: the worst round's peak, counting every process of the command at once (this tool's "
+        "worker processes, both stages of tar | zstd): the larger of wait4's ru_maxrss and the sum of resident "
+        "sets of the process tree sampled every 20 ms (shared pages count once per process, so it errs high). "
+        f"A small launcher starts each command; every figure includes the {floor / MB:.1f} MB a command "
+        "inherits from it (the figure of `true`).",
         "- MB = 10^6 bytes.",
     )
     if missing:

@@ -577,7 +577,8 @@ def test_more_than_65535_files_need_zip64_and_every_reader_counts_them(project: 
 
 
 def _run_measured(project: Project, log: Path) -> tuple[int, int]:
-    """Run `invoke backup` as a child; return its exit code and peak resident memory in bytes.
+    """Run `invoke backup` as a child; return its exit code and the peak resident memory of all its
+    processes (worker processes included), in bytes.
 
     The command is started by the benchmark's small launcher: on Linux a child's ru_maxrss
     also counts the process it was forked from, and this test process is large by now.
@@ -782,3 +783,139 @@ def test_a_full_disk_fails_cleanly(project: Project) -> None:
         assert foreign.read_bytes() == b"a person's own zip"
     finally:
         shutil.rmtree(destination, ignore_errors=True)
+
+
+# --- worker processes ----------------------------------------------------------------------------
+# A big archive is packed by worker processes that write their data into it themselves.
+# BACKUP_PROCESSES_FROM=1 sends even a small tree down that path; a sitecustomize module on
+# PYTHONPATH records each worker process as it starts (and can make it exit at once).
+
+_RECORD_WORKERS = """
+import os, sys
+if "backup_core.workers" in sys.orig_argv:
+    with open(os.environ["WORKER_LOG"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+    if os.environ.get("WORKER_EXIT_AT_ONCE"):
+        os._exit(3)
+"""
+
+
+def _worker_env(project: Project, threshold: int, **extra: str) -> dict[str, str]:
+    hook = project.root / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_RECORD_WORKERS, encoding="utf-8")
+    log = project.root / "workers.log"
+    log.write_text("", encoding="utf-8")
+    return {"PYTHONPATH": str(hook), "WORKER_LOG": str(log), "BACKUP_PROCESSES_FROM": str(threshold), **extra}
+
+
+def _workers_started(project: Project) -> list[int]:
+    return [int(line) for line in (project.root / "workers.log").read_text(encoding="utf-8").split()]
+
+
+def _mixed_tree(project: Project) -> Tree:
+    files = {
+        "a/notes.txt": text_bytes(300 << 10, seed=21),  # over the trial size: deflated after a trial
+        "a/random.dat": random_bytes(300 << 10, seed=22),  # the trial says store it
+        "a/photo.jpg": random_bytes(40 << 10, seed=23),
+        "b/big.log": text_bytes(5 * MiB + 3, seed=24),  # pieces on both workers
+        "b/big.bin": random_bytes(4 * MiB + 5, seed=25),
+        "b/text-then-random.dat": text_bytes(2 * MiB + 100, seed=26) + random_bytes(3 * MiB, seed=27),
+        "c/ünïcødé.md": text_bytes(9000, seed=28),
+        "c/empty": b"",
+        **{f"many/f{i:04d}.txt": text_bytes(200 + i, seed=i) for i in range(600)},
+    }
+    for name, content in files.items():
+        project.file(f"src/{name}", content)
+    (project.root / "src" / "empty-dir").mkdir()
+    if os.name == "posix":
+        (project.root / "src" / "c" / "link").symlink_to("ünïcødé.md")
+    return disk_tree(project.root / "src")
+
+
+def test_worker_processes_write_the_very_bytes_threads_write(project: Project) -> None:
+    tree = _mixed_tree(project)
+    write_manifest(project, "src")
+
+    ran = project.invoke("backup", "--format", "json", env=_worker_env(project, threshold=1))
+    assert ran.code == 0, ran.output
+    by_processes = Path(ran.json()["targets"][0]["archive"])
+    assert len(_workers_started(project)) == 2, "the run did not pack in worker processes"
+    ran = project.invoke("backup", "--force", "--format", "json", env=_worker_env(project, threshold=1 << 40))
+    assert ran.code == 0, ran.output
+    by_threads = Path(ran.json()["targets"][0]["archive"])
+    assert _workers_started(project) == []
+
+    assert by_processes.read_bytes() == by_threads.read_bytes()
+    assert zip_tree(by_processes) == tree
+    assert_readers_accept(by_processes)
+    info = members(by_processes)
+    assert info["a/random.dat"].compress_type == zipfile.ZIP_STORED
+    assert info["a/notes.txt"].compress_type == zipfile.ZIP_DEFLATED
+    assert info["b/big.log"].compress_type == zipfile.ZIP_DEFLATED
+    assert info["b/big.bin"].compress_type == zipfile.ZIP_STORED
+    for reader in readers_that_extract():
+        restored = extract(by_processes, project.root / f"out-{reader}", reader)
+        assert disk_tree(restored) == tree, reader
+
+
+def test_worker_processes_that_cannot_run_leave_the_work_to_threads_and_say_so(project: Project) -> None:
+    tree = _mixed_tree(project)
+    write_manifest(project, "src")
+
+    ran = project.invoke("backup", env=_worker_env(project, threshold=1, WORKER_EXIT_AT_ONCE="1"))
+
+    assert ran.code == 0, ran.output
+    assert len(_workers_started(project)) == 2
+    assert "[WARNING] [site] worker processes failed" in ran.stdout, ran.output
+    assert "compressed on threads instead" in ran.stdout
+    (archive,) = project.archives()
+    assert zip_tree(archive) == tree
+    assert_readers_accept(archive)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # exited, waiting for init to reap it
+
+
+@pytest.mark.slow
+@POSIX
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stopped_run_leaves_no_worker_process_behind(project: Project, how: signal.Signals) -> None:
+    for index in range(3):
+        project.file(f"src/log{index}.txt", text_bytes(60 * MiB, seed=index))
+    write_manifest(project, "src")
+
+    with (project.root / "stopped.log").open("w", encoding="utf-8") as output:
+        child = subprocess.Popen(
+            [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest)],
+            cwd=REPO,
+            env={**os.environ, "NO_COLOR": "1", "BACKUP_NOW": "", **_worker_env(project, threshold=1)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_partial(project.root / "backups", child, at_least=8 * MiB)
+            child.send_signal(how)
+            child.wait(timeout=120)
+        finally:
+            child.kill()
+            child.wait()
+
+    workers = _workers_started(project)
+    assert len(workers) == 2
+    deadline = time.monotonic() + 60
+    while not all(_gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker process outlived the run"
+        time.sleep(0.05)
+    output = (project.root / "stopped.log").read_text(encoding="utf-8")
+    assert "Traceback" not in output
+    assert project.archives() == []
+    if how == signal.SIGTERM:
+        assert child.returncode == 130, output
+        assert partials(project.root / "backups") == []
