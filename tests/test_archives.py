@@ -866,7 +866,8 @@ def test_worker_processes_that_cannot_run_leave_the_work_to_threads_and_say_so(p
     ran = project.invoke("backup", env=_worker_env(project, threshold=1, WORKER_EXIT_AT_ONCE="1"))
 
     assert ran.code == 0, ran.output
-    assert len(_workers_started(project)) == 2
+    # At least one started (the second may be stopped before it gets as far as the log).
+    assert _workers_started(project), "the run never tried worker processes"
     assert "[WARNING] [site] worker processes failed" in ran.stdout, ran.output
     assert "compressed on threads instead" in ran.stdout
     (archive,) = project.archives()
