@@ -36,9 +36,10 @@ from typing import IO, Any
 from . import packing
 from .errors import TargetError
 
-# Data queued before worker processes start; overridable so tests reach that path with
-# small trees.
+# Data queued before worker processes start (overridable, so tests reach that path with
+# small trees), or members: 100,000 tiny files are Python work too.
 PROCESSES_FROM = int(os.environ.get("BACKUP_PROCESSES_FROM") or 16 << 20)
+_PROCESSES_FROM_MEMBERS = 4096
 _JOBS: dict[str, Callable[..., tuple[Any, bytes]]] = {
     "pack_batch": packing.pack_batch,
     "pack_piece": packing.pack_piece,
@@ -68,12 +69,14 @@ class Workers:
         self._threads = ThreadPoolExecutor(count, thread_name_prefix="zip")
         self._processes: list[_Process] = []
         self._submitted = 0
+        self._members = 0
         self._turn = 0
         self.warning: str | None = None  # why worker processes were given up, once
 
-    def submit(self, name: str, size: int, *args: Any) -> Job:
-        """Run job `name` (a function of packing.py) on `args`; `size` is the data it reads."""
+    def submit(self, name: str, size: int, members: int, *args: Any) -> Job:
+        """Run job `name` (a function of packing.py) on `args`; it reads `size` bytes of `members`."""
         self._submitted += size
+        self._members += members
         if not self._processes and self._wants_processes():
             self._start_processes()
         if self._processes:
@@ -83,7 +86,7 @@ class Workers:
                 process.send(("job", name, args))
                 return Job(name, args, None, process)
             except _Broken as exc:
-                self._give_up(exc)
+                self._lost(process, exc)
         return Job(name, args, self._threads.submit(_JOBS[name], *args), None)
 
     def facts(self, job: Job) -> tuple[Any, bytes | None]:
@@ -96,10 +99,7 @@ class Workers:
             try:
                 return process.answer(), None
             except _Broken as exc:
-                if any(p.answered for p in self._processes):
-                    # It may have held data it was told to write: the archive has a hole.
-                    raise TargetError(f"a worker process failed ({exc}); run the backup again") from None
-                self._give_up(exc)  # none has answered yet, so none has written anything
+                self._lost(process, exc)
         return _JOBS[job.name](*job.args)
 
     def place(self, job: Job, offset: int) -> None:
@@ -108,7 +108,7 @@ class Workers:
         try:
             job.process.send(("place", str(self._archive), offset))
         except _Broken as exc:
-            raise TargetError(f"a worker process failed before writing its part of the archive ({exc})") from None
+            self._lost(job.process, exc)
 
     def close(self, abandon: bool = False) -> None:
         """Stop the workers; without `abandon`, once every process has written all it was told to
@@ -124,7 +124,7 @@ class Workers:
     def _wants_processes(self) -> bool:
         return (
             self._archive is not None and self.warning is None and self._count > 1
-            and self._submitted >= PROCESSES_FROM
+            and (self._submitted >= PROCESSES_FROM or self._members >= _PROCESSES_FROM_MEMBERS)
         )  # fmt: skip
 
     def _start_processes(self) -> None:
@@ -133,6 +133,14 @@ class Workers:
                 self._processes.append(_Process())
         except (OSError, ValueError) as exc:
             self._give_up(_Broken(f"cannot start: {exc}"))
+
+    def _lost(self, process: _Process, why: _Broken) -> None:
+        """A process stopped: go on with threads if no process has answered yet (so none holds
+        data to write), else raise why it stopped: the archive has a hole."""
+        if any(p.answered for p in self._processes):
+            process.stop(abandon=True)
+            raise process.failure(why)
+        self._give_up(why)
 
     def _give_up(self, why: Exception) -> None:
         # Only while no process has answered: none holds data, so stopping them loses nothing.
@@ -198,6 +206,15 @@ class _Process:
             raise value
         if kind != "gone" or self._child.returncode != 0:
             raise TargetError(f"a worker process did not finish writing its part of the archive ({value})")
+
+    def failure(self, why: _Broken) -> Exception:
+        """After stop(): the error that made this process stop writing (a full disk, most often)."""
+        while True:
+            kind, value = self._answers.get()
+            if kind == "unwritten":
+                return value  # type: ignore[no-any-return]
+            if kind == "gone":
+                return TargetError(f"a worker process failed ({why}); run the backup again")
 
     def _stdin(self) -> IO[bytes]:
         assert self._child.stdin is not None

@@ -146,7 +146,7 @@ class ZipWriter:
         compressor = self._compressor if deflate else None
         for start in range(0, st.st_size, CHUNK):
             length = min(CHUNK, st.st_size - start)
-            job = self._workers.submit("pack_piece", length, compressor, large.path, start, length)
+            job = self._workers.submit("pack_piece", length, int(start == 0), compressor, large.path, start, length)
             self._push(job, self._piece_writer(large))
         self._push(None, lambda job, facts, data: self._finish_large(large))
 
@@ -188,7 +188,7 @@ class ZipWriter:
         if self._batch:
             batch, members, size = self._batch, self._batch_members, self._batch_bytes
             self._batch, self._batch_members, self._batch_bytes = [], [], 0
-            job = self._workers.submit("pack_batch", size, self._compressor, batch)
+            job = self._workers.submit("pack_batch", size, len(batch), self._compressor, batch)
             self._push(job, lambda job, packed, block: self._write_batch(job, members, packed, block))
 
     def _push(self, job: Job | None, write: _Writer) -> None:
