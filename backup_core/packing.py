@@ -36,8 +36,8 @@ _SHRINK_ENOUGH = 0.97
 # target or of a folder (none); last, whether to try deflate.
 Item = tuple[bytes, bool, float, str | None, int, bytes, bool]
 # What the writer records of a packed small member: method, CRC and size of the source,
-# size of the data written, CRC-32 of that data (for the read-back), local header length.
-Packed = tuple[int, int, int, int, int, int]
+# size of the data written, local header length.
+Packed = tuple[int, int, int, int, int]
 
 
 class Piece(NamedTuple):
@@ -49,9 +49,9 @@ class Piece(NamedTuple):
     length: int  # of the data to write
 
 
-def pack_batch(compressor: CompressorFactory | None, items: list[Item]) -> tuple[list[Packed | str], bytes]:
-    """What to record of `items` (a str for a member that vanished), and their local headers and
-    data as one block to write."""
+def pack_batch(compressor: CompressorFactory | None, items: list[Item]) -> tuple[tuple[list[Packed | str], int], bytes]:
+    """What to record of `items` (a str for a member that vanished) with the CRC-32 of the block
+    to write, and that block: their local headers and data."""
     parts: list[bytes] = []
     packed: list[Packed | str] = []
     for encoded, utf8, mtime, path, expected, given, compress in items:
@@ -65,15 +65,16 @@ def pack_batch(compressor: CompressorFactory | None, items: list[Item]) -> tuple
             except OSError as exc:
                 raise read_error(path, exc) from None
         crc = crc32(source)
-        method, data, data_crc = STORED, source, crc
+        method, data = STORED, source
         deflated = _deflate(compressor, source, finish=True) if compress and source else None
         if deflated is not None and len(deflated) < len(source):
             _prove_decodes(deflated, source, os.fsdecode(encoded))
-            method, data, data_crc = DEFLATED, deflated, crc32(deflated)
+            method, data = DEFLATED, deflated
         header = local_header(encoded, utf8, method, mtime, crc, len(data), len(source))
         parts += (header, data)
-        packed.append((method, crc, len(source), len(data), data_crc, len(header)))
-    return packed, b"".join(parts)
+        packed.append((method, crc, len(source), len(data), len(header)))
+    block = b"".join(parts)
+    return (packed, crc32(block)), block
 
 
 def pack_piece(compressor: CompressorFactory | None, path: str, start: int, length: int) -> tuple[Piece, bytes]:

@@ -25,11 +25,11 @@ import filelock
 
 from . import archives, fingerprint, hooks, retention, sources, sqlite
 from .archives import Archive
-from .compression import compressor_factory, crc32
+from .compression import compressor_factory
 from .errors import BackupError, TargetError
 from .manifest import Hooks, Manifest, Target
 from .results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
-from .verify import verify_archive
+from .verify import first_difference, verify_archive
 from .zipwriter import ZipWriter
 
 NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
@@ -321,20 +321,14 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:
-    """Read the new archive back: every member's data against its CRC and size,
-    and the central directory byte for byte against what was written."""
-    records = writer.records()
-    verdict = verify_archive(archive, records=records)
-    start, expected = writer.directory_checksum()
-    with archive.open("rb") as source:
-        source.seek(start)
-        found = 0
-        while block := source.read(1 << 20):
-            found = crc32(block, found)
-    if found != expected:
-        verdict.problems.append("the central directory on disk differs from what was written")
-    if not verdict.ok:
-        raise TargetError(f"the new archive failed its read-back check: {verdict.problems[0]}")
+    """Read the new archive back from the file: every byte, local headers and central directory
+    included, must be what was written (whose compressed data was proven to inflate back)."""
+    where = first_difference(archive, writer.spans())
+    if where is not None:
+        raise TargetError(
+            f"the new archive failed its read-back check: the bytes on disk differ from those written, "
+            f"at byte {where} ({writer.member_at(where)})"
+        )
 
 
 def _add(

@@ -8,23 +8,25 @@ extracted to a private folder and put through an integrity check.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, TypeVar
 
 from . import sqlite
 from .compression import crc32, decompressor
 from .sources import SQLITE_HEADER
 
 _BLOCK = 1 << 20
+_Item = TypeVar("_Item")
 
 
 @dataclass
@@ -51,7 +53,6 @@ class Record(NamedTuple):
     compress_size: int
     file_size: int
     CRC: int  # ZipInfo's spelling
-    packed_crc: int | None = None  # CRC-32 of the stored data bytes, when the writer knows it
 
 
 def read_directory(archive: Path) -> list[Record]:
@@ -66,14 +67,11 @@ def read_directory(archive: Path) -> list[Record]:
         )
 
 
-def verify_archive(archive: Path, sqlite_check: str = "none", records: list[Record] | None = None) -> Verdict:
-    """Check every member's data; with sqlite_check, also every SQLite member's integrity.
-
-    `records` (what the writer wrote) spares parsing the central directory again.
-    """
+def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
+    """Check every member's data; with sqlite_check, also every SQLite member's integrity."""
     verdict = Verdict(archive)
     try:
-        infos = records if records is not None else read_directory(archive)
+        infos = read_directory(archive)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
         verdict.problems.append(f"not a readable zip archive (truncated or damaged?): {exc}")
         return verdict
@@ -83,7 +81,7 @@ def verify_archive(archive: Path, sqlite_check: str = "none", records: list[Reco
     scratch = Path(tempfile.mkdtemp(prefix="verify-")) if sqlite_check != "none" else None
     try:
         # Inflating is CPU work that releases the GIL: read contiguous slices on every core.
-        slices = _slices(infos, os.cpu_count() or 1)
+        slices = _slices(infos, os.cpu_count() or 1, lambda info: info.compress_size)
         with ThreadPoolExecutor(len(slices) or 1) as pool:
             found = list(pool.map(lambda part: _check_slice(archive, part, scratch, sqlite_check), slices))
     finally:
@@ -97,16 +95,16 @@ def verify_archive(archive: Path, sqlite_check: str = "none", records: list[Reco
     return verdict
 
 
-def _slices(infos: list[Record], count: int) -> list[list[Record]]:
-    """Split members (in file order) into about `count` runs of similar compressed size."""
-    total = sum(info.compress_size for info in infos) or 1
-    slices: list[list[Record]] = [[]]
+def _slices(items: list[_Item], count: int, size: Callable[[_Item], int]) -> list[list[_Item]]:
+    """Split `items` (in file order) into about `count` runs of similar total `size`."""
+    total = sum(size(item) for item in items) or 1
+    slices: list[list[_Item]] = [[]]
     done = 0
-    for info in infos:
+    for item in items:
         if done >= total * len(slices) / count and slices[-1]:
             slices.append([])
-        slices[-1].append(info)
-        done += info.compress_size
+        slices[-1].append(item)
+        done += size(item)
     return [part for part in slices if part]
 
 
@@ -135,8 +133,6 @@ def _check_member(
         return "local header missing or damaged"
     name_length, extra_length = struct.unpack("<HH", header[26:30])
     source.seek(info.header_offset + 30 + name_length + extra_length)
-    if info.packed_crc is not None:
-        return _check_bytes(source, info, verdict)
     crc, size = 0, 0
     copy: BinaryIO | None = None
     try:
@@ -198,22 +194,6 @@ def _member_data(source: BinaryIO, info: Record) -> Iterator[bytes]:
             raise _Damaged("compressed data ends early")
 
 
-def _check_bytes(source: BinaryIO, info: Record, verdict: Verdict) -> str | None:
-    # The writer proved, before writing, that these bytes inflate to the member's CRC:
-    # here it is enough that the file holds exactly those bytes.
-    found, remaining = 0, info.compress_size
-    while remaining:
-        block = source.read(min(remaining, _BLOCK))
-        if not block:
-            return "data cut short (truncated archive)"
-        remaining -= len(block)
-        found = crc32(block, found)
-    if found != info.packed_crc:
-        return "the data on disk differs from the data written: the archive is damaged"
-    verdict.bytes += info.file_size
-    return None
-
-
 def _check_with_zipfile(archive: Path, info: Record) -> str | None:
     try:
         with zipfile.ZipFile(archive) as directory, directory.open(info.filename) as member:
@@ -221,4 +201,52 @@ def _check_with_zipfile(archive: Path, info: Record) -> str | None:
                 pass
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
         return str(exc)
+    return None
+
+
+# --- the writer's read-back ----------------------------------------------------------------------
+
+
+class Span(NamedTuple):
+    """A stretch of an archive as its writer wrote it."""
+
+    offset: int
+    length: int
+    crc: int  # CRC-32 of its bytes
+
+
+def first_difference(archive: Path, spans: list[Span]) -> int | None:
+    """Where `archive` first differs from what was written, given as (offset, length, CRC-32)
+    of each stretch, end to end; None when every byte is as written and nothing follows."""
+    if not spans:
+        return None
+    for before, span in itertools.pairwise(spans):
+        if span.offset != before.offset + before.length:  # a stretch nobody accounted for
+            return before.offset + before.length
+    end = spans[-1].offset + spans[-1].length
+    try:
+        if archive.stat().st_size != end:
+            return min(archive.stat().st_size, end)
+    except OSError:
+        return 0
+    # Reading and CRC-32 release the GIL: read contiguous halves on every core.
+    halves = _slices(spans, os.cpu_count() or 1, lambda span: span.length)
+    with ThreadPoolExecutor(len(halves)) as pool:
+        found = [f for f in pool.map(lambda part: _first_changed_span(archive, part), halves) if f is not None]
+    return min(found) if found else None
+
+
+def _first_changed_span(archive: Path, spans: list[Span]) -> int | None:
+    buffer = memoryview(bytearray(4 << 20))  # read into one buffer: no allocation per block
+    with archive.open("rb", buffering=0) as source:
+        for span in spans:
+            source.seek(span.offset)
+            crc, remaining = 0, span.length
+            while remaining:
+                got = source.readinto(buffer[: min(remaining, len(buffer))])
+                if not got:
+                    return span.offset
+                crc, remaining = crc32(buffer[:got], crc), remaining - got
+            if crc != span.crc:
+                return span.offset
     return None

@@ -21,6 +21,7 @@ so no data descriptors are needed and every reader sees complete headers.
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 import struct
@@ -34,7 +35,7 @@ from . import packing
 from .compression import FINAL_BLOCK, CompressorFactory, crc32, crc32_combine, worth_compressing
 from .errors import TargetError
 from .packing import CHUNK, DEFLATED, STORED, ZIP64_LIMIT, Item, Packed, Piece
-from .verify import Record
+from .verify import Span
 from .workers import Job, Workers
 
 _BATCH_BYTES = 1 << 20  # small files are grouped into jobs of about this much data
@@ -66,7 +67,6 @@ class Member:
     size: int = 0
     offset: int = 0
     zip64_local: bool = False
-    packed_crc: int = 0  # CRC-32 of the bytes written as the member's data (compressed or not)
     utf8: bool = False  # the name is non-ASCII UTF-8 (the zip flag that says so)
 
 
@@ -84,7 +84,7 @@ class ArchiveStats:
 class _Large:
     member: Member
     path: str
-    header_written: bool = False
+    header_span: int = -1  # index in ZipWriter.spans of its local header, once written
 
 
 # What is done with a finished job, in order: (job, what to record, data or None).
@@ -115,7 +115,10 @@ class ZipWriter:
         self._members: list[Member] = []
         self._offset = 0  # where the next member goes
         self._position = 0  # where this process's own handle stands
-        self._directory_start, self._directory_crc = -1, 0
+        # [offset, length, CRC-32] of every stretch of the file, in file order: what the
+        # read-back compares the file with (see spans).
+        self._spans: list[list[int]] = []
+        self._directory_start = -1
         self._on_progress = on_progress or (lambda n: None)
         self.stats = ArchiveStats()
 
@@ -161,13 +164,18 @@ class ZipWriter:
         self.stats.bytes_out = self._offset
         return self.stats
 
-    def records(self) -> list[Record]:
-        """What the central directory says of each member, for reading the archive back."""
-        return [Record(m.name, m.offset, m.method, m.compressed, m.size, m.crc, m.packed_crc) for m in self._members]
+    def spans(self) -> list[Span]:
+        """Every stretch of the archive as written, end to end: what the read-back compares."""
+        return [Span(offset, length, crc) for offset, length, crc in self._spans]
 
-    def directory_checksum(self) -> tuple[int, int]:
-        """(offset, CRC-32) of everything after the members: directory and end records."""
-        return self._directory_start, self._directory_crc
+    def member_at(self, offset: int) -> str:
+        """Where `offset` lies, for a message: in the central directory, or in a member's header or data."""
+        if not self._members or 0 <= self._directory_start <= offset:
+            return "the central directory"
+        # Members are recorded in file order, except a large one, recorded once its data is in.
+        starts = sorted((member.offset, member.name) for member in self._members)
+        index = bisect.bisect_right(starts, (offset, "\uffff")) - 1
+        return f"member {starts[max(index, 0)][1]}"
 
     def abort(self) -> None:
         """Stop the workers without finishing the archive (the caller discards the file)."""
@@ -205,50 +213,51 @@ class ZipWriter:
 
     # --- writing, strictly in order --------------------------------------------------------------
 
-    def _write_batch(self, job: Job, members: list[Member], packed: list[Packed | str], block: bytes | None) -> None:
+    def _write_batch(
+        self, job: Job, members: list[Member], facts: tuple[list[Packed | str], int], block: bytes | None
+    ) -> None:
+        packed, crc = facts
         length = 0
-        for member, facts in zip(members, packed, strict=True):
-            if isinstance(facts, str):
-                self.stats.warnings.append(facts)
+        for member, fact in zip(members, packed, strict=True):
+            if isinstance(fact, str):
+                self.stats.warnings.append(fact)
                 continue
-            member.method, member.crc, member.size, member.compressed, member.packed_crc, header = facts
+            member.method, member.crc, member.size, member.compressed, header = fact
             member.offset = self._offset + length
             length += header + member.compressed
             self._record(member)
-        self._place(job, block, length)
+        self._place(job, block, length, crc)
 
     def _piece_writer(self, large: _Large) -> _Writer:
         def write(job: Job, piece: Piece, data: bytes | None) -> None:
             member = large.member
-            if not large.header_written:
-                large.header_written = True
+            if large.header_span < 0:
                 member.offset = self._offset
                 self._write(_local_header(member))
+                large.header_span = len(self._spans) - 1
             member.crc = crc32_combine(member.crc, piece.crc, piece.size)
             member.size += piece.size
-            member.packed_crc = crc32_combine(member.packed_crc, piece.packed_crc, piece.length)
             member.compressed += piece.length
-            self._place(job, data, piece.length)
+            self._place(job, data, piece.length, piece.packed_crc)
 
         return write
 
-    def _place(self, job: Job, data: bytes | None, length: int) -> None:
+    def _place(self, job: Job, data: bytes | None, length: int, crc: int) -> None:
         """Put a job's data next: written here, or by the worker process that holds it."""
         if data is not None:
             self._write(data)
         else:
             self._workers.place(job, self._offset)
+            self._spans.append([self._offset, length, crc])
             self._offset += length
 
     def _finish_large(self, large: _Large) -> None:
         member = large.member
-        if not large.header_written:  # the file shrank to nothing after it was stat'ed
-            member.method, member.offset = STORED, self._offset
-            self._write(_local_header(member))
-        elif member.method == DEFLATED:
+        if large.header_span < 0:  # never happens: a large file has at least one piece
+            raise TargetError(f"{large.path} was not read; run the backup again")
+        if member.method == DEFLATED:
             self._write(FINAL_BLOCK)
             member.compressed += len(FINAL_BLOCK)
-            member.packed_crc = crc32(FINAL_BLOCK, member.packed_crc)
         if not member.zip64_local and max(member.size, member.compressed) >= ZIP64_LIMIT:
             raise TargetError(f"{large.path} grew past 4 GiB while it was being read; run the backup again")
         # Patch CRC and sizes into the local header written before the data.
@@ -256,6 +265,7 @@ class ZipWriter:
         self._file.seek(member.offset)
         self._file.write(header)
         self._position = member.offset + len(header)
+        self._spans[large.header_span][2] = crc32(header)
         self._record(member)
 
     def _record(self, member: Member) -> None:
@@ -270,26 +280,29 @@ class ZipWriter:
             self.stats.bytes_in += member.size
             self._on_progress(member.size)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, extend: bool = False) -> None:
+        """Write at the end of what is placed, as a span of its own or `extend`ing the last one."""
         if self._position != self._offset:  # past data a worker process writes, or back from a patch
             self._file.seek(self._offset)
         self._file.write(data)
+        if extend:
+            span = self._spans[-1]
+            span[1], span[2] = span[1] + len(data), crc32(data, span[2])
+        else:
+            self._spans.append([self._offset, len(data), crc32(data)])
         self._offset += len(data)
         self._position = self._offset
-        if self._directory_start >= 0:
-            self._directory_crc = crc32(data, self._directory_crc)
 
     def _write_central_directory(self) -> None:
         start = self._directory_start = self._offset
-        self._directory_crc = 0
-        for member in self._members:
-            self._write(_central_header(member))
+        for index, member in enumerate(self._members):
+            self._write(_central_header(member), extend=index > 0)
         size = self._offset - start
         count = len(self._members)
         if count >= 0xFFFF or start >= ZIP64_LIMIT or size >= ZIP64_LIMIT:
             end64 = self._offset
             self._write(_END64.pack(b"PK\x06\x06", _END64.size - 12, 45, 45, 0, 0, count, count, size, start))
-            self._write(_LOCATOR64.pack(b"PK\x06\x07", 0, end64, 1))
+            self._write(_LOCATOR64.pack(b"PK\x06\x07", 0, end64, 1), extend=True)
         self._write(
             _END.pack(
                 b"PK\x05\x06",

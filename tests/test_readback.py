@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from backup_core import runner
 from backup_core.compression import compressor_factory
 from backup_core.errors import TargetError
+from backup_core.verify import read_directory
 from backup_core.zipwriter import CHUNK, ZipWriter
 
 TEXT = b"".join(b"line %d of a log that compresses well\n" % i for i in range(200_000))
@@ -46,8 +48,9 @@ def test_a_sound_archive_passes_its_read_back(tmp_path: Path, sources: list[Path
 def test_a_byte_changed_on_disk_after_writing_is_found(tmp_path: Path, sources: list[Path], where: str) -> None:
     archive = tmp_path / "a.zip"
     writer = _write(archive, sources)
-    records = writer.records()
-    start, _ = writer.directory_checksum()
+    records = read_directory(archive)
+    with zipfile.ZipFile(archive) as opened:
+        start = opened.start_dir
     offset = {
         "small member": records[0].header_offset + 100,
         "large member": records[1].header_offset + 5000,
@@ -58,7 +61,12 @@ def test_a_byte_changed_on_disk_after_writing_is_found(tmp_path: Path, sources: 
         byte = file.read(1)
         file.seek(offset)
         file.write(bytes([byte[0] ^ 0x40]))
-    with pytest.raises(TargetError, match="read-back check"):
+    named = {
+        "small member": "member small.log",
+        "large member": "member large.log",
+        "central directory": "the central directory",
+    }
+    with pytest.raises(TargetError, match=rf"read-back check: the bytes on disk differ .* \({named[where]}\)"):
         runner._read_back(archive, writer)
 
 
