@@ -71,6 +71,7 @@ class Target:
     exclude: tuple[str, ...]
     tags: tuple[str, ...]
     compression_level: int
+    inflate_check: bool
     sqlite_check: str
     busy_timeout: float
     skip_unchanged: bool
@@ -88,7 +89,7 @@ class Target:
             "keep": self.keep,
             "exclude": list(self.exclude),
             "tags": list(self.tags),
-            "compression": {"level": self.compression_level},
+            "compression": {"level": self.compression_level, "inflate_check": self.inflate_check},
             "sqlite": {"check": self.sqlite_check, "busy_timeout": self.busy_timeout},
             "skip_unchanged": self.skip_unchanged,
             "lock_timeout": self.lock_timeout,
@@ -264,6 +265,7 @@ def _resolve_target(
         exclude=tuple(setting("exclude")),
         tags=tuple(setting("tags")),
         compression_level=compression["level"],
+        inflate_check=compression["inflate_check"],
         sqlite_check=sqlite["check"],
         busy_timeout=float(sqlite["busy_timeout"]),
         skip_unchanged=setting("skip_unchanged"),

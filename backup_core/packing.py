@@ -49,9 +49,12 @@ class Piece(NamedTuple):
     length: int  # of the data to write
 
 
-def pack_batch(compressor: CompressorFactory | None, items: list[Item]) -> tuple[tuple[list[Packed | str], int], bytes]:
+def pack_batch(
+    compressor: CompressorFactory | None, check: bool, items: list[Item]
+) -> tuple[tuple[list[Packed | str], int], bytes]:
     """What to record of `items` (a str for a member that vanished) with the CRC-32 of the block
-    to write, and that block: their local headers and data."""
+    to write, and that block: their local headers and data.  `check`: prove deflated data inflates
+    back to its source."""
     parts: list[bytes] = []
     packed: list[Packed | str] = []
     for encoded, utf8, mtime, path, expected, given, compress in items:
@@ -68,7 +71,8 @@ def pack_batch(compressor: CompressorFactory | None, items: list[Item]) -> tuple
         method, data = STORED, source
         deflated = _deflate(compressor, source, finish=True) if compress and source else None
         if deflated is not None and len(deflated) < len(source):
-            _prove_decodes(deflated, source, os.fsdecode(encoded))
+            if check:
+                _prove_decodes(deflated, source, os.fsdecode(encoded))
             method, data = DEFLATED, deflated
         header = local_header(encoded, utf8, method, mtime, crc, len(data), len(source))
         parts += (header, data)
@@ -77,7 +81,9 @@ def pack_batch(compressor: CompressorFactory | None, items: list[Item]) -> tuple
     return (packed, crc32(block)), block
 
 
-def pack_piece(compressor: CompressorFactory | None, path: str, start: int, length: int) -> tuple[Piece, bytes]:
+def pack_piece(
+    compressor: CompressorFactory | None, check: bool, path: str, start: int, length: int
+) -> tuple[Piece, bytes]:
     """Read `length` bytes of `path` from `start`; with a compressor, deflate them as one piece of
     a longer stream (a piece that would not shrink goes in stored blocks)."""
     try:
@@ -91,7 +97,8 @@ def pack_piece(compressor: CompressorFactory | None, path: str, start: int, leng
         if deflated is None:
             data = _stored_blocks(source)
         else:
-            _prove_decodes(deflated, source, path)
+            if check:
+                _prove_decodes(deflated, source, path)
             data = deflated
     return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data)), data
 

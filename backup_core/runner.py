@@ -288,6 +288,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 compressor_factory(target.compression_level),
                 on_progress=lambda n: observer.advanced(target, n),
                 path=partial,
+                inflate_check=target.inflate_check,
             )
             try:
                 for entry in sources.entries(target.path, kind, target.exclude):

@@ -101,10 +101,13 @@ class ZipWriter:
         workers: int | None = None,
         on_progress: Callable[[int], None] | None = None,
         path: Path | None = None,
+        inflate_check: bool = True,
     ) -> None:
-        """`path`, the file's own path, lets worker processes write into it (see workers.py)."""
+        """`path`, the file's own path, lets worker processes write into it (see workers.py);
+        `inflate_check` proves every deflated piece inflates back to its source before it is written."""
         self._file = file
         self._compressor = compressor
+        self._check = inflate_check
         count = max(1, workers or os.cpu_count() or 1)
         self._workers = Workers(count, path)
         self._window = 3 * count + 2  # jobs in flight: bounds memory
@@ -149,7 +152,9 @@ class ZipWriter:
         compressor = self._compressor if deflate else None
         for start in range(0, st.st_size, CHUNK):
             length = min(CHUNK, st.st_size - start)
-            job = self._workers.submit("pack_piece", length, int(start == 0), compressor, large.path, start, length)
+            job = self._workers.submit(
+                "pack_piece", length, int(start == 0), compressor, self._check, large.path, start, length
+            )
             self._push(job, self._piece_writer(large))
         self._push(None, lambda job, facts, data: self._finish_large(large))
 
@@ -196,7 +201,7 @@ class ZipWriter:
         if self._batch:
             batch, members, size = self._batch, self._batch_members, self._batch_bytes
             self._batch, self._batch_members, self._batch_bytes = [], [], 0
-            job = self._workers.submit("pack_batch", size, len(batch), self._compressor, batch)
+            job = self._workers.submit("pack_batch", size, len(batch), self._compressor, self._check, batch)
             self._push(job, lambda job, packed, block: self._write_batch(job, members, packed, block))
 
     def _push(self, job: Job | None, write: _Writer) -> None:

@@ -72,7 +72,7 @@ def test_version_1_loads_with_every_setting_resolved(project: Project) -> None:
         "keep": {"last": 7},
         "exclude": [],
         "tags": [],
-        "compression": {"level": 2},
+        "compression": {"level": 2, "inflate_check": True},
         "sqlite": {"check": "integrity", "busy_timeout": 30},
         "skip_unchanged": False,
         "lock_timeout": 0,
@@ -104,7 +104,7 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
           keep: {last: 3, daily: 2}
           exclude: ["*.tmp"]
           tags: [nightly]
-          compression: {level: 5}
+          compression: {level: 5, inflate_check: false}
           sqlite: {check: quick, busy_timeout: 4}
           skip_unchanged: true
           lock_timeout: 9
@@ -136,7 +136,7 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
         "keep": {"last": 3, "daily": 2},
         "exclude": ["*.tmp"],
         "tags": ["nightly"],
-        "compression": {"level": 5},
+        "compression": {"level": 5, "inflate_check": False},
         "sqlite": {"check": "quick", "busy_timeout": 4},
         "skip_unchanged": True,
         "lock_timeout": 9,
@@ -150,7 +150,7 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
         "keep": {"weekly": 4},  # a target's keep replaces the default policy, it is not merged into it
         "exclude": ["cache"],
         "tags": ["web"],
-        "compression": {"level": 0},
+        "compression": {"level": 0, "inflate_check": False},  # nested settings merge key by key
         "sqlite": {"check": "none", "busy_timeout": 1},
         "skip_unchanged": False,
         "lock_timeout": 2,
@@ -672,7 +672,7 @@ def test_invoke_list_shows_resolved_settings_as_text(project: Project) -> None:
         "  keep: {last: 3}",
         "  exclude: [*.tmp, cache]",
         "  tags: [web, nightly]",
-        "  compression: {level: 6}",
+        "  compression: {level: 6, inflate_check: true}",
         "  sqlite: {check: integrity, busy_timeout: 30}",
         "  skip_unchanged: false",
         "  lock_timeout: 0",
@@ -681,7 +681,7 @@ def test_invoke_list_shows_resolved_settings_as_text(project: Project) -> None:
         "  type: auto",
         f"  destination: {root / 'vault'}",
         "  keep: {daily: 5}",
-        "  compression: {level: 6}",
+        "  compression: {level: 6, inflate_check: true}",
         "  sqlite: {check: integrity, busy_timeout: 30}",
         "  skip_unchanged: false",
         "  lock_timeout: 0",
@@ -777,7 +777,7 @@ def test_invoke_list_shows_inherited_defaults_and_overrides(listed: Listed) -> N
         "keep": {"daily": 2},
         "exclude": [],
         "tags": [],
-        "compression": {"level": 2},
+        "compression": {"level": 2, "inflate_check": True},
         "sqlite": {"check": "integrity", "busy_timeout": 30},
         "skip_unchanged": False,
         "lock_timeout": 0,
@@ -827,7 +827,7 @@ def test_every_property_in_the_schema_has_a_description() -> None:
     properties = [
         (name, sub) for node in schema_nodes(manifest.schema()) for name, sub in node.get("properties", {}).items()
     ]
-    assert len(properties) >= 43  # root 5, defaults 10, target 12, keep 7, compression 1, sqlite 2, hooks 3, hook 3
+    assert len(properties) >= 44  # root 5, defaults 10, target 12, keep 7, compression 2, sqlite 2, hooks 3, hook 3
     assert [name for name, sub in properties if not resolve(sub).get("description")] == []
 
 
@@ -872,7 +872,7 @@ def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
             keep: {last: 2, hourly: 3, daily: 4, weekly: 5, monthly: 6, yearly: 7, within: 8d}
             exclude: ['*.log']
             tags: [t1]
-            compression: {level: 9}
+            compression: {level: 9, inflate_check: false}
             sqlite: {check: quick, busy_timeout: 11}
             skip_unchanged: true
             lock_timeout: 12
@@ -892,7 +892,7 @@ def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
         "keep": {"last": 2, "hourly": 3, "daily": 4, "weekly": 5, "monthly": 6, "yearly": 7, "within": "8d"},
         "exclude": ["*.log"],
         "tags": ["t1"],
-        "compression": {"level": 9},
+        "compression": {"level": 9, "inflate_check": False},
         "sqlite": {"check": "quick", "busy_timeout": 11},
         "skip_unchanged": True,
         "lock_timeout": 12,

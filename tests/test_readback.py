@@ -18,10 +18,10 @@ from backup_core.zipwriter import CHUNK, ZipWriter
 TEXT = b"".join(b"line %d of a log that compresses well\n" % i for i in range(200_000))
 
 
-def _write(archive: Path, sources: list[Path], compressor: object = None) -> ZipWriter:
+def _write(archive: Path, sources: list[Path], compressor: object = None, inflate_check: bool = True) -> ZipWriter:
     factory = compressor or compressor_factory(2)
     with archive.open("wb") as file:
-        writer = ZipWriter(file, factory)  # type: ignore[arg-type]
+        writer = ZipWriter(file, factory, inflate_check=inflate_check)  # type: ignore[arg-type]
         for source in sources:
             writer.add_file(source.name, source, source.stat())
         writer.close()
@@ -90,6 +90,18 @@ def test_compressed_data_that_does_not_inflate_back_is_never_written(
     chosen = [s for s in sources if s.name == name]
     with pytest.raises(TargetError, match="does not inflate back"):
         _write(tmp_path / "a.zip", chosen, compressor=_Lossy)
+
+
+@pytest.mark.parametrize("name", ["small.log", "large.log"])
+def test_inflate_check_false_writes_what_the_compressor_gave_unchecked(
+    tmp_path: Path, sources: list[Path], name: str
+) -> None:
+    # What `compression: {inflate_check: false}` gives up: the same lossy compressor now makes
+    # an archive, and only a reader's CRC check finds that it cannot be restored.
+    archive = tmp_path / "a.zip"
+    _write(archive, [s for s in sources if s.name == name], compressor=_Lossy, inflate_check=False)
+    with zipfile.ZipFile(archive) as opened, pytest.raises(zipfile.BadZipFile, match="Bad CRC-32"):
+        opened.read(name)
 
 
 def test_the_read_back_reads_what_is_on_disk_not_what_is_in_memory(tmp_path: Path, sources: list[Path]) -> None:
