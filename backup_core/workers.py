@@ -108,7 +108,8 @@ class Workers:
         try:
             job.process.send(("place", str(self._archive), offset))
         except _Broken as exc:
-            self._lost(job.process, exc)
+            self._lost(job.process, exc)  # raises: this process had answered, so it held data
+            raise TargetError(f"a worker process failed ({exc}); run the backup again") from None
 
     def close(self, abandon: bool = False) -> None:
         """Stop the workers; without `abandon`, once every process has written all it was told to
