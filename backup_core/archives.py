@@ -117,6 +117,22 @@ def place(partial: Path, final: Path) -> None:
     sync_folder(final.parent)
 
 
+def remove(path: Path) -> bool:
+    """Delete `path` if it exists; False if it could not be (the next run's clean-up retries)."""
+    for attempt in range(10):
+        try:
+            path.unlink(missing_ok=True)
+            return True
+        except PermissionError:
+            # Windows: a process that held it open (a worker, a virus scanner) may take a moment.
+            if sys.platform != "win32" or attempt == 9:
+                return False
+            time.sleep(0.1 * (attempt + 1))
+        except OSError:
+            return False
+    return False
+
+
 def sync_folder(folder: Path) -> None:
     """Make a rename or deletion in `folder` durable (POSIX; Windows has no folder handles)."""
     if sys.platform == "win32":

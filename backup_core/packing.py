@@ -15,7 +15,7 @@ import struct
 import time
 from typing import NamedTuple
 
-from .compression import SYNC_FLUSH, CompressorFactory, crc32, inflate
+from .compression import SYNC_FLUSH, CompressorFactory, crc32, decompressor
 from .errors import TargetError
 
 CHUNK = 2 << 20  # a large file is compressed in pieces of this size
@@ -72,7 +72,7 @@ def pack_batch(
         deflated = _deflate(compressor, source, finish=True) if compress and source else None
         if deflated is not None and len(deflated) < len(source):
             if check:
-                _prove_decodes(deflated, source, os.fsdecode(encoded))
+                _prove_decodes(deflated, source, os.fsdecode(encoded), whole=True)
             method, data = DEFLATED, deflated
         header = local_header(encoded, utf8, method, mtime, crc, len(data), len(source))
         parts += (header, data)
@@ -98,7 +98,7 @@ def pack_piece(
             data = _stored_blocks(source)
         else:
             if check:
-                _prove_decodes(deflated, source, path)
+                _prove_decodes(deflated, source, path, whole=False)
             data = deflated
     return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data)), data
 
@@ -139,10 +139,14 @@ def _deflate(compressor: CompressorFactory | None, source: bytes, finish: bool) 
     return head + squeezer.compress(view) + (squeezer.flush() if finish else squeezer.flush(SYNC_FLUSH))
 
 
-def _prove_decodes(deflated: bytes, source: bytes, name: str) -> None:
+def _prove_decodes(deflated: bytes, source: bytes, name: str, whole: bool) -> None:
     # Every deflated piece is inflated again before it is written and must give back the
     # source exactly; reading the archive back later then only has to find these same bytes.
-    if inflate(deflated) != source:
+    # Its shape counts too: a whole member ends in a final block with nothing after it, and a
+    # piece of a longer stream must not end in one, or readers would stop there.
+    inflater = decompressor()
+    inflated = inflater.decompress(deflated) + inflater.flush()
+    if inflated != source or inflater.eof != whole or inflater.unused_data:
         raise TargetError(f"compressing {name} gave data that does not inflate back to it; archive discarded")
 
 
@@ -192,16 +196,19 @@ def timestamp_extra(mtime: float) -> bytes:
 def _read_small(path: str, expected: int) -> bytes:
     # os.open and os.read: the leanest way to read 100,000 small files.  Ask for the size stat
     # gave, plus one byte to see growth: reading CHUNK bytes would allocate 2 MiB per file.
+    # Read to the end of the file: a network file system may return less than asked for.
     descriptor = os.open(path, os.O_RDONLY | _O_BINARY)
     try:
-        source = os.read(descriptor, expected + 1)
-        while len(source) > expected and len(source) <= CHUNK:
-            more = os.read(descriptor, CHUNK + 1 - len(source))
-            if not more:
+        parts, total = [], 0
+        while total <= CHUNK:
+            piece = os.read(descriptor, (expected + 1 if total <= expected else CHUNK + 1) - total)
+            if not piece:
                 break
-            source += more
+            parts.append(piece)
+            total += len(piece)
     finally:
         os.close(descriptor)
+    source = parts[0] if len(parts) == 1 else b"".join(parts)
     if len(source) > CHUNK:
         raise TargetError(f"{path} grew while it was being read; run the backup again")
     return source

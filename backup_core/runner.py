@@ -101,8 +101,7 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
     except TargetError as exc:
         outcome.errors.append(f"run not started: {exc}")
     else:
-        with _collector_paused():
-            _run_all(targets, options.jobs, one, outcome)
+        _run_all(targets, options.jobs, one, outcome)
     hooks.run_closing_hooks(
         run_hooks,
         lambda: {"BACKUP_STATUS": FAILED if outcome.failed else OK, "BACKUP_ERROR": "; ".join(outcome.errors)},
@@ -113,18 +112,28 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
     return outcome
 
 
+_pausing = threading.Lock()
+_paused = [0, False]  # archives being written, and whether the collector ran before the first
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     # An archive's members are tens of thousands of small objects that live to its end: the
     # cyclic garbage collector would walk them again and again (a tenth of a big backup's
-    # time) and free nothing.  What the run leaves in cycles is collected when it is over.
-    was_enabled = gc.isenabled()
-    gc.disable()
+    # time) and free nothing.  It is paused while any archive is written (--jobs writes
+    # several at once) and runs again once none is.
+    with _pausing:
+        if _paused[0] == 0:
+            _paused[1] = gc.isenabled()
+            gc.disable()
+        _paused[0] += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _pausing:
+            _paused[0] -= 1
+            if _paused[0] == 0 and _paused[1]:
+                gc.enable()
 
 
 def _run_all(targets: list[Target], jobs: int, one: Callable[[Target], list[TargetResult]], outcome: RunResult) -> None:
@@ -282,7 +291,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
     observer.started(target, total)
     snapshots: list[Path] = []
     try:
-        with _create_private(partial) as file:
+        with _collector_paused(), _create_private(partial) as file:
             writer = ZipWriter(
                 file,
                 compressor_factory(target.compression_level),
@@ -318,7 +327,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
     finally:
         for path in (partial, *snapshots):
             for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
-                leftover.unlink(missing_ok=True)
+                if not archives.remove(leftover):
+                    result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:

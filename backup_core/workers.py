@@ -45,6 +45,8 @@ _JOBS: dict[str, Callable[..., tuple[Any, bytes]]] = {
     "pack_piece": packing.pack_piece,
 }
 _LENGTH = struct.Struct("<Q")
+_LONGEST = 1 << 30  # no answer is near this long: a longer length means garbled output
+_HELLO = b"backup_core.workers 1\n"  # a worker's first bytes: proves its output is the protocol
 _O_BINARY = getattr(os, "O_BINARY", 0)
 
 
@@ -114,13 +116,20 @@ class Workers:
     def close(self, abandon: bool = False) -> None:
         """Stop the workers; without `abandon`, once every process has written all it was told to
         (raising what went wrong writing)."""
-        processes, self._processes = self._processes, []
-        self._threads.shutdown(wait=True, cancel_futures=abandon)
-        for process in processes:
-            process.stop(abandon)
-        if not abandon:
+        processes = self._processes
+        try:
+            self._threads.shutdown(wait=True, cancel_futures=abandon)
             for process in processes:
-                process.check_finished()
+                process.stop(abandon)
+            if not abandon:
+                for process in processes:
+                    process.check_finished()
+        except BaseException:  # Ctrl-C while waiting, or a failed write: leave no worker running
+            for process in processes:
+                process.stop(abandon=True)
+            raise
+        finally:
+            self._processes = []
 
     def _wants_processes(self) -> bool:
         return (
@@ -186,25 +195,33 @@ class _Process:
             self._answers.put((kind, value))  # every later job of this process is lost too
             raise _Broken(value)
         if kind in ("failed", "unwritten"):
-            raise value
+            try:
+                raise value
+            finally:
+                value = None  # no cycle through this frame: the collector is paused during a run
         self.answered += 1
         return value
 
     def stop(self, abandon: bool) -> None:
         self.retired = True
+        if abandon:
+            self._child.kill()  # before closing its input, whose flush could wait on a full pipe
         with contextlib.suppress(OSError):
             self._stdin().close()  # end of work: the process writes what it still holds, then exits
-        if abandon:
-            self._child.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):  # a killed process that does not die
             self._child.wait(timeout=None if not abandon else 30)
         self._reader.join(timeout=30)
+        if not self._reader.is_alive() and self._child.stdout is not None:
+            self._child.stdout.close()
 
     def check_finished(self) -> None:
         """After stop(): raise what went wrong writing, or if the process did not finish its work."""
         kind, value = self._answers.get()
         if kind == "unwritten":
-            raise value
+            try:
+                raise value
+            finally:
+                value = None  # no cycle through this frame: the collector is paused during a run
         if kind != "gone" or self._child.returncode != 0:
             raise TargetError(f"a worker process did not finish writing its part of the archive ({value})")
 
@@ -223,14 +240,20 @@ class _Process:
 
     def _collect(self) -> None:
         assert self._child.stdout is not None
+        why = ""
         try:
+            if self._child.stdout.read(len(_HELLO)) != _HELLO:
+                why = "it did not start (something else wrote to its output)"
+                return
             while (answer := _receive(self._child.stdout)) is not None:
                 self._answers.put(answer)
-            why = "it exited"
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            why = f"its answer could not be read: {exc}"
-        code = self._child.wait()
-        self._answers.put(("gone", why if code == 0 else f"it exited with status {code}"))
+        except BaseException as exc:  # whatever it is, the writer must hear that this process is gone
+            why = f"its answer could not be read: {type(exc).__name__}: {exc}"
+        finally:
+            if why:
+                self._child.kill()  # its output cannot be trusted: it must not write anything either
+            code = self._child.wait()
+            self._answers.put(("gone", why or ("it exited" if code == 0 else f"it exited with status {code}")))
 
 
 def _send(stream: IO[bytes], message: Any) -> None:
@@ -246,6 +269,8 @@ def _receive(stream: IO[bytes]) -> Any:
     if len(head) < _LENGTH.size:
         raise EOFError("cut short")
     (length,) = _LENGTH.unpack(head)
+    if length > _LONGEST:
+        raise EOFError(f"garbled (a length of {length})")
     data = stream.read(length)
     if len(data) < length:
         raise EOFError("cut short")
@@ -262,6 +287,8 @@ def _serve() -> None:
     requests = sys.stdin.buffer
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the answers
+    answers.write(_HELLO)
+    answers.flush()
     held: deque[bytes] = deque()  # data of answered jobs, in order, until placed
     archive: int | None = None
     try:

@@ -797,6 +797,8 @@ if "backup_core.workers" in sys.orig_argv:
         log.write(f"{os.getpid()}\\n")
     if os.environ.get("WORKER_EXIT_AT_ONCE"):
         os._exit(3)
+    if os.environ.get("WORKER_PRINTS"):
+        print("a greeting from a site module")
 """
 
 
@@ -870,6 +872,22 @@ def test_worker_processes_that_cannot_run_leave_the_work_to_threads_and_say_so(p
     assert _workers_started(project), "the run never tried worker processes"
     assert "[WARNING] [site] worker processes failed" in ran.stdout, ran.output
     assert "compressed on threads instead" in ran.stdout
+    (archive,) = project.archives()
+    assert zip_tree(archive) == tree
+    assert_readers_accept(archive)
+
+
+def test_a_worker_whose_output_is_not_the_protocol_is_not_trusted(project: Project) -> None:
+    # Something printed to a worker's output before it starts (a site module, a .pth file)
+    # must not be read as an answer: the run goes on with threads, and says so.
+    tree = _mixed_tree(project)
+    write_manifest(project, "src")
+
+    ran = project.invoke("backup", env=_worker_env(project, threshold=1, WORKER_PRINTS="1"))
+
+    assert ran.code == 0, ran.output
+    assert "Traceback" not in ran.output
+    assert "worker processes failed (it did not start" in ran.stdout, ran.output
     (archive,) = project.archives()
     assert zip_tree(archive) == tree
     assert_readers_accept(archive)

@@ -83,6 +83,28 @@ class _Lossy:
         return self._inner.flush(mode)
 
 
+class _Finishing:
+    """A compressor that ends every piece with a final block: each piece inflates back alone,
+    but readers of the joined stream would stop after the first piece."""
+
+    def __init__(self) -> None:
+        self._inner = zlib.compressobj(1, zlib.DEFLATED, -15)
+        self._flushes = 0
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._inner.compress(data)
+
+    def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
+        self._flushes += 1  # the first ends the trial on a piece's start; the last ends the piece
+        return self._inner.flush(mode if self._flushes == 1 else zlib.Z_FINISH)
+
+
+def test_a_piece_that_would_end_the_stream_early_is_never_written(tmp_path: Path, sources: list[Path]) -> None:
+    large = [s for s in sources if s.name == "large.log"]
+    with pytest.raises(TargetError, match="does not inflate back"):
+        _write(tmp_path / "a.zip", large, compressor=_Finishing)
+
+
 @pytest.mark.parametrize("name", ["small.log", "large.log"])
 def test_compressed_data_that_does_not_inflate_back_is_never_written(
     tmp_path: Path, sources: list[Path], name: str
