@@ -166,6 +166,11 @@ class _Process:
     def __init__(self) -> None:
         package_root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        # glibc hands out buffers this big (2 MiB pieces, 1 MiB batches) as fresh mappings and
+        # returns them on free, so every piece would fault its pages in anew: keep them on the
+        # heap, where the next piece reuses them (about 5% of a big backup's time).
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 << 20))
+        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 << 20))
         self._child = subprocess.Popen(
             [sys.executable, "-m", "backup_core.workers"],
             stdin=subprocess.PIPE,
