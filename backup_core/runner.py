@@ -299,22 +299,26 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 path=partial,
                 inflate_check=target.inflate_check,
             )
-            try:
-                for entry in sources.entries(target.path, kind, target.exclude):
-                    if _stopping.is_set():
-                        raise TargetError("interrupted; the partial archive was removed")
-                    observer.file(target, entry.name)
-                    _add(writer, entry, target, destination, when, snapshots, result)
-                stats = writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            file.flush()
-            # The read-back reads the pages just written while the disk catches up with them:
-            # both must pass before the archive is renamed into place.
             with ThreadPoolExecutor(1, thread_name_prefix="fsync") as syncing:
+                try:
+                    for entry in sources.entries(target.path, kind, target.exclude):
+                        if _stopping.is_set():
+                            raise TargetError("interrupted; the partial archive was removed")
+                        observer.file(target, entry.name)
+                        _add(writer, entry, target, destination, when, snapshots, result)
+                    # The disk starts on what is written while the last pieces are placed...
+                    early = syncing.submit(os.fsync, file.fileno())
+                    stats = writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+                file.flush()
+                # ...and catches up with the rest while the archive is read back: both must
+                # pass before it is renamed into place.  Both syncs are checked: after a failed
+                # one, Linux may let the next succeed with the data lost.
                 synced = syncing.submit(os.fsync, file.fileno())
                 _read_back(partial, writer)
+                early.result()
                 synced.result()
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
