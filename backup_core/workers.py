@@ -72,7 +72,6 @@ class Workers:
         self._processes: list[_Process] = []
         self._submitted = 0
         self._members = 0
-        self._turn = 0
         self.warning: str | None = None  # why worker processes were given up, once
 
     def submit(self, name: str, size: int, members: int, *args: Any) -> Job:
@@ -82,10 +81,11 @@ class Workers:
         if not self._processes and self._wants_processes():
             self._start_processes()
         if self._processes:
-            process = self._processes[self._turn % len(self._processes)]
-            self._turn += 1
+            # To the process with the least work waiting: jobs differ tenfold in cost.
+            process = min(self._processes, key=_Process.waiting)
             try:
                 process.send(("job", name, args))
+                process.sent += 1
                 return Job(name, args, None, process)
             except _Broken as exc:
                 self._lost(process, exc)
@@ -183,9 +183,14 @@ class _Process:
         )
         self._answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.answered = 0
+        self.sent = 0
         self.retired = False
         self._reader = threading.Thread(target=self._collect, name="zip-answers", daemon=True)
         self._reader.start()
+
+    def waiting(self) -> int:
+        """Jobs sent that it has not answered yet."""
+        return self.sent - self.answered - self._answers.qsize()
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
