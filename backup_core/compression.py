@@ -109,12 +109,6 @@ def crc32(data: bytes | memoryview, value: int = 0) -> int:
     return (_isal.crc32 if _isal is not None else zlib.crc32)(data, value)
 
 
-def inflate(data: bytes) -> bytes:
-    """Inflate raw deflate data (a whole stream, or pieces ended by a sync flush)."""
-    inflater = decompressor()
-    return inflater.decompress(data) + inflater.flush()  # type: ignore[no-any-return]
-
-
 def decompressor() -> Any:
     """A raw-deflate decompressor (ISA-L's when available: it inflates faster)."""
     return (_isal or zlib).decompressobj(_RAW_DEFLATE)

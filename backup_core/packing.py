@@ -15,7 +15,7 @@ import struct
 import time
 from typing import NamedTuple
 
-from .compression import SYNC_FLUSH, CompressorFactory, crc32, decompressor
+from .compression import SYNC_FLUSH, Compressor, CompressorFactory, crc32, decompressor
 from .errors import TargetError
 
 CHUNK = 2 << 20  # a large file is compressed in pieces of this size
@@ -107,10 +107,7 @@ def worth_deflating(compressor: CompressorFactory | None, path: str) -> bool:
     """Whether the start of `path` shrinks under deflate: decides a large member's method.
     Raises FileNotFoundError when the file is gone."""
     start = _read_range(path, 0, _TRIAL)
-    if compressor is None:
-        return False
-    squeezer = compressor()
-    return len(squeezer.compress(start) + squeezer.flush(SYNC_FLUSH)) < len(start) * _SHRINK_ENOUGH
+    return compressor is not None and _trial(compressor(), start) is not None
 
 
 def _stored_blocks(source: bytes) -> bytes:
@@ -132,11 +129,18 @@ def _deflate(compressor: CompressorFactory | None, source: bytes, finish: bool) 
     view = memoryview(source)
     head = b""
     if len(source) > 2 * _TRIAL:
-        head = squeezer.compress(view[:_TRIAL]) + squeezer.flush(SYNC_FLUSH)
-        if len(head) >= _TRIAL * _SHRINK_ENOUGH:
+        tried = _trial(squeezer, view[:_TRIAL])
+        if tried is None:
             return None
-        view = view[_TRIAL:]
+        head, view = tried, view[_TRIAL:]
     return head + squeezer.compress(view) + (squeezer.flush() if finish else squeezer.flush(SYNC_FLUSH))
+
+
+def _trial(squeezer: Compressor, start: bytes | memoryview) -> bytes | None:
+    """`start` deflated and ended by a sync flush, or None when it does not shrink enough for
+    deflating the rest to pay."""
+    head = squeezer.compress(start) + squeezer.flush(SYNC_FLUSH)
+    return head if len(head) < len(start) * _SHRINK_ENOUGH else None
 
 
 def _prove_decodes(deflated: bytes, source: bytes, name: str, whole: bool) -> None:

@@ -225,10 +225,11 @@ def first_difference(archive: Path, spans: list[Span]) -> int | None:
             return before.offset + before.length
     end = spans[-1].offset + spans[-1].length
     try:
-        if archive.stat().st_size != end:
-            return min(archive.stat().st_size, end)
+        size = archive.stat().st_size
     except OSError:
         return 0
+    if size != end:
+        return min(size, end)
     # Reading and CRC-32 release the GIL: read contiguous halves on every core.
     halves = _slices(spans, os.cpu_count() or 1, lambda span: span.length)
     with ThreadPoolExecutor(len(halves)) as pool:

@@ -250,7 +250,7 @@ class ZipWriter:
     def _place(self, job: Job, data: bytes | None, length: int, crc: int) -> None:
         """Put a job's data next: written here, or by the worker process that holds it."""
         if data is not None:
-            self._write(data)
+            self._write(data, crc)
         else:
             self._workers.place(job, self._offset)
             self._spans.append([self._offset, length, crc])
@@ -285,12 +285,12 @@ class ZipWriter:
             self.stats.bytes_in += member.size
             self._on_progress(member.size)
 
-    def _write(self, data: bytes) -> None:
-        """Write at the end of what is placed (a span of its own)."""
+    def _write(self, data: bytes, crc: int | None = None) -> None:
+        """Write at the end of what is placed (a span of its own); `crc`, when a worker computed it."""
         if self._position != self._offset:  # past data a worker process writes, or back from a patch
             self._file.seek(self._offset)
         self._file.write(data)
-        self._spans.append([self._offset, len(data), crc32(data)])
+        self._spans.append([self._offset, len(data), crc32(data) if crc is None else crc])
         self._offset += len(data)
         self._position = self._offset
 

@@ -458,6 +458,27 @@ def test_other_levels_deflate_text_and_round_trip(project: Project, level: int) 
 # --- names, modes and the clock -----------------------------------------------------------------
 
 
+def test_inflate_check_false_makes_the_same_archive_without_the_proof(project: Project) -> None:
+    files = {
+        "text.txt": text_bytes(300 << 10),
+        "big.txt": text_bytes(3 * MiB, seed=1),
+        "random.bin": random_bytes(1000),
+    }
+    for name, content in files.items():
+        project.file(f"src/{name}", content)
+    write_manifest(project, "src")
+    checked = backup(project)
+    project.write_manifest(project.manifest.read_text(encoding="utf-8") + "    compression: {inflate_check: false}\n")
+
+    ran = project.invoke("backup", "--force", "--format", "json")
+
+    assert ran.code == 0, ran.output
+    unchecked = Path(ran.json()["targets"][0]["archive"])
+    assert unchecked != checked
+    assert unchecked.read_bytes() == checked.read_bytes()  # the check proves the bytes, never changes them
+    assert zip_tree(unchecked) == {name: ("file", content) for name, content in files.items()}
+
+
 def test_archive_name_pattern(project: Project) -> None:
     project.file("src/a.txt")
     write_manifest(project, "src")

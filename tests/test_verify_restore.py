@@ -290,23 +290,13 @@ def test_restore_takes_the_newest_archive_or_the_one_named(project: Project) -> 
     assert names(named / "data.db") == [f"item {n}" for n in range(1, 51)]
 
 
-def test_restore_of_one_member_writes_only_that_file(project: Project) -> None:
+@pytest.mark.parametrize("member", ["sub/small.txt", "sub"], ids=["a file", "a folder"])
+def test_restore_of_one_member_writes_only_that_member(project: Project, member: str) -> None:
     make_site(project)
     back_up(project)
     folder = project.root / "restored"
 
-    ran = project.invoke("restore", "site", "--to", str(folder), "--member", "sub/small.txt")
-
-    assert ran.code == 0, ran.output
-    assert tree(folder) == {"sub": None, "sub/small.txt": b"small\n"}
-
-
-def test_restore_of_one_folder_member_writes_only_that_folder(project: Project) -> None:
-    make_site(project)
-    back_up(project)
-    folder = project.root / "restored"
-
-    ran = project.invoke("restore", "site", "--to", str(folder), "--member", "sub")
+    ran = project.invoke("restore", "site", "--to", str(folder), "--member", member)
 
     assert ran.code == 0, ran.output
     assert tree(folder) == {"sub": None, "sub/small.txt": b"small\n"}
