@@ -13,11 +13,11 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import manifest as manifest_module
-from . import report, runner, selection
-from . import restore as restore_module
-from .errors import EXIT_OK, TargetError, UsageError
-from .manifest import Manifest, Target
+from backup_core import manifest as manifest_module
+from backup_core import report, runner
+from backup_core import restore as restore_module
+from backup_core.errors import EXIT_OK, TargetError, UsageError
+from backup_core.manifest import Manifest, Target, selection
 
 FORMATS = ("text", "json")
 

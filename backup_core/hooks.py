@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import TargetError
-from .manifest import Hook, Hooks
+from backup_core.errors import TargetError
+from backup_core.manifest import Hook, Hooks
 
 
 class HookError(TargetError):

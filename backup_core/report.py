@@ -15,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from .manifest import Target
-from .results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
+from backup_core.manifest import Target
+from backup_core.results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
 
 _COLOURS = {OK: "green", CHANGED: "yellow", FAILED: "red", SKIPPED: "cyan"}
 _ANSI_CODE = re.compile(r"\033\[[0-9;]*m")

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from . import archives, sqlite
-from .errors import TargetError, UsageError
-from .manifest import Target
-from .sources import SQLITE_HEADER
+from backup_core.errors import TargetError, UsageError
+from backup_core.manifest import Target
+from backup_core.sources import sqlite
+from backup_core.sources.walk import SQLITE_HEADER
+from backup_core.stores import archives
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _BLOCK = 1 << 20

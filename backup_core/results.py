@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_FAILED, EXIT_OK
+from backup_core.errors import EXIT_FAILED, EXIT_OK
 
 OK, CHANGED, FAILED, SKIPPED = "ok", "changed", "failed", "skipped"
 STATUSES = (OK, CHANGED, FAILED, SKIPPED)

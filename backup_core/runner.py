@@ -23,14 +23,18 @@ from typing import BinaryIO, Protocol
 
 import filelock
 
-from . import archives, fingerprint, hooks, retention, sources, sqlite
-from .archives import Archive
-from .compression import compressor_factory
-from .errors import BackupError, TargetError
-from .manifest import Hooks, Manifest, Target
-from .results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
-from .verify import first_difference, verify_archive
-from .zipwriter import ZipWriter
+from backup_core import hooks
+from backup_core.errors import BackupError, TargetError
+from backup_core.manifest import Hooks, Manifest, Target
+from backup_core.results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
+from backup_core.sources import sqlite
+from backup_core.sources import walk as sources
+from backup_core.stores import archives, retention
+from backup_core.stores.archives import Archive
+from backup_core.zip import fingerprint
+from backup_core.zip.compression import compressor_factory
+from backup_core.zip.verify import first_difference, verify_archive
+from backup_core.zip.writer import ZipWriter
 
 NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
 _DATA = ("file", "sqlite")  # entry kinds that carry bytes

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup_core.sqlite import snapshot
+from backup_core.sources.sqlite import snapshot
 
 from . import generate
 from .measure import Run, Summary, launcher_floor, measure, tail
@@ -395,7 +395,7 @@ def _sqlite_section(options: Options) -> None:
         if cli is not None:
             theirs.append(_run_checked(cli))
         backups.append(_run_checked(full))
-    rows = [_sqlite_row("backup_core.sqlite.snapshot (in process)", Summary(tuple(ours)), size)]
+    rows = [_sqlite_row("backup_core.sources.sqlite.snapshot (in process)", Summary(tuple(ours)), size)]
     if cli is not None:
         rows.append(_sqlite_row(cli.name, Summary(tuple(theirs)), size))
     rows.append(

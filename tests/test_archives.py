@@ -813,7 +813,7 @@ def test_a_full_disk_fails_cleanly(project: Project) -> None:
 
 _RECORD_WORKERS = """
 import os, sys
-if "backup_core.workers" in sys.orig_argv:
+if "backup_core.zip.workers" in sys.orig_argv:
     with open(os.environ["WORKER_LOG"], "a") as log:
         log.write(f"{os.getpid()}\\n")
     if os.environ.get("WORKER_EXIT_AT_ONCE"):

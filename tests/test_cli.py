@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 from conftest import INVOKE, REPO, Project, Ran, have, run_invoke
 
-from backup_core import manifest, report, selection
+from backup_core import manifest, report
 from backup_core.errors import UsageError
+from backup_core.manifest import selection
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
 
 ANSI = "\x1b["

@@ -18,8 +18,9 @@ import jsonschema
 import pytest
 from conftest import REPO, Project, Ran, run_invoke
 
-from backup_core import manifest, yaml_source
+from backup_core import manifest
 from backup_core.errors import ManifestError, Problem
+from backup_core.manifest import yaml_source
 
 SCHEMA_FILE = REPO / "schema" / "backups.schema.json"
 SHIPPED = REPO / "backups.yml"

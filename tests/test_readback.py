@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from backup_core import runner
-from backup_core.compression import compressor_factory
 from backup_core.errors import TargetError
-from backup_core.verify import read_directory
-from backup_core.zipwriter import CHUNK, ZipWriter
+from backup_core.zip.compression import compressor_factory
+from backup_core.zip.verify import read_directory
+from backup_core.zip.writer import CHUNK, ZipWriter
 
 TEXT = b"".join(b"line %d of a log that compresses well\n" % i for i in range(200_000))
 

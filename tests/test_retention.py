@@ -1,7 +1,7 @@
 """Retention: `keep:` rules, checked against a small independent reference, and `invoke prune`.
 
 The reference below is written from the rules as documented (README, schema), not
-from backup_core.retention: every period rule groups the archives by period, takes
+from backup_core.stores.retention: every period rule groups the archives by period, takes
 the newest of each group, and keeps the groups' newest N; `last` keeps the N newest;
 `within` keeps everything at most that long before the newest; the newest is always kept.
 """
@@ -17,8 +17,9 @@ from conftest import Project, archive_file_name, fake_archive, flow
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backup_core import manifest, retention, runner
+from backup_core import manifest, runner
 from backup_core.results import CHANGED
+from backup_core.stores import retention
 
 UTC = timezone.utc
 COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")

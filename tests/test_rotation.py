@@ -23,9 +23,10 @@ from conftest import Project
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backup_core import archives, manifest
+from backup_core import manifest
 from backup_core.results import CHANGED, FAILED
 from backup_core.runner import Options, backup_target
+from backup_core.stores import archives
 
 TARGET = "site"
 ARCHIVE_NAME = re.compile(r"site-\d{8}T\d{6}\.\d{6}Z\.zip")

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import INVOKE, REPO, Project, Ran, integrity, names
 
-from backup_core import sqlite as sqlite_module
 from backup_core.errors import TargetError
+from backup_core.sources import sqlite as sqlite_module
 
 PYTHON = sys.executable
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
-from .errors import UsageError
-from .manifest import Target
+from backup_core.errors import UsageError
+from backup_core.manifest import Target
 
 
 def split_words(values: Iterable[str] | None) -> list[str]:

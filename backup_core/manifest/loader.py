@@ -19,11 +19,11 @@ from typing import Any
 
 import jsonschema
 
-from . import yaml_source
-from .errors import ManifestError, Problem
-from .yaml_source import Document, KeyPath
+from backup_core.errors import ManifestError, Problem
+from backup_core.manifest import yaml_source
+from backup_core.manifest.yaml_source import Document, KeyPath
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "backups.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema" / "backups.schema.json"
 # Settings a target inherits from `defaults:`; the schema lists them under defaults.properties.
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import TargetError
+from backup_core.errors import TargetError
 
 CHECK_PRAGMAS = {"integrity": "integrity_check", "quick": "quick_check"}
 

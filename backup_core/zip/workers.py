@@ -8,7 +8,7 @@ writer gives them once every member before it is placed: the data never crosses
 a pipe.  They cost about 50 ms to start, so an archive uses them only once enough
 data is queued to repay that (small archives, and most test runs, never start one).
 
-The processes are plain `python -m backup_core.workers` children talking over
+The processes are plain `python -m backup_core.zip.workers` children talking over
 their standard input and output (length-prefixed pickles), not a multiprocessing
 pool: a spawned pool re-imports the parent's main module, here the whole of
 Invoke, in every worker.  Jobs only read sources, so when a worker process cannot
@@ -33,8 +33,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from . import packing
-from .errors import TargetError
+from backup_core.errors import TargetError
+from backup_core.zip import packing
 
 # Data queued before worker processes start (overridable, so tests reach that path with
 # small trees), or members: 100,000 tiny files are Python work too.
@@ -46,7 +46,7 @@ _JOBS: dict[str, Callable[..., tuple[Any, bytes]]] = {
 }
 _LENGTH = struct.Struct("<Q")
 _LONGEST = 1 << 30  # no answer is near this long: a longer length means garbled output
-_HELLO = b"backup_core.workers 1\n"  # a worker's first bytes: proves its output is the protocol
+_HELLO = b"backup_core.zip.workers 1\n"  # a worker's first bytes: proves its output is the protocol
 _O_BINARY = getattr(os, "O_BINARY", 0)
 
 
@@ -172,7 +172,7 @@ class _Process:
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 << 20))
         env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 << 20))
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "backup_core.workers"],
+            [sys.executable, "-m", "backup_core.zip.workers"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # failures come back as answers; a crash shows as a closed pipe

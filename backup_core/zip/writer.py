@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import packing
-from .compression import FINAL_BLOCK, CompressorFactory, crc32, crc32_combine, worth_compressing
-from .errors import TargetError
-from .packing import CHUNK, DEFLATED, STORED, ZIP64_LIMIT, Item, Packed, Piece
-from .verify import Span
-from .workers import Job, Workers
+from backup_core.errors import TargetError
+from backup_core.zip import packing
+from backup_core.zip.compression import FINAL_BLOCK, CompressorFactory, crc32, crc32_combine, worth_compressing
+from backup_core.zip.packing import CHUNK, DEFLATED, STORED, ZIP64_LIMIT, Item, Packed, Piece
+from backup_core.zip.verify import Span
+from backup_core.zip.workers import Job, Workers
 
 _BATCH_BYTES = 1 << 20  # small files are grouped into jobs of about this much data
 _BATCH_FILES = 256

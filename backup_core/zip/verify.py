@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
 
-from . import sqlite
-from .compression import crc32, decompressor
-from .sources import SQLITE_HEADER
+from backup_core.sources import sqlite
+from backup_core.sources.walk import SQLITE_HEADER
+from backup_core.zip.compression import crc32, decompressor
 
 _BLOCK = 1 << 20
 _Item = TypeVar("_Item")

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Problem
+from backup_core.errors import Problem
 
 Location = tuple[int, int]  # 1-based line and column
 KeyPath = tuple[str | int, ...]

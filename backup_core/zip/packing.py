@@ -15,8 +15,8 @@ import struct
 import time
 from typing import NamedTuple
 
-from .compression import SYNC_FLUSH, Compressor, CompressorFactory, crc32, decompressor
-from .errors import TargetError
+from backup_core.errors import TargetError
+from backup_core.zip.compression import SYNC_FLUSH, Compressor, CompressorFactory, crc32, decompressor
 
 CHUNK = 2 << 20  # a large file is compressed in pieces of this size
 STORED, DEFLATED = 0, 8

@@ -1,0 +1,5 @@
+"""The manifest: reading backups.yml, checking it against the schema, resolving its targets."""
+
+from backup_core.manifest.loader import SCHEMA_PATH, Hook, Hooks, Manifest, Target, load, schema, schema_default
+
+__all__ = ["SCHEMA_PATH", "Hook", "Hooks", "Manifest", "Target", "load", "schema", "schema_default"]

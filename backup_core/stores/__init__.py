@@ -1,0 +1,1 @@
+"""Where archives live: archive names, the stores (a local folder, a remote), and retention."""
