@@ -1,0 +1,229 @@
+"""The command line: Invoke tasks that parse flags, call backup_core and turn its errors into exit codes.
+
+The tasks are defined once, here.  The checkout's tasks.py hands them to `invoke`;
+the installed `backups` command runs them as a program of its own (`main`).
+
+Exit status: 0 all selected targets succeeded, 1 a target (or archive) failed,
+2 the manifest or the command line is wrong (nothing was done), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit, ParseError
+from invoke.program import Program
+from invoke.tasks import Task, task
+
+from backup_core import __version__, commands
+from backup_core.errors import EXIT_USAGE, BackupError, ManifestError
+
+DEFAULT_MANIFEST = "backups.yml"  # in the current folder, unless the configuration names one
+
+
+def _manifest(c: Context, given: str) -> str:
+    """A flag wins over configuration (the checkout's tasks.py sets its own backups.yml), that over ./backups.yml."""
+    return given or c.config.get("backups", {}).get("manifest") or DEFAULT_MANIFEST
+
+
+_SELECT = {
+    "manifest": "Manifest to run (default: backups.yml beside tasks.py in a checkout, else ./backups.yml).",
+    "only": "Target names or shell patterns (repeatable, or comma separated).",
+    "tags": "Run targets with any of these tags (repeatable, or comma separated).",
+    "skip-tags": "Leave out targets with any of these tags.",
+    "format": "text (default) or json: one JSON document on stdout, text on stderr.",
+}
+
+
+# Short flags are chosen here, not guessed: Invoke's automatic ones depend on argument order
+# (--format would silently have become -r).
+_SHORT_FLAGS = {"manifest": "m", "only": "o", "tags": "t", "jobs": "j", "verbose": "v"}
+
+
+class _Task(Task):  # type: ignore[type-arg]
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        if name in _SHORT_FLAGS:
+            opts["names"].append(_SHORT_FLAGS[name])
+        return opts
+
+
+def _task(**options: Any) -> Any:
+    return task(klass=_Task, auto_shortflags=False, **options)
+
+
+def _finish(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+def _run(call: object, *args: object, **kwargs: object) -> None:
+    try:
+        code = call(*args, **kwargs)  # type: ignore[operator]
+    except ManifestError as exc:
+        raise Exit(str(exc), code=exc.exit_code) from None
+    except BackupError as exc:
+        raise Exit(f"error: {exc}", code=exc.exit_code) from None
+    except BrokenPipeError:
+        # The reader went away (`invoke list | head`): nothing more can be said.
+        sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - stands in for the closed pipe until exit
+        raise Exit(code=1) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted; no partial archive was left in place", code=130) from None
+    _finish(code)
+
+
+@_task(
+    iterable=["only", "tags", "skip_tags"],
+    help={
+        **_SELECT,
+        "check": "Preview: show what would be archived and deleted; write, delete and lock nothing.",
+        "force": "Archive even when skip_unchanged finds the source unchanged.",
+        "jobs": "Targets to run at once (default: the manifest's jobs, else 1).",
+        "verbose": "Show every file as it is archived.",
+        "log-file": "Append a plain-text log with timestamps to this file.",
+    },
+)
+def backup(
+    c: Context,
+    manifest: str = "",
+    only: list[str] | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    check: bool = False,
+    force: bool = False,
+    jobs: str = "0",  # parsed by backup_core, so a bad value is a usage error, not a traceback
+    format: str = "text",
+    verbose: bool = False,
+    log_file: str = "",
+) -> None:
+    """Back up every selected target, then rotate its old archives."""
+    _run(
+        commands.run_targets, "backup", _manifest(c, manifest), only, tags, skip_tags, check=check, force=force,
+        jobs=jobs, output=format, verbose=verbose, log_file=log_file or None,
+    )  # fmt: skip
+
+
+@_task(
+    iterable=["only", "tags", "skip_tags"],
+    help={**_SELECT, "check": "Show which archives would be deleted; delete nothing."},
+)
+def prune(
+    c: Context,
+    manifest: str = "",
+    only: list[str] | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    check: bool = False,
+    format: str = "text",
+) -> None:
+    """Apply each target's keep: policy without making a new archive."""
+    _run(commands.run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, output=format)
+
+
+@_task(
+    iterable=["only", "tags", "skip_tags"],
+    help={**_SELECT, "latest": "Check only the newest archive of each target."},
+)
+def verify(
+    c: Context,
+    manifest: str = "",
+    only: list[str] | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    latest: bool = False,
+    format: str = "text",
+) -> None:
+    """Read every archive back in full (CRC of every member, integrity_check of every database)."""
+    _run(commands.run_targets, "verify", _manifest(c, manifest), only, tags, skip_tags, latest=latest, output=format)
+
+
+@_task(
+    positional=["target"],
+    help={
+        "target": "The target whose archive to restore.",
+        "to": "Folder to restore into (required; created if missing).",
+        "archive": "Archive file name to restore (default: the newest).",
+        "member": "Restore only this file or folder of the archive.",
+        "force": "Overwrite files that already exist.",
+        "manifest": _SELECT["manifest"],
+    },
+)
+def restore(
+    c: Context,
+    target: str,
+    to: str = "",
+    archive: str = "",
+    member: str = "",
+    force: bool = False,
+    manifest: str = "",
+) -> None:
+    """Restore a target's archive into a folder, safely."""
+    _run(
+        commands.restore,
+        _manifest(c, manifest),
+        target,
+        to or None,
+        archive=archive or None,
+        member=member or None,
+        force=force,
+    )
+
+
+@_task(help={"manifest": _SELECT["manifest"]})
+def validate(c: Context, manifest: str = "") -> None:
+    """Check the manifest without running anything."""
+    _run(commands.validate, _manifest(c, manifest))
+
+
+@_task(name="list", iterable=["only", "tags", "skip_tags"], help=_SELECT)
+def list_(
+    c: Context,
+    manifest: str = "",
+    only: list[str] | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    format: str = "text",
+) -> None:
+    """Show the targets a selection would run, with their resolved settings."""
+    _run(commands.list_targets, _manifest(c, manifest), only, tags, skip_tags, output=format)
+
+
+namespace = Collection(backup, prune, verify, restore, validate, list_)
+
+
+class _Program(Program):
+    """`backups`: the same tasks as a program, where a flag it does not know is a usage error (exit 2)."""
+
+    # Invoke exits 1 for a flag it cannot parse; SystemExit passes through its handler unchanged.
+    def parse_core(self, argv: list[str] | None) -> None:
+        with _usage_errors():
+            super().parse_core(argv)
+
+    def parse_tasks(self) -> None:
+        with _usage_errors():
+            super().parse_tasks()
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except ParseError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+program = _Program(name="backups", binary="backups", version=__version__, namespace=namespace)
+
+
+def main() -> None:
+    """Entry point of the installed `backups` command."""
+    program.run()
