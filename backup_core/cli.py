@@ -113,7 +113,7 @@ def backup(
 
 @_task(
     iterable=["only", "tags", "skip_tags"],
-    help={**_SELECT, "check": "Show which archives would be deleted; delete nothing."},
+    help={**_SELECT, "check": "Show which archives would be deleted, here and on remotes; delete nothing."},
 )
 def prune(
     c: Context,
@@ -124,13 +124,19 @@ def prune(
     check: bool = False,
     format: str = "text",
 ) -> None:
-    """Apply each target's keep: policy without making a new archive."""
+    """Apply each target's keep: policy, here and on its remotes, without making a new archive."""
     _run(commands.run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, output=format)
 
 
 @_task(
     iterable=["only", "tags", "skip_tags"],
-    help={**_SELECT, "latest": "Check only the newest archive of each target."},
+    help={
+        **_SELECT,
+        "latest": "Check only the newest archive of each target.",
+        "remote": "Check the copies on this remote instead: their size and the checksum recorded at upload.",
+        "download": "With --remote: download each copy and verify it in full, as the local verify does.",
+        "identity": "With --download: the age identity file or SSH private key that decrypts encrypted copies.",
+    },
 )
 def verify(
     c: Context,
@@ -139,10 +145,41 @@ def verify(
     tags: list[str] | None = None,
     skip_tags: list[str] | None = None,
     latest: bool = False,
+    remote: str = "",
+    download: bool = False,
+    identity: str = "",
     format: str = "text",
 ) -> None:
     """Read every archive back in full (CRC of every member, integrity_check of every database)."""
-    _run(commands.run_targets, "verify", _manifest(c, manifest), only, tags, skip_tags, latest=latest, output=format)
+    _run(
+        commands.run_targets, "verify", _manifest(c, manifest), only, tags, skip_tags, latest=latest,
+        remote=remote or None, download=download, identity=identity or None, output=format,
+    )  # fmt: skip
+
+
+@_task(
+    iterable=["only", "tags", "skip_tags"],
+    help={
+        **_SELECT,
+        "remote": "Only this remote (default: every remote of each target).",
+        "check": "Show what would be uploaded; send nothing.",
+    },
+)
+def push(
+    c: Context,
+    manifest: str = "",
+    only: list[str] | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    remote: str = "",
+    check: bool = False,
+    format: str = "text",
+) -> None:
+    """Upload the local archives that each target's remotes lack, without making a new archive."""
+    _run(
+        commands.run_targets, "push", _manifest(c, manifest), only, tags, skip_tags, check=check,
+        remote=remote or None, output=format,
+    )  # fmt: skip
 
 
 @_task(
@@ -153,6 +190,8 @@ def verify(
         "archive": "Archive file name to restore (default: the newest).",
         "member": "Restore only this file or folder of the archive.",
         "force": "Overwrite files that already exist.",
+        "remote": "Restore from this remote's copy instead of the local archives.",
+        "identity": "The age identity file or SSH private key that decrypts an encrypted remote's copies.",
         "manifest": _SELECT["manifest"],
     },
 )
@@ -163,6 +202,8 @@ def restore(
     archive: str = "",
     member: str = "",
     force: bool = False,
+    remote: str = "",
+    identity: str = "",
     manifest: str = "",
 ) -> None:
     """Restore a target's archive into a folder, safely."""
@@ -196,7 +237,7 @@ def list_(
     _run(commands.list_targets, _manifest(c, manifest), only, tags, skip_tags, output=format)
 
 
-namespace = Collection(backup, prune, verify, restore, validate, list_)
+namespace = Collection(backup, prune, push, verify, restore, validate, list_)
 
 
 class _Program(Program):

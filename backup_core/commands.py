@@ -12,12 +12,14 @@ import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from backup_core import manifest as manifest_module
 from backup_core import report, runner
 from backup_core import restore as restore_module
 from backup_core.errors import EXIT_OK, TargetError, UsageError
-from backup_core.manifest import Manifest, Target, selection
+from backup_core.manifest import Manifest, Remote, Target, selection
+from backup_core.stores import offsite
 
 FORMATS = ("text", "json")
 
@@ -45,13 +47,18 @@ def run_targets(
     verbose: bool = False,
     log_file: str | None = None,
     latest: bool = False,
+    remote: str | None = None,
+    download: bool = False,
+    identity: str | None = None,
 ) -> int:
-    """backup, prune or verify the selected targets; return the exit status."""
+    """backup, prune, push or verify the selected targets; return the exit status."""
     output = _format(output)
     jobs = _jobs(jobs)
     _tolerant_output()
     loaded = _load(manifest_path)
     targets = selection.select(loaded.targets, only, tags, skip_tags)
+    _known_remote(loaded, remote)
+    identities = _identities(identity)
     # In JSON mode stdout carries the document alone; people's text goes to stderr.
     try:
         text = report.TextReporter(
@@ -63,7 +70,10 @@ def run_targets(
         )
     except OSError as exc:
         raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
-    options = runner.Options(check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text)
+    options = runner.Options(
+        check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text,
+        remote=remote, download=download, identities=identities,
+    )  # fmt: skip
     _stop_on_terminate()
     text.begin(loaded.file, len(targets))
     outcome = runner.run(command, loaded, targets, options)
@@ -71,6 +81,20 @@ def run_targets(
     if output == "json":
         report.print_json(outcome, sys.stdout)
     return outcome.exit_code
+
+
+def _known_remote(loaded: Manifest, remote: str | None) -> None:
+    if remote is not None and remote not in loaded.remotes:
+        known = ", ".join(sorted(loaded.remotes)) or "none are defined"
+        raise UsageError(f"--remote {remote}: no such remote in {loaded.file.name}; remotes: {known}")
+
+
+def _identities(identity: str | None) -> list[Any]:
+    if not identity:
+        return []
+    from backup_core.stores import encryption
+
+    return encryption.load_identities(Path(identity))
 
 
 def _jobs(value: int | str) -> int:
@@ -155,8 +179,10 @@ def restore(
     archive: str | None = None,
     member: str | None = None,
     force: bool = False,
+    remote: str | None = None,
+    identity: str | None = None,
 ) -> int:
-    """Restore a target's archive (the newest unless named) into a folder."""
+    """Restore a target's archive (the newest unless named), local or from a remote, into a folder."""
     if not to:
         raise UsageError("restore needs --to DIR: the folder to restore into (it is created if missing)")
     loaded = _load(manifest_path)
@@ -165,19 +191,52 @@ def restore(
         known = ", ".join(t.name for t in loaded.targets)
         raise UsageError(f"no target named {target_name!r}; targets are: {known}")
     target = matches[0]
+    _known_remote(loaded, remote)
+    identities = _identities(identity)
     try:
-        chosen = restore_module.choose_archive(target, archive)
-        done = restore_module.restore(chosen, Path(to), member=member, force=force)
+        if remote is None:
+            chosen = restore_module.choose_archive(target, archive)
+            done = restore_module.restore(chosen, Path(to), member=member, force=force)
+        else:
+            chosen, done = _restore_remote(target, loaded.remotes[remote], Path(to), archive, member, force, identities)
     except TargetError as exc:
         print(f"failed: [{target.name}] => {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         print(f"failed: [{target.name}] => {exc.strerror or exc} ({exc.filename or to})", file=sys.stderr)
         return TargetError.exit_code
+    return _restored(target, chosen.name, done)
+
+
+def _restore_remote(
+    target: Target,
+    remote: Remote,
+    to: Path,
+    archive: str | None,
+    member: str | None,
+    force: bool,
+    identities: list[Any],
+) -> tuple[Path, restore_module.Restored]:
+    store = offsite.store_for(remote)
+    held = store.list(target.name)
+    if archive:
+        held = [s for s in held if archive in (s.name, s.archive)]
+        if not held:
+            raise TargetError(f"no copy named {archive} of {target.name} on remote {remote.name}")
+    if not held:
+        raise TargetError(f"no copies of {target.name} on remote {remote.name} ({store.describe()})")
+    chosen = held[-1]
+    near = to.absolute().parent
+    near.mkdir(parents=True, exist_ok=True)
+    with offsite.fetched(target.name, store, chosen, identities, near) as path:
+        return Path(chosen.name), restore_module.restore(path, to, member=member, force=force)
+
+
+def _restored(target: Target, archive: str, done: restore_module.Restored) -> int:
     for warning in done.warnings:
         print(f"  [WARNING] [{target.name}] {warning}")
     print(
-        f"restored: [{target.name}] => {chosen.name} -> {done.folder} "
+        f"restored: [{target.name}] => {archive} -> {done.folder} "
         f"({done.files} files, {done.directories} folders, {done.links} links, "
         f"{done.databases} databases passed integrity_check)"
     )

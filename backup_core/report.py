@@ -37,7 +37,27 @@ def count(number: int, noun: str) -> str:
 
 
 def describe(result: TargetResult, command: str, check: bool) -> str:
-    """The one line that says what happened to a target."""
+    """The one line that says what happened to a target, with what went offsite."""
+    line = _describe_local(result, command, check)
+    if result.offsite and result.status != FAILED and command != "verify":
+        line += f"; {_offsite(result, check)}"
+    return line
+
+
+def _offsite(result: TargetResult, check: bool) -> str:
+    """'2 copies offsite: s3 +1 (7 held), nas +1 -1 (5 held)'; in check mode what would be sent."""
+    parts = []
+    for copy in result.offsite:
+        moves = "".join(f" {sign}{len(names)}" for sign, names in (("+", copy.uploaded), ("-", copy.deleted)) if names)
+        locked = f", {len(copy.locked)} kept by a retention lock" if copy.locked else ""
+        parts.append(f"{copy.remote}{moves} ({copy.copies} held{locked})")
+    if check:
+        return "offsite would be: " + ", ".join(parts)
+    copies = len(result.offsite)
+    return f"{copies} {'copy' if copies == 1 else 'copies'} offsite: " + ", ".join(parts)
+
+
+def _describe_local(result: TargetResult, command: str, check: bool) -> str:
     if result.status == FAILED:
         where = f"{result.archive.name}: " if command == "verify" and result.archive else ""
         return f"{where}{result.error}"
@@ -45,6 +65,8 @@ def describe(result: TargetResult, command: str, check: bool) -> str:
         return result.reason
     if command == "verify":
         name = result.archive.name if result.archive else ""
+        if result.reason:  # a remote copy checked against its record, not read through
+            return f"{name} ({result.reason}, {human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
         return (
             f"{name} ({count(result.files, 'member')}, {count(result.databases, 'database')} checked, "
             f"{human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
@@ -53,6 +75,8 @@ def describe(result: TargetResult, command: str, check: bool) -> str:
     if check and command == "backup":
         size = human_bytes(result.bytes_in)
         return f"{result.reason} {count(result.files, 'file')} ({size}); would delete {deleted}"
+    if command == "push":
+        return result.reason or "uploaded"
     if check or command == "prune":
         return f"{'would delete' if check else 'deleted'} {deleted}" if result.deleted else result.reason
     if result.status == OK:

@@ -17,6 +17,21 @@ STATUSES = (OK, CHANGED, FAILED, SKIPPED)
 
 
 @dataclass
+class OffsiteResult:
+    """What one remote received, lost and holds for one target."""
+
+    remote: str
+    where: str
+    uploaded: list[str] = field(default_factory=list)  # in check mode: would upload
+    deleted: list[str] = field(default_factory=list)  # in check mode: would delete
+    locked: list[str] = field(default_factory=list)  # due for deletion, but a retention lock keeps them
+    copies: int = 0  # this target's archives on the remote afterwards
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
 class TargetResult:
     """One line of the run: a target backed up or pruned, or one archive verified."""
 
@@ -33,6 +48,7 @@ class TargetResult:
     reason: str = ""  # why ok or skipped, in a few words
     error: str | None = None  # why it failed: a sentence an operator can act on
     warnings: list[str] = field(default_factory=list)
+    offsite: list[OffsiteResult] = field(default_factory=list)
 
     def fail(self, error: str) -> None:
         self.status, self.error = FAILED, error
@@ -41,6 +57,8 @@ class TargetResult:
         data = asdict(self)
         data["archive"] = str(self.archive) if self.archive else None
         data["seconds"] = round(self.seconds, 3)
+        for copy in data["offsite"]:
+            copy["seconds"] = round(copy["seconds"], 3)
         return data
 
 

@@ -19,17 +19,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import filelock
 
 from backup_core import hooks
 from backup_core.errors import BackupError, TargetError
-from backup_core.manifest import Hooks, Manifest, Target
+from backup_core.manifest import Hooks, Manifest, Remote, Target
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
 from backup_core.sources import sqlite
 from backup_core.sources import walk as sources
-from backup_core.stores import archives, retention
+from backup_core.stores import archives, offsite, retention
 from backup_core.stores.archives import Archive
 from backup_core.zip import fingerprint
 from backup_core.zip.compression import compressor_factory
@@ -67,6 +67,9 @@ class Options:
     force: bool = False  # archive even when the source is unchanged
     jobs: int = 1
     latest: bool = False  # verify: only the newest archive of each target
+    remote: str | None = None  # verify, push: this remote of each target instead of the local archives
+    download: bool = False  # verify --remote: download and verify in full, not only the recorded checksum
+    identities: list[Any] = field(default_factory=list)  # verify --remote --download of encrypted copies
     observer: Observer = field(default_factory=_Silent)
 
 
@@ -87,6 +90,7 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
     per_target: dict[str, Callable[[Target, Options], list[TargetResult]]] = {
         "backup": lambda t, o: [backup_target(t, o)],
         "prune": lambda t, o: [prune_target(t, o)],
+        "push": lambda t, o: [push_target(t, o)],
         "verify": verify_target,
     }
     work = per_target[command]
@@ -241,10 +245,13 @@ def backup_target(target: Target, options: Options) -> TargetResult:
 
 
 def _closing_hooks(target: Target, result: TargetResult) -> None:
-    """after (on success), then rotation, then on_failure if anything failed on the way."""
+    """after (on success), then offsite copies and rotation, then on_failure if anything failed on the way."""
 
-    def rotate() -> None:
-        # Old archives go only once everything the operator asked for has succeeded.
+    def copy_and_rotate() -> None:
+        # After the after hooks: a service they start again need not wait for an upload.
+        _copy_offsite(target, result)
+        # Old archives go only once everything the operator asked for has succeeded,
+        # offsite copies included.
         if result.status != CHANGED:
             return
         try:
@@ -257,8 +264,20 @@ def _closing_hooks(target: Target, result: TargetResult) -> None:
         lambda: _hook_variables(target, result),
         lambda: result.status == FAILED,
         lambda exc: _hook_failed(result, exc),
-        then=rotate,
+        then=copy_and_rotate,
     )
+
+
+def _copy_offsite(target: Target, result: TargetResult, check: bool = False, prune: bool = True) -> None:
+    """Bring every remote of the target up to date; a remote that fails fails the target, archive kept."""
+    for remote in target.offsite:
+        if _stopping.is_set():  # interrupted in another thread: send nothing more
+            break
+        result.offsite.append(offsite.replicate(target, remote, check=check, prune=prune))
+    failures = [copy.error for copy in result.offsite if copy.error]
+    if failures and not check:
+        kept = f"; the local archive {result.archive.name} is kept" if result.archive else ""
+        result.fail(f"offsite copy failed: {'; '.join(failures)}{kept} and the next run uploads what is missing")
 
 
 def _hook_failed(result: TargetResult, exc: TargetError) -> None:
@@ -432,6 +451,12 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
     result.deleted = [a.name for a in doomed]
     result.status = CHANGED
     result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")
+    _copy_offsite(target, result, check=True)
+    for copy in result.offsite:
+        copy.uploaded.insert(0, "(new archive)")
+        copy.copies += 1
+        if copy.error:
+            result.fail(copy.error)
 
 
 # --- prune ---------------------------------------------------------------------------------------
@@ -448,14 +473,54 @@ def prune_target(target: Target, options: Options) -> TargetResult:
             result.deleted = [a.name for a in doomed]
             result.status = CHANGED if doomed else OK
             result.reason = f"{len(existing)} archive(s), nothing to prune"
-            return
-        if not doomed:
+        elif not doomed:
             result.reason = f"{len(existing)} archive(s), nothing to prune"
-            return
-        with _locked(target, result) as held:
-            if held:
+        else:
+            with _locked(target, result) as held:
+                if not held:
+                    return
                 result.status = CHANGED
                 _rotate(target, result)
+        for remote in _remotes(target, options.remote):
+            copy = offsite.prune_remote(target, remote, check=options.check)
+            result.offsite.append(copy)
+            if copy.error:
+                result.fail(copy.error)
+            elif copy.deleted and result.status == OK:
+                result.status = CHANGED
+
+    return _guarded(target, result, body)
+
+
+def _remotes(target: Target, name: str | None) -> tuple[Remote, ...]:
+    """The target's remotes, or only the one named (a target without it has none to work on)."""
+    return tuple(r for r in target.offsite if name is None or r.name == name)
+
+
+# --- push ----------------------------------------------------------------------------------------
+
+
+def push_target(target: Target, options: Options) -> TargetResult:
+    """Upload what the target's remotes lack of its local archives, without a new archive."""
+    result = TargetResult(target.name)
+
+    def body() -> None:
+        remotes = _remotes(target, options.remote)
+        if not remotes:
+            result.status, result.reason = SKIPPED, "no remote to copy to (offsite: is empty)"
+            return
+        with _locked(target, result) as held:
+            if not held:
+                return
+            for remote in remotes:
+                copy = offsite.replicate(target, remote, check=options.check, prune=False)
+                result.offsite.append(copy)
+                if copy.error:
+                    result.fail(copy.error)
+                elif copy.uploaded and result.status == OK:
+                    result.status = CHANGED
+            if result.status == OK:
+                result.reason = "every remote holds every local archive"
 
     return _guarded(target, result, body)
 
@@ -465,6 +530,8 @@ def prune_target(target: Target, options: Options) -> TargetResult:
 
 def verify_target(target: Target, options: Options) -> list[TargetResult]:
     """Read back every archive of the target (or the newest); one result per archive."""
+    if options.remote is not None:
+        return _verify_remote(target, options)
     try:
         existing = archives.list_archives(target.destination, target.name)
     except OSError as exc:
@@ -484,5 +551,41 @@ def verify_target(target: Target, options: Options) -> list[TargetResult]:
         result.bytes_in, result.seconds = verdict.bytes, time.monotonic() - started
         if not verdict.ok:
             result.fail("; ".join(verdict.problems[:3]) + (" ..." if len(verdict.problems) > 3 else ""))
+        results.append(result)
+    return results
+
+
+def _verify_remote(target: Target, options: Options) -> list[TargetResult]:
+    """Check a remote's copies: the recorded checksum, or with --download a full verify of each."""
+    remotes = _remotes(target, options.remote)
+    if not remotes:
+        result = TargetResult(target.name, SKIPPED, reason=f"does not copy to remote {options.remote}")
+        return [result]
+    remote = remotes[0]
+    store = offsite.store_for(remote)
+    try:
+        held = store.list(target.name)
+    except BackupError as exc:
+        return [TargetResult(target.name, FAILED, error=str(exc))]
+    if not held:
+        return [TargetResult(target.name, FAILED, error=f"no copies of {target.name} on remote {remote.name}")]
+    how = target.sqlite_check if target.sqlite_check != "none" else "integrity"
+    results = []
+    for stored in held[-1:] if options.latest else held:
+        started = time.monotonic()
+        result = TargetResult(target.name, OK, Path(stored.name), bytes_in=stored.size)
+        try:
+            if options.download:
+                verdict = offsite.download_and_verify(target, store, stored, options.identities, how)
+                result.files, result.databases = verdict.members, verdict.databases
+                problem = "; ".join(verdict.problems[:3]) if not verdict.ok else None
+            else:
+                problem = store.check(target.name, stored)
+                result.reason = "size and checksum recorded at upload match"
+        except BackupError as exc:
+            problem = str(exc)
+        if problem:
+            result.fail(problem)
+        result.seconds = time.monotonic() - started
         results.append(result)
     return results

@@ -20,7 +20,9 @@ from typing import Any
 import jsonschema
 
 from backup_core.errors import ManifestError, Problem
+from backup_core.manifest import remotes as remotes_module
 from backup_core.manifest import yaml_source
+from backup_core.manifest.remotes import Remote
 from backup_core.manifest.yaml_source import Document, KeyPath
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema" / "backups.schema.json"
@@ -77,6 +79,7 @@ class Target:
     skip_unchanged: bool
     lock_timeout: float
     hooks: Hooks
+    offsite: tuple[Remote, ...] = ()
     line: int = 0
 
     def settings(self) -> dict[str, Any]:
@@ -96,6 +99,7 @@ class Target:
             "hooks": {
                 when: [h.describe() for h in getattr(self.hooks, when)] for when in ("before", "after", "on_failure")
             },
+            "offsite": {remote.name: remote.settings() for remote in self.offsite},
         }
 
 
@@ -105,6 +109,7 @@ class Manifest:
     targets: tuple[Target, ...]
     jobs: int
     hooks: Hooks = field(default_factory=Hooks)
+    remotes: dict[str, Remote] = field(default_factory=dict)
 
 
 def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
@@ -206,6 +211,8 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
 def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manifest, list[Problem]]:
     data = document.data
     problems: list[Problem] = []
+    environ = remotes_module.with_host(environ)
+    remotes = remotes_module.resolve(document, environ, problems)
     targets = []
     seen: dict[str, int] = {}
     # A default with a problem of its own (already reported) is left out rather than inherited.
@@ -221,14 +228,20 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
         if isinstance(name, str):
             seen.setdefault(name.lower(), index)
         if f"targets[{index}]" not in broken:
-            targets.append(_resolve_target(document, index, raw, defaults, environ, problems))
+            targets.append(_resolve_target(document, index, raw, defaults, environ, remotes, problems))
     jobs = data.get("jobs", schema()["properties"]["jobs"]["default"])
     run_hooks = _hooks(data.get("hooks") or {}, document, ("hooks",), problems)
-    return Manifest(document.file, tuple(targets), jobs, run_hooks), problems
+    return Manifest(document.file, tuple(targets), jobs, run_hooks, remotes), problems
 
 
 def _resolve_target(
-    document: Document, index: int, raw: dict[str, Any], defaults: dict[str, Any], environ: Any, problems: list[Problem]
+    document: Document,
+    index: int,
+    raw: dict[str, Any],
+    defaults: dict[str, Any],
+    environ: Any,
+    remotes: dict[str, Remote],
+    problems: list[Problem],
 ) -> Target:
     """One target with every setting filled in: its own value, else defaults:, else the schema's default."""
     here: KeyPath = ("targets", index)
@@ -271,8 +284,27 @@ def _resolve_target(
         skip_unchanged=setting("skip_unchanged"),
         lock_timeout=float(setting("lock_timeout")),
         hooks=_hooks(setting("hooks") or {}, document, source("hooks"), problems),
+        offsite=_offsite(document, setting("offsite"), source("offsite"), remotes, problems),
         line=document.place(here)[0],
     )
+
+
+def _offsite(
+    document: Document, names: list[str], where: KeyPath, remotes: dict[str, Remote], problems: list[Problem]
+) -> tuple[Remote, ...]:
+    chosen = []
+    for index, name in enumerate(names):
+        if name in remotes:
+            chosen.append(remotes[name])
+        elif name not in (document.data.get("remotes") or {}):  # a broken remote is reported where it is
+            known = ", ".join(sorted(remotes)) or "none defined"
+            problems.append(
+                document.problem(
+                    (*where, index),
+                    f"unknown remote '{name}'; remotes: {known} (define it under remotes:)",
+                )
+            )
+    return tuple(chosen)
 
 
 def _expand_path(

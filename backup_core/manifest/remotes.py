@@ -1,0 +1,201 @@
+"""Remotes in the manifest: the top-level `remotes:` resolved, and what the schema cannot check.
+
+The schema has checked each remote's shape.  What is left needs the world outside
+the document: variables in the prefix or path, an AWS profile that must exist in
+the shared config files, recipients that must parse as age or SSH public keys.
+Credentials never pass through here: boto3 finds them itself, later, in the
+standard chain.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backup_core.errors import Problem
+from backup_core.manifest.yaml_source import Document, KeyPath
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+HOST_VARIABLE = "BACKUP_HOST"  # always defined: cron exports no HOSTNAME
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One resolved remote: where copies go, and how."""
+
+    name: str
+    type: str  # "s3" or "folder"
+    prefix: str = ""
+    bucket: str = ""
+    path: Path | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    storage_class: str | None = None
+    addressing_style: str = "auto"
+    checksum: str = "sha256"
+    max_bandwidth: int | None = None  # bytes per second
+    keep: dict[str, Any] | None = None  # None: the target's keep
+    recipients: tuple[str, ...] = ()  # age or SSH public keys; empty: copies are not encrypted
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
+
+    def describe(self) -> str:
+        """Where the copies go, as an operator would write it (never a credential)."""
+        if self.type == "s3":
+            return f"s3://{self.bucket}/{self.prefix}" + (f" at {self.endpoint}" if self.endpoint else "")
+        return str(Path(self.path or ".", self.prefix) if self.prefix else self.path)
+
+    def settings(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type, "where": self.describe()}
+        for key in ("region", "profile", "storage_class", "max_bandwidth", "keep"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.encrypted:
+            data["encryption"] = {"recipients": len(self.recipients)}
+        return data
+
+
+def with_host(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment used to expand ${VAR}, with ${BACKUP_HOST} defined whatever the environment holds."""
+    return {HOST_VARIABLE: socket.gethostname(), **environ}
+
+
+def expand(document: Document, value: str, where: KeyPath, environ: Mapping[str, str], problems: list[Problem]) -> str:
+    """${VAR} replaced from `environ`; an undefined one is a located problem (and expands to nothing)."""
+    missing = [m.group(1) for m in _VARIABLE.finditer(value) if m.group(1) not in environ]
+    if missing:
+        names = ", ".join(f"${{{name}}}" for name in missing)
+        problems.append(document.problem(where, f"undefined environment variable {names}; set it or change the value"))
+    return _VARIABLE.sub(lambda m: environ.get(m.group(1), ""), value)
+
+
+def resolve(document: Document, environ: Mapping[str, str], problems: list[Problem]) -> dict[str, Remote]:
+    """Every remote of the manifest by name; problems are appended, never raised."""
+    raw_remotes = document.data.get("remotes") or {}
+    remotes = {}
+    if not isinstance(raw_remotes, dict):
+        return {}
+    for name, raw in raw_remotes.items():
+        if not isinstance(raw, dict) or raw.get("type") not in ("s3", "folder"):
+            continue  # the schema has said why
+        here: KeyPath = ("remotes", name)
+        remotes[name] = _resolve_one(document, name, raw, here, environ, problems)
+    return remotes
+
+
+def _resolve_one(
+    document: Document,
+    name: str,
+    raw: dict[str, Any],
+    here: KeyPath,
+    environ: Mapping[str, str],
+    problems: list[Problem],
+) -> Remote:
+    prefix = expand(document, raw.get("prefix", ""), (*here, "prefix"), environ, problems)
+    if prefix.startswith("/") or "//" in prefix or ".." in prefix.split("/"):
+        problems.append(
+            document.problem((*here, "prefix"), f"prefix {prefix!r} must be relative, without '//' or '..' parts")
+        )
+    path = None
+    if raw["type"] == "folder" and isinstance(raw.get("path"), str):
+        expanded = expand(document, raw["path"], (*here, "path"), environ, problems)
+        path = Path(os.path.abspath(document.file.parent / Path(expanded).expanduser()))  # noqa: PTH100 - no link resolution
+    if raw["type"] == "folder":
+        for key in ("bucket", "endpoint", "region", "profile", "storage_class"):
+            if key in raw:
+                problems.append(document.problem((*here, key), f"{key} is for s3 remotes; a folder remote has a path"))
+    elif "path" in raw:
+        problems.append(document.problem((*here, "path"), "path is for folder remotes; an s3 remote has a bucket"))
+    profile = raw.get("profile")
+    if profile is not None and profile not in _aws_profiles(environ):
+        problems.append(
+            document.problem(
+                (*here, "profile"),
+                f"AWS profile {profile!r} is in neither the shared config nor the credentials file; "
+                "add it (aws configure --profile) or remove profile:",
+            )
+        )
+    bandwidth = raw.get("max_bandwidth")
+    return Remote(
+        name=name,
+        type=raw["type"],
+        prefix=prefix,
+        bucket=raw.get("bucket", ""),
+        path=path,
+        endpoint=raw.get("endpoint"),
+        region=raw.get("region"),
+        profile=profile,
+        storage_class=raw.get("storage_class"),
+        addressing_style=raw.get("addressing_style", "auto"),
+        checksum=raw.get("checksum", "sha256"),
+        max_bandwidth=_rate(bandwidth) if isinstance(bandwidth, str) else None,
+        keep=dict(raw["keep"]) if isinstance(raw.get("keep"), dict) else None,
+        recipients=_recipients(document, raw.get("encryption"), (*here, "encryption"), environ, problems),
+    )
+
+
+def _rate(text: str) -> int:
+    """'10M' as bytes per second (the schema has checked the form)."""
+    unit = text[-1] if text[-1] in _UNITS else ""
+    return int(text.removesuffix(unit)) * _UNITS[unit]
+
+
+def _aws_profiles(environ: Mapping[str, str]) -> set[str]:
+    """Profile names in the shared AWS files, found where boto3 looks for them."""
+    home = Path("~").expanduser()
+    config = Path(environ.get("AWS_CONFIG_FILE") or home / ".aws" / "config").expanduser()
+    credentials = Path(environ.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials").expanduser()
+    names: set[str] = set()
+    for file, strip in ((config, "profile "), (credentials, "")):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(file, encoding="utf-8")
+        except (OSError, configparser.Error):
+            continue
+        for section in parser.sections():
+            names.add(section.removeprefix(strip).strip() if strip else section.strip())
+    return names
+
+
+def _recipients(
+    document: Document, raw: Any, where: KeyPath, environ: Mapping[str, str], problems: list[Problem]
+) -> tuple[str, ...]:
+    if not isinstance(raw, dict):
+        return ()
+    if "recipients" in raw:
+        lines = [(item, (*where, "recipients", index)) for index, item in enumerate(raw["recipients"])]
+    elif "recipients_file" in raw:
+        name = expand(document, raw["recipients_file"], (*where, "recipients_file"), environ, problems)
+        file = document.file.parent / Path(name).expanduser()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            problems.append(document.problem((*where, "recipients_file"), f"cannot read {file}: {reason}"))
+            return ()
+        lines = [(line.strip(), (*where, "recipients_file")) for line in text.splitlines()]
+        lines = [(line, place) for line, place in lines if line and not line.startswith("#")]
+        if not lines:
+            problems.append(document.problem((*where, "recipients_file"), f"{file} holds no recipient"))
+    else:
+        return ()
+    from backup_core.stores import encryption  # imported only when a manifest encrypts
+
+    good = []
+    for text, place in lines:
+        reason = encryption.recipient_problem(text)
+        if reason:
+            problems.append(document.problem(place, reason))
+        else:
+            good.append(text)
+    return tuple(good)

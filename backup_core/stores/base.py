@@ -1,0 +1,90 @@
+"""One small interface for every place archives live: the local destination and each remote.
+
+Retention, verify, restore and the offsite copy talk only to this interface, so a
+folder on this machine, a folder on a NAS and an S3 bucket are handled by the same
+code.  Cross-cutting concerns (encryption) wrap a store instead of living inside
+each one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from backup_core.errors import TargetError
+from backup_core.stores import archives
+
+Progress = Callable[[int], None]  # called with the number of bytes just sent
+ENCRYPTED_SUFFIX = ".age"
+
+
+@dataclass(frozen=True, order=True)
+class Stored:
+    """An archive as a store holds it, ordered by the time in its name."""
+
+    when: datetime
+    name: str  # the stored name: the archive's file name, plus .age when encrypted
+    size: int = 0
+
+    @property
+    def archive(self) -> str:
+        """The zip file's name, which every copy of it shares."""
+        return self.name.removesuffix(ENCRYPTED_SUFFIX)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.name.endswith(ENCRYPTED_SUFFIX)
+
+
+class StoreError(TargetError):
+    """A store could not do what was asked: one sentence naming the store and the reason."""
+
+
+class Store(Protocol):
+    """What retention, verify, restore and the offsite copy need from a place that holds archives."""
+
+    name: str  # "local", or the remote's name
+
+    def describe(self) -> str:
+        """Where it is, for messages (a folder, s3://bucket/prefix); never a credential."""
+        ...
+
+    def list(self, target: str) -> list[Stored]:
+        """The target's archives, oldest first; only names that match its exact pattern."""
+        ...
+
+    def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
+        """Store `file` as `name`, never over an existing archive, and confirm the store holds exactly
+        the bytes whose SHA-256 is `sha256`; raise StoreError otherwise (nothing half-made is left)."""
+        ...
+
+    def delete(self, target: str, stored: Stored) -> bool:
+        """Delete one archive; False when the store refuses because a retention lock protects it."""
+        ...
+
+    def fetch(self, target: str, stored: Stored, scratch: Path) -> Path:
+        """A local file with the archive's stored bytes: the file itself, or a download into `scratch`."""
+        ...
+
+    def check(self, target: str, stored: Stored) -> str | None:
+        """A quick integrity check without a download: None, or what is wrong in one sentence."""
+        ...
+
+
+def parse(target: str, name: str, size: int = 0) -> Stored | None:
+    """A stored name of `target`'s archives (plain or encrypted) as a Stored, else None."""
+    when = archives.parse_when(target, name.removesuffix(ENCRYPTED_SUFFIX))
+    return Stored(when, name, size) if when is not None else None
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, in hex, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,153 @@
+"""age encryption (age-encryption.org/v1) of what leaves the machine, as a wrapper around a store.
+
+The cryptography is pyrage's, bindings to the Rust age library; nothing here is
+hand-written cryptography.  Only public keys are needed to write: the backup host
+can encrypt but not decrypt, so a host that is broken into does not hand over the
+history stored offsite.  The ciphertext streams through a bounded buffer to a
+scratch file beside the archive (kept only as long as its upload), and its SHA-256
+is what the store records and confirms, so a quick remote verify proves the object
+intact without any key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from backup_core.errors import TargetError, UsageError
+from backup_core.stores import archives
+from backup_core.stores.base import ENCRYPTED_SUFFIX, Progress, Store, Stored, StoreError
+
+_HEADER = b"age-encryption.org/v1\n"
+
+
+def recipient_problem(text: str) -> str | None:
+    """None when `text` is an age X25519 recipient or an SSH public key pyrage accepts, else why not."""
+    try:
+        _recipient(text)
+    except Exception as exc:
+        kind = "SSH public key" if text.startswith("ssh-") else "age recipient"
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        return f"{shown!r} is not a valid {kind} ({exc}); use an age1... key (age-keygen -y) or an SSH public key"
+    return None
+
+
+def _recipient(text: str) -> Any:
+    import pyrage
+
+    if text.startswith("ssh-"):
+        return pyrage.ssh.Recipient.from_str(text)
+    return pyrage.x25519.Recipient.from_str(text)
+
+
+class _HashingWriter:
+    """A file writer that hashes what passes through it."""
+
+    def __init__(self, file: BinaryIO, progress: Progress | None) -> None:
+        self.file, self.digest, self.progress = file, hashlib.sha256(), progress
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.file.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def encrypt(source: Path, ciphertext: Path, recipients: tuple[str, ...]) -> str:
+    """Encrypt `source` into a new file `ciphertext`; return the ciphertext's SHA-256."""
+    import pyrage
+
+    with source.open("rb") as reader, ciphertext.open("xb") as file:
+        writer = _HashingWriter(file, None)
+        pyrage.encrypt_io(reader, writer, [_recipient(r) for r in recipients])
+        file.flush()
+    return writer.digest.hexdigest()
+
+
+class EncryptedStore:
+    """A store whose copies are age-encrypted: `<archive>.age`, named so in listings."""
+
+    def __init__(self, inner: Store, recipients: tuple[str, ...]) -> None:
+        self.inner, self.recipients, self.name = inner, recipients, inner.name
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} (encrypted)"
+
+    def list(self, target: str) -> list[Stored]:
+        return [stored for stored in self.inner.list(target) if stored.encrypted]
+
+    def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
+        # The plaintext's checksum proves nothing about the object: the ciphertext's is recorded.
+        scratch = file.with_name(f".{name}.age.partial")
+        try:
+            digest = encrypt(file, scratch, self.recipients)
+            return self.inner.put(target, scratch, name + ENCRYPTED_SUFFIX, digest, progress)
+        except OSError as exc:
+            raise StoreError(f"remote {self.name}: cannot encrypt {name}: {exc.strerror or exc}") from None
+        finally:
+            archives.remove(scratch)
+
+    def delete(self, target: str, stored: Stored) -> bool:
+        return self.inner.delete(target, stored)
+
+    def fetch(self, target: str, stored: Stored, scratch: Path) -> Path:
+        return self.inner.fetch(target, stored, scratch)
+
+    def check(self, target: str, stored: Stored) -> str | None:
+        return self.inner.check(target, stored)
+
+
+def load_identities(file: Path) -> list[Any]:
+    """The identities in an age identity file or an SSH private key file; UsageError if none."""
+    import pyrage
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--identity {file}: {exc.strerror or exc}") from None
+    if b"PRIVATE KEY-----" in data:
+        try:
+            return [pyrage.ssh.Identity.from_buffer(data)]
+        except Exception as exc:
+            raise UsageError(
+                f"--identity {file}: not a usable SSH private key ({exc}); passphrase-protected keys are not supported"
+            ) from None
+    identities = []
+    for raw in data.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            try:
+                identities.append(pyrage.x25519.Identity.from_str(line))
+            except Exception:
+                raise UsageError(
+                    f"--identity {file}: holds a line that is not an age secret key (AGE-SECRET-KEY-1...)"
+                ) from None
+    if not identities:
+        raise UsageError(f"--identity {file}: holds no age secret key")
+    return identities
+
+
+def decrypt(ciphertext: Path, plaintext: Path, identities: list[Any]) -> None:
+    """Decrypt into a new file; TargetError (exit 1) for a wrong key, a truncated or tampered file."""
+    import pyrage
+
+    with ciphertext.open("rb") as reader:
+        if reader.read(len(_HEADER)) != _HEADER:
+            raise TargetError(f"{ciphertext.name} is not in the age format (its header is missing or damaged)")
+        reader.seek(0)
+        try:
+            with plaintext.open("xb") as writer:
+                pyrage.decrypt_io(reader, writer, identities)
+        except pyrage.DecryptError as exc:
+            plaintext.unlink(missing_ok=True)
+            if "No matching keys" in str(exc):
+                raise TargetError(
+                    f"{ciphertext.name} cannot be decrypted with this identity (not one of its recipients)"
+                ) from None
+            raise TargetError(f"{ciphertext.name} is truncated or has been tampered with: {exc}") from None
+        except BaseException:
+            plaintext.unlink(missing_ok=True)
+            raise

@@ -1,0 +1,188 @@
+"""Stores on the file system: a target's destination folder, and a folder remote (a NAS, a USB disk).
+
+The destination holds `<target>-<stamp>.zip` directly; the runner writes new
+archives there itself (write, read back, rename into place) and `put` is that
+rename.  A folder remote holds `<prefix><target>/<name>` with a `<name>.sha256`
+beside each copy, in the format `sha256sum -c` reads, so its bytes can be
+checked later with or without this tool.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from backup_core.stores import archives
+from backup_core.stores.base import Progress, Stored, StoreError, parse, sha256_of
+
+_COPY_CHUNK = 1 << 20
+
+
+class LocalStore:
+    """A target's destination folder on this machine."""
+
+    name = "local"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def describe(self) -> str:
+        return str(self.folder)
+
+    def list(self, target: str) -> list[Stored]:
+        return _listing(self.folder, target)
+
+    def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
+        archives.place(file, self.folder / name)
+        found = parse(target, name, (self.folder / name).stat().st_size)
+        assert found is not None, name
+        return found
+
+    def delete(self, target: str, stored: Stored) -> bool:
+        (self.folder / stored.name).unlink(missing_ok=True)
+        return True
+
+    def fetch(self, target: str, stored: Stored, scratch: Path) -> Path:
+        return self.folder / stored.name
+
+    def check(self, target: str, stored: Stored) -> str | None:
+        return None if (self.folder / stored.name).is_file() else f"{stored.name} is missing from {self.folder}"
+
+
+class FolderStore:
+    """A folder remote: copies under <path>/<prefix><target>/, each with its SHA-256 beside it."""
+
+    def __init__(self, name: str, root: Path, prefix: str = "") -> None:
+        self.name, self.root, self.prefix = name, root, prefix
+
+    def describe(self) -> str:
+        return str(self.root / self.prefix) if self.prefix else str(self.root)
+
+    def _folder(self, target: str) -> Path:
+        return self.root / f"{self.prefix}{target}"
+
+    def list(self, target: str) -> list[Stored]:
+        if not self.root.is_dir():
+            raise StoreError(f"remote {self.name}: {self.root} is not a folder (is the disk mounted?)")
+        return _listing(self._folder(target), target)
+
+    def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
+        folder = self._folder(target)
+        final, partial = folder / name, folder / f".{name}.partial"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                return self._existing(target, final, sha256)
+            written = _copy(file, partial, progress)
+            # What reached the remote disk must be what was verified here: hash it once more
+            # from the copy, not from what we meant to write.
+            if written != sha256 or sha256_of(partial) != sha256:
+                raise StoreError(
+                    f"remote {self.name}: the copy of {name} differs from the verified archive "
+                    "(checksum mismatch); nothing was kept"
+                )
+            _sidecar(final).write_text(f"{sha256}  {name}\n", encoding="utf-8")
+            _place_new(partial, final)
+            archives.sync_folder(folder)
+        except OSError as exc:
+            raise StoreError(f"remote {self.name}: cannot write {final}: {_reason(exc)}") from None
+        finally:
+            archives.remove(partial)
+        stored = parse(target, name, final.stat().st_size)
+        assert stored is not None, name
+        return stored
+
+    def _existing(self, target: str, final: Path, sha256: str) -> Stored:
+        # A copy from an earlier run that stopped before it could say so: keep it if it is the same.
+        if _recorded(final) == sha256 and sha256_of(final) == sha256:
+            stored = parse(target, final.name, final.stat().st_size)
+            assert stored is not None
+            return stored
+        raise StoreError(f"remote {self.name}: {final} already exists with other content; it was not overwritten")
+
+    def delete(self, target: str, stored: Stored) -> bool:
+        path = self._folder(target) / stored.name
+        try:
+            path.unlink(missing_ok=True)
+            _sidecar(path).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"remote {self.name}: cannot delete {path}: {_reason(exc)}") from None
+        return True
+
+    def fetch(self, target: str, stored: Stored, scratch: Path) -> Path:
+        return self._folder(target) / stored.name
+
+    def check(self, target: str, stored: Stored) -> str | None:
+        path = self._folder(target) / stored.name
+        recorded = _recorded(path)
+        if recorded is None:
+            return f"{stored.name} has no recorded checksum ({_sidecar(path).name} is missing or unreadable)"
+        try:
+            actual = sha256_of(path)
+        except OSError as exc:
+            return f"cannot read {path}: {_reason(exc)}"
+        if actual != recorded:
+            return f"{stored.name} does not match the checksum recorded when it was copied: it was changed or damaged"
+        return None
+
+
+def _listing(folder: Path, target: str) -> list[Stored]:
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        stored = parse(target, entry.name)
+        if stored is not None and entry.is_file(follow_symlinks=False):
+            found.append(Stored(stored.when, stored.name, entry.stat(follow_symlinks=False).st_size))
+    return sorted(found)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(f"{path.name}.sha256")
+
+
+def _recorded(path: Path) -> str | None:
+    try:
+        text = _sidecar(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    digest = text.split(" ", 1)[0].strip()
+    return digest if len(digest) == 64 else None
+
+
+def _copy(source: Path, partial: Path, progress: Progress | None) -> str:
+    """Copy to a new file, fsync it, and return the SHA-256 of what was read."""
+    digest = hashlib.sha256()
+    with source.open("rb") as reader, partial.open("xb") as writer:
+        while block := reader.read(_COPY_CHUNK):
+            digest.update(block)
+            writer.write(block)
+            if progress:
+                progress(len(block))
+        writer.flush()
+        os.fsync(writer.fileno())
+    return digest.hexdigest()
+
+
+def _place_new(partial: Path, final: Path) -> None:
+    """Rename into place, never over an existing file (a hard link refuses to replace one)."""
+    try:
+        os.link(partial, final)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise StoreError(f"{final} appeared while it was copied; it was not overwritten") from None
+        # A file system without hard links (FAT on a USB disk, some shares): check, then move.
+        if final.exists():
+            raise StoreError(f"{final} appeared while it was copied; it was not overwritten") from None
+        shutil.move(partial, final)
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the remote"
+    return exc.strerror or str(exc)

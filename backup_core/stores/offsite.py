@@ -1,0 +1,150 @@
+"""Offsite copies: bring a remote up to date with a target's local archives, then apply the remote's keep.
+
+What is uploaded is chosen with the remote's own retention policy over what it
+already holds plus what it lacks, so an archive the policy would delete at once
+is never sent; the rest go newest first, so after a bad night the most recent
+backup is offsite soonest.  Nothing is deleted from a remote unless every upload
+of the run succeeded, and the newest copy is never deleted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from backup_core.errors import UsageError
+from backup_core.manifest import Remote, Target
+from backup_core.results import OffsiteResult
+from backup_core.stores import retention
+from backup_core.stores.base import Progress, Store, Stored, StoreError, sha256_of
+from backup_core.stores.local import FolderStore, LocalStore
+from backup_core.zip.verify import Verdict, verify_archive
+
+
+def store_for(remote: Remote) -> Store:
+    """The store a remote names, wrapped in encryption when it asks for it."""
+    store: Store
+    if remote.type == "s3":
+        from backup_core.stores.s3 import S3Store
+
+        store = S3Store(remote)
+    else:
+        assert remote.path is not None
+        store = FolderStore(remote.name, remote.path, remote.prefix)
+    if remote.encrypted:
+        from backup_core.stores.encryption import EncryptedStore
+
+        store = EncryptedStore(store, remote.recipients)
+    return store
+
+
+def _stored_name(remote: Remote, archive: str) -> str:
+    return archive + (".age" if remote.encrypted else "")
+
+
+def _when(stored: Stored) -> datetime:
+    return stored.when
+
+
+def replicate(
+    target: Target,
+    remote: Remote,
+    check: bool = False,
+    prune: bool = True,
+    progress: Progress | None = None,
+    store: Store | None = None,
+) -> OffsiteResult:
+    """Upload what `remote` lacks of the target's local archives, then (with `prune`) apply its keep."""
+    store = store or store_for(remote)
+    result = OffsiteResult(remote.name, store.describe())
+    started = time.monotonic()
+    local = LocalStore(target.destination)
+    try:
+        held = store.list(target.name)
+        have = {stored.archive for stored in held}
+        missing = [a for a in local.list(target.name) if a.name not in have]
+        policy = remote.keep or target.keep
+        kept, doomed = retention.split([*held, *missing], _when, policy) if prune else ([*held, *missing], [])
+        wanted = set(kept)
+        uploads = [a for a in reversed(missing) if a in wanted]  # newest first
+        doomed = [a for a in doomed if a in held]
+        if check:
+            result.uploaded = [_stored_name(remote, a.name) for a in uploads]
+            result.deleted = [a.name for a in doomed]
+            result.copies = len(held) + len(uploads) - len(doomed)
+            return result
+        for archive in uploads:
+            path = local.fetch(target.name, archive, target.destination)
+            digest = sha256_of(path)
+            sent = store.put(target.name, path, _stored_name(remote, archive.name), digest, progress)
+            result.uploaded.append(sent.name)
+            result.bytes += archive.size
+        for stored in doomed:
+            if store.delete(target.name, stored):
+                result.deleted.append(stored.name)
+            else:
+                result.locked.append(stored.name)
+        result.copies = len(held) + len(uploads) - len(result.deleted)
+    except StoreError as exc:
+        result.error = str(exc)
+    except OSError as exc:
+        result.error = f"remote {remote.name}: {exc.strerror or exc} ({exc.filename or target.destination})"
+    finally:
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def prune_remote(target: Target, remote: Remote, check: bool = False) -> OffsiteResult:
+    """Apply the remote's keep to what it holds of the target, uploading nothing."""
+    store = store_for(remote)
+    result = OffsiteResult(remote.name, store.describe())
+    started = time.monotonic()
+    try:
+        held = store.list(target.name)
+        _, doomed = retention.split(held, _when, remote.keep or target.keep)
+        if check:
+            result.deleted = [a.name for a in doomed]
+        else:
+            for stored in doomed:
+                (result.deleted if store.delete(target.name, stored) else result.locked).append(stored.name)
+        result.copies = len(held) - len(result.deleted)
+    except StoreError as exc:
+        result.error = str(exc)
+    finally:
+        result.seconds = time.monotonic() - started
+    return result
+
+
+@contextmanager
+def fetched(target: str, store: Store, stored: Stored, identities: list[Any], near: Path) -> Iterator[Path]:
+    """The archive's zip as a local file, downloaded and decrypted into a scratch folder in `near`
+    that is removed afterwards; a copy that cannot be decrypted leaves nothing behind."""
+    if stored.encrypted and not identities:
+        raise UsageError(
+            f"{stored.name} is encrypted; pass --identity FILE (the age identity or SSH private key of a recipient)"
+        )
+    scratch = Path(tempfile.mkdtemp(prefix=".backup-fetch-", dir=near))
+    try:
+        path = store.fetch(target, stored, scratch)
+        if stored.encrypted:
+            from backup_core.stores import encryption
+
+            plain = scratch / stored.archive
+            encryption.decrypt(path, plain, identities)
+            path = plain
+        yield path
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def download_and_verify(target: Target, store: Store, stored: Stored, identities: list[Any], how: str) -> Verdict:
+    """Download (and decrypt) one remote copy, then verify it as the local verify does."""
+    near = target.destination if target.destination.is_dir() else Path(tempfile.gettempdir())
+    with fetched(target.name, store, stored, identities, near) as path:
+        return verify_archive(path, sqlite_check=how)

@@ -1,0 +1,269 @@
+"""An S3-compatible bucket as a store: `<prefix><target>/<archive file name>` objects.
+
+Transfers are boto3's (multipart, per-part checksums the server verifies, bandwidth
+limit, progress, retries with backoff); this module chooses values and tells the
+truth about the result.  A multipart ETag is no checksum of the whole object, so
+the archive's SHA-256 travels in the object's metadata (`x-amz-meta-sha256`) and
+the upload is confirmed by reading the object's size and that record back.  An
+object that already exists is never overwritten.  boto3 is imported only by runs
+that use a bucket, so `invoke --list` and `validate` stay quick.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from backup_core.manifest import Remote
+from backup_core.stores.base import Progress, Stored, StoreError, parse
+
+_MULTIPART = 64 << 20  # below this an archive goes in one request, whose SHA-256 the server keeps whole
+_ALGORITHMS = {"sha256": "SHA256", "crc32": "CRC32"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "Forbidden"}
+_CHECKSUM = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest", "InvalidChecksum"}
+_QUOTA = {"QuotaExceeded", "EntityTooLarge", "StorageQuotaExceeded", "ServiceQuotaExceeded"}
+_LOCKED = {"AccessDenied", "ObjectLocked", "InvalidRequest"}  # what services answer for a delete under a lock
+
+
+class S3Store:
+    """A bucket (and prefix) of an S3-compatible service."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.name, self.remote = remote.name, remote
+        self._client: Any = None
+
+    def describe(self) -> str:
+        return self.remote.describe()
+
+    # --- the interface ---------------------------------------------------------------------------
+
+    def list(self, target: str) -> list[Stored]:
+        found = []
+        with self._errors("cannot list the bucket"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.remote.bucket, Prefix=self._key(target, "")
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    stored = parse(target, item["Key"].rsplit("/", 1)[-1], item["Size"])
+                    # Only names of this target directly under its prefix: never another target's.
+                    if stored is not None and item["Key"] == self._key(target, stored.name):
+                        found.append(stored)
+        return sorted(found)
+
+    def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
+        key = self._key(target, name)
+        size = file.stat().st_size
+        existing = self._head(key)
+        if existing is not None:
+            # An upload an earlier run finished but could not confirm: keep it if it is ours and whole.
+            if existing.get("Metadata", {}).get("sha256") == sha256 and existing["ContentLength"] == size:
+                return Stored(_when(target, name), name, size)
+            raise StoreError(f"remote {self.name}: {key} already exists with other content; it was not overwritten")
+        extra: dict[str, Any] = {"Metadata": {"sha256": sha256, "size": str(size)}}
+        if self.remote.checksum in _ALGORITHMS:
+            extra["ChecksumAlgorithm"] = _ALGORITHMS[self.remote.checksum]
+        if self.remote.storage_class:
+            extra["StorageClass"] = self.remote.storage_class
+        with self._errors(f"upload of {name} failed"):
+            if self.remote.checksum == "md5" and size < _MULTIPART:
+                self._put_with_md5(key, file, extra, progress)
+            else:
+                # s3transfer aborts a multipart upload that fails, so no parts are left behind.
+                self.client.upload_file(
+                    str(file), self.remote.bucket, key, ExtraArgs=extra, Config=self._transfer(), Callback=progress
+                )
+        self._confirm(key, name, size, sha256)
+        return Stored(_when(target, name), name, size)
+
+    def delete(self, target: str, stored: Stored) -> bool:
+        from botocore.exceptions import ClientError
+
+        key = self._key(target, stored.name)
+        try:
+            self.client.delete_object(Bucket=self.remote.bucket, Key=key, **self._version_of(key))
+        except ClientError as exc:
+            if _code(exc) in _LOCKED and self._is_locked(key):
+                return False
+            raise StoreError(f"remote {self.name}: cannot delete {key}: {_explain(exc, self.remote)}") from None
+        except Exception as exc:
+            raise StoreError(f"remote {self.name}: cannot delete {key}: {_explain(exc, self.remote)}") from None
+        return True
+
+    def fetch(self, target: str, stored: Stored, scratch: Path) -> Path:
+        key = self._key(target, stored.name)
+        local = scratch / stored.name
+        with self._errors(f"download of {stored.name} failed"):
+            self.client.download_file(self.remote.bucket, key, str(local), Config=self._transfer())
+        return local
+
+    def check(self, target: str, stored: Stored) -> str | None:
+        key = self._key(target, stored.name)
+        head = self._head(key, checksums=True)
+        if head is None:
+            return f"{key} is missing from the bucket"
+        recorded = head.get("Metadata", {})
+        if "sha256" not in recorded:
+            return f"{stored.name} has no recorded checksum: it was not uploaded by this tool, or was replaced"
+        if recorded.get("size") != str(head["ContentLength"]):
+            return (
+                f"{stored.name} is {head['ContentLength']} bytes, but {recorded.get('size')} were uploaded: "
+                "it was replaced or damaged"
+            )
+        whole = head.get("ChecksumSHA256")
+        if whole and "-" not in whole and base64.b64decode(whole).hex() != recorded["sha256"]:
+            return f"{stored.name} does not match the checksum recorded at upload: it was replaced or damaged"
+        return None
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_client(self.remote)
+        return self._client
+
+    def _key(self, target: str, name: str) -> str:
+        return f"{self.remote.prefix}{target}/{name}"
+
+    def _transfer(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=_MULTIPART,
+            multipart_chunksize=_MULTIPART // 4,
+            max_concurrency=4,
+            max_bandwidth=self.remote.max_bandwidth,
+        )
+
+    def _put_with_md5(self, key: str, file: Path, extra: dict[str, Any], progress: Progress | None) -> None:
+        import hashlib
+
+        body = file.read_bytes()
+        self.client.put_object(
+            Bucket=self.remote.bucket,
+            Key=key,
+            Body=body,
+            ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+            **{k: v for k, v in extra.items() if k != "ChecksumAlgorithm"},
+        )
+        if progress:
+            progress(len(body))
+
+    def _head(self, key: str, checksums: bool = False) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            extra = {"ChecksumMode": "ENABLED"} if checksums else {}
+            head: dict[str, Any] = self.client.head_object(Bucket=self.remote.bucket, Key=key, **extra)
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StoreError(f"remote {self.name}: cannot read {key}: {_explain(exc, self.remote)}") from None
+        except Exception as exc:
+            raise StoreError(f"remote {self.name}: cannot read {key}: {_explain(exc, self.remote)}") from None
+        return head
+
+    def _confirm(self, key: str, name: str, size: int, sha256: str) -> None:
+        head = self._head(key, checksums=True)
+        if head is None:
+            raise StoreError(f"remote {self.name}: {name} was uploaded but is not in the bucket")
+        if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
+            raise StoreError(
+                f"remote {self.name}: {name} in the bucket is not what was sent "
+                f"({head['ContentLength']} bytes, {size} sent); it is not counted as a copy"
+            )
+        whole = head.get("ChecksumSHA256")
+        if whole and "-" not in whole and base64.b64decode(whole).hex() != sha256:
+            raise StoreError(f"remote {self.name}: {name} in the bucket has another checksum than was sent")
+
+    def _version_of(self, key: str) -> dict[str, str]:
+        # In a versioned bucket (Object Lock needs one) a plain delete only hides the object
+        # behind a marker: delete the version itself, so retention frees what it says it frees.
+        with contextlib.suppress(Exception):
+            listing = self.client.list_object_versions(Bucket=self.remote.bucket, Prefix=key, MaxKeys=2)
+            versions = [v for v in listing.get("Versions", []) if v["Key"] == key and v.get("IsLatest")]
+            if versions and versions[0].get("VersionId") not in (None, "null"):
+                return {"VersionId": versions[0]["VersionId"]}
+        return {}
+
+    def _is_locked(self, key: str) -> bool:
+        with contextlib.suppress(Exception):
+            retention = self.client.get_object_retention(Bucket=self.remote.bucket, Key=key, **self._version_of(key))
+            return bool(retention.get("Retention", {}).get("Mode"))
+        return False
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"remote {self.name}: {doing}: {_explain(exc, self.remote)}") from None
+
+
+def make_client(remote: Remote) -> Any:
+    """A boto3 S3 client for `remote`: the standard credential chain, bounded retries and time-outs."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(profile_name=remote.profile, region_name=remote.region)
+    config = Config(
+        # Bounded: 4 tries with backoff, then the run reports the remote as failed and goes on.
+        retries={"max_attempts": 4, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        s3={"addressing_style": remote.addressing_style},
+        # Checksums are asked for explicitly per request; the newer "always" defaults break
+        # several S3-compatible services.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra="backup-core",
+    )
+    return session.client("s3", endpoint_url=remote.endpoint, config=config)
+
+
+def _when(target: str, name: str) -> Any:
+    stored = parse(target, name)
+    assert stored is not None, name
+    return stored.when
+
+
+def _code(exc: Any) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _explain(exc: BaseException, remote: Remote) -> str:
+    """What went wrong, in words an operator can act on; never a credential."""
+    from botocore import exceptions as botocore_errors
+
+    where = remote.endpoint or "AWS"
+    if isinstance(exc, botocore_errors.NoCredentialsError):
+        return "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role"
+    if isinstance(exc, botocore_errors.ProfileNotFound):
+        return f"AWS profile {remote.profile!r} not found"
+    if isinstance(exc, (botocore_errors.EndpointConnectionError, botocore_errors.ConnectionClosedError)):
+        return f"cannot reach {where} (connection refused or no route); is the endpoint up?"
+    if isinstance(exc, (botocore_errors.ConnectTimeoutError, botocore_errors.ReadTimeoutError)):
+        return f"{where} did not answer in time"
+    if isinstance(exc, botocore_errors.ClientError):
+        code = _code(exc)
+        if code in ("NoSuchBucket",) or (code == "404" and "bucket" in str(exc).lower()):
+            return f"bucket {remote.bucket} does not exist at {where}"
+        if code in _DENIED:
+            return f"access denied ({code}); check the credentials and the policy for bucket {remote.bucket}"
+        if code in _CHECKSUM:
+            return f"checksum mismatch ({code}): the service received other bytes than were sent"
+        if code in _QUOTA:
+            return f"quota exceeded ({code})"
+        message = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
+        return f"{code}: {message}".rstrip(": ")
+    if isinstance(exc, botocore_errors.BotoCoreError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {exc}"
