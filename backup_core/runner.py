@@ -31,6 +31,7 @@ from backup_core.sources import sqlite
 from backup_core.sources import walk as sources
 from backup_core.stores import archives, offsite, retention
 from backup_core.stores.archives import Archive
+from backup_core.stores.base import Stored
 from backup_core.zip import fingerprint
 from backup_core.zip.compression import compressor_factory
 from backup_core.zip.verify import first_difference, verify_archive
@@ -38,6 +39,7 @@ from backup_core.zip.writer import ZipWriter
 
 NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
 _DATA = ("file", "sqlite")  # entry kinds that carry bytes
+_NEW = "(new archive)"  # what check mode calls the archive a run would make
 _stopping = threading.Event()  # set when the run is interrupted; targets in other threads stop
 
 
@@ -446,15 +448,16 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
         elif entry.kind == "dir":
             result.directories += 1
     existing = archives.list_archives(target.destination, target.name)
-    planned = Archive(archives.next_time(utc_now(), existing), target.destination / "(new archive)")
+    planned = Archive(archives.next_time(utc_now(), existing), target.destination / _NEW)
     _, doomed = retention.split([*existing, planned], _when, target.keep)
     result.deleted = [a.name for a in doomed]
     result.status = CHANGED
     result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")
-    _copy_offsite(target, result, check=True)
-    for copy in result.offsite:
-        copy.uploaded.insert(0, "(new archive)")
-        copy.copies += 1
+    for remote in target.offsite:
+        # The new archive counts as the remote's newest, as it will once uploaded.
+        new = Stored(planned.when, _NEW)
+        copy = offsite.replicate(target, remote, check=True, planned=new)
+        result.offsite.append(copy)
         if copy.error:
             result.fail(copy.error)
 

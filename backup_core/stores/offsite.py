@@ -58,17 +58,24 @@ def replicate(
     check: bool = False,
     prune: bool = True,
     progress: Progress | None = None,
-    store: Store | None = None,
+    planned: Stored | None = None,
 ) -> OffsiteResult:
-    """Upload what `remote` lacks of the target's local archives, then (with `prune`) apply its keep."""
-    store = store or store_for(remote)
+    """Upload what `remote` lacks of the target's local archives, then (with `prune`) apply its keep.
+
+    In check mode nothing is sent or deleted; `planned` stands for the archive a backup would make."""
+    store = store_for(remote)
     result = OffsiteResult(remote.name, store.describe())
     started = time.monotonic()
     local = LocalStore(target.destination)
     try:
         held = store.list(target.name)
         have = {stored.archive for stored in held}
-        missing = [a for a in local.list(target.name) if a.name not in have]
+        ours = local.list(target.name) + ([planned] if planned else [])
+        missing = [a for a in ours if a.name not in have]
+        # A copy of the newest archive that is already there is proven, not trusted by its name:
+        # put() keeps an identical one and refuses one with other bytes.  (An encrypted copy
+        # cannot be compared without its key; its name carries the proof of its upload.)
+        confirm = [ours[-1]] if ours and ours[-1].name in have and not remote.encrypted else []
         policy = remote.keep or target.keep
         kept, doomed = retention.split([*held, *missing], _when, policy) if prune else ([*held, *missing], [])
         wanted = set(kept)
@@ -79,12 +86,12 @@ def replicate(
             result.deleted = [a.name for a in doomed]
             result.copies = len(held) + len(uploads) - len(doomed)
             return result
-        for archive in uploads:
+        for archive in [*confirm, *uploads]:
             path = local.fetch(target.name, archive, target.destination)
-            digest = sha256_of(path)
-            sent = store.put(target.name, path, _stored_name(remote, archive.name), digest, progress)
-            result.uploaded.append(sent.name)
-            result.bytes += archive.size
+            sent = store.put(target.name, path, _stored_name(remote, archive.name), sha256_of(path), progress)
+            if archive not in confirm:
+                result.uploaded.append(sent.name)
+                result.bytes += archive.size
         for stored in doomed:
             if store.delete(target.name, stored):
                 result.deleted.append(stored.name)

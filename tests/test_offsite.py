@@ -1,0 +1,353 @@
+"""Offsite copies, through the real `invoke`: every verified archive reaches each remote of its target.
+
+Each behaviour runs against a folder remote (a mounted disk) and, where the S3 test
+server can start, against a real S3 server: upload and confirmation, never
+overwriting, an unavailable remote (exit 1, local archive kept, the next run
+catches up), remote retention over a simulated month, quick and full remote
+verify, restore from a remote, check mode touching nothing, and no secret in any
+output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from conftest import Project, archive_file_name, fake_archive, flow, have
+
+START = datetime(2026, 1, 1, 3, 0, tzinfo=timezone.utc)
+
+
+class Remote(Protocol):
+    """A remote under test: how the manifest names it and how the test looks behind its back."""
+
+    name: str
+    env: dict[str, str]
+
+    def manifest(self) -> dict[str, Any]: ...
+    def names(self, target: str) -> list[str]: ...
+    def read(self, target: str, name: str) -> bytes: ...
+    def replace(self, target: str, name: str, data: bytes) -> None: ...
+    def down(self) -> None: ...
+    def up(self) -> None: ...
+
+
+class FolderRemote:
+    """A folder remote; `down` is an unmounted disk (the folder is gone)."""
+
+    name = "nas"
+    env: dict[str, str] = {}  # noqa: RUF012 - read only
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir()
+        self._away = root.with_name("nas-unmounted")
+
+    def manifest(self) -> dict[str, Any]:
+        return {"type": "folder", "path": str(self.root), "prefix": "host1/"}
+
+    def _folder(self, target: str) -> Path:
+        return self.root / "host1" / target
+
+    def names(self, target: str) -> list[str]:
+        folder = self._folder(target)
+        return sorted(p.name for p in folder.iterdir() if p.suffix == ".zip") if folder.exists() else []
+
+    def read(self, target: str, name: str) -> bytes:
+        return (self._folder(target) / name).read_bytes()
+
+    def replace(self, target: str, name: str, data: bytes) -> None:
+        self._folder(target).mkdir(parents=True, exist_ok=True)
+        (self._folder(target) / name).write_bytes(data)
+
+    def down(self) -> None:
+        self.root.rename(self._away)
+
+    def up(self) -> None:
+        self._away.rename(self.root)
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[Remote]:
+    yield FolderRemote(tmp_path / "nas")
+
+
+def write(project: Project, remote: Remote, keep: dict[str, int] | None = None, **target: Any) -> None:
+    spec = {**remote.manifest(), **({"keep": keep} if keep else {})}
+    settings = {"name": "site", "path": "site", "offsite": [remote.name], "keep": {"last": 10}, **target}
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          {remote.name}: {flow(spec)}
+        targets:
+          - {flow(settings)}
+        """
+    )
+
+
+def site(project: Project) -> None:
+    project.file("site/index.html", "<h1>hello</h1>\n")
+    project.file("site/assets/app.js", "console.log('hi');\n" * 100)
+    project.file("site/data.bin", bytes(range(256)) * 64)
+
+
+def run(project: Project, remote: Remote, *args: str, now: datetime | None = None) -> Any:
+    env = {**remote.env, **({"BACKUP_NOW": now.isoformat()} if now else {})}
+    return project.invoke(*args, env=env)
+
+
+def test_a_new_archive_is_copied_to_the_remote_byte_for_byte(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote)
+    ran = run(project, remote, "backup", "--format", "json")
+    assert ran.code == 0, ran.output
+    [archive] = project.archives()
+    assert remote.names("site") == [archive.name]
+    assert remote.read("site", archive.name) == archive.read_bytes()
+    [copy] = ran.json()["targets"][0]["offsite"]
+    assert (copy["remote"], copy["uploaded"], copy["copies"], copy["error"]) == (remote.name, [archive.name], 1, None)
+    assert "1 copy offsite: nas +1 (1 held)" in ran.stderr
+
+
+@pytest.mark.skipif(not have("sha256sum"), reason="sha256sum is not installed")
+def test_a_folder_remote_keeps_a_checksum_that_sha256sum_checks(project: Project, tmp_path: Path) -> None:
+    folder = FolderRemote(tmp_path / "disk")
+    site(project)
+    write(project, folder)
+    assert run(project, folder, "backup").code == 0
+    copies = tmp_path / "disk" / "host1" / "site"
+    [sidecar] = copies.glob("*.sha256")
+    checked = subprocess.run(["sha256sum", "-c", sidecar.name], cwd=copies, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0 and ": OK" in checked.stdout
+
+
+def test_an_existing_copy_with_other_bytes_is_never_overwritten(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote)
+    when = START
+    name = archive_file_name("site", when)
+    # Another host, or a person, already put different bytes under the name this run will use.
+    stranger = fake_archive(project.root / "elsewhere", "site", when).read_bytes()
+    remote.replace("site", name, stranger)
+    ran = run(project, remote, "backup", now=when)
+    assert ran.code == 1
+    assert "already exists with other content; it was not overwritten" in ran.output
+    assert remote.read("site", name) == stranger
+    [archive] = project.archives()
+    assert archive.name == name  # the local archive is kept and counts
+
+
+def test_an_unavailable_remote_fails_the_target_keeps_the_archive_and_the_next_run_catches_up(
+    project: Project, remote: Remote
+) -> None:
+    site(project)
+    write(project, remote)
+    assert run(project, remote, "backup", now=START).code == 0
+    remote.down()
+    ran = run(project, remote, "backup", "--format", "json", now=START + timedelta(days=1))
+    assert ran.code == 1
+    result = ran.json()["targets"][0]
+    assert result["status"] == "failed"
+    assert f"remote {remote.name}" in result["error"] and "is kept" in result["error"]
+    assert len(project.archives()) == 2  # nothing lost locally
+    assert ran.stdout.count("\n") >= 1 and "Traceback" not in ran.output
+    # A third night with the remote back: the missed archive goes up too, newest first.
+    remote.up()
+    third = run(project, remote, "backup", "--format", "json", now=START + timedelta(days=2))
+    assert third.code == 0, third.output
+    local = [p.name for p in project.archives()]
+    assert remote.names("site") == local
+    assert third.json()["targets"][0]["offsite"][0]["uploaded"] == [local[2], local[1]]
+
+
+def test_push_uploads_what_a_remote_lacks_without_a_new_archive(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote)
+    remote.down()
+    assert run(project, remote, "backup", now=START).code == 1
+    assert run(project, remote, "backup", now=START + timedelta(hours=1)).code == 1
+    remote.up()
+    preview = run(project, remote, "push", "--check", "--format", "json")
+    assert preview.code == 0 and remote.names("site") == []
+    assert len(preview.json()["targets"][0]["offsite"][0]["uploaded"]) == 2
+    pushed = run(project, remote, "push")
+    assert pushed.code == 0, pushed.output
+    assert remote.names("site") == [p.name for p in project.archives()]
+    again = run(project, remote, "push", "--format", "json")
+    assert again.json()["targets"][0]["status"] == "ok"
+
+
+def test_remote_retention_over_a_month_follows_the_remotes_own_keep(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote, keep={"daily": 7, "weekly": 2})
+    for day in range(30):
+        project.file("site/day.txt", f"day {day}\n")
+        ran = run(project, remote, "backup", now=START + timedelta(days=day))
+        assert ran.code == 0, ran.output
+    held = remote.names("site")
+    days = sorted({datetime.strptime(n.split("-")[1][:8], "%Y%m%d").date() for n in held})
+    # 7 newest days, plus the newest archive of the 2 newest ISO weeks (already among them or one more).
+    newest = (START + timedelta(days=29)).date()
+    assert days[-7:] == [newest - timedelta(days=d) for d in range(6, -1, -1)]
+    assert len(held) <= 9
+    # Locally, keep: {last: 10} rules on its own.
+    assert len(project.archives()) == 10
+
+
+def test_verify_remote_finds_a_copy_replaced_behind_its_back(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote)
+    assert run(project, remote, "backup", now=START).code == 0
+    assert run(project, remote, "backup", now=START + timedelta(days=1)).code == 0
+    ok = run(project, remote, "verify", "--remote", remote.name)
+    assert ok.code == 0, ok.output
+    first = remote.names("site")[0]
+    original = remote.read("site", first)
+    middle = len(original) // 2  # inside a member's data
+    remote.replace("site", first, original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1 :])
+    quick = run(project, remote, "verify", "--remote", remote.name, "--format", "json")
+    assert quick.code == 1
+    failed = [t for t in quick.json()["targets"] if t["status"] == "failed"]
+    assert len(failed) == 1 and first in failed[0]["archive"]
+    full = run(project, remote, "verify", "--remote", remote.name, "--download")
+    assert full.code == 1 and first in full.output
+
+
+def test_restore_from_the_remote_gives_back_the_source_tree(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote)
+    assert run(project, remote, "backup").code == 0
+    shutil.rmtree(project.root / "backups")  # the machine's own disk is gone
+    to = project.root / "restored"
+    ran = run(project, remote, "restore", "site", "--remote", remote.name, "--to", str(to))
+    assert ran.code == 0, ran.output
+    source = project.root / "site"
+    for path in source.rglob("*"):
+        if path.is_file():
+            assert (to / path.relative_to(source)).read_bytes() == path.read_bytes()
+    assert not [p for p in project.root.iterdir() if p.name.startswith(".backup-fetch-")]
+
+
+def test_check_mode_shows_remote_uploads_and_deletions_and_touches_nothing(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote, keep={"last": 1})
+    assert run(project, remote, "backup", now=START).code == 0
+    before = remote.names("site")
+    ran = run(project, remote, "backup", "--check", "--format", "json", now=START + timedelta(days=1))
+    assert ran.code == 0, ran.output
+    [copy] = ran.json()["targets"][0]["offsite"]
+    assert copy["uploaded"] == ["(new archive)"] and copy["deleted"] == before
+    assert remote.names("site") == before and len(project.archives()) == 1
+    prune = run(project, remote, "prune", "--check")
+    assert prune.code == 0 and remote.names("site") == before
+
+
+def test_prune_applies_the_remote_keep_too(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote)  # remote keeps what the target keeps: last 10
+    for day in range(4):
+        assert run(project, remote, "backup", now=START + timedelta(days=day)).code == 0
+    project.write_manifest(
+        project.manifest.read_text().replace('"type": "folder"', '"type": "folder", "keep": {"last": 2}')
+    )
+    ran = run(project, remote, "prune", "--format", "json")
+    assert ran.code == 0, ran.output
+    assert len(remote.names("site")) == 2
+    assert len(ran.json()["targets"][0]["offsite"][0]["deleted"]) == 2
+    assert len(project.archives()) == 4
+
+
+# --- the manifest -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("remotes", "offsite", "message"),
+    [
+        ({"nas": {"type": "folder", "path": "x"}}, ["nsa"], "unknown remote 'nsa'; remotes: nas"),
+        ({"b": {"type": "s3", "bucket": "Bad_Bucket"}}, ["b"], "does not match"),
+        ({"b": {"type": "s3"}}, ["b"], "'bucket' is a required property"),
+        ({"b": {"type": "s3", "bucket": "ok-bucket", "profile": "nosuch"}}, ["b"], "AWS profile 'nosuch'"),
+        ({"b": {"type": "s3", "bucket": "ok-bucket", "secret": "x"}}, ["b"], "unknown key 'secret'"),
+        ({"b": {"type": "folder", "path": "x", "bucket": "ok-bucket"}}, ["b"], "bucket is for s3 remotes"),
+        ({"b": {"type": "folder", "path": "x", "prefix": "../up/"}}, ["b"], "must be relative"),
+    ],
+)
+def test_a_bad_remote_is_a_located_manifest_error(
+    project: Project, tmp_path: Path, remotes: dict[str, Any], offsite: list[str], message: str
+) -> None:
+    site(project)
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes: {flow(remotes)}
+        targets:
+          - name: site
+            path: site
+            offsite: {flow(offsite)}
+        """
+    )
+    empty = tmp_path / "aws"
+    empty.mkdir()
+    env = {"AWS_CONFIG_FILE": str(empty / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(empty / "credentials")}
+    ran = project.invoke("validate", env=env)
+    assert ran.code == 2, ran.output
+    assert message in ran.stderr
+    assert re.search(r"backups.yml:\d+:\d+: ", ran.stderr)  # file:line:col
+    assert "Traceback" not in ran.output
+
+
+def test_a_known_profile_is_accepted_and_list_shows_the_remotes(project: Project, tmp_path: Path) -> None:
+    site(project)
+    aws = tmp_path / "aws"
+    aws.mkdir()
+    (aws / "config").write_text("[profile backups]\nregion = eu-central-1\n", encoding="utf-8")
+    project.write_manifest(
+        """
+        version: 1
+        remotes:
+          offsite: {type: s3, bucket: acme-backups, prefix: "${BACKUP_HOST}/", profile: backups}
+        defaults:
+          offsite: [offsite]
+        targets:
+          - {name: site, path: site}
+        """
+    )
+    env = {"AWS_CONFIG_FILE": str(aws / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(aws / "none")}
+    ran = project.invoke("list", "--format", "json", env=env)
+    assert ran.code == 0, ran.output
+    [target] = json.loads(ran.stdout)
+    where = target["offsite"]["offsite"]["where"]
+    assert where.startswith("s3://acme-backups/") and where.endswith("/") and "${" not in where
+
+
+def test_verify_remote_names_an_unknown_remote_as_a_usage_error(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote)
+    ran = run(project, remote, "verify", "--remote", "nosuch")
+    assert ran.code == 2
+    assert "--remote nosuch: no such remote" in ran.stderr
+
+
+def test_the_remote_copy_is_a_zip_every_reader_opens(project: Project, remote: Remote, tmp_path: Path) -> None:
+    site(project)
+    write(project, remote)
+    assert run(project, remote, "backup").code == 0
+    [name] = remote.names("site")
+    copy = tmp_path / name
+    copy.write_bytes(remote.read("site", name))
+    with zipfile.ZipFile(copy) as archive:
+        assert archive.testzip() is None
+        assert archive.read("index.html") == b"<h1>hello</h1>\n"
+    assert (
+        hashlib.sha256(copy.read_bytes()).hexdigest() == hashlib.sha256(project.archives()[0].read_bytes()).hexdigest()
+    )
