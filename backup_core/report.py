@@ -11,6 +11,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -100,7 +101,8 @@ class TextReporter:
         self._lock = threading.Lock()  # lines from parallel targets never interleave
         # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
         self._log = log_file.open("a", encoding="utf-8", errors="backslashreplace") if log_file else None
-        self._progress = _Progress(stream) if self.colour and command == "backup" and not check else None
+        moving = command in ("backup", "push") and not check
+        self._progress = _Progress(stream) if self.colour and moving else None
         self.wants_totals = self._progress is not None
 
     # Observer: called from worker threads while the run goes on.
@@ -118,9 +120,19 @@ class TextReporter:
         elif self._log:
             self._write_log(f"  [{target.name}] {name}")
 
+    def uploading(self, target: Target, remote: str, total_bytes: int) -> Callable[[int], None]:
+        if not self._progress:
+            return lambda sent: None
+        bar = f"{target.name} -> {remote}"
+        self._progress.stop(target.name)  # the archive is made: its bar gives way to the upload's
+        self._progress.start(bar, total_bytes)
+        return lambda sent: self._progress.advance(bar, sent) if self._progress else None
+
     def finished(self, result: TargetResult) -> None:
         if self._progress:
             self._progress.stop(result.name)
+            for remote in result.offsite:
+                self._progress.stop(f"{result.name} -> {remote.remote}")
         line = describe(result, self.command, self.check)
         self._say(f"{self._paint(result.status, result.status)}: [{result.name}] => {line}")
         for warning in result.warnings:

@@ -8,6 +8,7 @@ targets finished in.
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import os
 import threading
@@ -51,6 +52,7 @@ class Observer(Protocol):
     def started(self, target: Target, total_bytes: int | None) -> None: ...
     def advanced(self, target: Target, done_bytes: int) -> None: ...
     def file(self, target: Target, name: str) -> None: ...
+    def uploading(self, target: Target, remote: str, total_bytes: int) -> Callable[[int], None]: ...
     def finished(self, result: TargetResult) -> None: ...
 
 
@@ -60,6 +62,9 @@ class _Silent:
     def started(self, target: Target, total_bytes: int | None) -> None: ...
     def advanced(self, target: Target, done_bytes: int) -> None: ...
     def file(self, target: Target, name: str) -> None: ...
+    def uploading(self, target: Target, remote: str, total_bytes: int) -> Callable[[int], None]:
+        return lambda sent: None
+
     def finished(self, result: TargetResult) -> None: ...
 
 
@@ -237,21 +242,21 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
                 # on_failure starts again.
                 result.fail("interrupted; the partial archive was removed")
-                _closing_hooks(target, result)
+                _closing_hooks(target, result, options.observer)
                 raise
             except Exception as exc:  # see _guarded
                 result.fail(_describe(exc, target))
-            _closing_hooks(target, result)
+            _closing_hooks(target, result, options.observer)
 
     return _guarded(target, result, body)
 
 
-def _closing_hooks(target: Target, result: TargetResult) -> None:
+def _closing_hooks(target: Target, result: TargetResult, observer: Observer) -> None:
     """after (on success), then offsite copies and rotation, then on_failure if anything failed on the way."""
 
     def copy_and_rotate() -> None:
         # After the after hooks: a service they start again need not wait for an upload.
-        _copy_offsite(target, result)
+        _copy_offsite(target, result, observer)
         # Old archives go only once everything the operator asked for has succeeded,
         # offsite copies included.
         if result.status != CHANGED:
@@ -270,14 +275,15 @@ def _closing_hooks(target: Target, result: TargetResult) -> None:
     )
 
 
-def _copy_offsite(target: Target, result: TargetResult, check: bool = False, prune: bool = True) -> None:
+def _copy_offsite(target: Target, result: TargetResult, observer: Observer) -> None:
     """Bring every remote of the target up to date; a remote that fails fails the target, archive kept."""
     for remote in target.offsite:
         if _stopping.is_set():  # interrupted in another thread: send nothing more
             break
-        result.offsite.append(offsite.replicate(target, remote, check=check, prune=prune))
+        progress = functools.partial(observer.uploading, target, remote.name)
+        result.offsite.append(offsite.replicate(target, remote, progress=progress))
     failures = [copy.error for copy in result.offsite if copy.error]
-    if failures and not check:
+    if failures:
         kept = f"; the local archive {result.archive.name} is kept" if result.archive else ""
         result.fail(f"offsite copy failed: {'; '.join(failures)}{kept} and the next run uploads what is missing")
 
@@ -516,7 +522,8 @@ def push_target(target: Target, options: Options) -> TargetResult:
             if not held:
                 return
             for remote in remotes:
-                copy = offsite.replicate(target, remote, check=options.check, prune=False)
+                progress = functools.partial(options.observer.uploading, target, remote.name)
+                copy = offsite.replicate(target, remote, check=options.check, prune=False, progress=progress)
                 result.offsite.append(copy)
                 if copy.error:
                     result.fail(copy.error)

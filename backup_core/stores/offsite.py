@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -57,10 +57,12 @@ def replicate(
     remote: Remote,
     check: bool = False,
     prune: bool = True,
-    progress: Progress | None = None,
+    progress: Callable[[int], Progress] | None = None,
     planned: Stored | None = None,
 ) -> OffsiteResult:
     """Upload what `remote` lacks of the target's local archives, then (with `prune`) apply its keep.
+
+    `progress`, when given, is told the bytes to send and returns what to call as they go.
 
     In check mode nothing is sent or deleted; `planned` stands for the archive a backup would make."""
     store = store_for(remote)
@@ -77,18 +79,19 @@ def replicate(
         # cannot be compared without its key; its name carries the proof of its upload.)
         confirm = [ours[-1]] if ours and ours[-1].name in have and not remote.encrypted else []
         policy = remote.keep or target.keep
-        kept, doomed = retention.split([*held, *missing], _when, policy) if prune else ([*held, *missing], [])
+        kept, doomed = retention.split([*held, *missing], _when, policy)
         wanted = set(kept)
         uploads = [a for a in reversed(missing) if a in wanted]  # newest first
-        doomed = [a for a in doomed if a in held]
+        doomed = [a for a in doomed if a in held] if prune else []
         if check:
             result.uploaded = [_stored_name(remote, a.name) for a in uploads]
             result.deleted = [a.name for a in doomed]
             result.copies = len(held) + len(uploads) - len(doomed)
             return result
+        advance = progress(sum(a.size for a in uploads)) if progress and uploads else None
         for archive in [*confirm, *uploads]:
             path = local.fetch(target.name, archive, target.destination)
-            sent = store.put(target.name, path, _stored_name(remote, archive.name), sha256_of(path), progress)
+            sent = store.put(target.name, path, _stored_name(remote, archive.name), sha256_of(path), advance)
             if archive not in confirm:
                 result.uploaded.append(sent.name)
                 result.bytes += archive.size
