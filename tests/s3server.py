@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -59,8 +60,13 @@ CLIENT_CONFIG = Config(signature_version="s3v4", s3={"addressing_style": "path"}
 # The readiness probe and the tests must fail fast, not sit in botocore's retries.
 FAST_CONFIG = CLIENT_CONFIG.merge(Config(connect_timeout=2, read_timeout=10, retries={"total_max_attempts": 1}))
 ADMIN_GRPC_OFFSET = 10_000
-SOCKET_ROLES = {"master.port.grpc": "master", "volume.port.grpc": "volume", "filer.port.grpc": "filer",
-                "s3.port.grpc": "s3", "admin.port.grpc": "admin"}  # fmt: skip
+SOCKET_ROLES = {
+    "master.port.grpc": "master",
+    "volume.port.grpc": "volume",
+    "filer.port.grpc": "filer",
+    "s3.port.grpc": "s3",
+    "admin.port.grpc": "admin",
+}
 
 
 class S3ServerError(RuntimeError):
@@ -130,11 +136,16 @@ class S3Server:
         self.aws = root / "aws"
         self.config_path = root / "s3.json"
         self.identities = {
-            "writer": Identity("writer", "AK" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30),
-                               ("Admin", "Read", "List", "Tagging", "Write")),
-            "reader": Identity("reader", "AK" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30),
-                               ("Read", "List")),
-        }  # fmt: skip
+            "writer": Identity(
+                "writer",
+                "AK" + secrets.token_hex(9).upper(),
+                secrets.token_urlsafe(30),
+                ("Admin", "Read", "List", "Tagging", "Write"),
+            ),
+            "reader": Identity(
+                "reader", "AK" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30), ("Read", "List")
+            ),
+        }
         writer = self.identities["writer"]
         # Not in s3.json: one known key with the wrong secret, one key the server never heard of.
         self.identities["wrong-secret"] = Identity("wrong-secret", writer.access_key, secrets.token_urlsafe(30), ())
@@ -142,6 +153,12 @@ class S3Server:
         self.ports: dict[str, int] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._started_once = False
+        # Our own config files, so that settings in the host's ~/.aws never reach the test clients.
+        core = botocore.session.get_session()
+        core.set_config_variable("config_file", str(self.aws / "config"))
+        core.set_config_variable("credentials_file", str(self.aws / "credentials"))
+        self._session = boto3.session.Session(botocore_session=core)
+        self._clients: dict[str, Any] = {}
         self._pick_ports()
         self._write_config()
         atexit.register(self.stop)
@@ -179,8 +196,11 @@ class S3Server:
 
     def client(self, identity: str = "writer", config: Config | None = None) -> Any:
         """A boto3 S3 client for this server (fast-failing unless `config` says otherwise)."""
+        if config is None and identity in self._clients:
+            return self._clients[identity]
         chosen = self.identities[identity]
-        return boto3.session.Session().client(
+        # One session for all: a new session loads the service model again (0.6 s on a busy machine).
+        client = self._session.client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=REGION,
@@ -188,6 +208,9 @@ class S3Server:
             aws_secret_access_key=chosen.secret_key,
             config=FAST_CONFIG.merge(config) if config else FAST_CONFIG,
         )
+        if config is None:
+            self._clients[identity] = client
+        return client
 
     def create_bucket(self, name: str | None = None, *, object_lock: bool = False) -> str:
         """A new bucket (a unique name unless given); with `object_lock`, versioned and lockable."""
@@ -236,8 +259,12 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout)
-        for key, role in SOCKET_ROLES.items():
-            Path(f"/tmp/seaweedfs-{role}-grpc-{self.ports[key]}.sock").unlink(missing_ok=True)
+        for path in self.socket_files():
+            path.unlink(missing_ok=True)
+
+    def socket_files(self) -> list[Path]:
+        """The socket files weed puts in /tmp for our gRPC ports (whether they exist or not)."""
+        return [Path(f"/tmp/seaweedfs-{role}-grpc-{self.ports[key]}.sock") for key, role in SOCKET_ROLES.items()]
 
     def remove_data(self) -> None:
         """Delete the stored objects (the logs stay for a post-mortem); only when stopped."""
@@ -254,11 +281,20 @@ class S3Server:
     # -- inside ---------------------------------------------------------------------------------
 
     def _pick_ports(self) -> None:
-        names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-                 "filer.port.grpc", "s3.port", "s3.port.grpc"]  # fmt: skip
-        ports = dict(zip(names, _free_ports(len(names))))
+        names = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+        ]
+        ports = dict(zip(names, _free_ports(len(names)), strict=True))
         admin = _free_admin_port(set(ports.values()))
         self.ports = {**ports, "admin.port": admin, "admin.port.grpc": admin + ADMIN_GRPC_OFFSET}
+        self._clients = {}  # they know the old endpoint
 
     def _write_config(self) -> None:
         for folder in (self.data, self.logs, self.aws):
@@ -266,11 +302,14 @@ class S3Server:
         known = [i for i in self.identities.values() if i.actions]
         document = {
             "identities": [
-                {"name": i.name, "credentials": [{"accessKey": i.access_key, "secretKey": i.secret_key}],
-                 "actions": list(i.actions)}
+                {
+                    "name": i.name,
+                    "credentials": [{"accessKey": i.access_key, "secretKey": i.secret_key}],
+                    "actions": list(i.actions),
+                }
                 for i in known
             ]
-        }  # fmt: skip
+        }
         self.config_path.write_text(json.dumps(document, indent=2), encoding="utf-8")
         credentials = "".join(
             f"[{i.name}]\naws_access_key_id = {i.access_key}\naws_secret_access_key = {i.secret_key}\n\n"
