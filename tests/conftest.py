@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from s3server import S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 INVOKE = Path(sys.executable).with_name("invoke.exe" if os.name == "nt" else "invoke")
@@ -137,3 +138,28 @@ def integrity(database: Path) -> list[str]:
     """What PRAGMA integrity_check says of a database."""
     with closing(sqlite3.connect(database)) as connection:
         return [str(row[0]) for row in connection.execute("PRAGMA integrity_check")]
+
+
+# -- A real S3 server (SeaweedFS `weed mini`), started once per session by the tests that ask for it.
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """`weed mini` on loopback; stopped (and its data removed) at the end, also after Ctrl-C.
+
+    A missing `weed` fails the tests that need it rather than skipping them: it is a pinned
+    dev dependency, so its absence is a broken install, not an optional feature.
+    """
+    server = S3Server(tmp_path_factory.mktemp("s3server"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.remove_data()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A new, empty bucket on the session's S3 server, for one test."""
+    return s3_server.create_bucket()
