@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import pytest
 from conftest import Project, archive_file_name, fake_archive, flow, have
+from s3server import S3Server
 
 START = datetime(2026, 1, 1, 3, 0, tzinfo=timezone.utc)
 
@@ -76,9 +77,50 @@ class FolderRemote:
         self._away.rename(self.root)
 
 
-@pytest.fixture
-def remote(tmp_path: Path) -> Iterator[Remote]:
-    yield FolderRemote(tmp_path / "nas")
+class S3Remote:
+    """A bucket on the session's real S3 server; `down` stops the server (an outage)."""
+
+    name = "offsite"
+
+    def __init__(self, server: S3Server, bucket: str, prefix: str = "host1/") -> None:
+        self.server, self.bucket, self.prefix = server, bucket, prefix
+        self.env = server.env()
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "type": "s3",
+            "bucket": self.bucket,
+            "endpoint": self.server.endpoint,
+            "addressing_style": "path",
+            "prefix": self.prefix,
+        }
+
+    def names(self, target: str) -> list[str]:
+        listing = self.server.client().list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{target}/")
+        return sorted(item["Key"].rsplit("/", 1)[1] for item in listing.get("Contents", []))
+
+    def read(self, target: str, name: str) -> bytes:
+        body = self.server.client().get_object(Bucket=self.bucket, Key=f"{self.prefix}{target}/{name}")["Body"]
+        return bytes(body.read())
+
+    def replace(self, target: str, name: str, data: bytes) -> None:
+        self.server.client().put_object(Bucket=self.bucket, Key=f"{self.prefix}{target}/{name}", Body=data)
+
+    def down(self) -> None:
+        self.server.stop()
+
+    def up(self) -> None:
+        self.server.start()
+
+
+@pytest.fixture(params=["folder", "s3"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
+    if request.param == "folder":
+        yield FolderRemote(tmp_path / "nas")
+        return
+    server: S3Server = request.getfixturevalue("s3_server")
+    yield S3Remote(server, server.create_bucket())
+    server.start()  # a test that stopped it leaves it running for the next
 
 
 def write(project: Project, remote: Remote, keep: dict[str, int] | None = None, **target: Any) -> None:
@@ -116,7 +158,7 @@ def test_a_new_archive_is_copied_to_the_remote_byte_for_byte(project: Project, r
     assert remote.read("site", archive.name) == archive.read_bytes()
     [copy] = ran.json()["targets"][0]["offsite"]
     assert (copy["remote"], copy["uploaded"], copy["copies"], copy["error"]) == (remote.name, [archive.name], 1, None)
-    assert "1 copy offsite: nas +1 (1 held)" in ran.stderr
+    assert f"1 copy offsite: {remote.name} +1 (1 held)" in ran.stderr
 
 
 @pytest.mark.skipif(not have("sha256sum"), reason="sha256sum is not installed")
@@ -257,9 +299,7 @@ def test_prune_applies_the_remote_keep_too(project: Project, remote: Remote) -> 
     write(project, remote)  # remote keeps what the target keeps: last 10
     for day in range(4):
         assert run(project, remote, "backup", now=START + timedelta(days=day)).code == 0
-    project.write_manifest(
-        project.manifest.read_text().replace('"type": "folder"', '"type": "folder", "keep": {"last": 2}')
-    )
+    write(project, remote, keep={"last": 2})
     ran = run(project, remote, "prune", "--format", "json")
     assert ran.code == 0, ran.output
     assert len(remote.names("site")) == 2
