@@ -1,0 +1,135 @@
+"""What is specific to S3 remotes, against the real S3 test server, through `invoke`.
+
+Credentials refused, a missing bucket, a copy under Object Lock during retention,
+multipart uploads with per-part checksums, the SHA-256 kept in the object's
+metadata, and secrets that never appear in any output, log or JSON document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Project, flow
+from s3server import S3Server
+from test_offsite import START, S3Remote, site
+
+
+def manifest(project: Project, server: S3Server, bucket: str, **remote: Any) -> None:
+    spec = {"type": "s3", "bucket": bucket, "endpoint": server.endpoint, "addressing_style": "path", **remote}
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          offsite: {flow(spec)}
+        targets:
+          - {{name: site, path: site, offsite: [offsite], keep: {{last: 10}}}}
+        """
+    )
+
+
+@pytest.mark.parametrize(
+    ("identity", "reason"),
+    [("wrong-secret", "access denied (SignatureDoesNotMatch)"), ("unknown", "access denied (InvalidAccessKeyId)")],
+)
+def test_refused_credentials_fail_the_target_in_one_sentence_without_the_secret(
+    project: Project, s3_server: S3Server, s3_bucket: str, identity: str, reason: str, tmp_path: Path
+) -> None:
+    site(project)
+    manifest(project, s3_server, s3_bucket)
+    env = s3_server.env(identity)
+    log = tmp_path / "run.log"
+    ran = project.invoke("backup", "--format", "json", "--log-file", str(log), env=env)
+    assert ran.code == 1
+    [result] = ran.json()["targets"]
+    assert result["status"] == "failed"
+    assert reason in result["error"] and "remote offsite" in result["error"]
+    assert len(project.archives()) == 1  # the local archive is made and kept
+    secret, key = s3_server.identities[identity].secret_key, s3_server.identities[identity].access_key
+    everything = ran.output + log.read_text(encoding="utf-8")
+    assert secret not in everything and key not in everything
+    assert "Traceback" not in everything
+
+
+def test_a_missing_bucket_is_named(project: Project, s3_server: S3Server) -> None:
+    site(project)
+    manifest(project, s3_server, "no-such-bucket-here")
+    ran = project.invoke("backup", env=s3_server.env())
+    assert ran.code == 1
+    assert "bucket no-such-bucket-here does not exist" in ran.stdout
+
+
+def test_an_unreachable_endpoint_is_named_and_bounded(project: Project, s3_server: S3Server) -> None:
+    site(project)
+    manifest(project, s3_server, "anything", endpoint="http://127.0.0.1:9")  # discard port: nothing listens
+    ran = project.invoke("backup", "--format", "json", env=s3_server.env(), timeout=120)
+    assert ran.code == 1
+    error = ran.json()["targets"][0]["error"]
+    assert "cannot reach http://127.0.0.1:9" in error and "is kept" in error
+
+
+def test_the_archives_sha256_is_recorded_in_the_objects_metadata(
+    project: Project, s3_server: S3Server, s3_bucket: str
+) -> None:
+    site(project)
+    manifest(project, s3_server, s3_bucket, prefix="host1/", storage_class="STANDARD")
+    assert project.invoke("backup", env=s3_server.env()).code == 0
+    [archive] = project.archives()
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"host1/site/{archive.name}")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert head["ContentLength"] == archive.stat().st_size
+
+
+@pytest.mark.slow
+def test_a_large_archive_goes_up_in_parts_and_is_confirmed(
+    project: Project, s3_server: S3Server, s3_bucket: str
+) -> None:
+    project.file("site/big.bin", os.urandom(70 << 20))  # past the 64 MiB multipart threshold
+    manifest(project, s3_server, s3_bucket)
+    ran = project.invoke("backup", "--format", "json", env=s3_server.env())
+    assert ran.code == 0, ran.output
+    [archive] = project.archives()
+    remote = S3Remote(s3_server, s3_bucket, prefix="")
+    assert hashlib.sha256(remote.read("site", archive.name)).digest() == hashlib.sha256(archive.read_bytes()).digest()
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"site/{archive.name}")
+    assert head["ETag"].strip('"').endswith(("-5", "-4", "-6"))  # a multipart ETag: no checksum of the whole
+    uploads = s3_server.client().list_multipart_uploads(Bucket=s3_bucket)
+    assert not uploads.get("Uploads")
+    assert project.invoke("verify", "--remote", "offsite", env=s3_server.env()).code == 0
+
+
+def test_a_copy_under_object_lock_is_reported_kept_not_failed(project: Project, s3_server: S3Server) -> None:
+    bucket = s3_server.create_bucket(object_lock=True)
+    site(project)
+    manifest(project, s3_server, bucket, keep={"last": 1})
+    first = project.invoke("backup", env={**s3_server.env(), "BACKUP_NOW": START.isoformat()})
+    assert first.code == 0, first.output
+    [name] = S3Remote(s3_server, bucket, prefix="").names("site")
+    s3_server.client().put_object_retention(
+        Bucket=bucket,
+        Key=f"site/{name}",
+        Retention={"Mode": "COMPLIANCE", "RetainUntilDate": s3_server.retain_until(days=1)},
+    )
+    later = {**s3_server.env(), "BACKUP_NOW": (START + timedelta(days=1)).isoformat()}
+    second = project.invoke("backup", "--format", "json", env=later)
+    assert second.code == 0, second.output
+    [copy] = second.json()["targets"][0]["offsite"]
+    assert copy["locked"] == [name] and copy["deleted"] == [] and copy["error"] is None
+    assert name in S3Remote(s3_server, bucket, prefix="").names("site")
+    assert "kept by a retention lock" in second.stderr
+
+
+def test_a_profile_from_the_shared_credentials_file_works(
+    project: Project, s3_server: S3Server, s3_bucket: str
+) -> None:
+    site(project)
+    manifest(project, s3_server, s3_bucket, profile="writer")
+    env = s3_server.env(profile=True)
+    del env["AWS_PROFILE"]  # the manifest names it
+    ran = project.invoke("backup", env=env)
+    assert ran.code == 0, ran.output
+    assert S3Remote(s3_server, s3_bucket, prefix="").names("site") == [p.name for p in project.archives()]
