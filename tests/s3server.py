@@ -388,7 +388,8 @@ class S3Server:
         log = (self.logs / "weed.out").open("ab")
         extra: dict[str, Any] = {}
         if sys.platform == "linux":
-            # If pytest dies without cleaning up (SIGKILL), the kernel stops weed too.
+            # If pytest dies without cleaning up (SIGKILL), the kernel stops weed too. The signal
+            # follows the starting *thread*: start the server from the main thread.
             extra["preexec_fn"] = _die_with_parent
         try:
             self._process = subprocess.Popen(
