@@ -151,12 +151,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     dev dependency, so its absence is a broken install, not an optional feature.
     """
     server = S3Server(tmp_path_factory.mktemp("s3server"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        server.remove_data()
+    # run_invoke passes os.environ on: a developer's own AWS_PROFILE or keys must not reach the tests.
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("AWS_")]:
+            patch.delenv(name)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+            server.remove_data()
 
 
 @pytest.fixture

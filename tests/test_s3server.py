@@ -118,6 +118,11 @@ def test_a_wrong_part_checksum_is_refused_and_abort_leaves_nothing(s3_server: S3
     client.abort_multipart_upload(Bucket=s3_bucket, Key="big", UploadId=upload)
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     assert not exists(client, s3_bucket, "big")
+    # Aborting twice is harmless (a retried abort must not count as a failure); an unknown id is not.
+    client.abort_multipart_upload(Bucket=s3_bucket, Key="big", UploadId=upload)
+    with pytest.raises(ClientError) as unknown:
+        client.abort_multipart_upload(Bucket=s3_bucket, Key="big", UploadId="no-such-upload")
+    assert code_of(unknown.value) == "NoSuchUpload"
 
 
 def test_compliance_lock_refuses_deleting_the_version(s3_server: S3Server) -> None:
@@ -157,6 +162,23 @@ def test_a_delete_without_version_in_a_locked_bucket_only_hides_the_object(s3_se
     assert len(versions["DeleteMarkers"]) == 1
 
 
+def test_governance_lock_yields_only_to_bypass_and_a_lock_needs_a_lockable_bucket(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    bucket = s3_server.create_bucket(object_lock=True)
+    client = s3_server.client()
+    lock = {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": s3_server.retain_until()}
+    version = client.put_object(Bucket=bucket, Key="k", Body=b"x", **lock)["VersionId"]
+    with pytest.raises(ClientError) as refused:
+        client.delete_object(Bucket=bucket, Key="k", VersionId=version)
+    assert code_of(refused.value) == "AccessDenied"
+    client.delete_object(Bucket=bucket, Key="k", VersionId=version, BypassGovernanceRetention=True)
+    assert client.list_object_versions(Bucket=bucket).get("Versions", []) == []
+    with pytest.raises(ClientError) as plain_bucket:
+        client.put_object(Bucket=s3_bucket, Key="k", Body=b"x", **lock)
+    assert code_of(plain_bucket.value) == "InvalidRequest"
+
+
 @pytest.mark.slow
 def test_an_outage_refuses_connections_and_the_restarted_server_keeps_its_objects(
     s3_server: S3Server, s3_bucket: str
@@ -181,6 +203,10 @@ def test_a_missing_bucket_is_not_created_on_upload(s3_server: S3Server) -> None:
     with pytest.raises(ClientError) as head:
         client.head_bucket(Bucket="no-such-bucket-here")
     assert code_of(head.value) == "404"  # HEAD has no body, so no "NoSuchBucket" code
+    bucket = s3_server.create_bucket()
+    with pytest.raises(ClientError) as get:
+        client.get_object(Bucket=bucket, Key="no-such-key")
+    assert code_of(get.value) == "NoSuchKey"
 
 
 # -- the environment a subprocess gets -----------------------------------------------------------
