@@ -15,7 +15,7 @@ import base64
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from backup_core.manifest import Remote
 from backup_core.stores.base import Progress, Stored, StoreError, parse
@@ -213,18 +213,29 @@ def make_client(remote: Remote) -> Any:
 
     session = boto3.session.Session(profile_name=remote.profile, region_name=remote.region)
     config = Config(
-        # Bounded: 4 tries with backoff, then the run reports the remote as failed and goes on.
-        retries={"max_attempts": 4, "mode": "standard"},
+        # Bounded, and set here so the host's AWS_MAX_ATTEMPTS or ~/.aws/config cannot unbound it:
+        # 3 tries with backoff, then the run reports the remote as failed and goes on.
+        retries={"total_max_attempts": 3, "mode": "standard"},
         connect_timeout=5,
-        read_timeout=60,
-        s3={"addressing_style": remote.addressing_style},
+        read_timeout=30,
+        s3=cast(Any, {"addressing_style": remote.addressing_style}),  # a Literal the schema has checked
         # Checksums are asked for explicitly per request; the newer "always" defaults break
         # several S3-compatible services.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         user_agent_extra="backup-core",
     )
-    return session.client("s3", endpoint_url=remote.endpoint, config=config)
+    client = session.client("s3", endpoint_url=remote.endpoint, config=config)
+    # Never over an existing object, even one that appears between the check and the upload:
+    # the service itself refuses (412) a put or a multipart completion when the key exists, and
+    # s3transfer then aborts the refused multipart upload.  upload_file takes no IfNoneMatch.
+    for operation in ("PutObject", "CompleteMultipartUpload"):
+        client.meta.events.register(f"before-parameter-build.s3.{operation}", _if_none_match)
+    return client
+
+
+def _if_none_match(params: dict[str, Any], **_: Any) -> None:
+    params.setdefault("IfNoneMatch", "*")
 
 
 def _when(target: str, name: str) -> Any:
@@ -242,6 +253,8 @@ def _explain(exc: BaseException, remote: Remote) -> str:
     from botocore import exceptions as botocore_errors
 
     where = remote.endpoint or "AWS"
+    if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
+        return _explain(exc.__context__, remote)  # boto3 keeps the service's answer only there
     if isinstance(exc, botocore_errors.NoCredentialsError):
         return "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role"
     if isinstance(exc, botocore_errors.ProfileNotFound):
@@ -260,6 +273,8 @@ def _explain(exc: BaseException, remote: Remote) -> str:
             return f"checksum mismatch ({code}): the service received other bytes than were sent"
         if code in _QUOTA:
             return f"quota exceeded ({code})"
+        if code in ("PreconditionFailed", "412"):
+            return "an object of that name appeared meanwhile; it was not overwritten"
         message = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
         return f"{code}: {message}".rstrip(": ")
     if isinstance(exc, botocore_errors.BotoCoreError):
