@@ -7,11 +7,14 @@ bad manifest or command line and otherwise return the status the results give.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+import yaml
 
 from backup_core import manifest as manifest_module
 from backup_core import report, runner
@@ -145,7 +148,21 @@ def _plain(value: object) -> str:
         return "[" + ", ".join(_plain(v) for v in value) + "]"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, str):
+        return value if _PLAIN.fullmatch(value) and _reads_back(value) else json.dumps(value, ensure_ascii=False)
     return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+# Text printed without quotes only when YAML reads it back as the same text: `*.tmp` would
+# be an alias, `no` a boolean to YAML 1.1 readers, `a: b` a mapping.
+_PLAIN = re.compile(r"[A-Za-z0-9_/.~$(][A-Za-z0-9_/.~$(){} -]*(?<! )")
+
+
+def _reads_back(text: str) -> bool:
+    try:
+        return bool(yaml.safe_load(f"[{text}]") == [text])
+    except yaml.YAMLError:
+        return False
 
 
 def restore(

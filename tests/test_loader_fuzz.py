@@ -239,3 +239,64 @@ def test_an_integer_setting_written_as_a_float_is_refused(project: Project, line
     assert ran.code == 2 and "is not of type 'integer'" in ran.stderr, ran.output
     project.write_manifest(f"{extra}{fixed}\ntargets: [{{name: site, path: site}}]\n")
     assert project.invoke("validate").code == 0
+
+
+# --- what `list` prints is the manifest's own language; the host has a name under cron ------------
+
+
+def test_list_prints_valid_yaml_that_reads_back_as_the_settings(project: Project) -> None:
+    import yaml
+
+    project.file("site/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - name: site
+            path: site
+            exclude: ["*.tmp", cache, "no", "a: b", "1.5", "x y", "[z]", "#c", "&anchor", "日本", "!tag"]
+            hooks: {before: [["echo", "a,b"]], after: [{run: "curl -fsS 'https://h.example/?a=1&b'"}]}
+        """
+    )
+    ran = project.invoke("list")
+    assert ran.code == 0, ran.output
+    printed = yaml.safe_load(ran.stdout)
+    as_json = project.invoke("list", "--format", "json").json()[0]
+    for key in ("path", "destination", "exclude", "keep", "hooks", "compression", "sqlite"):
+        assert printed["site"][key] == as_json[key], key
+    assert "exclude: [" in ran.stdout and "cache," in ran.stdout  # plain words stay plain
+
+
+def test_backup_host_and_an_unexported_hostname_name_the_host(project: Project) -> None:
+    import socket
+
+    project.file("site/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - {name: site, path: site, destination: "by-host/${BACKUP_HOST}"}
+          - {name: other, path: site, destination: "cron/${HOSTNAME}"}
+        """
+    )
+    # cron runs jobs with a bare environment: HOSTNAME is a shell variable, never exported.
+    environment = {key: value for key, value in os.environ.items() if key != "HOSTNAME"}
+    import subprocess
+
+    from tests.conftest import INVOKE, REPO
+
+    done = subprocess.run(
+        [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest)],
+        env={**environment, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    host = socket.gethostname()
+    assert len(project.archives(f"by-host/{host}")) == 1
+    assert len(project.archives(f"cron/{host}")) == 1
+    # An exported HOSTNAME is the operator's choice and wins.
+    ran = project.invoke("list", "--format", "json", env={"HOSTNAME": "named-by-env"})
+    assert ran.json()[1]["destination"].endswith("cron/named-by-env")

@@ -12,7 +12,9 @@ import json
 import os
 import re
 import shlex
+import socket
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -129,7 +131,7 @@ def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
             ".".join(p.where.split(".")[:2]) if p.where.startswith("defaults.") else p.where.split(".")[0]
             for p in problems
         }
-        manifest, more = _resolve(document, os.environ if environ is None else environ, broken)
+        manifest, more = _resolve(document, _with_builtins(os.environ if environ is None else environ), broken)
         problems += more
     if problems or manifest is None:
         raise ManifestError(problems)
@@ -161,6 +163,16 @@ def _read(file: Path) -> str:
             return raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ManifestError([Problem(file, 0, 0, "", f"cannot read the manifest: {_reason(exc)}")]) from None
+
+
+def _with_builtins(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment, with ${BACKUP_HOST} (this machine's name) and ${HOSTNAME} when it is not exported.
+
+    Interactive shells set HOSTNAME without exporting it, so a manifest that works by hand
+    would fail under cron; both name the host as the operating system knows it.
+    """
+    host = socket.gethostname()
+    return {"BACKUP_HOST": host, "HOSTNAME": host, **environ}
 
 
 def _resolvable(data: Any) -> bool:
