@@ -33,6 +33,7 @@ class TargetResult:
     reason: str = ""  # why ok or skipped, in a few words
     error: str | None = None  # why it failed: a sentence an operator can act on
     warnings: list[str] = field(default_factory=list)
+    future: list[str] = field(default_factory=list)  # archives dated after the clock: kept, never the newest
 
     def fail(self, error: str) -> None:
         self.status, self.error = FAILED, error

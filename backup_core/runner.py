@@ -285,7 +285,10 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
     for stale in archives.stale_partials(destination, target.name):
         stale.unlink(missing_ok=True)
     existing = archives.list_archives(destination, target.name)
-    when = archives.next_time(utc_now(), existing)
+    now = utc_now()
+    when = archives.next_time(now, existing)
+    # An archive from the future (a clock that ran ahead) is never "the newest" to compare with.
+    existing = [a for a in existing if a.when <= now + retention.FUTURE_TOLERANCE]
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
     total = (
@@ -403,7 +406,7 @@ def _same_content(new: Path, old: Path) -> bool:
 def _rotate(target: Target, result: TargetResult) -> None:
     """Delete this target's archives that its policy no longer keeps (never the new one)."""
     existing = archives.list_archives(target.destination, target.name)
-    _, doomed = retention.split(existing, _when, target.keep)
+    doomed = _retention(existing, target, result).deleted
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
             continue
@@ -411,6 +414,21 @@ def _rotate(target: Target, result: TargetResult) -> None:
         result.deleted.append(archive.name)
     if doomed:
         archives.sync_folder(target.destination)
+
+
+def _retention(existing: list[Archive], target: Target, result: TargetResult) -> retention.Plan[Archive]:
+    """The policy applied at the current time; archives from the future and refusals become warnings."""
+    planned = retention.plan(existing, _when, target.keep, utc_now())
+    if planned.future:
+        names = ", ".join(a.name for a in planned.future)
+        result.future = [a.name for a in planned.future]
+        result.warnings.append(
+            f"{len(planned.future)} archive(s) dated in the future ({names}): kept, and not counted as the newest; "
+            "check this machine's clock, then delete them by hand if they are not needed"
+        )
+    if planned.refused:
+        result.warnings.append(planned.refused)
+    return planned
 
 
 def _when(archive: Archive) -> datetime:
@@ -428,8 +446,7 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
             result.directories += 1
     existing = archives.list_archives(target.destination, target.name)
     planned = Archive(archives.next_time(utc_now(), existing), target.destination / "(new archive)")
-    _, doomed = retention.split([*existing, planned], _when, target.keep)
-    result.deleted = [a.name for a in doomed]
+    result.deleted = [a.name for a in _retention([*existing, planned], target, result).deleted]
     result.status = CHANGED
     result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")
 
@@ -443,7 +460,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
 
     def body() -> None:
         existing = archives.list_archives(target.destination, target.name)
-        _, doomed = retention.split(existing, _when, target.keep)
+        doomed = _retention(existing, target, result).deleted
         if options.check:
             result.deleted = [a.name for a in doomed]
             result.status = CHANGED if doomed else OK
@@ -455,6 +472,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
         with _locked(target, result) as held:
             if held:
                 result.status = CHANGED
+                result.warnings.clear()  # the listing is taken again under the lock, and reported again
                 _rotate(target, result)
 
     return _guarded(target, result, body)

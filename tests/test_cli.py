@@ -339,6 +339,7 @@ def test_json_document_has_the_run_and_every_targets_result(runs: Callable[[str]
             "reason": "",
             "error": None,
             "warnings": [],
+            "future": [],
         }
     gone = by_name["gone"]
     assert (gone["status"], gone["archive"], gone["error"]) == (

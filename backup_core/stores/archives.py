@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from backup_core.stores.retention import FUTURE_TOLERANCE
+
 _STAMP = "%Y%m%dT%H%M%S"
 _STAMP_PATTERN = r"(\d{8}T\d{6})\.(\d{6})Z"
 
@@ -79,15 +81,18 @@ def _children(folder: Path) -> list[Path]:
         return []
 
 
-def next_time(now: datetime, existing: list[Archive]) -> datetime:
+def next_time(now: datetime, existing: list[Archive], tolerance: timedelta = FUTURE_TOLERANCE) -> datetime:
     """`now`, or just after the newest archive when the clock has not moved past it.
 
-    Two runs in one microsecond, or a clock set back, must neither overwrite an
-    archive nor produce a name that sorts before one already made (rotation would
-    then delete the newest backup first).
+    Two runs in one microsecond, or a clock a little behind another machine's, must
+    neither overwrite an archive nor produce a name that sorts before one just made.
+    Archives dated beyond `tolerance` after `now` were made by a clock that ran ahead:
+    they are ignored here, so a new archive is named by this clock and cannot be pushed
+    towards the year 9999 (nor past it, into an OverflowError).
     """
-    if existing and existing[-1].when >= now:
-        return existing[-1].when + timedelta(microseconds=1)
+    present = [archive.when for archive in existing if archive.when <= now + tolerance]
+    if present and max(present) >= now:
+        return max(present) + timedelta(microseconds=1)
     return now
 
 
