@@ -95,13 +95,22 @@ def _tolerant_output() -> None:
 
 
 def _stop_on_terminate() -> None:
-    """cron, CI and systemd stop a job with SIGTERM: clean up exactly as for Ctrl-C."""
+    """cron, CI and systemd stop a job with SIGTERM: clean up exactly as for Ctrl-C.
+
+    The first signal stops the run; later ones (an impatient second Ctrl-C, systemd
+    repeating itself) must not cut short the clean-up and on_failure hooks it started.
+    """
+    received: list[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        runner.stop()  # targets in other threads stop within a piece of data
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def validate(manifest_path: Path | str) -> int:

@@ -100,12 +100,20 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
             options.observer.finished(result)
         return results
 
+    _stopping.clear()
     try:
-        hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "running"})
-    except TargetError as exc:
-        outcome.errors.append(f"run not started: {exc}")
-    else:
-        _run_all(targets, options.jobs, one, outcome)
+        try:
+            hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "running"})
+        except TargetError as exc:
+            outcome.errors.append(f"run not started: {exc}")
+        else:
+            _run_all(targets, options.jobs, one, outcome)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: targets at work stopped and removed their partial archives; the
+        # run's on_failure hooks still run (a `before` hook may have stopped a service).
+        _stopping.set()
+        outcome.interrupted = True
+        outcome.errors.append("interrupted; nothing more was archived, placed or rotated")
     hooks.run_closing_hooks(
         run_hooks,
         lambda: {"BACKUP_STATUS": FAILED if outcome.failed else OK, "BACKUP_ERROR": "; ".join(outcome.errors)},
@@ -147,17 +155,33 @@ def _run_all(targets: list[Target], jobs: int, one: Callable[[Target], list[Targ
         # In this thread, so Ctrl-C unwinds through the target's clean-up at once.
         for target in targets:
             outcome.results.extend(one(target))
+            if _stopping.is_set():
+                raise KeyboardInterrupt
         return
     pool = ThreadPoolExecutor(jobs, thread_name_prefix="target")
+    futures = [pool.submit(one, target) for target in targets]
+    collected = 0
     try:
-        for results in pool.map(one, targets):
-            outcome.results.extend(results)
+        for future in futures:
+            outcome.results.extend(future.result())
+            collected += 1
     except BaseException:
-        # Ctrl-C: running targets stop at their next file and remove their partial archive.
+        # Ctrl-C: running targets stop at their next piece of data and remove their partial
+        # archive; what they, and those already done, report is kept, in manifest order.
         _stopping.set()
         pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures[collected:]:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                outcome.results.extend(future.result())
         raise
     pool.shutdown()
+    if _stopping.is_set():
+        raise KeyboardInterrupt
+
+
+def stop() -> None:
+    """Ask every target at work to stop (a signal arrived): they stop within a piece of data."""
+    _stopping.set()
 
 
 def _describe(exc: BaseException, target: Target) -> str:
@@ -229,10 +253,9 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 _archive(target, kind, options, result)
             except KeyboardInterrupt:
                 # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
-                # on_failure starts again.
+                # on_failure starts again.  The run stops after this target.
+                _stopping.set()
                 result.fail("interrupted; the partial archive was removed")
-                _closing_hooks(target, result)
-                raise
             except Exception as exc:  # see _guarded
                 result.fail(_describe(exc, target))
             _closing_hooks(target, result)
@@ -244,8 +267,12 @@ def _closing_hooks(target: Target, result: TargetResult) -> None:
     """after (on success), then rotation, then on_failure if anything failed on the way."""
 
     def rotate() -> None:
-        # Old archives go only once everything the operator asked for has succeeded.
+        # Old archives go only once everything the operator asked for has succeeded, and never
+        # after an interrupt.
         if result.status != CHANGED:
+            return
+        if _stopping.is_set():
+            result.warnings.append("interrupted before old archives were rotated; the next run rotates them")
             return
         try:
             _rotate(target, result)
@@ -305,6 +332,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 on_progress=lambda n: observer.advanced(target, n),
                 path=partial,
                 inflate_check=target.inflate_check,
+                should_stop=_stopping.is_set,
             )
             with ThreadPoolExecutor(1, thread_name_prefix="fsync") as syncing:
                 try:
@@ -333,6 +361,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
             result.status, result.archive = OK, existing[-1].path
             result.reason = f"unchanged since {existing[-1].name}"
             return
+        if _stopping.is_set():
+            raise TargetError("interrupted; the partial archive was removed")
         archives.place(partial, final)
         result.status, result.archive = CHANGED, final
     finally:
@@ -373,7 +403,7 @@ def _add(
         snapshots.append(copy)
         with _create_private(copy):
             pass  # created empty with mode 0600 before SQLite writes secrets into it
-        sqlite.snapshot(Path(entry.path), copy, target.busy_timeout)
+        sqlite.snapshot(Path(entry.path), copy, target.busy_timeout, should_stop=_stopping.is_set)
         found = sqlite.check(copy, target.sqlite_check)
         if found:
             raise TargetError(
