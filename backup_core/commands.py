@@ -11,7 +11,8 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -19,7 +20,7 @@ import yaml
 from backup_core import manifest as manifest_module
 from backup_core import report, runner
 from backup_core import restore as restore_module
-from backup_core.errors import EXIT_OK, TargetError, UsageError
+from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError
 from backup_core.manifest import Manifest, Target, selection
 
 FORMATS = ("text", "json")
@@ -51,29 +52,71 @@ def run_targets(
 ) -> int:
     """backup, prune or verify the selected targets; return the exit status."""
     output = _format(output)
-    jobs = _jobs(jobs)
     _tolerant_output()
-    loaded = _load(manifest_path)
-    targets = selection.select(loaded.targets, only, tags, skip_tags)
-    # In JSON mode stdout carries the document alone; people's text goes to stderr.
-    try:
-        text = report.TextReporter(
-            sys.stderr if output == "json" else sys.stdout,
-            command,
-            check=check,
-            verbose=verbose,
-            log_file=Path(log_file) if log_file else None,
-        )
-    except OSError as exc:
-        raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
+    with _json_on_error(command, manifest_path, output == "json"):
+        jobs = _jobs(jobs)
+        loaded = _load(manifest_path)
+        targets = selection.select(loaded.targets, only, tags, skip_tags)
+        # In JSON mode stdout carries the document alone; people's text goes to stderr.
+        try:
+            text = report.TextReporter(
+                sys.stderr if output == "json" else sys.stdout,
+                command,
+                check=check,
+                verbose=verbose,
+                log_file=Path(log_file) if log_file else None,
+            )
+        except OSError as exc:
+            raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
     options = runner.Options(check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text)
     _stop_on_terminate()
     text.begin(loaded.file, len(targets))
     outcome = runner.run(command, loaded, targets, options)
+    # Output that failed during the run fails it too (a log that ends early), but never stopped it.
+    outcome.errors.extend(message for message, fails in text.problems if fails)
+    reported = len(text.problems)
     text.end(outcome)
-    if output == "json":
-        report.print_json(outcome, sys.stdout)
+    if output == "json" and not report.print_json(outcome, sys.stdout):
+        text.problems.append(("could not write the JSON document to stdout", True))
+    late = text.problems[reported:]
+    if any(fails for _, fails in late):
+        outcome.errors.extend(message for message, fails in late if fails)
+    _tell(text.problems)
     return outcome.exit_code
+
+
+@contextmanager
+def _json_on_error(command: str, manifest_path: Path | str, wanted: bool) -> Iterator[None]:
+    """With --format json, a run that cannot start still prints a JSON document (then the text)."""
+    try:
+        yield
+    except ManifestError as exc:
+        if wanted:
+            report.print_json(
+                report.error_document(command, str(manifest_path), exc.exit_code, [str(p) for p in exc.problems]),
+                sys.stdout,
+            )
+        raise
+    except UsageError as exc:
+        if wanted:
+            report.print_json(report.error_document(command, str(manifest_path), exc.exit_code, [str(exc)]), sys.stdout)
+        raise
+    except KeyboardInterrupt:
+        if wanted:
+            message = "interrupted before the run started; nothing was done"
+            report.print_json(
+                report.error_document(command, str(manifest_path), EXIT_INTERRUPTED, [message]), sys.stdout
+            )
+        raise
+
+
+def _tell(problems: list[tuple[str, bool]]) -> None:
+    """Say on stderr what output was lost (stdout may hold a JSON document); failing that, the status says it."""
+    try:
+        for message, _ in problems:
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        report.silence(sys.stderr)
 
 
 def _jobs(value: int | str) -> int:
@@ -129,8 +172,9 @@ def list_targets(
 ) -> int:
     """Show the targets a selection would run, with every resolved setting."""
     output = _format(output)
-    loaded = _load(manifest_path)
-    targets = selection.select(loaded.targets, only, tags, skip_tags)
+    with _json_on_error("list", manifest_path, output == "json"):
+        loaded = _load(manifest_path)
+        targets = selection.select(loaded.targets, only, tags, skip_tags)
     if output == "json":
         print(json.dumps([t.settings() for t in targets], indent=2, ensure_ascii=False))
         return EXIT_OK
