@@ -34,6 +34,7 @@ class TargetResult:
     error: str | None = None  # why it failed: a sentence an operator can act on
     warnings: list[str] = field(default_factory=list)
     future: list[str] = field(default_factory=list)  # archives dated after the clock: kept, never the newest
+    incomplete: list[str] = field(default_factory=list)  # members left out of the archive, and why
 
     def fail(self, error: str) -> None:
         self.status, self.error = FAILED, error

@@ -340,7 +340,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                         if _stopping.is_set():
                             raise TargetError("interrupted; the partial archive was removed")
                         observer.file(target, entry.name)
-                        _add(writer, entry, target, destination, when, snapshots, result)
+                        _add(writer, entry, target, destination, when, snapshots, result, in_folder=kind == "folder")
                     # The disk starts on what is written while the last pieces are placed...
                     early = syncing.submit(os.fsync, file.fileno())
                     stats = writer.close()
@@ -357,7 +357,14 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 synced.result()
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
-        if target.skip_unchanged and not options.force and existing and _same_content(partial, existing[-1].path):
+        incomplete = bool(result.incomplete)  # an archive missing a database is never "unchanged"
+        if (
+            target.skip_unchanged
+            and not options.force
+            and not incomplete
+            and existing
+            and _same_content(partial, existing[-1].path)
+        ):
             result.status, result.archive = OK, existing[-1].path
             result.reason = f"unchanged since {existing[-1].name}"
             return
@@ -365,6 +372,14 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
             raise TargetError("interrupted; the partial archive was removed")
         archives.place(partial, final)
         result.status, result.archive = CHANGED, final
+        if incomplete:
+            # The rest of the folder is safe in the archive, but a database is missing from it:
+            # the target fails (exit 1, on_failure hooks, no rotation) and keeps the archive.
+            left_out = "; ".join(result.incomplete)
+            result.fail(
+                f"{final.name} was made without {len(result.incomplete)} database(s), the rest of the folder "
+                f"is in it: {left_out}"
+            )
     finally:
         for path in (partial, *snapshots):
             for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
@@ -391,6 +406,7 @@ def _add(
     when: datetime,
     snapshots: list[Path],
     result: TargetResult,
+    in_folder: bool = False,
 ) -> None:
     if entry.kind == "dir":
         writer.add_directory(entry.name, entry.stat)
@@ -403,13 +419,21 @@ def _add(
         snapshots.append(copy)
         with _create_private(copy):
             pass  # created empty with mode 0600 before SQLite writes secrets into it
-        sqlite.snapshot(Path(entry.path), copy, target.busy_timeout, should_stop=_stopping.is_set)
-        found = sqlite.check(copy, target.sqlite_check)
-        if found:
-            raise TargetError(
-                f"the snapshot of {entry.path} failed PRAGMA {sqlite.CHECK_PRAGMAS[target.sqlite_check]}: "
-                f"{found}; the database itself may be damaged"
-            )
+        try:
+            sqlite.snapshot(Path(entry.path), copy, target.busy_timeout, should_stop=_stopping.is_set)
+            found = sqlite.check(copy, target.sqlite_check)
+            if found:
+                raise TargetError(
+                    f"the snapshot of {entry.path} failed PRAGMA {sqlite.CHECK_PRAGMAS[target.sqlite_check]}: "
+                    f"{found}; the database itself may be damaged"
+                )
+        except TargetError as exc:
+            if not in_folder or _stopping.is_set():
+                raise  # a database target is its database; an interrupt stops everything
+            # One bad database must not sink its folder: leave it out, archive the rest, say so.
+            result.incomplete.append(f"{entry.name}: {exc}")
+            archives.remove(copy)
+            return
         copied = copy.stat()
         # Archive the snapshot under the live database's name, mode and time.
         st = os.stat_result((entry.stat.st_mode, 0, 0, 1, 0, 0, copied.st_size, 0, entry.stat.st_mtime, 0))

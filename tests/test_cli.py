@@ -340,6 +340,7 @@ def test_json_document_has_the_run_and_every_targets_result(runs: Callable[[str]
             "error": None,
             "warnings": [],
             "future": [],
+            "incomplete": [],
         }
     gone = by_name["gone"]
     assert (gone["status"], gone["archive"], gone["error"]) == (

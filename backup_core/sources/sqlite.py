@@ -109,7 +109,7 @@ def _copy(source: Path, destination: Path, options: str, busy_timeout: float) ->
         finally:
             copy.close()
     except sqlite3.Error as exc:
-        raise TargetError(f"snapshot of {source} failed: {exc}") from None
+        raise TargetError(_hot_journal(source) or f"snapshot of {source} failed: {exc}") from None
     finally:
         live.close()
 
@@ -134,7 +134,23 @@ def _begin_read(live: sqlite3.Connection, source: Path, busy_timeout: float, dea
                 ) from None
             if "not a database" in message or "malformed" in message:
                 raise TargetError(f"{source} is not a usable SQLite database: {message}") from None
-            raise TargetError(f"cannot read database {source}: {message}") from None
+            raise TargetError(_hot_journal(source) or f"cannot read database {source}: {message}") from None
+
+
+def _hot_journal(source: Path) -> str | None:
+    """The sentence for a database a crashed writer left with a rollback journal to replay.
+
+    A read-only connection must replay that journal before it reads and cannot: SQLite
+    says "attempt to write a readonly database", which points the operator the wrong way.
+    """
+    journal = Path(f"{source}-journal")
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return None
+    return (
+        f"database {source} has a hot journal ({journal.name}, left by a writer that stopped mid-transaction); "
+        f"open it once with its application or `sqlite3 {source} 'PRAGMA quick_check'` as a user that can "
+        "write to it, which rolls the unfinished transaction back, then back up again"
+    )
 
 
 def check(database: Path, how: str) -> str | None:
@@ -153,5 +169,12 @@ def check(database: Path, how: str) -> str | None:
         return str(exc)
     finally:
         connection.close()
-    found = [str(row[0]) for row in rows]
-    return None if found == ["ok"] else "; ".join(found[:3])
+    # A damaged database can give a hundred rows, some of several lines: the first few say enough.
+    found = [line.strip() for row in rows for line in str(row[0]).splitlines() if line.strip()]
+    if found == ["ok"]:
+        return None
+    more = f" (and {len(found) - _SHOWN} more)" if len(found) > _SHOWN else ""
+    return "; ".join(line[:200] for line in found[:_SHOWN]) + more
+
+
+_SHOWN = 3  # lines of a failed check shown in a message
