@@ -217,6 +217,17 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
         yield False
         return
     try:
+        busy = archives.busy_partials(target.destination, target.name)
+        if busy:
+            # The lock file was deleted under a live run: its partial archive must not be
+            # taken for a stale one, and two runs must not work on one target.
+            result.status = SKIPPED
+            result.reason = (
+                f"another run is writing {busy[0].name}, though the lock file {path.name} was deleted "
+                "under it; never delete lock files while a run works"
+            )
+            yield False
+            return
         yield True
     finally:
         lock.release()
@@ -352,6 +363,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 # pass before it is renamed into place.  Both syncs are checked: after a failed
                 # one, Linux may let the next succeed with the data lost.
                 synced = syncing.submit(os.fsync, file.fileno())
+                _still_there(partial)
                 _read_back(partial, writer)
                 early.result()
                 synced.result()
@@ -370,6 +382,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
             return
         if _stopping.is_set():
             raise TargetError("interrupted; the partial archive was removed")
+        _still_there(partial)
         archives.place(partial, final)
         result.status, result.archive = CHANGED, final
         if incomplete:
@@ -385,6 +398,15 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
             for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
                 if not archives.remove(leftover):
                     result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
+
+
+def _still_there(partial: Path) -> None:
+    """A partial archive deleted under this run is a clear failure, not a puzzling read error."""
+    if not partial.exists():
+        raise TargetError(
+            f"the partial archive {partial.name} was deleted while this run wrote it (by hand, or by another "
+            f"run after the lock file was deleted); run the backup again"
+        )
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:
@@ -447,6 +469,7 @@ def _create_private(path: Path) -> Iterator[BinaryIO]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     descriptor = os.open(path, flags, 0o600)
     with os.fdopen(descriptor, "wb", buffering=1 << 20) as file:
+        archives.claim(descriptor)  # alive while open, whatever becomes of the lock file
         yield file
 
 

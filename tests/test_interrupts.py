@@ -203,3 +203,29 @@ def test_check_mode_keeps_working_after_an_interrupted_run_in_the_same_destinati
     ran = project.invoke("backup", "--format", "json")
     assert ran.code == 0, ran.output
     assert _partials(project.root / "backups", "site") == []
+
+
+# --- a lock file deleted under a live run ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_deleted_lock_file_does_not_let_a_second_run_remove_the_first_runs_partial(project: Project) -> None:
+    _slow_file(project.root / "big" / "data.txt", 48)
+    project.write_manifest("version: 1\ntargets: [{name: big, path: big, compression: {level: 9}}]\n")
+    backups = project.root / "backups"
+    first = _start(project, "--format", "json")
+    _wait_for(lambda: _partials(backups, "big"), first)
+    (partial,) = _partials(backups, "big")
+    (backups / ".big.lock").unlink()  # a tidy-minded person, or a clean-up script
+
+    second = project.invoke("backup", "--format", "json")
+
+    assert second.code == 0, second.output
+    (result,) = second.json()["targets"]
+    assert result["status"] == "skipped" and partial.name in result["reason"] and "lock file" in result["reason"]
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    (made,) = json.loads(stdout)["targets"]
+    assert made["status"] == "changed"
+    assert project.archives() == [Path(made["archive"])]
+    assert _partials(backups, "big") == []

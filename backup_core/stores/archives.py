@@ -20,6 +20,9 @@ from pathlib import Path
 
 from backup_core.stores.retention import FUTURE_TOLERANCE
 
+if sys.platform != "win32":
+    import fcntl
+
 _STAMP = "%Y%m%dT%H%M%S"
 _STAMP_PATTERN = r"(\d{8}T\d{6})\.(\d{6})Z"
 
@@ -104,6 +107,43 @@ def stale_partials(destination: Path, target: str) -> list[Path]:
     """Work left by an interrupted run of this target (only call while holding its lock)."""
     pattern = _partial_pattern(target)
     return [path for path in _children(destination) if pattern.fullmatch(path.name)]
+
+
+def claim(descriptor: int) -> None:
+    """Mark the open partial archive `descriptor` as being written by this process, until closed.
+
+    The target's lock file is the first guard against two runs, but a person can delete it
+    while a run works; the next run would then take the first run's partial for a stale one
+    and delete it.  An flock on the partial itself (POSIX) says "alive" whatever happened to
+    the lock file, and is released by the kernel when the process dies.  Windows needs none:
+    a file open for writing there cannot be deleted.
+    """
+    if sys.platform != "win32":
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def in_use(path: Path) -> bool:
+    """Whether a live run is writing the partial archive `path` (see claim)."""
+    if sys.platform == "win32":
+        return False
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # a file system without flock: the lock file is the only guard
+    finally:
+        os.close(descriptor)  # and with it the shared lock just taken
+    return False
+
+
+def busy_partials(destination: Path, target: str) -> list[Path]:
+    """This target's partial archives that a live run is writing (only its lock file was lost)."""
+    return [path for path in stale_partials(destination, target) if path.name.endswith(".zip.partial") and in_use(path)]
 
 
 def place(partial: Path, final: Path) -> None:
