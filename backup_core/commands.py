@@ -7,17 +7,21 @@ bad manifest or command line and otherwise return the status the results give.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from backup_core import manifest as manifest_module
 from backup_core import report, runner
 from backup_core import restore as restore_module
-from backup_core.errors import EXIT_OK, TargetError, UsageError
+from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError
 from backup_core.manifest import Manifest, Remote, Target, selection
 from backup_core.stores import offsite
 
@@ -53,23 +57,24 @@ def run_targets(
 ) -> int:
     """backup, prune, push or verify the selected targets; return the exit status."""
     output = _format(output)
-    jobs = _jobs(jobs)
     _tolerant_output()
-    loaded = _load(manifest_path)
-    targets = selection.select(loaded.targets, only, tags, skip_tags)
-    _known_remote(loaded, remote)
-    identities = _identities(identity)
-    # In JSON mode stdout carries the document alone; people's text goes to stderr.
-    try:
-        text = report.TextReporter(
-            sys.stderr if output == "json" else sys.stdout,
-            command,
-            check=check,
-            verbose=verbose,
-            log_file=Path(log_file) if log_file else None,
-        )
-    except OSError as exc:
-        raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
+    with _json_on_error(command, manifest_path, output == "json"):
+        jobs = _jobs(jobs)
+        loaded = _load(manifest_path)
+        targets = selection.select(loaded.targets, only, tags, skip_tags)
+        _known_remote(loaded, remote)
+        identities = _identities(identity)
+        # In JSON mode stdout carries the document alone; people's text goes to stderr.
+        try:
+            text = report.TextReporter(
+                sys.stderr if output == "json" else sys.stdout,
+                command,
+                check=check,
+                verbose=verbose,
+                log_file=Path(log_file) if log_file else None,
+            )
+        except OSError as exc:
+            raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
     options = runner.Options(
         check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text,
         remote=remote, download=download, identities=identities,
@@ -77,9 +82,16 @@ def run_targets(
     _stop_on_terminate()
     text.begin(loaded.file, len(targets))
     outcome = runner.run(command, loaded, targets, options)
+    # Output that failed during the run fails it too (a log that ends early), but never stopped it.
+    outcome.errors.extend(message for message, fails in text.problems if fails)
+    reported = len(text.problems)
     text.end(outcome)
-    if output == "json":
-        report.print_json(outcome, sys.stdout)
+    if output == "json" and not report.print_json(outcome, sys.stdout):
+        text.problems.append(("could not write the JSON document to stdout", True))
+    late = text.problems[reported:]
+    if any(fails for _, fails in late):
+        outcome.errors.extend(message for message, fails in late if fails)
+    _tell(text.problems)
     return outcome.exit_code
 
 
@@ -95,6 +107,40 @@ def _identities(identity: str | None) -> list[Any]:
     from backup_core.stores import encryption
 
     return encryption.load_identities(Path(identity))
+
+
+@contextmanager
+def _json_on_error(command: str, manifest_path: Path | str, wanted: bool) -> Iterator[None]:
+    """With --format json, a run that cannot start still prints a JSON document (then the text)."""
+    try:
+        yield
+    except ManifestError as exc:
+        if wanted:
+            report.print_json(
+                report.error_document(command, str(manifest_path), exc.exit_code, [str(p) for p in exc.problems]),
+                sys.stdout,
+            )
+        raise
+    except UsageError as exc:
+        if wanted:
+            report.print_json(report.error_document(command, str(manifest_path), exc.exit_code, [str(exc)]), sys.stdout)
+        raise
+    except KeyboardInterrupt:
+        if wanted:
+            message = "interrupted before the run started; nothing was done"
+            report.print_json(
+                report.error_document(command, str(manifest_path), EXIT_INTERRUPTED, [message]), sys.stdout
+            )
+        raise
+
+
+def _tell(problems: list[tuple[str, bool]]) -> None:
+    """Say on stderr what output was lost (stdout may hold a JSON document); failing that, the status says it."""
+    try:
+        for message, _ in problems:
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        report.silence(sys.stderr)
 
 
 def _jobs(value: int | str) -> int:
@@ -116,13 +162,22 @@ def _tolerant_output() -> None:
 
 
 def _stop_on_terminate() -> None:
-    """cron, CI and systemd stop a job with SIGTERM: clean up exactly as for Ctrl-C."""
+    """cron, CI and systemd stop a job with SIGTERM: clean up exactly as for Ctrl-C.
+
+    The first signal stops the run; later ones (an impatient second Ctrl-C, systemd
+    repeating itself) must not cut short the clean-up and on_failure hooks it started.
+    """
+    received: list[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        runner.stop()  # targets in other threads stop within a piece of data
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def validate(manifest_path: Path | str) -> int:
@@ -141,8 +196,9 @@ def list_targets(
 ) -> int:
     """Show the targets a selection would run, with every resolved setting."""
     output = _format(output)
-    loaded = _load(manifest_path)
-    targets = selection.select(loaded.targets, only, tags, skip_tags)
+    with _json_on_error("list", manifest_path, output == "json"):
+        loaded = _load(manifest_path)
+        targets = selection.select(loaded.targets, only, tags, skip_tags)
     if output == "json":
         print(json.dumps([t.settings() for t in targets], indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -169,7 +225,21 @@ def _plain(value: object) -> str:
         return "[" + ", ".join(_plain(v) for v in value) + "]"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, str):
+        return value if _PLAIN.fullmatch(value) and _reads_back(value) else json.dumps(value, ensure_ascii=False)
     return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+# Text printed without quotes only when YAML reads it back as the same text: `*.tmp` would
+# be an alias, `no` a boolean to YAML 1.1 readers, `a: b` a mapping.
+_PLAIN = re.compile(r"[A-Za-z0-9_/.~$(][A-Za-z0-9_/.~$(){} -]*(?<! )")
+
+
+def _reads_back(text: str) -> bool:
+    try:
+        return bool(yaml.safe_load(f"[{text}]") == [text])
+    except yaml.YAMLError:
+        return False
 
 
 def restore(

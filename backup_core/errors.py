@@ -8,6 +8,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_FAILED = 1  # a target (or an archive, for verify) failed
 EXIT_USAGE = 2  # the manifest or the command line is wrong; nothing was done
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 
 
 @dataclass(frozen=True)

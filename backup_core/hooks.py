@@ -46,6 +46,12 @@ def run_hooks(when: str, hooks: tuple[Hook, ...], variables: Mapping[str, str]) 
                 _kill_group(process)
                 process.communicate()
                 raise HookError(f"{when} hook `{hook.describe()}` timed out after {hook.timeout:g}s") from None
+            except KeyboardInterrupt:
+                # Interrupted while a hook runs: stop it (leaving `with` would wait for it),
+                # so the on_failure hooks that follow run promptly.
+                _kill_group(process)
+                process.communicate()
+                raise
         if process.returncode != 0:
             said = _last_line(stderr) or _last_line(stdout)
             detail = f": {said}" if said else ""

@@ -7,15 +7,18 @@ decides anything.  Colour and progress bars appear only on a terminal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from backup_core.errors import EXIT_INTERRUPTED
 from backup_core.manifest import Target
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
 
@@ -96,11 +99,18 @@ class TextReporter:
     def __init__(
         self, stream: IO[str], command: str, check: bool = False, verbose: bool = False, log_file: Path | None = None
     ) -> None:
-        self.stream, self.command, self.check, self.verbose = stream, command, check, verbose
+        self.stream: IO[str] | None = stream
+        self.command, self.check, self.verbose = command, check, verbose
         self.colour = stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
         self._lock = threading.Lock()  # lines from parallel targets never interleave
         # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
         self._log = log_file.open("a", encoding="utf-8", errors="backslashreplace") if log_file else None
+        self._log_name = log_file
+        # Output that could not be written (a full disk, a closed pipe): the run goes on and
+        # the command reports these at the end, on whatever channel still works.  Each is
+        # (sentence, whether it fails the run): a reader that closed the pipe chose to stop
+        # reading; a log or a redirected output that lost lines did not.
+        self.problems: list[tuple[str, bool]] = []
         moving = command in ("backup", "push") and not check
         self._progress = _Progress(stream) if self.colour and moving else None
         self.wants_totals = self._progress is not None
@@ -159,7 +169,9 @@ class TextReporter:
             cells = "  ".join(self._paint(s, f"{s}={n}") if n else f"{s}={n}" for s, n in counts.items())
             self._say(f"{self._paint(_worst(counts), name.ljust(width))} : {cells}")
         if self._log:
-            self._log.close()
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
 
     def _paint(self, style: str, text: str) -> str:
         code = _ANSI.get(_COLOURS.get(style, style))
@@ -167,19 +179,42 @@ class TextReporter:
 
     def _say(self, line: str) -> None:
         with self._lock:
-            if self._progress:
-                self._progress.print(line)
-            else:
-                print(line, file=self.stream, flush=True)
+            if self.stream is not None:
+                try:
+                    if self._progress:
+                        self._progress.print(line)
+                    else:
+                        print(line, file=self.stream, flush=True)
+                except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
+                    self._lost_stream(exc)
             self._write_log(line)
+
+    def _lost_stream(self, exc: BaseException) -> None:
+        stream, self.stream, self._progress = self.stream, None, None
+        name = "stdout" if stream is sys.stdout else "stderr" if stream is sys.stderr else "the output"
+        if isinstance(exc, BrokenPipeError):
+            self.problems.append((f"{name} was closed by its reader; the run went on without printing", False))
+        else:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self.problems.append((f"could not write to {name} ({reason}); the run went on without printing", True))
+        silence(stream)
 
     def _write_log(self, line: str) -> None:
         if not self._log:
             return
         plain = _ANSI_CODE.sub("", line)
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-        self._log.write(f"{stamp} {plain}\n")
-        self._log.flush()
+        try:
+            self._log.write(f"{stamp} {plain}\n")
+            self._log.flush()
+        except OSError as exc:
+            log, self._log = self._log, None
+            with contextlib.suppress(OSError):
+                log.close()
+            self.problems.append(
+                (f"could not write the log file {self._log_name} ({exc.strerror or exc}); it ends early, "
+                 "the run went on", True)
+            )  # fmt: skip
 
 
 def _worst(counts: dict[str, int]) -> str:
@@ -231,10 +266,45 @@ class _Progress:
         self._bars.stop()
 
 
-def json_document(outcome: RunResult) -> str:
+def json_document(outcome: RunResult | dict[str, Any], ascii_only: bool = False) -> str:
     """The whole run as one JSON document (for --format json)."""
-    return json.dumps(outcome.as_json(), indent=2, ensure_ascii=False)
+    data = outcome if isinstance(outcome, dict) else outcome.as_json()
+    return json.dumps(data, indent=2, ensure_ascii=ascii_only)
 
 
-def print_json(outcome: RunResult, stream: IO[str]) -> None:
-    print(json_document(outcome), file=stream, flush=True)
+def print_json(outcome: RunResult | dict[str, Any], stream: IO[str]) -> bool:
+    """Print the document; False when the stream would not take it (the caller says so elsewhere)."""
+    # A console that is not UTF-8 gets \u escapes: still the same JSON, whatever it can show.
+    encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
+    try:
+        print(json_document(outcome, ascii_only=encoding != "utf8"), file=stream, flush=True)
+    except (OSError, ValueError):
+        silence(stream)
+        return False
+    return True
+
+
+def error_document(command: str, manifest: str, exit_code: int, messages: list[str]) -> dict[str, Any]:
+    """The JSON document of a run that did not start (a usage or manifest error) or stopped early."""
+    return {
+        "command": command,
+        "manifest": manifest,
+        "check": False,
+        "exit_code": exit_code,
+        "interrupted": exit_code == EXIT_INTERRUPTED,
+        "seconds": 0.0,
+        "errors": messages,
+        "recap": {},
+        "targets": [],
+    }
+
+
+def silence(stream: IO[str] | None) -> None:
+    """Put /dev/null in place of a standard stream that can no longer be written.
+
+    Python flushes stdout at exit; a pipe its reader closed would then add a traceback-like
+    "Exception ignored" message and exit status 120 to a run that went well.
+    """
+    for name in ("stdout", "stderr"):
+        if stream is not None and getattr(sys, name) is stream:
+            setattr(sys, name, Path(os.devnull).open("w", encoding="utf-8"))  # noqa: SIM115 - until exit

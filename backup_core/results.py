@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backup_core.errors import EXIT_FAILED, EXIT_OK
+from backup_core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 OK, CHANGED, FAILED, SKIPPED = "ok", "changed", "failed", "skipped"
 STATUSES = (OK, CHANGED, FAILED, SKIPPED)
@@ -29,6 +29,7 @@ class OffsiteResult:
     bytes: int = 0
     seconds: float = 0.0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class TargetResult:
     reason: str = ""  # why ok or skipped, in a few words
     error: str | None = None  # why it failed: a sentence an operator can act on
     warnings: list[str] = field(default_factory=list)
+    future: list[str] = field(default_factory=list)  # archives dated after the clock: kept, never the newest
+    incomplete: list[str] = field(default_factory=list)  # members left out of the archive, and why
     offsite: list[OffsiteResult] = field(default_factory=list)
 
     def fail(self, error: str) -> None:
@@ -73,6 +76,7 @@ class RunResult:
     order: list[str] = field(default_factory=list)  # target names in manifest order, for the recap
     errors: list[str] = field(default_factory=list)  # run-level problems (run hooks)
     seconds: float = 0.0
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM (exit 130)
 
     def recap(self) -> dict[str, dict[str, int]]:
         """Counts by status for each target, in manifest order."""
@@ -87,6 +91,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         return EXIT_FAILED if self.failed else EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
@@ -95,6 +101,7 @@ class RunResult:
             "manifest": str(self.manifest),
             "check": self.check,
             "exit_code": self.exit_code,
+            "interrupted": self.interrupted,
             "seconds": round(self.seconds, 3),
             "errors": self.errors,
             "recap": self.recap(),

@@ -27,7 +27,7 @@ import filelock
 from backup_core import hooks
 from backup_core.errors import BackupError, TargetError
 from backup_core.manifest import Hooks, Manifest, Remote, Target
-from backup_core.results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
+from backup_core.results import CHANGED, FAILED, OK, SKIPPED, OffsiteResult, RunResult, TargetResult
 from backup_core.sources import sqlite
 from backup_core.sources import walk as sources
 from backup_core.stores import archives, offsite, retention
@@ -111,12 +111,20 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
             options.observer.finished(result)
         return results
 
+    _stopping.clear()
     try:
-        hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "running"})
-    except TargetError as exc:
-        outcome.errors.append(f"run not started: {exc}")
-    else:
-        _run_all(targets, options.jobs, one, outcome)
+        try:
+            hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "running"})
+        except TargetError as exc:
+            outcome.errors.append(f"run not started: {exc}")
+        else:
+            _run_all(targets, options.jobs, one, outcome)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: targets at work stopped and removed their partial archives; the
+        # run's on_failure hooks still run (a `before` hook may have stopped a service).
+        _stopping.set()
+        outcome.interrupted = True
+        outcome.errors.append("interrupted; nothing more was archived, placed or rotated")
     hooks.run_closing_hooks(
         run_hooks,
         lambda: {"BACKUP_STATUS": FAILED if outcome.failed else OK, "BACKUP_ERROR": "; ".join(outcome.errors)},
@@ -158,17 +166,33 @@ def _run_all(targets: list[Target], jobs: int, one: Callable[[Target], list[Targ
         # In this thread, so Ctrl-C unwinds through the target's clean-up at once.
         for target in targets:
             outcome.results.extend(one(target))
+            if _stopping.is_set():
+                raise KeyboardInterrupt
         return
     pool = ThreadPoolExecutor(jobs, thread_name_prefix="target")
+    futures = [pool.submit(one, target) for target in targets]
+    collected = 0
     try:
-        for results in pool.map(one, targets):
-            outcome.results.extend(results)
+        for future in futures:
+            outcome.results.extend(future.result())
+            collected += 1
     except BaseException:
-        # Ctrl-C: running targets stop at their next file and remove their partial archive.
+        # Ctrl-C: running targets stop at their next piece of data and remove their partial
+        # archive; what they, and those already done, report is kept, in manifest order.
         _stopping.set()
         pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures[collected:]:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                outcome.results.extend(future.result())
         raise
     pool.shutdown()
+    if _stopping.is_set():
+        raise KeyboardInterrupt
+
+
+def stop() -> None:
+    """Ask every target at work to stop (a signal arrived): they stop within a piece of data."""
+    _stopping.set()
 
 
 def _describe(exc: BaseException, target: Target) -> str:
@@ -204,6 +228,17 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
         yield False
         return
     try:
+        busy = archives.busy_partials(target.destination, target.name)
+        if busy:
+            # The lock file was deleted under a live run: its partial archive must not be
+            # taken for a stale one, and two runs must not work on one target.
+            result.status = SKIPPED
+            result.reason = (
+                f"another run is writing {busy[0].name}, though the lock file {path.name} was deleted "
+                "under it; never delete lock files while a run works"
+            )
+            yield False
+            return
         yield True
     finally:
         lock.release()
@@ -240,10 +275,9 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 _archive(target, kind, options, result)
             except KeyboardInterrupt:
                 # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
-                # on_failure starts again.
+                # on_failure starts again.  The run stops after this target.
+                _stopping.set()
                 result.fail("interrupted; the partial archive was removed")
-                _closing_hooks(target, result, options.observer)
-                raise
             except Exception as exc:  # see _guarded
                 result.fail(_describe(exc, target))
             _closing_hooks(target, result, options.observer)
@@ -257,9 +291,12 @@ def _closing_hooks(target: Target, result: TargetResult, observer: Observer) -> 
     def copy_and_rotate() -> None:
         # After the after hooks: a service they start again need not wait for an upload.
         _copy_offsite(target, result, observer)
-        # Old archives go only once everything the operator asked for has succeeded,
-        # offsite copies included.
+        # Old archives go only once everything the operator asked for has succeeded, offsite
+        # copies included, and never after an interrupt.
         if result.status != CHANGED:
+            return
+        if _stopping.is_set():
+            result.warnings.append("interrupted before old archives were rotated; the next run rotates them")
             return
         try:
             _rotate(target, result)
@@ -275,13 +312,18 @@ def _closing_hooks(target: Target, result: TargetResult, observer: Observer) -> 
     )
 
 
+def _offsite_result(result: TargetResult, copy: OffsiteResult) -> None:
+    result.offsite.append(copy)
+    result.warnings.extend(f"remote {copy.remote}: {warning}" for warning in copy.warnings)
+
+
 def _copy_offsite(target: Target, result: TargetResult, observer: Observer) -> None:
     """Bring every remote of the target up to date; a remote that fails fails the target, archive kept."""
     for remote in target.offsite:
         if _stopping.is_set():  # interrupted in another thread: send nothing more
             break
         progress = functools.partial(observer.uploading, target, remote.name)
-        result.offsite.append(offsite.replicate(target, remote, progress=progress))
+        _offsite_result(result, offsite.replicate(target, remote, progress=progress, now=utc_now()))
     failures = [copy.error for copy in result.offsite if copy.error]
     if failures:
         kept = f"; the local archive {result.archive.name} is kept" if result.archive else ""
@@ -312,7 +354,10 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
     for stale in archives.stale_partials(destination, target.name):
         stale.unlink(missing_ok=True)
     existing = archives.list_archives(destination, target.name)
-    when = archives.next_time(utc_now(), existing)
+    now = utc_now()
+    when = archives.next_time(now, existing)
+    # An archive from the future (a clock that ran ahead) is never "the newest" to compare with.
+    existing = [a for a in existing if a.when <= now + retention.FUTURE_TOLERANCE]
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
     total = (
@@ -329,6 +374,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 on_progress=lambda n: observer.advanced(target, n),
                 path=partial,
                 inflate_check=target.inflate_check,
+                should_stop=_stopping.is_set,
             )
             with ThreadPoolExecutor(1, thread_name_prefix="fsync") as syncing:
                 try:
@@ -336,7 +382,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                         if _stopping.is_set():
                             raise TargetError("interrupted; the partial archive was removed")
                         observer.file(target, entry.name)
-                        _add(writer, entry, target, destination, when, snapshots, result)
+                        _add(writer, entry, target, destination, when, snapshots, result, in_folder=kind == "folder")
                     # The disk starts on what is written while the last pieces are placed...
                     early = syncing.submit(os.fsync, file.fileno())
                     stats = writer.close()
@@ -348,22 +394,50 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 # pass before it is renamed into place.  Both syncs are checked: after a failed
                 # one, Linux may let the next succeed with the data lost.
                 synced = syncing.submit(os.fsync, file.fileno())
+                _still_there(partial)
                 _read_back(partial, writer)
                 early.result()
                 synced.result()
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
-        if target.skip_unchanged and not options.force and existing and _same_content(partial, existing[-1].path):
+        incomplete = bool(result.incomplete)  # an archive missing a database is never "unchanged"
+        if (
+            target.skip_unchanged
+            and not options.force
+            and not incomplete
+            and existing
+            and _same_content(partial, existing[-1].path)
+        ):
             result.status, result.archive = OK, existing[-1].path
             result.reason = f"unchanged since {existing[-1].name}"
             return
+        if _stopping.is_set():
+            raise TargetError("interrupted; the partial archive was removed")
+        _still_there(partial)
         archives.place(partial, final)
         result.status, result.archive = CHANGED, final
+        if incomplete:
+            # The rest of the folder is safe in the archive, but a database is missing from it:
+            # the target fails (exit 1, on_failure hooks, no rotation) and keeps the archive.
+            left_out = "; ".join(result.incomplete)
+            result.fail(
+                f"{final.name} was made without {len(result.incomplete)} database(s), the rest of the folder "
+                f"is in it: {left_out}"
+            )
     finally:
         for path in (partial, *snapshots):
             for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
                 if not archives.remove(leftover):
                     result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
+
+
+def _still_there(partial: Path) -> None:
+    """A partial archive deleted under this run is a clear failure, not a puzzling read error."""
+    if not partial.exists():
+        raise TargetError(
+            f"the partial archive {partial.name} was deleted while this run wrote it (by hand, or by another "
+            f"run after the lock file was deleted); run the backup again"
+        )
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:
@@ -385,6 +459,7 @@ def _add(
     when: datetime,
     snapshots: list[Path],
     result: TargetResult,
+    in_folder: bool = False,
 ) -> None:
     if entry.kind == "dir":
         writer.add_directory(entry.name, entry.stat)
@@ -397,13 +472,21 @@ def _add(
         snapshots.append(copy)
         with _create_private(copy):
             pass  # created empty with mode 0600 before SQLite writes secrets into it
-        sqlite.snapshot(Path(entry.path), copy, target.busy_timeout)
-        found = sqlite.check(copy, target.sqlite_check)
-        if found:
-            raise TargetError(
-                f"the snapshot of {entry.path} failed PRAGMA {sqlite.CHECK_PRAGMAS[target.sqlite_check]}: "
-                f"{found}; the database itself may be damaged"
-            )
+        try:
+            sqlite.snapshot(Path(entry.path), copy, target.busy_timeout, should_stop=_stopping.is_set)
+            found = sqlite.check(copy, target.sqlite_check)
+            if found:
+                raise TargetError(
+                    f"the snapshot of {entry.path} failed PRAGMA {sqlite.CHECK_PRAGMAS[target.sqlite_check]}: "
+                    f"{found}; the database itself may be damaged"
+                )
+        except TargetError as exc:
+            if not in_folder or _stopping.is_set():
+                raise  # a database target is its database; an interrupt stops everything
+            # One bad database must not sink its folder: leave it out, archive the rest, say so.
+            result.incomplete.append(f"{entry.name}: {exc}")
+            archives.remove(copy)
+            return
         copied = copy.stat()
         # Archive the snapshot under the live database's name, mode and time.
         st = os.stat_result((entry.stat.st_mode, 0, 0, 1, 0, 0, copied.st_size, 0, entry.stat.st_mtime, 0))
@@ -417,6 +500,7 @@ def _create_private(path: Path) -> Iterator[BinaryIO]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     descriptor = os.open(path, flags, 0o600)
     with os.fdopen(descriptor, "wb", buffering=1 << 20) as file:
+        archives.claim(descriptor)  # alive while open, whatever becomes of the lock file
         yield file
 
 
@@ -430,7 +514,7 @@ def _same_content(new: Path, old: Path) -> bool:
 def _rotate(target: Target, result: TargetResult) -> None:
     """Delete this target's archives that its policy no longer keeps (never the new one)."""
     existing = archives.list_archives(target.destination, target.name)
-    _, doomed = retention.split(existing, _when, target.keep)
+    doomed = _retention(existing, target, result).deleted
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
             continue
@@ -438,6 +522,21 @@ def _rotate(target: Target, result: TargetResult) -> None:
         result.deleted.append(archive.name)
     if doomed:
         archives.sync_folder(target.destination)
+
+
+def _retention(existing: list[Archive], target: Target, result: TargetResult) -> retention.Plan[Archive]:
+    """The policy applied at the current time; archives from the future and refusals become warnings."""
+    planned = retention.plan(existing, _when, target.keep, utc_now())
+    if planned.future:
+        names = ", ".join(a.name for a in planned.future)
+        result.future = [a.name for a in planned.future]
+        result.warnings.append(
+            f"{len(planned.future)} archive(s) dated in the future ({names}): kept, and not counted as the newest; "
+            "check this machine's clock, then delete them by hand if they are not needed"
+        )
+    if planned.refused:
+        result.warnings.append(planned.refused)
+    return planned
 
 
 def _when(archive: Archive) -> datetime:
@@ -455,15 +554,14 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
             result.directories += 1
     existing = archives.list_archives(target.destination, target.name)
     planned = Archive(archives.next_time(utc_now(), existing), target.destination / _NEW)
-    _, doomed = retention.split([*existing, planned], _when, target.keep)
-    result.deleted = [a.name for a in doomed]
+    result.deleted = [a.name for a in _retention([*existing, planned], target, result).deleted]
     result.status = CHANGED
     result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")
     for remote in target.offsite:
         # The new archive counts as the remote's newest, as it will once uploaded.
         new = Stored(planned.when, _NEW)
-        copy = offsite.replicate(target, remote, check=True, planned=new)
-        result.offsite.append(copy)
+        copy = offsite.replicate(target, remote, check=True, planned=new, now=utc_now())
+        _offsite_result(result, copy)
         if copy.error:
             result.fail(copy.error)
 
@@ -477,7 +575,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
 
     def body() -> None:
         existing = archives.list_archives(target.destination, target.name)
-        _, doomed = retention.split(existing, _when, target.keep)
+        doomed = _retention(existing, target, result).deleted
         if options.check:
             result.deleted = [a.name for a in doomed]
             result.status = CHANGED if doomed else OK
@@ -489,10 +587,11 @@ def prune_target(target: Target, options: Options) -> TargetResult:
                 if not held:
                     return
                 result.status = CHANGED
+                result.warnings.clear()  # the listing is taken again under the lock, and reported again
                 _rotate(target, result)
         for remote in _remotes(target, options.remote):
-            copy = offsite.prune_remote(target, remote, check=options.check)
-            result.offsite.append(copy)
+            copy = offsite.prune_remote(target, remote, check=options.check, now=utc_now())
+            _offsite_result(result, copy)
             if copy.error:
                 result.fail(copy.error)
             elif copy.deleted and result.status == OK:
@@ -523,8 +622,10 @@ def push_target(target: Target, options: Options) -> TargetResult:
                 return
             for remote in remotes:
                 progress = functools.partial(options.observer.uploading, target, remote.name)
-                copy = offsite.replicate(target, remote, check=options.check, prune=False, progress=progress)
-                result.offsite.append(copy)
+                copy = offsite.replicate(
+                    target, remote, check=options.check, prune=False, progress=progress, now=utc_now()
+                )
+                _offsite_result(result, copy)
                 if copy.error:
                     result.fail(copy.error)
                 elif copy.uploaded and result.status == OK:

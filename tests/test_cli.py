@@ -339,6 +339,8 @@ def test_json_document_has_the_run_and_every_targets_result(runs: Callable[[str]
             "reason": "",
             "error": None,
             "warnings": [],
+            "future": [],
+            "incomplete": [],
             "offsite": [],
         }
     gone = by_name["gone"]
@@ -653,6 +655,7 @@ def test_invoke_list_shows_every_task(runs: Callable[[str], Done]) -> None:
     assert set(re.findall(r"^  ([a-z-]+) ", ran.stdout, re.MULTILINE)) == {
         "backup",
         "prune",
+        "push",
         "verify",
         "restore",
         "validate",

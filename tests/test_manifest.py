@@ -671,7 +671,7 @@ def test_invoke_list_shows_resolved_settings_as_text(project: Project) -> None:
         "  type: auto",
         f"  destination: {root / 'vault'}",
         "  keep: {last: 3}",
-        "  exclude: [*.tmp, cache]",
+        '  exclude: ["*.tmp", cache]',  # `*` starts a YAML alias: quoted so the output reads back
         "  tags: [web, nightly]",
         "  compression: {level: 6, inflate_check: true}",
         "  sqlite: {check: integrity, busy_timeout: 30}",

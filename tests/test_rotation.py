@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from backup_core import manifest
 from backup_core.results import CHANGED, FAILED
 from backup_core.runner import Options, backup_target
-from backup_core.stores import archives
+from backup_core.stores import archives, retention
 
 TARGET = "site"
 ARCHIVE_NAME = re.compile(r"site-\d{8}T\d{6}\.\d{6}Z\.zip")
@@ -98,6 +98,7 @@ class Model:
 
     keep_last: int
     made: list[str] = field(default_factory=list)  # names of the archives made, in making order
+    expected: list[str] = field(default_factory=list)  # the target's archives the destination must hold
     foreign: dict[str, bytes] = field(default_factory=dict)
     leftovers: set[str] = field(default_factory=set)  # this target's own stale partial files
     runs: int = 0
@@ -140,14 +141,18 @@ def test_rotation_keeps_the_newest_own_archives_and_touches_nothing_else(
                 assert result.archive is not None
                 new = result.archive.name
                 assert new not in before, "an archive was overwritten"
-                # The newest archive is always the one just made, whatever the clock said.
-                assert all(new > name for name in before), f"{new} sorts before an older archive"
+                # The newest archive is always the one just made, whatever the clock said, but for
+                # archives from the future (beyond the tolerance): those are kept and never counted.
+                horizon = argument + retention.FUTURE_TOLERANCE
+                future = sorted(name for name in before if archives.parse_when(TARGET, name) > horizon)
+                present = sorted(set(before) - set(future))
+                assert all(new > name for name in present), f"{new} sorts before an older archive"
                 model.made.append(new)
+                model.expected = sorted([*present, new][-keep_last:] + future)
                 now = own_archives(destination)
-                assert now[-1] == new
-                assert len(now) == min(len(model.made), keep_last)
-                assert now == model.made[-keep_last:]
+                assert now == model.expected
                 assert sorted(result.deleted) == sorted(before - set(now))
+                assert result.future == future
                 assert content_of(destination / new) == payload
                 assert not any(name in now for name in model.leftovers)
                 for leftover in model.leftovers:
@@ -186,7 +191,7 @@ def test_rotation_keeps_the_newest_own_archives_and_touches_nothing_else(
                     moment = 2_000_000_000 - age * 3600
                     os.utime(path, (moment, moment))
             check_foreign(destination, model)
-            assert own_archives(destination) == model.made[-keep_last:]
+            assert own_archives(destination) == model.expected
 
 
 def _names_and_deleted(ran_json: dict[str, Any]) -> tuple[Path, list[str]]:

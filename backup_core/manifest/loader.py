@@ -12,6 +12,9 @@ import json
 import os
 import re
 import shlex
+import socket
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -27,6 +30,7 @@ from backup_core.manifest.yaml_source import Document, KeyPath
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema" / "backups.schema.json"
 # Settings a target inherits from `defaults:`; the schema lists them under defaults.properties.
+MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KiB; anything this big is the wrong file
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -115,12 +119,7 @@ class Manifest:
 def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
     """Read, validate and resolve a manifest; raise ManifestError listing every problem."""
     file = Path(file).absolute()
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError([Problem(file, 0, 0, "", "manifest not found; pass --manifest PATH")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError([Problem(file, 0, 0, "", f"cannot read the manifest: {_reason(exc)}")]) from None
+    text = _read(file)
     document, problems = yaml_source.load(file, text)
     if document is None:
         raise ManifestError(problems)
@@ -137,11 +136,48 @@ def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
             ".".join(p.where.split(".")[:2]) if p.where.startswith("defaults.") else p.where.split(".")[0]
             for p in problems
         }
-        manifest, more = _resolve(document, os.environ if environ is None else environ, broken)
+        manifest, more = _resolve(document, _with_builtins(os.environ if environ is None else environ), broken)
         problems += more
     if problems or manifest is None:
         raise ManifestError(problems)
     return manifest
+
+
+def _read(file: Path) -> str:
+    """The manifest's text; a FIFO, a device or a huge file is refused before it is read."""
+    try:
+        # Opened without blocking: opening a FIFO with no writer would wait for ever.
+        descriptor = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise ManifestError([Problem(file, 0, 0, "", "manifest not found; pass --manifest PATH")]) from None
+    except OSError as exc:
+        raise ManifestError([Problem(file, 0, 0, "", f"cannot read the manifest: {_reason(exc)}")]) from None
+    with os.fdopen(descriptor, "rb") as stream:
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise ManifestError(
+                    [Problem(file, 0, 0, "", "the manifest is not a regular file (a FIFO, device or folder?)")]
+                )
+            # The size is read, not trusted: a file may grow while it is read.
+            raw = stream.read(MAX_MANIFEST_BYTES + 1)
+            if len(raw) > MAX_MANIFEST_BYTES:
+                limit = f"{MAX_MANIFEST_BYTES // 1024} KiB"
+                raise ManifestError(
+                    [Problem(file, 0, 0, "", f"the manifest is larger than {limit}; is it the right file?")]
+                )
+            return raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError([Problem(file, 0, 0, "", f"cannot read the manifest: {_reason(exc)}")]) from None
+
+
+def _with_builtins(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment, with ${BACKUP_HOST} (this machine's name) and ${HOSTNAME} when it is not exported.
+
+    Interactive shells set HOSTNAME without exporting it, so a manifest that works by hand
+    would fail under cron; both name the host as the operating system knows it.
+    """
+    host = socket.gethostname()
+    return {"BACKUP_HOST": host, "HOSTNAME": host, **environ}
 
 
 def _resolvable(data: Any) -> bool:
@@ -158,8 +194,18 @@ def _reason(exc: BaseException) -> str:
 # --- validation ---------------------------------------------------------------------------------
 
 
+# JSON Schema counts 1.0 as an integer; YAML's `1.0` is a float the operator typed on purpose
+# or by mistake (`version: 1.0`, `jobs: 2.5` rounded), so an integer must be written as one.
+_STRICT_TYPES = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+)
+_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft7Validator, type_checker=_STRICT_TYPES
+)
+
+
 def _schema_problems(document: Document) -> list[Problem]:
-    validator = jsonschema.Draft7Validator(schema())
+    validator = _Validator(schema())
     problems = []
     for error in validator.iter_errors(document.data):
         problems.extend(_explain(document, error))
@@ -230,7 +276,8 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
         if f"targets[{index}]" not in broken:
             targets.append(_resolve_target(document, index, raw, defaults, environ, remotes, problems))
     jobs = data.get("jobs", schema()["properties"]["jobs"]["default"])
-    run_hooks = _hooks(data.get("hooks") or {}, document, ("hooks",), problems)
+    # Run-level hooks with a problem of their own (already reported) are not read further.
+    run_hooks = Hooks() if "hooks" in broken else _hooks(data.get("hooks") or {}, document, ("hooks",), problems)
     return Manifest(document.file, tuple(targets), jobs, run_hooks, remotes), problems
 
 

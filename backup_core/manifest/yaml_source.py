@@ -45,6 +45,19 @@ class _Composer(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, ya
 
 
 _OCTAL_LOOKING = re.compile(r"^0[0-9]+$")
+# An alias is a reference, cheap to parse, but every use of it is a copy once built: nine
+# nested aliases of ten make a billion values ("billion laughs").  A real manifest has a
+# few hundred values and a few levels; these limits are far above that and far below harm.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
+class _TooBig(Exception):
+    """The document would build into more than MAX_VALUES values or MAX_DEPTH levels."""
+
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 class Document:
@@ -88,18 +101,50 @@ def load(file: Path, text: str) -> tuple[Document | None, list[Problem]]:
         return None, [Problem(file, line, column, "", f"YAML syntax error: {reason}")]
     except yaml.YAMLError as exc:
         return None, [Problem(file, 0, 0, "", f"YAML error: {exc}")]
+    except RecursionError:
+        # PyYAML composes nested collections recursively: thousands of `[` exhaust the stack.
+        return None, [Problem(file, 0, 0, "", f"the manifest is nested too deeply (over {MAX_DEPTH} levels)")]
     places: dict[KeyPath, Location] = {}
     problems: list[Problem] = []
-    data = _build(file, node, (), places, problems) if node is not None else None
+    try:
+        data = _Builder(file, places, problems).build(node, ()) if node is not None else None
+    except _TooBig as exc:
+        line, column = exc.node.start_mark.line + 1, exc.node.start_mark.column + 1
+        return None, [Problem(file, line, column, "", str(exc))]
     return Document(file, data, places), problems
 
 
-def _build(file: Path, node: yaml.Node, path: KeyPath, places: dict[KeyPath, Location], problems: list[Problem]) -> Any:
+class _Builder:
+    """Plain data from composed nodes, within MAX_VALUES and MAX_DEPTH, refusing recursive aliases."""
+
+    def __init__(self, file: Path, places: dict[KeyPath, Location], problems: list[Problem]) -> None:
+        self.file, self.places, self.problems = file, places, problems
+        self.values = 0
+        self.open: set[int] = set()  # ids of the collections being built: an alias back to one is a loop
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise _TooBig(node, f"the manifest expands to over {MAX_VALUES:,} values (aliases used as a bomb?)")
+        if len(path) > MAX_DEPTH:
+            raise _TooBig(node, f"the manifest is nested too deeply (over {MAX_DEPTH} levels)")
+        if isinstance(node, yaml.ScalarNode):
+            self.places[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+            return _scalar(self.file, node, path, self.problems)
+        if id(node) in self.open:
+            raise _TooBig(node, "a YAML alias refers to a collection that contains it (a recursive alias)")
+        self.open.add(id(node))
+        try:
+            return _build(self, node, path)
+        finally:
+            self.open.discard(id(node))
+
+
+def _build(builder: _Builder, node: yaml.Node, path: KeyPath) -> Any:
+    file, places, problems = builder.file, builder.places, builder.problems
     places[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.ScalarNode):
-        return _scalar(file, node, path, problems)
     if isinstance(node, yaml.SequenceNode):
-        return [_build(file, item, (*path, i), places, problems) for i, item in enumerate(node.value)]
+        return [builder.build(item, (*path, i)) for i, item in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -117,7 +162,7 @@ def _build(file: Path, node: yaml.Node, path: KeyPath, places: dict[KeyPath, Loc
                 continue
             result[key] = None  # reserve the slot so duplicates are found even if the value fails
             places[key_path] = here
-            result[key] = _build(file, value_node, key_path, places, problems)
+            result[key] = builder.build(value_node, key_path)
             places[key_path] = here  # a key's place is where the key is written
         return result
     raise AssertionError(f"unexpected YAML node {node!r}")

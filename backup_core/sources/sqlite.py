@@ -10,7 +10,9 @@ connection commits and, under a steady writer, never finishes.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,8 +21,36 @@ from backup_core.errors import TargetError
 CHECK_PRAGMAS = {"integrity": "integrity_check", "quick": "quick_check"}
 
 
-def snapshot(source: Path, destination: Path, busy_timeout: float) -> None:
-    """Copy the live database `source` into the new file `destination`, consistently."""
+def snapshot(
+    source: Path, destination: Path, busy_timeout: float, should_stop: Callable[[], bool] = lambda: False
+) -> None:
+    """Copy the live database `source` into the new file `destination`, consistently.
+
+    The copy is one call into SQLite that neither signals nor `interrupt()` can cut short,
+    so it runs in a thread of its own: when `should_stop` turns true (or Ctrl-C arrives)
+    the caller stops waiting at once and abandons the copy, whose file it removes; the
+    thread's read transaction ends with the copy, or with the process.
+    """
+    outcome: list[BaseException | None] = []
+
+    def work() -> None:
+        try:
+            _snapshot(source, destination, busy_timeout)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name="sqlite-snapshot", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.05)
+        if worker.is_alive() and should_stop():
+            raise TargetError(f"interrupted while snapshotting {source}; the partial snapshot was removed")
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
+
+
+def _snapshot(source: Path, destination: Path, busy_timeout: float) -> None:
     if not source.is_file():
         # mode=ro never creates a file, but say plainly what is wrong.
         raise TargetError(f"database not found: {source}; check the path in the manifest")
@@ -66,7 +96,9 @@ def _copy(source: Path, destination: Path, options: str, busy_timeout: float) ->
         raise TargetError(f"cannot open database {source}: {exc}") from None
     try:
         _begin_read(live, source, busy_timeout, deadline)
-        copy = sqlite3.connect(destination, isolation_level=None)
+        # mode=rw: the caller created the file; if it was removed meanwhile (an interrupted run
+        # abandoned this copy), SQLite must not create it again behind the clean-up's back.
+        copy = sqlite3.connect(f"{file_uri(destination)}?mode=rw", uri=True, isolation_level=None)
         # The copy is a private temporary file, made durable later as part of the archive:
         # neither a rollback journal nor an fsync of its own buys anything.
         copy.execute("PRAGMA journal_mode=OFF")
@@ -77,7 +109,7 @@ def _copy(source: Path, destination: Path, options: str, busy_timeout: float) ->
         finally:
             copy.close()
     except sqlite3.Error as exc:
-        raise TargetError(f"snapshot of {source} failed: {exc}") from None
+        raise TargetError(_hot_journal(source) or f"snapshot of {source} failed: {exc}") from None
     finally:
         live.close()
 
@@ -102,7 +134,23 @@ def _begin_read(live: sqlite3.Connection, source: Path, busy_timeout: float, dea
                 ) from None
             if "not a database" in message or "malformed" in message:
                 raise TargetError(f"{source} is not a usable SQLite database: {message}") from None
-            raise TargetError(f"cannot read database {source}: {message}") from None
+            raise TargetError(_hot_journal(source) or f"cannot read database {source}: {message}") from None
+
+
+def _hot_journal(source: Path) -> str | None:
+    """The sentence for a database a crashed writer left with a rollback journal to replay.
+
+    A read-only connection must replay that journal before it reads and cannot: SQLite
+    says "attempt to write a readonly database", which points the operator the wrong way.
+    """
+    journal = Path(f"{source}-journal")
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return None
+    return (
+        f"database {source} has a hot journal ({journal.name}, left by a writer that stopped mid-transaction); "
+        f"open it once with its application or `sqlite3 {source} 'PRAGMA quick_check'` as a user that can "
+        "write to it, which rolls the unfinished transaction back, then back up again"
+    )
 
 
 def check(database: Path, how: str) -> str | None:
@@ -121,5 +169,12 @@ def check(database: Path, how: str) -> str | None:
         return str(exc)
     finally:
         connection.close()
-    found = [str(row[0]) for row in rows]
-    return None if found == ["ok"] else "; ".join(found[:3])
+    # A damaged database can give a hundred rows, some of several lines: the first few say enough.
+    found = [line.strip() for row in rows for line in str(row[0]).splitlines() if line.strip()]
+    if found == ["ok"]:
+        return None
+    more = f" (and {len(found) - _SHOWN} more)" if len(found) > _SHOWN else ""
+    return "; ".join(line[:200] for line in found[:_SHOWN]) + more
+
+
+_SHOWN = 3  # lines of a failed check shown in a message

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from backup_core.stores.retention import FUTURE_TOLERANCE
+
+if sys.platform != "win32":
+    import fcntl
+
 _STAMP = "%Y%m%dT%H%M%S"
 _STAMP_PATTERN = r"(\d{8}T\d{6})\.(\d{6})Z"
 
@@ -79,15 +84,18 @@ def _children(folder: Path) -> list[Path]:
         return []
 
 
-def next_time(now: datetime, existing: list[Archive]) -> datetime:
+def next_time(now: datetime, existing: list[Archive], tolerance: timedelta = FUTURE_TOLERANCE) -> datetime:
     """`now`, or just after the newest archive when the clock has not moved past it.
 
-    Two runs in one microsecond, or a clock set back, must neither overwrite an
-    archive nor produce a name that sorts before one already made (rotation would
-    then delete the newest backup first).
+    Two runs in one microsecond, or a clock a little behind another machine's, must
+    neither overwrite an archive nor produce a name that sorts before one just made.
+    Archives dated beyond `tolerance` after `now` were made by a clock that ran ahead:
+    they are ignored here, so a new archive is named by this clock and cannot be pushed
+    towards the year 9999 (nor past it, into an OverflowError).
     """
-    if existing and existing[-1].when >= now:
-        return existing[-1].when + timedelta(microseconds=1)
+    present = [archive.when for archive in existing if archive.when <= now + tolerance]
+    if present and max(present) >= now:
+        return max(present) + timedelta(microseconds=1)
     return now
 
 
@@ -99,6 +107,43 @@ def stale_partials(destination: Path, target: str) -> list[Path]:
     """Work left by an interrupted run of this target (only call while holding its lock)."""
     pattern = _partial_pattern(target)
     return [path for path in _children(destination) if pattern.fullmatch(path.name)]
+
+
+def claim(descriptor: int) -> None:
+    """Mark the open partial archive `descriptor` as being written by this process, until closed.
+
+    The target's lock file is the first guard against two runs, but a person can delete it
+    while a run works; the next run would then take the first run's partial for a stale one
+    and delete it.  An flock on the partial itself (POSIX) says "alive" whatever happened to
+    the lock file, and is released by the kernel when the process dies.  Windows needs none:
+    a file open for writing there cannot be deleted.
+    """
+    if sys.platform != "win32":
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def in_use(path: Path) -> bool:
+    """Whether a live run is writing the partial archive `path` (see claim)."""
+    if sys.platform == "win32":
+        return False
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # a file system without flock: the lock file is the only guard
+    finally:
+        os.close(descriptor)  # and with it the shared lock just taken
+    return False
+
+
+def busy_partials(destination: Path, target: str) -> list[Path]:
+    """This target's partial archives that a live run is writing (only its lock file was lost)."""
+    return [path for path in stale_partials(destination, target) if path.name.endswith(".zip.partial") and in_use(path)]
 
 
 def place(partial: Path, final: Path) -> None:

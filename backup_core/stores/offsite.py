@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ def replicate(
     prune: bool = True,
     progress: Callable[[int], Progress] | None = None,
     planned: Stored | None = None,
+    now: datetime | None = None,
 ) -> OffsiteResult:
     """Upload what `remote` lacks of the target's local archives, then (with `prune`) apply its keep.
 
@@ -68,6 +69,7 @@ def replicate(
     store = store_for(remote)
     result = OffsiteResult(remote.name, store.describe())
     started = time.monotonic()
+    now = now or datetime.now(timezone.utc)
     local = LocalStore(target.destination)
     try:
         held = store.list(target.name)
@@ -79,7 +81,9 @@ def replicate(
         # cannot be compared without its key; its name carries the proof of its upload.)
         confirm = [ours[-1]] if ours and ours[-1].name in have and not remote.encrypted else []
         policy = remote.keep or target.keep
-        kept, doomed = retention.split([*held, *missing], _when, policy)
+        planned_here = retention.plan([*held, *missing], _when, policy, now)
+        _note(result, planned_here)
+        kept, doomed = planned_here.kept, planned_here.deleted
         wanted = set(kept)
         uploads = [a for a in reversed(missing) if a in wanted]  # newest first
         doomed = [a for a in doomed if a in held] if prune else []
@@ -110,14 +114,17 @@ def replicate(
     return result
 
 
-def prune_remote(target: Target, remote: Remote, check: bool = False) -> OffsiteResult:
+def prune_remote(target: Target, remote: Remote, check: bool = False, now: datetime | None = None) -> OffsiteResult:
     """Apply the remote's keep to what it holds of the target, uploading nothing."""
     store = store_for(remote)
     result = OffsiteResult(remote.name, store.describe())
     started = time.monotonic()
+    now = now or datetime.now(timezone.utc)
     try:
         held = store.list(target.name)
-        _, doomed = retention.split(held, _when, remote.keep or target.keep)
+        planned_here = retention.plan(held, _when, remote.keep or target.keep, now)
+        _note(result, planned_here)
+        doomed = planned_here.deleted
         if check:
             result.deleted = [a.name for a in doomed]
         else:
@@ -129,6 +136,15 @@ def prune_remote(target: Target, remote: Remote, check: bool = False) -> Offsite
     finally:
         result.seconds = time.monotonic() - started
     return result
+
+
+def _note(result: OffsiteResult, planned: retention.Plan[Stored]) -> None:
+    """Copies dated in the future and a refused deletion become the remote's warnings."""
+    if planned.future:
+        names = ", ".join(s.name for s in planned.future)
+        result.warnings.append(f"copies dated in the future ({names}): kept, and not counted as the newest")
+    if planned.refused:
+        result.warnings.append(planned.refused)
 
 
 @contextmanager

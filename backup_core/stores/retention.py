@@ -10,14 +10,19 @@ The rules follow `restic forget`, which `borg prune` closely resembles:
   archive's name; weeks are ISO weeks);
 * `within: 14d` keeps every archive made within that long before the newest;
 * the newest archive is always kept, so a policy can never delete the last backup.
+
+`plan` adds what a clock that jumps needs: archives dated in the future are reported,
+kept and never counted as the newest, and a run that would delete every archive but the
+newest although the policy asks for more is refused.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 A = TypeVar("A")
 
@@ -68,3 +73,76 @@ def split(items: list[A], when: Callable[[A], datetime], policy: dict[str, Any])
     """(kept, deleted), each in the order given."""
     kept = keep(items, when, policy)
     return [a for i, a in enumerate(items) if i in kept], [a for i, a in enumerate(items) if i not in kept]
+
+
+# --- clocks that jump ------------------------------------------------------------------------------
+
+# An archive dated later than the current clock by more than this was made by a clock that was
+# ahead (or this clock is behind).  A little slack lets machines a few minutes apart share a store.
+FUTURE_TOLERANCE = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Plan(Generic[A]):
+    """What a retention run does with a listing: each list in the order given."""
+
+    kept: list[A]
+    deleted: list[A]
+    future: list[A]  # dated after now (beyond the tolerance): reported, kept, never counted as newest
+    refused: str | None = None  # why the policy's deletions were not made (then `deleted` is empty)
+
+
+def plan(
+    items: list[A],
+    when: Callable[[A], datetime],
+    policy: dict[str, Any],
+    now: datetime,
+    tolerance: timedelta = FUTURE_TOLERANCE,
+) -> Plan[A]:
+    """Apply `policy` to archives `items` as seen at `now` (works on any store's listing).
+
+    Archives dated in the future are set aside: a clock that ran ahead once must not make
+    every later archive look old.  And when the policy would delete every archive older than
+    the newest although it means to keep more than one (a `within` after a jump of the
+    clock), nothing is deleted and `refused` says why.
+    """
+    horizon = now + tolerance
+    future = [item for item in items if when(item) > horizon]
+    present = [item for item in items if when(item) <= horizon]
+    kept, deleted = split(present, when, policy)
+    refused = None
+    if deleted and len(kept) == 1 and _means_history(present, when, policy):
+        newest = max(present, key=when)
+        older = max((item for item in present if item is not newest), key=when)
+        gap = when(newest) - when(older)
+        refused = (
+            f"kept all {len(deleted)} older archive(s): the policy would delete every archive but the newest, "
+            f"which is {_days(gap)} after the one before it (a clock set ahead?); if that gap is real, "
+            f"the next run deletes them"
+        )
+        kept, deleted = present, []
+    staying = {id(item) for item in (*future, *kept)}
+    return Plan(
+        kept=[item for item in items if id(item) in staying],
+        deleted=deleted,
+        future=future,
+        refused=refused,
+    )
+
+
+def _means_history(items: list[A], when: Callable[[A], datetime], policy: dict[str, Any]) -> bool:
+    """Whether `policy` asks for more than the newest archive of `items`.
+
+    `last: 1` (or `daily: 1`) legitimately keeps one archive, and `daily: 7` keeps one of a
+    day's several archives; `within` and a count of two periods that have archives do not.
+    """
+    if policy.get("last", 0) >= 2 or "within" in policy:
+        return True
+    for rule, period_of in PERIODS.items():
+        if policy.get(rule, 0) >= 2 and len({period_of(when(item)) for item in items}) >= 2:
+            return True
+    return False
+
+
+def _days(gap: timedelta) -> str:
+    return f"{gap.days} days" if gap.days >= 2 else f"{gap.total_seconds() / 3600:.1f} hours"

@@ -102,6 +102,7 @@ class ZipWriter:
         on_progress: Callable[[int], None] | None = None,
         path: Path | None = None,
         inflate_check: bool = True,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         """`path`, the file's own path, lets worker processes write into it (see workers.py);
         `inflate_check` proves every deflated piece inflates back to its source before it is written."""
@@ -123,6 +124,7 @@ class ZipWriter:
         self._spans: list[list[int]] = []
         self._directory_start = -1
         self._on_progress = on_progress or (lambda n: None)
+        self._should_stop = should_stop  # checked between jobs, so a large file stops within a piece
         self.stats = ArchiveStats()
 
     # --- adding members ------------------------------------------------------------------------
@@ -210,6 +212,8 @@ class ZipWriter:
 
     def _drain(self, keep: int) -> None:
         while len(self._pending) > keep:
+            if self._should_stop():
+                raise TargetError("interrupted; the partial archive was removed")
             job, write = self._pending.popleft()
             if job is None:
                 write(None, None, None)

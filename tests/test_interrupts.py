@@ -1,0 +1,231 @@
+"""Interrupted runs clean up after themselves, hooks included.
+
+Real signals go to a real `invoke backup`.  The shipped manifest's pattern, "before: stop the
+app / after: start it", left the app down when the run was stopped; with --jobs 2 a target
+packing a big file carried on for seconds after SIGTERM, placed its archive and rotated an
+old one.  Now the run's on_failure hooks run, every target stops within a piece of data,
+and nothing is placed or rotated after the signal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from conftest import INVOKE, REPO, Project, fake_archive
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+OLD = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def _slow_file(path: Path, mib: int) -> None:
+    """Data that deflates at zlib's level 9 slowly (base64 of random bytes): seconds of packing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        for _ in range(mib):
+            out.write(base64.b64encode(os.urandom(786_432)))  # 1 MiB of text
+
+
+def _start(project: Project, *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), *flags],
+        cwd=REPO,
+        env={**os.environ, "NO_COLOR": "1", "STATE": str(project.root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(condition: object, process: subprocess.Popen[str], limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():  # type: ignore[operator]
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never reached the point to interrupt"
+        time.sleep(0.02)
+
+
+def _partials(folder: Path, target: str) -> list[Path]:
+    return sorted(folder.glob(f".{target}-*.partial")) if folder.exists() else []
+
+
+# Hooks run in the working folder of `invoke`: they write where $STATE points, in the project.
+RUN_HOOKS = """
+hooks:
+  before: [["sh", "-c", "echo stopped > $STATE/app.state"]]
+  after: [["sh", "-c", "echo started by after > $STATE/app.state"]]
+  on_failure: [["sh", "-c", "echo started by on_failure: $BACKUP_STATUS > $STATE/app.state"]]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+def test_jobs_2_stop_at_once_place_nothing_rotate_nothing_and_run_on_failure(project: Project, sent: int) -> None:
+    project.file("small/a.txt", "small\n")
+    _slow_file(project.root / "big" / "data.txt", 160)
+    backups = project.root / "backups"
+    old_big = fake_archive(backups, "big", OLD)
+    old_small = fake_archive(backups, "small", OLD)
+    project.write_manifest(
+        f"""
+        version: 1
+        {RUN_HOOKS.strip().replace(chr(10), chr(10) + "        ")}
+        targets:
+          - {{name: small, path: small, keep: {{last: 1}}}}
+          - {{name: big, path: big, keep: {{last: 1}}, compression: {{level: 9}}}}
+        """
+    )
+    (project.root / "app.state").write_text("running\n")
+    process = _start(project, "--jobs", "2", "--format", "json")
+    _wait_for(lambda: _partials(backups, "big"), process)
+    time.sleep(0.5)  # well into the big file
+    signalled = time.monotonic()
+    process.send_signal(sent)
+    stdout, stderr = process.communicate(timeout=120)
+    stopped_after = time.monotonic() - signalled
+
+    assert process.returncode == 130, stderr
+    document = json.loads(stdout)
+    assert document["exit_code"] == 130 and document["interrupted"] is True
+    assert any("interrupted" in e for e in document["errors"])
+    big = next(t for t in document["targets"] if t["name"] == "big")
+    assert big["status"] == "failed" and "interrupted" in big["error"]
+    # The app the run's before hook stopped was started again.
+    assert (project.root / "app.state").read_text() == "started by on_failure: failed\n"
+    # Nothing of the big target was placed, rotated or left half-written.
+    assert old_big.exists() and project.archives(target="big") == [old_big]
+    assert _partials(backups, "big") == [] and _partials(backups, "small") == []
+    if project.archives(target="small") != [old_small]:
+        # small finished before the signal: then its rotation was done before it, too.
+        assert not old_small.exists()
+    # Stopping takes a piece of data and the clean-up, not the rest of a 160 MiB file at level 9
+    # (tens of seconds on this kind of machine): a generous bound, never a benchmark.
+    assert stopped_after < 10, stopped_after
+
+
+@pytest.mark.slow
+def test_jobs_1_interrupted_runs_the_run_level_on_failure_hooks(project: Project) -> None:
+    _slow_file(project.root / "big" / "data.txt", 96)
+    project.file("later/a.txt")
+    backups = project.root / "backups"
+    project.write_manifest(
+        f"""
+        version: 1
+        {RUN_HOOKS.strip().replace(chr(10), chr(10) + "        ")}
+        targets:
+          - {{name: big, path: big, compression: {{level: 9}},
+              hooks: {{on_failure: [["sh", "-c", "echo $BACKUP_ERROR > $STATE/target.state"]]}}}}
+          - {{name: later, path: later}}
+        """
+    )
+    process = _start(project, "--format", "json")
+    _wait_for(lambda: _partials(backups, "big"), process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    assert (project.root / "app.state").read_text() == "started by on_failure: failed\n"
+    assert "interrupted" in (project.root / "target.state").read_text()
+    document = json.loads(stdout)
+    assert [t["name"] for t in document["targets"]] == ["big"]  # `later` never started
+    assert document["recap"]["later"] == {"ok": 0, "changed": 0, "failed": 0, "skipped": 0}
+    assert project.archives() == [] and _partials(backups, "big") == []
+    assert "Traceback" not in stderr
+
+
+def test_a_signal_during_a_before_hook_stops_the_hook_and_runs_on_failure(project: Project) -> None:
+    project.file("site/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        hooks:
+          before: [["sh", "-c", "echo stopped > $STATE/app.state; exec sleep 300"]]
+          on_failure: [["sh", "-c", "echo started > $STATE/app.state"]]
+        targets: [{name: site, path: site}]
+        """
+    )
+    process = _start(project)
+    state = project.root / "app.state"
+    _wait_for(lambda: state.exists() and state.read_text() == "stopped\n", process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)  # not 300 s: the sleeping hook is stopped
+    assert process.returncode == 130, stderr
+    assert state.read_text() == "started\n"
+    assert "ERROR: interrupted" in stdout and project.archives() == []
+
+
+@pytest.mark.slow
+def test_a_database_snapshot_in_progress_is_abandoned(project: Project) -> None:
+    database = project.root / "data" / "app.db"
+    database.parent.mkdir()
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE t (x BLOB)")
+        block = os.urandom(4000)
+        for _ in range(12):
+            connection.executemany("INSERT INTO t VALUES (?)", ((block,) for _ in range(10_000)))
+        connection.commit()
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - {name: db, path: data/app.db, hooks: {on_failure: [["sh", "-c", "echo $BACKUP_ERROR > $STATE/db.state"]]}}
+        """
+    )
+    backups = project.root / "backups"
+    process = _start(project, "--format", "json")
+    # The snapshot file appears (empty, private) just before SQLite starts filling it.
+    _wait_for(lambda: any(p.name.endswith(".sqlite0.partial") for p in _partials(backups, "db")), process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in (project.root / "db.state").read_text()
+    assert project.archives() == [] and _partials(backups, "db") == []
+    assert json.loads(stdout)["interrupted"] is True
+
+
+def test_check_mode_keeps_working_after_an_interrupted_run_in_the_same_destination(project: Project) -> None:
+    # An interrupt leaves nothing that stops the next run: locks are released, partials removed.
+    project.file("site/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site, keep: {last: 1}}]\n")
+    fake_archive(project.root / "backups", "site", OLD)
+    (project.root / "backups" / f".site-{OLD + timedelta(days=1):%Y%m%dT%H%M%S}.000000Z.zip.partial").write_bytes(b"x")
+    ran = project.invoke("backup", "--format", "json")
+    assert ran.code == 0, ran.output
+    assert _partials(project.root / "backups", "site") == []
+
+
+# --- a lock file deleted under a live run ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_deleted_lock_file_does_not_let_a_second_run_remove_the_first_runs_partial(project: Project) -> None:
+    _slow_file(project.root / "big" / "data.txt", 48)
+    project.write_manifest("version: 1\ntargets: [{name: big, path: big, compression: {level: 9}}]\n")
+    backups = project.root / "backups"
+    first = _start(project, "--format", "json")
+    _wait_for(lambda: _partials(backups, "big"), first)
+    (partial,) = _partials(backups, "big")
+    (backups / ".big.lock").unlink()  # a tidy-minded person, or a clean-up script
+
+    second = project.invoke("backup", "--format", "json")
+
+    assert second.code == 0, second.output
+    (result,) = second.json()["targets"]
+    assert result["status"] == "skipped" and partial.name in result["reason"] and "lock file" in result["reason"]
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    (made,) = json.loads(stdout)["targets"]
+    assert made["status"] == "changed"
+    assert project.archives() == [Path(made["archive"])]
+    assert _partials(backups, "big") == []

@@ -1,0 +1,158 @@
+"""One bad database does not sink its folder.
+
+A damaged database, or one a crashed writer left with a hot journal, inside a folder
+target once failed the whole folder (and the hot journal read "attempt to write a
+readonly database").  Now that member is left out with a sentence that says what to do,
+the rest of the folder is archived and kept, and the target is `failed` (exit 1, its
+on_failure hooks run, nothing is rotated) with the archive and the members left out named
+in the result.  A target that is a single database still fails without an archive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Project, fake_archive, integrity
+
+OLD = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+_CRASHING_WRITER = """
+import os, signal, sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA cache_size=2")  # pages spill to the file mid-transaction
+connection.execute("BEGIN")
+connection.execute("UPDATE t SET x = randomblob(600)")
+os.kill(os.getpid(), signal.SIGKILL)  # the writer dies: its journal is now hot
+"""
+
+
+def _database(path: Path, rows: int = 2000) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE t (x BLOB)")
+        connection.executemany("INSERT INTO t VALUES (?)", ((os.urandom(500),) for _ in range(rows)))
+        connection.commit()
+
+
+def _hot_journal(path: Path) -> None:
+    _database(path)
+    done = subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path)], check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert Path(f"{path}-journal").stat().st_size > 0
+
+
+def _damaged(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+        connection.execute("CREATE INDEX i ON t (b)")
+        connection.executemany("INSERT INTO t (b) VALUES (?)", ((f"value {i:06d}",) for i in range(20_000)))
+        connection.commit()
+    size = path.stat().st_size
+    with path.open("r+b") as file:  # zero a stretch of every page in the last third: the index
+        for offset in range(size * 2 // 3, size, 4096):
+            file.seek(offset + 100)
+            file.write(b"\0" * 50)
+
+
+def _folder_manifest(project: Project) -> None:
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - name: app
+            path: app
+            keep: {last: 1}
+            hooks: {on_failure: [["sh", "-c", "echo $BACKUP_STATUS > $STATE/failed.state"]]}
+        """
+    )
+
+
+def _run(project: Project) -> tuple[int, dict[str, Any], str]:
+    ran = project.invoke("backup", "--format", "json", env={"STATE": str(project.root)})
+    assert "Traceback" not in ran.output
+    (result,) = ran.json()["targets"]
+    return ran.code, result, ran.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_hot_journal_in_a_folder_leaves_out_that_database_and_says_what_to_do(project: Project) -> None:
+    _hot_journal(project.root / "app" / "broken.db")
+    _database(project.root / "app" / "good.db")
+    project.file("app/notes.txt", "kept\n")
+    _folder_manifest(project)
+    old = fake_archive(project.root / "backups", "app", OLD)
+
+    code, result, stderr = _run(project)
+
+    assert code == 1 and result["status"] == "failed"
+    assert result["databases"] == 1
+    (left_out,) = result["incomplete"]
+    assert left_out.startswith("broken.db: ") and "hot journal" in left_out and "readonly" not in left_out
+    assert "PRAGMA quick_check" in left_out  # what to do about it
+    archive = Path(result["archive"])
+    assert archive.name in result["error"] and "without 1 database(s)" in result["error"]
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == ["good.db", "notes.txt"]
+        assert opened.read("notes.txt") == b"kept\n"
+    assert old.exists(), "a target that failed must not rotate"
+    assert (project.root / "failed.state").read_text() == "failed\n"
+    assert "hot journal" in stderr
+    assert not list((project.root / "backups").glob(".*partial"))
+
+
+def test_a_damaged_database_in_a_folder_is_left_out_with_the_first_lines_of_the_check(project: Project) -> None:
+    _damaged(project.root / "app" / "damaged.db")
+    project.file("app/notes.txt", "kept\n")
+    _folder_manifest(project)
+
+    code, result, _ = _run(project)
+
+    assert code == 1 and result["status"] == "failed"
+    (left_out,) = result["incomplete"]
+    assert left_out.startswith("damaged.db: the snapshot of") and "PRAGMA integrity_check" in left_out
+    # Hundreds of lines from integrity_check, cut to the first few.
+    assert 1 <= left_out.count("On tree page") <= 3 and re.search(r"\(and \d+ more\)", left_out), left_out
+    assert "\n" not in left_out
+    assert len(result["error"]) < 1000
+    with zipfile.ZipFile(result["archive"]) as opened:
+        assert opened.namelist() == ["notes.txt"]
+
+
+def test_a_database_whose_schema_page_is_garbage_fails_its_member_not_the_folder(project: Project) -> None:
+    fake = project.root / "app" / "fake.db"
+    _database(fake, rows=10)
+    with fake.open("r+b") as file:  # the header stays; the schema's page is overwritten
+        file.seek(100)
+        file.write(b"\xff" * 3000)
+    _database(project.root / "app" / "good.db")
+    _folder_manifest(project)
+    code, result, _ = _run(project)
+    assert code == 1 and result["databases"] == 1
+    assert result["incomplete"][0].startswith("fake.db: ")
+    with zipfile.ZipFile(result["archive"]) as opened:
+        assert opened.namelist() == ["good.db"]
+        restored = project.root / "restored.db"
+        restored.write_bytes(opened.read("good.db"))
+    assert integrity(restored) == ["ok"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_single_database_target_with_a_hot_journal_still_fails_without_an_archive(project: Project) -> None:
+    _hot_journal(project.root / "app.db")
+    project.write_manifest("version: 1\ntargets: [{name: db, path: app.db}]\n")
+    code, result, _ = _run(project)
+    assert code == 1 and result["status"] == "failed" and result["archive"] is None
+    assert "hot journal" in result["error"] and result["incomplete"] == []
+    assert project.archives() == []
