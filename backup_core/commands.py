@@ -178,7 +178,7 @@ def restore(
         print(f"  [WARNING] [{target.name}] {warning}")
     print(
         f"restored: [{target.name}] => {chosen.name} -> {done.folder} "
-        f"({done.files} files, {done.directories} folders, {done.links} links, "
-        f"{done.databases} databases passed integrity_check)"
+        f"({report.count(done.files, 'file')}, {report.count(done.directories, 'folder')}, "
+        f"{report.count(done.links, 'link')}, {report.count(done.databases, 'database')} passed integrity_check)"
     )
     return EXIT_OK

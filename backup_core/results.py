@@ -33,6 +33,9 @@ class TargetResult:
     reason: str = ""  # why ok or skipped, in a few words
     error: str | None = None  # why it failed: a sentence an operator can act on
     warnings: list[str] = field(default_factory=list)
+    # Files that kept changing while they were read: what the archive holds of them may be torn.
+    changed: list[str] = field(default_factory=list)
+    links: int = 0
 
     def fail(self, error: str) -> None:
         self.status, self.error = FAILED, error

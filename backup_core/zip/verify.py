@@ -8,9 +8,11 @@ extracted to a private folder and put through an integrity check.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import zipfile
@@ -23,6 +25,7 @@ from typing import BinaryIO, NamedTuple, TypeVar
 
 from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
+from backup_core.zip import names
 from backup_core.zip.compression import crc32, decompressor
 
 _BLOCK = 1 << 20
@@ -35,6 +38,9 @@ class Verdict:
 
     archive: Path
     members: int = 0
+    files: int = 0  # regular files and databases
+    directories: int = 0
+    links: int = 0
     databases: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
@@ -78,6 +84,7 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
     except OSError as exc:
         verdict.problems.append(f"cannot read: {exc.strerror or exc}")
         return verdict
+    _check_names(archive, verdict)
     scratch = Path(tempfile.mkdtemp(prefix="verify-")) if sqlite_check != "none" else None
     try:
         # Inflating is CPU work that releases the GIL: read contiguous slices on every core.
@@ -93,6 +100,37 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
         verdict.bytes += part.bytes
         verdict.problems += part.problems
     return verdict
+
+
+def _check_names(archive: Path, verdict: Verdict) -> None:
+    """Count files, folders and links, and report every member restore would refuse, for the
+    reason it would give (the same checks, from zip/names.py)."""
+    with zipfile.ZipFile(archive) as directory:
+        infos = directory.infolist()
+        links = {info.filename.rstrip("/") for info in infos if stat.S_ISLNK(info.external_attr >> 16)}
+        for info in infos:
+            mode = info.external_attr >> 16
+            name = names.disk_name(info)
+            refused = names.refusal(name)
+            if info.is_dir():
+                verdict.directories += 1
+            elif stat.S_ISLNK(mode):
+                verdict.links += 1
+                if not refused and info.file_size <= 4096:
+                    with contextlib.suppress(zipfile.BadZipFile, OSError, EOFError):  # the data check says why
+                        refused = names.link_refusal(name, os.fsdecode(directory.read(info)))
+            else:
+                verdict.files += 1
+            parent = next((p for p in _parents(info.filename) if p in links), None)
+            if not refused and parent:
+                refused = f"it lies under the link {parent!r}"
+            if refused:
+                verdict.problems.append(f"{info.filename}: restore would refuse it: {refused}")
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.rstrip("/").split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _slices(items: list[_Item], count: int, size: Callable[[_Item], int]) -> list[list[_Item]]:
