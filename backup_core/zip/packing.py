@@ -44,6 +44,12 @@ def identity(st: os.stat_result) -> Identity:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
+def steady(seen: Identity, now: Identity) -> bool:
+    """Whether a file is still the one `seen` describes.  A walk on Windows gives no inode or
+    device (os.scandir leaves them 0): then size and times must do."""
+    return seen == now or (seen[3:] == (0, 0) and seen[:3] == now[:3])
+
+
 def owner_extra(st: os.stat_result) -> bytes:
     """Info-ZIP's Unix extra field (0x7875): owner and group, which `unzip -X` as root restores."""
     if os.name == "nt" or not 0 <= st.st_uid <= 0xFFFFFFFF or not 0 <= st.st_gid <= 0xFFFFFFFF:
@@ -130,7 +136,7 @@ def pack_piece(
             if check:
                 _prove_decodes(deflated, source, path, whole=False)
             data = deflated
-    changed = expected is not None and (after != expected or len(source) < length)
+    changed = expected is not None and (not steady(expected, after) or len(source) < length)
     return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data), changed), data
 
 
@@ -246,7 +252,7 @@ def _read_small_steady(path: str, expected: int, mtime: float, seen: Identity | 
         source, before, after = _read_small(path, expected, fresh=attempt > 0)
         if seen is None:
             return source, mtime, False
-        if (before or seen) == identity(after) and len(source) == after.st_size:
+        if steady(before or seen, identity(after)) and len(source) == after.st_size:
             return source, after.st_mtime if attempt else mtime, False
         expected = after.st_size
     return source, after.st_mtime, True
