@@ -510,7 +510,7 @@ def verify_target(target: Target, options: Options) -> list[TargetResult]:
         started = time.monotonic()
         verdict = verify_archive(archive.path, sqlite_check=how)
         result = TargetResult(target.name, OK, archive.path, files=verdict.files, databases=verdict.databases)
-        result.directories, result.links = verdict.directories, verdict.links
+        result.directories, result.links, result.warnings = verdict.directories, verdict.links, verdict.warnings
         result.bytes_in, result.seconds = verdict.bytes, time.monotonic() - started
         if not verdict.ok:
             result.fail("; ".join(verdict.problems[:3]) + (" ..." if len(verdict.problems) > 3 else ""))

@@ -44,6 +44,7 @@ class Verdict:
     databases: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # members archived while they changed
 
     @property
     def ok(self) -> bool:
@@ -126,6 +127,8 @@ def _check_names(archive: Path, verdict: Verdict) -> None:
                 refused = f"it lies under the link {parent!r}"
             if refused:
                 verdict.problems.append(f"{info.filename}: restore would refuse it: {refused}")
+            if info.comment.startswith(b"changed while read"):
+                verdict.warnings.append(f"{info.filename} kept changing while it was archived: it may mix versions")
 
 
 def _parents(name: str) -> list[str]:

@@ -46,6 +46,9 @@ _ZIP64_LOCAL_FROM = ZIP64_LIMIT - (64 << 20)
 _UTF8_FLAG = 0x800
 _MADE_BY = (3 << 8) | 63  # Unix, zip specification 6.3
 _DOS_DIRECTORY = 0x10
+# The file comment of a member whose file kept changing while it was read: the archive itself
+# says so, and `invoke verify` reports it, long after the run's output is gone.
+CHANGED_COMMENT = b"changed while read: may mix versions of the file"
 
 _CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")
 _END = struct.Struct("<4sHHHHLLH")
@@ -69,6 +72,7 @@ class Member:
     zip64_local: bool = False
     utf8: bool = False  # the name is non-ASCII UTF-8 (the zip flag that says so)
     owner: bytes = b""  # the Unix extra field with owner and group
+    comment: bytes = b""
 
 
 @dataclass
@@ -251,6 +255,7 @@ class ZipWriter:
             member.method, member.crc, member.size, member.compressed, header, member.mtime, changed = fact
             if changed:
                 self.stats.changed.append(member.name)
+                member.comment = CHANGED_COMMENT
             member.offset = self._offset + length
             length += header + member.compressed
             self._record(member)
@@ -290,6 +295,7 @@ class ZipWriter:
             self._read_again(large)
         if large.changed:
             self.stats.changed.append(member.name)
+            member.comment = CHANGED_COMMENT
         if member.method == DEFLATED:
             self._write(FINAL_BLOCK)
             member.compressed += len(FINAL_BLOCK)
@@ -421,6 +427,6 @@ def _central_header(member: Member) -> bytes:
     # internal attributes, external attributes (Unix mode) and the local header's offset
     header = _CENTRAL.pack(
         b"PK\x01\x02", _MADE_BY, version, _UTF8_FLAG if member.utf8 else 0, member.method, dostime, dosdate,
-        member.crc, compressed, size, len(member.encoded), len(extra), 0, 0, 0, external, offset,
+        member.crc, compressed, size, len(member.encoded), len(extra), len(member.comment), 0, 0, external, offset,
     )  # fmt: skip
-    return header + member.encoded + extra
+    return header + member.encoded + extra + member.comment
