@@ -62,9 +62,12 @@ class Record(NamedTuple):
     CRC: int  # ZipInfo's spelling
 
 
-def read_directory(archive: Path) -> list[Record]:
-    """Every member of `archive` in file order, as Python's zipfile reads the central directory."""
+def read_directory(archive: Path, verdict: Verdict | None = None) -> list[Record]:
+    """Every member of `archive` in file order, as Python's zipfile reads the central directory;
+    with `verdict`, its members counted and their names judged as restore judges them."""
     with zipfile.ZipFile(archive) as directory:
+        if verdict is not None:
+            _check_names(directory, verdict)
         return sorted(
             (
                 Record(i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC)
@@ -78,14 +81,13 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
     """Check every member's data; with sqlite_check, also every SQLite member's integrity."""
     verdict = Verdict(archive)
     try:
-        infos = read_directory(archive)
+        infos = read_directory(archive, verdict)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
         verdict.problems.append(f"not a readable zip archive (truncated or damaged?): {exc}")
         return verdict
     except OSError as exc:
         verdict.problems.append(f"cannot read: {exc.strerror or exc}")
         return verdict
-    _check_names(archive, verdict)
     scratch = Path(tempfile.mkdtemp(prefix="verify-")) if sqlite_check != "none" else None
     try:
         # Inflating is CPU work that releases the GIL: read contiguous slices on every core.
@@ -103,32 +105,32 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
     return verdict
 
 
-def _check_names(archive: Path, verdict: Verdict) -> None:
+def _check_names(directory: zipfile.ZipFile, verdict: Verdict) -> None:
     """Count files, folders and links, and report every member restore would refuse, for the
     reason it would give (the same checks, from zip/names.py)."""
-    with zipfile.ZipFile(archive) as directory:
-        infos = directory.infolist()
-        links = {info.filename.rstrip("/") for info in infos if stat.S_ISLNK(info.external_attr >> 16)}
-        for info in infos:
-            mode = info.external_attr >> 16
-            name = names.disk_name(info)
-            refused = names.refusal(name)
-            if info.is_dir():
-                verdict.directories += 1
-            elif stat.S_ISLNK(mode):
-                verdict.links += 1
-                if not refused and info.file_size <= 4096:
-                    with contextlib.suppress(zipfile.BadZipFile, OSError, EOFError):  # the data check says why
-                        refused = names.link_refusal(name, os.fsdecode(directory.read(info)))
-            else:
-                verdict.files += 1
-            parent = next((p for p in _parents(info.filename) if p in links), None)
-            if not refused and parent:
-                refused = f"it lies under the link {parent!r}"
-            if refused:
-                verdict.problems.append(f"{info.filename}: restore would refuse it: {refused}")
-            if info.comment.startswith(b"changed while read"):
-                verdict.warnings.append(f"{info.filename} kept changing while it was archived: it may mix versions")
+    infos = directory.infolist()
+    links = {info.filename.rstrip("/") for info in infos if stat.S_ISLNK(info.external_attr >> 16)}
+    for info in infos:
+        mode = info.external_attr >> 16
+        name = names.disk_name(info)
+        refused = names.refusal(name)
+        if info.is_dir():
+            verdict.directories += 1
+        elif stat.S_ISLNK(mode):
+            verdict.links += 1
+            if not refused and info.file_size <= 4096:
+                # A link whose data cannot be read: the data check says why.
+                with contextlib.suppress(zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError):
+                    refused = names.link_refusal(name, os.fsdecode(directory.read(info)))
+        else:
+            verdict.files += 1
+        parent = next((p for p in _parents(info.filename) if p in links), None) if links else None
+        if not refused and parent:
+            refused = f"it lies under the link {parent!r}"
+        if refused:
+            verdict.problems.append(f"{info.filename}: restore would refuse it: {refused}")
+        if info.comment.startswith(b"changed while read"):
+            verdict.warnings.append(f"{info.filename} kept changing while it was archived: it may mix versions")
 
 
 def _parents(name: str) -> list[str]:
