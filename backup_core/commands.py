@@ -307,7 +307,7 @@ def _restored(target: Target, archive: str, done: restore_module.Restored) -> in
         print(f"  [WARNING] [{target.name}] {warning}")
     print(
         f"restored: [{target.name}] => {archive} -> {done.folder} "
-        f"({done.files} files, {done.directories} folders, {done.links} links, "
-        f"{done.databases} databases passed integrity_check)"
+        f"({report.count(done.files, 'file')}, {report.count(done.directories, 'folder')}, "
+        f"{report.count(done.links, 'link')}, {report.count(done.databases, 'database')} passed integrity_check)"
     )
     return EXIT_OK

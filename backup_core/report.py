@@ -72,8 +72,8 @@ def _describe_local(result: TargetResult, command: str, check: bool) -> str:
         if result.reason:  # a remote copy checked against its record, not read through
             return f"{name} ({result.reason}, {human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
         return (
-            f"{name} ({count(result.files, 'member')}, {count(result.databases, 'database')} checked, "
-            f"{human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
+            f"{name} ({count(result.files, 'file')}, {count(result.directories, 'folder')}, "
+            f"{count(result.databases, 'database')} checked, {human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
         )
     deleted = ", ".join(result.deleted) if result.deleted else "nothing"
     if check and command == "backup":
@@ -87,9 +87,13 @@ def _describe_local(result: TargetResult, command: str, check: bool) -> str:
         return result.reason
     name = result.archive.name if result.archive else ""
     databases = f", {count(result.databases, 'database')}" if result.databases else ""
+    changed = ""
+    if result.changed:
+        more = f" and {len(result.changed) - 1} more" if len(result.changed) > 1 else ""
+        changed = f"; changed while read: {result.changed[0]}{more}, so nothing rotated"
     return (
         f"{name} ({count(result.files, 'file')}{databases}, {human_bytes(result.bytes_in)} -> "
-        f"{human_bytes(result.bytes_out)}, {result.seconds:.2f}s, {len(result.deleted)} rotated)"
+        f"{human_bytes(result.bytes_out)}, {result.seconds:.2f}s, {len(result.deleted)} rotated{changed})"
     )
 
 

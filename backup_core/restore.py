@@ -1,17 +1,22 @@
-"""Put an archive's contents back on disk, safely.
+"""Put an archive's contents back on disk, safely and as it was.
 
 Every member is checked before anything is written: names that would land
 outside the folder (`../`, absolute paths, drive letters, links pointing out)
 are refused, and existing files are left alone unless forced.  Each file is
-written under a temporary name and renamed into place, so a reader never sees a
-half-restored file; a restored database must pass its integrity check first.
+written under a short temporary name and renamed into place, so a reader never
+sees a half-restored file; a restored database must pass its integrity check
+first.  Names come back byte for byte (see zip/names.py); modes, times and, as
+root, owners come back for files, links and folders (folders last, deepest
+first, so a read-only folder is filled before it is closed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
-import re
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,8 +27,8 @@ from backup_core.manifest import Target
 from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.stores import archives
+from backup_core.zip import names
 
-_DRIVE = re.compile(r"^[A-Za-z]:")
 _BLOCK = 1 << 20
 
 
@@ -59,7 +64,9 @@ def choose_archive(target: Target, name: str | None) -> Path:
 def restore(archive: Path, folder: Path, member: str | None = None, force: bool = False) -> Restored:
     """Extract `archive` (or one member or subfolder of it) into `folder`."""
     done = Restored(archive, folder)
-    root = folder.resolve()
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UsageError(f"--to {folder} is a file, not a folder; give a folder to restore into (created if missing)")
+    root = Path(os.path.realpath(folder))
     try:
         directory = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -73,11 +80,23 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
             if clashes:
                 more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
                 raise UsageError(f"{clashes[0]}{more} already exist(s); pass --force to overwrite")
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise UsageError(
+                f"--to {folder}: {exc.filename or folder} is a file, not a folder; give a folder to restore into"
+            ) from None
+        folders: list[tuple[zipfile.ZipInfo, Path]] = []
         # Links last, as tar does: no file is ever written through a link this restore made.
         for info, path in sorted(plan, key=lambda item: _is_link(item[0])):
             _extract(directory, info, path, root, done)
+            if info.is_dir():
+                folders.append((info, path))
         _refuse_links_leading_out(root, [path for info, path in plan if _is_link(info)])
+        # Folders' modes, owners and times last, deepest first: a 0500 folder must be filled
+        # before it is closed, and writing into a folder moves its time.
+        for info, path in sorted(folders, key=lambda item: -len(item[1].parts)):
+            _set_attributes(info, path, done)
     return done
 
 
@@ -97,7 +116,7 @@ def _refuse_paths_through_links(infos: list[zipfile.ZipInfo]) -> None:
 def _refuse_links_leading_out(root: Path, links: list[Path]) -> None:
     # A link can be made to lead out by another link made after it (a -> b/../x, then b -> .),
     # so every link is judged once all of them exist; any leading out is removed.
-    escaping = [link for link in links if link.is_symlink() and not _inside(root, link.resolve())]
+    escaping = [link for link in links if link.is_symlink() and not _inside(root, Path(os.path.realpath(link)))]
     for link in escaping:
         link.unlink()
     if escaping:
@@ -115,21 +134,15 @@ def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> 
 
 
 def _destination(root: Path, info: zipfile.ZipInfo) -> Path:
-    name = info.filename
-    parts = PurePosixPath(name).parts
-    if (
-        name.startswith(("/", "\\"))
-        or "\\" in name
-        or _DRIVE.match(name)
-        or ".." in parts
-        or any(":" in part for part in parts)
-        or not parts
-    ):
-        raise TargetError(f"refusing unsafe member name {name!r}: it would land outside {root}")
-    path = root.joinpath(*parts)
+    name = names.disk_name(info)
+    refused = names.refusal(name)
+    if refused:
+        raise TargetError(f"refusing member {info.filename!r}: {refused} ({root})")
+    path = root.joinpath(*[part for part in name.split("/") if part not in ("", ".")])
     # Resolve links already on disk (including ones this restore made) so none leads out.
-    if not _inside(root, path.parent.resolve()):
-        raise TargetError(f"refusing member {name!r}: a link on its way leads outside {root}")
+    # realpath, not resolve(): a link loop, legal in the source, must not stop the restore.
+    if not _inside(root, Path(os.path.realpath(path.parent))):
+        raise TargetError(f"refusing member {info.filename!r}: a link on its way leads outside {root}")
     return path
 
 
@@ -139,20 +152,15 @@ def _inside(root: Path, path: Path) -> bool:
 
 def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root: Path, done: Restored) -> None:
     mode = info.external_attr >> 16
-    mtime = datetime(*info.date_time).timestamp()
     if info.is_dir():
         path.mkdir(parents=True, exist_ok=True)
         done.directories += 1
-        return
+        return  # its mode, owner and time once everything inside it is written
     path.parent.mkdir(parents=True, exist_ok=True)
     if stat.S_ISLNK(mode):
-        link = directory.read(info).decode("utf-8", "surrogateescape")
-        if (
-            Path(link).is_absolute()
-            or link.startswith(("/", "\\"))
-            or _DRIVE.match(link)
-            or not _inside(root, (path.parent / link).resolve())
-        ):
+        link = os.fsdecode(directory.read(info))
+        refused = names.link_refusal(names.disk_name(info), link)
+        if refused or not _inside(root, Path(os.path.realpath(path.parent / link))):
             raise TargetError(f"refusing link {info.filename!r} -> {link!r}: it points outside {root}")
         if os.path.lexists(path):
             path.unlink()
@@ -161,8 +169,13 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             done.links += 1
         except OSError as exc:  # Windows without the privilege to make links
             done.warnings.append(f"could not make link {info.filename} -> {link}: {exc.strerror or exc}")
+            return
+        _set_attributes(info, path, done)
         return
-    partial = path.with_name(f".{path.name}.restore-partial")
+    # A short temporary name in the same folder: the member's own name may already be as long
+    # as the file system allows (255 bytes), and a leftover from a killed restore is reused.
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    partial = path.with_name(f".{digest}.restore-partial")
     # A leftover temporary name could be a link planted to make us write elsewhere: remove
     # it, then create the file anew, refusing to follow anything found there.
     partial.unlink(missing_ok=True)
@@ -184,9 +197,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             for suffix in ("-wal", "-shm", "-journal"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             done.databases += 1
-        if stat.S_IMODE(mode):
-            partial.chmod(stat.S_IMODE(mode))
-        os.utime(partial, (mtime, _member_mtime(info, mtime)))
+        _set_attributes(info, partial, done)
         if path.is_dir() and not path.is_symlink():
             raise TargetError(f"cannot restore file {info.filename}: a folder of that name exists in {root}")
         partial.replace(path)
@@ -199,12 +210,54 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             Path(f"{partial}{suffix}").unlink(missing_ok=True)
 
 
-def _member_mtime(info: zipfile.ZipInfo, fallback: float) -> float:
-    """The exact UTC time from the extended-timestamp field, else the DOS (local, 2 s) time."""
-    extra = info.extra
+def _set_attributes(info: zipfile.ZipInfo, path: Path, done: Restored) -> None:
+    """Owner (as root), mode and times as recorded; on a link, the link's own where possible."""
+    mode = info.external_attr >> 16
+    link = stat.S_ISLNK(mode)
+    owner = _owner(info)
+    if owner is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Before chmod: changing the owner clears the setuid and setgid bits.
+        try:
+            os.chown(path, *owner, follow_symlinks=False)
+        except OSError as exc:
+            done.warnings.append(f"could not give {info.filename} its owner {owner[0]}:{owner[1]}: {exc.strerror}")
+    if stat.S_IMODE(mode) and not link:
+        path.chmod(stat.S_IMODE(mode))
+    mtime = _member_mtime(info)
+    if mtime is not None and (not link or os.utime in os.supports_follow_symlinks):
+        with contextlib.suppress(OSError):  # a time the file system cannot hold is no reason to fail
+            os.utime(path, (mtime, mtime), follow_symlinks=not link)
+
+
+def _owner(info: zipfile.ZipInfo) -> tuple[int, int] | None:
+    """(uid, gid) from Info-ZIP's Unix extra field (0x7875), as the writer records them."""
+    for kind, data in _extra_fields(info.extra):
+        if kind == 0x7875 and len(data) >= 3 and data[0] == 1:
+            uid_size = data[1]
+            if len(data) >= 3 + uid_size and len(data) >= 3 + uid_size + data[2 + uid_size]:
+                gid_size = data[2 + uid_size]
+                uid = int.from_bytes(data[2 : 2 + uid_size], "little")
+                gid = int.from_bytes(data[3 + uid_size : 3 + uid_size + gid_size], "little")
+                return uid, gid
+    return None
+
+
+def _extra_fields(extra: bytes) -> list[tuple[int, bytes]]:
+    fields = []
     while len(extra) >= 4:
-        kind, size = int.from_bytes(extra[:2], "little"), int.from_bytes(extra[2:4], "little")
-        if kind == 0x5455 and size >= 5 and extra[4] & 1:
-            return int.from_bytes(extra[5:9], "little", signed=True)
+        kind, size = struct.unpack("<HH", extra[:4])
+        fields.append((kind, extra[4 : 4 + size]))
         extra = extra[4 + size :]
-    return fallback
+    return fields
+
+
+def _member_mtime(info: zipfile.ZipInfo) -> float | None:
+    """The exact UTC time from the extended-timestamp field, else the DOS (local, 2 s) time, else
+    None: a DOS date of 0 (month 0, day 0), which some writers leave, is no time at all."""
+    for kind, data in _extra_fields(info.extra):
+        if kind == 0x5455 and len(data) >= 5 and data[0] & 1:
+            return int.from_bytes(data[1:5], "little", signed=True)
+    try:
+        return datetime(*info.date_time).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None

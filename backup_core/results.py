@@ -52,6 +52,9 @@ class TargetResult:
     future: list[str] = field(default_factory=list)  # archives dated after the clock: kept, never the newest
     incomplete: list[str] = field(default_factory=list)  # members left out of the archive, and why
     offsite: list[OffsiteResult] = field(default_factory=list)
+    # Files that kept changing while they were read: what the archive holds of them may be torn.
+    changed: list[str] = field(default_factory=list)
+    links: int = 0
 
     def fail(self, error: str) -> None:
         self.status, self.error = FAILED, error

@@ -35,6 +35,7 @@ from backup_core.stores.archives import Archive
 from backup_core.stores.base import Stored
 from backup_core.zip import fingerprint
 from backup_core.zip.compression import compressor_factory
+from backup_core.zip.packing import READ_ATTEMPTS
 from backup_core.zip.verify import first_difference, verify_archive
 from backup_core.zip.writer import ZipWriter
 
@@ -207,6 +208,9 @@ def _describe(exc: BaseException, target: Target) -> str:
             return f"permission denied on {where}; fix its permissions or run as a user that can use it"
         if exc.errno == errno.EROFS:
             return f"{where} is on a read-only file system; choose another destination"
+        if exc.filename and isinstance(exc, (FileExistsError, NotADirectoryError)):
+            # mkdir of the destination (or of a folder on its way) found a file there.
+            return f"{where} is a file where a folder is needed; remove it or choose another destination"
         return f"{exc.strerror or exc} ({where})"
     return f"unexpected error: {type(exc).__name__}: {exc}"
 
@@ -289,11 +293,13 @@ def _closing_hooks(target: Target, result: TargetResult, observer: Observer) -> 
     """after (on success), then offsite copies and rotation, then on_failure if anything failed on the way."""
 
     def copy_and_rotate() -> None:
-        # After the after hooks: a service they start again need not wait for an upload.
-        _copy_offsite(target, result, observer)
+        # After the after hooks: a service they start again need not wait for an upload.  An
+        # archive holding a file that changed while it was read may be torn: it goes offsite
+        # (it is the newest there is) but deletes nothing, here or there.
+        _copy_offsite(target, result, observer, prune=not result.changed)
         # Old archives go only once everything the operator asked for has succeeded, offsite
         # copies included, and never after an interrupt.
-        if result.status != CHANGED:
+        if result.status != CHANGED or result.changed:
             return
         if _stopping.is_set():
             result.warnings.append("interrupted before old archives were rotated; the next run rotates them")
@@ -317,13 +323,13 @@ def _offsite_result(result: TargetResult, copy: OffsiteResult) -> None:
     result.warnings.extend(f"remote {copy.remote}: {warning}" for warning in copy.warnings)
 
 
-def _copy_offsite(target: Target, result: TargetResult, observer: Observer) -> None:
+def _copy_offsite(target: Target, result: TargetResult, observer: Observer, prune: bool = True) -> None:
     """Bring every remote of the target up to date; a remote that fails fails the target, archive kept."""
     for remote in target.offsite:
         if _stopping.is_set():  # interrupted in another thread: send nothing more
             break
         progress = functools.partial(observer.uploading, target, remote.name)
-        _offsite_result(result, offsite.replicate(target, remote, progress=progress, now=utc_now()))
+        _offsite_result(result, offsite.replicate(target, remote, prune=prune, progress=progress, now=utc_now()))
     failures = [copy.error for copy in result.offsite if copy.error]
     if failures:
         kept = f"; the local archive {result.archive.name} is kept" if result.archive else ""
@@ -400,6 +406,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 synced.result()
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
+        _changed_while_read(target, kind, stats.changed, result)
         incomplete = bool(result.incomplete)  # an archive missing a database is never "unchanged"
         if (
             target.skip_unchanged
@@ -438,6 +445,28 @@ def _still_there(partial: Path) -> None:
             f"the partial archive {partial.name} was deleted while this run wrote it (by hand, or by another "
             f"run after the lock file was deleted); run the backup again"
         )
+
+
+def _changed_while_read(target: Target, kind: str, changed: list[str], result: TargetResult) -> None:
+    """Files that kept changing while they were read: fail the target (its archive is then
+    discarded) or keep the archive with a warning, as `changed_files` and `critical` say."""
+    if not changed:
+        return
+    result.changed = [str(target.path / name) if kind == "folder" else str(target.path) for name in changed]
+    fatal = target.changed_files == "fail" or (target.changed_files == "auto" and kind != "folder")
+    critical = [p for p, n in zip(result.changed, changed, strict=True) if sources.matches(n, target.critical)]
+    first = (critical or result.changed)[0]
+    more = f" and {len(result.changed) - 1} more" if len(result.changed) > 1 else ""
+    if fatal or critical:
+        raise TargetError(
+            f"{first}{more} kept changing while it was read ({READ_ATTEMPTS} reads); the archive was discarded "
+            f"and no old archive deleted; back it up while nothing writes to it (a before hook can pause the "
+            f"writer) or set changed_files: warn"
+        )
+    result.warnings.append(
+        f"{first}{more} kept changing while it was read ({READ_ATTEMPTS} reads): the archive may hold a mixture "
+        f"of its versions, so no old archive was rotated"
+    )
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:
@@ -488,9 +517,10 @@ def _add(
             archives.remove(copy)
             return
         copied = copy.stat()
-        # Archive the snapshot under the live database's name, mode and time.
-        st = os.stat_result((entry.stat.st_mode, 0, 0, 1, 0, 0, copied.st_size, 0, entry.stat.st_mtime, 0))
-        writer.add_file(entry.name, copy, st)
+        # Archive the snapshot under the live database's name, mode, owner and time.
+        live = entry.stat
+        st = os.stat_result((live.st_mode, 0, 0, 1, live.st_uid, live.st_gid, copied.st_size, 0, live.st_mtime, 0))
+        writer.add_file(entry.name, copy, st, watch=False)  # a private copy: nothing writes to it
         result.databases += 1
 
 
@@ -658,7 +688,8 @@ def verify_target(target: Target, options: Options) -> list[TargetResult]:
     for archive in existing[-1:] if options.latest else existing:
         started = time.monotonic()
         verdict = verify_archive(archive.path, sqlite_check=how)
-        result = TargetResult(target.name, OK, archive.path, files=verdict.members, databases=verdict.databases)
+        result = TargetResult(target.name, OK, archive.path, files=verdict.files, databases=verdict.databases)
+        result.directories, result.links, result.warnings = verdict.directories, verdict.links, verdict.warnings
         result.bytes_in, result.seconds = verdict.bytes, time.monotonic() - started
         if not verdict.ok:
             result.fail("; ".join(verdict.problems[:3]) + (" ..." if len(verdict.problems) > 3 else ""))

@@ -342,6 +342,8 @@ def test_json_document_has_the_run_and_every_targets_result(runs: Callable[[str]
             "future": [],
             "incomplete": [],
             "offsite": [],
+            "changed": [],
+            "links": 0,
         }
     gone = by_name["gone"]
     assert (gone["status"], gone["archive"], gone["error"]) == (

@@ -77,6 +77,8 @@ def test_version_1_loads_with_every_setting_resolved(project: Project) -> None:
         "sqlite": {"check": "integrity", "busy_timeout": 30},
         "skip_unchanged": False,
         "lock_timeout": 0,
+        "changed_files": "auto",
+        "critical": [],
         "hooks": {"before": [], "after": [], "on_failure": []},
     }
 
@@ -141,6 +143,8 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
         "sqlite": {"check": "quick", "busy_timeout": 4},
         "skip_unchanged": True,
         "lock_timeout": 9,
+        "changed_files": "auto",
+        "critical": [],
         "hooks": {"before": ["echo hi"], "after": [], "on_failure": []},
     }
     assert resolved["overrides"] == {
@@ -155,6 +159,8 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
         "sqlite": {"check": "none", "busy_timeout": 1},
         "skip_unchanged": False,
         "lock_timeout": 2,
+        "changed_files": "auto",
+        "critical": [],
         "hooks": {"before": [], "after": ["echo bye"], "on_failure": []},
     }
 
@@ -259,8 +265,9 @@ def test_unknown_keys_are_rejected_with_a_did_you_mean(project: Project) -> None
         "backups.yml:4:3: defaults.kepp: unknown key 'kepp'; did you mean 'keep'?",
         "backups.yml:8:5: targets[0].kepp: unknown key 'kepp'; did you mean 'keep'?",
         "backups.yml:9:12: targets[0].keep.lats: unknown key 'lats'; did you mean 'last'?",
-        "backups.yml:10:5: targets[0].zzzz: unknown key 'zzzz'; allowed: compression, destination, exclude, "
-        "hooks, keep, lock_timeout, name, path, skip_unchanged, sqlite, tags, type",
+        "backups.yml:10:5: targets[0].zzzz: unknown key 'zzzz'; allowed: "
+        "changed_files, compression, critical, destination, exclude, hooks, keep, lock_timeout, name, path, "
+        "skip_unchanged, sqlite, tags, type",
     ]
 
 
@@ -677,6 +684,7 @@ def test_invoke_list_shows_resolved_settings_as_text(project: Project) -> None:
         "  sqlite: {check: integrity, busy_timeout: 30}",
         "  skip_unchanged: false",
         "  lock_timeout: 0",
+        "  changed_files: auto",
         "notes:",
         f"  path: {root / 'notes.txt'}",
         "  type: auto",
@@ -686,6 +694,7 @@ def test_invoke_list_shows_resolved_settings_as_text(project: Project) -> None:
         "  sqlite: {check: integrity, busy_timeout: 30}",
         "  skip_unchanged: false",
         "  lock_timeout: 0",
+        "  changed_files: auto",
     ]
     assert project.snapshot_tree() == before
 
@@ -782,6 +791,8 @@ def test_invoke_list_shows_inherited_defaults_and_overrides(listed: Listed) -> N
         "sqlite": {"check": "integrity", "busy_timeout": 30},
         "skip_unchanged": False,
         "lock_timeout": 0,
+        "changed_files": "auto",
+        "critical": [],
         "hooks": {"before": [], "after": [], "on_failure": []},
     }
 
@@ -877,6 +888,8 @@ def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
             sqlite: {check: quick, busy_timeout: 11}
             skip_unchanged: true
             lock_timeout: 12
+            changed_files: warn
+            critical: ['*.db']
             hooks: {before: [[a]], after: [[b]], on_failure: [{run: c d, shell: true, timeout: 5}]}
         """
     )
@@ -897,6 +910,8 @@ def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
         "sqlite": {"check": "quick", "busy_timeout": 11},
         "skip_unchanged": True,
         "lock_timeout": 12,
+        "changed_files": "warn",
+        "critical": ["*.db"],
         "hooks": {"before": ["a"], "after": ["b"], "on_failure": ["c d"]},
     }
     assert set(shown) == set(target_properties)
@@ -908,7 +923,8 @@ def test_schema_defaults_are_the_defaults_a_bare_target_gets(project: Project) -
     write(project, "version: 1", "targets:", "  - {name: bare, path: bare}")
     shown = settings(project)["bare"]
     definitions = manifest.schema()["definitions"]
-    for key in ("type", "keep", "exclude", "tags", "compression", "sqlite", "skip_unchanged", "lock_timeout"):
+    keys = ("type", "keep", "exclude", "tags", "compression", "sqlite", "skip_unchanged", "lock_timeout")
+    for key in (*keys, "changed_files", "critical"):
         assert shown[key] == definitions[key]["default"], key
     assert shown["destination"] == str(project.root / definitions["destination"]["default"])
     assert manifest.load(project.manifest, environ={}).jobs == manifest.schema()["properties"]["jobs"]["default"]

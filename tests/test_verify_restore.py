@@ -7,6 +7,7 @@ attacker or a failing disk would leave them.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import stat
@@ -424,15 +425,15 @@ def restore_crafted(project: Project, members: list[tuple[zipfile.ZipInfo | str,
     return project.invoke("restore", "site", "--to", str(folder)), folder
 
 
+# Names that leave the folder on a platform whose separator is a backslash or that has drive
+# letters; on POSIX they are ordinary names inside it (a Maildir message ends in ":2,S").
+WINDOWS_UNSAFE_NAMES = ["C:\\evil.txt", "C:/evil.txt", "\\evil.txt", "sub\\..\\..\\evil.txt"]
 UNSAFE_NAMES = [
     "../evil.txt",
     "sub/../../evil.txt",
     "../outside/evil.txt",
     "{outside}/abs.txt",
-    "C:\\evil.txt",
-    "C:/evil.txt",
-    "\\evil.txt",
-    "sub\\..\\..\\evil.txt",
+    *(WINDOWS_UNSAFE_NAMES if os.name == "nt" else []),
 ]
 
 
@@ -445,6 +446,16 @@ def test_restore_refuses_member_names_that_leave_the_folder(project: Project, na
     assert "refus" in ran.output and name in ran.output.replace("\\\\", "\\")
     assert_nothing_written_outside(project.root, folder)
     assert not any(b"EVIL" in p.read_bytes() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.skipif(os.name == "nt", reason="these names leave the folder on Windows")
+@pytest.mark.parametrize("name", WINDOWS_UNSAFE_NAMES)
+def test_backslashes_and_colons_are_ordinary_characters_on_posix(project: Project, name: str) -> None:
+    ran, folder = restore_crafted(project, [("harmless.txt", "fine\n"), (name, "EVIL")])
+
+    assert ran.code == 0, ran.output
+    assert_nothing_written_outside(project.root, folder)
+    assert (folder / name).read_text() == "EVIL"  # one name, inside the folder
 
 
 LINK_ATTACKS = {

@@ -85,6 +85,8 @@ class Target:
     hooks: Hooks
     offsite: tuple[Remote, ...] = ()
     line: int = 0
+    changed_files: str = "auto"  # a file that keeps changing while read: auto, fail or warn
+    critical: tuple[str, ...] = ()  # files that fail the target if they change while read
 
     def settings(self) -> dict[str, Any]:
         """The resolved settings as plain data (for `invoke list` and JSON output)."""
@@ -100,6 +102,8 @@ class Target:
             "sqlite": {"check": self.sqlite_check, "busy_timeout": self.busy_timeout},
             "skip_unchanged": self.skip_unchanged,
             "lock_timeout": self.lock_timeout,
+            "changed_files": self.changed_files,
+            "critical": list(self.critical),
             "hooks": {
                 when: [h.describe() for h in getattr(self.hooks, when)] for when in ("before", "after", "on_failure")
             },
@@ -333,6 +337,8 @@ def _resolve_target(
         hooks=_hooks(setting("hooks") or {}, document, source("hooks"), problems),
         offsite=_offsite(document, setting("offsite"), source("offsite"), remotes, problems),
         line=document.place(here)[0],
+        changed_files=setting("changed_files"),
+        critical=tuple(setting("critical")),
     )
 
 

@@ -90,6 +90,12 @@ def _excluded(relative: str, name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(relative if "/" in p else name, p.rstrip("/")) for p in patterns)
 
 
+def matches(relative: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a member name matches any of `patterns`, as `exclude` matches (for `critical`)."""
+    relative = relative.rstrip("/")
+    return _excluded(relative, relative.rsplit("/", 1)[-1], patterns)
+
+
 _REPARSE_POINT = 0x400  # FILE_ATTRIBUTE_REPARSE_POINT
 
 
@@ -107,6 +113,21 @@ def _as_link(st: os.stat_result) -> os.stat_result:
 
 
 def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry]:
+    # Depth first with a stack of open listings, not recursion: a tree 1,500 folders deep is
+    # legal, and recursion would hit Python's limit (RecursionError) long before the disk's.
+    stack = [iter(_listing(folder, prefix, exclude))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        yield entry
+        if entry.kind == "dir":
+            stack.append(iter(_listing(Path(entry.path), entry.name, exclude)))
+
+
+def _listing(folder: Path, prefix: str, exclude: tuple[str, ...]) -> list[Entry]:
+    """The entries of one folder, sorted by name (its subfolders' contents not included)."""
     try:
         with os.scandir(folder) as scan:
             listing = sorted(scan, key=lambda e: e.name)
@@ -114,7 +135,7 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
         raise TargetError(f"permission denied listing {folder}; fix its permissions or add it to exclude") from None
     except FileNotFoundError:
         if prefix:
-            return  # a subfolder removed while we walked: nothing left to archive
+            return []  # a subfolder removed while we walked: nothing left to archive
         raise TargetError(f"source not found: {folder}; check the path in the manifest") from None
     databases: set[str] = set()
     regular: list[tuple[os.DirEntry[str], os.stat_result, str]] = []
@@ -135,14 +156,15 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
                 databases.add(entry.name)
             regular.append((entry, st, relative))
         # sockets, fifos and devices are not data: skipped
+    found = []
     for entry, st, relative in regular:
         name = entry.name
         if databases and any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
             continue
         if stat.S_ISDIR(st.st_mode):
-            yield Entry(relative + "/", entry.path, "dir", st)
-            yield from _walk(Path(entry.path), relative + "/", exclude)
+            found.append(Entry(relative + "/", entry.path, "dir", st))
         elif stat.S_ISLNK(st.st_mode):
-            yield Entry(relative, entry.path, "link", st)
+            found.append(Entry(relative, entry.path, "link", st))
         else:
-            yield Entry(relative, entry.path, "sqlite" if name in databases else "file", st)
+            found.append(Entry(relative, entry.path, "sqlite" if name in databases else "file", st))
+    return found

@@ -28,16 +28,45 @@ _LOCAL = struct.Struct("<4sHHHHHLLLHH")
 # random data and formats with no telling extension cost one small trial, not a full pass.
 _TRIAL = 64 << 10
 _SHRINK_ENOUGH = 0.97
+# A file that changes while it is read is read again, at most this many times in all; then it
+# is archived as last read and reported (as tar's "file changed as we read it").
+READ_ATTEMPTS = 3
+_UNIX_OWNER = struct.Struct("<HHBBIBI")  # Info-ZIP's "new Unix" extra field (0x7875)
+
+# What says a file did not change while it was read: size, modification and change times,
+# inode and device, as os.stat gives them.  The change time moves on any write or chmod,
+# even one that puts the modification time back.
+Identity = tuple[int, int, int, int, int]
+
+
+def identity(st: os.stat_result) -> Identity:
+    """The stat fields that change when a file is written, truncated or replaced."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def steady(seen: Identity, now: Identity) -> bool:
+    """Whether a file is still the one `seen` describes.  A walk on Windows gives no inode or
+    device (os.scandir leaves them 0): then size and times must do."""
+    return seen == now or (seen[3:] == (0, 0) and seen[:3] == now[:3])
+
+
+def owner_extra(st: os.stat_result) -> bytes:
+    """Info-ZIP's Unix extra field (0x7875): owner and group, which `unzip -X` as root restores."""
+    if os.name == "nt" or not 0 <= st.st_uid <= 0xFFFFFFFF or not 0 <= st.st_gid <= 0xFFFFFFFF:
+        return b""
+    return _UNIX_OWNER.pack(0x7875, 11, 1, 4, st.st_uid, 4, st.st_gid)
 
 
 # Jobs and answers cross a pipe for every batch: plain tuples pickle several times faster
 # than named ones.  A small member to pack: its name as stored, whether that is UTF-8, its
 # mtime, then a file's path and the size stat gave, or (path None) the bytes of a link
-# target or of a folder (none); last, whether to try deflate.
-Item = tuple[bytes, bool, float, str | None, int, bytes, bool]
+# target or of a folder (none); whether to try deflate; the owner extra field; and the
+# file's identity when the walk saw it (None: a private copy nobody writes, not watched).
+Item = tuple[bytes, bool, float, str | None, int, bytes, bool, bytes, Identity | None]
 # What the writer records of a packed small member: method, CRC and size of the source,
-# size of the data written, local header length.
-Packed = tuple[int, int, int, int, int]
+# size of the data written, local header length, the mtime recorded, and whether the file
+# kept changing while it was read.
+Packed = tuple[int, int, int, int, int, float, bool]
 
 
 class Piece(NamedTuple):
@@ -47,6 +76,7 @@ class Piece(NamedTuple):
     size: int  # of the source
     packed_crc: int  # of the data to write
     length: int  # of the data to write
+    changed: bool = False  # the file was not the one expected by the time this piece was read
 
 
 def pack_batch(
@@ -57,11 +87,11 @@ def pack_batch(
     back to its source."""
     parts: list[bytes] = []
     packed: list[Packed | str] = []
-    for encoded, utf8, mtime, path, expected, given, compress in items:
-        source = given
+    for encoded, utf8, seen_mtime, path, expected, given, compress, owner, seen in items:
+        source, mtime, changed = given, seen_mtime, False
         if path is not None:
             try:
-                source = _read_small(path, expected)
+                source, mtime, changed = _read_small_steady(path, expected, seen_mtime, seen)
             except FileNotFoundError:
                 packed.append(f"{path} vanished before it was read; not archived")
                 continue
@@ -74,20 +104,26 @@ def pack_batch(
             if check:
                 _prove_decodes(deflated, source, os.fsdecode(encoded), whole=True)
             method, data = DEFLATED, deflated
-        header = local_header(encoded, utf8, method, mtime, crc, len(data), len(source))
+        header = local_header(encoded, utf8, method, mtime, crc, len(data), len(source), owner=owner)
         parts += (header, data)
-        packed.append((method, crc, len(source), len(data), len(header)))
+        packed.append((method, crc, len(source), len(data), len(header), mtime, changed))
     block = b"".join(parts)
     return (packed, crc32(block)), block
 
 
 def pack_piece(
-    compressor: CompressorFactory | None, check: bool, path: str, start: int, length: int
+    compressor: CompressorFactory | None,
+    check: bool,
+    path: str,
+    start: int,
+    length: int,
+    expected: Identity | None = None,
 ) -> tuple[Piece, bytes]:
     """Read `length` bytes of `path` from `start`; with a compressor, deflate them as one piece of
-    a longer stream (a piece that would not shrink goes in stored blocks)."""
+    a longer stream (a piece that would not shrink goes in stored blocks).  With `expected`, the
+    piece says whether the file was still that file (same identity, no short read) once read."""
     try:
-        source = _read_range(path, start, length)
+        source, after = _read_range(path, start, length)
     except FileNotFoundError:
         raise TargetError(f"{path} vanished while it was being read; run the backup again") from None
     crc = crc32(source)
@@ -100,13 +136,14 @@ def pack_piece(
             if check:
                 _prove_decodes(deflated, source, path, whole=False)
             data = deflated
-    return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data)), data
+    changed = expected is not None and (not steady(expected, after) or len(source) < length)
+    return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data), changed), data
 
 
 def worth_deflating(compressor: CompressorFactory | None, path: str) -> bool:
     """Whether the start of `path` shrinks under deflate: decides a large member's method.
     Raises FileNotFoundError when the file is gone."""
-    start = _read_range(path, 0, _TRIAL)
+    start, _ = _read_range(path, 0, _TRIAL)
     return compressor is not None and _trial(compressor(), start) is not None
 
 
@@ -158,10 +195,18 @@ def _prove_decodes(deflated: bytes, source: bytes, name: str, whole: bool) -> No
 
 
 def local_header(
-    encoded: bytes, utf8: bool, method: int, mtime: float, crc: int, compressed: int, size: int, zip64: bool = False
+    encoded: bytes,
+    utf8: bool,
+    method: int,
+    mtime: float,
+    crc: int,
+    compressed: int,
+    size: int,
+    zip64: bool = False,
+    owner: bytes = b"",
 ) -> bytes:
     dostime, dosdate = dos_time(mtime)
-    extra = timestamp_extra(mtime)
+    extra = timestamp_extra(mtime) + owner
     if zip64:
         extra += struct.pack("<HHQQ", 1, 16, size, compressed)
         size = compressed = ZIP64_LIMIT
@@ -197,12 +242,29 @@ def timestamp_extra(mtime: float) -> bytes:
 # --- reading sources -----------------------------------------------------------------------------
 
 
-def _read_small(path: str, expected: int) -> bytes:
+def _read_small_steady(path: str, expected: int, mtime: float, seen: Identity | None) -> tuple[bytes, float, bool]:
+    """The file's bytes, the mtime to record and whether it kept changing while read.
+
+    The first read is checked against what the walk saw (one fstat after reading: the file was
+    already stat'ed); a read again is checked against an fstat before it.  Either way the bytes
+    read must be as many as the file then holds."""
+    for attempt in range(READ_ATTEMPTS):
+        source, before, after = _read_small(path, expected, fresh=attempt > 0)
+        if seen is None:
+            return source, mtime, False
+        if steady(before or seen, identity(after)) and len(source) == after.st_size:
+            return source, after.st_mtime if attempt else mtime, False
+        expected = after.st_size
+    return source, after.st_mtime, True
+
+
+def _read_small(path: str, expected: int, fresh: bool = False) -> tuple[bytes, Identity | None, os.stat_result]:
     # os.open and os.read: the leanest way to read 100,000 small files.  Ask for the size stat
     # gave, plus one byte to see growth: reading CHUNK bytes would allocate 2 MiB per file.
     # Read to the end of the file: a network file system may return less than asked for.
     descriptor = os.open(path, os.O_RDONLY | _O_BINARY)
     try:
+        before = identity(os.fstat(descriptor)) if fresh else None
         parts, total = [], 0
         while total <= CHUNK:
             piece = os.read(descriptor, (expected + 1 if total <= expected else CHUNK + 1) - total)
@@ -210,15 +272,17 @@ def _read_small(path: str, expected: int) -> bytes:
                 break
             parts.append(piece)
             total += len(piece)
+        after = os.fstat(descriptor)
     finally:
         os.close(descriptor)
     source = parts[0] if len(parts) == 1 else b"".join(parts)
     if len(source) > CHUNK:
-        raise TargetError(f"{path} grew while it was being read; run the backup again")
-    return source
+        raise TargetError(f"{path} grew past {CHUNK >> 20} MiB while it was being read; run the backup again")
+    return source, before, after
 
 
-def _read_range(path: str, start: int, length: int) -> bytes:
+def _read_range(path: str, start: int, length: int) -> tuple[bytes, Identity]:
+    """`length` bytes from `start` (fewer if the file is shorter) and the file's identity once read."""
     try:
         descriptor = os.open(path, os.O_RDONLY | _O_BINARY)
     except FileNotFoundError:
@@ -234,11 +298,12 @@ def _read_range(path: str, start: int, length: int) -> bytes:
                 break  # the file shrank while it was read: archive what is there
             pieces.append(piece)
             length -= len(piece)
+        after = identity(os.fstat(descriptor))
     except OSError as exc:
         raise read_error(path, exc) from None
     finally:
         os.close(descriptor)
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces), after
 
 
 def read_error(path: str, exc: OSError) -> TargetError:

@@ -8,9 +8,11 @@ extracted to a private folder and put through an integrity check.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import zipfile
@@ -23,6 +25,7 @@ from typing import BinaryIO, NamedTuple, TypeVar
 
 from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
+from backup_core.zip import names
 from backup_core.zip.compression import crc32, decompressor
 
 _BLOCK = 1 << 20
@@ -35,9 +38,13 @@ class Verdict:
 
     archive: Path
     members: int = 0
+    files: int = 0  # regular files and databases
+    directories: int = 0
+    links: int = 0
     databases: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # members archived while they changed
 
     @property
     def ok(self) -> bool:
@@ -55,9 +62,12 @@ class Record(NamedTuple):
     CRC: int  # ZipInfo's spelling
 
 
-def read_directory(archive: Path) -> list[Record]:
-    """Every member of `archive` in file order, as Python's zipfile reads the central directory."""
+def read_directory(archive: Path, verdict: Verdict | None = None) -> list[Record]:
+    """Every member of `archive` in file order, as Python's zipfile reads the central directory;
+    with `verdict`, its members counted and their names judged as restore judges them."""
     with zipfile.ZipFile(archive) as directory:
+        if verdict is not None:
+            _check_names(directory, verdict)
         return sorted(
             (
                 Record(i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC)
@@ -71,7 +81,7 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
     """Check every member's data; with sqlite_check, also every SQLite member's integrity."""
     verdict = Verdict(archive)
     try:
-        infos = read_directory(archive)
+        infos = read_directory(archive, verdict)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
         verdict.problems.append(f"not a readable zip archive (truncated or damaged?): {exc}")
         return verdict
@@ -93,6 +103,39 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
         verdict.bytes += part.bytes
         verdict.problems += part.problems
     return verdict
+
+
+def _check_names(directory: zipfile.ZipFile, verdict: Verdict) -> None:
+    """Count files, folders and links, and report every member restore would refuse, for the
+    reason it would give (the same checks, from zip/names.py)."""
+    infos = directory.infolist()
+    links = {info.filename.rstrip("/") for info in infos if stat.S_ISLNK(info.external_attr >> 16)}
+    for info in infos:
+        mode = info.external_attr >> 16
+        name = names.disk_name(info)
+        refused = names.refusal(name)
+        if info.is_dir():
+            verdict.directories += 1
+        elif stat.S_ISLNK(mode):
+            verdict.links += 1
+            if not refused and info.file_size <= 4096:
+                # A link whose data cannot be read: the data check says why.
+                with contextlib.suppress(zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError):
+                    refused = names.link_refusal(name, os.fsdecode(directory.read(info)))
+        else:
+            verdict.files += 1
+        parent = next((p for p in _parents(info.filename) if p in links), None) if links else None
+        if not refused and parent:
+            refused = f"it lies under the link {parent!r}"
+        if refused:
+            verdict.problems.append(f"{info.filename}: restore would refuse it: {refused}")
+        if info.comment.startswith(b"changed while read"):
+            verdict.warnings.append(f"{info.filename} kept changing while it was archived: it may mix versions")
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.rstrip("/").split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _slices(items: list[_Item], count: int, size: Callable[[_Item], int]) -> list[list[_Item]]:

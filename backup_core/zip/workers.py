@@ -131,6 +131,21 @@ class Workers:
         finally:
             self._processes = []
 
+    def settle(self) -> None:
+        """Have every worker process write all it was told to place, then stop it (raising what
+        went wrong writing).  Jobs it had not placed run again on a thread when the writer asks for
+        them; later jobs may start new processes."""
+        processes, self._processes = self._processes, []
+        try:
+            for process in processes:
+                process.stop(abandon=False)
+            for process in processes:
+                process.check_finished(skip_answers=True)
+        except BaseException:
+            for process in processes:
+                process.stop(abandon=True)
+            raise
+
     def _wants_processes(self) -> bool:
         return (
             self._archive is not None and self.warning is None and self._count > 1
@@ -224,9 +239,12 @@ class _Process:
         if not self._reader.is_alive() and self._child.stdout is not None:
             self._child.stdout.close()
 
-    def check_finished(self) -> None:
-        """After stop(): raise what went wrong writing, or if the process did not finish its work."""
+    def check_finished(self, skip_answers: bool = False) -> None:
+        """After stop(): raise what went wrong writing, or if the process did not finish its work.
+        `skip_answers`: answers not yet taken are expected (their jobs run again elsewhere)."""
         kind, value = self._answers.get()
+        while skip_answers and kind in ("done", "failed"):
+            kind, value = self._answers.get()
         if kind == "unwritten":
             try:
                 raise value

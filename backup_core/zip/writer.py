@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 from backup_core.errors import TargetError
 from backup_core.zip import packing
 from backup_core.zip.compression import FINAL_BLOCK, CompressorFactory, crc32, crc32_combine, worth_compressing
-from backup_core.zip.packing import CHUNK, DEFLATED, STORED, ZIP64_LIMIT, Item, Packed, Piece
+from backup_core.zip.packing import CHUNK, DEFLATED, READ_ATTEMPTS, STORED, ZIP64_LIMIT, Item, Packed, Piece
 from backup_core.zip.verify import Span
 from backup_core.zip.workers import Job, Workers
 
@@ -46,6 +46,9 @@ _ZIP64_LOCAL_FROM = ZIP64_LIMIT - (64 << 20)
 _UTF8_FLAG = 0x800
 _MADE_BY = (3 << 8) | 63  # Unix, zip specification 6.3
 _DOS_DIRECTORY = 0x10
+# The file comment of a member whose file kept changing while it was read: the archive itself
+# says so, and `invoke verify` reports it, long after the run's output is gone.
+CHANGED_COMMENT = b"changed while read: may mix versions of the file"
 
 _CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")
 _END = struct.Struct("<4sHHHHLLH")
@@ -68,6 +71,8 @@ class Member:
     offset: int = 0
     zip64_local: bool = False
     utf8: bool = False  # the name is non-ASCII UTF-8 (the zip flag that says so)
+    owner: bytes = b""  # the Unix extra field with owner and group
+    comment: bytes = b""
 
 
 @dataclass
@@ -78,13 +83,18 @@ class ArchiveStats:
     bytes_in: int = 0
     bytes_out: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Names of members whose file kept changing while it was read (READ_ATTEMPTS reads):
+    # what the archive holds of them may be a mixture of versions.
+    changed: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Large:
     member: Member
     path: str
+    compressor: CompressorFactory | None = None
     header_span: int = -1  # index in ZipWriter.spans of its local header, once written
+    changed: bool = False  # some piece found the file changed since it was stat'ed
 
 
 # What is done with a finished job, in order: (job, what to record, data or None).
@@ -123,6 +133,7 @@ class ZipWriter:
         # read-back compares the file with (see spans).
         self._spans: list[list[int]] = []
         self._directory_start = -1
+        self._rewound = False  # a large member was written again: the file may hold stale bytes past the end
         self._on_progress = on_progress or (lambda n: None)
         self._should_stop = should_stop  # checked between jobs, so a large file stops within a piece
         self.stats = ArchiveStats()
@@ -130,17 +141,20 @@ class ZipWriter:
     # --- adding members ------------------------------------------------------------------------
 
     def add_directory(self, name: str, st: os.stat_result) -> None:
-        self._queue_small(_member(name.rstrip("/") + "/", st), None, b"", False, 0)
+        self._queue_small(_member(name.rstrip("/") + "/", st), None, b"", False, 0, None)
 
     def add_symlink(self, name: str, target: str, st: os.stat_result) -> None:
-        self._queue_small(_member(name, st), None, os.fsencode(target), False, 0)
+        self._queue_small(_member(name, st), None, os.fsencode(target), False, 0, None)
 
-    def add_file(self, name: str, path: str | Path, st: os.stat_result) -> None:
-        """Queue a regular file; read errors surface from this call or from close()."""
+    def add_file(self, name: str, path: str | Path, st: os.stat_result, watch: bool = True) -> None:
+        """Queue a regular file; read errors surface from this call or from close().  `watch`: check
+        that the file stays as `st` describes it while it is read, read it again if not, and list it
+        in stats.changed if it never does (False for private copies, whose `st` is made up)."""
         member = _member(name, st)
         compress = self._compressor is not None and worth_compressing(name)
+        seen = packing.identity(st) if watch else None
         if st.st_size <= CHUNK:
-            self._queue_small(member, str(path), b"", compress, st.st_size)
+            self._queue_small(member, str(path), b"", compress, st.st_size, seen)
             return
         self._flush_batch()
         large = _Large(member, str(path))
@@ -151,11 +165,11 @@ class ZipWriter:
             self.stats.warnings.append(f"{path} vanished before it was read; not archived")
             return
         member.method = DEFLATED if deflate else STORED
-        compressor = self._compressor if deflate else None
+        compressor = large.compressor = self._compressor if deflate else None
         for start in range(0, st.st_size, CHUNK):
             length = min(CHUNK, st.st_size - start)
             job = self._workers.submit(
-                "pack_piece", length, int(start == 0), compressor, self._check, large.path, start, length
+                "pack_piece", length, int(start == 0), compressor, self._check, large.path, start, length, seen
             )
             self._push(job, self._piece_writer(large))
         self._push(None, lambda job, facts, data: self._finish_large(large))
@@ -168,6 +182,8 @@ class ZipWriter:
         if self._workers.warning:
             self.stats.warnings.append(self._workers.warning)
         self._write_central_directory()
+        if self._rewound:
+            self._file.truncate(self._offset)  # the first, longer reading of a member written again
         self.stats.bytes_out = self._offset
         return self.stats
 
@@ -191,9 +207,18 @@ class ZipWriter:
 
     # --- the pipeline --------------------------------------------------------------------------
 
-    def _queue_small(self, member: Member, path: str | None, given: bytes, compress: bool, size: int) -> None:
+    def _queue_small(
+        self,
+        member: Member,
+        path: str | None,
+        given: bytes,
+        compress: bool,
+        size: int,
+        seen: packing.Identity | None,
+    ) -> None:
         compressor = compress and self._compressor is not None
-        self._batch.append((member.encoded, member.utf8, member.mtime, path, size, given, compressor))
+        item = (member.encoded, member.utf8, member.mtime, path, size, given, compressor, member.owner, seen)
+        self._batch.append(item)
         self._batch_members.append(member)
         self._batch_bytes += size
         if self._batch_bytes >= _BATCH_BYTES or len(self._batch) >= _BATCH_FILES:
@@ -231,7 +256,10 @@ class ZipWriter:
             if isinstance(fact, str):
                 self.stats.warnings.append(fact)
                 continue
-            member.method, member.crc, member.size, member.compressed, header = fact
+            member.method, member.crc, member.size, member.compressed, header, member.mtime, changed = fact
+            if changed:
+                self.stats.changed.append(member.name)
+                member.comment = CHANGED_COMMENT
             member.offset = self._offset + length
             length += header + member.compressed
             self._record(member)
@@ -244,6 +272,7 @@ class ZipWriter:
                 member.offset = self._offset
                 self._write(_local_header(member))
                 large.header_span = len(self._spans) - 1
+            large.changed |= piece.changed
             member.crc = crc32_combine(member.crc, piece.crc, piece.size)
             member.size += piece.size
             member.compressed += piece.length
@@ -264,6 +293,13 @@ class ZipWriter:
         member = large.member
         if large.header_span < 0:  # never happens: a large file has at least one piece
             raise TargetError(f"{large.path} was not read; run the backup again")
+        for _ in range(READ_ATTEMPTS - 1):
+            if not large.changed:
+                break
+            self._read_again(large)
+        if large.changed:
+            self.stats.changed.append(member.name)
+            member.comment = CHANGED_COMMENT
         if member.method == DEFLATED:
             self._write(FINAL_BLOCK)
             member.compressed += len(FINAL_BLOCK)
@@ -276,6 +312,34 @@ class ZipWriter:
         self._position = member.offset + len(header)
         self._spans[large.header_span][2] = crc32(header)
         self._record(member)
+
+    def _read_again(self, large: _Large) -> None:
+        """Write `large` again from its local header on, read afresh: it changed while it was read.
+
+        Nothing after it is placed yet (members are placed in order), so its data is simply
+        overwritten; worker processes first finish writing what they were told to place, or
+        one could land on the new data afterwards.  Rare, so read here, on one core."""
+        self._workers.settle()
+        member = large.member
+        del self._spans[large.header_span :]
+        self._offset, self._position, self._rewound = member.offset, -1, True
+        try:
+            st = Path(large.path).stat()
+        except FileNotFoundError:
+            raise TargetError(f"{large.path} vanished while it was being read; run the backup again") from None
+        except OSError as exc:
+            raise packing.read_error(large.path, exc) from None
+        expected = packing.identity(st)
+        member.mtime, member.crc, member.size, member.compressed = st.st_mtime, 0, 0, 0
+        member.zip64_local = st.st_size > _ZIP64_LOCAL_FROM
+        large.changed, large.header_span = False, -1
+        self._write(_local_header(member))
+        large.header_span = len(self._spans) - 1
+        write = self._piece_writer(large)
+        for start in range(0, st.st_size, CHUNK):
+            length = min(CHUNK, st.st_size - start)
+            piece, data = packing.pack_piece(large.compressor, self._check, large.path, start, length, expected)
+            write(None, piece, data)
 
     def _record(self, member: Member) -> None:
         self._members.append(member)
@@ -332,13 +396,13 @@ def _member(name: str, st: os.stat_result) -> Member:
         # A name that is not valid UTF-8 on disk: keep its bytes and do not claim UTF-8,
         # or readers that trust the flag refuse the whole archive.
         encoded, utf8 = os.fsencode(name), False
-    return Member(name, encoded, STORED, st.st_mtime, st.st_mode, utf8=utf8)
+    return Member(name, encoded, STORED, st.st_mtime, st.st_mode, utf8=utf8, owner=packing.owner_extra(st))
 
 
 def _local_header(member: Member) -> bytes:
     return packing.local_header(
         member.encoded, member.utf8, member.method, member.mtime, member.crc, member.compressed, member.size,
-        member.zip64_local,
+        member.zip64_local, member.owner,
     )  # fmt: skip
 
 
@@ -355,7 +419,10 @@ def _central_header(member: Member) -> bytes:
     if offset >= ZIP64_LIMIT:
         zip64 += struct.pack("<Q", offset)
         offset = ZIP64_LIMIT
-    extra = (struct.pack("<HH", 1, len(zip64)) + zip64 if zip64 else b"") + packing.timestamp_extra(member.mtime)
+    extra = (
+        (struct.pack("<HH", 1, len(zip64)) + zip64 if zip64 else b"") + packing.timestamp_extra(member.mtime)
+        + member.owner
+    )  # fmt: skip
     external = (member.mode & 0xFFFF) << 16
     if stat.S_ISDIR(member.mode):
         external |= _DOS_DIRECTORY
@@ -364,6 +431,6 @@ def _central_header(member: Member) -> bytes:
     # internal attributes, external attributes (Unix mode) and the local header's offset
     header = _CENTRAL.pack(
         b"PK\x01\x02", _MADE_BY, version, _UTF8_FLAG if member.utf8 else 0, member.method, dostime, dosdate,
-        member.crc, compressed, size, len(member.encoded), len(extra), 0, 0, 0, external, offset,
+        member.crc, compressed, size, len(member.encoded), len(extra), len(member.comment), 0, 0, external, offset,
     )  # fmt: skip
-    return header + member.encoded + extra
+    return header + member.encoded + extra + member.comment

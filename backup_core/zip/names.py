@@ -1,0 +1,69 @@
+"""Member names and link targets as a restore puts them on disk, and which it refuses.
+
+`restore` and `verify` both ask here, so what restore would refuse, verify reports.
+On POSIX a name is restored byte for byte as it was archived (`:` and `\\` are
+ordinary characters there; a name that is not UTF-8 was stored as its bytes), and
+refused only where it would land outside the restore folder.  Windows cannot
+represent some names at all; those are refused with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import zipfile
+
+_UTF8_FLAG = 0x800
+_DRIVE = re.compile(r"^[A-Za-z]:")
+WINDOWS = os.name == "nt"
+
+
+def raw_name(info: zipfile.ZipInfo) -> bytes:
+    """The member's name as stored: zipfile decodes names without the UTF-8 flag as cp437, which
+    maps every byte to one character, so encoding back gives the exact bytes."""
+    if info.flag_bits & _UTF8_FLAG:
+        return info.orig_filename.encode("utf-8")
+    return info.orig_filename.encode("cp437")
+
+
+def disk_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as this platform's file functions take it (surrogate-escaped bytes on
+    POSIX, as os.listdir gives for a name that is not UTF-8); forward slashes."""
+    raw = raw_name(info)
+    try:
+        return os.fsdecode(raw)
+    except UnicodeDecodeError:  # Windows: names are UTF-16 there, and these bytes are no text
+        return raw.decode("utf-8", "replace")
+
+
+def refusal(name: str) -> str | None:
+    """Why restore refuses a member name (as disk_name gives it), or None."""
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if not parts:
+        return "it has no name to restore to"
+    if name.startswith("/") or ".." in parts:
+        return "it would land outside the restore folder"
+    if "\0" in name:
+        return "no file system can hold a name with a NUL character"
+    if WINDOWS:
+        if name.startswith("\\") or _DRIVE.match(name) or any(".." in part.split("\\") for part in parts):
+            return "it would land outside the restore folder"
+        bad = next((c for c in ':\\*?"<>|' if c in name), None)
+        if bad:
+            return f"Windows cannot represent {bad!r} in a file name; restore it on a POSIX system"
+    return None
+
+
+def link_refusal(name: str, target: str) -> str | None:
+    """Why restore refuses a link member `name` -> `target`, judged on the names alone (restore
+    also follows links already on disk), or None."""
+    if not target:
+        return "the link is empty"
+    if target.startswith("/") or (WINDOWS and (target.startswith("\\") or _DRIVE.match(target))):
+        return "it points to an absolute path, outside the restore folder"
+    target = target.replace("\\", "/") if WINDOWS else target
+    landing = posixpath.normpath(posixpath.join(posixpath.dirname(name.rstrip("/")), target))
+    if landing == ".." or landing.startswith("../"):
+        return "it points outside the restore folder"
+    return None

@@ -1,0 +1,210 @@
+"""Files that change while they are read: read again, then reported, never archived torn in silence.
+
+A real writer process rewrites or modifies a file without pause while `invoke backup`
+reads it, so every read attempt sees it change; a file that changed once is read again
+and archived whole.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from backup_core.zip import packing, workers
+from backup_core.zip.compression import compressor_factory
+from backup_core.zip.verify import first_difference, verify_archive
+from backup_core.zip.writer import ZipWriter
+from tests.conftest import Project
+
+SIZE = 16 << 20  # eight pieces of a large member: reading it takes long enough to see every change
+
+# Changes the file for ever: cut short and grown again with new data (as a rewrite does), or
+# modified in place (as `dd conv=notrunc` does), in small writes so that any read of the
+# whole file overlaps several of them.  Its size never drops below 2 MiB, so the file
+# always goes the large-member way and each read takes a while.  Hex text: deflated, so
+# reading it costs compression and the inflate check too.
+_WRITER = """
+import os, sys
+path, how, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+blocks = [os.urandom(1 << 15).hex().encode() for _ in range(4)]
+ready = path + ".ready"
+n = 0
+with open(path, "r+b") as f:
+    while True:
+        if how == "resize" and n % 64 == 0:
+            f.truncate(size - (4 << 20) + (n % 3) * 4096)
+        f.seek((n * 65536) % size)
+        f.write(blocks[n % 4])
+        n += 1
+        if n == 100:
+            open(ready, "w").close()
+"""
+
+
+def _content(size: int) -> bytes:
+    return (os.urandom(size // 2).hex().encode() + b"x")[:size]
+
+
+@contextmanager
+def changing(path: Path, how: str = "resize") -> Iterator[None]:
+    """A process that keeps changing `path` until the block ends."""
+    path.write_bytes(_content(SIZE))
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), how, str(SIZE)])
+    ready = Path(f"{path}.ready")
+    try:
+        for _ in range(600):  # it has written a few times: it is running
+            if ready.exists() or writer.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert writer.poll() is None, "the writer process died"
+        yield
+    finally:
+        writer.kill()
+        writer.wait()
+        ready.unlink(missing_ok=True)
+
+
+def _manifest(project: Project, path: str, *extra: str, keep: str = "{last: 1}") -> None:
+    settings = "".join(f"    {line}\n" for line in (f"path: {path}", f"keep: {keep}", *extra))
+    project.manifest.write_text(f"version: 1\ntargets:\n  - name: t\n{settings}", encoding="utf-8")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["resize", "in-place"])
+def test_a_single_file_that_keeps_changing_fails_and_keeps_the_old_archives(project: Project, how: str) -> None:
+    big = project.root / "big.bin"
+    big.write_bytes(_content(SIZE))
+    _manifest(project, "big.bin")
+    assert project.invoke("backup").code == 0
+    [old] = project.archives()
+    with changing(big, how):
+        ran = project.invoke("backup", "--format", "json")
+    assert ran.code == 1, ran.output
+    [result] = ran.json()["targets"]
+    assert result["status"] == "failed"
+    assert result["changed"] == [str(big)]
+    assert f"{big} kept changing while it was read (3 reads)" in result["error"]
+    assert "archive was discarded" in result["error"]
+    assert f"failed: [t] => {big} kept changing" in ran.stderr
+    assert project.archives() == [old]  # no torn archive placed, the good one not rotated
+    assert not [p for p in (project.root / "backups").iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [False, True])
+def test_a_folder_keeps_its_archive_with_a_warning_and_rotates_nothing(project: Project, processes: bool) -> None:
+    folder = project.root / "data"
+    project.file("data/notes.txt", "steady\n" * 100)
+    big = folder / "log.bin"
+    big.write_bytes(_content(SIZE))
+    _manifest(project, "data")
+    env = {"BACKUP_PROCESSES_FROM": "1"} if processes else {}
+    assert project.invoke("backup", env=env).code == 0
+    [old] = project.archives()
+    with changing(big):
+        ran = project.invoke("backup", "--format", "json", env=env)
+    assert ran.code == 0, ran.output
+    [result] = ran.json()["targets"]
+    assert result["status"] == "changed"
+    assert result["changed"] == [str(big)]
+    assert result["deleted"] == []
+    assert any(f"{big} kept changing while it was read (3 reads)" in w for w in result["warnings"])
+    assert f"0 rotated; changed while read: {big}, so nothing rotated)" in ran.stderr
+    archives = project.archives()
+    assert len(archives) == 2 and old in archives  # keep: {last: 1}, yet the older one stays
+    with zipfile.ZipFile(archives[-1]) as archive:
+        assert archive.testzip() is None
+        assert archive.read("notes.txt") == b"steady\n" * 100
+    ran = project.invoke("verify", "--format", "json")
+    assert ran.code == 0, ran.output  # the data is as read; the archive itself says what it holds
+    newest = ran.json()["targets"][-1]
+    assert newest["warnings"] == ["log.bin kept changing while it was archived: it may mix versions"]
+    # The next quiet run makes a whole archive and rotates again.
+    ran = project.invoke("backup", "--format", "json", env=env)
+    assert ran.code == 0 and ran.json()["targets"][0]["changed"] == []
+    [newest] = project.archives()
+    assert newest not in archives
+
+
+@pytest.mark.slow
+def test_a_critical_file_fails_a_folder_and_changed_files_warn_keeps_a_single_file(project: Project) -> None:
+    folder = project.root / "data"
+    folder.mkdir()
+    big = folder / "state.bin"
+    _manifest(project, "data", 'critical: ["*.bin"]')
+    with changing(big):
+        ran = project.invoke("backup")
+    assert ran.code == 1, ran.output
+    assert f"failed: [t] => {big} kept changing while it was read" in ran.output
+    assert project.archives() == []
+    _manifest(project, "data/state.bin", "changed_files: warn")
+    with changing(big):
+        ran = project.invoke("backup", "--format", "json")
+    assert ran.code == 0, ran.output
+    assert ran.json()["targets"][0]["changed"] == [str(big)]
+    assert len(project.archives()) == 1
+
+
+def test_changed_files_is_a_checked_setting(project: Project) -> None:
+    project.file("a.txt")
+    _manifest(project, "a.txt", "changed_files: sometimes")
+    ran = project.invoke("validate")
+    assert ran.code == 2
+    assert "changed_files" in ran.output
+    _manifest(project, "a.txt", "changed_files: fail", 'critical: ["*.db"]')
+    ran = project.invoke("list", "--format", "json")
+    assert ran.code == 0, ran.output
+    [listed] = ran.json()
+    assert (listed["changed_files"], listed["critical"]) == ("fail", ["*.db"])
+
+
+# --- the reader itself: a file changed between its stat and its read is read again ------------
+
+
+def test_a_small_file_changed_after_its_stat_is_read_again_whole(tmp_path: Path) -> None:
+    path = tmp_path / "small.txt"
+    path.write_bytes(b"old contents, longer than the new ones\n")
+    seen = path.stat()
+    time.sleep(0.02)  # past the file system's timestamp granularity
+    path.write_bytes(b"new\n")
+    item = (b"small.txt", False, seen.st_mtime, str(path), seen.st_size, b"", False, b"", packing.identity(seen))
+    (packed, _), block = packing.pack_batch(None, True, [item])
+    [fact] = packed
+    assert not isinstance(fact, str)
+    _method, _crc, size, _compressed, _header, mtime, changed = fact
+    assert (size, changed, mtime) == (4, False, path.stat().st_mtime)
+    assert block.endswith(b"new\n")
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_a_large_file_changed_after_its_stat_is_written_again_whole(
+    tmp_path: Path, processes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if processes:
+        monkeypatch.setattr(workers, "PROCESSES_FROM", 0)
+    source = tmp_path / "large.bin"
+    source.write_bytes(_content(SIZE))
+    seen = source.stat()
+    time.sleep(0.02)
+    new = os.urandom(SIZE // 2 + 12345)  # shorter: the first reading's bytes must not survive
+    source.write_bytes(new)
+    archive = tmp_path / "out.zip"
+    with archive.open("wb") as file:
+        writer = ZipWriter(file, compressor_factory(2), workers=2, path=archive)
+        writer.add_file("large.bin", source, seen)
+        writer.add_file("after.txt", tmp_path / "large.bin", source.stat())  # a member placed after it
+        stats = writer.close()
+    assert stats.changed == []
+    assert first_difference(archive, writer.spans()) is None  # every byte as written, nothing after
+    assert verify_archive(archive).ok
+    with zipfile.ZipFile(archive) as result:
+        assert result.read("large.bin") == new
+        assert result.read("after.txt") == new
