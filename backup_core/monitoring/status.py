@@ -210,11 +210,16 @@ def _store_words(store: Store) -> str:
 
 
 def format_age(seconds: float) -> str:
-    """A duration in its two largest units, as max_age spells them: '3d 4h', '26h 30m', '5m 2s', '40s'."""
+    """A duration in its two largest units, as max_age spells them: '3d 4h', '26h 30m', '5m 2s', '40s'.
+
+    Days only from two days on: "27h 5m old; max_age is 26h" compares at a glance, "1d 3h" does not.
+    """
     whole = max(0, int(seconds))
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
+    if days == 1:
+        days, hours = 0, hours + 24
     if days:
         return f"{days}d {hours}h"
     if hours:
