@@ -78,6 +78,8 @@ def test_version_1_loads_with_every_setting_resolved(project: Project) -> None:
         "skip_unchanged": False,
         "lock_timeout": 0,
         "hooks": {"before": [], "after": [], "on_failure": []},
+        "offsite": {},
+        "max_age": None,
     }
 
 
@@ -111,6 +113,7 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
           lock_timeout: 9
           type: folder
           hooks: {before: [[echo, hi]]}
+          max_age: 8d
         targets:
           - name: inherits
             path: a
@@ -126,6 +129,7 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
             lock_timeout: 2
             type: file
             hooks: {after: [[echo, bye]]}
+            max_age: 26h
         """
     )
     resolved = settings(project)
@@ -142,6 +146,8 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
         "skip_unchanged": True,
         "lock_timeout": 9,
         "hooks": {"before": ["echo hi"], "after": [], "on_failure": []},
+        "offsite": {},
+        "max_age": "8d",
     }
     assert resolved["overrides"] == {
         "name": "overrides",
@@ -156,6 +162,8 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
         "skip_unchanged": False,
         "lock_timeout": 2,
         "hooks": {"before": [], "after": ["echo bye"], "on_failure": []},
+        "offsite": {},
+        "max_age": "26h",
     }
 
 
@@ -260,7 +268,7 @@ def test_unknown_keys_are_rejected_with_a_did_you_mean(project: Project) -> None
         "backups.yml:8:5: targets[0].kepp: unknown key 'kepp'; did you mean 'keep'?",
         "backups.yml:9:12: targets[0].keep.lats: unknown key 'lats'; did you mean 'last'?",
         "backups.yml:10:5: targets[0].zzzz: unknown key 'zzzz'; allowed: compression, destination, exclude, "
-        "hooks, keep, lock_timeout, name, path, skip_unchanged, sqlite, tags, type",
+        "hooks, keep, lock_timeout, max_age, name, offsite, path, skip_unchanged, sqlite, tags, type",
     ]
 
 
@@ -783,6 +791,8 @@ def test_invoke_list_shows_inherited_defaults_and_overrides(listed: Listed) -> N
         "skip_unchanged": False,
         "lock_timeout": 0,
         "hooks": {"before": [], "after": [], "on_failure": []},
+        "offsite": {},
+        "max_age": None,
     }
 
 
@@ -878,6 +888,9 @@ def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
             skip_unchanged: true
             lock_timeout: 12
             hooks: {before: [[a]], after: [[b]], on_failure: [{run: c d, shell: true, timeout: 5}]}
+            offsite: [nas]
+            max_age: 2d
+        remotes: {nas: {type: folder, path: nas}}
         """
     )
     document, _ = yaml_source.load(project.manifest, project.manifest.read_text(encoding="utf-8"))
@@ -898,6 +911,8 @@ def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
         "skip_unchanged": True,
         "lock_timeout": 12,
         "hooks": {"before": ["a"], "after": ["b"], "on_failure": ["c d"]},
+        "offsite": {"nas": {"type": "folder", "where": str(project.root / "nas")}},
+        "max_age": "2d",
     }
     assert set(shown) == set(target_properties)
     for key in ("keep", "compression", "sqlite", "hooks"):
