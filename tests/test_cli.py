@@ -657,6 +657,8 @@ def test_invoke_list_shows_every_task(runs: Callable[[str], Done]) -> None:
         "restore",
         "validate",
         "list",
+        "push",
+        "status",
     }
 
 
