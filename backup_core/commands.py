@@ -122,7 +122,7 @@ def status(
     if metrics is not None:
         from backup_core.monitoring import metrics as metrics_module
 
-        runs = [metrics_module.TargetRun(t.name, t.status, found.seconds / len(targets)) for t in found.targets]
+        runs = [metrics_module.TargetRun(t.name, t.status, t.seconds) for t in found.targets]
         _record_metrics(loaded, metrics, "status", runs, found.targets, found.seconds, found.errors, text)
     failed = [t.name for t in found.targets if t.status == "failed"]
     text.begin(loaded.file, len(targets), f"; {len(failed)} failed: {', '.join(failed)}" if failed else "; all ok")

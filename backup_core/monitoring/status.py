@@ -8,8 +8,12 @@ that grows.  It only reads: nothing in any store is written, locked or deleted.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,7 @@ class TargetState:
     stores: list[StoreState] = field(default_factory=list)
     status: str = OK
     problems: list[str] = field(default_factory=list)  # why it failed: sentences an operator can act on
+    seconds: float = 0.0  # spent listing its stores
 
     @property
     def newest(self) -> StoreState | None:
@@ -130,32 +135,52 @@ class StatusReport:
 
 def survey(targets: list[Target], now: datetime) -> list[TargetState]:
     """Every target's state at `now`: each store listed, each newest archive judged."""
-    return [judge(target, [list_store(target, store) for store in stores_of(target)], now) for target in targets]
+    places = [(target, place) for target in targets for place in _places(target)]
+    # A bucket listing waits on the network: list the stores side by side, not one after another.
+    with ThreadPoolExecutor(max(1, min(_LISTERS, len(places))), thread_name_prefix="list") as pool:
+        listed = list(pool.map(lambda pair: list_store(pair[0], *pair[1]), places))
+    states = []
+    for target in targets:
+        mine = [
+            (state, seconds) for (owner, _), (state, seconds) in zip(places, listed, strict=True) if owner is target
+        ]
+        state = judge(target, [s for s, _ in mine], now)
+        state.seconds = sum(seconds for _, seconds in mine)
+        states.append(state)
+    return states
 
 
-def stores_of(target: Target) -> list[Store]:
+_LISTERS = 8
+_Place = tuple[str, str, Callable[[], Store]]  # the store's name, where it is, how to open it
+
+
+def _places(target: Target) -> list[_Place]:
     """The local destination first, then each remote in the order offsite: names them."""
-    return [LocalStore(target.destination), *(offsite.store_for(remote) for remote in target.offsite)]
+    local: _Place = ("local", str(target.destination), lambda: LocalStore(target.destination))
+    return [local, *((r.name, r.describe(), partial(offsite.store_for, r)) for r in target.offsite)]
 
 
-def list_store(target: Target, store: Store) -> StoreState:
-    """What `store` holds of `target`; a store that cannot be listed is a state with an error, not an exception."""
-    state = StoreState(store.name, store.describe())
+def list_store(target: Target, name: str, where: str, open_store: Callable[[], Store]) -> tuple[StoreState, float]:
+    """What a store holds of `target`, and the seconds that took; a store that cannot be opened
+    or listed is a state with an error, not an exception."""
+    started = time.monotonic()
+    state = StoreState(name, where)
+    words = "local destination" if name == "local" else f"remote {name}"
     try:
+        store = open_store()
+        state.where = store.describe()
         held: list[Stored] = store.list(target.name)
     except BackupError as exc:
         state.error = str(exc)
-        return state
     except OSError as exc:
-        state.error = f"{_store_words(store)}: cannot list {exc.filename or store.describe()}: {exc.strerror or exc}"
-        return state
+        state.error = f"{words}: cannot list {exc.filename or where}: {exc.strerror or exc}"
     except Exception as exc:  # a client library's own error must not become a traceback
-        state.error = f"{_store_words(store)}: cannot be listed: {type(exc).__name__}: {exc}"
-        return state
-    state.archives, state.bytes = len(held), sum(s.size for s in held)
-    if held:
-        state.newest, state.newest_when = held[-1].name, held[-1].when
-    return state
+        state.error = f"{words}: cannot be listed: {type(exc).__name__}: {exc}"
+    else:
+        state.archives, state.bytes = len(held), sum(s.size for s in held)
+        if held:
+            state.newest, state.newest_when = held[-1].name, held[-1].when
+    return state, time.monotonic() - started
 
 
 def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetState:
@@ -203,10 +228,6 @@ def _freshness(stores: list[StoreState], limit: timedelta) -> list[str]:
             "newest archive is " + " and ".join(f"{format_age(s.age or 0)} old {place(s)}".rstrip() for s in old)
         )
     return problems
-
-
-def _store_words(store: Store) -> str:
-    return "local destination" if store.name == "local" else f"remote {store.name}"
 
 
 def format_age(seconds: float) -> str:
