@@ -6,6 +6,7 @@ Runs are placed in time with BACKUP_NOW, so "27 hours later" needs no waiting.
 from __future__ import annotations
 
 import shutil
+import socket
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -211,3 +212,32 @@ def test_max_age_is_inherited_from_defaults_and_shown_by_list(project: Project) 
     assert listed == {"site": "26h", "notes": "8d"}
     ran = project.invoke("status", env=at(T0))
     assert line_of(ran.stdout, "notes") == "failed: [notes] => no archive at all; max_age is 8d (local 0 archives 0 B)"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_a_bucket_that_cannot_be_reached_fails_its_store_with_a_sentence(project: Project) -> None:
+    project.file("notes.txt", "remember\n")
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          bucket: {{type: s3, bucket: acme-backups, endpoint: "http://127.0.0.1:{free_port()}", addressing_style: path}}
+        targets:
+          - {{name: notes, path: notes.txt, offsite: [bucket]}}
+        """
+    )
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    ran = project.invoke("status", "--format", "json", env={**credentials, **at(T0)})
+    assert ran.code == 1, ran.output
+    [notes] = ran.json()["targets"]
+    # No max_age: the store alone fails the target.
+    assert notes["error"].startswith("remote bucket: cannot list the bucket: cannot reach http://127.0.0.1:")
+    assert [(s["store"], s["listed"]) for s in notes["stores"]] == [("local", True), ("bucket", False)]
+    assert "Traceback" not in ran.output
+    assert "test" not in notes["error"]  # no credential in the sentence
