@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -242,9 +243,11 @@ READER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from prometheus_client.parser import text_string_to_metric_families
-    path, stop = Path(sys.argv[1]), Path(sys.argv[2])
+    path, stop, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     reads = bad = 0
     while not stop.exists():
+        if reads == 1:
+            ready.touch()
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -266,12 +269,15 @@ READER = textwrap.dedent(
 def test_the_file_is_replaced_in_one_rename_and_never_seen_half_written(project: Project) -> None:
     metrics = make_project(project)
     assert project.invoke("backup", env=at(T0)).code == 0
-    stop = project.root / "stop"
+    stop, ready = project.root / "stop", project.root / "ready"
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(metrics), str(stop)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", READER, str(metrics), str(stop), str(ready)], stdout=subprocess.PIPE, text=True
     )
     inodes = {metrics.stat().st_ino}
     try:
+        while not ready.exists():  # the reader is reading before the first run starts
+            assert reader.poll() is None, "the reader stopped early"
+            time.sleep(0.01)
         for hour in range(1, 5):
             assert project.invoke("status", env=at(T0 + timedelta(hours=hour))).code in (0, 1)
             inodes.add(metrics.stat().st_ino)
