@@ -130,6 +130,7 @@ def test_the_file_follows_prometheus_naming_conventions(project: Project) -> Non
                 assert sample.name.endswith("_bytes"), sample.name
 
 
+@pytest.mark.slow
 def test_an_only_run_keeps_the_other_targets_values_and_a_failure_keeps_the_last_success(project: Project) -> None:
     metrics = make_project(project)
     assert project.invoke("backup", env=at(T0)).code == 0

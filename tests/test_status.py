@@ -95,6 +95,7 @@ def remote_project(project: Project) -> None:
     )
 
 
+@pytest.mark.slow
 def test_status_writes_locks_and_deletes_nothing(project: Project) -> None:
     remote_project(project)
     assert project.invoke("backup", env=at(T0)).code == 0
@@ -105,6 +106,7 @@ def test_status_writes_locks_and_deletes_nothing(project: Project) -> None:
     assert project.snapshot_tree() == before
 
 
+@pytest.mark.slow
 def test_every_store_is_listed_and_a_stale_remote_fails_the_target(project: Project) -> None:
     remote_project(project)
     assert project.invoke("backup", env=at(T0)).code == 0
