@@ -41,6 +41,10 @@ list: $(STAMP)
 verify: $(STAMP)
 	$(BIN)/invoke verify $(ARGS)
 
+.PHONY: status  ## each target's newest archive and its age in every store (exit 1 if older than max_age)
+status: $(STAMP)
+	$(BIN)/invoke status $(ARGS)
+
 .PHONY: prune  ## apply the keep: policies without a new archive (ARGS="--check")
 prune: $(STAMP)
 	$(BIN)/invoke prune $(ARGS)

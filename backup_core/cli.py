@@ -40,6 +40,7 @@ _SELECT = {
     "skip-tags": "Leave out targets with any of these tags.",
     "format": "text (default) or json: one JSON document on stdout, text on stderr.",
 }
+_METRICS = "Write Prometheus metrics to this .prom file after the run (overrides the manifest's metrics_file)."
 
 
 # Short flags are chosen here, not guessed: Invoke's automatic ones depend on argument order
@@ -89,6 +90,7 @@ def _run(call: object, *args: object, **kwargs: object) -> None:
         "jobs": "Targets to run at once (default: the manifest's jobs, else 1).",
         "verbose": "Show every file as it is archived.",
         "log-file": "Append a plain-text log with timestamps to this file.",
+        "metrics-file": _METRICS,
     },
 )
 def backup(
@@ -103,17 +105,22 @@ def backup(
     format: str = "text",
     verbose: bool = False,
     log_file: str = "",
+    metrics_file: str = "",
 ) -> None:
     """Back up every selected target, then rotate its old archives."""
     _run(
         commands.run_targets, "backup", _manifest(c, manifest), only, tags, skip_tags, check=check, force=force,
-        jobs=jobs, output=format, verbose=verbose, log_file=log_file or None,
+        jobs=jobs, output=format, verbose=verbose, log_file=log_file or None, metrics_file=metrics_file or None,
     )  # fmt: skip
 
 
 @_task(
     iterable=["only", "tags", "skip_tags"],
-    help={**_SELECT, "check": "Show which archives would be deleted, here and on remotes; delete nothing."},
+    help={
+        **_SELECT,
+        "check": "Show which archives would be deleted, here and on remotes; delete nothing.",
+        "metrics-file": _METRICS,
+    },
 )
 def prune(
     c: Context,
@@ -123,9 +130,13 @@ def prune(
     skip_tags: list[str] | None = None,
     check: bool = False,
     format: str = "text",
+    metrics_file: str = "",
 ) -> None:
     """Apply each target's keep: policy, here and on its remotes, without making a new archive."""
-    _run(commands.run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, output=format)
+    _run(
+        commands.run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, output=format,
+        metrics_file=metrics_file or None,
+    )  # fmt: skip
 
 
 @_task(
@@ -136,6 +147,7 @@ def prune(
         "remote": "Check the copies on this remote instead: their size and the checksum recorded at upload.",
         "download": "With --remote: download each copy and verify it in full, as the local verify does.",
         "identity": "With --download: the age identity file or SSH private key that decrypts encrypted copies.",
+        "metrics-file": _METRICS,
     },
 )
 def verify(
@@ -149,11 +161,13 @@ def verify(
     download: bool = False,
     identity: str = "",
     format: str = "text",
+    metrics_file: str = "",
 ) -> None:
     """Read every archive back in full (CRC of every member, integrity_check of every database)."""
     _run(
         commands.run_targets, "verify", _manifest(c, manifest), only, tags, skip_tags, latest=latest,
         remote=remote or None, download=download, identity=identity or None, output=format,
+        metrics_file=metrics_file or None,
     )  # fmt: skip
 
 
@@ -163,6 +177,7 @@ def verify(
         **_SELECT,
         "remote": "Only this remote (default: every remote of each target).",
         "check": "Show what would be uploaded; send nothing.",
+        "metrics-file": _METRICS,
     },
 )
 def push(
@@ -174,11 +189,12 @@ def push(
     remote: str = "",
     check: bool = False,
     format: str = "text",
+    metrics_file: str = "",
 ) -> None:
     """Upload the local archives that each target's remotes lack, without making a new archive."""
     _run(
         commands.run_targets, "push", _manifest(c, manifest), only, tags, skip_tags, check=check,
-        remote=remote or None, output=format,
+        remote=remote or None, output=format, metrics_file=metrics_file or None,
     )  # fmt: skip
 
 
@@ -239,7 +255,24 @@ def list_(
     _run(commands.list_targets, _manifest(c, manifest), only, tags, skip_tags, output=format)
 
 
-namespace = Collection(backup, prune, push, verify, restore, validate, list_)
+@_task(iterable=["only", "tags", "skip_tags"], help={**_SELECT, "metrics-file": _METRICS})
+def status(
+    c: Context,
+    manifest: str = "",
+    only: list[str] | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    format: str = "text",
+    metrics_file: str = "",
+) -> None:
+    """Show each target's newest archive, its age and every store's holdings; exit 1 if one is older than max_age."""
+    _run(
+        commands.status, _manifest(c, manifest), only, tags, skip_tags, output=format,
+        metrics_file=metrics_file or None,
+    )  # fmt: skip
+
+
+namespace = Collection(backup, prune, push, verify, restore, validate, list_, status)
 
 
 class _Program(Program):

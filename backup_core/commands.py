@@ -11,10 +11,11 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,6 +25,10 @@ from backup_core import restore as restore_module
 from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError
 from backup_core.manifest import Manifest, Remote, Target, selection
 from backup_core.stores import offsite
+
+if TYPE_CHECKING:
+    from backup_core.monitoring.metrics import TargetRun
+    from backup_core.monitoring.status import TargetState
 
 FORMATS = ("text", "json")
 
@@ -54,6 +59,7 @@ def run_targets(
     remote: str | None = None,
     download: bool = False,
     identity: str | None = None,
+    metrics_file: str | None = None,
 ) -> int:
     """backup, prune, push or verify the selected targets; return the exit status."""
     output = _format(output)
@@ -63,6 +69,7 @@ def run_targets(
         loaded = _load(manifest_path)
         targets = selection.select(loaded.targets, only, tags, skip_tags)
         _known_remote(loaded, remote)
+        metrics = _metrics_path(loaded, metrics_file)
         identities = _identities(identity)
         # In JSON mode stdout carries the document alone; people's text goes to stderr.
         try:
@@ -85,6 +92,14 @@ def run_targets(
     # Output that failed during the run fails it too (a log that ends early), but never stopped it.
     outcome.errors.extend(message for message, fails in text.problems if fails)
     reported = len(text.problems)
+    if metrics is not None and not check:  # a check run did nothing worth recording
+        from backup_core.monitoring import metrics as metrics_module
+        from backup_core.monitoring import status as status_module
+
+        # The stores are listed again: what they hold now, after uploads and rotation.
+        states = status_module.survey(targets, runner.utc_now())
+        runs = metrics_module.runs_of(command, outcome.results)
+        _record_metrics(loaded, metrics, command, runs, states, outcome.seconds, outcome.errors, text)
     text.end(outcome)
     if output == "json" and not report.print_json(outcome, sys.stdout):
         text.problems.append(("could not write the JSON document to stdout", True))
@@ -93,6 +108,76 @@ def run_targets(
         outcome.errors.extend(message for message, fails in late if fails)
     _tell(text.problems)
     return outcome.exit_code
+
+
+def status(
+    manifest_path: Path | str,
+    only: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    skip_tags: Iterable[str] | None = None,
+    output: str = "text",
+    metrics_file: str | None = None,
+) -> int:
+    """Each selected target's newest archive in every store, judged against its max_age; writes no archive."""
+    from backup_core.monitoring import status as status_module
+
+    output = _format(output)
+    _tolerant_output()
+    with _json_on_error("status", manifest_path, output == "json"):
+        loaded = _load(manifest_path)
+        targets = selection.select(loaded.targets, only, tags, skip_tags)
+        metrics = _metrics_path(loaded, metrics_file)
+    started = time.monotonic()
+    now = runner.utc_now()
+    found = status_module.StatusReport(loaded.file, now, status_module.survey(targets, now))
+    found.seconds = time.monotonic() - started
+    text = report.TextReporter(sys.stderr if output == "json" else sys.stdout, "status")
+    if metrics is not None:
+        from backup_core.monitoring import metrics as metrics_module
+
+        runs = [metrics_module.TargetRun(t.name, t.status, t.seconds) for t in found.targets]
+        _record_metrics(loaded, metrics, "status", runs, found.targets, found.seconds, found.errors, text)
+    failed = [t.name for t in found.targets if t.status == "failed"]
+    text.begin(loaded.file, len(targets), f"; {len(failed)} failed: {', '.join(failed)}" if failed else "; all ok")
+    for state in found.targets:
+        text.verdict(state.status, state.name, report.describe_status(state))
+    text.end(found)
+    if output == "json":
+        print(json.dumps(found.as_json(), indent=2, ensure_ascii=False), flush=True)
+    return found.exit_code
+
+
+def _metrics_path(loaded: Manifest, flag: str | None) -> Path | None:
+    """The flag's file, else the manifest's metrics_file:, else None (no metrics)."""
+    if flag:
+        from backup_core.monitoring import metrics as metrics_module
+
+        return metrics_module.check_path(flag)
+    return loaded.metrics_file
+
+
+def _record_metrics(
+    loaded: Manifest,
+    path: Path,
+    command: str,
+    runs: list[TargetRun],
+    states: list[TargetState],
+    seconds: float,
+    errors: list[str],
+    text: report.TextReporter,
+) -> None:
+    """Write the metrics file; a failure is a run-level error (exit 1), since monitoring that
+    silently goes stale is the failure metrics exist to catch."""
+    from backup_core.monitoring import metrics as metrics_module
+
+    max_ages = {t.name: t.max_age for t in loaded.targets}
+    try:
+        warnings = metrics_module.record(path, command, max_ages, runs, states, seconds, runner.utc_now())
+    except metrics_module.MetricsError as exc:
+        errors.append(str(exc))
+        return
+    for warning in warnings:
+        text.warn(warning)
 
 
 def _known_remote(loaded: Manifest, remote: str | None) -> None:

@@ -16,11 +16,14 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from backup_core.errors import EXIT_INTERRUPTED
 from backup_core.manifest import Target
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
+
+if TYPE_CHECKING:
+    from backup_core.monitoring.status import StoreState, TargetState
 
 _COLOURS = {OK: "green", CHANGED: "yellow", FAILED: "red", SKIPPED: "cyan"}
 _ANSI_CODE = re.compile(r"\033\[[0-9;]*m")
@@ -97,6 +100,36 @@ def _describe_local(result: TargetResult, command: str, check: bool) -> str:
     )
 
 
+def describe_status(state: TargetState) -> str:
+    """`invoke status`'s line: the newest archive, its age, then what each store holds; or why it failed."""
+    from backup_core.monitoring.status import format_age
+
+    stores = ", ".join(_store_holdings(store) for store in state.stores)
+    if state.error:
+        return f"{state.error} ({stores})"
+    newest = state.newest
+    limit = f", max_age {state.max_age}" if state.max_age else ""
+    if newest is None or newest.age is None:
+        return f"no archive yet{limit or ' (no max_age, so not judged)'} ({stores})"
+    age = f"{format_age(newest.age)} old" if newest.age >= 0 else f"dated {format_age(-newest.age)} ahead"
+    return f"{newest.newest}, {age}{limit} ({stores})"
+
+
+def _store_holdings(store: StoreState) -> str:
+    """'local 3 archives 1.2 kB', 'nas 3 archives 1.2 kB', 'offsite unreachable'."""
+    if not store.listed:
+        return f"{store.store} not listed"
+    return f"{store.store} {count(store.archives, 'archive')} {human_bytes(store.bytes)}"
+
+
+class Recapped(Protocol):
+    """What a run's closing lines read: run-level errors and counts by status per target."""
+
+    errors: list[str]
+
+    def recap(self) -> dict[str, dict[str, int]]: ...
+
+
 class TextReporter:
     """Lines for people: one per target as it finishes, then a RECAP."""
 
@@ -147,19 +180,26 @@ class TextReporter:
             self._progress.stop(result.name)
             for remote in result.offsite:
                 self._progress.stop(f"{result.name} -> {remote.remote}")
-        line = describe(result, self.command, self.check)
-        self._say(f"{self._paint(result.status, result.status)}: [{result.name}] => {line}")
+        self.verdict(result.status, result.name, describe(result, self.command, self.check))
         for warning in result.warnings:
             self._say(f"  [WARNING] [{result.name}] {warning}")
 
+    def verdict(self, status: str, name: str, line: str) -> None:
+        """`status: [name] => line`, the status coloured on a terminal."""
+        self._say(f"{self._paint(status, status)}: [{name}] => {line}")
+
+    def warn(self, line: str) -> None:
+        self._say(f"  [WARNING] {line}")
+
     # The run's opening and closing.
-    def begin(self, manifest: Path, targets: int) -> None:
-        title = f"{self.command.upper()} [{manifest.name}: {count(targets, 'target')}]"
+    def begin(self, manifest: Path, targets: int, summary: str = "") -> None:
+        # The summary is for checks that show only the first line (Nagios, Icinga).
+        title = f"{self.command.upper()} [{manifest.name}: {count(targets, 'target')}{summary}]"
         if self.check:
             title += " (CHECK MODE: nothing is written, deleted or locked)"
         self._say(self._paint("bold", f"{title} " + "*" * max(3, 72 - len(title))))
 
-    def end(self, outcome: RunResult) -> None:
+    def end(self, outcome: Recapped) -> None:
         if self._progress:
             self._progress.close()
             self._progress = None

@@ -662,6 +662,7 @@ def test_invoke_list_shows_every_task(runs: Callable[[str], Done]) -> None:
         "restore",
         "validate",
         "list",
+        "status",
     }
 
 

@@ -80,6 +80,8 @@ def test_version_1_loads_with_every_setting_resolved(project: Project) -> None:
         "changed_files": "auto",
         "critical": [],
         "hooks": {"before": [], "after": [], "on_failure": []},
+        "offsite": {},
+        "max_age": None,
     }
 
 
@@ -113,6 +115,7 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
           lock_timeout: 9
           type: folder
           hooks: {before: [[echo, hi]]}
+          max_age: 8d
         targets:
           - name: inherits
             path: a
@@ -128,6 +131,7 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
             lock_timeout: 2
             type: file
             hooks: {after: [[echo, bye]]}
+            max_age: 26h
         """
     )
     resolved = settings(project)
@@ -146,6 +150,8 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
         "changed_files": "auto",
         "critical": [],
         "hooks": {"before": ["echo hi"], "after": [], "on_failure": []},
+        "offsite": {},
+        "max_age": "8d",
     }
     assert resolved["overrides"] == {
         "name": "overrides",
@@ -162,6 +168,8 @@ def test_defaults_are_inherited_and_a_targets_own_value_wins(project: Project) -
         "changed_files": "auto",
         "critical": [],
         "hooks": {"before": [], "after": ["echo bye"], "on_failure": []},
+        "offsite": {},
+        "max_age": "26h",
     }
 
 
@@ -266,8 +274,8 @@ def test_unknown_keys_are_rejected_with_a_did_you_mean(project: Project) -> None
         "backups.yml:8:5: targets[0].kepp: unknown key 'kepp'; did you mean 'keep'?",
         "backups.yml:9:12: targets[0].keep.lats: unknown key 'lats'; did you mean 'last'?",
         "backups.yml:10:5: targets[0].zzzz: unknown key 'zzzz'; allowed: "
-        "changed_files, compression, critical, destination, exclude, hooks, keep, lock_timeout, name, path, "
-        "skip_unchanged, sqlite, tags, type",
+        "changed_files, compression, critical, destination, exclude, hooks, keep, lock_timeout, max_age, name, "
+        "offsite, path, skip_unchanged, sqlite, tags, type",
     ]
 
 
@@ -794,6 +802,8 @@ def test_invoke_list_shows_inherited_defaults_and_overrides(listed: Listed) -> N
         "changed_files": "auto",
         "critical": [],
         "hooks": {"before": [], "after": [], "on_failure": []},
+        "offsite": {},
+        "max_age": None,
     }
 
 
@@ -846,8 +856,12 @@ def test_every_property_in_the_schema_has_a_description() -> None:
 def test_every_object_in_the_schema_forbids_unknown_keys() -> None:
     objects = [node for node in schema_nodes(manifest.schema()) if node.get("type") == "object" or "properties" in node]
     assert len(objects) >= 8  # root, defaults, target, keep, compression, sqlite, hooks, hook
+    # An object with named keys forbids others; a map (remotes: by name) holds only closed objects.
     assert [
-        sorted(node.get("properties", {})) for node in objects if node.get("additionalProperties") is not False
+        sorted(node.get("properties", {}))
+        for node in objects
+        if node.get("additionalProperties") is not False
+        and not ("properties" not in node and "$ref" in node.get("additionalProperties", {}))
     ] == []
 
 
@@ -891,6 +905,9 @@ def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
             changed_files: warn
             critical: ['*.db']
             hooks: {before: [[a]], after: [[b]], on_failure: [{run: c d, shell: true, timeout: 5}]}
+            offsite: [nas]
+            max_age: 2d
+        remotes: {nas: {type: folder, path: nas}}
         """
     )
     document, _ = yaml_source.load(project.manifest, project.manifest.read_text(encoding="utf-8"))
@@ -913,6 +930,8 @@ def test_schema_and_target_settings_do_not_drift(project: Project) -> None:
         "changed_files": "warn",
         "critical": ["*.db"],
         "hooks": {"before": ["a"], "after": ["b"], "on_failure": ["c d"]},
+        "offsite": {"nas": {"type": "folder", "where": str(project.root / "nas")}},
+        "max_age": "2d",
     }
     assert set(shown) == set(target_properties)
     for key in ("keep", "compression", "sqlite", "hooks"):

@@ -84,6 +84,7 @@ class Target:
     lock_timeout: float
     hooks: Hooks
     offsite: tuple[Remote, ...] = ()
+    max_age: str | None = None  # how old the newest archive may be before `status` fails the target
     line: int = 0
     changed_files: str = "auto"  # a file that keeps changing while read: auto, fail or warn
     critical: tuple[str, ...] = ()  # files that fail the target if they change while read
@@ -108,6 +109,7 @@ class Target:
                 when: [h.describe() for h in getattr(self.hooks, when)] for when in ("before", "after", "on_failure")
             },
             "offsite": {remote.name: remote.settings() for remote in self.offsite},
+            "max_age": self.max_age,
         }
 
 
@@ -118,6 +120,7 @@ class Manifest:
     jobs: int
     hooks: Hooks = field(default_factory=Hooks)
     remotes: dict[str, Remote] = field(default_factory=dict)
+    metrics_file: Path | None = None  # Prometheus text file rewritten after every run
 
 
 def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
@@ -248,8 +251,18 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
                 "(at most 64, starting with a letter or digit)",
             )
         ]
-    if error.validator == "pattern" and path and path[-1] == "within":
+    if error.validator == "pattern" and path and path[-1] in ("within", "max_age"):
         return [document.problem(path, f"'{error.instance}' is not a duration like 36h, 14d, 8w, 6m or 1y")]
+    if error.validator == "pattern" and path == ("metrics_file",):
+        return [
+            document.problem(
+                path, f"'{error.instance}' does not end in .prom; node_exporter's textfile collector reads only *.prom"
+            )
+        ]
+    if error.validator == "not" and path == ("remotes",):
+        return [
+            document.problem(path, f"'{error.instance}' names this machine's own archives; name the remote otherwise")
+        ]
     if error.validator == "minProperties" and path and path[-1] == "keep":
         return [document.problem(path, "keep needs at least one rule (last, hourly, daily, ...), or it keeps nothing")]
     return [document.problem(path, error.message)]
@@ -282,7 +295,11 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
     jobs = data.get("jobs", schema()["properties"]["jobs"]["default"])
     # Run-level hooks with a problem of their own (already reported) are not read further.
     run_hooks = Hooks() if "hooks" in broken else _hooks(data.get("hooks") or {}, document, ("hooks",), problems)
-    return Manifest(document.file, tuple(targets), jobs, run_hooks, remotes), problems
+    metrics_file = None
+    if isinstance(data.get("metrics_file"), str) and "metrics_file" not in broken:
+        base = document.file.parent
+        metrics_file = _expand_path(document, data["metrics_file"], ("metrics_file",), base, environ, problems)
+    return Manifest(document.file, tuple(targets), jobs, run_hooks, remotes, metrics_file), problems
 
 
 def _resolve_target(
@@ -336,6 +353,7 @@ def _resolve_target(
         lock_timeout=float(setting("lock_timeout")),
         hooks=_hooks(setting("hooks") or {}, document, source("hooks"), problems),
         offsite=_offsite(document, setting("offsite"), source("offsite"), remotes, problems),
+        max_age=setting("max_age"),
         line=document.place(here)[0],
         changed_files=setting("changed_files"),
         critical=tuple(setting("critical")),

@@ -1,0 +1,254 @@
+"""Freshness: when did each target last back up, in each place its archives live, and is that too long ago?
+
+`invoke status` lists every store of each selected target (its destination and
+every remote in its offsite:) and judges the newest archive in each against the
+target's max_age.  A backup that silently stopped running shows here as an age
+that grows.  It only reads: nothing in any store is written, locked or deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from backup_core.errors import EXIT_FAILED, EXIT_OK, BackupError
+from backup_core.manifest import Target
+from backup_core.results import FAILED, OK, STATUSES
+from backup_core.stores import offsite, retention
+from backup_core.stores.base import Store, Stored
+from backup_core.stores.local import LocalStore
+
+# An archive dated a little ahead of this machine's clock is a clock that drifted, not a problem;
+# one dated far ahead would hide a backup that stopped (its age stays negative), so it is reported.
+_CLOCK_SLACK = timedelta(minutes=5)
+
+
+@dataclass
+class StoreState:
+    """What one store holds of one target."""
+
+    store: str  # "local", or the remote's name
+    where: str  # a folder or s3://bucket/prefix, never a credential
+    archives: int = 0
+    bytes: int = 0
+    newest: str | None = None  # the newest archive's stored name
+    newest_when: datetime | None = None  # the UTC time in its name
+    age: float | None = None  # seconds between newest_when and the survey
+    error: str | None = None  # the store could not be listed: one sentence
+
+    @property
+    def listed(self) -> bool:
+        return self.error is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "where": self.where,
+            "listed": self.listed,
+            "archives": self.archives,
+            "bytes": self.bytes,
+            "newest": self.newest,
+            "newest_time": _iso(self.newest_when),
+            "age_seconds": None if self.age is None else round(self.age, 3),
+            "error": self.error,
+        }
+
+
+@dataclass
+class TargetState:
+    """One target's freshness: every store's holdings and the verdict."""
+
+    name: str
+    max_age: str | None
+    stores: list[StoreState] = field(default_factory=list)
+    status: str = OK
+    problems: list[str] = field(default_factory=list)  # why it failed: sentences an operator can act on
+    seconds: float = 0.0  # spent listing its stores
+
+    @property
+    def newest(self) -> StoreState | None:
+        """The store holding the newest archive anywhere (None when no store holds one)."""
+        held = [s for s in self.stores if s.newest_when is not None]
+        return max(held, key=lambda s: s.newest_when or datetime.min) if held else None
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.problems) if self.problems else None
+
+    def as_json(self) -> dict[str, Any]:
+        newest = self.newest
+        return {
+            "name": self.name,
+            "status": self.status,
+            "max_age": self.max_age,
+            "max_age_seconds": retention.parse_duration(self.max_age).total_seconds() if self.max_age else None,
+            "newest": newest.newest if newest else None,
+            "newest_time": _iso(newest.newest_when) if newest else None,
+            "age_seconds": round(newest.age, 3) if newest and newest.age is not None else None,
+            "error": self.error,
+            "stores": [s.as_json() for s in self.stores],
+        }
+
+
+@dataclass
+class StatusReport:
+    """The answer of one `invoke status`: every selected target's state, in manifest order."""
+
+    manifest: Path
+    now: datetime
+    targets: list[TargetState] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # run-level problems (the metrics file)
+    seconds: float = 0.0
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        counts = {t.name: dict.fromkeys(STATUSES, 0) for t in self.targets}
+        for state in self.targets:
+            counts[state.name][state.status] += 1
+        return counts
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(t.status == FAILED for t in self.targets)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "command": "status",
+            "manifest": str(self.manifest),
+            "now": _iso(self.now),
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 3),
+            "errors": self.errors,
+            "recap": self.recap(),
+            "targets": [t.as_json() for t in self.targets],
+        }
+
+
+def survey(targets: list[Target], now: datetime) -> list[TargetState]:
+    """Every target's state at `now`: each store listed, each newest archive judged."""
+    places = [(target, place) for target in targets for place in _places(target)]
+    # A bucket listing waits on the network: list the stores side by side, not one after another.
+    with ThreadPoolExecutor(max(1, min(_LISTERS, len(places))), thread_name_prefix="list") as pool:
+        listed = list(pool.map(lambda pair: list_store(pair[0], *pair[1]), places))
+    states = []
+    for target in targets:
+        mine = [
+            (state, seconds) for (owner, _), (state, seconds) in zip(places, listed, strict=True) if owner is target
+        ]
+        state = judge(target, [s for s, _ in mine], now)
+        state.seconds = sum(seconds for _, seconds in mine)
+        states.append(state)
+    return states
+
+
+_LISTERS = 8
+_Place = tuple[str, str, Callable[[], Store]]  # the store's name, where it is, how to open it
+
+
+def _places(target: Target) -> list[_Place]:
+    """The local destination first, then each remote in the order offsite: names them."""
+    local: _Place = ("local", str(target.destination), lambda: LocalStore(target.destination))
+    return [local, *((r.name, r.describe(), partial(offsite.store_for, r)) for r in target.offsite)]
+
+
+def list_store(target: Target, name: str, where: str, open_store: Callable[[], Store]) -> tuple[StoreState, float]:
+    """What a store holds of `target`, and the seconds that took; a store that cannot be opened
+    or listed is a state with an error, not an exception."""
+    started = time.monotonic()
+    state = StoreState(name, where)
+    words = "local destination" if name == "local" else f"remote {name}"
+    try:
+        store = open_store()
+        state.where = store.describe()
+        held: list[Stored] = store.list(target.name)
+    except BackupError as exc:
+        state.error = str(exc)
+    except OSError as exc:
+        state.error = f"{words}: cannot list {exc.filename or where}: {exc.strerror or exc}"
+    except Exception as exc:  # a client library's own error must not become a traceback
+        state.error = f"{words}: cannot be listed: {type(exc).__name__}: {exc}"
+    else:
+        state.archives, state.bytes = len(held), sum(s.size for s in held)
+        if held:
+            state.newest, state.newest_when = held[-1].name, held[-1].when
+    return state, time.monotonic() - started
+
+
+def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetState:
+    """The verdict: failed when a store cannot be listed, or (with max_age) holds nothing or only old archives."""
+    state = TargetState(target.name, target.max_age, stores)
+    for store in stores:
+        if store.newest_when is not None:
+            store.age = (now - store.newest_when).total_seconds()
+    state.problems = [store.error for store in stores if store.error]
+    if target.max_age:
+        state.problems += _freshness(stores, retention.parse_duration(target.max_age))
+        if len(state.problems) > len([s for s in stores if s.error]):
+            state.problems[-1] += f"; max_age is {target.max_age}"
+    if state.problems:
+        state.status = FAILED
+    return state
+
+
+def _freshness(stores: list[StoreState], limit: timedelta) -> list[str]:
+    """What is too old, missing or dated ahead, in as few words as the stores allow (unlisted ones are not judged)."""
+    remotes = any(store.store != "local" for store in stores)
+    everywhere = all(store.listed for store in stores)
+    stores = [store for store in stores if store.listed]
+
+    def place(store: StoreState) -> str:
+        if store.store != "local":
+            return f"on remote {store.store}"
+        return "locally" if remotes else ""
+
+    missing = [store for store in stores if store.newest_when is None]
+    ahead = [store for store in stores if store.age is not None and -store.age > _CLOCK_SLACK.total_seconds()]
+    old = [store for store in stores if store.age is not None and store.age > limit.total_seconds()]
+    problems = []
+    if ahead:
+        dated = " and ".join(f"{format_age(-(s.age or 0))} ahead {place(s)}".rstrip() for s in ahead)
+        problems.append(
+            f"the newest archive is dated {dated} of this machine's clock, so its age cannot be judged; check the clock"
+        )
+    if missing and len(missing) == len(stores) and everywhere:
+        problems.append("no archive at all" + (" locally or on any remote" if remotes else ""))
+    elif missing:
+        problems.append("no archive " + " or ".join(place(s) for s in missing))
+    if old:
+        problems.append(
+            "newest archive is " + " and ".join(f"{format_age(s.age or 0)} old {place(s)}".rstrip() for s in old)
+        )
+    return problems
+
+
+def format_age(seconds: float) -> str:
+    """A duration in its two largest units, as max_age spells them: '3d 4h', '26h 30m', '5m 2s', '40s'.
+
+    Days only from two days on: "27h 5m old; max_age is 26h" compares at a glance, "1d 3h" does not.
+    """
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days == 1:
+        days, hours = 0, hours + 24
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
