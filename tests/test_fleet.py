@@ -126,6 +126,7 @@ class Fleet:
         self.root = root
         self.built = built
         self.runs = 0
+        self.manifests_before: dict[str, bytes] = {}
         for host in HOSTS:
             data = self.home(host) / "data"
             shutil.copytree(REPO / "examples" / "site", data / "site")
@@ -169,7 +170,17 @@ class Fleet:
     def inventory(self, **changes: dict[str, Any]) -> Path:
         """An inventory of the three hosts; `changes` adds or replaces variables of one host."""
         group_vars = {"backups_version": __version__, "backups_defaults": {"keep": {"last": 3}}, "backups_jobs": 2}
-        hosts = {host: self.host_vars(host) | changes.get(host, {}) for host in HOSTS}
+        hosts = {host: self.host_vars(host) for host in HOSTS}
+        # beta layers targets: a group's entry and the host's own are merged by name over backups_targets.
+        hosts["beta"] |= {
+            "backups_group_targets": [{"name": "notes", "keep": {"last": 9}, "tags": ["docs"]}],
+            "backups_host_targets": [
+                {"name": "notes", "tags": ["mine"]},
+                {"name": "extra", "path": str(self.home("beta") / "data" / "notes.txt")},
+            ],
+        }
+        for host, variables in changes.items():
+            hosts[host] |= variables
         path = self.root / f"inventory-{self.runs}.yml"
         path.write_text(json.dumps({"backup_servers": {"hosts": hosts, "vars": group_vars}}), encoding="utf-8")
         return path
@@ -223,7 +234,8 @@ def test_the_role_installs_validates_and_schedules_on_every_host(deployed: Deplo
         assert version.stdout.strip() == f"backups {__version__}"
         manifest = yaml.safe_load(fleet.manifest(host).read_text(encoding="utf-8"))
         assert manifest["defaults"] == {"keep": {"last": 3}, "destination": str(fleet.home(host) / "backups")}
-        assert [t["name"] for t in manifest["targets"]] == ["site", "app-db", "notes"]
+        names = ["site", "app-db", "notes", "extra"] if host == "beta" else ["site", "app-db", "notes"]
+        assert [t["name"] for t in manifest["targets"]] == names
         assert (fleet.manifest(host).stat().st_mode & 0o777) == 0o600
         service = (fleet.units(host) / "backups.service").read_text(encoding="utf-8")
         assert f'ExecStart="{fleet.executable(host)}" "backup" "--manifest" "{fleet.manifest(host)}"' in service
@@ -255,60 +267,68 @@ def test_the_rendered_units_pass_systemd_analyze_verify(deployed: Deployed) -> N
 
 def test_targets_layer_by_name_across_group_and_host(deployed: Deployed) -> None:
     fleet = deployed.fleet
-    inventory = fleet.inventory(
-        beta={
-            "backups_group_targets": [{"name": "notes", "keep": {"last": 9}, "tags": ["docs"]}],
-            "backups_host_targets": [
-                {"name": "notes", "tags": ["mine"]},
-                {"name": "extra", "path": str(fleet.home("beta") / "data" / "notes.txt")},
-            ],
-        }
-    )
-
-    play = fleet.playbook("--skip-tags", "backups_run", "--limit", "beta", inventory=inventory)
-
-    assert play.code == 0, play.ran.output
     targets = yaml.safe_load(fleet.manifest("beta").read_text(encoding="utf-8"))["targets"]
-    assert [t["name"] for t in targets] == ["site", "app-db", "notes", "extra"]
+
     assert targets[2] == {
         "name": "notes",
         "path": str(fleet.home("beta") / "data" / "notes.txt"),
         "keep": {"last": 9},
         "tags": ["mine"],  # a later layer's key replaces the earlier one's whole
     }
+    assert targets[3] == {"name": "extra", "path": str(fleet.home("beta") / "data" / "notes.txt")}
+
+
+def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    before = fleet.tree()
+
+    play = fleet.playbook("--check", "--limit", "alpha,gamma")
+
+    assert play.code == 0, play.ran.output
+    assert fleet.tree() == before
+    for host in ("alpha", "gamma"):
+        outcome, result = play.results("Back up every target now")[host]
+        assert result["check"] is True and "--check" in result["cmd"]
+        assert {t["name"]: t["status"] for t in result["results"]}["app-db"] == "changed"
+        assert all(t["archive"] is None for t in result["results"])
+        assert outcome == "changed"
+
+
+@pytest.fixture(scope="module")
+def failing(deployed: Deployed) -> Play:
+    """The playbook (role, then a backup) where gamma's inventory has an invalid target and beta's
+    app-db target points at a database that is not there; alpha is fine."""
+    fleet = deployed.fleet
+    gamma = fleet.host_vars("gamma")["backups_targets"] + [{"name": "broken", "path": "x", "keep": {"last": 0}}]
+    beta = fleet.host_vars("beta")["backups_targets"]
+    beta = [beta[0], {"name": "app-db", "path": str(fleet.home("beta") / "data" / "gone.db")}, *beta[2:]]
+    fleet.manifests_before = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
+    return fleet.playbook(inventory=fleet.inventory(gamma={"backups_targets": gamma}, beta={"backups_targets": beta}))
 
 
 def test_a_host_with_invalid_targets_fails_with_the_validators_message_and_keeps_its_manifest(
-    deployed: Deployed,
+    deployed: Deployed, failing: Play
 ) -> None:
     fleet = deployed.fleet
-    before = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
-    bad = fleet.host_vars("gamma")["backups_targets"] + [{"name": "broken", "path": "x", "keep": {"last": 0}}]
-
-    play = fleet.playbook("--skip-tags", "backups_run", inventory=fleet.inventory(gamma={"backups_targets": bad}))
-
-    assert play.code == 2, play.ran.output
-    assert play.recap()["gamma"]["failed"] == 1
-    assert play.recap()["alpha"]["failed"] == play.recap()["beta"]["failed"] == 0
-    outcome, result = play.results("Stop, keeping the installed manifest, when the rendered one is invalid")["gamma"]
+    assert failing.code == 2, failing.ran.output
+    assert failing.recap()["gamma"]["failed"] == 1
+    outcome, result = failing.results("Stop, keeping the installed manifest, when the rendered one is invalid")["gamma"]
     assert outcome == "fatal"
     message = "\n".join(result["msg"])
     assert f"{fleet.manifest('gamma')} was not replaced" in message
     located = r"\.backups\.yml\.candidate:\d+:\d+: targets\[3\]\.keep\.last: 0 is less than the minimum"
     assert re.search(located, message), message
-    assert fleet.manifest("gamma").read_bytes() == before["gamma"]
+    assert fleet.manifest("gamma").read_bytes() == fleet.manifests_before["gamma"]
+    assert "gamma" not in failing.results("Back up every target now"), "a host whose manifest failed runs no backup"
 
 
-def test_the_run_module_fails_the_host_with_a_failing_target_and_keeps_every_result(deployed: Deployed) -> None:
-    fleet = deployed.fleet
-    targets = fleet.host_vars("beta")["backups_targets"]
-    missing = [*targets[:1], {"name": "app-db", "path": str(fleet.home("beta") / "data" / "gone.db")}, *targets[2:]]
-
-    play = fleet.playbook(inventory=fleet.inventory(beta={"backups_targets": missing}))
-
+def test_the_run_module_fails_the_host_with_a_failing_target_and_keeps_every_result(
+    deployed: Deployed, failing: Play
+) -> None:
+    fleet, play = deployed.fleet, failing
     assert play.code == 2, play.ran.output  # ansible-playbook's status when a host failed
     recap = play.recap()
-    assert recap["beta"]["failed"] == 1 and recap["alpha"]["failed"] == recap["gamma"]["failed"] == 0
+    assert recap["beta"]["failed"] == 1 and recap["alpha"]["failed"] == 0
     results = play.results("Back up every target now")
     outcome, beta = results["beta"]
     assert outcome == "fatal"
@@ -317,10 +337,11 @@ def test_the_run_module_fails_the_host_with_a_failing_target_and_keeps_every_res
         ("site", "changed"),
         ("app-db", "failed"),
         ("notes", "changed"),
+        ("extra", "changed"),
     ]
-    assert beta["summary"] == {"ok": 0, "changed": 2, "failed": 1, "skipped": 0}
+    assert beta["summary"] == {"ok": 0, "changed": 3, "failed": 1, "skipped": 0}
     assert beta["rc"] == 1 and beta["changed"] is True
-    for host in ("alpha", "gamma"):
+    for host in ("alpha",):
         outcome, result = results[host]
         assert outcome == "changed"
         assert result["summary"] == {"ok": 0, "changed": 3, "failed": 0, "skipped": 0}
@@ -328,22 +349,6 @@ def test_the_run_module_fails_the_host_with_a_failing_target_and_keeps_every_res
             with zipfile.ZipFile(target["archive"]) as archive:
                 assert archive.testzip() is None
             assert Path(target["archive"]).parent == fleet.home(host) / "backups"
-
-
-def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(deployed: Deployed) -> None:
-    fleet = deployed.fleet
-    before = fleet.tree()
-
-    play = fleet.playbook("--check")
-
-    assert play.code == 0, play.ran.output
-    assert fleet.tree() == before
-    for host in HOSTS:
-        outcome, result = play.results("Back up every target now")[host]
-        assert result["check"] is True and "--check" in result["cmd"]
-        assert {t["name"]: t["status"] for t in result["results"]}["app-db"] == "changed"
-        assert all(t["archive"] is None for t in result["results"])
-        assert outcome == "changed"
 
 
 def ad_hoc(fleet: Fleet, host: str, arguments: str) -> tuple[int, dict[str, Any]]:
