@@ -379,6 +379,16 @@ def test_the_run_module_reports_a_bad_manifest_with_its_located_messages(deploye
     assert "did you mean 'keep'?" in result["msg"]
 
 
+def test_the_run_module_names_a_missing_executable(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    missing = fleet.home("alpha") / "nowhere" / "backups"
+
+    code, outcome, result = ad_hoc(fleet, "alpha", f"manifest={fleet.manifest('alpha')} executable={missing}")
+
+    assert (code, outcome) == (2, "FAILED!")
+    assert result["msg"].startswith(f"executable {missing} does not exist on the host")
+
+
 def test_the_run_module_finds_the_command_beside_its_interpreter(deployed: Deployed) -> None:
     fleet = deployed.fleet
     venv_python = fleet.executable("gamma").with_name("python")

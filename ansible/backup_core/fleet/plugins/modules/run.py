@@ -185,6 +185,12 @@ def find_executable(module: AnsibleModule) -> str:
     """The `executable` option, else `backups` beside this module's interpreter (the role's venv), else the PATH."""
     given = module.params["executable"]
     if given:
+        if not Path(given).is_file():
+            module.fail_json(
+                msg=f"executable {given} does not exist on the host; install it with the backups role "
+                "or correct the path",
+                changed=False,
+            )
         return str(given)
     beside = Path(sys.executable).with_name("backups")
     if beside.is_file():
