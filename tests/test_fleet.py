@@ -293,6 +293,21 @@ def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(deployed: Dep
     assert outcome == "changed"
 
 
+def test_a_new_backups_version_reinstalls_and_a_wheel_of_another_version_is_refused(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    before = fleet.tree()
+
+    play = fleet.playbook(
+        "--skip-tags", "backups_run", "--limit", "alpha", inventory=fleet.inventory(alpha={"backups_version": "9.9.9"})
+    )  # fmt: skip
+
+    assert play.code == 2, play.ran.output
+    outcome, result = play.results("Check that the wheel is of the pinned version")["alpha"]
+    assert outcome == "fatal"
+    assert f"holds version {__version__} but backups_version is 9.9.9" in result["msg"]
+    assert fleet.tree() == before
+
+
 @pytest.fixture(scope="module")
 def failing(deployed: Deployed) -> Play:
     """The playbook (role, then a backup) where gamma's inventory has an invalid target and beta's
