@@ -65,6 +65,6 @@ dist: $(STAMP)
 collection: $(STAMP)
 	$(BIN)/ansible-galaxy collection build ansible/backup_core/fleet --output-path dist --force
 
-.PHONY: clean  ## remove .venv, caches and the benchmark's work folder
+.PHONY: clean  ## remove .venv, caches, the benchmark's work folder and the built dist/
 clean:
 	$(PYTHON) -c "import shutil; [shutil.rmtree(p, ignore_errors=True) for p in ('$(VENV)', '.pytest_cache', '.mypy_cache', '.ruff_cache', '.hypothesis', 'benchmarks/work', 'dist', 'build')]"
