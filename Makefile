@@ -61,6 +61,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --size-mib $(BENCH_SIZE) $(ARGS)
 
-.PHONY: clean  ## remove .venv, caches and the benchmark's work folder
+.PHONY: dist  ## build the sdist and the wheel of the backups command into dist/, offline
+dist: $(STAMP)
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
+.PHONY: collection  ## build the Ansible collection backup_core.fleet into dist/, offline
+collection: $(STAMP)
+	$(BIN)/ansible-galaxy collection build ansible/backup_core/fleet --output-path dist --force
+
+.PHONY: clean  ## remove .venv, caches, the benchmark's work folder and the built dist/
 clean:
-	$(PYTHON) -c "import shutil; [shutil.rmtree(p, ignore_errors=True) for p in ('$(VENV)', '.pytest_cache', '.mypy_cache', '.ruff_cache', '.hypothesis', 'benchmarks/work')]"
+	$(PYTHON) -c "import shutil; [shutil.rmtree(p, ignore_errors=True) for p in ('$(VENV)', '.pytest_cache', '.mypy_cache', '.ruff_cache', '.hypothesis', 'benchmarks/work', 'dist', 'build')]"

@@ -28,7 +28,16 @@ from backup_core.manifest import yaml_source
 from backup_core.manifest.remotes import Remote
 from backup_core.manifest.yaml_source import Document, KeyPath
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema" / "backups.schema.json"
+
+def _schema_path() -> Path:
+    """The schema inside an installed package, else the checkout's schema/ folder (editable installs too)."""
+    # pyproject.toml ships the repository's schema/ folder as backup_core/schema/ in wheels and sdists.
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "schema" / "backups.schema.json"
+    return packaged if packaged.is_file() else package.parent / "schema" / "backups.schema.json"
+
+
+SCHEMA_PATH = _schema_path()
 # Settings a target inherits from `defaults:`; the schema lists them under defaults.properties.
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KiB; anything this big is the wrong file
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

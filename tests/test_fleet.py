@@ -1,0 +1,460 @@
+"""The Ansible collection backup_core.fleet, built by `make collection` and run by the real `ansible-playbook`
+against three hosts that are all this machine (local connection, each with its own install prefix,
+manifest, unit folder and data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backup_core import __version__
+from tests.conftest import REPO, Ran
+from tests.test_installed_command import clean_copy, make
+
+BIN = Path(sys.executable).parent
+COLLECTION = REPO / "ansible" / "backup_core" / "fleet"
+PLAYBOOK = REPO / "examples" / "fleet" / "playbook.yml"
+HOSTS = ("alpha", "beta", "gamma")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (BIN / "ansible-playbook").exists(), reason="ansible-core is not installed"),
+]
+
+
+@dataclass
+class Built:
+    wheel: Path
+    collections: Path
+    wheelhouse: Path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """`make dist collection` in a clean copy, the collection installed, the wheel's dependencies at hand."""
+    clone = clean_copy(tmp_path_factory.mktemp("clone"))
+    done = make(clone, "dist", "collection")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = (clone / "dist").glob("backup_core-*.whl")
+    (collection,) = (clone / "dist").glob("backup_core-fleet-*.tar.gz")
+    collections = tmp_path_factory.mktemp("collections")
+    subprocess.run(
+        [str(BIN / "ansible-galaxy"), "collection", "install", "--offline", str(collection), "-p", str(collections)],
+        check=True,
+        capture_output=True,
+        env=ansible_env(tmp_path_factory.mktemp("galaxy")),
+    )
+    # The hosts install from this folder with --no-index: three installs cost one download.
+    wheelhouse = tmp_path_factory.mktemp("wheelhouse")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheelhouse), str(wheel)],
+        check=True,
+        timeout=600,
+    )
+    return Built(wheel, collections, wheelhouse)
+
+
+def ansible_env(root: Path, collections: Path | None = None) -> dict[str, str]:
+    """Ansible's settings for a test: nothing read from or written to the home folder or the working folder."""
+    config = root / "ansible.cfg"
+    config.write_text("[defaults]\n", encoding="utf-8")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    return environment | {
+        "ANSIBLE_CONFIG": str(config),
+        "ANSIBLE_HOME": str(root / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
+        "ANSIBLE_REMOTE_TEMP": str(root / "ansible-remote"),
+        "ANSIBLE_COLLECTIONS_PATH": str(collections or root / "collections"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+        "ANSIBLE_CALLBACK_FORMAT_PRETTY": "0",
+        "ANSIBLE_DEPRECATION_WARNINGS": "0",
+        "NO_COLOR": "1",
+    }
+
+
+_RESULT = re.compile(r"^(ok|changed|fatal|skipping): \[([^\]]+)\](?:: FAILED!)? => (\{.*\})$")
+
+
+@dataclass
+class Play:
+    """What one `ansible-playbook` run did: its exit status, output, and each task's results per host."""
+
+    ran: Ran
+
+    @property
+    def code(self) -> int:
+        return self.ran.code
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """PLAY RECAP: `host : ok=N changed=N unreachable=N failed=N ...` per host."""
+        text = self.ran.stdout.split("PLAY RECAP")[-1]
+        found = re.findall(r"^(\S+)\s+:\s+(.*)$", text, re.MULTILINE)
+        return {host: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)} for host, counts in found}
+
+    def results(self, task: str) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Each host's outcome and result of the task of this name (needs -v for ok results)."""
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        current = ""
+        for line in self.ran.stdout.splitlines():
+            header = re.match(r"^TASK \[(.*)\] \*+$", line)
+            if header:
+                current = header.group(1)
+                continue
+            result = _RESULT.match(line)
+            if result and current.endswith(task):
+                found[result.group(2)] = (result.group(1), json.loads(result.group(3)))
+        return found
+
+
+class Fleet:
+    """Three hosts that are this machine, each under its own folder, and the playbook run against them."""
+
+    def __init__(self, root: Path, built: Built) -> None:
+        self.root = root
+        self.built = built
+        self.runs = 0
+        self.manifests_before: dict[str, bytes] = {}
+        for host in HOSTS:
+            data = self.home(host) / "data"
+            shutil.copytree(REPO / "examples" / "site", data / "site")
+            shutil.copy2(REPO / "examples" / "data" / "app.db", data / "app.db")
+            (data / "notes.txt").write_text(f"notes of {host}\n", encoding="utf-8")
+
+    def home(self, host: str) -> Path:
+        return self.root / host
+
+    def manifest(self, host: str) -> Path:
+        return self.home(host) / "etc" / "backups.yml"
+
+    def executable(self, host: str) -> Path:
+        return self.home(host) / "opt" / "venv" / "bin" / "backups"
+
+    def units(self, host: str) -> Path:
+        return self.home(host) / "systemd"
+
+    def host_vars(self, host: str) -> dict[str, Any]:
+        home = self.home(host)
+        return {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "ansible_become": False,
+            "backups_python": sys.executable,
+            "backups_wheel": str(self.built.wheel),
+            "backups_pip_extra_args": ["--no-index", "--find-links", str(self.built.wheelhouse)],
+            "backups_prefix": str(home / "opt"),
+            "backups_manifest": str(self.manifest(host)),
+            "backups_systemd_unit_dir": str(self.units(host)),
+            "backups_systemd_enable": False,  # no running systemd here: the units are rendered and verified
+            "backups_cron_file": str(home / "cron.d" / "backups"),
+            "backups_host_defaults": {"destination": str(home / "backups")},
+            "backups_targets": [
+                {"name": "site", "path": str(home / "data" / "site"), "exclude": ["*.tmp"], "tags": ["web"]},
+                {"name": "app-db", "path": str(home / "data" / "app.db"), "tags": ["db"]},
+                {"name": "notes", "path": str(home / "data" / "notes.txt")},
+            ],
+        }
+
+    def inventory(self, **changes: dict[str, Any]) -> Path:
+        """An inventory of the three hosts; `changes` adds or replaces variables of one host."""
+        group_vars = {"backups_version": __version__, "backups_defaults": {"keep": {"last": 3}}, "backups_jobs": 2}
+        hosts = {host: self.host_vars(host) for host in HOSTS}
+        # beta layers targets: a group's entry and the host's own are merged by name over backups_targets.
+        hosts["beta"] |= {
+            "backups_group_targets": [{"name": "notes", "keep": {"last": 9}, "tags": ["docs"]}],
+            "backups_host_targets": [
+                {"name": "notes", "tags": ["mine"]},
+                {"name": "extra", "path": str(self.home("beta") / "data" / "notes.txt")},
+            ],
+        }
+        for host, variables in changes.items():
+            hosts[host] |= variables
+        path = self.root / f"inventory-{self.runs}.yml"
+        path.write_text(json.dumps({"backup_servers": {"hosts": hosts, "vars": group_vars}}), encoding="utf-8")
+        return path
+
+    def playbook(self, *args: str, inventory: Path | None = None) -> Play:
+        self.runs += 1
+        command = [str(BIN / "ansible-playbook"), "-v", "-i", str(inventory or self.inventory()), str(PLAYBOOK), *args]
+        done = subprocess.run(
+            command,
+            cwd=self.root,
+            env=ansible_env(self.root, self.built.collections),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        return Play(Ran(done.returncode, done.stdout, done.stderr))
+
+    def tree(self) -> dict[str, tuple[int, int]]:
+        """Every file of every host with its size and mtime (byte code caches aside)."""
+        return {
+            str(p.relative_to(self.root)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for host in HOSTS
+            for p in sorted(self.home(host).rglob("*"))
+            if "__pycache__" not in p.parts
+        }
+
+
+@dataclass
+class Deployed:
+    fleet: Fleet
+    first: Play
+    second: Play
+
+
+@pytest.fixture(scope="module")
+def deployed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
+    """The role deployed twice to the three hosts, without running a backup."""
+    fleet = Fleet(tmp_path_factory.mktemp("fleet"), built)
+    first = fleet.playbook("--skip-tags", "backups_run")
+    second = fleet.playbook("--skip-tags", "backups_run")
+    return Deployed(fleet, first, second)
+
+
+def test_the_role_installs_validates_and_schedules_on_every_host(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    assert deployed.first.code == 0, deployed.first.ran.output
+    for host in HOSTS:
+        assert deployed.first.recap()[host]["failed"] == 0
+        version = subprocess.run([fleet.executable(host), "--version"], capture_output=True, text=True, check=True)
+        assert version.stdout.strip() == f"backups {__version__}"
+        manifest = yaml.safe_load(fleet.manifest(host).read_text(encoding="utf-8"))
+        assert manifest["defaults"] == {"keep": {"last": 3}, "destination": str(fleet.home(host) / "backups")}
+        names = ["site", "app-db", "notes", "extra"] if host == "beta" else ["site", "app-db", "notes"]
+        assert [t["name"] for t in manifest["targets"]] == names
+        assert (fleet.manifest(host).stat().st_mode & 0o777) == 0o600
+        service = (fleet.units(host) / "backups.service").read_text(encoding="utf-8")
+        assert f'ExecStart="{fleet.executable(host)}" "backup" "--manifest" "{fleet.manifest(host)}"' in service
+        timer = (fleet.units(host) / "backups.timer").read_text(encoding="utf-8")
+        assert "Persistent=true" in timer and "RandomizedDelaySec=3600" in timer
+        assert not (fleet.home(host) / "cron.d" / "backups").exists()
+        assert not (fleet.home(host) / "backups").exists(), "deploying must not run a backup"
+
+
+def test_a_second_run_of_the_role_changes_nothing(deployed: Deployed) -> None:
+    assert deployed.second.code == 0, deployed.second.ran.output
+    recap = deployed.second.recap()
+    assert sorted(recap) == sorted(HOSTS)
+    assert all(counts["changed"] == 0 and counts["failed"] == 0 for counts in recap.values()), recap
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_the_rendered_units_pass_systemd_analyze_verify(deployed: Deployed) -> None:
+    units = deployed.fleet.units("alpha")
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(units / "backups.timer"), str(units / "backups.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stderr.strip() == "", verified.stderr
+
+
+def test_targets_layer_by_name_across_group_and_host(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    targets = yaml.safe_load(fleet.manifest("beta").read_text(encoding="utf-8"))["targets"]
+
+    assert targets[2] == {
+        "name": "notes",
+        "path": str(fleet.home("beta") / "data" / "notes.txt"),
+        "keep": {"last": 9},
+        "tags": ["mine"],  # a later layer's key replaces the earlier one's whole
+    }
+    assert targets[3] == {"name": "extra", "path": str(fleet.home("beta") / "data" / "notes.txt")}
+
+
+def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    before = fleet.tree()
+
+    play = fleet.playbook("--check", "--limit", "alpha")
+
+    assert play.code == 0, play.ran.output
+    assert fleet.tree() == before
+    outcome, result = play.results("Back up every target now")["alpha"]
+    assert result["check"] is True and "--check" in result["cmd"]
+    assert {t["name"]: (t["status"], t["reason"]) for t in result["results"]}["app-db"] == ("changed", "would archive")
+    assert all(t["archive"] is None for t in result["results"])
+    assert outcome == "changed"
+
+
+def test_a_new_backups_version_reinstalls_and_a_wheel_of_another_version_is_refused(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    before = fleet.tree()
+
+    play = fleet.playbook(
+        "--skip-tags", "backups_run", "--limit", "alpha", inventory=fleet.inventory(alpha={"backups_version": "9.9.9"})
+    )  # fmt: skip
+
+    assert play.code == 2, play.ran.output
+    outcome, result = play.results("Check that the wheel is of the pinned version")["alpha"]
+    assert outcome == "fatal"
+    assert f"holds version {__version__} but backups_version is 9.9.9" in result["msg"]
+    assert fleet.tree() == before
+
+
+@pytest.fixture(scope="module")
+def failing(deployed: Deployed) -> Play:
+    """The playbook (role, then a backup) where gamma's inventory has an invalid target and beta's
+    app-db target points at a database that is not there; alpha is fine."""
+    fleet = deployed.fleet
+    gamma = fleet.host_vars("gamma")["backups_targets"] + [{"name": "broken", "path": "x", "keep": {"last": 0}}]
+    beta = fleet.host_vars("beta")["backups_targets"]
+    beta = [beta[0], {"name": "app-db", "path": str(fleet.home("beta") / "data" / "gone.db")}, *beta[2:]]
+    fleet.manifests_before = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
+    return fleet.playbook(inventory=fleet.inventory(gamma={"backups_targets": gamma}, beta={"backups_targets": beta}))
+
+
+def test_a_host_with_invalid_targets_fails_with_the_validators_message_and_keeps_its_manifest(
+    deployed: Deployed, failing: Play
+) -> None:
+    fleet = deployed.fleet
+    assert failing.code == 2, failing.ran.output
+    assert failing.recap()["gamma"]["failed"] == 1
+    outcome, result = failing.results("Stop, keeping the installed manifest, when the rendered one is invalid")["gamma"]
+    assert outcome == "fatal"
+    message = "\n".join(result["msg"])
+    assert f"{fleet.manifest('gamma')} was not replaced" in message
+    located = r"\.backups\.yml\.candidate:\d+:\d+: targets\[3\]\.keep\.last: 0 is less than the minimum"
+    assert re.search(located, message), message
+    assert fleet.manifest("gamma").read_bytes() == fleet.manifests_before["gamma"]
+    assert "gamma" not in failing.results("Back up every target now"), "a host whose manifest failed runs no backup"
+
+
+def test_the_run_module_fails_the_host_with_a_failing_target_and_keeps_every_result(
+    deployed: Deployed, failing: Play
+) -> None:
+    fleet, play = deployed.fleet, failing
+    assert play.code == 2, play.ran.output  # ansible-playbook's status when a host failed
+    recap = play.recap()
+    assert recap["beta"]["failed"] == 1 and recap["alpha"]["failed"] == 0
+    results = play.results("Back up every target now")
+    outcome, beta = results["beta"]
+    assert outcome == "fatal"
+    assert beta["msg"].startswith("1 of 4 targets failed: app-db: source not found")
+    assert [(t["name"], t["status"]) for t in beta["results"]] == [
+        ("site", "changed"),
+        ("app-db", "failed"),
+        ("notes", "changed"),
+        ("extra", "changed"),
+    ]
+    assert beta["summary"] == {"ok": 0, "changed": 3, "failed": 1, "skipped": 0}
+    assert beta["rc"] == 1 and beta["changed"] is True
+    for host in ("alpha",):
+        outcome, result = results[host]
+        assert outcome == "changed"
+        assert result["summary"] == {"ok": 0, "changed": 3, "failed": 0, "skipped": 0}
+        for target in result["results"]:
+            with zipfile.ZipFile(target["archive"]) as archive:
+                assert archive.testzip() is None
+            assert Path(target["archive"]).parent == fleet.home(host) / "backups"
+
+
+def ad_hoc(fleet: Fleet, host: str, arguments: str) -> tuple[int, str, dict[str, Any]]:
+    """`ansible HOST -m backup_core.fleet.run -a ARGS` with the one-line JSON result parsed."""
+    done = subprocess.run(
+        [str(BIN / "ansible"), host, "-i", str(fleet.inventory()), "-m", "backup_core.fleet.run", "-a", arguments],
+        cwd=fleet.root,
+        env=ansible_env(fleet.root, fleet.built.collections) | {"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    match = re.search(r"^\S+ \| (SUCCESS|CHANGED|FAILED!) => (\{.*\})$", done.stdout, re.MULTILINE)
+    assert match, done.stdout + done.stderr
+    return done.returncode, match.group(1), json.loads(match.group(2))
+
+
+def test_the_run_module_reports_a_bad_manifest_with_its_located_messages(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    bad = fleet.home("alpha") / "bad.yml"
+    bad.write_text("version: 1\ntargets:\n  - {name: a, path: a.txt, kepp: {last: 2}}\n", encoding="utf-8")
+
+    code, outcome, result = ad_hoc(fleet, "alpha", f"manifest={bad} executable={fleet.executable('alpha')}")
+
+    assert (code, outcome) == (2, "FAILED!")
+    assert result["rc"] == 2 and result["changed"] is False
+    assert any(re.match(r".*bad\.yml:3:\d+: .*did you mean 'keep'\?", e) for e in result["errors"]), result
+    assert "did you mean 'keep'?" in result["msg"]
+
+
+def test_the_run_module_names_a_missing_executable(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    missing = fleet.home("alpha") / "nowhere" / "backups"
+
+    code, outcome, result = ad_hoc(fleet, "alpha", f"manifest={fleet.manifest('alpha')} executable={missing}")
+
+    assert (code, outcome) == (2, "FAILED!")
+    assert result["msg"].startswith(f"executable {missing} does not exist on the host")
+
+
+def test_the_run_module_finds_the_command_beside_its_interpreter(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    venv_python = fleet.executable("gamma").with_name("python")
+    inventory = fleet.inventory(gamma={"ansible_python_interpreter": str(venv_python)})
+    done = subprocess.run(
+        [str(BIN / "ansible"), "gamma", "-i", str(inventory), "-m", "backup_core.fleet.run", "--check",
+         "-a", f"manifest={fleet.manifest('gamma')} only=notes"],
+        cwd=fleet.root, env=ansible_env(fleet.root, fleet.built.collections),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.split(" => ", 1)[1])
+    assert result["cmd"][0] == str(fleet.executable("gamma"))
+    assert [t["name"] for t in result["results"]] == ["notes"]
+
+
+def test_the_module_and_role_documentation_renders_with_ansible_doc(built: Built, tmp_path: Path) -> None:
+    env = ansible_env(tmp_path, built.collections)
+    doc = [BIN / "ansible-doc"]
+    module = subprocess.run([*doc, "backup_core.fleet.run"], env=env, capture_output=True, text=True, check=False)
+    role = subprocess.run(
+        [*doc, "-t", "role", "backup_core.fleet.backups"], env=env, capture_output=True, text=True, check=False
+    )
+
+    assert module.returncode == 0, module.stderr
+    assert "RETURN VALUES" in module.stdout and "check_mode" in module.stdout and "executable" in module.stdout
+    assert role.returncode == 0, role.stderr
+    assert "backups_targets" in role.stdout and "backups_schedule" in role.stdout
+
+
+def test_the_collection_role_and_package_versions_agree() -> None:
+    galaxy = yaml.safe_load((COLLECTION / "galaxy.yml").read_text(encoding="utf-8"))
+    defaults = yaml.safe_load((COLLECTION / "roles/backups/defaults/main.yml").read_text(encoding="utf-8"))
+    specs = yaml.safe_load((COLLECTION / "roles/backups/meta/argument_specs.yml").read_text(encoding="utf-8"))
+    options = specs["argument_specs"]["main"]["options"]
+
+    assert galaxy["version"] == defaults["backups_version"] == __version__
+    assert set(options) == set(defaults), "every role variable is described in meta/argument_specs.yml"
+    assert all(options[name].get("default") == value for name, value in defaults.items())
+
+
+def test_ansible_lint_passes_at_the_production_profile(built: Built, tmp_path: Path) -> None:
+    if not (BIN / "ansible-lint").exists():
+        pytest.skip("ansible-lint is not installed")
+    env = ansible_env(tmp_path, built.collections)
+    # Each folder's own .ansible-lint asks for the production profile, offline.
+    for folder in (COLLECTION, REPO / "examples" / "fleet"):
+        done = subprocess.run(
+            [BIN / "ansible-lint", "--nocolor"],
+            cwd=folder, env=env, capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "0 failure(s)" in done.stderr and " 0 files processed" not in done.stderr, done.stderr

@@ -1,0 +1,155 @@
+"""The installed `backups` command: `make dist` builds it from a clean copy of the repository, offline,
+and the wheel installed into a fresh virtual environment backs up the shipped example without a checkout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from backup_core import __version__
+from tests.conftest import REPO, Ran
+
+VENV = Path(sys.executable).parent.parent
+
+
+def clean_copy(destination: Path) -> Path:
+    """The files a fresh clone would have (tracked and new, never ignored): no .venv, no build leftovers."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
+def make(clone: Path, *goals: str) -> subprocess.CompletedProcess[str]:
+    """The repository's own Makefile recipes, with this test run's virtual environment (never re-installed)."""
+    stamp = VENV / ".installed"
+    return subprocess.run(
+        ["make", "-C", str(clone), f"VENV={VENV}", "-o", str(stamp), *goals],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    clone = clean_copy(tmp_path_factory.mktemp("clone"))
+    built = make(clone, "dist")
+    assert built.returncode == 0, built.stdout + built.stderr
+    return clone / "dist"
+
+
+def wheel_of(dist: Path) -> Path:
+    (wheel,) = dist.glob("backup_core-*-py3-none-any.whl")
+    return wheel
+
+
+def test_dist_builds_a_wheel_and_an_sdist_holding_every_module_and_the_schema(dist: Path) -> None:
+    source = {p.relative_to(REPO).as_posix() for p in (REPO / "backup_core").rglob("*.py")}
+    with zipfile.ZipFile(wheel_of(dist)) as wheel:
+        in_wheel = set(wheel.namelist())
+        entry_points = next(n for n in in_wheel if n.endswith(".dist-info/entry_points.txt"))
+        assert "backups = backup_core.cli:main" in wheel.read(entry_points).decode()
+        schema = wheel.read("backup_core/schema/backups.schema.json")
+    # A package missing from pyproject's list would install a command that fails on import.
+    assert source - in_wheel == set()
+    assert schema == (REPO / "schema" / "backups.schema.json").read_bytes()
+    (sdist,) = dist.glob("backup_core-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        assert any(n.endswith("/schema/backups.schema.json") for n in archive.getnames())
+
+
+def run(command: list[str], cwd: Path) -> Ran:
+    # No PYTHONPATH and a folder outside the repository: only what the wheel installed can be imported.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"NO_COLOR": "1"}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`backups` from the wheel, in a fresh virtual environment (its dependencies from pip's usual sources)."""
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(wheel_of(dist))], check=True, timeout=600
+    )  # fmt: skip
+    return python.with_name("backups.exe" if os.name == "nt" else "backups")
+
+
+@pytest.mark.slow
+def test_the_wheel_in_a_fresh_venv_backs_up_the_shipped_example(installed: Path, tmp_path: Path) -> None:
+    shutil.copy2(REPO / "backups.yml", tmp_path / "backups.yml")
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+
+    ran = run([str(installed), "backup", "-m", "backups.yml"], cwd=tmp_path)
+
+    assert ran.code == 0, ran.output
+    assert "RECAP" in ran.stdout
+    archives = sorted(p.name.split("-2")[0] for p in (tmp_path / "backups").glob("*.zip"))
+    assert archives == ["app-db", "notes", "site"]
+    (site,) = (tmp_path / "backups").glob("site-*.zip")
+    with zipfile.ZipFile(site) as archive:
+        assert archive.testzip() is None
+        assert "index.html" in archive.namelist()
+
+
+@pytest.mark.slow
+def test_the_installed_command_defaults_to_backups_yml_in_the_current_folder(installed: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello\n", encoding="utf-8")
+    (tmp_path / "backups.yml").write_text("version: 1\ntargets:\n  - {name: notes, path: notes.txt}\n", "utf-8")
+
+    ran = run([str(installed), "validate"], cwd=tmp_path)
+
+    assert (ran.code, ran.stdout.strip()) == (0, "backups.yml: valid, 1 target")
+
+
+@pytest.mark.slow
+def test_the_installed_command_reports_a_bad_manifest_with_its_place(installed: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "bad.yml"
+    manifest.write_text("version: 1\ntargets:\n  - {name: notes, path: n.txt, kepp: {last: 2}}\n", "utf-8")
+
+    ran = run([str(installed), "validate", "-m", str(manifest)], cwd=tmp_path)
+
+    assert ran.code == 2
+    assert "bad.yml:3:" in ran.output and "did you mean 'keep'?" in ran.output
+    assert "Traceback" not in ran.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [["--bogus"], ["backup", "--bogus"], ["nosuchtask"]])
+def test_the_installed_command_treats_an_unknown_flag_or_task_as_a_usage_error(
+    installed: Path, tmp_path: Path, argv: list[str]
+) -> None:
+    ran = run([str(installed), *argv], cwd=tmp_path)
+
+    assert ran.code == 2, ran.output
+    assert "Traceback" not in ran.output
+
+
+@pytest.mark.slow
+def test_the_installed_command_lists_the_same_tasks_as_invoke_in_the_checkout(installed: Path, tmp_path: Path) -> None:
+    ran = run([str(installed), "--list"], cwd=tmp_path)
+
+    assert ran.code == 0
+    for name in ("backup", "list", "prune", "restore", "validate", "verify"):
+        assert f"  {name} " in ran.stdout or ran.stdout.rstrip().endswith(f"  {name}"), ran.stdout
+    assert run([str(installed), "--version"], cwd=tmp_path).stdout.strip() == f"backups {__version__}"
