@@ -215,6 +215,8 @@ def restore(
         archive=archive or None,
         member=member or None,
         force=force,
+        remote=remote or None,
+        identity=identity or None,
     )
 
 

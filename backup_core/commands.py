@@ -59,6 +59,11 @@ def run_targets(
     targets = selection.select(loaded.targets, only, tags, skip_tags)
     _known_remote(loaded, remote)
     identities = _identities(identity)
+    if download and remote is not None and loaded.remotes[remote].encrypted and not identities:
+        # Said once, before anything is downloaded, rather than as a failure of every copy.
+        raise UsageError(
+            f"remote {remote} is encrypted; pass --identity FILE (the age identity or SSH private key of a recipient)"
+        )
     # In JSON mode stdout carries the document alone; people's text goes to stderr.
     try:
         text = report.TextReporter(

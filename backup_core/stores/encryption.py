@@ -80,13 +80,18 @@ class EncryptedStore:
         return [stored for stored in self.inner.list(target) if stored.encrypted]
 
     def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
-        # The plaintext's checksum proves nothing about the object: the ciphertext's is recorded.
-        scratch = file.with_name(f".{name}.age.partial")
+        # Callers name the object they want (`<archive>.age`, as listings show it); a bare
+        # archive name gets the suffix, never a second one.
+        stored_name = name if name.endswith(ENCRYPTED_SUFFIX) else name + ENCRYPTED_SUFFIX
+        # A name the runner's clean-up of interrupted work recognises (.<target>-<stamp>.<what>.partial),
+        # so a run killed while encrypting leaves nothing that lasts beyond the next run.
+        scratch = file.with_name(f".{stored_name.removesuffix(ENCRYPTED_SUFFIX).removesuffix('.zip')}.age.partial")
         try:
+            # The plaintext's checksum proves nothing about the object: the ciphertext's is recorded.
             digest = encrypt(file, scratch, self.recipients)
-            return self.inner.put(target, scratch, name + ENCRYPTED_SUFFIX, digest, progress)
+            return self.inner.put(target, scratch, stored_name, digest, progress)
         except OSError as exc:
-            raise StoreError(f"remote {self.name}: cannot encrypt {name}: {exc.strerror or exc}") from None
+            raise StoreError(f"remote {self.name}: cannot encrypt {stored_name}: {exc.strerror or exc}") from None
         finally:
             archives.remove(scratch)
 
@@ -131,23 +136,50 @@ def load_identities(file: Path) -> list[Any]:
 
 
 def decrypt(ciphertext: Path, plaintext: Path, identities: list[Any]) -> None:
-    """Decrypt into a new file; TargetError (exit 1) for a wrong key, a truncated or tampered file."""
+    """Decrypt into a new file; TargetError (exit 1) for a wrong key, a truncated or tampered file.
+
+    age authenticates its header and then every 64 KiB chunk, and marks the last chunk, so
+    a wrong byte anywhere or a file cut short is found; the plaintext written so far is then
+    deleted, so nothing from a damaged copy is ever used.
+    """
     import pyrage
 
     with ciphertext.open("rb") as reader:
         if reader.read(len(_HEADER)) != _HEADER:
-            raise TargetError(f"{ciphertext.name} is not in the age format (its header is missing or damaged)")
+            raise TargetError(f"{ciphertext.name} is not in the age format: its first line is missing or damaged")
         reader.seek(0)
         try:
             with plaintext.open("xb") as writer:
                 pyrage.decrypt_io(reader, writer, identities)
         except pyrage.DecryptError as exc:
+            # Raised while the header is read: no recipient stanza opens with these keys, or the
+            # header itself is cut short or altered (its MAC fails).
             plaintext.unlink(missing_ok=True)
-            if "No matching keys" in str(exc):
+            reason = _first_line(exc)
+            if "No matching keys" in reason:
                 raise TargetError(
                     f"{ciphertext.name} cannot be decrypted with this identity (not one of its recipients)"
                 ) from None
-            raise TargetError(f"{ciphertext.name} is truncated or has been tampered with: {exc}") from None
+            if reason.startswith("OSError"):
+                raise TargetError(f"cannot read {ciphertext}: {reason.removeprefix('OSError: ')}") from None
+            raise TargetError(
+                f"{ciphertext.name} is truncated or has been tampered with: its age header is damaged ({reason})"
+            ) from None
+        except OSError as exc:
+            plaintext.unlink(missing_ok=True)
+            if exc.errno is not None:
+                raise  # a real input/output error (no space for the plaintext, say), reported as such
+            # pyrage reports a chunk that fails authentication, or a stream without its last
+            # chunk, as an OSError without an errno.
+            raise TargetError(
+                f"{ciphertext.name} is truncated or has been tampered with: {_first_line(exc)} "
+                "(a piece of its ciphertext does not authenticate, or the file ends early)"
+            ) from None
         except BaseException:
             plaintext.unlink(missing_ok=True)
             raise
+
+
+def _first_line(exc: BaseException) -> str:
+    """pyrage's message, on one line (some of its messages carry a second line of advice)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
