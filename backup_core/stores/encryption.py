@@ -23,13 +23,28 @@ _HEADER = b"age-encryption.org/v1\n"
 
 
 def recipient_problem(text: str) -> str | None:
-    """None when `text` is an age X25519 recipient or an SSH public key pyrage accepts, else why not."""
+    """None when `text` is an age X25519 recipient or an SSH public key pyrage accepts, else why not.
+
+    The reason never repeats a private key: one pasted here by mistake must not end up in a
+    terminal, a log or a CI transcript.
+    """
+    if text.upper().startswith("AGE-SECRET-KEY-") or "PRIVATE KEY" in text:
+        return (
+            "this is a private key, which must never be in the manifest or on the backup host; "
+            "put its public key here (age-keygen -y KEYFILE) and keep the private key elsewhere"
+        )
     try:
         _recipient(text)
     except Exception as exc:
-        kind = "SSH public key" if text.startswith("ssh-") else "age recipient"
         shown = text if len(text) <= 40 else text[:37] + "..."
-        return f"{shown!r} is not a valid {kind} ({exc}); use an age1... key (age-keygen -y) or an SSH public key"
+        kind = text.split(" ", 1)[0]
+        if text.startswith(("ssh-ed25519 ", "ssh-rsa ")):
+            why = f"is not a valid {kind} public key: its key data does not decode (copy the whole .pub line)"
+        elif " " in text and not text.startswith("age1"):
+            return f"{shown!r} is an SSH key of type {kind}, which age does not support; use ssh-ed25519 or ssh-rsa"
+        else:
+            why = f"is not a valid age recipient ({_first_line(exc)})"
+        return f"{shown!r} {why}; use an age1... public key (age-keygen -y KEYFILE) or an SSH public key"
     return None
 
 
