@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -541,3 +542,40 @@ def test_memory_stays_flat_for_a_large_archive(project: Project) -> None:
     # Holding the archive or its ciphertext in memory would take at least 300 MB.
     assert backup_peak < 150 * 1024, f"backup peaked at {backup_peak // 1024} MiB"
     assert restore_peak < 150 * 1024, f"restore peaked at {restore_peak // 1024} MiB"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is how cron and systemd stop a run")
+def test_a_push_stopped_while_encrypting_exits_130_and_leaves_no_ciphertext(project: Project) -> None:
+    key = age_key(project.root)
+    write_project(project, encryption_yaml([key.public]), stored_member_size=1)
+    with (project.root / "site" / "big.bin").open("wb") as file:
+        for _ in range(100):
+            file.write(os.urandom(1 << 20))
+    vault = project.root / "vault"
+    vault.rmdir()  # the remote is away: the backup keeps its archive and sends nothing
+    assert project.invoke("backup").code == 1
+    vault.mkdir()
+    destination = project.root / "backups"
+    push = subprocess.Popen(
+        [str(INVOKE), "--search-root", str(REPO), "push", "--manifest", str(project.manifest)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    try:
+        # Stop it once the ciphertext has begun (an event, not a time): 100 MB take a while to encrypt.
+        while push.poll() is None and not any(p.name.endswith(".age.partial") for p in destination.iterdir()):
+            pass
+        push.send_signal(signal.SIGTERM)
+        output, _ = push.communicate(timeout=120)
+    finally:
+        push.kill()
+    assert push.returncode == 130, output
+    assert "Traceback" not in output
+    assert sorted(p.name for p in destination.iterdir() if "partial" in p.name or ".age" in p.name) == []
+    assert [p.name for p in vault.rglob("*") if p.is_file()] == []
+    ran = project.invoke("push")  # the next run sends it whole
+    assert ran.code == 0, ran.output
+    assert [p.name.removesuffix(".age") for p in copies(project)] == [a.name for a in project.archives()]

@@ -11,6 +11,7 @@ intact without any key.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -56,29 +57,68 @@ def _recipient(text: str) -> Any:
     return pyrage.x25519.Recipient.from_str(text)
 
 
-class _HashingWriter:
-    """A file writer that hashes what passes through it."""
+class _Guarded:
+    """A file pyrage reads or writes through, which keeps any exception raised on its behalf.
 
-    def __init__(self, file: BinaryIO, progress: Progress | None) -> None:
-        self.file, self.digest, self.progress = file, hashlib.sha256(), progress
+    pyrage turns an exception raised in a Python callback into its own error: a Ctrl-C or
+    SIGTERM into EncryptError('KeyboardInterrupt: '), a full disk into an error without its
+    errno.  The original is raised again instead, so an interrupted run exits 130 and a full
+    disk is called a full disk, never a damaged archive.  A writer can also hash what it writes.
+    """
+
+    def __init__(self, file: BinaryIO, hashing: bool = False) -> None:
+        self.file = file
+        self.error: BaseException | None = None
+        self.digest = hashlib.sha256() if hashing else None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.file.read(size)
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.file.write(data)
+        try:
+            if self.digest is not None:
+                self.digest.update(data)
+            self.file.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
         return len(data)
 
     def flush(self) -> None:
         self.file.flush()
 
 
+def _raise_original(exc: BaseException, *files: _Guarded) -> None:
+    """Raise again what pyrage wrapped: an exception of a callback, or a Ctrl-C (SIGTERM) that arrived
+    between callbacks, which pyrage reports only as text ('KeyboardInterrupt: ')."""
+    for file in files:
+        if file.error is not None:
+            raise file.error
+    if str(exc).startswith("KeyboardInterrupt"):
+        raise KeyboardInterrupt from None
+
+
 def encrypt(source: Path, ciphertext: Path, recipients: tuple[str, ...]) -> str:
-    """Encrypt `source` into a new file `ciphertext`; return the ciphertext's SHA-256."""
+    """Encrypt `source` into a new file `ciphertext`; return the ciphertext's SHA-256.
+
+    OSError when a file cannot be read or written; StoreError when age refuses.
+    """
     import pyrage
 
-    with source.open("rb") as reader, ciphertext.open("xb") as file:
-        writer = _HashingWriter(file, None)
-        pyrage.encrypt_io(reader, writer, [_recipient(r) for r in recipients])
+    keys = [_recipient(r) for r in recipients]
+    with source.open("rb") as plain, ciphertext.open("xb") as file:
+        reader, writer = _Guarded(plain), _Guarded(file, hashing=True)
+        try:
+            pyrage.encrypt_io(reader, writer, keys)
+        except pyrage.EncryptError as exc:
+            _raise_original(exc, reader, writer)
+            raise StoreError(f"age refused to encrypt it: {_first_line(exc)}") from None
         file.flush()
+    assert writer.digest is not None
     return writer.digest.hexdigest()
 
 
@@ -102,11 +142,16 @@ class EncryptedStore:
         # so a run killed while encrypting leaves nothing that lasts beyond the next run.
         scratch = file.with_name(f".{stored_name.removesuffix(ENCRYPTED_SUFFIX).removesuffix('.zip')}.age.partial")
         try:
-            # The plaintext's checksum proves nothing about the object: the ciphertext's is recorded.
-            digest = encrypt(file, scratch, self.recipients)
+            try:
+                # The plaintext's checksum proves nothing about the object: the ciphertext's is recorded.
+                digest = encrypt(file, scratch, self.recipients)
+            except OSError as exc:
+                reason = "no space left" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
+                where = f"{stored_name} in {scratch.parent}"
+                raise StoreError(f"remote {self.name}: cannot encrypt {where}: {reason}") from None
+            except StoreError as exc:
+                raise StoreError(f"remote {self.name}: cannot encrypt {stored_name}: {exc}") from None
             return self.inner.put(target, scratch, stored_name, digest, progress)
-        except OSError as exc:
-            raise StoreError(f"remote {self.name}: cannot encrypt {stored_name}: {exc.strerror or exc}") from None
         finally:
             archives.remove(scratch)
 
@@ -159,13 +204,19 @@ def decrypt(ciphertext: Path, plaintext: Path, identities: list[Any]) -> None:
     """
     import pyrage
 
-    with ciphertext.open("rb") as reader:
-        if reader.read(len(_HEADER)) != _HEADER:
+    with ciphertext.open("rb") as encrypted:
+        if encrypted.read(len(_HEADER)) != _HEADER:
             raise TargetError(f"{ciphertext.name} is not in the age format: its first line is missing or damaged")
-        reader.seek(0)
+        encrypted.seek(0)
+        reader = _Guarded(encrypted)
         try:
-            with plaintext.open("xb") as writer:
-                pyrage.decrypt_io(reader, writer, identities)
+            with plaintext.open("xb") as file:
+                writer = _Guarded(file)
+                try:
+                    pyrage.decrypt_io(reader, writer, identities)
+                except Exception as exc:
+                    _raise_original(exc, reader, writer)
+                    raise
         except pyrage.DecryptError as exc:
             # Raised while the header is read: no recipient stanza opens with these keys, or the
             # header itself is cut short or altered (its MAC fails).
@@ -175,8 +226,6 @@ def decrypt(ciphertext: Path, plaintext: Path, identities: list[Any]) -> None:
                 raise TargetError(
                     f"{ciphertext.name} cannot be decrypted with this identity (not one of its recipients)"
                 ) from None
-            if reason.startswith("OSError"):
-                raise TargetError(f"cannot read {ciphertext}: {reason.removeprefix('OSError: ')}") from None
             raise TargetError(
                 f"{ciphertext.name} is truncated or has been tampered with: its age header is damaged ({reason})"
             ) from None
