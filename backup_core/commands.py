@@ -198,6 +198,7 @@ def restore(
     target = matches[0]
     _known_remote(loaded, remote)
     identities = _identities(identity)
+    _stop_on_terminate()  # a stopped restore must not leave a decrypted scratch copy behind
     try:
         if remote is None:
             chosen = restore_module.choose_archive(target, archive)
