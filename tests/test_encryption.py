@@ -319,11 +319,16 @@ def test_a_damaged_copy_is_reported_as_such_and_nothing_from_it_is_written(backe
     assert expected in line and copy.name in line
     nothing_left(backed.project, to)
 
-    verified = backed.project.invoke(
-        "verify", "--remote", "vault", "--download", "--identity", str(backed.key.file), "--latest"
-    )
-    assert verified.code == 1, verified.output
-    assert expected in verified.output and "Traceback" not in verified.output
+
+@pytest.mark.parametrize("damage", ["truncated-at-a-chunk-boundary", "byte-flipped-in-the-payload"])
+def test_verify_download_reports_a_damaged_copy(backed: Backed, damage: str) -> None:
+    change, expected = DAMAGE[damage]
+    backed.copy.write_bytes(change(backed.copy.read_bytes()))
+    ran = backed.project.invoke("verify", "--remote", "vault", "--download", "--identity", str(backed.key.file))
+    assert ran.code == 1, ran.output
+    assert f"failed: [site] => {backed.copy.name}: {backed.copy.name} {expected}" in ran.output
+    assert "Traceback" not in ran.output
+    assert [p.name for p in (backed.project.root / "backups").iterdir() if p.name.startswith(".backup-fetch-")] == []
 
 
 # --- verify --------------------------------------------------------------------------------------
@@ -360,6 +365,7 @@ def test_verify_remote_download_without_identity_is_a_usage_error(backed: Backed
 
 
 @needs("ssh-keygen")
+@pytest.mark.slow
 def test_ssh_recipients_and_an_ssh_private_key_as_identity(project: Project, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -383,6 +389,7 @@ def test_ssh_recipients_and_an_ssh_private_key_as_identity(project: Project, tmp
 
 
 @needs("ssh-keygen")
+@pytest.mark.slow
 def test_recipients_file_with_comments_encrypts_to_every_key_in_it(project: Project, tmp_path: Path) -> None:
     first, second = age_key(tmp_path, "first.txt"), age_key(tmp_path, "second.txt")
     ssh_private, ssh_public = ssh_key(tmp_path, "ed25519")
@@ -457,6 +464,7 @@ def test_a_private_key_given_as_recipient_is_refused_without_being_printed(proje
 # --- the backup host holds no private key ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="named pipes (FIFOs) are how a read is caught here")
 def test_backup_push_and_prune_never_read_a_private_key(project: Project, tmp_path: Path) -> None:
     key = age_key(tmp_path, "offline-key.txt")
@@ -473,17 +481,21 @@ def test_backup_push_and_prune_never_read_a_private_key(project: Project, tmp_pa
         help_text = subprocess.run(
             [str(INVOKE), "--search-root", str(REPO), "--help", command], capture_output=True, text=True, check=True
         ).stdout
-        assert "--identity" not in help_text
+        assert "--manifest" in help_text and "--identity" not in help_text
     runs = [
         project.invoke("backup", "--format", "json", env=env, timeout=60),
         project.invoke("backup", "--force", env=env, timeout=60),
     ]
     copies(project)[0].unlink()  # the remote lost a copy: push sends it again, encrypted
     runs.append(project.invoke("push", "--format", "json", env=env, timeout=60))
-    runs.append(project.invoke("prune", env=env, timeout=60))
+    assert len(copies(project)) == 2
+    text = project.manifest.read_text(encoding="utf-8")
+    project.manifest.write_text(text.replace("offsite: [vault]\n", "offsite: [vault]\n    keep: {last: 1}\n"))
+    runs.append(project.invoke("prune", env=env, timeout=60))  # deletes one archive here and one copy there
     for ran in runs:
         assert ran.code == 0, ran.output
         assert key.secret not in ran.output and "AGE-SECRET-KEY" not in ran.output.upper()
+    assert len(copies(project)) == 1
     assert [p.name.removesuffix(".age") for p in copies(project)] == [a.name for a in project.archives()]
     assert all(p.read_bytes().startswith(HEADER) for p in copies(project))
 
