@@ -236,6 +236,17 @@ def test_restore_from_the_remote_does_not_fall_back_to_the_local_archive(backed:
     assert tree(to) == tree(backed.project.root / "site")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig"])
+def test_an_identity_file_with_a_byte_order_mark_works(backed: Backed, encoding: str) -> None:
+    # What `age-keygen > key.txt` gives in Windows PowerShell 5 (UTF-16), or Notepad (a UTF-8 mark).
+    identity = backed.project.root / f"key-{encoding}.txt"
+    identity.write_text(backed.key.file.read_text(encoding="utf-8").replace("\n", "\r\n"), encoding=encoding)
+    to = backed.project.root / "restored"
+    ran = backed.project.invoke("restore", "site", "--remote", "vault", "--identity", str(identity), "--to", str(to))
+    assert ran.code == 0, ran.output
+    assert tree(to) == tree(backed.project.root / "site")
+
+
 def test_restore_from_the_remote_keeps_the_local_restores_rules(backed: Backed) -> None:
     to = backed.project.root / "restored"
     existing = backed.project.file("restored/index.html", "mine, not the backup's\n")

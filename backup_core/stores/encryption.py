@@ -181,7 +181,9 @@ def load_identities(file: Path) -> list[Any]:
                 f"--identity {file}: not a usable SSH private key ({exc}); passphrase-protected keys are not supported"
             ) from None
     identities = []
-    for raw in data.decode("utf-8", "replace").splitlines():
+    # PowerShell 5's `age-keygen > key.txt` writes UTF-16 with a byte-order mark; Notepad may add a UTF-8 one.
+    encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    for raw in data.decode(encoding, "replace").splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
             try:
