@@ -406,7 +406,8 @@ def test_recipients_file_with_comments_encrypts_to_every_key_in_it(project: Proj
     ssh_private, ssh_public = ssh_key(tmp_path, "ed25519")
     project.file(
         "recipients.txt",
-        f"# operations team\n{first.public}\n\n   # the offline laptop, indented comment\n"
+        f"\ufeff# operations team (a byte-order mark first, as Notepad saves it)\n{first.public}\n"
+        "\n   # the offline laptop, indented comment\n"
         f"  {second.public}  \n{ssh_public}\n",
     )
     write_project(project, encryption_yaml(recipients_file="recipients.txt"))

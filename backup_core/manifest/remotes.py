@@ -178,7 +178,7 @@ def _recipients(
         name = expand(document, raw["recipients_file"], (*where, "recipients_file"), environ, problems)
         file = document.file.parent / Path(name).expanduser()
         try:
-            text = file.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8-sig")  # a byte-order mark from Notepad is not part of a key
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             problems.append(document.problem((*where, "recipients_file"), f"cannot read {file}: {reason}"))
