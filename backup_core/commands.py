@@ -71,6 +71,11 @@ def run_targets(
         _known_remote(loaded, remote)
         metrics = _metrics_path(loaded, metrics_file)
         identities = _identities(identity)
+        if download and remote is not None and loaded.remotes[remote].encrypted and not identities:
+            # Said once, before anything is downloaded, rather than as a failure of every copy.
+            raise UsageError(
+                f"remote {remote} is encrypted; pass --identity FILE (the age identity or SSH private key of a recipient)"
+            )
         # In JSON mode stdout carries the document alone; people's text goes to stderr.
         try:
             text = report.TextReporter(
@@ -348,6 +353,7 @@ def restore(
     target = matches[0]
     _known_remote(loaded, remote)
     identities = _identities(identity)
+    _stop_on_terminate()  # a stopped restore must not leave a decrypted scratch copy behind
     try:
         if remote is None:
             chosen = restore_module.choose_archive(target, archive)

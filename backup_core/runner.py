@@ -726,6 +726,8 @@ def _verify_remote(target: Target, options: Options) -> list[TargetResult]:
                 result.reason = "size and checksum recorded at upload match"
         except BackupError as exc:
             problem = str(exc)
+        except OSError as exc:  # the scratch copy could not be written (a full disk): one line, no traceback
+            problem = f"{exc.strerror or exc} ({exc.filename or stored.name})"
         if problem:
             result.fail(problem)
         result.seconds = time.monotonic() - started

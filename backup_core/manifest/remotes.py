@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_core.errors import Problem
-from backup_core.manifest.yaml_source import Document, KeyPath
+from backup_core.manifest.yaml_source import Document, KeyPath, format_path
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 HOST_VARIABLE = "BACKUP_HOST"  # always defined: cron exports no HOSTNAME
@@ -173,18 +173,19 @@ def _recipients(
     if not isinstance(raw, dict):
         return ()
     if "recipients" in raw:
-        lines = [(item, (*where, "recipients", index)) for index, item in enumerate(raw["recipients"])]
+        lines = [(item, (*where, "recipients", index), 0) for index, item in enumerate(raw["recipients"])]
     elif "recipients_file" in raw:
         name = expand(document, raw["recipients_file"], (*where, "recipients_file"), environ, problems)
         file = document.file.parent / Path(name).expanduser()
         try:
-            text = file.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8-sig")  # a byte-order mark from Notepad is not part of a key
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             problems.append(document.problem((*where, "recipients_file"), f"cannot read {file}: {reason}"))
             return ()
-        lines = [(line.strip(), (*where, "recipients_file")) for line in text.splitlines()]
-        lines = [(line, place) for line, place in lines if line and not line.startswith("#")]
+        # Numbered so that a bad recipient is reported at its own line of that file.
+        numbered = [(line.strip(), (*where, "recipients_file"), n) for n, line in enumerate(text.splitlines(), 1)]
+        lines = [(line, place, n) for line, place, n in numbered if line and not line.startswith("#")]
         if not lines:
             problems.append(document.problem((*where, "recipients_file"), f"{file} holds no recipient"))
     else:
@@ -192,9 +193,11 @@ def _recipients(
     from backup_core.stores import encryption  # imported only when a manifest encrypts
 
     good = []
-    for text, place in lines:
+    for text, place, number in lines:
         reason = encryption.recipient_problem(text)
-        if reason:
+        if reason and number:
+            problems.append(Problem(file, number, 1, format_path(place), reason))
+        elif reason:
             problems.append(document.problem(place, reason))
         else:
             good.append(text)

@@ -11,6 +11,7 @@ intact without any key.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,13 +24,28 @@ _HEADER = b"age-encryption.org/v1\n"
 
 
 def recipient_problem(text: str) -> str | None:
-    """None when `text` is an age X25519 recipient or an SSH public key pyrage accepts, else why not."""
+    """None when `text` is an age X25519 recipient or an SSH public key pyrage accepts, else why not.
+
+    The reason never repeats a private key: one pasted here by mistake must not end up in a
+    terminal, a log or a CI transcript.
+    """
+    if text.upper().startswith("AGE-SECRET-KEY-") or "PRIVATE KEY" in text:
+        return (
+            "this is a private key, which must never be in the manifest or on the backup host; "
+            "put its public key here (age-keygen -y KEYFILE) and keep the private key elsewhere"
+        )
     try:
         _recipient(text)
     except Exception as exc:
-        kind = "SSH public key" if text.startswith("ssh-") else "age recipient"
         shown = text if len(text) <= 40 else text[:37] + "..."
-        return f"{shown!r} is not a valid {kind} ({exc}); use an age1... key (age-keygen -y) or an SSH public key"
+        kind = text.split(" ", 1)[0]
+        if text.startswith(("ssh-ed25519 ", "ssh-rsa ")):
+            why = f"is not a valid {kind} public key: its key data does not decode (copy the whole .pub line)"
+        elif " " in text and not text.startswith("age1"):
+            return f"{shown!r} is an SSH key of type {kind}, which age does not support; use ssh-ed25519 or ssh-rsa"
+        else:
+            why = f"is not a valid age recipient ({_first_line(exc)})"
+        return f"{shown!r} {why}; use an age1... public key (age-keygen -y KEYFILE) or an SSH public key"
     return None
 
 
@@ -41,29 +57,68 @@ def _recipient(text: str) -> Any:
     return pyrage.x25519.Recipient.from_str(text)
 
 
-class _HashingWriter:
-    """A file writer that hashes what passes through it."""
+class _Guarded:
+    """A file pyrage reads or writes through, which keeps any exception raised on its behalf.
 
-    def __init__(self, file: BinaryIO, progress: Progress | None) -> None:
-        self.file, self.digest, self.progress = file, hashlib.sha256(), progress
+    pyrage turns an exception raised in a Python callback into its own error: a Ctrl-C or
+    SIGTERM into EncryptError('KeyboardInterrupt: '), a full disk into an error without its
+    errno.  The original is raised again instead, so an interrupted run exits 130 and a full
+    disk is called a full disk, never a damaged archive.  A writer can also hash what it writes.
+    """
+
+    def __init__(self, file: BinaryIO, hashing: bool = False) -> None:
+        self.file = file
+        self.error: BaseException | None = None
+        self.digest = hashlib.sha256() if hashing else None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.file.read(size)
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.file.write(data)
+        try:
+            if self.digest is not None:
+                self.digest.update(data)
+            self.file.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
         return len(data)
 
     def flush(self) -> None:
         self.file.flush()
 
 
+def _raise_original(exc: BaseException, *files: _Guarded) -> None:
+    """Raise again what pyrage wrapped: an exception of a callback, or a Ctrl-C (SIGTERM) that arrived
+    between callbacks, which pyrage reports only as text ('KeyboardInterrupt: ')."""
+    for file in files:
+        if file.error is not None:
+            raise file.error
+    if str(exc).startswith("KeyboardInterrupt"):
+        raise KeyboardInterrupt from None
+
+
 def encrypt(source: Path, ciphertext: Path, recipients: tuple[str, ...]) -> str:
-    """Encrypt `source` into a new file `ciphertext`; return the ciphertext's SHA-256."""
+    """Encrypt `source` into a new file `ciphertext`; return the ciphertext's SHA-256.
+
+    OSError when a file cannot be read or written; StoreError when age refuses.
+    """
     import pyrage
 
-    with source.open("rb") as reader, ciphertext.open("xb") as file:
-        writer = _HashingWriter(file, None)
-        pyrage.encrypt_io(reader, writer, [_recipient(r) for r in recipients])
+    keys = [_recipient(r) for r in recipients]
+    with source.open("rb") as plain, ciphertext.open("xb") as file:
+        reader, writer = _Guarded(plain), _Guarded(file, hashing=True)
+        try:
+            pyrage.encrypt_io(reader, writer, keys)
+        except pyrage.EncryptError as exc:
+            _raise_original(exc, reader, writer)
+            raise StoreError(f"age refused to encrypt it: {_first_line(exc)}") from None
         file.flush()
+    assert writer.digest is not None
     return writer.digest.hexdigest()
 
 
@@ -80,13 +135,23 @@ class EncryptedStore:
         return [stored for stored in self.inner.list(target) if stored.encrypted]
 
     def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
-        # The plaintext's checksum proves nothing about the object: the ciphertext's is recorded.
-        scratch = file.with_name(f".{name}.age.partial")
+        # Callers name the object they want (`<archive>.age`, as listings show it); a bare
+        # archive name gets the suffix, never a second one.
+        stored_name = name if name.endswith(ENCRYPTED_SUFFIX) else name + ENCRYPTED_SUFFIX
+        # A name the runner's clean-up of interrupted work recognises (.<target>-<stamp>.<what>.partial),
+        # so a run killed while encrypting leaves nothing that lasts beyond the next run.
+        scratch = file.with_name(f".{stored_name.removesuffix(ENCRYPTED_SUFFIX).removesuffix('.zip')}.age.partial")
         try:
-            digest = encrypt(file, scratch, self.recipients)
-            return self.inner.put(target, scratch, name + ENCRYPTED_SUFFIX, digest, progress)
-        except OSError as exc:
-            raise StoreError(f"remote {self.name}: cannot encrypt {name}: {exc.strerror or exc}") from None
+            try:
+                # The plaintext's checksum proves nothing about the object: the ciphertext's is recorded.
+                digest = encrypt(file, scratch, self.recipients)
+            except OSError as exc:
+                reason = "no space left" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
+                where = f"{stored_name} in {scratch.parent}"
+                raise StoreError(f"remote {self.name}: cannot encrypt {where}: {reason}") from None
+            except StoreError as exc:
+                raise StoreError(f"remote {self.name}: cannot encrypt {stored_name}: {exc}") from None
+            return self.inner.put(target, scratch, stored_name, digest, progress)
         finally:
             archives.remove(scratch)
 
@@ -116,7 +181,9 @@ def load_identities(file: Path) -> list[Any]:
                 f"--identity {file}: not a usable SSH private key ({exc}); passphrase-protected keys are not supported"
             ) from None
     identities = []
-    for raw in data.decode("utf-8", "replace").splitlines():
+    # PowerShell 5's `age-keygen > key.txt` writes UTF-16 with a byte-order mark; Notepad may add a UTF-8 one.
+    encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    for raw in data.decode(encoding, "replace").splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
             try:
@@ -131,23 +198,54 @@ def load_identities(file: Path) -> list[Any]:
 
 
 def decrypt(ciphertext: Path, plaintext: Path, identities: list[Any]) -> None:
-    """Decrypt into a new file; TargetError (exit 1) for a wrong key, a truncated or tampered file."""
+    """Decrypt into a new file; TargetError (exit 1) for a wrong key, a truncated or tampered file.
+
+    age authenticates its header and then every 64 KiB chunk, and marks the last chunk, so
+    a wrong byte anywhere or a file cut short is found; the plaintext written so far is then
+    deleted, so nothing from a damaged copy is ever used.
+    """
     import pyrage
 
-    with ciphertext.open("rb") as reader:
-        if reader.read(len(_HEADER)) != _HEADER:
-            raise TargetError(f"{ciphertext.name} is not in the age format (its header is missing or damaged)")
-        reader.seek(0)
+    with ciphertext.open("rb") as encrypted:
+        if encrypted.read(len(_HEADER)) != _HEADER:
+            raise TargetError(f"{ciphertext.name} is not in the age format: its first line is missing or damaged")
+        encrypted.seek(0)
+        reader = _Guarded(encrypted)
         try:
-            with plaintext.open("xb") as writer:
-                pyrage.decrypt_io(reader, writer, identities)
+            with plaintext.open("xb") as file:
+                writer = _Guarded(file)
+                try:
+                    pyrage.decrypt_io(reader, writer, identities)
+                except Exception as exc:
+                    _raise_original(exc, reader, writer)
+                    raise
         except pyrage.DecryptError as exc:
+            # Raised while the header is read: no recipient stanza opens with these keys, or the
+            # header itself is cut short or altered (its MAC fails).
             plaintext.unlink(missing_ok=True)
-            if "No matching keys" in str(exc):
+            reason = _first_line(exc)
+            if "No matching keys" in reason:
                 raise TargetError(
                     f"{ciphertext.name} cannot be decrypted with this identity (not one of its recipients)"
                 ) from None
-            raise TargetError(f"{ciphertext.name} is truncated or has been tampered with: {exc}") from None
+            raise TargetError(
+                f"{ciphertext.name} is truncated or has been tampered with: its age header is damaged ({reason})"
+            ) from None
+        except OSError as exc:
+            plaintext.unlink(missing_ok=True)
+            if exc.errno is not None:
+                raise  # a real input/output error (no space for the plaintext, say), reported as such
+            # pyrage reports a chunk that fails authentication, or a stream without its last
+            # chunk, as an OSError without an errno.
+            raise TargetError(
+                f"{ciphertext.name} is truncated or has been tampered with: {_first_line(exc)} "
+                "(a piece of its ciphertext does not authenticate, or the file ends early)"
+            ) from None
         except BaseException:
             plaintext.unlink(missing_ok=True)
             raise
+
+
+def _first_line(exc: BaseException) -> str:
+    """pyrage's message, on one line (some of its messages carry a second line of advice)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
