@@ -74,7 +74,8 @@ def run_targets(
         if download and remote is not None and loaded.remotes[remote].encrypted and not identities:
             # Said once, before anything is downloaded, rather than as a failure of every copy.
             raise UsageError(
-                f"remote {remote} is encrypted; pass --identity FILE (the age identity or SSH private key of a recipient)"
+                f"remote {remote} is encrypted; pass --identity FILE "
+                "(the age identity or SSH private key of a recipient)"
             )
         # In JSON mode stdout carries the document alone; people's text goes to stderr.
         try:
