@@ -719,7 +719,8 @@ def _verify_remote(target: Target, options: Options) -> list[TargetResult]:
         try:
             if options.download:
                 verdict = offsite.download_and_verify(target, store, stored, options.identities, how)
-                result.files, result.databases = verdict.members, verdict.databases
+                result.files, result.databases = verdict.files, verdict.databases
+                result.directories, result.links, result.warnings = verdict.directories, verdict.links, verdict.warnings
                 problem = "; ".join(verdict.problems[:3]) if not verdict.ok else None
             else:
                 problem = store.check(target.name, stored)
