@@ -20,7 +20,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from backup_core.errors import TargetError, UsageError
 from backup_core.manifest import Target
@@ -73,7 +73,10 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
         raise TargetError(f"cannot open {archive.name}: {exc}") from None
     with directory:
         chosen = _choose(directory.infolist(), member, archive)
-        plan = [(info, _destination(root, info)) for info in chosen]
+        # Links already on disk can only lead a name out of a folder that held something before;
+        # judging every name against the disk costs a walk of its whole path (quadratic in depth).
+        on_disk: dict[Path, bool] | None = {} if folder.is_dir() and any(folder.iterdir()) else None
+        plan = [(info, _destination(root, info, on_disk)) for info in chosen]
         _refuse_paths_through_links(chosen)
         if not force:
             clashes = [str(path) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
@@ -106,9 +109,11 @@ def _is_link(info: zipfile.ZipInfo) -> bool:
 
 def _refuse_paths_through_links(infos: list[zipfile.ZipInfo]) -> None:
     links = {info.filename.rstrip("/") for info in infos if _is_link(info)}
+    if not links:
+        return
     for info in infos:
-        parents = PurePosixPath(info.filename).parents
-        through = next((str(p) for p in parents if str(p) in links), None)
+        parts = info.filename.rstrip("/").split("/")
+        through = next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p in links), None)
         if through:
             raise TargetError(f"refusing member {info.filename!r}: it lies under the link {through!r}")
 
@@ -133,21 +138,28 @@ def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> 
     return chosen
 
 
-def _destination(root: Path, info: zipfile.ZipInfo) -> Path:
+def _destination(root: Path, info: zipfile.ZipInfo, on_disk: dict[Path, bool] | None) -> Path:
+    """Where a member goes; `on_disk`, when the folder held something before, caches which parent
+    folders resolve inside it."""
     name = names.disk_name(info)
     refused = names.refusal(name)
     if refused:
         raise TargetError(f"refusing member {info.filename!r}: {refused} ({root})")
     path = root.joinpath(*[part for part in name.split("/") if part not in ("", ".")])
-    # Resolve links already on disk (including ones this restore made) so none leads out.
-    # realpath, not resolve(): a link loop, legal in the source, must not stop the restore.
-    if not _inside(root, Path(os.path.realpath(path.parent))):
-        raise TargetError(f"refusing member {info.filename!r}: a link on its way leads outside {root}")
+    if on_disk is not None:
+        # Resolve links already on disk so none leads out.  realpath, not resolve(): a link
+        # loop, legal in the source, must not stop the restore.
+        inside = on_disk.get(path.parent)
+        if inside is None:
+            inside = on_disk[path.parent] = _inside(root, Path(os.path.realpath(path.parent)))
+        if not inside:
+            raise TargetError(f"refusing member {info.filename!r}: a link on its way leads outside {root}")
     return path
 
 
 def _inside(root: Path, path: Path) -> bool:
-    return path == root or root in path.parents
+    text, top = str(path), str(root)
+    return text == top or text.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root: Path, done: Restored) -> None:

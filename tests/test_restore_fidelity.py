@@ -162,6 +162,7 @@ def test_owners_come_back_as_root_and_unzip_restores_them_too(project: Project) 
         assert (unzipped / "sub").stat()[4:6] == (1234, 5678)
 
 
+@pytest.mark.slow
 def test_a_tree_1500_folders_deep_is_backed_up_verified_and_restored(project: Project) -> None:
     deepest = project.root / "src"
     deepest.mkdir()
