@@ -53,6 +53,7 @@ def run_targets(
     """backup, prune or verify the selected targets; return the exit status."""
     output = _format(output)
     _tolerant_output()
+    _stop_on_terminate()  # from here on, SIGTERM too ends in exit 130 and a JSON document
     with _json_on_error(command, manifest_path, output == "json"):
         jobs = _jobs(jobs)
         loaded = _load(manifest_path)
@@ -69,7 +70,6 @@ def run_targets(
         except OSError as exc:
             raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
     options = runner.Options(check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text)
-    _stop_on_terminate()
     text.begin(loaded.file, len(targets))
     outcome = runner.run(command, loaded, targets, options)
     # Output that failed during the run fails it too (a log that ends early), but never stopped it.

@@ -128,7 +128,9 @@ def test_a_console_that_is_not_utf8_gets_escaped_names_and_valid_json(project: P
     project.file("one/😀.txt", "y\n")
     project.write_manifest("version: 1\ntargets: [{name: one, path: one}]\n")
     locale = {"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": encoding}
-    ran = project.invoke("backup", "--verbose", "--format", "json", "--log-file", "run.log", env=locale)
+    ran = project.invoke(
+        "backup", "--verbose", "--format", "json", "--log-file", str(project.root / "run.log"), env=locale
+    )
     assert ran.code == 0, ran.output
     document = ran.json()  # \u escapes: the same JSON whatever the console can show
     assert document["targets"][0]["files"] == 2
