@@ -43,6 +43,10 @@ def _command(project: Project, *flags: str) -> list[str]:
 
 def test_a_reader_that_stops_after_one_line_skips_no_target(project: Project) -> None:
     _three_targets(project)
+    # The run waits a moment after its first line, so the reader is surely gone before the next.
+    project.manifest.write_text(
+        project.manifest.read_text().replace("version: 1\n", 'version: 1\nhooks: {before: [["sleep", "1"]]}\n')
+    )
     process = subprocess.Popen(
         _command(project, "--verbose"),
         cwd=REPO,
