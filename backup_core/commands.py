@@ -64,6 +64,7 @@ def run_targets(
     """backup, prune, push or verify the selected targets; return the exit status."""
     output = _format(output)
     _tolerant_output()
+    _stop_on_terminate()  # from here on, SIGTERM too ends in exit 130 and a JSON document
     with _json_on_error(command, manifest_path, output == "json"):
         jobs = _jobs(jobs)
         loaded = _load(manifest_path)
@@ -92,7 +93,6 @@ def run_targets(
         check=check, force=force, jobs=jobs or loaded.jobs, latest=latest, observer=text,
         remote=remote, download=download, identities=identities,
     )  # fmt: skip
-    _stop_on_terminate()
     text.begin(loaded.file, len(targets))
     outcome = runner.run(command, loaded, targets, options)
     # Output that failed during the run fails it too (a log that ends early), but never stopped it.

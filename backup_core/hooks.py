@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,11 +19,17 @@ class HookError(TargetError):
     """A hook command failed, timed out or could not start."""
 
 
-def run_hooks(when: str, hooks: tuple[Hook, ...], variables: Mapping[str, str]) -> None:
+def run_hooks(
+    when: str,
+    hooks: tuple[Hook, ...],
+    variables: Mapping[str, str],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
     """Run `hooks` in order; the first failure raises HookError and stops the list.
 
     Commands run without a shell unless the manifest asks for one; what happened so
-    far is passed in BACKUP_* environment variables.
+    far is passed in BACKUP_* environment variables.  When `should_stop` turns true (the
+    run was interrupted while this target's thread waits on a hook) the hook is stopped.
     """
     environment = {**os.environ, **variables, "BACKUP_HOOK": when}
     for hook in hooks:
@@ -41,7 +48,11 @@ def run_hooks(when: str, hooks: tuple[Hook, ...], variables: Mapping[str, str]) 
             raise HookError(f"{when} hook `{hook.describe()}` could not start: {exc.strerror or exc}") from None
         with process:
             try:
-                stdout, stderr = process.communicate(timeout=hook.timeout)
+                stdout, stderr = _wait(process, hook.timeout, should_stop)
+            except _Stopped:
+                _kill_group(process)
+                process.communicate()
+                raise HookError(f"{when} hook `{hook.describe()}` was stopped: the run was interrupted") from None
             except subprocess.TimeoutExpired:
                 _kill_group(process)
                 process.communicate()
@@ -56,6 +67,24 @@ def run_hooks(when: str, hooks: tuple[Hook, ...], variables: Mapping[str, str]) 
             said = _last_line(stderr) or _last_line(stdout)
             detail = f": {said}" if said else ""
             raise HookError(f"{when} hook `{hook.describe()}` exited with status {process.returncode}{detail}")
+
+
+class _Stopped(Exception):
+    """The run was interrupted while a hook ran."""
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callable[[], bool]) -> tuple[bytes, bytes]:
+    """communicate() within `timeout`, looking at `should_stop` several times a second."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return process.communicate(timeout=max(0.0, min(left, 0.2)))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+            if should_stop():
+                raise _Stopped from None
 
 
 def run_closing_hooks(

@@ -273,7 +273,9 @@ def backup_target(target: Target, options: Options) -> TargetResult:
             if not held:
                 return
             try:
-                hooks.run_hooks("before", target.hooks.before, _hook_variables(target, result, "running"))
+                hooks.run_hooks(
+                    "before", target.hooks.before, _hook_variables(target, result, "running"), _stopping.is_set
+                )
                 # After the before hooks: one of them may be what mounts or prepares the source.
                 kind = sources.kind_of(target.path, target.type)
                 _archive(target, kind, options, result)

@@ -229,3 +229,28 @@ def test_a_deleted_lock_file_does_not_let_a_second_run_remove_the_first_runs_par
     assert made["status"] == "changed"
     assert project.archives() == [Path(made["archive"])]
     assert _partials(backups, "big") == []
+
+
+def test_with_jobs_2_a_target_waiting_on_a_before_hook_stops_it_too(project: Project) -> None:
+    # The signal lands in the main thread; a target's thread waiting on its hook must hear it too.
+    for name in ("one", "two"):
+        project.file(f"{name}/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        hooks: {on_failure: [["sh", "-c", "echo started > $STATE/app.state"]]}
+        targets:
+          - {name: one, path: one, hooks: {before: [["sh", "-c", "touch $STATE/one.waiting; exec sleep 300"]]}}
+          - {name: two, path: two, hooks: {before: [["sh", "-c", "touch $STATE/two.waiting; exec sleep 300"]]}}
+        """
+    )
+    process = _start(project, "--jobs", "2", "--format", "json")
+    _wait_for(lambda: all((project.root / f"{n}.waiting").exists() for n in ("one", "two")), process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)  # not 300 s
+    assert process.returncode == 130, stderr
+    document = json.loads(stdout)
+    assert [t["status"] for t in document["targets"]] == ["failed", "failed"]
+    assert all("interrupted" in t["error"] for t in document["targets"]), document["targets"]
+    assert (project.root / "app.state").read_text() == "started\n"
+    assert project.archives() == []

@@ -43,6 +43,10 @@ def _command(project: Project, *flags: str) -> list[str]:
 
 def test_a_reader_that_stops_after_one_line_skips_no_target(project: Project) -> None:
     _three_targets(project)
+    # The run waits a moment after its first line, so the reader is surely gone before the next.
+    project.manifest.write_text(
+        project.manifest.read_text().replace("version: 1\n", 'version: 1\nhooks: {before: [["sleep", "1"]]}\n')
+    )
     process = subprocess.Popen(
         _command(project, "--verbose"),
         cwd=REPO,
@@ -128,7 +132,9 @@ def test_a_console_that_is_not_utf8_gets_escaped_names_and_valid_json(project: P
     project.file("one/😀.txt", "y\n")
     project.write_manifest("version: 1\ntargets: [{name: one, path: one}]\n")
     locale = {"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": encoding}
-    ran = project.invoke("backup", "--verbose", "--format", "json", "--log-file", "run.log", env=locale)
+    ran = project.invoke(
+        "backup", "--verbose", "--format", "json", "--log-file", str(project.root / "run.log"), env=locale
+    )
     assert ran.code == 0, ran.output
     document = ran.json()  # \u escapes: the same JSON whatever the console can show
     assert document["targets"][0]["files"] == 2
