@@ -24,7 +24,7 @@ from backup_core import report, runner
 from backup_core import restore as restore_module
 from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError
 from backup_core.manifest import Manifest, Remote, Target, selection
-from backup_core.stores import offsite
+from backup_core.stores import offsite, retention
 
 if TYPE_CHECKING:
     from backup_core.monitoring.metrics import TargetRun
@@ -387,7 +387,9 @@ def _restore_remote(
             raise TargetError(f"no copy named {archive} of {target.name} on remote {remote.name}")
     if not held:
         raise TargetError(f"no copies of {target.name} on remote {remote.name} ({store.describe()})")
-    chosen = held[-1]
+    chosen = held[-1] if archive else retention.newest(held, lambda s: s.when, runner.utc_now())
+    if chosen is None:
+        raise TargetError(f"every copy of {target.name} on remote {remote.name} is dated in the future; use --archive")
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
     with offsite.fetched(target.name, store, chosen, identities, near) as path:

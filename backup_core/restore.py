@@ -26,7 +26,7 @@ from backup_core.errors import TargetError, UsageError
 from backup_core.manifest import Target
 from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
-from backup_core.stores import archives
+from backup_core.stores import archives, retention
 from backup_core.zip import names
 
 _BLOCK = 1 << 20
@@ -49,7 +49,15 @@ def choose_archive(target: Target, name: str | None) -> Path:
     if not existing:
         raise TargetError(f"no archives of {target.name} in {target.destination}; nothing to restore")
     if name is None:
-        return existing[-1].path
+        from backup_core.runner import utc_now
+
+        # An archive a clock ahead dated in the future is no newer than last night's: never the default.
+        chosen = retention.newest(existing, lambda a: a.when, utc_now())
+        if chosen is None:
+            raise TargetError(
+                f"every archive of {target.name} is dated in the future (a clock ahead?); name one with --archive"
+            )
+        return chosen.path
     if Path(name).name != name:
         raise UsageError(
             f"--archive {name}: give the archive's file name only; it is looked for in {target.destination}"

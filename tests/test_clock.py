@@ -203,3 +203,18 @@ def test_prune_never_deletes_an_archive_from_the_future(project: Project) -> Non
     result = _run(project, START + timedelta(days=3), "prune")
     assert sorted(result["deleted"]) == sorted(p.name for p in real[:2])
     assert future.exists() and real[2].exists() and result["future"] == [future.name]
+
+
+def test_restore_takes_the_newest_archive_that_is_not_from_the_future(project: Project) -> None:
+    _manifest(project, "{last: 5}")
+    project.file("site/page.html", "tonight\n")
+    future = fake_archive(project.root / "backups", "site", START + timedelta(days=730))
+    made = Path(_run(project, START, "backup")["archive"])
+    to = project.root / "restored"
+    ran = project.invoke("restore", "site", "--to", str(to), env={"BACKUP_NOW": START.isoformat()})
+    assert ran.code == 0, ran.output
+    assert made.name in ran.stdout and future.name not in ran.stdout
+    assert (to / "page.html").read_text() == "tonight\n"
+    # Named, the future archive is still there to restore.
+    again = project.invoke("restore", "site", "--to", str(project.root / "again"), "--archive", future.name)
+    assert again.code == 0, again.output

@@ -146,3 +146,9 @@ def _means_history(items: list[A], when: Callable[[A], datetime], policy: dict[s
 
 def _days(gap: timedelta) -> str:
     return f"{gap.days} days" if gap.days >= 2 else f"{gap.total_seconds() / 3600:.1f} hours"
+
+
+def newest(items: list[A], when: Callable[[A], datetime], now: datetime) -> A | None:
+    """The newest of `items` that is not dated in the future: what a restore takes by default."""
+    present = [item for item in items if when(item) <= now + FUTURE_TOLERANCE]
+    return max(present, key=when) if present else None
