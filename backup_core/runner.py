@@ -29,7 +29,7 @@ from backup_core.manifest import Hooks, Manifest, Target
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, RunResult, TargetResult
 from backup_core.sources import sqlite
 from backup_core.sources import walk as sources
-from backup_core.stores import archives, retention
+from backup_core.stores import archives, retention, state
 from backup_core.stores.archives import Archive
 from backup_core.zip import fingerprint
 from backup_core.zip.compression import compressor_factory
@@ -282,10 +282,15 @@ def _hook_variables(target: Target, result: TargetResult, status: str | None = N
 
 def _archive(target: Target, kind: str, options: Options, result: TargetResult) -> None:
     destination, observer = target.destination, options.observer
-    for stale in archives.stale_partials(destination, target.name):
+    names = archives.listing(destination)  # one listing: only this run (holding the lock) changes them
+    for stale in archives.stale_partials(destination, target.name, names):
         stale.unlink(missing_ok=True)
-    existing = archives.list_archives(destination, target.name)
-    when = archives.next_time(utc_now(), existing)
+    existing = archives.list_archives(destination, target.name, names)
+    now = utc_now()
+    walked = _unchanged_walk(target, kind, options, existing, now, result)
+    if result.compared == "metadata":
+        return  # unchanged: nothing read, nothing written
+    when = archives.next_time(now, existing)
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
     total = (
@@ -309,6 +314,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                         if _stopping.is_set():
                             raise TargetError("interrupted; the partial archive was removed")
                         observer.file(target, entry.name)
+                        if walked is not None:
+                            walked.add(entry)
                         _add(writer, entry, target, destination, when, snapshots, result)
                     # The disk starts on what is written while the last pieces are placed...
                     early = syncing.submit(os.fsync, file.fileno())
@@ -326,17 +333,59 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 synced.result()
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
-        if target.skip_unchanged and not options.force and existing and _same_content(partial, existing[-1].path):
-            result.status, result.archive = OK, existing[-1].path
-            result.reason = f"unchanged since {existing[-1].name}"
-            return
+        if walked is not None and stats.warnings:
+            walked.usable = False  # a file vanished while read: the archive may not hold what was walked
+        if target.skip_unchanged and not options.force and existing:
+            result.compared = "content"
+            if _same_content(partial, existing[-1].path):
+                result.status, result.archive = OK, existing[-1].path
+                result.reason = f"unchanged since {existing[-1].name}"
+                _save_state(target, existing[-1].path, walked, when, result)
+                return
         archives.place(partial, final)
         result.status, result.archive = CHANGED, final
+        _save_state(target, final, walked, when, result)
     finally:
         for path in (partial, *snapshots):
             for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
                 if not archives.remove(leftover):
                     result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
+
+
+def _unchanged_walk(
+    target: Target, kind: str, options: Options, existing: list[Archive], now: datetime, result: TargetResult
+) -> state.Recorder | None:
+    """With skip_unchanged: mark the result ok when a metadata walk proves the source unchanged
+    (and return None), else return the recorder that fingerprints the archive's own walk."""
+    if not target.skip_unchanged:
+        return None
+    settings = state.settings_key(target.path, kind, target.exclude, target.compression_level, target.inflate_check)
+    now_ns = round(now.timestamp() * 1_000_000) * 1000
+    if existing and not options.force:
+        same = state.unchanged(
+            target.destination, target.name, kind, settings, existing[-1], now_ns, target.path, target.exclude
+        )
+        if same is not None:
+            result.status, result.archive, result.compared = OK, existing[-1].path, "metadata"
+            result.reason = f"unchanged since {existing[-1].name}"
+            result.files, result.directories, result.bytes_in = same.files, same.directories, same.bytes
+            result.bytes_out = existing[-1].path.stat().st_size
+            return None
+    return state.Recorder(settings, now_ns)
+
+
+def _save_state(
+    target: Target, archive: Path, walked: state.Recorder | None, when: datetime, result: TargetResult
+) -> None:
+    if walked is None:
+        return
+    try:
+        state.save(target.destination, target.name, archive, walked, when)
+    except OSError as exc:
+        # The archive is in place: a missing state only makes the next run compare contents.
+        result.warnings.append(
+            f"could not record the source's state ({_describe(exc, target)}); the next run compares contents"
+        )
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cache
 from pathlib import Path
 
 _STAMP = "%Y%m%dT%H%M%S"
@@ -42,10 +43,12 @@ def archive_name(target: str, when: datetime) -> str:
     return f"{target}-{stamp(when)}.zip"
 
 
+@cache  # a run of 1,000 targets would otherwise compile each pattern once per file listed
 def _pattern(target: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(target)}-{_STAMP_PATTERN}\.zip")
 
 
+@cache
 def _partial_pattern(target: str) -> re.Pattern[str]:
     return re.compile(rf"\.{re.escape(target)}-{_STAMP_PATTERN}\.[a-z0-9-]+\.partial")
 
@@ -62,19 +65,24 @@ def parse_when(target: str, filename: str) -> datetime | None:
     return moment.replace(microsecond=int(match.group(2)))
 
 
-def list_archives(destination: Path, target: str) -> list[Archive]:
-    """The target's finished archives in `destination`, oldest first."""
+def list_archives(destination: Path, target: str, names: list[str] | None = None) -> list[Archive]:
+    """The target's finished archives in `destination`, oldest first; `names`: its listing, if taken."""
     found = []
-    for path in _children(destination):
-        when = parse_when(target, path.name)
-        if when is not None:
-            found.append(Archive(when, path))
+    prefix = f"{target}-"
+    for name in listing(destination) if names is None else names:
+        # The cheap test first: a folder shared by 1,000 targets holds thousands of other names.
+        if name.startswith(prefix):
+            when = parse_when(target, name)
+            if when is not None:
+                found.append(Archive(when, destination / name))
     return sorted(found)
 
 
-def _children(folder: Path) -> list[Path]:
+def listing(folder: Path) -> list[str]:
+    """The names in `folder` (none if it does not exist yet): one listing serves a target's whole run,
+    since only a run holding the target's lock adds or removes its archives."""
     try:
-        return list(folder.iterdir())
+        return os.listdir(folder)  # noqa: PTH208 - names only: a Path per name costs more than the listing
     except FileNotFoundError:
         return []
 
@@ -95,10 +103,11 @@ def partial_path(destination: Path, target: str, when: datetime, what: str) -> P
     return destination / f".{target}-{stamp(when)}.{what}.partial"
 
 
-def stale_partials(destination: Path, target: str) -> list[Path]:
+def stale_partials(destination: Path, target: str, names: list[str] | None = None) -> list[Path]:
     """Work left by an interrupted run of this target (only call while holding its lock)."""
-    pattern = _partial_pattern(target)
-    return [path for path in _children(destination) if pattern.fullmatch(path.name)]
+    pattern, prefix = _partial_pattern(target), f".{target}-"
+    found = listing(destination) if names is None else names
+    return [destination / name for name in found if name.startswith(prefix) and pattern.fullmatch(name)]
 
 
 def place(partial: Path, final: Path) -> None:
