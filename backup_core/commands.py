@@ -12,17 +12,22 @@ import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backup_core import manifest as manifest_module
-from backup_core import report, runner
-from backup_core import restore as restore_module
 from backup_core.errors import EXIT_OK, TargetError, UsageError
-from backup_core.manifest import Manifest, Target, selection
+
+if TYPE_CHECKING:
+    from backup_core.manifest import Manifest, Target
+
+# The modules that do the work are imported by the commands that use them, not here:
+# `invoke --list` and `--help` then start without jsonschema, the zip writer or SQLite.
 
 FORMATS = ("text", "json")
 
 
 def _load(manifest_path: Path | str) -> Manifest:
+    from backup_core import manifest as manifest_module
+
     return manifest_module.load(Path(manifest_path))
 
 
@@ -47,6 +52,9 @@ def run_targets(
     latest: bool = False,
 ) -> int:
     """backup, prune or verify the selected targets; return the exit status."""
+    from backup_core import report, runner
+    from backup_core.manifest import selection
+
     output = _format(output)
     jobs = _jobs(jobs)
     _tolerant_output()
@@ -103,6 +111,8 @@ def _stop_on_terminate() -> None:
 
 def validate(manifest_path: Path | str) -> int:
     """Check a manifest without running it."""
+    from backup_core import report
+
     loaded = _load(manifest_path)
     print(f"{loaded.file.name}: valid, {report.count(len(loaded.targets), 'target')}")
     return EXIT_OK
@@ -116,6 +126,8 @@ def list_targets(
     output: str = "text",
 ) -> int:
     """Show the targets a selection would run, with every resolved setting."""
+    from backup_core.manifest import selection
+
     output = _format(output)
     loaded = _load(manifest_path)
     targets = selection.select(loaded.targets, only, tags, skip_tags)
@@ -157,6 +169,8 @@ def restore(
     force: bool = False,
 ) -> int:
     """Restore a target's archive (the newest unless named) into a folder."""
+    from backup_core import restore as restore_module
+
     if not to:
         raise UsageError("restore needs --to DIR: the folder to restore into (it is created if missing)")
     loaded = _load(manifest_path)
