@@ -328,7 +328,10 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 # pass before it is renamed into place.  Both syncs are checked: after a failed
                 # one, Linux may let the next succeed with the data lost.
                 synced = syncing.submit(os.fsync, file.fileno())
-                _read_back(partial, writer)
+                try:
+                    _read_back(partial, writer)
+                finally:
+                    writer.release()
                 early.result()
                 synced.result()
         result.files, result.directories = stats.files, stats.directories
