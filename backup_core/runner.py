@@ -10,9 +10,9 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import struct
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -448,7 +448,7 @@ def _create_private(path: Path) -> Iterator[BinaryIO]:
 def _same_content(new: Path, old: Path) -> bool:
     try:
         return fingerprint.of_archive(new) == fingerprint.of_archive(old)
-    except (OSError, ValueError, zipfile.BadZipFile):
+    except (OSError, ValueError, struct.error):
         return False  # a damaged old archive is no reason to skip a backup: make a new one
 
 

@@ -55,7 +55,7 @@ _LOCATOR64 = struct.Struct("<4sLQL")
 # The central directory's records are packed as each member is finished (about 90 bytes
 # each, against about 700 for the objects they come from) and beyond this many bytes go
 # to an anonymous temporary file beside the archive: memory stays flat at any member count.
-_DIRECTORY_IN_MEMORY = 8 << 20
+_DIRECTORY_IN_MEMORY = int(os.environ.get("BACKUP_DIRECTORY_IN_MEMORY") or 8 << 20)  # tests set it small
 _DIRECTORY_PIECE = 1 << 20  # written and read back in pieces of this size
 
 
