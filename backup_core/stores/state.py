@@ -72,23 +72,21 @@ class Recorder:
         self.usable = SUPPORTED  # False once a database or a doubt is seen
 
     def add(self, entry: Entry) -> None:
-        st = entry.stat
-        if entry.kind == "sqlite":
-            self.usable = False
-        if st.st_ctime_ns >= self._racy_from:
+        name, _, kind, st = entry
+        ctime = st.st_ctime_ns
+        if ctime >= self._racy_from:
             self.racy = True
-        self._hash.update(entry.name.encode("utf-8", "surrogateescape") + b"\0")
-        self._hash.update(
-            _RECORD.pack(
-                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_mode, _KINDS[entry.kind]
-            )
-        )
+        size = st.st_size
+        record = _RECORD.pack(size, st.st_mtime_ns, ctime, st.st_ino, st.st_dev, st.st_mode, _KINDS[kind])
+        self._hash.update(name.encode("utf-8", "surrogateescape") + b"\0" + record)
         self.count += 1
-        if entry.kind == "dir":
-            self.directories += 1
-        elif entry.kind != "link":
+        if kind == "file":
             self.files += 1
-            self.bytes += st.st_size
+            self.bytes += size
+        elif kind == "dir":
+            self.directories += 1
+        elif kind == "sqlite":
+            self.usable = False
 
     def digest(self) -> str:
         return self._hash.hexdigest()
