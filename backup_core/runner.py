@@ -181,8 +181,16 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
     """Hold this target's lock; yield False (and mark the result skipped) when another run has it."""
     target.destination.mkdir(parents=True, exist_ok=True)
     # One lock per destination and target: two targets sharing a folder never wait on each other.
-    path = target.destination / f".{target.name}.lock"
-    path.touch(exist_ok=True)  # a folder we cannot write to is a failure, not "another run"
+    path = _lock_path(target)
+    # A folder or lock file we cannot write to is a failure, not "another run".  Opening, not
+    # touching: the lock file's time says when the target's archives last changed (see
+    # archives.listing).
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        with _created_locks_lock:
+            _created_locks.add(path)
+    except FileExistsError:
+        os.close(os.open(path, os.O_WRONLY))
     lock = filelock.FileLock(path)
     try:
         lock.acquire(timeout=target.lock_timeout)
@@ -196,6 +204,22 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
         yield True
     finally:
         lock.release()
+
+
+_created_locks: set[Path] = set()  # lock files this run created: no other run changed those targets since
+_created_locks_lock = threading.Lock()
+
+
+def _lock_path(target: Target) -> Path:
+    return target.destination / f".{target.name}.lock"
+
+
+def _listing(target: Target) -> list[str]:
+    """The destination's names, from this run's listing when it is current for this target."""
+    marker = _lock_path(target)
+    with _created_locks_lock:
+        created = marker in _created_locks
+    return archives.listing(target.destination, marker, created)
 
 
 def _guarded(target: Target, result: TargetResult, body: Callable[[], None]) -> TargetResult:
@@ -226,7 +250,7 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 hooks.run_hooks("before", target.hooks.before, _hook_variables(target, result, "running"))
                 # After the before hooks: one of them may be what mounts or prepares the source.
                 kind = sources.kind_of(target.path, target.type)
-                _archive(target, kind, options, result)
+                now_there = _archive(target, kind, options, result)
             except KeyboardInterrupt:
                 # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
                 # on_failure starts again.
@@ -235,12 +259,13 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 raise
             except Exception as exc:  # see _guarded
                 result.fail(_describe(exc, target))
-            _closing_hooks(target, result)
+                now_there = None
+            _closing_hooks(target, result, now_there)
 
     return _guarded(target, result, body)
 
 
-def _closing_hooks(target: Target, result: TargetResult) -> None:
+def _closing_hooks(target: Target, result: TargetResult, now_there: list[Archive] | None = None) -> None:
     """after (on success), then rotation, then on_failure if anything failed on the way."""
 
     def rotate() -> None:
@@ -248,7 +273,7 @@ def _closing_hooks(target: Target, result: TargetResult) -> None:
         if result.status != CHANGED:
             return
         try:
-            _rotate(target, result)
+            _rotate(target, result, now_there)
         except OSError as exc:
             result.fail(f"archive made, but rotating old archives failed: {_describe(exc, target)}")
 
@@ -280,16 +305,20 @@ def _hook_variables(target: Target, result: TargetResult, status: str | None = N
     }
 
 
-def _archive(target: Target, kind: str, options: Options, result: TargetResult) -> None:
+def _archive(target: Target, kind: str, options: Options, result: TargetResult) -> list[Archive]:
+    """Make the target's archive (or find it unchanged); return the target's archives as they now are."""
     destination, observer = target.destination, options.observer
-    names = archives.listing(destination)  # one listing: only this run (holding the lock) changes them
-    for stale in archives.stale_partials(destination, target.name, names):
+    names = _listing(target)  # only a run holding the lock changes this target's files
+    stale_ones = archives.stale_partials(destination, target.name, names)
+    for stale in stale_ones:
         stale.unlink(missing_ok=True)
+    if stale_ones:
+        archives.mark_changed(_lock_path(target))
     existing = archives.list_archives(destination, target.name, names)
     now = utc_now()
     walked = _unchanged_walk(target, kind, options, existing, now, result)
     if result.compared == "metadata":
-        return  # unchanged: nothing read, nothing written
+        return existing  # unchanged: nothing read, nothing written
     when = archives.next_time(now, existing)
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
@@ -344,10 +373,12 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 result.status, result.archive = OK, existing[-1].path
                 result.reason = f"unchanged since {existing[-1].name}"
                 _save_state(target, existing[-1].path, walked, when, result)
-                return
+                return existing
         archives.place(partial, final)
+        archives.mark_changed(_lock_path(target))
         result.status, result.archive = CHANGED, final
         _save_state(target, final, walked, when, result)
+        return [*existing, Archive(when, final)]
     finally:
         for path in (partial, *snapshots):
             for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
@@ -452,9 +483,11 @@ def _same_content(new: Path, old: Path) -> bool:
         return False  # a damaged old archive is no reason to skip a backup: make a new one
 
 
-def _rotate(target: Target, result: TargetResult) -> None:
-    """Delete this target's archives that its policy no longer keeps (never the new one)."""
-    existing = archives.list_archives(target.destination, target.name)
+def _rotate(target: Target, result: TargetResult, existing: list[Archive] | None = None) -> None:
+    """Delete this target's archives that its policy no longer keeps (never the new one);
+    `existing`: the target's archives, when the caller knows them."""
+    if existing is None:
+        existing = archives.list_archives(target.destination, target.name)
     _, doomed = retention.split(existing, _when, target.keep)
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
@@ -463,6 +496,7 @@ def _rotate(target: Target, result: TargetResult) -> None:
         result.deleted.append(archive.name)
     if doomed:
         archives.sync_folder(target.destination)
+        archives.mark_changed(_lock_path(target))
 
 
 def _when(archive: Archive) -> datetime:
@@ -478,7 +512,7 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
             result.databases += entry.kind == "sqlite"
         elif entry.kind == "dir":
             result.directories += 1
-    existing = archives.list_archives(target.destination, target.name)
+    existing = archives.list_archives(target.destination, target.name, _listing(target))
     planned = Archive(archives.next_time(utc_now(), existing), target.destination / "(new archive)")
     _, doomed = retention.split([*existing, planned], _when, target.keep)
     result.deleted = [a.name for a in doomed]

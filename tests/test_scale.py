@@ -8,6 +8,7 @@ reach the path that a million files take.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,3 +78,53 @@ def test_memory_does_not_grow_with_the_number_of_files(project: Project, skip_un
         assert len(archive.infolist()) == LARGE + LARGE // 100
         assert archive.testzip() is None
         assert archive.read("d0000/f000000.txt") == (b"changed\n" if skip_unchanged else b"0\n")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the hook uses env(1) to give the inner run its own time")
+def test_a_folder_listing_is_not_trusted_after_another_run_changed_a_target(project: Project) -> None:
+    """One listing of a shared folder serves a whole run, except for a target another run changed
+    meanwhile: its rotation and naming must see that run's archive."""
+    project.file("one/a.txt", "one\n")
+    project.file("two/a.txt", "two\n")
+    inner = [
+        "env", "BACKUP_NOW=2026-03-02T12:00:00Z", str(INVOKE), "--search-root", str(REPO),
+        "backup", "--manifest", str(project.manifest), "--only", "two",
+    ]  # fmt: skip
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - name: one
+            path: one
+            keep: {{last: 1}}
+            hooks: {{after: [{json.dumps(inner)}]}}
+          - {{name: two, path: two, keep: {{last: 1}}}}
+        """
+    )
+    first = project.invoke("backup", "--only", "two", env={"BACKUP_NOW": "2026-03-01T12:00:00Z"})
+    assert first.code == 0, first.output
+
+    # "one" lists the shared folder; its after hook then runs "two" in another process, which
+    # replaces two's archive; this run's own "two" comes next.
+    ran = project.invoke("backup", "--jobs", "1", env={"BACKUP_NOW": "2026-03-03T12:00:00Z"})
+
+    assert ran.code == 0, ran.output
+    assert [p.name for p in project.archives(target="two")] == ["two-20260303T120000.000000Z.zip"]
+    assert [p.name for p in project.archives(target="one")] == ["one-20260303T120000.000000Z.zip"]
+
+
+def test_many_targets_in_one_folder_each_keep_their_own_archives(project: Project) -> None:
+    names = [f"t{n:03d}" for n in range(40)]
+    for name in names:
+        project.file(f"src/{name}/a.txt", f"{name}\n")
+    lines = ["version: 1", "targets:"] + [f"  - {{name: {n}, path: src/{n}, keep: {{last: 2}}}}" for n in names]
+    project.manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for day in (1, 2, 3):
+        ran = project.invoke("backup", "--jobs", "2", env={"BACKUP_NOW": f"2026-03-0{day}T12:00:00Z"})
+        assert ran.code == 0, ran.output
+
+    for name in names:
+        kept = [p.name for p in project.archives(target=name)]
+        assert kept == [f"{name}-2026030{day}T120000.000000Z.zip" for day in (2, 3)], kept
+        with zipfile.ZipFile(project.root / "backups" / kept[-1]) as archive:
+            assert archive.read("a.txt") == f"{name}\n".encode()

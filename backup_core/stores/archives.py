@@ -10,9 +10,11 @@ reader mistakes for a finished backup.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -78,13 +80,54 @@ def list_archives(destination: Path, target: str, names: list[str] | None = None
     return sorted(found)
 
 
-def listing(folder: Path) -> list[str]:
-    """The names in `folder` (none if it does not exist yet): one listing serves a target's whole run,
-    since only a run holding the target's lock adds or removes its archives."""
+# One listing of a folder serves every target of a run that shares it (1,000 targets in one
+# folder would otherwise list it 1,000 times): folder -> (its mtime just before the listing, names).
+_listings: dict[Path, tuple[int, list[str]]] = {}
+_listings_lock = threading.Lock()
+_SAME_TICK_NS = 2_000_000_000  # coarse file-system clocks (FAT: 2 s) stamp close events alike
+
+
+def listing(folder: Path, marker: Path | None = None, marker_created: bool = False) -> list[str]:
+    """The names in `folder` (none if it does not exist yet).
+
+    With `marker`, the target's lock file, a listing taken earlier in this run is reused
+    when it is provably current for that target: only a run holding the target's lock
+    adds or removes its archives, and such a run touches the lock file after it did (see
+    mark_changed).  A marker touched after the folder last changed before the listing may
+    mean a change the listing missed, so the folder is listed again.  Both times come from
+    the folder's own file system, so a server whose clock differs from ours cannot fool it.
+    `marker_created`: this run has just created the marker, so no run of this tool has
+    changed the target's archives since it last existed.
+    """
+    if marker is not None:
+        with _listings_lock:
+            cached = _listings.get(folder)
+        if cached is not None:
+            if marker_created:
+                return cached[1]
+            try:
+                touched: int | None = marker.stat().st_mtime_ns
+            except FileNotFoundError:
+                touched = 0  # never locked here: no run of this tool changed the target's archives
+            except OSError:
+                touched = None
+            if touched is not None and touched < cached[0] - _SAME_TICK_NS:
+                return cached[1]
     try:
-        return os.listdir(folder)  # noqa: PTH208 - names only: a Path per name costs more than the listing
+        changed = folder.stat().st_mtime_ns  # before listing: a change after it shows as newer
+        names = os.listdir(folder)  # noqa: PTH208 - names only: a Path per name costs more than the listing
     except FileNotFoundError:
         return []
+    with _listings_lock:
+        _listings[folder] = (changed, names)
+    return names
+
+
+def mark_changed(marker: Path) -> None:
+    """Say that this target's archives changed: other runs' listings of the folder are stale for it."""
+    # Failing, the others miss our change until their next run: they keep an archive longer.
+    with contextlib.suppress(OSError):
+        os.utime(marker)
 
 
 def next_time(now: datetime, existing: list[Archive]) -> datetime:
