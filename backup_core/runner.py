@@ -105,7 +105,10 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
     except TargetError as exc:
         outcome.errors.append(f"run not started: {exc}")
     else:
-        _run_all(targets, options.jobs, one, outcome)
+        with _created_locks_lock:
+            _created_locks.clear()  # what a run created says nothing about an earlier one
+        with archives.one_listing_per_run():
+            _run_all(targets, options.jobs, one, outcome)
     hooks.run_closing_hooks(
         run_hooks,
         lambda: {"BACKUP_STATUS": FAILED if outcome.failed else OK, "BACKUP_ERROR": "; ".join(outcome.errors)},

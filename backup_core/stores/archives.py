@@ -16,6 +16,8 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cache
@@ -81,9 +83,27 @@ def list_archives(destination: Path, target: str, names: list[str] | None = None
 
 
 # One listing of a folder serves every target of a run that shares it (1,000 targets in one
-# folder would otherwise list it 1,000 times): folder -> (its mtime just before the listing, names).
+# folder would otherwise list it 1,000 times): folder -> (its mtime just before the listing,
+# names), kept only while a run goes on (see one_listing_per_run).
 _listings: dict[Path, tuple[int, list[str]]] = {}
 _listings_lock = threading.Lock()
+_runs = [0]  # runs going on in this process
+
+
+@contextmanager
+def one_listing_per_run() -> Iterator[None]:
+    """Within this, listing() may reuse a listing of the same folder; each target is run once."""
+    with _listings_lock:
+        _runs[0] += 1
+    try:
+        yield
+    finally:
+        with _listings_lock:
+            _runs[0] -= 1
+            if not _runs[0]:
+                _listings.clear()
+
+
 _SAME_TICK_NS = 2_000_000_000  # coarse file-system clocks (FAT: 2 s) stamp close events alike
 
 
@@ -101,7 +121,7 @@ def listing(folder: Path, marker: Path | None = None, marker_created: bool = Fal
     """
     if marker is not None:
         with _listings_lock:
-            cached = _listings.get(folder)
+            cached = _listings.get(folder) if _runs[0] else None
         if cached is not None:
             if marker_created:
                 return cached[1]
@@ -119,7 +139,8 @@ def listing(folder: Path, marker: Path | None = None, marker_created: bool = Fal
     except FileNotFoundError:
         return []
     with _listings_lock:
-        _listings[folder] = (changed, names)
+        if _runs[0]:
+            _listings[folder] = (changed, names)
     return names
 
 
