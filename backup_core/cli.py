@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from invoke.collection import Collection
@@ -22,7 +23,7 @@ from invoke.exceptions import Exit, ParseError
 from invoke.program import Program
 from invoke.tasks import Task, task
 
-from backup_core import __version__, commands
+from backup_core import __version__
 from backup_core.errors import EXIT_USAGE, BackupError, ManifestError
 
 DEFAULT_MANIFEST = "backups.yml"  # in the current folder, unless the configuration names one
@@ -58,6 +59,13 @@ class _Task(Task):  # type: ignore[type-arg]
 
 def _task(**options: Any) -> Any:
     return task(klass=_Task, auto_shortflags=False, **options)
+
+
+def _commands() -> ModuleType:
+    # Imported when a task runs, not when the program starts: --list and --help stay quick.
+    from backup_core import commands
+
+    return commands
 
 
 def _finish(code: int) -> None:
@@ -109,7 +117,7 @@ def backup(
 ) -> None:
     """Back up every selected target, then rotate its old archives."""
     _run(
-        commands.run_targets, "backup", _manifest(c, manifest), only, tags, skip_tags, check=check, force=force,
+        _commands().run_targets, "backup", _manifest(c, manifest), only, tags, skip_tags, check=check, force=force,
         jobs=jobs, output=format, verbose=verbose, log_file=log_file or None, metrics_file=metrics_file or None,
     )  # fmt: skip
 
@@ -134,7 +142,7 @@ def prune(
 ) -> None:
     """Apply each target's keep: policy, here and on its remotes, without making a new archive."""
     _run(
-        commands.run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, output=format,
+        _commands().run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, output=format,
         metrics_file=metrics_file or None,
     )  # fmt: skip
 
@@ -165,7 +173,7 @@ def verify(
 ) -> None:
     """Read every archive back in full (CRC of every member, integrity_check of every database)."""
     _run(
-        commands.run_targets, "verify", _manifest(c, manifest), only, tags, skip_tags, latest=latest,
+        _commands().run_targets, "verify", _manifest(c, manifest), only, tags, skip_tags, latest=latest,
         remote=remote or None, download=download, identity=identity or None, output=format,
         metrics_file=metrics_file or None,
     )  # fmt: skip
@@ -193,7 +201,7 @@ def push(
 ) -> None:
     """Upload the local archives that each target's remotes lack, without making a new archive."""
     _run(
-        commands.run_targets, "push", _manifest(c, manifest), only, tags, skip_tags, check=check,
+        _commands().run_targets, "push", _manifest(c, manifest), only, tags, skip_tags, check=check,
         remote=remote or None, output=format, metrics_file=metrics_file or None,
     )  # fmt: skip
 
@@ -224,7 +232,7 @@ def restore(
 ) -> None:
     """Restore a target's archive into a folder, safely."""
     _run(
-        commands.restore,
+        _commands().restore,
         _manifest(c, manifest),
         target,
         to or None,
@@ -239,7 +247,7 @@ def restore(
 @_task(help={"manifest": _SELECT["manifest"]})
 def validate(c: Context, manifest: str = "") -> None:
     """Check the manifest without running anything."""
-    _run(commands.validate, _manifest(c, manifest))
+    _run(_commands().validate, _manifest(c, manifest))
 
 
 @_task(name="list", iterable=["only", "tags", "skip_tags"], help=_SELECT)
@@ -252,7 +260,7 @@ def list_(
     format: str = "text",
 ) -> None:
     """Show the targets a selection would run, with their resolved settings."""
-    _run(commands.list_targets, _manifest(c, manifest), only, tags, skip_tags, output=format)
+    _run(_commands().list_targets, _manifest(c, manifest), only, tags, skip_tags, output=format)
 
 
 @_task(iterable=["only", "tags", "skip_tags"], help={**_SELECT, "metrics-file": _METRICS})
@@ -267,7 +275,7 @@ def status(
 ) -> None:
     """Show each target's newest archive, its age and every store's holdings; exit 1 if one is older than max_age."""
     _run(
-        commands.status, _manifest(c, manifest), only, tags, skip_tags, output=format,
+        _commands().status, _manifest(c, manifest), only, tags, skip_tags, output=format,
         metrics_file=metrics_file or None,
     )  # fmt: skip
 

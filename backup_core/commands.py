@@ -34,6 +34,7 @@ FORMATS = ("text", "json")
 
 
 def _load(manifest_path: Path | str) -> Manifest:
+
     return manifest_module.load(Path(manifest_path))
 
 
@@ -273,6 +274,8 @@ def _stop_on_terminate() -> None:
 
 def validate(manifest_path: Path | str) -> int:
     """Check a manifest without running it."""
+    from backup_core import report
+
     loaded = _load(manifest_path)
     print(f"{loaded.file.name}: valid, {report.count(len(loaded.targets), 'target')}")
     return EXIT_OK
@@ -286,6 +289,8 @@ def list_targets(
     output: str = "text",
 ) -> int:
     """Show the targets a selection would run, with every resolved setting."""
+    from backup_core.manifest import selection
+
     output = _format(output)
     with _json_on_error("list", manifest_path, output == "json"):
         loaded = _load(manifest_path)

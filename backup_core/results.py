@@ -47,6 +47,7 @@ class TargetResult:
     seconds: float = 0.0
     deleted: list[str] = field(default_factory=list)  # archives removed (or, in check mode, that would be)
     reason: str = ""  # why ok or skipped, in a few words
+    compared: str | None = None  # skip_unchanged: what decided, "metadata" (a stat walk) or "content"
     error: str | None = None  # why it failed: a sentence an operator can act on
     warnings: list[str] = field(default_factory=list)
     future: list[str] = field(default_factory=list)  # archives dated after the clock: kept, never the newest

@@ -11,9 +11,9 @@ import errno
 import functools
 import gc
 import os
+import struct
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,7 +30,7 @@ from backup_core.manifest import Hooks, Manifest, Remote, Target
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, OffsiteResult, RunResult, TargetResult
 from backup_core.sources import sqlite
 from backup_core.sources import walk as sources
-from backup_core.stores import archives, offsite, retention
+from backup_core.stores import archives, offsite, retention, state
 from backup_core.stores.archives import Archive
 from backup_core.stores.base import Stored
 from backup_core.zip import fingerprint
@@ -42,6 +42,9 @@ from backup_core.zip.writer import ZipWriter
 NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
 _DATA = ("file", "sqlite")  # entry kinds that carry bytes
 _NEW = "(new archive)"  # what check mode calls the archive a run would make
+# Below this much data an archive is synced once, in line: for 1,000 small targets a second
+# sync and a thread to run it cost more than the overlap they buy.
+_SYNC_TWICE_FROM = 16 << 20
 _stopping = threading.Event()  # set when the run is interrupted; targets in other threads stop
 
 
@@ -119,7 +122,10 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
         except TargetError as exc:
             outcome.errors.append(f"run not started: {exc}")
         else:
-            _run_all(targets, options.jobs, one, outcome)
+            with _created_locks_lock:
+                _created_locks.clear()  # what a run created says nothing about an earlier one
+            with archives.one_listing_per_run():
+                _run_all(targets, options.jobs, one, outcome)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: targets at work stopped and removed their partial archives; the
         # run's on_failure hooks still run (a `before` hook may have stopped a service).
@@ -220,8 +226,16 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
     """Hold this target's lock; yield False (and mark the result skipped) when another run has it."""
     target.destination.mkdir(parents=True, exist_ok=True)
     # One lock per destination and target: two targets sharing a folder never wait on each other.
-    path = target.destination / f".{target.name}.lock"
-    path.touch(exist_ok=True)  # a folder we cannot write to is a failure, not "another run"
+    path = _lock_path(target)
+    # A folder or lock file we cannot write to is a failure, not "another run".  Opening, not
+    # touching: the lock file's time says when the target's archives last changed (see
+    # archives.listing).
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        with _created_locks_lock:
+            _created_locks.add(path)
+    except FileExistsError:
+        os.close(os.open(path, os.O_WRONLY))
     lock = filelock.FileLock(path)
     try:
         lock.acquire(timeout=target.lock_timeout)
@@ -248,6 +262,22 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
         lock.release()
 
 
+_created_locks: set[Path] = set()  # lock files this run created: no other run changed those targets since
+_created_locks_lock = threading.Lock()
+
+
+def _lock_path(target: Target) -> Path:
+    return target.destination / f".{target.name}.lock"
+
+
+def _listing(target: Target) -> list[str]:
+    """The destination's names, from this run's listing when it is current for this target."""
+    marker = _lock_path(target)
+    with _created_locks_lock:
+        created = marker in _created_locks
+    return archives.listing(target.destination, marker, created)
+
+
 def _guarded(target: Target, result: TargetResult, body: Callable[[], None]) -> TargetResult:
     started = time.monotonic()
     try:
@@ -272,13 +302,14 @@ def backup_target(target: Target, options: Options) -> TargetResult:
         with _locked(target, result) as held:
             if not held:
                 return
+            now_there: list[Archive] | None = None
             try:
                 hooks.run_hooks(
                     "before", target.hooks.before, _hook_variables(target, result, "running"), _stopping.is_set
                 )
                 # After the before hooks: one of them may be what mounts or prepares the source.
                 kind = sources.kind_of(target.path, target.type)
-                _archive(target, kind, options, result)
+                now_there = _archive(target, kind, options, result)
             except KeyboardInterrupt:
                 # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
                 # on_failure starts again.  The run stops after this target.
@@ -286,13 +317,16 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 result.fail("interrupted; the partial archive was removed")
             except Exception as exc:  # see _guarded
                 result.fail(_describe(exc, target))
-            _closing_hooks(target, result, options.observer)
+            _closing_hooks(target, result, options.observer, now_there)
 
     return _guarded(target, result, body)
 
 
-def _closing_hooks(target: Target, result: TargetResult, observer: Observer) -> None:
-    """after (on success), then offsite copies and rotation, then on_failure if anything failed on the way."""
+def _closing_hooks(
+    target: Target, result: TargetResult, observer: Observer, now_there: list[Archive] | None = None
+) -> None:
+    """after (on success), then offsite copies and rotation, then on_failure if anything failed on the way;
+    `now_there`: the target's archives after this run placed its own, when known."""
 
     def copy_and_rotate() -> None:
         # After the after hooks: a service they start again need not wait for an upload.  An
@@ -307,7 +341,7 @@ def _closing_hooks(target: Target, result: TargetResult, observer: Observer) -> 
             result.warnings.append("interrupted before old archives were rotated; the next run rotates them")
             return
         try:
-            _rotate(target, result)
+            _rotate(target, result, now_there)
         except OSError as exc:
             result.fail(f"archive made, but rotating old archives failed: {_describe(exc, target)}")
 
@@ -357,15 +391,23 @@ def _hook_variables(target: Target, result: TargetResult, status: str | None = N
     }
 
 
-def _archive(target: Target, kind: str, options: Options, result: TargetResult) -> None:
+def _archive(target: Target, kind: str, options: Options, result: TargetResult) -> list[Archive]:
+    """Make the target's archive (or find it unchanged); return the target's archives as they now are."""
     destination, observer = target.destination, options.observer
-    for stale in archives.stale_partials(destination, target.name):
+    names = _listing(target)  # only a run holding the lock changes this target's files
+    stale_ones = archives.stale_partials(destination, target.name, names)
+    for stale in stale_ones:
         stale.unlink(missing_ok=True)
-    existing = archives.list_archives(destination, target.name)
+    if stale_ones:
+        archives.mark_changed(_lock_path(target))
+    listed = archives.list_archives(destination, target.name, names)
     now = utc_now()
-    when = archives.next_time(now, existing)
+    when = archives.next_time(now, listed)
     # An archive from the future (a clock that ran ahead) is never "the newest" to compare with.
-    existing = [a for a in existing if a.when <= now + retention.FUTURE_TOLERANCE]
+    existing = [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
+    walked = _unchanged_walk(target, kind, options, existing, now, result)
+    if result.compared == "metadata":
+        return listed  # unchanged: nothing read, nothing written
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
     total = (
@@ -385,14 +427,19 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 should_stop=_stopping.is_set,
             )
             with ThreadPoolExecutor(1, thread_name_prefix="fsync") as syncing:
+                queued = 0
                 try:
                     for entry in sources.entries(target.path, kind, target.exclude):
                         if _stopping.is_set():
                             raise TargetError("interrupted; the partial archive was removed")
                         observer.file(target, entry.name)
+                        if walked is not None:
+                            walked.add(entry)
+                        queued += entry.stat.st_size if entry.kind in _DATA else 0
                         _add(writer, entry, target, destination, when, snapshots, result, in_folder=kind == "folder")
                     # The disk starts on what is written while the last pieces are placed...
-                    early = syncing.submit(os.fsync, file.fileno())
+                    big = queued >= _SYNC_TWICE_FROM
+                    early = syncing.submit(os.fsync, file.fileno()) if big else None
                     stats = writer.close()
                 except BaseException:
                     writer.abort()
@@ -401,29 +448,36 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 # ...and catches up with the rest while the archive is read back: both must
                 # pass before it is renamed into place.  Both syncs are checked: after a failed
                 # one, Linux may let the next succeed with the data lost.
-                synced = syncing.submit(os.fsync, file.fileno())
+                synced = syncing.submit(os.fsync, file.fileno()) if big else None
                 _still_there(partial)
-                _read_back(partial, writer)
-                early.result()
-                synced.result()
+                try:
+                    _read_back(partial, writer)
+                finally:
+                    writer.release()
+                if early is None or synced is None:
+                    os.fsync(file.fileno())
+                else:
+                    early.result()
+                    synced.result()
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
         _changed_while_read(target, kind, stats.changed, result)
         incomplete = bool(result.incomplete)  # an archive missing a database is never "unchanged"
-        if (
-            target.skip_unchanged
-            and not options.force
-            and not incomplete
-            and existing
-            and _same_content(partial, existing[-1].path)
-        ):
-            result.status, result.archive = OK, existing[-1].path
-            result.reason = f"unchanged since {existing[-1].name}"
-            return
+        if walked is not None and (stats.warnings or incomplete or result.changed):
+            # A file vanished, a database left out, a file torn: the archive may not hold what was walked.
+            walked.usable = False
+        if target.skip_unchanged and not options.force and not incomplete and existing:
+            result.compared = "content"
+            if _same_content(partial, existing[-1].path):
+                result.status, result.archive = OK, existing[-1].path
+                result.reason = f"unchanged since {existing[-1].name}"
+                _save_state(target, existing[-1].path, walked, when, result)
+                return listed
         if _stopping.is_set():
             raise TargetError("interrupted; the partial archive was removed")
         _still_there(partial)
         archives.place(partial, final)
+        archives.mark_changed(_lock_path(target))
         result.status, result.archive = CHANGED, final
         if incomplete:
             # The rest of the folder is safe in the archive, but a database is missing from it:
@@ -433,6 +487,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 f"{final.name} was made without {len(result.incomplete)} database(s), the rest of the folder "
                 f"is in it: {left_out}"
             )
+        _save_state(target, final, walked, when, result)
+        return [*listed, Archive(when, final)]
     finally:
         for path in (partial, *snapshots):
             for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
@@ -469,6 +525,42 @@ def _changed_while_read(target: Target, kind: str, changed: list[str], result: T
         f"{first}{more} kept changing while it was read ({READ_ATTEMPTS} reads): the archive may hold a mixture "
         f"of its versions, so no old archive was rotated"
     )
+
+
+def _unchanged_walk(
+    target: Target, kind: str, options: Options, existing: list[Archive], now: datetime, result: TargetResult
+) -> state.Recorder | None:
+    """With skip_unchanged: mark the result ok when a metadata walk proves the source unchanged
+    (and return None), else return the recorder that fingerprints the archive's own walk."""
+    if not target.skip_unchanged:
+        return None
+    settings = state.settings_key(target.path, kind, target.exclude, target.compression_level, target.inflate_check)
+    now_ns = round(now.timestamp() * 1_000_000) * 1000
+    if existing and not options.force:
+        same = state.unchanged(
+            target.destination, target.name, kind, settings, existing[-1], now_ns, target.path, target.exclude
+        )
+        if same is not None:
+            result.status, result.archive, result.compared = OK, existing[-1].path, "metadata"
+            result.reason = f"unchanged since {existing[-1].name}"
+            result.files, result.directories, result.bytes_in = same.files, same.directories, same.bytes
+            result.bytes_out = existing[-1].path.stat().st_size
+            return None
+    return state.Recorder(settings, now_ns)
+
+
+def _save_state(
+    target: Target, archive: Path, walked: state.Recorder | None, when: datetime, result: TargetResult
+) -> None:
+    if walked is None:
+        return
+    try:
+        state.save(target.destination, target.name, archive, walked, when)
+    except OSError as exc:
+        # The archive is in place: a missing state only makes the next run compare contents.
+        result.warnings.append(
+            f"could not record the source's state ({_describe(exc, target)}); the next run compares contents"
+        )
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:
@@ -539,13 +631,15 @@ def _create_private(path: Path) -> Iterator[BinaryIO]:
 def _same_content(new: Path, old: Path) -> bool:
     try:
         return fingerprint.of_archive(new) == fingerprint.of_archive(old)
-    except (OSError, ValueError, zipfile.BadZipFile):
+    except (OSError, ValueError, struct.error):
         return False  # a damaged old archive is no reason to skip a backup: make a new one
 
 
-def _rotate(target: Target, result: TargetResult) -> None:
-    """Delete this target's archives that its policy no longer keeps (never the new one)."""
-    existing = archives.list_archives(target.destination, target.name)
+def _rotate(target: Target, result: TargetResult, existing: list[Archive] | None = None) -> None:
+    """Delete this target's archives that its policy no longer keeps (never the new one);
+    `existing`: the target's archives, when the caller knows them."""
+    if existing is None:
+        existing = archives.list_archives(target.destination, target.name)
     doomed = _retention(existing, target, result).deleted
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
@@ -554,6 +648,7 @@ def _rotate(target: Target, result: TargetResult) -> None:
         result.deleted.append(archive.name)
     if doomed:
         archives.sync_folder(target.destination)
+        archives.mark_changed(_lock_path(target))
 
 
 def _retention(existing: list[Archive], target: Target, result: TargetResult) -> retention.Plan[Archive]:
@@ -584,7 +679,7 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
             result.databases += entry.kind == "sqlite"
         elif entry.kind == "dir":
             result.directories += 1
-    existing = archives.list_archives(target.destination, target.name)
+    existing = archives.list_archives(target.destination, target.name, _listing(target))
     planned = Archive(archives.next_time(utc_now(), existing), target.destination / _NEW)
     result.deleted = [a.name for a in _retention([*existing, planned], target, result).deleted]
     result.status = CHANGED

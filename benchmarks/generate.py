@@ -31,6 +31,7 @@ import os
 import random
 import shutil
 import sqlite3
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import reduce
@@ -283,6 +284,94 @@ class _TreeBuilder:
         with path.open("wb") as file:
             for piece in pieces:
                 file.write(piece)
+
+
+# --- the second mixed tree ----------------------------------------------------------------------
+
+
+def ensure_second_tree(work: Path, size_mib: int, seed: int) -> Built:
+    """Another mixed tree of about `size_mib` MiB in work/second-<size>, built by other rules.
+
+    A speed goal that holds on one tree may only fit that tree, so this one differs in every
+    proportion, by bytes: 35% in small files (256 B to 64 KiB, 30 to a folder, nested four
+    deep: source code, configuration, thumbnails), 20% text in mid-sized files (64 KiB to
+    2 MiB, many CSV and JSON-like lines), 20% binaries that compress partly (programs and
+    libraries: runs of zeros, tables and random code), 25% already compressed (real gzip
+    streams of text under .gz, and random data under .jpg, .png, .zip and .mp4), and no very
+    large file.
+    """
+    path = work / f"second-{size_mib}"
+    return _ensure(
+        path, _recipe(seed, size_mib=size_mib, tree="second"), lambda p: _SecondTree(p, seed).build(size_mib * MIB)
+    )
+
+
+class _SecondTree(_TreeBuilder):
+    def build(self, total: int) -> Built:
+        small, text, binaries = int(total * 0.35), int(total * 0.2), int(total * 0.2)
+        compressed = total - small - text - binaries
+        self._small(small)
+        self._mid_text(text)
+        self._binaries(binaries)
+        self._compressed(compressed)
+        return survey(self._root)
+
+    def _small(self, budget: int) -> None:
+        for number, size in enumerate(self._sizes(budget, 256, 64 * KIB)):
+            folder = number // 30
+            parent = f"app/{folder // 400:02d}/{folder // 20 % 20:02d}/{folder % 20:02d}"
+            roll = self._rng.random()
+            if roll < 0.6:
+                kind, suffix = self._rng.choice([("md", ".js"), ("csv", ".cfg"), ("log", ".txt"), ("md", ".html")])
+                self._write(f"{parent}/s{number:07d}{suffix}", [self._text.draw(kind, size)])
+            elif roll < 0.8:
+                self._write(f"{parent}/s{number:07d}.png", [self._rng.randbytes(size)])
+            else:
+                self._write(f"{parent}/s{number:07d}.pyc", [self._binary(size)])
+
+    def _mid_text(self, budget: int) -> None:
+        for number, size in enumerate(self._sizes(budget, 64 * KIB, 2 * MIB)):
+            kind = self._rng.choice(["csv", "csv", "log", "md"])
+            suffix = {"csv": ".json", "log": ".log", "md": ".txt"}[kind]
+            self._write(f"exports/{number // 50:03d}/x{number:05d}{suffix}", self._text_pieces(kind, size))
+
+    def _binaries(self, budget: int) -> None:
+        for number, size in enumerate(self._sizes(budget, 128 * KIB, 24 * MIB)):
+            suffix = self._rng.choice([".so", ".bin", "", ".exe"])
+            self._write(f"bin/{number // 40:02d}/prog{number:04d}{suffix}", self._binary_pieces(size))
+
+    def _compressed(self, budget: int) -> None:
+        for number, size in enumerate(self._sizes(budget, 32 * KIB, 12 * MIB)):
+            if number % 3 == 0:
+                # A real gzip stream of text: its bytes look compressed, whatever the name says.
+                text = b"".join(self._text_pieces("log", size * 3))
+                gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+                self._write(f"archive/{number // 30:02d}/logs-{number:05d}.gz", [gz.compress(text) + gz.flush()])
+            else:
+                suffix = self._rng.choice([".jpg", ".png", ".zip", ".mp4"])
+                self._write(f"media/{number // 30:02d}/m{number:05d}{suffix}", self._random_pieces(size))
+
+    def _binary(self, size: int) -> bytes:
+        # A program's shape: zero padding, repeated tables, strings and random machine code.
+        parts, left = [], size
+        while left > 0:
+            length = min(left, self._rng.randrange(256, 16 * KIB))
+            roll = self._rng.random()
+            if roll < 0.25:
+                parts.append(bytes(length))
+            elif roll < 0.45:
+                row = self._rng.randbytes(16)
+                parts.append((row * (length // 16 + 1))[:length])
+            elif roll < 0.6:
+                parts.append(self._text.draw("md", length))
+            else:
+                parts.append(self._rng.randbytes(length))
+            left -= length
+        return b"".join(parts)
+
+    def _binary_pieces(self, size: int) -> Iterator[bytes]:
+        for offset in range(0, size, _PIECE):
+            yield self._binary(min(_PIECE, size - offset))
 
 
 # --- tiny files ----------------------------------------------------------------------------------

@@ -1,17 +1,18 @@
-"""Benchmark: this tool against the original script, Info-ZIP zip and tar | zstd, on a generated tree.
+"""Benchmark: this tool against the original script, Info-ZIP zip, 7-Zip and tar | zstd, on two generated trees.
 
 Run from the repository root (`make bench` does):
 
     python -m benchmarks.run [--size-mib 1024] [--rounds 3] [--sqlite-mib 500]
-                             [--tiny-files 100000] [--big-file-gib 0] [--seed N] [--quick]
+                             [--tiny-files 100000] [--targets 1000] [--big-file-gib 0] [--seed N] [--quick]
 
-It generates a deterministic tree (see benchmarks/generate.py) under
-benchmarks/work, then times every archiver on it, in turn within each round so
-a change in the machine's load touches all of them alike, and prints Markdown:
-a machine line, one table, the project's goals marked PASS or FAIL, an
-`unzip -t` check of this tool's archive, and the extra sections (a live SQLite
-database, 100,000 tiny files, one huge sparse file).  Progress goes to stderr,
-so stdout is the report alone.
+It generates two deterministic trees built by different rules (see
+benchmarks/generate.py) under benchmarks/work, then times every archiver on
+each, in turn within each round so a change in the machine's load touches all
+of them alike, and prints Markdown: a machine line, one table per tree, the
+project's goals marked PASS or FAIL, an `unzip -t` check of this tool's
+archive, an unchanged re-run with skip_unchanged, and the extra sections (a
+live SQLite database, tiny files, many targets, start-up, one huge sparse
+file).  Progress goes to stderr, so stdout is the report alone.
 
 Every archiver reads the same tree from the page cache: an untimed read warms
 it first.  Every command is a child process (started by benchmarks/launch.py,
@@ -49,16 +50,19 @@ SEED = 20240601
 MB = 1_000_000  # MB and GB in the report are powers of ten
 
 # The project's goals, checked after the main table.
-GOAL_SPEEDUP = 10.0  # at least this many times the original script's speed
+GOAL_SPEEDUP = 12.0  # at least this many times the original script's speed, on both trees
 STRETCH_SPEEDUP = 20.0
 GOAL_SIZE_RATIO = 1.15  # archive at most this much larger than the original script's
 GOAL_PEAK_BYTES = 150 * MB
+GOAL_UNCHANGED = 10.0  # an unchanged re-run with skip_unchanged at least this many times faster than a backup
+GOAL_PER_TARGET = 0.005  # seconds of overhead per target, in a shared folder or in a folder each
 
 TOOL = "this tool (invoke backup)"
 TOOL_UNCHECKED = "this tool, inflate_check: false"
 ORIGINAL = "original script (zipfile)"
 ZIP = "Info-ZIP zip -r"
 TAR_ZSTD = "tar | zstd -1 -T0"
+SEVEN_ZIP = "7-Zip zip, 2 threads (7z -mx=1 -mmt=2)"
 FLOOR = "raw read (floor)"
 
 # The one shell string: a pipeline is what a shell is for.  Paths come in as $1 and $2,
@@ -76,6 +80,7 @@ class Options:
     rounds: int
     sqlite_mib: int
     tiny_files: int
+    targets: int
     big_file_gib: int
     seed: int
 
@@ -107,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Defaults of the full run, and of --quick, which must finish in seconds.
-_FULL = {"rounds": 3, "sqlite_mib": 500, "tiny_files": 100_000}
-_QUICK = {"size_mib": 64, "rounds": 1, "sqlite_mib": 20, "tiny_files": 2000}
+_FULL = {"rounds": 3, "sqlite_mib": 500, "tiny_files": 100_000, "targets": 1000}
+_QUICK = {"size_mib": 64, "rounds": 1, "sqlite_mib": 20, "tiny_files": 2000, "targets": 50}
 
 
 def _parse(argv: Sequence[str] | None) -> Options:
@@ -125,14 +130,17 @@ def _parse(argv: Sequence[str] | None) -> Options:
         "--tiny-files", type=_count_or_zero, metavar="N", help="tiny files to archive (100000; 0 skips)"
     )
     parser.add_argument(
+        "--targets", type=_count_or_zero, metavar="N", help="targets of the many-targets section (1000; 0 skips)"
+    )
+    parser.add_argument(
         "--big-file-gib", type=_count_or_zero, default=0, metavar="N", help="sparse file to archive, in GiB (0 skips)"
     )
     parser.add_argument("--seed", type=int, default=SEED, metavar="N", help="seed of the generated data")
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run in seconds: always a 64 MiB tree (so `make bench ARGS=--quick` works), and unless "
-        "given: 1 round, a 20 MiB database, 2000 tiny files",
+        help="smoke run in seconds: always 64 MiB trees (so `make bench ARGS=--quick` works), and unless "
+        "given: 1 round, a 20 MiB database, 2000 tiny files, 50 targets",
     )
     args = parser.parse_args(argv)
     # Options left out take the defaults of the kind of run; --quick overrides the tree's size
@@ -140,7 +148,15 @@ def _parse(argv: Sequence[str] | None) -> Options:
     chosen = dict(_QUICK if args.quick else _FULL)
     chosen.update({key: value for key, value in vars(args).items() if key in _FULL and value is not None})
     size_mib = _QUICK["size_mib"] if args.quick else args.size_mib
-    return Options(size_mib, chosen["rounds"], chosen["sqlite_mib"], chosen["tiny_files"], args.big_file_gib, args.seed)
+    return Options(
+        size_mib,
+        chosen["rounds"],
+        chosen["sqlite_mib"],
+        chosen["tiny_files"],
+        chosen["targets"],
+        args.big_file_gib,
+        args.seed,
+    )
 
 
 def _count(text: str) -> int:
@@ -161,21 +177,34 @@ def _benchmark(options: Options) -> None:
     if not INVOKE.is_file():
         raise BenchmarkError(f"{INVOKE.name} is not installed beside {PYTHON.name}; run `make install` first")
     WORK.mkdir(parents=True, exist_ok=True)
-    _progress(f"preparing a {options.size_mib} MiB tree (seed {options.seed}) ...")
-    tree = generate.ensure_tree(WORK, options.size_mib, options.seed)
-    _emit("## Backup benchmark", "", _machine(), "")
-    _emit(
-        f"Tree: {options.size_mib} MiB generated with seed {options.seed}: {tree.files:,} files in "
-        f"{tree.folders:,} folders, {tree.bytes / MB:,.0f} MB (40% text and logs, 30% incompressible, "
-        "20% in small files, 10% in a few large files).",
-        "",
-    )
+    # Byte-compile the package once, as installing it does: a checkout run with
+    # PYTHONDONTWRITEBYTECODE set would otherwise compile every module at every start.
+    subprocess.run([PYTHON, "-m", "compileall", "-q", REPO / "backup_core", REPO / "tasks.py"], check=True)
+    _progress(f"preparing two {options.size_mib} MiB trees (seed {options.seed}) ...")
+    first = generate.ensure_tree(WORK, options.size_mib, options.seed)
+    second = generate.ensure_second_tree(WORK, options.size_mib, options.seed)
+    _emit("## Backup benchmark", "", _machine(), f"Load average before the run: {_load()}.", "")
     floor = launcher_floor(REPO, LOGS / "launcher-floor.log")
-    results = _main_comparison(tree, options.rounds, floor)
-    _emit(*_goals(results), "")
-    tool_archive = _newest_file(WORK / "out-tool")
-    if tool_archive is not None:
-        _emit(f"Integrity of this tool's archive: {_unzip_test(tool_archive)}", "")
+    described = {
+        "first": "40% text and logs, 30% incompressible, 20% in small files, 10% in a few large files",
+        "second": "35% in small files of 256 B-64 KiB, 20% mid-sized text, 20% partly compressible binaries, "
+        "25% already compressed (real gzip streams and random data), no very large file",
+    }
+    for label, tree in (("first", first), ("second", second)):
+        _emit(
+            f"### The {label} tree: {options.size_mib} MiB generated with seed {options.seed}: {tree.files:,} files "
+            f"in {tree.folders:,} folders, {tree.bytes / MB:,.0f} MB ({described[label]})",
+            "",
+        )
+        results = _main_comparison(tree, options.rounds, floor, label)
+        _emit(*_goals(results), "")
+        tool_archive = _newest_file(WORK / f"out-{label}-tool")
+        if tool_archive is not None:
+            _emit(f"Integrity of this tool's archive: {_unzip_test(tool_archive)}", "")
+        _unchanged_section(tree, label, options.rounds, results[TOOL].summary.seconds)
+    _startup_section(options.rounds)
+    if options.targets:
+        _targets_section(options)
     if options.sqlite_mib:
         _sqlite_section(options)
     if options.tiny_files:
@@ -187,27 +216,33 @@ def _benchmark(options: Options) -> None:
 # --- the main comparison -------------------------------------------------------------------------
 
 
-def _main_comparison(tree: generate.Built, rounds: int, floor: int) -> dict[str, Result]:
+def _main_comparison(tree: generate.Built, rounds: int, floor: int, label: str) -> dict[str, Result]:
     contenders = [
-        _tool_contender("bench", tree.path, WORK / "out-tool"),
+        _tool_contender(f"bench-{label}", tree.path, WORK / f"out-{label}-tool"),
         # The same without the proof that compressed data inflates back: what that safety costs.
         _tool_contender(
-            "bench-unchecked",
+            f"bench-{label}-unchecked",
             tree.path,
-            WORK / "out-tool-unchecked",
+            WORK / f"out-{label}-tool-unchecked",
             TOOL_UNCHECKED,
             "    compression: {inflate_check: false}\n",
         ),
-        _original_contender(tree.path, WORK / "out-original"),
+        _original_contender(tree.path, WORK / f"out-{label}-original"),
     ]
     missing = []
     if shutil.which("zip"):
-        out = WORK / "out-zip"
+        out = WORK / f"out-{label}-zip"
         contenders.append(Contender(ZIP, ("zip", "-r", "-q", out / "tree.zip", "."), tree.path, out))
     else:
         missing.append("zip")
+    if shutil.which("7z"):
+        out = WORK / f"out-{label}-7z"
+        seven = ("7z", "a", "-tzip", "-mx=1", "-mmt=2", "-bd", "-bso0", "-bsp0", out / "tree.zip", ".")
+        contenders.append(Contender(SEVEN_ZIP, seven, tree.path, out))
+    else:
+        missing.append("7z")
     if shutil.which("tar") and shutil.which("zstd"):
-        out = WORK / "out-tar-zstd"
+        out = WORK / f"out-{label}-tar-zstd"
         argv = ("sh", "-c", _TAR_ZSTD_PIPELINE, "sh", tree.path, out / "tree.tar.zst")
         contenders.append(Contender(TAR_ZSTD, argv, WORK, out))
     else:
@@ -301,7 +336,7 @@ def _run_checked(contender: Contender) -> Run:
         # Start from an empty folder: no tool gets to overwrite, rotate or delete a previous output.
         shutil.rmtree(contender.output, ignore_errors=True)
         contender.output.mkdir(parents=True)
-    log = LOGS / f"{_slug(contender.name)}.log"
+    log = LOGS / f"{_slug(contender.name)}-{_slug(contender.output.name if contender.output else 'none')}.log"
     # NO_COLOR: the output goes to a log file and should be plain text.
     run = measure(contender.argv, contender.cwd, log, env={**os.environ, "NO_COLOR": "1"})
     if run.exit_code != 0:
@@ -370,6 +405,158 @@ def _unzip_test(archive: Path) -> str:
 
 
 # --- extra sections ------------------------------------------------------------------------------
+
+
+def _unchanged_section(tree: generate.Built, label: str, rounds: int, full_seconds: float) -> None:
+    """skip_unchanged on an unchanged tree: a metadata walk against the full backup; then a one-byte
+    change whose modification time is put back must still make a new archive."""
+    out = WORK / f"out-{label}-unchanged"
+    contender = _tool_contender(
+        f"bench-{label}-unchanged", tree.path, out, "this tool, unchanged re-run", "    skip_unchanged: true\n"
+    )
+    _progress(f"{label} tree: a first backup with skip_unchanged, then {rounds} unchanged re-run(s) ...")
+    _run_checked(contender)  # the archive and state the re-runs are compared with
+    runs = []
+    log = LOGS / f"unchanged-{label}.log"
+    for _ in range(rounds):
+        # In JSON, which says what decided: the metadata walk is what is timed, not a fallback.
+        runs.append(measure((*contender.argv, "--format", "json"), contender.cwd, log, env=_plain_env()))
+        if runs[-1].exit_code != 0 or '"compared": "metadata"' not in log.read_text(encoding="utf-8"):
+            raise BenchmarkError(f"the unchanged re-run was not decided by the metadata walk:\n{tail(log)}")
+    seconds = Summary(tuple(runs)).seconds
+    ratio = full_seconds / seconds
+    seen = _one_byte_change_is_seen(tree, contender, label)
+    _emit(
+        f"Unchanged re-run with `skip_unchanged: true` (median of {rounds}): {seconds:.2f} s against "
+        f"{full_seconds:.2f} s for a backup, {ratio:.1f}× faster "
+        f"{_verdict(ratio >= GOAL_UNCHANGED)} (goal ≥ {GOAL_UNCHANGED:g}×); peak memory "
+        f"{Summary(tuple(runs)).peak_bytes / MB:,.0f} MB. A one-byte change with its modification time put "
+        f"back: {seen}.",
+        "",
+    )
+
+
+def _one_byte_change_is_seen(tree: generate.Built, contender: Contender, label: str) -> str:
+    victim = max((p for p in tree.path.rglob("*") if p.is_file()), key=lambda p: (p.stat().st_size < 1 << 20, p))
+    before = victim.stat()
+    original = victim.read_bytes()
+    changed = bytearray(original)
+    changed[len(changed) // 2] ^= 0x01
+    log = LOGS / f"unchanged-{label}-one-byte.log"
+    try:
+        victim.write_bytes(bytes(changed))
+        os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+        run = measure(contender.argv, contender.cwd, log, env=_plain_env())
+    finally:
+        # Put the tree back as generated, with its time: the other benchmarks use it.
+        victim.write_bytes(original)
+        os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    seen = run.exit_code == 0 and "changed: [" in tail(log)
+    return f"{'a new archive' if seen else 'NOT SEEN'} {_verdict(seen)}"
+
+
+def _plain_env() -> dict[str, str]:
+    return {**os.environ, "NO_COLOR": "1"}
+
+
+def _startup_section(rounds: int) -> None:
+    """Start-up of commands that do no backup: what every cron line and every --help pays."""
+    manifest = REPO / "backups.yml"
+    commands = {
+        "`invoke --list`": (INVOKE, "--list"),
+        "`invoke validate`": (INVOKE, "validate", "--manifest", manifest),
+        "`invoke list`": (INVOKE, "list", "--manifest", manifest),
+        "python -c pass (the interpreter alone)": (PYTHON, "-c", "pass"),
+    }
+    rows = []
+    for name, argv in commands.items():
+        log = LOGS / f"startup-{_slug(name)}.log"
+        runs = [measure(argv, REPO, log, env=_plain_env()) for _ in range(max(5, rounds))]
+        if any(run.exit_code != 0 for run in runs):
+            raise BenchmarkError(f"{name} failed:\n{tail(LOGS / f'startup-{_slug(name)}.log')}")
+        summary = Summary(tuple(runs))
+        rows.append([name, f"{summary.seconds * 1000:.0f}", f"{summary.peak_bytes / MB:,.0f}"])
+    _emit("### Start-up", "", *_table(["command", "ms (median)", "peak memory MB"], rows), "")
+
+
+def _targets_section(options: Options) -> None:
+    """Many targets: the same per-target cost whether they share one destination or have one each."""
+    count = options.targets
+    sources = WORK / f"targets-{count}"
+    if not (sources / f"t{count - 1:04d}" / "a.txt").is_file():
+        for number in range(count):
+            folder = sources / f"t{number:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "a.txt").write_text(f"target {number}\n" * 20, encoding="utf-8")
+    rows = []
+    verdicts = []
+    for layout in ("shared", "each"):
+        per_target: dict[str, float] = {}
+        out = WORK / f"out-targets-{layout}"
+        manifests = {n: _targets_manifest(sources, out, n, layout) for n in (1, count)}
+        steps: list[tuple[str, tuple[str, ...], bool]] = [
+            ("validate", ("validate",), False),
+            ("list", ("list",), False),
+            ("backup --check", ("backup", "--check"), False),
+            ("backup --jobs 1, no archives yet", ("backup", "--jobs", "1"), True),
+            ("backup --jobs 1, archives present", ("backup", "--jobs", "1"), False),
+            ("backup --jobs 2, no archives yet", ("backup", "--jobs", "2"), True),
+            ("backup --jobs 2, archives present", ("backup", "--jobs", "2"), False),
+        ]
+        for step, arguments, fresh in steps:
+            seconds = {}
+            for n, manifest in manifests.items():
+                runs = []
+                for _ in range(options.rounds):
+                    if fresh:
+                        shutil.rmtree(out, ignore_errors=True)
+                    argv: tuple[str | Path, ...] = (INVOKE, arguments[0], "--manifest", manifest, *arguments[1:])
+                    log = LOGS / f"targets-{layout}-{_slug(step)}-{n}.log"
+                    _progress(f"{count} targets, {layout} destination: {step} ({n} target(s)) ...")
+                    run = measure(argv, REPO, log, env=_plain_env())
+                    if run.exit_code != 0:
+                        raise BenchmarkError(f"{step} failed:\n{tail(log)}")
+                    runs.append(run)
+                seconds[n] = Summary(tuple(runs)).seconds
+            per_target[step] = (seconds[count] - seconds[1]) / (count - 1)
+            rows.append([f"{step} ({'one shared folder' if layout == 'shared' else 'a folder each'})",
+                         f"{seconds[count]:.2f}", f"{per_target[step] * 1000:.1f}"])  # fmt: skip
+        verdicts.append((layout, per_target))
+    shared, each = verdicts[0][1], verdicts[1][1]
+    worst = max(*shared.values(), *each.values())
+    _emit(
+        f"### {count:,} targets of one small file each",
+        "",
+        *_table(["command", f"seconds for {count:,} targets (median)", "ms per target"], rows),
+        "",
+        "- ms per target: (time for all targets - time for one target) / (targets - 1): interpreter start-up left out.",
+        f"- per-target overhead ≤ {GOAL_PER_TARGET * 1000:g} ms in every row: {worst * 1000:.1f} ms at worst "
+        f"{_verdict(worst <= GOAL_PER_TARGET)}",
+        f"- --jobs 2 faster than --jobs 1 (archives present, shared folder): "
+        f"{_verdict(shared['backup --jobs 2, archives present'] < shared['backup --jobs 1, archives present'])}",
+        "",
+    )
+
+
+def _targets_manifest(sources: Path, out: Path, count: int, layout: str) -> Path:
+    manifest = WORK / f"targets-{layout}-{count}.yml"
+    lines = ["# Written by benchmarks/run.py for one benchmark run.", "version: 1", "targets:"]
+    for number in range(count):
+        destination = out if layout == "shared" else out / f"t{number:04d}"
+        lines.append(
+            f"  - {{name: t{number:04d}, path: {(sources / f't{number:04d}').relative_to(WORK).as_posix()}, "
+            f"destination: {destination.relative_to(WORK).as_posix()}, keep: {{last: 3}}}}"
+        )
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _load() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f} (1, 5, 15 minutes) on {os.cpu_count() or 1} cores"
 
 
 def _sqlite_section(options: Options) -> None:

@@ -337,6 +337,7 @@ def test_json_document_has_the_run_and_every_targets_result(runs: Callable[[str]
             "bytes_out": archive.stat().st_size,
             "deleted": [],
             "reason": "",
+            "compared": None,
             "error": None,
             "warnings": [],
             "future": [],

@@ -197,11 +197,11 @@ def finish(process: subprocess.Popen[str], limit: float = 120) -> Ran:
 
 
 def tree_files(folder: Path) -> dict[str, tuple[int, int]]:
-    """Files (not folders, not lock files) under `folder` with size and mtime."""
+    """Files (not folders, not lock or skip_unchanged state files) under `folder` with size and mtime."""
     return {
         p.name: (p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.endswith(".lock")
+        if p.is_file() and not p.name.endswith((".lock", ".state"))
     }
 
 

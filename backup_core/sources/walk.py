@@ -112,10 +112,24 @@ def _as_link(st: os.stat_result) -> os.stat_result:
     return os.stat_result(fields)
 
 
+# POSIX needs one lstat per entry either way, so a folder's listing keeps names alone: a
+# folder of 1,000,000 files then holds 1,000,000 names while it is walked, not as many
+# directory entries and stat results (about 700 bytes each).  Windows' listing carries
+# each entry's metadata, which a separate stat would fetch again at a far higher cost.
+_STAT_FROM_LISTING = os.name == "nt"
+
+
+def _listing(folder: Path) -> list[str] | list[os.DirEntry[str]]:
+    with os.scandir(folder) as scan:
+        if _STAT_FROM_LISTING:
+            return sorted(scan, key=lambda e: e.name)
+        return sorted(entry.name for entry in scan)
+
+
 def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry]:
-    # Depth first with a stack of open listings, not recursion: a tree 1,500 folders deep is
-    # legal, and recursion would hit Python's limit (RecursionError) long before the disk's.
-    stack = [iter(_listing(folder, prefix, exclude))]
+    # Depth first with a stack of folders being walked, not recursion: a tree 1,500 folders deep
+    # is legal, and recursion would hit Python's limit (RecursionError) long before the disk's.
+    stack = [_entries(folder, prefix, exclude)]
     while stack:
         entry = next(stack[-1], None)
         if entry is None:
@@ -123,48 +137,45 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
             continue
         yield entry
         if entry.kind == "dir":
-            stack.append(iter(_listing(Path(entry.path), entry.name, exclude)))
+            stack.append(_entries(Path(entry.path), entry.name, exclude))
 
 
-def _listing(folder: Path, prefix: str, exclude: tuple[str, ...]) -> list[Entry]:
-    """The entries of one folder, sorted by name (its subfolders' contents not included)."""
+def _entries(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry]:
+    """The entries of one folder in name order, each stat-ed as it is reached (not its subfolders')."""
     try:
-        with os.scandir(folder) as scan:
-            listing = sorted(scan, key=lambda e: e.name)
+        listing = _listing(folder)
     except PermissionError:
         raise TargetError(f"permission denied listing {folder}; fix its permissions or add it to exclude") from None
     except FileNotFoundError:
         if prefix:
-            return []  # a subfolder removed while we walked: nothing left to archive
+            return  # a subfolder removed while we walked: nothing left to archive
         raise TargetError(f"source not found: {folder}; check the path in the manifest") from None
+    base = os.path.join(folder, "")  # noqa: PTH118 - a str per entry: a Path each would cost more than the walk
+    # In name order a database comes before its -wal, -shm and -journal (a name sorts before
+    # any name it starts), so one pass finds the database before it meets its companions.
     databases: set[str] = set()
-    regular: list[tuple[os.DirEntry[str], os.stat_result, str]] = []
-    for entry in listing:
-        relative = prefix + entry.name
-        if exclude and _excluded(relative, entry.name, exclude):
+    for item in listing:
+        name = item if isinstance(item, str) else item.name
+        relative = prefix + name
+        if exclude and _excluded(relative, name, exclude):
             continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # vanished between listing and stat
-        if stat.S_ISDIR(st.st_mode) and _is_junction(entry, st):
-            regular.append((entry, _as_link(st), relative))  # a Windows junction: a link, not followed
-        elif stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
-            regular.append((entry, st, relative))
-        elif stat.S_ISREG(st.st_mode):
-            if _could_be_sqlite(st) and is_sqlite(Path(entry.path), st):
-                databases.add(entry.name)
-            regular.append((entry, st, relative))
-        # sockets, fifos and devices are not data: skipped
-    found = []
-    for entry, st, relative in regular:
-        name = entry.name
         if databases and any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
             continue
-        if stat.S_ISDIR(st.st_mode):
-            found.append(Entry(relative + "/", entry.path, "dir", st))
+        path = base + name
+        try:
+            st = os.lstat(path) if isinstance(item, str) else item.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # vanished between listing and stat
+        if stat.S_ISDIR(st.st_mode) and not isinstance(item, str) and _is_junction(item, st):
+            yield Entry(relative, path, "link", _as_link(st))  # a Windows junction: a link, not followed
+        elif stat.S_ISDIR(st.st_mode):
+            yield Entry(relative + "/", path, "dir", st)
         elif stat.S_ISLNK(st.st_mode):
-            found.append(Entry(relative, entry.path, "link", st))
-        else:
-            found.append(Entry(relative, entry.path, "sqlite" if name in databases else "file", st))
-    return found
+            yield Entry(relative, path, "link", st)
+        elif stat.S_ISREG(st.st_mode):
+            if _could_be_sqlite(st) and is_sqlite(Path(path), st):
+                databases.add(name)
+                yield Entry(relative, path, "sqlite", st)
+            else:
+                yield Entry(relative, path, "file", st)
+        # sockets, fifos and devices are not data: skipped

@@ -10,12 +10,17 @@ reader mistakes for a finished backup.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cache
 from pathlib import Path
 
 from backup_core.stores.retention import FUTURE_TOLERANCE
@@ -47,10 +52,12 @@ def archive_name(target: str, when: datetime) -> str:
     return f"{target}-{stamp(when)}.zip"
 
 
+@cache  # a run of 1,000 targets would otherwise compile each pattern once per file listed
 def _pattern(target: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(target)}-{_STAMP_PATTERN}\.zip")
 
 
+@cache
 def _partial_pattern(target: str) -> re.Pattern[str]:
     return re.compile(rf"\.{re.escape(target)}-{_STAMP_PATTERN}\.[a-z0-9-]+\.partial")
 
@@ -67,21 +74,86 @@ def parse_when(target: str, filename: str) -> datetime | None:
     return moment.replace(microsecond=int(match.group(2)))
 
 
-def list_archives(destination: Path, target: str) -> list[Archive]:
-    """The target's finished archives in `destination`, oldest first."""
+def list_archives(destination: Path, target: str, names: list[str] | None = None) -> list[Archive]:
+    """The target's finished archives in `destination`, oldest first; `names`: its listing, if taken."""
     found = []
-    for path in _children(destination):
-        when = parse_when(target, path.name)
-        if when is not None:
-            found.append(Archive(when, path))
+    prefix = f"{target}-"
+    for name in listing(destination) if names is None else names:
+        # The cheap test first: a folder shared by 1,000 targets holds thousands of other names.
+        if name.startswith(prefix):
+            when = parse_when(target, name)
+            if when is not None:
+                found.append(Archive(when, destination / name))
     return sorted(found)
 
 
-def _children(folder: Path) -> list[Path]:
+# One listing of a folder serves every target of a run that shares it (1,000 targets in one
+# folder would otherwise list it 1,000 times): folder -> (its mtime just before the listing,
+# names), kept only while a run goes on (see one_listing_per_run).
+_listings: dict[Path, tuple[int, list[str]]] = {}
+_listings_lock = threading.Lock()
+_runs = [0]  # runs going on in this process
+
+
+@contextmanager
+def one_listing_per_run() -> Iterator[None]:
+    """Within this, listing() may reuse a listing of the same folder; each target is run once."""
+    with _listings_lock:
+        _runs[0] += 1
     try:
-        return list(folder.iterdir())
+        yield
+    finally:
+        with _listings_lock:
+            _runs[0] -= 1
+            if not _runs[0]:
+                _listings.clear()
+
+
+_SAME_TICK_NS = 2_000_000_000  # coarse file-system clocks (FAT: 2 s) stamp close events alike
+
+
+def listing(folder: Path, marker: Path | None = None, marker_created: bool = False) -> list[str]:
+    """The names in `folder` (none if it does not exist yet).
+
+    With `marker`, the target's lock file, a listing taken earlier in this run is reused
+    when it is provably current for that target: only a run holding the target's lock
+    adds or removes its archives, and such a run touches the lock file after it did (see
+    mark_changed).  A marker touched after the folder last changed before the listing may
+    mean a change the listing missed, so the folder is listed again.  Both times come from
+    the folder's own file system, so a server whose clock differs from ours cannot fool it.
+    `marker_created`: this run has just created the marker, so no run of this tool has
+    changed the target's archives since it last existed.
+    """
+    if marker is not None:
+        with _listings_lock:
+            cached = _listings.get(folder) if _runs[0] else None
+        if cached is not None:
+            if marker_created:
+                return cached[1]
+            try:
+                touched: int | None = marker.stat().st_mtime_ns
+            except FileNotFoundError:
+                touched = 0  # never locked here: no run of this tool changed the target's archives
+            except OSError:
+                touched = None
+            if touched is not None and touched < cached[0] - _SAME_TICK_NS:
+                return cached[1]
+    try:
+        changed = folder.stat().st_mtime_ns  # before listing: a change after it shows as newer
+        names = os.listdir(folder)  # noqa: PTH208 - names only: a Path per name costs more than the listing
     except FileNotFoundError:
         return []
+    with _listings_lock:
+        if _runs[0]:
+            _listings[folder] = (changed, names)
+    return names
+
+
+def mark_changed(marker: Path) -> None:
+    """Say that this target's archives changed: other runs' listings of the folder are stale for it."""
+    # Failing, the others miss our change until their next run: they keep an archive longer.
+    with contextlib.suppress(OSError):
+        os.utime(marker)
 
 
 def next_time(now: datetime, existing: list[Archive], tolerance: timedelta = FUTURE_TOLERANCE) -> datetime:
@@ -103,10 +175,11 @@ def partial_path(destination: Path, target: str, when: datetime, what: str) -> P
     return destination / f".{target}-{stamp(when)}.{what}.partial"
 
 
-def stale_partials(destination: Path, target: str) -> list[Path]:
+def stale_partials(destination: Path, target: str, names: list[str] | None = None) -> list[Path]:
     """Work left by an interrupted run of this target (only call while holding its lock)."""
-    pattern = _partial_pattern(target)
-    return [path for path in _children(destination) if pattern.fullmatch(path.name)]
+    pattern, prefix = _partial_pattern(target), f".{target}-"
+    found = listing(destination) if names is None else names
+    return [destination / name for name in found if name.startswith(prefix) and pattern.fullmatch(name)]
 
 
 def claim(descriptor: int) -> None:

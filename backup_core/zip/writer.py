@@ -25,11 +25,12 @@ import bisect
 import os
 import stat
 import struct
+import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from backup_core.errors import TargetError
 from backup_core.zip import packing
@@ -54,6 +55,11 @@ _CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")
 _END = struct.Struct("<4sHHHHLLH")
 _END64 = struct.Struct("<4sQHHLLQQQQ")
 _LOCATOR64 = struct.Struct("<4sLQL")
+# The central directory's records are packed as each member is finished (about 90 bytes
+# each, against about 700 for the objects they come from) and beyond this many bytes go
+# to an anonymous temporary file beside the archive: memory stays flat at any member count.
+_DIRECTORY_IN_MEMORY = int(os.environ.get("BACKUP_DIRECTORY_IN_MEMORY") or 8 << 20)  # tests set it small
+_DIRECTORY_PIECE = 1 << 20  # written and read back in pieces of this size
 
 
 @dataclass(slots=True)
@@ -126,7 +132,10 @@ class ZipWriter:
         self._batch: list[Item] = []
         self._batch_members: list[Member] = []
         self._batch_bytes = 0
-        self._members: list[Member] = []
+        self._directory = bytearray()  # packed central directory records not yet spilled
+        self._spilled: IO[bytes] | None = None  # the records beyond _DIRECTORY_IN_MEMORY
+        self._count = 0  # members recorded
+        self._spill_folder = path.parent if path is not None else None
         self._offset = 0  # where the next member goes
         self._position = 0  # where this process's own handle stands
         # [offset, length, CRC-32] of every stretch of the file, in file order: what the
@@ -193,10 +202,10 @@ class ZipWriter:
 
     def member_at(self, offset: int) -> str:
         """Where `offset` lies, for a message: in the central directory, or in a member's header or data."""
-        if not self._members or 0 <= self._directory_start <= offset:
+        if not self._count or 0 <= self._directory_start <= offset:
             return "the central directory"
         # Members are recorded in file order, except a large one, recorded once its data is in.
-        starts = sorted((member.offset, member.name) for member in self._members)
+        starts = sorted(_offsets_and_names(b"".join(self._directory_pieces())))
         index = bisect.bisect_right(starts, (offset, "\uffff")) - 1
         return f"member {starts[max(index, 0)][1]}"
 
@@ -204,6 +213,13 @@ class ZipWriter:
         """Stop the workers without finishing the archive (the caller discards the file)."""
         self._pending.clear()
         self._workers.close(abandon=True)
+        self.release()
+
+    def release(self) -> None:
+        """Drop the central directory's temporary file, once member_at() is no longer needed."""
+        if self._spilled is not None:
+            self._spilled.close()
+            self._spilled = None
 
     # --- the pipeline --------------------------------------------------------------------------
 
@@ -342,7 +358,14 @@ class ZipWriter:
             write(None, piece, data)
 
     def _record(self, member: Member) -> None:
-        self._members.append(member)
+        self._directory += _central_header(member)
+        self._count += 1
+        if len(self._directory) >= _DIRECTORY_IN_MEMORY and self._spill_folder is not None:
+            if self._spilled is None:
+                # Anonymous where the system allows, and removed when closed or the process dies.
+                self._spilled = tempfile.TemporaryFile(dir=self._spill_folder)  # noqa: SIM115 - lives as long as the writer
+            self._spilled.write(self._directory)
+            self._directory = bytearray()
         kind = stat.S_IFMT(member.mode)
         if kind == stat.S_IFDIR:
             self.stats.directories += 1
@@ -364,10 +387,11 @@ class ZipWriter:
 
     def _write_central_directory(self) -> None:
         start = self._directory_start = self._offset
-        # One write: the end of a run waits for it, and 40,000 small writes took a tenth of a second.
-        self._write(b"".join([_central_header(member) for member in self._members]))
+        # Large writes: the end of a run waits for them, and 40,000 small writes took a tenth of a second.
+        for piece in self._directory_pieces():
+            self._write(piece)
         size = self._offset - start
-        count = len(self._members)
+        count = self._count
         if count >= 0xFFFF or start >= ZIP64_LIMIT or size >= ZIP64_LIMIT:
             end64 = self._offset
             self._write(_END64.pack(b"PK\x06\x06", _END64.size - 12, 45, 45, 0, 0, count, count, size, start))
@@ -385,8 +409,33 @@ class ZipWriter:
             )
         )
 
+    def _directory_pieces(self) -> Iterator[bytes]:
+        """The packed central directory records, in order: those spilled to disk, then the rest."""
+        if self._spilled is not None:
+            self._spilled.seek(0)
+            while piece := self._spilled.read(_DIRECTORY_PIECE):
+                yield piece
+            self._spilled.seek(0, os.SEEK_END)
+        if self._directory:
+            yield bytes(self._directory)
+
 
 # --- records -------------------------------------------------------------------------------------
+
+
+def _offsets_and_names(directory: bytes) -> Iterator[tuple[int, str]]:
+    """(local header offset, name) of every packed central directory record (for messages)."""
+    position = 0
+    while position + _CENTRAL.size <= len(directory):
+        fields = _CENTRAL.unpack_from(directory, position)
+        name_length, extra_length, offset = fields[10], fields[11], fields[16]
+        name_start = position + _CENTRAL.size
+        extra = directory[name_start + name_length : name_start + name_length + extra_length]
+        if offset == ZIP64_LIMIT:  # the offset is the last of the ZIP64 extra field's values
+            before = 8 * (fields[9] == ZIP64_LIMIT) + 8 * (fields[8] == ZIP64_LIMIT)  # sizes come first
+            offset = struct.unpack_from("<Q", extra, 4 + before)[0]
+        yield offset, os.fsdecode(directory[name_start : name_start + name_length])
+        position = name_start + name_length + extra_length
 
 
 def _member(name: str, st: os.stat_result) -> Member:

@@ -1,0 +1,240 @@
+"""skip_unchanged at the cost of a metadata walk: when the recorded state decides, and when it must not.
+
+Runs here use BACKUP_NOW in the future, so the files a test has just written are not
+"racily" recent: their state can be trusted, and the metadata walk is what decides.
+The JSON field `compared` says which comparison decided: "metadata" (a stat walk, no file
+read) or "content" (a new archive compared with the newest one).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import zipfile
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Project
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="Windows has no change time: contents always decide")
+
+LATER = ["2099-01-01T00:00:00Z", "2099-01-02T00:00:00Z", "2099-01-03T00:00:00Z", "2099-01-04T00:00:00Z"]
+
+
+def make(project: Project, extra: str = "") -> Path:
+    project.file("src/a.txt", "alpha\n" * 100)
+    project.file("src/sub/c.txt", "gamma\n")
+    source = project.file("src/sub/b.bin", bytes(range(256)) * 4)
+    (project.root / "src" / "empty").mkdir()
+    manifest(project, extra)
+    return source
+
+
+def manifest(project: Project, extra: str = "") -> None:
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - name: notes
+            path: src
+            skip_unchanged: true
+            keep: {{last: 5}}
+            {extra}
+        """
+    )
+
+
+def backup(project: Project, now: str, *flags: str) -> dict[str, Any]:
+    ran = project.invoke("backup", "--format", "json", *flags, env={"BACKUP_NOW": now})
+    assert ran.code == 0, ran.output
+    assert "Traceback" not in ran.output
+    (result,) = ran.json()["targets"]
+    return dict(result)
+
+
+def state_file(project: Project) -> Path:
+    return project.root / "backups" / ".notes.state"
+
+
+@posix_only
+def test_an_unchanged_source_is_ok_after_a_metadata_walk(project: Project) -> None:
+    make(project)
+    first = backup(project, LATER[0])
+    assert (first["status"], first["compared"]) == ("changed", None)
+    (archive,) = project.archives()
+    assert state_file(project).is_file()
+
+    second = backup(project, LATER[1])
+
+    assert (second["status"], second["compared"], second["archive"]) == ("ok", "metadata", str(archive))
+    assert second["reason"] == f"unchanged since {archive.name}"
+    assert (second["files"], second["bytes_in"]) == (first["files"], first["bytes_in"])
+    assert project.archives() == [archive]
+    assert not [p for p in archive.parent.iterdir() if p.name.endswith(".partial")]
+
+
+@posix_only
+def test_a_one_byte_change_with_its_mtime_put_back_is_seen_by_the_change_time(project: Project) -> None:
+    source = make(project)
+    backup(project, LATER[0])
+    assert backup(project, LATER[1])["compared"] == "metadata"  # the state is trusted...
+    before = source.stat()
+    data = bytearray(source.read_bytes())
+    data[500] ^= 0x01
+    source.write_bytes(bytes(data))
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = source.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+    third = backup(project, LATER[2])
+
+    # ...and only the change time differs: the metadata walk must not call this unchanged.
+    assert (third["status"], third["compared"]) == ("changed", "content")
+    with zipfile.ZipFile(third["archive"]) as archive:
+        assert archive.read("sub/b.bin") == bytes(data)
+    assert backup(project, LATER[3])["compared"] == "metadata"  # the new archive's state is recorded
+
+
+@posix_only
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes().replace(b'"entries": 5', b'"entries": 4')),  # its checksum fails
+        lambda p: p.write_bytes(p.read_bytes()[:40]),
+        lambda p: p.write_bytes(b"\xff\xfe not json"),
+        lambda p: p.unlink(),
+        lambda p: p.write_text("[]"),
+    ],
+    ids=["edited", "truncated", "garbage", "missing", "not-an-object"],
+)
+def test_a_damaged_or_missing_state_falls_back_to_comparing_contents(project: Project, damage: Any) -> None:
+    make(project)
+    backup(project, LATER[0])
+    damage(state_file(project))
+
+    second = backup(project, LATER[1])
+
+    assert (second["status"], second["compared"]) == ("ok", "content")
+    assert len(project.archives()) == 1
+    assert backup(project, LATER[2])["compared"] == "metadata"  # written again, beside the matched archive
+
+
+@posix_only
+def test_an_edited_state_that_says_unchanged_is_not_trusted(project: Project) -> None:
+    source = make(project)
+    backup(project, LATER[0])
+    recorded = state_file(project).read_bytes()
+    source.write_bytes(b"new content")
+    backup(project, LATER[1])  # changed: a second archive and a new state
+    state_file(project).write_bytes(recorded)  # the first state back: it names an archive that is not the newest
+
+    third = backup(project, LATER[2])
+
+    assert (third["status"], third["compared"]) == ("ok", "content")
+    assert len(project.archives()) == 2
+
+
+@posix_only
+def test_a_newest_archive_replaced_by_hand_is_not_trusted(project: Project) -> None:
+    make(project)
+    backup(project, LATER[0])
+    (archive,) = project.archives()
+    with zipfile.ZipFile(archive, "a") as opened:
+        opened.writestr("planted.txt", "not from the source\n")
+
+    second = backup(project, LATER[1])
+
+    assert (second["status"], second["compared"]) == ("changed", "content")
+    assert len(project.archives()) == 2
+
+
+@posix_only
+def test_a_changed_exclude_makes_a_new_archive(project: Project) -> None:
+    make(project)
+    backup(project, LATER[0])
+    manifest(project, extra='exclude: ["c.txt"]')
+
+    second = backup(project, LATER[1])
+
+    assert (second["status"], second["compared"]) == ("changed", "content")
+    with zipfile.ZipFile(second["archive"]) as archive:
+        assert "sub/c.txt" not in archive.namelist()
+        assert "a.txt" in archive.namelist()
+
+
+@posix_only
+def test_a_changed_setting_is_decided_by_content(project: Project) -> None:
+    make(project)
+    backup(project, LATER[0])
+    manifest(project, extra="compression: {level: 6}")
+
+    second = backup(project, LATER[1])
+
+    assert (second["status"], second["compared"]) == ("ok", "content")  # the same files, however deflated
+    assert backup(project, LATER[2])["compared"] == "metadata"
+
+
+@posix_only
+def test_force_archives_and_records_the_new_state(project: Project) -> None:
+    make(project)
+    backup(project, LATER[0])
+
+    forced = backup(project, LATER[1], "--force")
+
+    assert (forced["status"], forced["compared"]) == ("changed", None)
+    assert len(project.archives()) == 2
+    after = backup(project, LATER[2])
+    assert (after["status"], after["compared"], after["archive"]) == ("ok", "metadata", forced["archive"])
+
+
+@posix_only
+def test_a_file_written_just_before_the_run_is_decided_by_content(project: Project) -> None:
+    make(project)
+    # The clock of the run is the real one: the files were written within the last seconds, so a
+    # write in the same clock tick as the first run's read could hide from the metadata.
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    backup(project, now)
+
+    second = backup(project, now)
+
+    assert (second["status"], second["compared"]) == ("ok", "content")
+
+
+@posix_only
+def test_a_removed_file_and_a_new_empty_folder_are_seen(project: Project) -> None:
+    make(project)
+    backup(project, LATER[0])
+    (project.root / "src" / "sub" / "c.txt").unlink()
+    changed = backup(project, LATER[1])
+    assert (changed["status"], changed["compared"]) == ("changed", "content")
+    assert backup(project, LATER[2])["compared"] == "metadata"
+    (project.root / "src" / "new-empty").mkdir()
+
+    third = backup(project, LATER[3])
+
+    assert (third["status"], third["compared"]) == ("changed", "content")
+
+
+def test_a_database_is_always_compared_by_its_snapshot(project: Project) -> None:
+    make(project)
+    with closing(sqlite3.connect(project.root / "src" / "app.db")) as connection:
+        connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+        connection.executemany("INSERT INTO t (body) VALUES (?)", [(f"row {i}",) for i in range(100)])
+        connection.commit()
+    backup(project, LATER[0])
+
+    second = backup(project, LATER[1])
+
+    assert (second["status"], second["compared"], second["databases"]) == ("ok", "content", 1)
+
+
+def test_without_skip_unchanged_no_state_is_kept(project: Project) -> None:
+    make(project)
+    project.write_manifest(project.manifest.read_text().replace("skip_unchanged: true", "skip_unchanged: false"))
+    first = backup(project, LATER[0])
+    second = backup(project, LATER[1])
+    assert (first["compared"], second["status"], second["compared"]) == (None, "changed", None)
+    assert not state_file(project).exists()
