@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -391,3 +392,23 @@ def test_the_remote_copy_is_a_zip_every_reader_opens(project: Project, remote: R
     assert (
         hashlib.sha256(copy.read_bytes()).hexdigest() == hashlib.sha256(project.archives()[0].read_bytes()).hexdigest()
     )
+
+
+def test_max_bandwidth_caps_the_upload_rate(project: Project, remote: Remote) -> None:
+    # A lower bound only: a busy machine can make the upload slower, never faster than allowed.
+    project.file("site/noise.bin", os.urandom(3 << 20))  # incompressible: the archive is about 3 MiB
+    spec = {**remote.manifest(), "max_bandwidth": "1M"}
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          {remote.name}: {flow(spec)}
+        targets:
+          - {{name: site, path: site, offsite: [{remote.name}]}}
+        """
+    )
+    ran = run(project, remote, "backup", "--format", "json")
+    assert ran.code == 0, ran.output
+    [copy] = ran.json()["targets"][0]["offsite"]
+    assert copy["bytes"] >= 3 << 20
+    assert copy["seconds"] >= 2.0  # 3 MiB at 1 MiB/s, less the first second's allowance

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 from backup_core.stores import archives
@@ -55,8 +56,9 @@ class LocalStore:
 class FolderStore:
     """A folder remote: copies under <path>/<prefix><target>/, each with its SHA-256 beside it."""
 
-    def __init__(self, name: str, root: Path, prefix: str = "") -> None:
+    def __init__(self, name: str, root: Path, prefix: str = "", max_bandwidth: int | None = None) -> None:
         self.name, self.root, self.prefix = name, root, prefix
+        self.max_bandwidth = max_bandwidth  # bytes per second: a share on a busy network, a USB disk
 
     def describe(self) -> str:
         return str(self.root / self.prefix) if self.prefix else str(self.root)
@@ -76,7 +78,7 @@ class FolderStore:
             folder.mkdir(parents=True, exist_ok=True)
             if final.exists():
                 return self._existing(target, final, sha256)
-            written = _copy(file, partial, progress)
+            written = _copy(file, partial, progress, self.max_bandwidth)
             # What reached the remote disk must be what was verified here: hash it once more
             # from the copy, not from what we meant to write.
             if written != sha256 or sha256_of(partial) != sha256:
@@ -155,15 +157,20 @@ def _recorded(path: Path) -> str | None:
     return digest if len(digest) == 64 else None
 
 
-def _copy(source: Path, partial: Path, progress: Progress | None) -> str:
-    """Copy to a new file, fsync it, and return the SHA-256 of what was read."""
+def _copy(source: Path, partial: Path, progress: Progress | None, max_bandwidth: int | None = None) -> str:
+    """Copy to a new file, at most `max_bandwidth` bytes a second, fsync it, and return the SHA-256 of what was read."""
     digest = hashlib.sha256()
+    started, sent = time.monotonic(), 0
     with source.open("rb") as reader, partial.open("xb") as writer:
         while block := reader.read(_COPY_CHUNK):
             digest.update(block)
             writer.write(block)
+            sent += len(block)
             if progress:
                 progress(len(block))
+            if max_bandwidth:
+                # Ahead of the allowed rate: wait until the bytes sent so far are due.
+                time.sleep(max(0.0, sent / max_bandwidth - (time.monotonic() - started)))
         writer.flush()
         os.fsync(writer.fileno())
     return digest.hexdigest()

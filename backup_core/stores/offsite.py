@@ -36,7 +36,7 @@ def store_for(remote: Remote) -> Store:
         store = S3Store(remote)
     else:
         assert remote.path is not None
-        store = FolderStore(remote.name, remote.path, remote.prefix)
+        store = FolderStore(remote.name, remote.path, remote.prefix, remote.max_bandwidth)
     if remote.encrypted:
         from backup_core.stores.encryption import EncryptedStore
 
