@@ -124,8 +124,14 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
     server.start()  # a test that stopped it leaves it running for the next
 
 
-def write(project: Project, remote: Remote, keep: dict[str, int] | None = None, **target: Any) -> None:
-    spec = {**remote.manifest(), **({"keep": keep} if keep else {})}
+def write(
+    project: Project,
+    remote: Remote,
+    keep: dict[str, int] | None = None,
+    settings_of_remote: dict[str, Any] | None = None,
+    **target: Any,
+) -> None:
+    spec = {**remote.manifest(), **({"keep": keep} if keep else {}), **(settings_of_remote or {})}
     settings = {"name": "site", "path": "site", "offsite": [remote.name], "keep": {"last": 10}, **target}
     project.write_manifest(
         f"""
@@ -397,16 +403,7 @@ def test_the_remote_copy_is_a_zip_every_reader_opens(project: Project, remote: R
 def test_max_bandwidth_caps_the_upload_rate(project: Project, remote: Remote) -> None:
     # A lower bound only: a busy machine can make the upload slower, never faster than allowed.
     project.file("site/noise.bin", os.urandom(3 << 20))  # incompressible: the archive is about 3 MiB
-    spec = {**remote.manifest(), "max_bandwidth": "1M"}
-    project.write_manifest(
-        f"""
-        version: 1
-        remotes:
-          {remote.name}: {flow(spec)}
-        targets:
-          - {{name: site, path: site, offsite: [{remote.name}]}}
-        """
-    )
+    write(project, remote, settings_of_remote={"max_bandwidth": "1M"})
     ran = run(project, remote, "backup", "--format", "json")
     assert ran.code == 0, ran.output
     [copy] = ran.json()["targets"][0]["offsite"]
