@@ -10,11 +10,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import shlex
-import socket
 import stat
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -24,7 +21,7 @@ import jsonschema
 
 from backup_core.errors import ManifestError, Problem
 from backup_core.manifest import remotes as remotes_module
-from backup_core.manifest import yaml_source
+from backup_core.manifest import variables, yaml_source
 from backup_core.manifest.remotes import Remote
 from backup_core.manifest.yaml_source import Document, KeyPath
 
@@ -40,7 +37,6 @@ def _schema_path() -> Path:
 SCHEMA_PATH = _schema_path()
 # Settings a target inherits from `defaults:`; the schema lists them under defaults.properties.
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KiB; anything this big is the wrong file
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @cache
@@ -152,7 +148,7 @@ def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
             ".".join(p.where.split(".")[:2]) if p.where.startswith("defaults.") else p.where.split(".")[0]
             for p in problems
         }
-        manifest, more = _resolve(document, _with_builtins(os.environ if environ is None else environ), broken)
+        manifest, more = _resolve(document, variables.with_builtins(os.environ if environ is None else environ), broken)
         problems += more
     if problems or manifest is None:
         raise ManifestError(problems)
@@ -184,16 +180,6 @@ def _read(file: Path) -> str:
             return raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ManifestError([Problem(file, 0, 0, "", f"cannot read the manifest: {_reason(exc)}")]) from None
-
-
-def _with_builtins(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment, with ${BACKUP_HOST} (this machine's name) and ${HOSTNAME} when it is not exported.
-
-    Interactive shells set HOSTNAME without exporting it, so a manifest that works by hand
-    would fail under cron; both name the host as the operating system knows it.
-    """
-    host = socket.gethostname()
-    return {"BACKUP_HOST": host, "HOSTNAME": host, **environ}
 
 
 def _resolvable(data: Any) -> bool:
@@ -283,7 +269,6 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
 def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manifest, list[Problem]]:
     data = document.data
     problems: list[Problem] = []
-    environ = remotes_module.with_host(environ)
     remotes = remotes_module.resolve(document, environ, problems)
     targets = []
     seen: dict[str, int] = {}
@@ -390,12 +375,9 @@ def _offsite(
 def _expand_path(
     document: Document, value: str, where: KeyPath, base: Path, environ: Any, problems: list[Problem]
 ) -> Path | None:
-    missing = [m.group(1) for m in _VARIABLE.finditer(value) if m.group(1) not in environ]
-    if missing:
-        names = ", ".join(f"${{{name}}}" for name in missing)
-        problems.append(document.problem(where, f"undefined environment variable {names}; set it or change the path"))
+    expanded = variables.expand(document, value, where, environ, problems, "path")
+    if expanded is None:
         return None
-    expanded = _VARIABLE.sub(lambda m: environ[m.group(1)], value)
     path = Path(expanded).expanduser()
     return Path(os.path.abspath(base / path))  # noqa: PTH100 - resolve() would follow links
 

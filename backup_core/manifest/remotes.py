@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import configparser
 import os
-import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backup_core.errors import Problem
+from backup_core.manifest.variables import expand
 from backup_core.manifest.yaml_source import Document, KeyPath, format_path
 
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-HOST_VARIABLE = "BACKUP_HOST"  # always defined: cron exports no HOSTNAME
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -65,20 +62,6 @@ class Remote:
         return data
 
 
-def with_host(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment used to expand ${VAR}, with ${BACKUP_HOST} defined whatever the environment holds."""
-    return {HOST_VARIABLE: socket.gethostname(), **environ}
-
-
-def expand(document: Document, value: str, where: KeyPath, environ: Mapping[str, str], problems: list[Problem]) -> str:
-    """${VAR} replaced from `environ`; an undefined one is a located problem (and expands to nothing)."""
-    missing = [m.group(1) for m in _VARIABLE.finditer(value) if m.group(1) not in environ]
-    if missing:
-        names = ", ".join(f"${{{name}}}" for name in missing)
-        problems.append(document.problem(where, f"undefined environment variable {names}; set it or change the value"))
-    return _VARIABLE.sub(lambda m: environ.get(m.group(1), ""), value)
-
-
 def resolve(document: Document, environ: Mapping[str, str], problems: list[Problem]) -> dict[str, Remote]:
     """Every remote of the manifest by name; problems are appended, never raised."""
     raw_remotes = document.data.get("remotes") or {}
@@ -101,15 +84,15 @@ def _resolve_one(
     environ: Mapping[str, str],
     problems: list[Problem],
 ) -> Remote:
-    prefix = expand(document, raw.get("prefix", ""), (*here, "prefix"), environ, problems)
+    prefix = expand(document, raw.get("prefix", ""), (*here, "prefix"), environ, problems, "prefix") or ""
     if prefix.startswith("/") or "//" in prefix or ".." in prefix.split("/"):
         problems.append(
             document.problem((*here, "prefix"), f"prefix {prefix!r} must be relative, without '//' or '..' parts")
         )
     path = None
     if raw["type"] == "folder" and isinstance(raw.get("path"), str):
-        expanded = expand(document, raw["path"], (*here, "path"), environ, problems)
-        path = Path(os.path.abspath(document.file.parent / Path(expanded).expanduser()))  # noqa: PTH100 - no link resolution
+        expanded = expand(document, raw["path"], (*here, "path"), environ, problems, "path")
+        path = None if expanded is None else Path(os.path.abspath(document.file.parent / Path(expanded).expanduser()))  # noqa: PTH100 - no link resolution
     if raw["type"] == "folder":
         for key in ("bucket", "endpoint", "region", "profile", "storage_class"):
             if key in raw:
@@ -175,7 +158,9 @@ def _recipients(
     if "recipients" in raw:
         lines = [(item, (*where, "recipients", index), 0) for index, item in enumerate(raw["recipients"])]
     elif "recipients_file" in raw:
-        name = expand(document, raw["recipients_file"], (*where, "recipients_file"), environ, problems)
+        name = expand(document, raw["recipients_file"], (*where, "recipients_file"), environ, problems, "path")
+        if name is None:
+            return ()
         file = document.file.parent / Path(name).expanduser()
         try:
             text = file.read_text(encoding="utf-8-sig")  # a byte-order mark from Notepad is not part of a key

@@ -1,0 +1,34 @@
+"""${VAR} in manifest values: the environment, with the host's name always defined."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+
+from backup_core.errors import Problem
+from backup_core.manifest.yaml_source import Document, KeyPath
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def with_builtins(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment, with ${BACKUP_HOST} (this machine's name) and ${HOSTNAME} when it is not exported.
+
+    Interactive shells set HOSTNAME without exporting it, so a manifest that works by hand
+    would fail under cron; both name the host as the operating system knows it.
+    """
+    host = socket.gethostname()
+    return {"BACKUP_HOST": host, "HOSTNAME": host, **environ}
+
+
+def expand(
+    document: Document, value: str, where: KeyPath, environ: Mapping[str, str], problems: list[Problem], what: str
+) -> str | None:
+    """`value` with ${VAR} replaced from `environ`; None, and a located problem, when one is undefined."""
+    missing = [m.group(1) for m in _VARIABLE.finditer(value) if m.group(1) not in environ]
+    if missing:
+        names = ", ".join(f"${{{name}}}" for name in missing)
+        problems.append(document.problem(where, f"undefined environment variable {names}; set it or change the {what}"))
+        return None
+    return _VARIABLE.sub(lambda m: environ[m.group(1)], value)
