@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,6 +45,11 @@ _NEW = "(new archive)"  # what check mode calls the archive a run would make
 # Below this much data an archive is synced once, in line: for 1,000 small targets a second
 # sync and a thread to run it cost more than the overlap they buy.
 _SYNC_TWICE_FROM = 16 << 20
+# A big archive is also flushed to disk every this much data while it is written, on the same
+# thread: the disk then works while the cores compress, and the sync that must pass before the
+# rename has only the last stretch left (0.9 s of waiting for 700 MB on a slow disk, before).
+_FLUSH_EVERY = 128 << 20
+_flush = getattr(os, "fdatasync", os.fsync)  # data and size; the final fsync does the rest
 _stopping = threading.Event()  # set when the run is interrupted; targets in other threads stop
 
 
@@ -427,7 +432,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                 should_stop=_stopping.is_set,
             )
             with ThreadPoolExecutor(1, thread_name_prefix="fsync") as syncing:
-                queued = 0
+                queued = flushed_at = 0
+                flushing: Future[None] | None = None
                 try:
                     for entry in sources.entries(target.path, kind, target.exclude):
                         if _stopping.is_set():
@@ -437,6 +443,10 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                             walked.add(entry)
                         queued += entry.stat.st_size if entry.kind in _DATA else 0
                         _add(writer, entry, target, destination, when, snapshots, result, in_folder=kind == "folder")
+                        if queued - flushed_at >= _FLUSH_EVERY and (flushing is None or flushing.done()):
+                            if flushing is not None:
+                                flushing.result()  # a failed flush fails the archive as a failed sync would
+                            flushing, flushed_at = syncing.submit(_flush, file.fileno()), queued
                     # The disk starts on what is written while the last pieces are placed...
                     big = queued >= _SYNC_TWICE_FROM
                     early = syncing.submit(os.fsync, file.fileno()) if big else None
@@ -454,6 +464,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
                     _read_back(partial, writer)
                 finally:
                     writer.release()
+                if flushing is not None:
+                    flushing.result()
                 if early is None or synced is None:
                     os.fsync(file.fileno())
                 else:

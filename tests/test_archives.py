@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,9 @@ from pathlib import Path
 
 import pytest
 from conftest import INVOKE, REPO, Project, Ran, have, needs
+
+from backup_core.zip import packing
+from backup_core.zip.compression import compressor_factory
 
 pytestmark = [needs("unzip"), needs("7z")]
 
@@ -571,6 +575,41 @@ def test_a_clock_set_back_names_archives_by_the_clock_and_keeps_the_future_one(p
 
 
 # --- ZIP64 --------------------------------------------------------------------------------------
+
+
+@POSIX  # a sparse file of 4 GiB: cheap where holes are
+def test_small_members_placed_past_4_gib_get_their_offset_in_a_zip64_field(tmp_path: Path) -> None:
+    # Workers number a batch's records from the start of its block; the writer moves them to
+    # where the block lands.  Here the block straddles 4 GiB: the first member's offset still
+    # fits the record, the second's must go in a ZIP64 extra field.  A real reader proves it.
+    sources = {"below.txt": b"first " * 4000, "above.txt": b"second " * 4000}
+    items = []
+    for name, content in sources.items():
+        (tmp_path / name).write_bytes(content)
+        st = (tmp_path / name).stat()
+        items.append((name, str(tmp_path / name), b"", st.st_mode, st.st_mtime, st.st_size, -1, -1, None))
+    facts, block = packing.pack_batch(compressor_factory(2), True, items)
+    directory, offsets = facts[0], facts[1]
+    second = struct.unpack_from("<L", directory, offsets[1])[0]  # where the second member starts in the block
+    base = packing.ZIP64_LIMIT - second + 1
+    moved = packing.relocate(directory, offsets, base)
+    archive = tmp_path / "sparse.zip"
+    with archive.open("wb") as file:
+        file.seek(base)
+        file.write(block)
+        start = file.tell()
+        file.write(moved)
+        end64 = file.tell()
+        size, count = len(moved), len(items)
+        file.write(struct.pack("<4sQHHLLQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, start))
+        file.write(struct.pack("<4sLQL", b"PK\x06\x07", 0, end64, 1))
+        file.write(struct.pack("<4sHHHHLLH", b"PK\x05\x06", 0, 0, count, count, size, 0xFFFFFFFF, 0))
+    with zipfile.ZipFile(archive) as opened:
+        found = {info.filename: info.header_offset for info in opened.infolist()}
+        assert found == {"below.txt": base, "above.txt": base + second}
+        assert found["below.txt"] < packing.ZIP64_LIMIT <= found["above.txt"]
+        for name, content in sources.items():
+            assert opened.read(name) == content
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ and archived whole.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -175,13 +176,14 @@ def test_a_small_file_changed_after_its_stat_is_read_again_whole(tmp_path: Path)
     seen = path.stat()
     time.sleep(0.02)  # past the file system's timestamp granularity
     path.write_bytes(b"new\n")
-    item = (b"small.txt", False, seen.st_mtime, str(path), seen.st_size, b"", False, b"", packing.identity(seen))
-    (packed, _), block = packing.pack_batch(None, True, [item])
-    [fact] = packed
-    assert not isinstance(fact, str)
-    _method, _crc, size, _compressed, _header, mtime, changed = fact
-    assert (size, changed, mtime) == (4, False, path.stat().st_mtime)
+    item = ("small.txt", str(path), b"", seen.st_mode, seen.st_mtime, seen.st_size, -1, -1, packing.identity(seen))
+    facts, block = packing.pack_batch(None, True, [item])
+    record, _offsets, files, _folders, _links, size, vanished, changed, _length, _crc = facts
+    assert (files, size, vanished, changed) == (1, 4, [], [])
     assert block.endswith(b"new\n")
+    # The record carries the time of the file as read again, not as first seen.
+    [(mtime,)] = [struct.unpack_from("<l", record, at + 5) for at in range(len(record)) if record[at : at + 2] == b"UT"]
+    assert mtime == int(path.stat().st_mtime)
 
 
 @pytest.mark.parametrize("processes", [False, True])

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import struct
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from backup_core.errors import TargetError
-from backup_core.zip.compression import SYNC_FLUSH, Compressor, CompressorFactory, crc32, decompressor
+from backup_core.zip.compression import (
+    SYNC_FLUSH,
+    Compressor,
+    CompressorFactory,
+    crc32,
+    decompressor,
+    worth_compressing,
+)
 
 CHUNK = 2 << 20  # a large file is compressed in pieces of this size
 STORED, DEFLATED = 0, 8
@@ -32,6 +41,15 @@ _SHRINK_ENOUGH = 0.97
 # is archived as last read and reported (as tar's "file changed as we read it").
 READ_ATTEMPTS = 3
 _UNIX_OWNER = struct.Struct("<HHBBIBI")  # Info-ZIP's "new Unix" extra field (0x7875)
+CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")
+_CENTRAL_FIXED = CENTRAL.size
+_CENTRAL_OFFSET_AT = _CENTRAL_FIXED - 4  # the local header's offset ends the fixed part
+_OFFSET = struct.Struct("<L")
+_MADE_BY = (3 << 8) | 63  # Unix, zip specification 6.3
+_DOS_DIRECTORY = 0x10
+# The file comment of a member whose file kept changing while it was read: the archive itself
+# says so, and `invoke verify` reports it, long after the run's output is gone.
+CHANGED_COMMENT = b"changed while read: may mix versions of the file"
 
 # What says a file did not change while it was read: size, modification and change times,
 # inode and device, as os.stat gives them.  The change time moves on any write or chmod,
@@ -50,23 +68,19 @@ def steady(seen: Identity, now: Identity) -> bool:
     return seen == now or (seen[3:] == (0, 0) and seen[:3] == now[:3])
 
 
-def owner_extra(st: os.stat_result) -> bytes:
-    """Info-ZIP's Unix extra field (0x7875): owner and group, which `unzip -X` as root restores."""
-    if os.name == "nt" or not 0 <= st.st_uid <= 0xFFFFFFFF or not 0 <= st.st_gid <= 0xFFFFFFFF:
-        return b""
-    return _UNIX_OWNER.pack(0x7875, 11, 1, 4, st.st_uid, 4, st.st_gid)
-
-
 # Jobs and answers cross a pipe for every batch: plain tuples pickle several times faster
-# than named ones.  A small member to pack: its name as stored, whether that is UTF-8, its
-# mtime, then a file's path and the size stat gave, or (path None) the bytes of a link
-# target or of a folder (none); whether to try deflate; the owner extra field; and the
-# file's identity when the walk saw it (None: a private copy nobody writes, not watched).
-Item = tuple[bytes, bool, float, str | None, int, bytes, bool, bytes, Identity | None]
-# What the writer records of a packed small member: method, CRC and size of the source,
-# size of the data written, local header length, the mtime recorded, and whether the file
-# kept changing while it was read.
-Packed = tuple[int, int, int, int, int, float, bool]
+# than named ones.  A small member to pack: its name, then a file's path (None for a folder
+# or a link), the bytes of a link's target (b"" otherwise), its mode and mtime, the size stat
+# gave, owner and group (-1: not recorded), and the file's identity when the walk saw it
+# (None: a private copy nobody writes, not watched).
+Item = tuple[str, str | None, bytes, int, float, int, int, int, Identity | None]
+# What the writer records of a packed batch: the central directory records of its members,
+# each with its local header's offset counted from the start of the batch's block; where in
+# those records the offsets are; how many files, folders and links and how many bytes of
+# source; a message for each file that vanished; the names of files that kept changing
+# while they were read; and the length and CRC-32 of the block.  The worker does all the per-member
+# work, so the writer's process, which also walks the tree, does almost none.
+Packed = tuple[bytes, list[int], int, int, int, int, list[str], list[str], int, int]
 
 
 class Piece(NamedTuple):
@@ -79,36 +93,90 @@ class Piece(NamedTuple):
     changed: bool = False  # the file was not the one expected by the time this piece was read
 
 
-def pack_batch(
-    compressor: CompressorFactory | None, check: bool, items: list[Item]
-) -> tuple[tuple[list[Packed | str], int], bytes]:
-    """What to record of `items` (a str for a member that vanished) with the CRC-32 of the block
-    to write, and that block: their local headers and data.  `check`: prove deflated data inflates
-    back to its source."""
+def pack_batch(compressor: CompressorFactory | None, check: bool, items: list[Item]) -> tuple[Packed, bytes]:
+    """What to record of `items` (see Packed), and the block to write: their local headers and
+    data.  `check`: prove deflated data inflates back to its source."""
     parts: list[bytes] = []
-    packed: list[Packed | str] = []
-    for encoded, utf8, seen_mtime, path, expected, given, compress, owner, seen in items:
-        source, mtime, changed = given, seen_mtime, False
+    records: list[bytes] = []
+    offsets: list[int] = []
+    vanished: list[str] = []
+    changed_names: list[str] = []
+    files = folders = links = size_in = 0
+    position = directory_length = 0
+    whole = getattr(compressor, "whole", None)
+    for name, path, given, mode, seen_mtime, expected, uid, gid, seen in items:
+        source, mtime, changed, comment = given, seen_mtime, False, b""
         if path is not None:
             try:
                 source, mtime, changed = _read_small_steady(path, expected, seen_mtime, seen)
             except FileNotFoundError:
-                packed.append(f"{path} vanished before it was read; not archived")
+                vanished.append(f"{path} vanished before it was read; not archived")
                 continue
             except OSError as exc:
                 raise read_error(path, exc) from None
+            files += 1
+            size_in += len(source)
+            if changed:
+                changed_names.append(name)
+                comment = CHANGED_COMMENT
+        elif stat.S_ISDIR(mode):
+            folders += 1
+        else:
+            links += 1
         crc = crc32(source)
         method, data = STORED, source
-        deflated = _deflate(compressor, source, finish=True) if compress and source else None
-        if deflated is not None and len(deflated) < len(source):
-            if check:
-                _prove_decodes(deflated, source, os.fsdecode(encoded), whole=True)
-            method, data = DEFLATED, deflated
+        if path is not None and compressor is not None and source and worth_compressing(name):
+            deflated = _deflate(compressor, source, finish=True, whole=whole)
+            if deflated is not None and len(deflated) < len(source):
+                if check:
+                    _prove_decodes(deflated, source, name, whole=True)
+                method, data = DEFLATED, deflated
+        encoded, utf8 = encode_name(name)
+        owner = _owner(uid, gid)
         header = local_header(encoded, utf8, method, mtime, crc, len(data), len(source), owner=owner)
         parts += (header, data)
-        packed.append((method, crc, len(source), len(data), len(header), mtime, changed))
+        record = central_header(
+            encoded, utf8, method, mtime, crc, len(data), len(source), position, mode, owner, comment
+        )  # fmt: skip
+        records.append(record)
+        offsets.append(directory_length + _CENTRAL_OFFSET_AT)
+        directory_length += len(record)
+        position += len(header) + len(data)
     block = b"".join(parts)
-    return (packed, crc32(block)), block
+    directory = b"".join(records)
+    facts = (directory, offsets, files, folders, links, size_in, vanished, changed_names, len(block), crc32(block))
+    return facts, block
+
+
+def relocate(directory: bytes, offsets: list[int], base: int) -> bytes:
+    """A batch's central directory records (see Packed) with `base`, where its block begins in
+    the archive, added to each local header offset; records whose offset passes 4 GiB get it
+    in a ZIP64 extra field instead."""
+    if not offsets or base == 0:
+        return directory
+    moved = bytearray(directory)
+    if base + _OFFSET.unpack_from(directory, offsets[-1])[0] < ZIP64_LIMIT:
+        for at in offsets:  # members are in block order: the last has the largest offset
+            _OFFSET.pack_into(moved, at, base + _OFFSET.unpack_from(directory, at)[0])
+        return bytes(moved)
+    pieces: list[bytes] = []
+    for index, at in enumerate(offsets):
+        start = at - _CENTRAL_OFFSET_AT
+        end = offsets[index + 1] - _CENTRAL_OFFSET_AT if index + 1 < len(offsets) else len(directory)
+        record = bytearray(directory[start:end])
+        offset = base + _OFFSET.unpack_from(record, _CENTRAL_OFFSET_AT)[0]
+        if offset < ZIP64_LIMIT:
+            _OFFSET.pack_into(record, _CENTRAL_OFFSET_AT, offset)
+        else:
+            # A small member has no ZIP64 field for its sizes: the offset's goes first in the extra.
+            name_length, extra_length = struct.unpack_from("<HH", record, 28)
+            extra_at = _CENTRAL_FIXED + name_length
+            record[extra_at:extra_at] = struct.pack("<HHQ", 1, 8, offset)
+            struct.pack_into("<H", record, 6, 45)  # version needed: ZIP64
+            struct.pack_into("<H", record, 30, extra_length + 12)
+            _OFFSET.pack_into(record, _CENTRAL_OFFSET_AT, ZIP64_LIMIT)
+        pieces.append(bytes(record))
+    return b"".join(pieces)
 
 
 def pack_piece(
@@ -157,11 +225,19 @@ def _stored_blocks(source: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _deflate(compressor: CompressorFactory | None, source: bytes, finish: bool) -> bytes | None:
+def _deflate(
+    compressor: CompressorFactory | None,
+    source: bytes,
+    finish: bool,
+    whole: Callable[[bytes], bytes] | None = None,
+) -> bytes | None:
     """`source` deflated (whole, or as a piece ended by a sync flush); None when a trial on its
-    start shows it will not shrink."""
+    start shows it will not shrink.  `whole`: the compressor's one-shot form, for a member
+    too small to try first."""
     if compressor is None:
         return None
+    if len(source) <= 2 * _TRIAL and finish and whole is not None:
+        return whole(source)
     squeezer = compressor()
     view = memoryview(source)
     head = b""
@@ -191,7 +267,67 @@ def _prove_decodes(deflated: bytes, source: bytes, name: str, whole: bool) -> No
         raise TargetError(f"compressing {name} gave data that does not inflate back to it; archive discarded")
 
 
-# --- local headers -------------------------------------------------------------------------------
+# --- headers -------------------------------------------------------------------------------------
+
+
+def encode_name(name: str) -> tuple[bytes, bool]:
+    """A member's name as stored, and whether to flag it UTF-8."""
+    try:
+        return name.encode("utf-8"), not name.isascii()
+    except UnicodeEncodeError:
+        # A name that is not valid UTF-8 on disk: keep its bytes and do not claim UTF-8,
+        # or readers that trust the flag refuse the whole archive.
+        return os.fsencode(name), False
+
+
+def owner_extra(st: os.stat_result) -> bytes:
+    """Info-ZIP's Unix extra field (0x7875): owner and group, which `unzip -X` as root restores."""
+    return _owner(st.st_uid, st.st_gid)
+
+
+def _owner(uid: int, gid: int) -> bytes:
+    if os.name == "nt" or not 0 <= uid <= 0xFFFFFFFF or not 0 <= gid <= 0xFFFFFFFF:
+        return b""
+    return _UNIX_OWNER.pack(0x7875, 11, 1, 4, uid, 4, gid)
+
+
+def central_header(
+    encoded: bytes,
+    utf8: bool,
+    method: int,
+    mtime: float,
+    crc: int,
+    compressed: int,
+    size: int,
+    offset: int,
+    mode: int,
+    owner: bytes = b"",
+    comment: bytes = b"",
+    zip64_local: bool = False,
+) -> bytes:
+    """A member's central directory record."""
+    dostime, dosdate = dos_time(mtime)
+    zip64 = b""
+    if size >= ZIP64_LIMIT or zip64_local:
+        zip64 += struct.pack("<Q", size)
+        size = ZIP64_LIMIT
+    if compressed >= ZIP64_LIMIT or zip64_local:
+        zip64 += struct.pack("<Q", compressed)
+        compressed = ZIP64_LIMIT
+    if offset >= ZIP64_LIMIT:
+        zip64 += struct.pack("<Q", offset)
+        offset = ZIP64_LIMIT
+    extra = (struct.pack("<HH", 1, len(zip64)) + zip64 if zip64 else b"") + timestamp_extra(mtime) + owner
+    external = (mode & 0xFFFF) << 16
+    if stat.S_ISDIR(mode):
+        external |= _DOS_DIRECTORY
+    # as the local header, after "version made by"; then comment length, disk number,
+    # internal attributes, external attributes (Unix mode) and the local header's offset
+    header = CENTRAL.pack(
+        b"PK\x01\x02", _MADE_BY, 45 if zip64 else 20, _UTF8_FLAG if utf8 else 0, method, dostime, dosdate, crc,
+        compressed, size, len(encoded), len(extra), len(comment), 0, 0, external, offset,
+    )  # fmt: skip
+    return header + encoded + extra + comment
 
 
 def local_header(

@@ -35,7 +35,18 @@ from typing import IO, Any, BinaryIO
 from backup_core.errors import TargetError
 from backup_core.zip import packing
 from backup_core.zip.compression import FINAL_BLOCK, CompressorFactory, crc32, crc32_combine, worth_compressing
-from backup_core.zip.packing import CHUNK, DEFLATED, READ_ATTEMPTS, STORED, ZIP64_LIMIT, Item, Packed, Piece
+from backup_core.zip.packing import (
+    CENTRAL,
+    CHANGED_COMMENT,
+    CHUNK,
+    DEFLATED,
+    READ_ATTEMPTS,
+    STORED,
+    ZIP64_LIMIT,
+    Item,
+    Packed,
+    Piece,
+)
 from backup_core.zip.verify import Span
 from backup_core.zip.workers import Job, Workers
 
@@ -44,14 +55,6 @@ _BATCH_FILES = 256
 # A member whose size at stat time passes this gets ZIP64 fields in its local header
 # up front; the margin covers deflate's small expansion of incompressible chunks.
 _ZIP64_LOCAL_FROM = ZIP64_LIMIT - (64 << 20)
-_UTF8_FLAG = 0x800
-_MADE_BY = (3 << 8) | 63  # Unix, zip specification 6.3
-_DOS_DIRECTORY = 0x10
-# The file comment of a member whose file kept changing while it was read: the archive itself
-# says so, and `invoke verify` reports it, long after the run's output is gone.
-CHANGED_COMMENT = b"changed while read: may mix versions of the file"
-
-_CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")
 _END = struct.Struct("<4sHHHHLLH")
 _END64 = struct.Struct("<4sQHHLLQQQQ")
 _LOCATOR64 = struct.Struct("<4sLQL")
@@ -130,7 +133,6 @@ class ZipWriter:
         self._window = 3 * count + 2  # jobs in flight: bounds memory
         self._pending: deque[tuple[Job | None, _Writer]] = deque()
         self._batch: list[Item] = []
-        self._batch_members: list[Member] = []
         self._batch_bytes = 0
         self._directory = bytearray()  # packed central directory records not yet spilled
         self._spilled: IO[bytes] | None = None  # the records beyond _DIRECTORY_IN_MEMORY
@@ -150,21 +152,23 @@ class ZipWriter:
     # --- adding members ------------------------------------------------------------------------
 
     def add_directory(self, name: str, st: os.stat_result) -> None:
-        self._queue_small(_member(name.rstrip("/") + "/", st), None, b"", False, 0, None)
+        self._queue_small((name.rstrip("/") + "/", None, b"", st.st_mode, st.st_mtime, 0, st.st_uid, st.st_gid, None))
 
     def add_symlink(self, name: str, target: str, st: os.stat_result) -> None:
-        self._queue_small(_member(name, st), None, os.fsencode(target), False, 0, None)
+        self._queue_small((name, None, os.fsencode(target), st.st_mode, st.st_mtime, 0, st.st_uid, st.st_gid, None))
 
     def add_file(self, name: str, path: str | Path, st: os.stat_result, watch: bool = True) -> None:
         """Queue a regular file; read errors surface from this call or from close().  `watch`: check
         that the file stays as `st` describes it while it is read, read it again if not, and list it
         in stats.changed if it never does (False for private copies, whose `st` is made up)."""
+        seen = packing.identity(st) if watch else None
+        size = st.st_size
+        if size <= CHUNK:
+            # The worker does the rest (names, headers, the central directory's record).
+            self._queue_small((name, str(path), b"", st.st_mode, st.st_mtime, size, st.st_uid, st.st_gid, seen))
+            return
         member = _member(name, st)
         compress = self._compressor is not None and worth_compressing(name)
-        seen = packing.identity(st) if watch else None
-        if st.st_size <= CHUNK:
-            self._queue_small(member, str(path), b"", compress, st.st_size, seen)
-            return
         self._flush_batch()
         large = _Large(member, str(path))
         member.zip64_local = st.st_size > _ZIP64_LOCAL_FROM
@@ -223,29 +227,18 @@ class ZipWriter:
 
     # --- the pipeline --------------------------------------------------------------------------
 
-    def _queue_small(
-        self,
-        member: Member,
-        path: str | None,
-        given: bytes,
-        compress: bool,
-        size: int,
-        seen: packing.Identity | None,
-    ) -> None:
-        compressor = compress and self._compressor is not None
-        item = (member.encoded, member.utf8, member.mtime, path, size, given, compressor, member.owner, seen)
+    def _queue_small(self, item: Item) -> None:
         self._batch.append(item)
-        self._batch_members.append(member)
-        self._batch_bytes += size
+        self._batch_bytes += item[5]
         if self._batch_bytes >= _BATCH_BYTES or len(self._batch) >= _BATCH_FILES:
             self._flush_batch()
 
     def _flush_batch(self) -> None:
         if self._batch:
-            batch, members, size = self._batch, self._batch_members, self._batch_bytes
-            self._batch, self._batch_members, self._batch_bytes = [], [], 0
+            batch, size = self._batch, self._batch_bytes
+            self._batch, self._batch_bytes = [], 0
             job = self._workers.submit("pack_batch", size, len(batch), self._compressor, self._check, batch)
-            self._push(job, lambda job, packed, block: self._write_batch(job, members, packed, block))
+            self._push(job, self._write_batch)
 
     def _push(self, job: Job | None, write: _Writer) -> None:
         self._pending.append((job, write))
@@ -263,22 +256,18 @@ class ZipWriter:
 
     # --- writing, strictly in order --------------------------------------------------------------
 
-    def _write_batch(
-        self, job: Job, members: list[Member], facts: tuple[list[Packed | str], int], block: bytes | None
-    ) -> None:
-        packed, crc = facts
-        length = 0
-        for member, fact in zip(members, packed, strict=True):
-            if isinstance(fact, str):
-                self.stats.warnings.append(fact)
-                continue
-            member.method, member.crc, member.size, member.compressed, header, member.mtime, changed = fact
-            if changed:
-                self.stats.changed.append(member.name)
-                member.comment = CHANGED_COMMENT
-            member.offset = self._offset + length
-            length += header + member.compressed
-            self._record(member)
+    def _write_batch(self, job: Job, facts: Packed, block: bytes | None) -> None:
+        directory, offsets, files, folders, links, size, vanished, changed, length, crc = facts
+        stats = self.stats
+        stats.warnings += vanished
+        stats.changed += changed
+        stats.files += files
+        stats.directories += folders
+        stats.links += links
+        stats.bytes_in += size
+        self._add_records(packing.relocate(directory, offsets, self._offset), len(offsets))
+        if size:
+            self._on_progress(size)
         self._place(job, block, length, crc)
 
     def _piece_writer(self, large: _Large) -> _Writer:
@@ -358,14 +347,7 @@ class ZipWriter:
             write(None, piece, data)
 
     def _record(self, member: Member) -> None:
-        self._directory += _central_header(member)
-        self._count += 1
-        if len(self._directory) >= _DIRECTORY_IN_MEMORY and self._spill_folder is not None:
-            if self._spilled is None:
-                # Anonymous where the system allows, and removed when closed or the process dies.
-                self._spilled = tempfile.TemporaryFile(dir=self._spill_folder)  # noqa: SIM115 - lives as long as the writer
-            self._spilled.write(self._directory)
-            self._directory = bytearray()
+        self._add_records(_central_header(member), 1)
         kind = stat.S_IFMT(member.mode)
         if kind == stat.S_IFDIR:
             self.stats.directories += 1
@@ -375,6 +357,16 @@ class ZipWriter:
             self.stats.files += 1
             self.stats.bytes_in += member.size
             self._on_progress(member.size)
+
+    def _add_records(self, records: bytes, count: int) -> None:
+        self._directory += records
+        self._count += count
+        if len(self._directory) >= _DIRECTORY_IN_MEMORY and self._spill_folder is not None:
+            if self._spilled is None:
+                # Anonymous where the system allows, and removed when closed or the process dies.
+                self._spilled = tempfile.TemporaryFile(dir=self._spill_folder)  # noqa: SIM115 - lives as long as the writer
+            self._spilled.write(self._directory)
+            self._directory = bytearray()
 
     def _write(self, data: bytes, crc: int | None = None) -> None:
         """Write at the end of what is placed (a span of its own); `crc`, when a worker computed it."""
@@ -426,10 +418,10 @@ class ZipWriter:
 def _offsets_and_names(directory: bytes) -> Iterator[tuple[int, str]]:
     """(local header offset, name) of every packed central directory record (for messages)."""
     position = 0
-    while position + _CENTRAL.size <= len(directory):
-        fields = _CENTRAL.unpack_from(directory, position)
+    while position + CENTRAL.size <= len(directory):
+        fields = CENTRAL.unpack_from(directory, position)
         name_length, extra_length, offset = fields[10], fields[11], fields[16]
-        name_start = position + _CENTRAL.size
+        name_start = position + CENTRAL.size
         extra = directory[name_start + name_length : name_start + name_length + extra_length]
         if offset == ZIP64_LIMIT:  # the offset is the last of the ZIP64 extra field's values
             before = 8 * (fields[9] == ZIP64_LIMIT) + 8 * (fields[8] == ZIP64_LIMIT)  # sizes come first
@@ -439,12 +431,7 @@ def _offsets_and_names(directory: bytes) -> Iterator[tuple[int, str]]:
 
 
 def _member(name: str, st: os.stat_result) -> Member:
-    try:
-        encoded, utf8 = name.encode("utf-8"), not name.isascii()
-    except UnicodeEncodeError:
-        # A name that is not valid UTF-8 on disk: keep its bytes and do not claim UTF-8,
-        # or readers that trust the flag refuse the whole archive.
-        encoded, utf8 = os.fsencode(name), False
+    encoded, utf8 = packing.encode_name(name)
     return Member(name, encoded, STORED, st.st_mtime, st.st_mode, utf8=utf8, owner=packing.owner_extra(st))
 
 
@@ -456,30 +443,7 @@ def _local_header(member: Member) -> bytes:
 
 
 def _central_header(member: Member) -> bytes:
-    dostime, dosdate = packing.dos_time(member.mtime)
-    zip64 = b""
-    size, compressed, offset = member.size, member.compressed, member.offset
-    if size >= ZIP64_LIMIT or member.zip64_local:
-        zip64 += struct.pack("<Q", size)
-        size = ZIP64_LIMIT
-    if compressed >= ZIP64_LIMIT or member.zip64_local:
-        zip64 += struct.pack("<Q", compressed)
-        compressed = ZIP64_LIMIT
-    if offset >= ZIP64_LIMIT:
-        zip64 += struct.pack("<Q", offset)
-        offset = ZIP64_LIMIT
-    extra = (
-        (struct.pack("<HH", 1, len(zip64)) + zip64 if zip64 else b"") + packing.timestamp_extra(member.mtime)
-        + member.owner
+    return packing.central_header(
+        member.encoded, member.utf8, member.method, member.mtime, member.crc, member.compressed, member.size,
+        member.offset, member.mode, member.owner, member.comment, member.zip64_local,
     )  # fmt: skip
-    external = (member.mode & 0xFFFF) << 16
-    if stat.S_ISDIR(member.mode):
-        external |= _DOS_DIRECTORY
-    version = 45 if zip64 else 20
-    # as the local header, after "version made by"; then comment length, disk number,
-    # internal attributes, external attributes (Unix mode) and the local header's offset
-    header = _CENTRAL.pack(
-        b"PK\x01\x02", _MADE_BY, version, _UTF8_FLAG if member.utf8 else 0, member.method, dostime, dosdate,
-        member.crc, compressed, size, len(member.encoded), len(extra), len(member.comment), 0, 0, external, offset,
-    )  # fmt: skip
-    return header + member.encoded + extra + member.comment
