@@ -380,23 +380,30 @@ class _SecondTree(_TreeBuilder):
 def ensure_tiny_files(work: Path, count: int, seed: int) -> Built:
     """`count` files of 10-200 bytes, 100 to a folder and 100 folders to a parent, in work/tiny-<count>."""
     path = work / f"tiny-{count}"
-    return _ensure(path, _recipe(seed, count=count), lambda p: _build_tiny(p, count, seed))
+    return _ensure(path, _recipe(seed, count=count), lambda p: _build_tiny(p, count, seed, _TINY_PER_FOLDER))
 
 
-def _build_tiny(root: Path, count: int, seed: int) -> Built:
+def ensure_many_files(work: Path, count: int, seed: int) -> Built:
+    """`count` files of 10-200 bytes, 1,000 to a folder and 100 folders to a parent, in work/many-<count>."""
+    path = work / f"many-{count}"
+    return _ensure(path, _recipe(seed, count=count, per_folder=1000), lambda p: _build_tiny(p, count, seed, 1000))
+
+
+def _build_tiny(root: Path, count: int, seed: int, per_folder: int) -> Built:
     rng = random.Random(seed)
     # One log text to cut the files from: drawing each tiny file separately would cost more
     # than writing it.
     source = _Text(rng).draw("log", 256 * KIB)
+    width = len(str(per_folder - 1))
     folder = root
     for number in range(count):
-        if number % _TINY_PER_FOLDER == 0:
-            group = number // _TINY_PER_FOLDER
+        if number % per_folder == 0:
+            group = number // per_folder
             folder = root / f"d{group // 100:03d}" / f"d{group % 100:02d}"
             folder.mkdir(parents=True)
         size = rng.randrange(10, 201)
         start = rng.randrange(len(source) - size)
-        (folder / f"f{number % _TINY_PER_FOLDER:02d}.txt").write_bytes(source[start : start + size])
+        (folder / f"f{number % per_folder:0{width}d}.txt").write_bytes(source[start : start + size])
     return survey(root)
 
 

@@ -3,7 +3,8 @@
 Run from the repository root (`make bench` does):
 
     python -m benchmarks.run [--size-mib 1024] [--rounds 3] [--sqlite-mib 500]
-                             [--tiny-files 100000] [--targets 1000] [--big-file-gib 0] [--seed N] [--quick]
+                             [--tiny-files 100000] [--targets 1000] [--big-file-gib 0] [--many-files 0]
+                             [--seed N] [--quick]
 
 It generates two deterministic trees built by different rules (see
 benchmarks/generate.py) under benchmarks/work, then times every archiver on
@@ -12,7 +13,7 @@ of them alike, and prints Markdown: a machine line, one table per tree, the
 project's goals marked PASS or FAIL, an `unzip -t` check of this tool's
 archive, an unchanged re-run with skip_unchanged, and the extra sections (a
 live SQLite database, tiny files, many targets, start-up, one huge sparse
-file).  Progress goes to stderr, so stdout is the report alone.
+file, a folder of many tiny files).  Progress goes to stderr, so stdout is the report alone.
 
 Every archiver reads the same tree from the page cache: an untimed read warms
 it first.  Every command is a child process (started by benchmarks/launch.py,
@@ -56,9 +57,11 @@ GOAL_SIZE_RATIO = 1.15  # archive at most this much larger than the original scr
 GOAL_PEAK_BYTES = 150 * MB
 GOAL_UNCHANGED = 10.0  # an unchanged re-run with skip_unchanged at least this many times faster than a backup
 GOAL_PER_TARGET = 0.005  # seconds of overhead per target, in a shared folder or in a folder each
+GOAL_MANY_FILES_PEAK = 250 * MB  # all processes together, at 1,000,000 tiny files, with or without skip_unchanged
 
 TOOL = "this tool (invoke backup)"
 TOOL_UNCHECKED = "this tool, inflate_check: false"
+TOOL_SKIPPING = "this tool, skip_unchanged: true (first run)"
 ORIGINAL = "original script (zipfile)"
 ZIP = "Info-ZIP zip -r"
 TAR_ZSTD = "tar | zstd -1 -T0"
@@ -82,6 +85,7 @@ class Options:
     tiny_files: int
     targets: int
     big_file_gib: int
+    many_files: int
     seed: int
 
 
@@ -135,6 +139,13 @@ def _parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--big-file-gib", type=_count_or_zero, default=0, metavar="N", help="sparse file to archive, in GiB (0 skips)"
     )
+    parser.add_argument(
+        "--many-files",
+        type=_count_or_zero,
+        default=0,
+        metavar="N",
+        help="tiny files 1,000 to a folder, for memory at scale (1000000 takes minutes; 0 skips)",
+    )
     parser.add_argument("--seed", type=int, default=SEED, metavar="N", help="seed of the generated data")
     parser.add_argument(
         "--quick",
@@ -155,6 +166,7 @@ def _parse(argv: Sequence[str] | None) -> Options:
         chosen["tiny_files"],
         chosen["targets"],
         args.big_file_gib,
+        args.many_files,
         args.seed,
     )
 
@@ -211,6 +223,8 @@ def _benchmark(options: Options) -> None:
         _tiny_files_section(options)
     if options.big_file_gib:
         _big_file_section(options)
+    if options.many_files:
+        _many_files_section(options)
 
 
 # --- the main comparison -------------------------------------------------------------------------
@@ -651,6 +665,67 @@ def _tiny_files_section(options: Options) -> None:
         *_table(["tool", "seconds (median)", "files/s", "archive MB", "peak memory MB", "speed vs original"], rows),
         "",
     )
+
+
+def _many_files_section(options: Options) -> None:
+    """A folder of many tiny files: time against the original script and the peak memory of all
+    processes (the workers included), with and without skip_unchanged; then an unchanged re-run
+    (the metadata walk) and one after a file was touched (a new archive compared by content)."""
+    _progress(f"preparing {options.many_files:,} tiny files, 1,000 to a folder ...")
+    many = generate.ensure_many_files(WORK, options.many_files, options.seed)
+    skipping = _tool_contender(
+        "bench-many-skip", many.path, WORK / "out-many-skip", TOOL_SKIPPING, "    skip_unchanged: true\n"
+    )
+    contenders = [
+        _tool_contender("bench-many", many.path, WORK / "out-many-tool"),
+        skipping,
+        _original_contender(many.path, WORK / "out-many-original"),
+    ]
+    results = _race(contenders, options.rounds)
+    # The skip_unchanged contender's last archive and state are in place: re-run against them.
+    unchanged = _many_files_rerun(skipping, "unchanged", "metadata")
+    victim = many.path / "d000" / "d00" / "f000.txt"  # the first file generate.py writes
+    os.utime(victim)  # new times, same content: the walk differs, the contents do not
+    touched = _many_files_rerun(skipping, "touched", "content")
+    original = results[ORIGINAL].summary.seconds
+    rows, peaks = [], []
+    for contender in contenders:
+        summary = results[contender.name].summary
+        rows.append(_many_files_row(contender.name, summary, original, results[contender.name].archive_bytes))
+        peaks.append(summary.peak_bytes if contender.name != ORIGINAL else 0)
+    for name, run in (
+        ("this tool, unchanged re-run (metadata walk)", unchanged),
+        ("this tool, re-run after touching one file (content comparison)", touched),
+    ):
+        rows.append(_many_files_row(name, Summary((run,)), original, None))
+        peaks.append(run.peak_bytes)
+    peak = max(peaks)
+    _emit(
+        f"### Many tiny files: {many.files:,} files of 10-200 bytes, 1,000 to a folder ({many.folders:,} folders); "
+        f"peak memory of all processes (the worker processes included)",
+        "",
+        *_table(["command", "seconds", "vs original", "archive MB", "peak memory MB"], rows),
+        "",
+        f"- peak memory of all processes ≤ {GOAL_MANY_FILES_PEAK / MB:g} MB, with or without skip_unchanged: "
+        f"{peak / MB:.0f} MB {_verdict(peak <= GOAL_MANY_FILES_PEAK)}",
+        "",
+    )
+
+
+def _many_files_rerun(contender: Contender, label: str, decided_by: str) -> Run:
+    """One re-run of the skip_unchanged contender, which must find the tree unchanged by `decided_by`."""
+    log = LOGS / f"many-files-{label}.log"
+    _progress(f"many files: {label} re-run with skip_unchanged ...")
+    run = measure((*contender.argv, "--format", "json"), contender.cwd, log, env=_plain_env())
+    text = log.read_text(encoding="utf-8", errors="replace")
+    if run.exit_code != 0 or f'"compared": "{decided_by}"' not in text or '"status": "ok"' not in text:
+        raise BenchmarkError(f"the {label} re-run was not found unchanged by its {decided_by}:\n{tail(log)}")
+    return run
+
+
+def _many_files_row(name: str, summary: Summary, original: float, archive_bytes: int | None) -> list[str]:
+    seconds = summary.seconds
+    return [name, f"{seconds:.2f}", f"{original / seconds:.1f}×", _mb(archive_bytes), _mb(summary.peak_bytes)]
 
 
 def _big_file_section(options: Options) -> None:
