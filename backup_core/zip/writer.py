@@ -408,8 +408,10 @@ class ZipWriter:
             while piece := self._spilled.read(_DIRECTORY_PIECE):
                 yield piece
             self._spilled.seek(0, os.SEEK_END)
-        if self._directory:
-            yield bytes(self._directory)
+        # In pieces too: one copy of 8 MiB of records at the end would be the run's peak.
+        with memoryview(self._directory) as records:
+            for start in range(0, len(records), _DIRECTORY_PIECE):
+                yield bytes(records[start : start + _DIRECTORY_PIECE])
 
 
 # --- records -------------------------------------------------------------------------------------
