@@ -494,10 +494,11 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         _save_state(target, final, walked, when, result)
         return [*listed, Archive(when, final)]
     finally:
-        for path in (partial, *snapshots):
-            for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
-                if not archives.remove(leftover):
-                    result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
+        # Only SQLite leaves -wal, -shm and -journal files, beside its snapshots.
+        sqlite_files = (Path(f"{path}{s}") for path in snapshots for s in ("-wal", "-shm", "-journal"))
+        for leftover in (partial, *snapshots, *sqlite_files):
+            if not archives.remove(leftover):
+                result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
 def _still_there(partial: Path) -> None:
