@@ -227,8 +227,9 @@ def _describe(exc: BaseException, target: Target) -> str:
 
 
 @contextmanager
-def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
-    """Hold this target's lock; yield False (and mark the result skipped) when another run has it."""
+def _locked(target: Target, result: TargetResult) -> Iterator[list[str] | None]:
+    """Hold this target's lock and yield the destination's names that may be the target's (see
+    _listing); yield None (and mark the result skipped) when another run has it."""
     target.destination.mkdir(parents=True, exist_ok=True)
     # One lock per destination and target: two targets sharing a folder never wait on each other.
     path = _lock_path(target)
@@ -248,10 +249,11 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
         result.status = SKIPPED
         waited = f" after waiting {target.lock_timeout:g}s" if target.lock_timeout else ""
         result.reason = f"another run is working on this target{waited} (lock_timeout to wait longer)"
-        yield False
+        yield None
         return
     try:
-        busy = archives.busy_partials(target.destination, target.name)
+        names = _listing(target)
+        busy = archives.busy_partials(target.destination, target.name, names)
         if busy:
             # The lock file was deleted under a live run: its partial archive must not be
             # taken for a stale one, and two runs must not work on one target.
@@ -260,9 +262,9 @@ def _locked(target: Target, result: TargetResult) -> Iterator[bool]:
                 f"another run is writing {busy[0].name}, though the lock file {path.name} was deleted "
                 "under it; never delete lock files while a run works"
             )
-            yield False
+            yield None
             return
-        yield True
+        yield names
     finally:
         lock.release()
 
@@ -276,11 +278,12 @@ def _lock_path(target: Target) -> Path:
 
 
 def _listing(target: Target) -> list[str]:
-    """The destination's names, from this run's listing when it is current for this target."""
+    """The destination's names that may be the target's, from this run's listing when it is
+    current for this target."""
     marker = _lock_path(target)
     with _created_locks_lock:
         created = marker in _created_locks
-    return archives.listing(target.destination, marker, created)
+    return archives.target_names(target.destination, target.name, marker, created)
 
 
 def _guarded(target: Target, result: TargetResult, body: Callable[[], None]) -> TargetResult:
@@ -304,8 +307,8 @@ def backup_target(target: Target, options: Options) -> TargetResult:
         if options.check:
             _preview(target, sources.kind_of(target.path, target.type), result)
             return
-        with _locked(target, result) as held:
-            if not held:
+        with _locked(target, result) as names:
+            if names is None:
                 return
             now_there: list[Archive] | None = None
             try:
@@ -314,7 +317,7 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 )
                 # After the before hooks: one of them may be what mounts or prepares the source.
                 kind = sources.kind_of(target.path, target.type)
-                now_there = _archive(target, kind, options, result)
+                now_there = _archive(target, kind, options, result, names)
             except KeyboardInterrupt:
                 # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
                 # on_failure starts again.  The run stops after this target.
@@ -396,10 +399,10 @@ def _hook_variables(target: Target, result: TargetResult, status: str | None = N
     }
 
 
-def _archive(target: Target, kind: str, options: Options, result: TargetResult) -> list[Archive]:
-    """Make the target's archive (or find it unchanged); return the target's archives as they now are."""
+def _archive(target: Target, kind: str, options: Options, result: TargetResult, names: list[str]) -> list[Archive]:
+    """Make the target's archive (or find it unchanged); return the target's archives as they now are.
+    `names`: the destination's names that may be the target's, listed under its lock."""
     destination, observer = target.destination, options.observer
-    names = _listing(target)  # only a run holding the lock changes this target's files
     stale_ones = archives.stale_partials(destination, target.name, names)
     for stale in stale_ones:
         stale.unlink(missing_ok=True)
@@ -423,6 +426,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
     snapshots: list[Path] = []
     try:
         with _collector_paused(), _create_private(partial) as file:
+            archives.mark_writing(_lock_path(target))  # other runs' listings may lack the partial
             writer = ZipWriter(
                 file,
                 compressor_factory(target.compression_level),
@@ -502,10 +506,11 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult) 
         _save_state(target, final, walked, when, result)
         return [*listed, Archive(when, final)]
     finally:
-        for path in (partial, *snapshots):
-            for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
-                if not archives.remove(leftover):
-                    result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
+        # Only SQLite leaves -wal, -shm and -journal files, beside its snapshots.
+        sqlite_files = (Path(f"{path}{s}") for path in snapshots for s in ("-wal", "-shm", "-journal"))
+        for leftover in (partial, *snapshots, *sqlite_files):
+            if not archives.remove(leftover):
+                result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
 def _still_there(partial: Path) -> None:
@@ -723,7 +728,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
             result.reason = f"{len(existing)} archive(s), nothing to prune"
         else:
             with _locked(target, result) as held:
-                if not held:
+                if held is None:
                     return
                 result.status = CHANGED
                 result.warnings.clear()  # the listing is taken again under the lock, and reported again
@@ -757,7 +762,7 @@ def push_target(target: Target, options: Options) -> TargetResult:
             result.status, result.reason = SKIPPED, "no remote to copy to (offsite: is empty)"
             return
         with _locked(target, result) as held:
-            if not held:
+            if held is None:
                 return
             for remote in remotes:
                 progress = functools.partial(options.observer.uploading, target, remote.name)

@@ -254,3 +254,43 @@ def test_with_jobs_2_a_target_waiting_on_a_before_hook_stops_it_too(project: Pro
     assert all("interrupted" in t["error"] for t in document["targets"]), document["targets"]
     assert (project.root / "app.state").read_text() == "started\n"
     assert project.archives() == []
+
+
+@pytest.mark.slow
+def test_a_run_that_listed_a_shared_folder_before_a_partial_appeared_still_sees_it(project: Project) -> None:
+    # One listing of a shared folder serves a whole run; a second run lists it for `early`,
+    # then a first run starts `big` and its lock file is deleted: `big` in the second run
+    # must list again, see the live partial and skip, not take it for a stale one.
+    _slow_file(project.root / "big" / "data.txt", 48)
+    project.file("early/a.txt")
+    backups = project.root / "backups"
+    # `early`'s before hook holds the second run until the partial exists and the lock file is gone.
+    partial_there = f'ls -A {backups} | grep -q "^[.]big-.*[.]zip[.]partial$"'
+    wait = f"touch $STATE/early.listed; until {partial_there} && [ ! -e {backups / '.big.lock'} ]; do sleep 0.05; done"
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - {{name: early, path: early, hooks: {{before: [["sh", "-c", {json.dumps(wait)}]]}}}}
+          - {{name: big, path: big, compression: {{level: 9}}}}
+        """
+    )
+    second = _start(project, "--format", "json")
+    _wait_for((project.root / "early.listed").exists, second)
+    first = _start(project, "--only", "big", "--format", "json")
+    _wait_for(lambda: _partials(backups, "big"), first)
+    (partial,) = _partials(backups, "big")
+    (backups / ".big.lock").unlink()  # a tidy-minded person, or a clean-up script
+
+    stdout, stderr = second.communicate(timeout=600)
+
+    assert second.returncode == 0, stderr
+    early, big = json.loads(stdout)["targets"]
+    assert early["status"] == "changed", early
+    assert big["status"] == "skipped" and partial.name in big["reason"] and "lock file" in big["reason"], big
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    (made,) = json.loads(stdout)["targets"]
+    assert made["status"] == "changed"
+    assert project.archives(target="big") == [Path(made["archive"])]
+    assert _partials(backups, "big") == []

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from functools import cache
 from pathlib import Path
 
 from backup_core.stores.retention import FUTURE_TOLERANCE
@@ -52,26 +51,23 @@ def archive_name(target: str, when: datetime) -> str:
     return f"{target}-{stamp(when)}.zip"
 
 
-@cache  # a run of 1,000 targets would otherwise compile each pattern once per file listed
-def _pattern(target: str) -> re.Pattern[str]:
-    return re.compile(rf"{re.escape(target)}-{_STAMP_PATTERN}\.zip")
-
-
-@cache
-def _partial_pattern(target: str) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(target)}-{_STAMP_PATTERN}\.[a-z0-9-]+\.partial")
+# One pattern for every target, its name compared after the match: a run of 1,000 targets
+# would otherwise compile two patterns per target.  The time stamp's fixed width leaves a
+# name one way to split.
+_ARCHIVE = re.compile(rf"(.+)-{_STAMP_PATTERN}\.zip", re.DOTALL)
+_PARTIAL = re.compile(rf"\.(.+)-{_STAMP_PATTERN}\.[a-z0-9-]+\.partial", re.DOTALL)
 
 
 def parse_when(target: str, filename: str) -> datetime | None:
     """The UTC time in an archive's name, or None when the name is not this target's."""
-    match = _pattern(target).fullmatch(filename)
-    if not match:
+    match = _ARCHIVE.fullmatch(filename)
+    if not match or match.group(1) != target:
         return None
     try:
-        moment = datetime.strptime(match.group(1), _STAMP).replace(tzinfo=timezone.utc)
+        moment = datetime.strptime(match.group(2), _STAMP).replace(tzinfo=timezone.utc)
     except ValueError:
         return None
-    return moment.replace(microsecond=int(match.group(2)))
+    return moment.replace(microsecond=int(match.group(3)))
 
 
 def list_archives(destination: Path, target: str, names: list[str] | None = None) -> list[Archive]:
@@ -88,16 +84,50 @@ def list_archives(destination: Path, target: str, names: list[str] | None = None
 
 
 # One listing of a folder serves every target of a run that shares it (1,000 targets in one
-# folder would otherwise list it 1,000 times): folder -> (its mtime just before the listing,
-# names), kept only while a run goes on (see one_listing_per_run).
-_listings: dict[Path, tuple[int, list[str]]] = {}
+# folder would otherwise list it 1,000 times), kept only while a run goes on (see
+# one_listing_per_run).
+@dataclass
+class _Listing:
+    changed: int  # the folder's mtime just before it was listed
+    names: list[str]
+    by_target: dict[str, list[str]] | None = None  # built when the listing is first reused
+
+    def of(self, target: str) -> list[str]:
+        """The names that may be `target`'s archives or partials, from an index built once."""
+        if self.by_target is None:
+            self.by_target = {}
+            for name in self.names:
+                owner = _owner(name)
+                if owner is not None:
+                    self.by_target.setdefault(owner, []).append(name)
+        return self.by_target.get(target, [])
+
+
+_ARCHIVE_TAIL = len("-YYYYMMDDTHHMMSS.ffffffZ.zip")
+_PARTIAL_TAIL = len("-YYYYMMDDTHHMMSS.ffffffZ")
+
+
+def _owner(name: str) -> str | None:
+    """The target whose archive or partial `name` would be, by its fixed-width tail; None if neither.
+
+    A superset: list_archives and stale_partials still match each name against the target's
+    exact pattern."""
+    if name.endswith(".partial") and name.startswith("."):
+        head = name[: -len(".partial")].rpartition(".")[0]  # the step's name holds no dot
+        return head[1:-_PARTIAL_TAIL] if len(head) > _PARTIAL_TAIL + 1 and head[-_PARTIAL_TAIL] == "-" else None
+    if name.endswith(".zip") and len(name) > _ARCHIVE_TAIL and name[-_ARCHIVE_TAIL] == "-":
+        return name[:-_ARCHIVE_TAIL]
+    return None
+
+
+_listings: dict[Path, _Listing] = {}
 _listings_lock = threading.Lock()
 _runs = [0]  # runs going on in this process
 
 
 @contextmanager
 def one_listing_per_run() -> Iterator[None]:
-    """Within this, listing() may reuse a listing of the same folder; each target is run once."""
+    """Within this, target_names() may reuse a listing of the same folder; each target is run once."""
     with _listings_lock:
         _runs[0] += 1
     try:
@@ -112,32 +142,8 @@ def one_listing_per_run() -> Iterator[None]:
 _SAME_TICK_NS = 2_000_000_000  # coarse file-system clocks (FAT: 2 s) stamp close events alike
 
 
-def listing(folder: Path, marker: Path | None = None, marker_created: bool = False) -> list[str]:
-    """The names in `folder` (none if it does not exist yet).
-
-    With `marker`, the target's lock file, a listing taken earlier in this run is reused
-    when it is provably current for that target: only a run holding the target's lock
-    adds or removes its archives, and such a run touches the lock file after it did (see
-    mark_changed).  A marker touched after the folder last changed before the listing may
-    mean a change the listing missed, so the folder is listed again.  Both times come from
-    the folder's own file system, so a server whose clock differs from ours cannot fool it.
-    `marker_created`: this run has just created the marker, so no run of this tool has
-    changed the target's archives since it last existed.
-    """
-    if marker is not None:
-        with _listings_lock:
-            cached = _listings.get(folder) if _runs[0] else None
-        if cached is not None:
-            if marker_created:
-                return cached[1]
-            try:
-                touched: int | None = marker.stat().st_mtime_ns
-            except FileNotFoundError:
-                touched = 0  # never locked here: no run of this tool changed the target's archives
-            except OSError:
-                touched = None
-            if touched is not None and touched < cached[0] - _SAME_TICK_NS:
-                return cached[1]
+def listing(folder: Path) -> list[str]:
+    """The names in `folder` (none if it does not exist yet), listed now."""
     try:
         changed = folder.stat().st_mtime_ns  # before listing: a change after it shows as newer
         names = os.listdir(folder)  # noqa: PTH208 - names only: a Path per name costs more than the listing
@@ -145,8 +151,38 @@ def listing(folder: Path, marker: Path | None = None, marker_created: bool = Fal
         return []
     with _listings_lock:
         if _runs[0]:
-            _listings[folder] = (changed, names)
+            _listings[folder] = _Listing(changed, names)
     return names
+
+
+def target_names(folder: Path, target: str, marker: Path, marker_created: bool) -> list[str]:
+    """The names in `folder` that may be `target`'s archives or partials.
+
+    `marker` is the target's lock file.  A listing taken earlier in this run is reused when
+    it is provably current for that target: only a run holding the target's lock adds or
+    removes its archives, and such a run touches the lock file after it did (mark_changed),
+    and again, creating it if it was deleted, once its partial archive exists (mark_writing).
+    A marker touched after the folder last changed before the listing may mean a change the
+    listing missed, so the folder is listed again.  Both times come from the folder's own
+    file system, so a server whose clock differs from ours cannot fool it.
+    `marker_created`: this run has just created the marker, so it says nothing (it may have
+    been deleted under a live run whose partial came after the listing): list again.
+    """
+    if not marker_created:
+        with _listings_lock:
+            cached = _listings.get(folder) if _runs[0] else None
+        if cached is not None:
+            try:
+                touched: int | None = marker.stat().st_mtime_ns
+            except FileNotFoundError:
+                touched = 0  # never locked here (check mode): no run of this tool changed the target's archives
+            except OSError:
+                touched = None
+            if touched is not None and touched < cached.changed - _SAME_TICK_NS:
+                with _listings_lock:  # jobs > 1: one thread builds the index
+                    return cached.of(target)
+    prefixes = (f"{target}-", f".{target}-")
+    return [name for name in listing(folder) if name.startswith(prefixes)]
 
 
 def mark_changed(marker: Path) -> None:
@@ -154,6 +190,17 @@ def mark_changed(marker: Path) -> None:
     # Failing, the others miss our change until their next run: they keep an archive longer.
     with contextlib.suppress(OSError):
         os.utime(marker)
+
+
+def mark_writing(marker: Path) -> None:
+    """Say, once this target's partial archive exists, that other runs' listings may lack it.
+
+    A run that finds the marker newer than its listing lists the folder again, and so sees
+    the partial and that it is in use.  The marker is created again if a person deleted it:
+    a run that then creates it lists the folder again too (see target_names).
+    """
+    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o666))
+    os.utime(marker)
 
 
 def next_time(now: datetime, existing: list[Archive], tolerance: timedelta = FUTURE_TOLERANCE) -> datetime:
@@ -177,9 +224,14 @@ def partial_path(destination: Path, target: str, when: datetime, what: str) -> P
 
 def stale_partials(destination: Path, target: str, names: list[str] | None = None) -> list[Path]:
     """Work left by an interrupted run of this target (only call while holding its lock)."""
-    pattern, prefix = _partial_pattern(target), f".{target}-"
+    prefix = f".{target}-"
     found = listing(destination) if names is None else names
-    return [destination / name for name in found if name.startswith(prefix) and pattern.fullmatch(name)]
+    return [destination / name for name in found if name.startswith(prefix) and _partial_of(name) == target]
+
+
+def _partial_of(name: str) -> str | None:
+    match = _PARTIAL.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def claim(descriptor: int) -> None:
@@ -214,9 +266,13 @@ def in_use(path: Path) -> bool:
     return False
 
 
-def busy_partials(destination: Path, target: str) -> list[Path]:
-    """This target's partial archives that a live run is writing (only its lock file was lost)."""
-    return [path for path in stale_partials(destination, target) if path.name.endswith(".zip.partial") and in_use(path)]
+def busy_partials(destination: Path, target: str, names: list[str] | None = None) -> list[Path]:
+    """This target's partial archives that a live run is writing (only its lock file was lost);
+    `names`: the folder's listing, current for this target (see target_names), if taken."""
+    return [
+        path for path in stale_partials(destination, target, names)
+        if path.name.endswith(".zip.partial") and in_use(path)
+    ]  # fmt: skip
 
 
 def place(partial: Path, final: Path) -> None:
