@@ -103,21 +103,10 @@ class _Listing:
         return self.by_target.get(target, [])
 
 
-_ARCHIVE_TAIL = len("-YYYYMMDDTHHMMSS.ffffffZ.zip")
-_PARTIAL_TAIL = len("-YYYYMMDDTHHMMSS.ffffffZ")
-
-
 def _owner(name: str) -> str | None:
-    """The target whose archive or partial `name` would be, by its fixed-width tail; None if neither.
-
-    A superset: list_archives and stale_partials still match each name against the target's
-    exact pattern."""
-    if name.endswith(".partial") and name.startswith("."):
-        head = name[: -len(".partial")].rpartition(".")[0]  # the step's name holds no dot
-        return head[1:-_PARTIAL_TAIL] if len(head) > _PARTIAL_TAIL + 1 and head[-_PARTIAL_TAIL] == "-" else None
-    if name.endswith(".zip") and len(name) > _ARCHIVE_TAIL and name[-_ARCHIVE_TAIL] == "-":
-        return name[:-_ARCHIVE_TAIL]
-    return None
+    """The target whose archive or partial `name` is; None if it is neither."""
+    match = _ARCHIVE.fullmatch(name) or _PARTIAL.fullmatch(name)
+    return match.group(1) if match else None
 
 
 _listings: dict[Path, _Listing] = {}
