@@ -9,6 +9,7 @@ benchmark runs there.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,9 @@ def measure(argv: Sequence[str | Path], cwd: Path, log: Path, env: Mapping[str, 
     result.unlink(missing_ok=True)
     # -I -S: no site-packages, no environment: the launcher stays as small as Python can be.
     launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(result), *map(str, argv)]
+    # Untimed: write out what earlier commands left in the page cache (the original script and
+    # tar | zstd do not sync), so that no command pays for another's writes competing for the disk.
+    os.sync()
     with log.open("wb") as output:
         subprocess.run(launcher, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, env=env, check=False)
     try:

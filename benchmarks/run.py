@@ -290,7 +290,9 @@ def _main_comparison(tree: generate.Built, rounds: int, floor: int, label: str) 
         f"- Seconds: the median of {rounds} round(s), wall time of the whole command, interpreter start-up "
         "included. Within a round the tools run in turn; the first to run changes from round to round.",
         "- This tool's time includes its fsync and its read-back check of the new archive; "
-        "the original script, zip and tar | zstd do neither.",
+        "the original script, zip and tar | zstd do neither. Before every timed command the benchmark "
+        "writes out the page cache's pending writes (an untimed sync), so no command pays for the writes of "
+        "the one before it.",
         "- Peak memory: the worst round's peak, counting every process of the command at once (this tool's "
         "worker processes, both stages of tar | zstd): the larger of wait4's ru_maxrss and the sum of resident "
         "sets of the process tree sampled every 20 ms (shared pages count once per process, so it errs high). "

@@ -258,6 +258,9 @@ class Span(NamedTuple):
     crc: int  # CRC-32 of its bytes
 
 
+_READ_BACK_ALONE = 8 << 20  # below this, an archive is read back on the calling thread
+
+
 def first_difference(archive: Path, spans: list[Span]) -> int | None:
     """Where `archive` first differs from what was written, given as (offset, length, CRC-32)
     of each stretch, end to end; None when every byte is as written and nothing follows."""
@@ -273,6 +276,9 @@ def first_difference(archive: Path, spans: list[Span]) -> int | None:
         return 0
     if size != end:
         return min(size, end)
+    if end < _READ_BACK_ALONE:
+        # Starting threads costs more than reading a small archive: about 1 ms a target of 1,000.
+        return _first_changed_span(archive, spans)
     # Reading and CRC-32 release the GIL: read contiguous halves on every core.
     halves = _slices(spans, os.cpu_count() or 1, lambda span: span.length)
     with ThreadPoolExecutor(len(halves)) as pool:
@@ -281,7 +287,9 @@ def first_difference(archive: Path, spans: list[Span]) -> int | None:
 
 
 def _first_changed_span(archive: Path, spans: list[Span]) -> int | None:
-    buffer = memoryview(bytearray(4 << 20))  # read into one buffer: no allocation per block
+    # One buffer for every read, no larger than the stretch (zeroing 4 MiB costs a small archive more
+    # than reading it).
+    buffer = memoryview(bytearray(min(4 << 20, sum(span.length for span in spans) or 1)))
     with archive.open("rb", buffering=0) as source:
         for span in spans:
             source.seek(span.offset)

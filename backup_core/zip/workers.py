@@ -44,6 +44,9 @@ _JOBS: dict[str, Callable[..., tuple[Any, bytes]]] = {
     "pack_batch": packing.pack_batch,
     "pack_piece": packing.pack_piece,
 }
+# The first jobs of an archive run on the calling thread: starting a thread costs more than
+# packing a small file, and most targets of a large fleet hold a few small files.
+_INLINE_UP_TO = 256 << 10
 _LENGTH = struct.Struct("<Q")
 _LONGEST = 1 << 30  # no answer is near this long: a longer length means garbled output
 _HELLO = b"backup_core.zip.workers 1\n"  # a worker's first bytes: proves its output is the protocol
@@ -89,6 +92,8 @@ class Workers:
                 return Job(name, args, None, process)
             except _Broken as exc:
                 self._lost(process, exc)
+        if self._submitted <= _INLINE_UP_TO:
+            return Job(name, args, _done_here(_JOBS[name], args), None)
         return Job(name, args, self._threads.submit(_JOBS[name], *args), None)
 
     def facts(self, job: Job) -> tuple[Any, bytes | None]:
@@ -282,6 +287,16 @@ class _Process:
                 self._child.kill()  # its output cannot be trusted: it must not write anything either
             code = self._child.wait()
             self._answers.put(("gone", why or ("it exited" if code == 0 else f"it exited with status {code}")))
+
+
+def _done_here(job: Callable[..., tuple[Any, bytes]], args: tuple[Any, ...]) -> Future[Any]:
+    """`job` run now, on this thread, as a finished future (its exception kept for facts())."""
+    future: Future[Any] = Future()
+    try:
+        future.set_result(job(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
 
 
 def _send(stream: IO[bytes], message: Any) -> None:
