@@ -140,6 +140,48 @@ def test_text_mutants_load_or_give_located_problems(tmp_path: Path, cut: int, no
     _check_outcome(file)
 
 
+def _both_parsers(text: str) -> list[Any]:
+    """What yaml_source.load makes of `text` with libyaml's parser and with the Python parser alone."""
+    from backup_core.manifest import yaml_source
+
+    outcomes = []
+    fast = yaml_source._CParser
+    for parser in (fast, None):
+        yaml_source._CParser = parser
+        try:
+            document, problems = yaml_source.load(Path("backups.yml"), text)
+        finally:
+            yaml_source._CParser = fast
+        outcomes.append(
+            (document.data, document._places, problems) if document is not None else (None, None, problems)
+        )
+    return outcomes
+
+
+def test_libyaml_parses_manifests_as_the_python_parser_does() -> None:
+    from backup_core.manifest import yaml_source
+
+    # PyYAML's wheels carry libyaml: the fast path is the one that runs, so it is the one to prove.
+    assert yaml_source._CParser is not None
+    root = Path(__file__).resolve().parents[1]
+    for file in [root / "backups.yml", *sorted((root / "examples").rglob("*.yml"))]:
+        fast, python = _both_parsers(file.read_text(encoding="utf-8"))
+        assert fast == python, file
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=mutants(), flow=st.booleans(), noise=st.text(max_size=30), cut=st.integers(0, 4000))
+def test_libyaml_and_the_python_parser_agree_on_any_document(data: Any, flow: bool, noise: str, cut: int) -> None:
+    # The same values, places and problems: a located message must not move with the parser.
+    import yaml
+
+    text = yaml.safe_dump(data, default_flow_style=flow, sort_keys=False, allow_unicode=True)
+    cut %= len(text) + 1
+    for document in (text, text[:cut] + noise + text[cut:]):
+        fast, python = _both_parsers(document)
+        assert fast == python, document
+
+
 # --- bounded: alias bombs, recursive aliases, FIFOs, devices, huge files (through invoke) ----------
 
 
