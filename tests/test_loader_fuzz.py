@@ -152,9 +152,7 @@ def _both_parsers(text: str) -> list[Any]:
             document, problems = yaml_source.load(Path("backups.yml"), text)
         finally:
             yaml_source._CParser = fast
-        outcomes.append(
-            (document.data, document._places, problems) if document is not None else (None, None, problems)
-        )
+        outcomes.append((document.data, document._places, problems) if document is not None else (None, None, problems))
     return outcomes
 
 
