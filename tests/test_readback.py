@@ -11,6 +11,7 @@ import pytest
 
 from backup_core import runner
 from backup_core.errors import TargetError
+from backup_core.zip import verify
 from backup_core.zip.compression import compressor_factory
 from backup_core.zip.verify import read_directory
 from backup_core.zip.writer import CHUNK, ZipWriter
@@ -44,8 +45,13 @@ def test_a_sound_archive_passes_its_read_back(tmp_path: Path, sources: list[Path
     runner._read_back(archive, writer)  # raises on any problem
 
 
+@pytest.mark.parametrize("alone", [True, False], ids=["calling thread", "halves on threads"])
 @pytest.mark.parametrize("where", ["small member", "large member", "central directory"])
-def test_a_byte_changed_on_disk_after_writing_is_found(tmp_path: Path, sources: list[Path], where: str) -> None:
+def test_a_byte_changed_on_disk_after_writing_is_found(
+    tmp_path: Path, sources: list[Path], where: str, alone: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small archive is read back on the calling thread, a big one in halves on threads: both find it.
+    monkeypatch.setattr(verify, "_READ_BACK_ALONE", 1 << 40 if alone else 0)
     archive = tmp_path / "a.zip"
     writer = _write(archive, sources)
     records = read_directory(archive)

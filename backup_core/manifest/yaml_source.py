@@ -48,17 +48,7 @@ class _Composer(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, ya
 # times faster: 0.4 ms a target in a manifest of 1,000.  It caps nesting at 1,000 levels itself.
 # A document it refuses is parsed again by the Python parser, whose messages say more
 # ("mapping values are not allowed here").
-_CParser: Any = getattr(yaml, "CParser", None) or getattr(getattr(yaml, "cyaml", None), "CParser", None)
-
-
-def _compose(text: str) -> yaml.Node | None:
-    if _CParser is not None:
-        try:
-            return _FastComposer(text).get_single_node()  # type: ignore[no-any-return]
-        except yaml.YAMLError:
-            pass
-    return _Composer(text).get_single_node()  # type: ignore[no-any-return]
-
+_CParser: Any = getattr(getattr(yaml, "cyaml", None), "CParser", None)  # None: built without libyaml
 
 if _CParser is not None:
 
@@ -66,6 +56,15 @@ if _CParser is not None:
         def __init__(self, text: str) -> None:
             _CParser.__init__(self, text)
             _CoreResolver.__init__(self)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    if _CParser is not None:
+        try:
+            return _FastComposer(text).get_single_node()  # type: ignore[no-any-return]
+        except yaml.YAMLError:
+            pass  # parsed again below, for the clearer message
+    return _Composer(text).get_single_node()  # type: ignore[no-any-return]
 
 
 _OCTAL_LOOKING = re.compile(r"^0[0-9]+$")
