@@ -15,7 +15,8 @@ Peak memory is the larger of two figures:
   (a pipeline's stages, this tool's worker processes), sampled from /proc every
   20 ms by a thread, while the main thread waits for the command (so the timing
   does not depend on the sampling).  Shared pages (the Python interpreter, libraries) count once per process,
-  so the sum errs high, never low.
+  so the sum errs high, never low; only a forked child that has not yet started its own
+  program is left out, since all it holds is its parent's memory.
 
 Usage: python -I -S launch.py RESULT_FILE COMMAND [ARGUMENT ...]
 Writes "SECONDS PEAK_BYTES EXIT_STATUS" to RESULT_FILE and exits with the command's status.
@@ -47,18 +48,24 @@ def _read(path: str) -> bytes:
 
 def _tree_resident(root: int) -> int:
     """Resident bytes of `root` and every descendant (0 where /proc cannot say)."""
-    total, todo = 0, [root]  # a process that exits meanwhile just counts as 0
+    total, todo = 0, [(root, b"")]  # a process that exits meanwhile just counts as 0
     while todo:
-        pid = todo.pop()
-        statm = _read(f"/proc/{pid}/statm").split()
-        if len(statm) > 1:
-            total += int(statm[1]) * _PAGE
+        pid, parent_command = todo.pop()
+        command = _read(f"/proc/{pid}/cmdline")
+        # A child still running its parent's command line is a fork that has not yet replaced
+        # itself with the program it starts: its pages are its parent's, counted already.
+        # Counted again, a sample taken in that instant (which a busy machine stretches)
+        # doubled the parent's memory.
+        if not command or command != parent_command:
+            statm = _read(f"/proc/{pid}/statm").split()
+            if len(statm) > 1:
+                total += int(statm[1]) * _PAGE
         try:
             tasks = os.listdir(f"/proc/{pid}/task")  # noqa: PTH208 - pathlib would raise the floor
         except OSError:
             continue  # it has exited
         for task in tasks:
-            todo += [int(child) for child in _read(f"/proc/{pid}/task/{task}/children").split()]
+            todo += [(int(child), command) for child in _read(f"/proc/{pid}/task/{task}/children").split()]
     return total
 
 

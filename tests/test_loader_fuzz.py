@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -167,6 +168,19 @@ def test_libyaml_parses_manifests_as_the_python_parser_does() -> None:
         assert fast == python, file
 
 
+def _assert_never_read_otherwise(document: str) -> None:
+    """The two parsers read a document alike, or one of them refuses it with a located message."""
+    fast, python = _both_parsers(document)
+    if fast == python:
+        return
+    # libyaml decides.  In a few corners PyYAML's own parser is stricter than libyaml and the
+    # YAML spec (the test below), and in a few it reads what libyaml refuses (a document the
+    # loader then refuses with libyaml's message).  Never two different readings.
+    assert (fast[1] is None) != (python[1] is None), document
+    (problem,) = (fast if fast[1] is None else python)[2]
+    assert problem.line > 0 and problem.column > 0, problem
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=mutants(), flow=st.booleans(), noise=st.text(max_size=30), cut=st.integers(0, 4000))
 def test_libyaml_and_the_python_parser_agree_on_any_document(data: Any, flow: bool, noise: str, cut: int) -> None:
@@ -176,8 +190,57 @@ def test_libyaml_and_the_python_parser_agree_on_any_document(data: Any, flow: bo
     text = yaml.safe_dump(data, default_flow_style=flow, sort_keys=False, allow_unicode=True)
     cut %= len(text) + 1
     for document in (text, text[:cut] + noise + text[cut:]):
+        _assert_never_read_otherwise(document)
+
+
+@pytest.mark.parametrize(
+    ("document", "value"),
+    [
+        ("exclude: [log?.txt]\n", {"exclude": ["log?.txt"]}),
+        ("path: /srv/data\t# a tab before the comment\n", {"path": "/srv/data"}),
+        ("path: /srv/a\tb\n", {"path": "/srv/a\tb"}),
+        ("note: |#\n  text\n", {"note": "text\n"}),
+        ("keep: {daily: !x, weekly: 4}\n", {"keep": {"daily": "", "weekly": 4}}),
+    ],
+)
+def test_libyaml_reads_what_the_python_parser_refuses_as_the_spec_does(document: str, value: Any) -> None:
+    # A tab inside or after a plain value, a `?` inside a flow value, a `#` straight after a
+    # block scalar's `|`, a tag before a flow comma: libyaml (which decides) reads them as the
+    # spec does; PyYAML's own parser (used only without libyaml) refuses them, located.
+    fast, python = _both_parsers(document)
+    assert fast[0] == value and fast[2] == []
+    assert python[1] is None and python[2][0].line == 1
+    _assert_never_read_otherwise(document)
+
+
+def test_what_libyaml_refuses_stays_refused_where_the_python_parser_reads_it() -> None:
+    # The Python parser reads `timeout:, 5` as two keys; libyaml refuses it.  It is asked
+    # again only for a clearer message, never for a second opinion.
+    document = "hooks: {before: [{run: x, timeout:, 5}]}\n"
+    fast, python = _both_parsers(document)
+    assert python[0] == {"hooks": {"before": [{"run": "x", "timeout": None, "5": None}]}}
+    assert fast[1] is None
+    (problem,) = fast[2]
+    assert (problem.line, problem.column) == (1, 33) and "YAML syntax error" in problem.message, problem
+
+
+@pytest.mark.parametrize("character", ["\x85", "\u2028", "\u2029", "\ufeff"])
+def test_an_invisible_line_break_or_mark_is_refused_where_it_is(project: Project, character: str) -> None:
+    # The parsers disagree about these, and a path holding one names another file: refused,
+    # located, by either parser.  A byte-order mark opening the file is fine (Notepad writes one).
+    project.file("site/a.txt")
+    text = f"\ufeffversion: 1\ntargets:\n  - name: site\n    path: si{character}te\n"
+    for document in (text, text.replace("\n", "\r\n")):
         fast, python = _both_parsers(document)
-        assert fast == python, document
+        assert fast == python
+        (problem,) = fast[2]
+        assert (problem.line, problem.column) == (4, 13), problem
+        project.manifest.write_bytes(document.encode("utf-8"))
+        ran = project.invoke("validate")
+        assert ran.code == 2, ran.output
+        assert f"backups.yml:4:13: invisible character U+{ord(character):04X}" in ran.stderr, ran.stderr
+    project.manifest.write_bytes(text.replace(character, "").encode("utf-8"))
+    assert project.invoke("validate").code == 0
 
 
 # --- bounded: alias bombs, recursive aliases, FIFOs, devices, huge files (through invoke) ----------

@@ -46,8 +46,12 @@ class _Composer(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, ya
 
 # libyaml's parser (PyYAML's C extension, in its wheels) composes the same nodes about seven
 # times faster: 0.4 ms a target in a manifest of 1,000.  It caps nesting at 1,000 levels itself.
-# A document it refuses is parsed again by the Python parser, whose messages say more
-# ("mapping values are not allowed here").
+# It is the parser that decides what a manifest means.  A document it refuses is parsed again
+# by the Python parser, whose messages say more ("mapping values are not allowed here").  The
+# Python parser alone (PyYAML built without libyaml) is stricter in three corners where libyaml
+# follows the YAML spec: a tab inside or after a plain value, a `?` inside a flow value such as
+# [log?.txt], and a `#` straight after a block scalar's `|` or `>`.  It refuses those documents
+# with a located message; it never reads them differently.
 _CParser: Any = getattr(getattr(yaml, "cyaml", None), "CParser", None)  # None: built without libyaml
 
 if _CParser is not None:
@@ -59,12 +63,18 @@ if _CParser is not None:
 
 
 def _compose(text: str) -> yaml.Node | None:
-    if _CParser is not None:
+    if _CParser is None:
+        return _Composer(text).get_single_node()  # type: ignore[no-any-return]
+    try:
+        return _FastComposer(text).get_single_node()  # type: ignore[no-any-return]
+    except yaml.YAMLError as refused:
         try:
-            return _FastComposer(text).get_single_node()  # type: ignore[no-any-return]
+            _Composer(text).get_single_node()  # for its clearer message, raised from here
         except yaml.YAMLError:
-            pass  # parsed again below, for the clearer message
-    return _Composer(text).get_single_node()  # type: ignore[no-any-return]
+            raise
+        raise refused from None  # read by the Python parser alone: still refused
+    except UnicodeEncodeError:  # a lone surrogate cannot be handed to C; Python's reader locates it
+        return _Composer(text).get_single_node()  # type: ignore[no-any-return]
 
 
 _OCTAL_LOOKING = re.compile(r"^0[0-9]+$")
@@ -110,8 +120,39 @@ def format_path(path: KeyPath) -> str:
     return text
 
 
+# Line breaks nobody sees (NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR) and a byte-order mark
+# after the start arrive with pasted text.  The two parsers count lines and split values
+# differently around them, and a path holding one names another file, so they are refused.
+_INVISIBLE_NAMES = {
+    "\x85": "NEXT LINE",
+    "\u2028": "LINE SEPARATOR",
+    "\u2029": "PARAGRAPH SEPARATOR",
+    "\ufeff": "BYTE ORDER MARK",
+}
+_INVISIBLE = re.compile("[" + "".join(_INVISIBLE_NAMES) + "]")
+
+
+def _invisible(file: Path, text: str) -> Problem | None:
+    found = _INVISIBLE.search(text, 1 if text.startswith("\ufeff") else 0)  # a BOM may open the file
+    if found is None:
+        return None
+    at = found.start()
+    line_start = text.rfind("\n", 0, at) + 1
+    character = found.group()
+    return Problem(
+        file,
+        text.count("\n", 0, at) + 1,
+        at - line_start + 1,
+        "",
+        f"invisible character U+{ord(character):04X} ({_INVISIBLE_NAMES[character]}), often pasted in with copied text; delete it",
+    )
+
+
 def load(file: Path, text: str) -> tuple[Document | None, list[Problem]]:
     """Parse `text`; return the document and every problem found (syntax stops at the first)."""
+    invisible = _invisible(file, text)
+    if invisible is not None:
+        return None, [invisible]
     try:
         node = _compose(text)
     except yaml.MarkedYAMLError as exc:
