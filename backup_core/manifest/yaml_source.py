@@ -139,13 +139,9 @@ def _invisible(file: Path, text: str) -> Problem | None:
     at = found.start()
     line_start = text.rfind("\n", 0, at) + 1
     character = found.group()
-    return Problem(
-        file,
-        text.count("\n", 0, at) + 1,
-        at - line_start + 1,
-        "",
-        f"invisible character U+{ord(character):04X} ({_INVISIBLE_NAMES[character]}), often pasted in with copied text; delete it",
-    )
+    what = f"invisible character U+{ord(character):04X} ({_INVISIBLE_NAMES[character]})"
+    line, column = text.count("\n", 0, at) + 1, at - line_start + 1
+    return Problem(file, line, column, "", f"{what}, often pasted in with copied text; delete it")
 
 
 def load(file: Path, text: str) -> tuple[Document | None, list[Problem]]:
