@@ -220,7 +220,7 @@ def test_what_libyaml_refuses_stays_refused_where_the_python_parser_reads_it() -
     assert python[0] == {"hooks": {"before": [{"run": "x", "timeout": None, "5": None}]}}
     assert fast[1] is None
     (problem,) = fast[2]
-    assert (problem.line, problem.column) == (1, 33) and "YAML syntax error" in problem.message, problem
+    assert (problem.line, problem.column) == (1, 34) and "YAML syntax error" in problem.message, problem
 
 
 @pytest.mark.parametrize("character", ["\x85", "\u2028", "\u2029", "\ufeff"])
