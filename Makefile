@@ -12,6 +12,8 @@ endif
 STAMP := $(VENV)/.installed
 ARGS ?=
 BENCH_SIZE ?= 1024
+# Test processes: one a core (most tests wait on the tool in a subprocess); 0 runs them in this one.
+TEST_JOBS ?= auto
 
 .DEFAULT_GOAL := help
 
@@ -49,9 +51,9 @@ status: $(STAMP)
 prune: $(STAMP)
 	$(BIN)/invoke prune $(ARGS)
 
-.PHONY: test  ## run the whole test suite
+.PHONY: test  ## run the whole test suite, a file at a time on each core (TEST_JOBS=0: one process)
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 .PHONY: lint  ## ruff and mypy
 lint: $(STAMP)

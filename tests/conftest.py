@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import zipfile
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 from s3server import S3Server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,6 +140,19 @@ def integrity(database: Path) -> list[str]:
     """What PRAGMA integrity_check says of a database."""
     with closing(sqlite3.connect(database)) as connection:
         return [str(row[0]) for row in connection.execute("PRAGMA integrity_check")]
+
+
+@pytest.fixture
+def small_fs() -> Iterator[Path]:
+    """The small filesystem of BACKUP_TEST_SMALL_FS, this test's alone while it runs.
+
+    The tests run in several processes, and each test that uses it fills it: two at once
+    would see each other's files (a full disk that frees itself, or fills too soon)."""
+    root = os.environ.get("BACKUP_TEST_SMALL_FS")
+    if not root:
+        pytest.skip("set BACKUP_TEST_SMALL_FS to a writable folder on a small filesystem")
+    with FileLock(Path(tempfile.gettempdir()) / "backup-test-small-fs.lock"):
+        yield Path(root)
 
 
 # -- A real S3 server (SeaweedFS `weed mini`), started once per session by the tests that ask for it.

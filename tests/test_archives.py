@@ -821,17 +821,13 @@ def test_an_unreadable_file_fails_naming_it_and_leaves_nothing(project: Project,
     assert len(project.archives(target="site")) == 3
 
 
-SMALL_FS = os.environ.get("BACKUP_TEST_SMALL_FS", "")
-
-
-@pytest.mark.skipif(not SMALL_FS, reason="set BACKUP_TEST_SMALL_FS to a writable folder on a small filesystem")
-def test_a_full_disk_fails_cleanly(project: Project) -> None:
-    destination = Path(SMALL_FS) / f"backup-test-{os.getpid()}-{project.root.name}"
+def test_a_full_disk_fails_cleanly(project: Project, small_fs: Path) -> None:
+    destination = small_fs / f"backup-test-{os.getpid()}-{project.root.name}"
     destination.mkdir()
     try:
         free = shutil.disk_usage(destination).free
         if free > 512 * MiB:
-            pytest.skip(f"{SMALL_FS} has {free} bytes free; too many to fill in a test")
+            pytest.skip(f"{small_fs} has {free} bytes free; too many to fill in a test")
         foreign = destination / "notes.zip"
         foreign.write_bytes(b"a person's own zip")
         project.file("src/blob.bin", random_bytes(free + 16 * MiB))

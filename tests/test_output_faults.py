@@ -100,9 +100,8 @@ def test_a_log_file_on_a_full_disk_skips_no_target_and_fails_the_run(project: Pr
     _clean(ran.stderr)
 
 
-@pytest.mark.skipif(not os.environ.get("BACKUP_TEST_SMALL_FS"), reason="set BACKUP_TEST_SMALL_FS to a small filesystem")
-def test_a_log_file_filling_a_small_filesystem_skips_no_target(project: Project) -> None:
-    folder = Path(os.environ["BACKUP_TEST_SMALL_FS"]) / f"log-test-{os.getpid()}"
+def test_a_log_file_filling_a_small_filesystem_skips_no_target(project: Project, small_fs: Path) -> None:
+    folder = small_fs / f"log-test-{os.getpid()}"
     folder.mkdir()
     try:
         filler = folder / "filler"
