@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from backup_core import manifest as manifest_module
-from backup_core import report, runner
-from backup_core import restore as restore_module
+from backup_core import report
 from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError
 from backup_core.manifest import Manifest, Remote, Target, selection
-from backup_core.stores import offsite, retention
 
+# The runner (and through it the zip writer, the stores, filelock), restore and the offsite
+# stores are imported by the commands that use them: `validate` and `list` need none of
+# them, and they were a third of their start-up.
 if TYPE_CHECKING:
+    from backup_core import restore as restore_module
     from backup_core.monitoring.metrics import TargetRun
     from backup_core.monitoring.status import TargetState
 
@@ -63,6 +65,8 @@ def run_targets(
     metrics_file: str | None = None,
 ) -> int:
     """backup, prune, push or verify the selected targets; return the exit status."""
+    from backup_core import runner
+
     output = _format(output)
     _tolerant_output()
     _stop_on_terminate()  # from here on, SIGTERM too ends in exit 130 and a JSON document
@@ -126,6 +130,7 @@ def status(
     metrics_file: str | None = None,
 ) -> int:
     """Each selected target's newest archive in every store, judged against its max_age; writes no archive."""
+    from backup_core import runner
     from backup_core.monitoring import status as status_module
 
     output = _format(output)
@@ -175,6 +180,7 @@ def _record_metrics(
 ) -> None:
     """Write the metrics file; a failure is a run-level error (exit 1), since monitoring that
     silently goes stale is the failure metrics exist to catch."""
+    from backup_core import runner
     from backup_core.monitoring import metrics as metrics_module
 
     max_ages = {t.name: t.max_age for t in loaded.targets}
@@ -259,6 +265,8 @@ def _stop_on_terminate() -> None:
     The first signal stops the run; later ones (an impatient second Ctrl-C, systemd
     repeating itself) must not cut short the clean-up and on_failure hooks it started.
     """
+    from backup_core import runner  # here, not in the handler: a signal may arrive mid-import
+
     received: list[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
@@ -360,6 +368,8 @@ def restore(
     _known_remote(loaded, remote)
     identities = _identities(identity)
     _stop_on_terminate()  # a stopped restore must not leave a decrypted scratch copy behind
+    from backup_core import restore as restore_module
+
     try:
         if remote is None:
             chosen = restore_module.choose_archive(target, archive)
@@ -384,6 +394,10 @@ def _restore_remote(
     force: bool,
     identities: list[Any],
 ) -> tuple[Path, restore_module.Restored]:
+    from backup_core import restore as restore_module
+    from backup_core import runner
+    from backup_core.stores import offsite, retention
+
     store = offsite.store_for(remote)
     held = store.list(target.name)
     if archive:

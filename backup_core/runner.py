@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import filelock
 
@@ -33,11 +33,11 @@ from backup_core.sources import walk as sources
 from backup_core.stores import archives, offsite, retention, state
 from backup_core.stores.archives import Archive
 from backup_core.stores.base import Stored
-from backup_core.zip import fingerprint
-from backup_core.zip.compression import compressor_factory
-from backup_core.zip.packing import READ_ATTEMPTS
-from backup_core.zip.verify import first_difference, verify_archive
-from backup_core.zip.writer import ZipWriter
+
+# The zip writer, its workers, compression and the read-back are imported by the first target
+# that writes or verifies an archive: an unchanged re-run (a metadata walk) needs none of them.
+if TYPE_CHECKING:
+    from backup_core.zip.writer import ZipWriter
 
 NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
 _DATA = ("file", "sqlite")  # entry kinds that carry bytes
@@ -416,6 +416,9 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
     walked = _unchanged_walk(target, kind, options, existing, now, result)
     if result.compared == "metadata":
         return listed  # unchanged: nothing read, nothing written
+    from backup_core.zip.compression import compressor_factory
+    from backup_core.zip.writer import ZipWriter
+
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
     total = (
@@ -527,6 +530,8 @@ def _changed_while_read(target: Target, kind: str, changed: list[str], result: T
     discarded) or keep the archive with a warning, as `changed_files` and `critical` say."""
     if not changed:
         return
+    from backup_core.zip.packing import READ_ATTEMPTS
+
     result.changed = [str(target.path / name) if kind == "folder" else str(target.path) for name in changed]
     fatal = target.changed_files == "fail" or (target.changed_files == "auto" and kind != "folder")
     critical = [p for p, n in zip(result.changed, changed, strict=True) if sources.matches(n, target.critical)]
@@ -583,6 +588,8 @@ def _save_state(
 def _read_back(archive: Path, writer: ZipWriter) -> None:
     """Read the new archive back from the file: every byte, local headers and central directory
     included, must be what was written (whose compressed data was proven to inflate back)."""
+    from backup_core.zip.verify import first_difference
+
     where = first_difference(archive, writer.spans())
     if where is not None:
         raise TargetError(
@@ -646,6 +653,8 @@ def _create_private(path: Path) -> Iterator[BinaryIO]:
 
 
 def _same_content(new: Path, old: Path) -> bool:
+    from backup_core.zip import fingerprint
+
     try:
         return fingerprint.of_archive(new) == fingerprint.of_archive(old)
     except (OSError, ValueError, struct.error):
@@ -797,6 +806,8 @@ def verify_target(target: Target, options: Options) -> list[TargetResult]:
         result = TargetResult(target.name)
         result.fail(f"no archives of {target.name} in {target.destination}; run a backup first")
         return [result]
+    from backup_core.zip.verify import verify_archive
+
     how = target.sqlite_check if target.sqlite_check != "none" else "integrity"
     results = []
     for archive in existing[-1:] if options.latest else existing:

@@ -744,3 +744,42 @@ def test_recap_and_exit_code_come_from_the_results() -> None:
         "c": {"ok": 0, "changed": 0, "failed": 0, "skipped": 1},
         "d": {"ok": 0, "changed": 0, "failed": 1, "skipped": 0},
     }
+
+
+# --- start-up: each command imports what it uses ---------------------------------------------
+
+_NEVER_FOR_LOCAL_WORK = {"boto3", "botocore", "pyrage", "prometheus_client", "rich"}
+_ARCHIVE_WRITING = {"backup_core.zip.writer", "backup_core.zip.verify", "isal"}
+
+
+def _imported(ran: Ran) -> set[str]:
+    """Modules the command imported, from Python's own import log (PYTHONPROFILEIMPORTTIME)."""
+    assert ran.code == 0, ran.output
+    return {line.rsplit("|", 1)[1].strip() for line in ran.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_each_command_imports_only_what_it_uses(project: Project) -> None:
+    # Start-up is downtime before maintenance: validate and list load no runner, writer or
+    # store; an unchanged re-run (a metadata walk) loads no zip writer or compressor; nothing
+    # local loads the S3 client, encryption, metrics or progress bars.
+    project.file("site/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - {name: site, path: site, skip_unchanged: true}
+        """
+    )
+    log = {"PYTHONPROFILEIMPORTTIME": "1"}
+    for command in ("validate", "list"):
+        imported = _imported(project.invoke(command, env=log))
+        assert "backup_core.manifest.loader" in imported  # the log is read right
+        assert not imported & (_NEVER_FOR_LOCAL_WORK | _ARCHIVE_WRITING | {"backup_core.runner", "filelock"})
+    # Dated later, so the files just written are not "racily" recent and the walk decides.
+    first = _imported(project.invoke("backup", env={**log, "BACKUP_NOW": "2099-01-01T00:00:00Z"}))
+    assert _ARCHIVE_WRITING <= first and not first & _NEVER_FOR_LOCAL_WORK
+    again = project.invoke("backup", "--format", "json", env={**log, "BACKUP_NOW": "2099-01-02T00:00:00Z"})
+    assert json.loads(again.stdout)["targets"][0]["compared"] == "metadata"
+    unchanged = _imported(again)
+    assert "backup_core.runner" in unchanged
+    assert not unchanged & (_NEVER_FOR_LOCAL_WORK | _ARCHIVE_WRITING)

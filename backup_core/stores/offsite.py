@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backup_core.errors import UsageError
 from backup_core.manifest import Remote, Target
@@ -24,7 +24,9 @@ from backup_core.results import OffsiteResult
 from backup_core.stores import retention
 from backup_core.stores.base import Progress, Store, Stored, StoreError, sha256_of
 from backup_core.stores.local import FolderStore, LocalStore
-from backup_core.zip.verify import Verdict, verify_archive
+
+if TYPE_CHECKING:  # imported where used: a backup that copies nothing verifies nothing here
+    from backup_core.zip.verify import Verdict
 
 
 def store_for(remote: Remote) -> Store:
@@ -173,6 +175,8 @@ def fetched(target: str, store: Store, stored: Stored, identities: list[Any], ne
 
 def download_and_verify(target: Target, store: Store, stored: Stored, identities: list[Any], how: str) -> Verdict:
     """Download (and decrypt) one remote copy, then verify it as the local verify does."""
+    from backup_core.zip.verify import verify_archive
+
     near = target.destination if target.destination.is_dir() else Path(tempfile.gettempdir())
     with fetched(target.name, store, stored, identities, near) as path:
         return verify_archive(path, sqlite_check=how)
