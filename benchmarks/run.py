@@ -506,6 +506,7 @@ def _targets_section(options: Options) -> None:
             (folder / "a.txt").write_text(f"target {number}\n" * 20, encoding="utf-8")
     rows = []
     verdicts = []
+    totals: dict[tuple[str, str], float] = {}
     for layout in ("shared", "each"):
         per_target: dict[str, float] = {}
         out = WORK / f"out-targets-{layout}"
@@ -535,11 +536,21 @@ def _targets_section(options: Options) -> None:
                     runs.append(run)
                 seconds[n] = Summary(tuple(runs)).seconds
             per_target[step] = (seconds[count] - seconds[1]) / (count - 1)
+            totals[(layout, step)] = seconds[count]
             rows.append([f"{step} ({'one shared folder' if layout == 'shared' else 'a folder each'})",
                          f"{seconds[count]:.2f}", f"{per_target[step] * 1000:.1f}"])  # fmt: skip
         verdicts.append((layout, per_target))
     shared, each = verdicts[0][1], verdicts[1][1]
     worst = max(*shared.values(), *each.values())
+    # Judged on whole runs of all the targets, as an operator waits for them: a difference of
+    # per-target figures can favour --jobs 2 while the run itself takes longer.
+    jobs_rows = []
+    for layout, step in [
+        (layout, step) for layout in ("shared", "each") for step in ("no archives yet", "archives present")
+    ]:
+        one, two = totals[(layout, f"backup --jobs 1, {step}")], totals[(layout, f"backup --jobs 2, {step}")]
+        where = "one shared folder" if layout == "shared" else "a folder each"
+        jobs_rows.append(f"  - {step} ({where}): {two:.2f} s against {one:.2f} s {_verdict(two < one)}")
     _emit(
         f"### {count:,} targets of one small file each",
         "",
@@ -548,8 +559,8 @@ def _targets_section(options: Options) -> None:
         "- ms per target: (time for all targets - time for one target) / (targets - 1): interpreter start-up left out.",
         f"- per-target overhead ≤ {GOAL_PER_TARGET * 1000:g} ms in every row: {worst * 1000:.1f} ms at worst "
         f"{_verdict(worst <= GOAL_PER_TARGET)}",
-        f"- --jobs 2 faster than --jobs 1 (archives present, shared folder): "
-        f"{_verdict(shared['backup --jobs 2, archives present'] < shared['backup --jobs 1, archives present'])}",
+        f"- --jobs 2 faster than --jobs 1 for all {count:,} targets:",
+        *jobs_rows,
         "",
     )
 
