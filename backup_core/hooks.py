@@ -31,6 +31,8 @@ def run_hooks(
     far is passed in BACKUP_* environment variables.  When `should_stop` turns true (the
     run was interrupted while this target's thread waits on a hook) the hook is stopped.
     """
+    if not hooks:
+        return  # most targets have none: the environment's copy costs 0.1 ms a target
     environment = {**os.environ, **variables, "BACKUP_HOOK": when}
     for hook in hooks:
         command: str | list[str] = hook.command if hook.command is not None else list(hook.argv or ())

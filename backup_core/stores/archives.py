@@ -63,11 +63,16 @@ def parse_when(target: str, filename: str) -> datetime | None:
     match = _ARCHIVE.fullmatch(filename)
     if not match or match.group(1) != target:
         return None
+    # Sliced, not strptime: that costs 20 µs a name, three names a target, and the pattern
+    # has already fixed every digit's place.  datetime() refuses a month 13 as strptime does.
+    stamp = match.group(2)
     try:
-        moment = datetime.strptime(match.group(2), _STAMP).replace(tzinfo=timezone.utc)
+        return datetime(
+            int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]),
+            int(stamp[13:15]), int(match.group(3)), tzinfo=timezone.utc,
+        )  # fmt: skip
     except ValueError:
         return None
-    return moment.replace(microsecond=int(match.group(3)))
 
 
 def list_archives(destination: Path, target: str, names: list[str] | None = None) -> list[Archive]:
