@@ -138,3 +138,35 @@ def test_many_targets_in_one_folder_each_keep_their_own_archives(project: Projec
         assert kept == [f"{name}-2026030{day}T120000.000000Z.zip" for day in (2, 3)], kept
         with zipfile.ZipFile(project.root / "backups" / kept[-1]) as archive:
             assert archive.read("a.txt") == f"{name}\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("folder_ns", "marker_before_ns", "reused"),
+    [
+        (1_700_000_000_123_456_789, 500_000_000, True),  # fine stamps: half a second is far apart
+        (1_700_000_000_123_456_789, 50_000_000, False),  # ...50 ms may be one tick
+        (1_700_000_000_000_000_000, 1_000_000_000, False),  # whole seconds (FAT: two): alike
+        (1_700_000_000_000_000_000, 3_000_000_000, True),
+    ],
+)
+def test_a_folder_listing_is_reused_only_for_a_lock_file_touched_ticks_before_the_folder_changed(
+    tmp_path: Path, folder_ns: int, marker_before_ns: int, reused: bool
+) -> None:
+    """A run lists a shared folder once, and reuses it for a target whose lock file was last
+    touched (by a run that changed its archives) clearly before the folder last changed; a
+    lock file touched within a tick of it may stand for a change the listing missed."""
+    from backup_core.stores import archives
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    marker = folder / ".a.lock"
+    marker.write_bytes(b"")
+    (folder / "a-20260101T000000.000000Z.zip").write_bytes(b"")
+    with archives.one_listing_per_run():
+        os.utime(folder, ns=(folder_ns, folder_ns))
+        archives.listing(folder)  # the run's listing, taken when the folder last changed at folder_ns
+        (folder / "a-20260102T000000.000000Z.zip").write_bytes(b"")  # which it does not hold
+        touched = folder_ns - marker_before_ns
+        os.utime(marker, ns=(touched, touched))
+        names = archives.target_names(folder, "a", marker, marker_created=False)
+    assert ("a-20260102T000000.000000Z.zip" not in names) == reused, names

@@ -133,7 +133,19 @@ def one_listing_per_run() -> Iterator[None]:
                 _listings.clear()
 
 
-_SAME_TICK_NS = 2_000_000_000  # coarse file-system clocks (FAT: 2 s) stamp close events alike
+# Close events can carry one time stamp: two seconds apart on FAT, one on file systems that
+# store whole seconds.  A file system that stores fractions stamps from a clock that moves
+# every kernel tick (1 to 10 ms on Linux) or finer (NTFS: 100 ns), so a tenth of a second is
+# ten of the slowest ticks.  With two seconds for every file system, a 1,000-target run in
+# one folder listed it again for nearly every target of the run after it (their lock files
+# were all touched within two seconds of the folder's last change): 2 ms a target.
+_SAME_TICK_NS = 2_000_000_000
+_FINE_TICK_NS = 100_000_000
+
+
+def _tick(stamp_ns: int) -> int:
+    """How far apart two events stamped alike may be, judged by one of the file system's stamps."""
+    return _SAME_TICK_NS if stamp_ns % 1_000_000_000 == 0 else _FINE_TICK_NS
 
 
 def listing(folder: Path) -> list[str]:
@@ -172,7 +184,7 @@ def target_names(folder: Path, target: str, marker: Path, marker_created: bool) 
                 touched = 0  # never locked here (check mode): no run of this tool changed the target's archives
             except OSError:
                 touched = None
-            if touched is not None and touched < cached.changed - _SAME_TICK_NS:
+            if touched is not None and touched < cached.changed - _tick(cached.changed):
                 with _listings_lock:  # jobs > 1: one thread builds the index
                     return cached.of(target)
     prefixes = (f"{target}-", f".{target}-")
