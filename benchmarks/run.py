@@ -26,6 +26,7 @@ this process, as a library.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import shutil
@@ -507,7 +508,7 @@ def _targets_section(options: Options) -> None:
     rows = []
     verdicts = []
     totals: dict[tuple[str, str], float] = {}
-    aside = WORK / "targets-set-aside"
+    aside, set_aside = WORK / "targets-set-aside", itertools.count()
     shutil.rmtree(aside, ignore_errors=True)
     aside.mkdir()
     for layout in ("shared", "each"):
@@ -532,7 +533,7 @@ def _targets_section(options: Options) -> None:
                         # Moved aside, deleted after the section: ext4 allocates inodes slowly
                         # for seconds after thousands are freed (it skips recently deleted
                         # ones), which cost --jobs 2 a second more than --jobs 1 on 1,000 targets.
-                        out.rename(aside / f"{out.name}-{len(list(aside.iterdir()))}")
+                        out.rename(aside / f"{out.name}-{next(set_aside)}")
                     argv: tuple[str | Path, ...] = (INVOKE, arguments[0], "--manifest", manifest, *arguments[1:])
                     log = LOGS / f"targets-{layout}-{_slug(step)}-{n}.log"
                     _progress(f"{count} targets, {layout} destination: {step} ({n} target(s)) ...")
@@ -552,12 +553,10 @@ def _targets_section(options: Options) -> None:
     # Judged on whole runs of all the targets, as an operator waits for them: a difference of
     # per-target figures can favour --jobs 2 while the run itself takes longer.
     jobs_rows = []
-    for layout, step in [
-        (layout, step) for layout in ("shared", "each") for step in ("no archives yet", "archives present")
-    ]:
-        one, two = totals[(layout, f"backup --jobs 1, {step}")], totals[(layout, f"backup --jobs 2, {step}")]
-        where = "one shared folder" if layout == "shared" else "a folder each"
-        jobs_rows.append(f"  - {step} ({where}): {two:.2f} s against {one:.2f} s {_verdict(two < one)}")
+    for layout, where in (("shared", "one shared folder"), ("each", "a folder each")):
+        for step in ("no archives yet", "archives present"):
+            one, two = totals[(layout, f"backup --jobs 1, {step}")], totals[(layout, f"backup --jobs 2, {step}")]
+            jobs_rows.append(f"  - {step} ({where}): {two:.2f} s against {one:.2f} s {_verdict(two < one)}")
     _emit(
         f"### {count:,} targets of one small file each",
         "",

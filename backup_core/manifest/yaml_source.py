@@ -47,10 +47,11 @@ class _Composer(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, ya
 # libyaml's parser (PyYAML's C extension, in its wheels) composes the same nodes about seven
 # times faster: 0.4 ms a target in a manifest of 1,000.  It caps nesting at 1,000 levels itself.
 # It is the parser that decides what a manifest means.  A document it refuses is parsed again
-# by the Python parser, whose messages say more ("mapping values are not allowed here").  The
-# Python parser alone (PyYAML built without libyaml) is stricter in three corners where libyaml
-# follows the YAML spec: a tab inside or after a plain value, a `?` inside a flow value such as
-# [log?.txt], and a `#` straight after a block scalar's `|` or `>`.  It refuses those documents
+# by the Python parser, whose messages say more ("mapping values are not allowed here"), and
+# stays refused even when the Python parser reads it.  The Python parser alone (PyYAML built
+# without libyaml) is stricter in a few corners where libyaml follows the YAML spec: a tab
+# inside or after a plain value, a `?` inside a flow value such as [log?.txt], a `#` straight
+# after a block scalar's `|` or `>`, a tag before a flow comma.  It refuses those documents
 # with a located message; it never reads them differently.
 _CParser: Any = getattr(getattr(yaml, "cyaml", None), "CParser", None)  # None: built without libyaml
 

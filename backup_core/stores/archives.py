@@ -139,13 +139,13 @@ def one_listing_per_run() -> Iterator[None]:
 # ten of the slowest ticks.  With two seconds for every file system, a 1,000-target run in
 # one folder listed it again for nearly every target of the run after it (their lock files
 # were all touched within two seconds of the folder's last change): 2 ms a target.
-_SAME_TICK_NS = 2_000_000_000
+_COARSE_TICK_NS = 2_000_000_000
 _FINE_TICK_NS = 100_000_000
 
 
 def _tick(stamp_ns: int) -> int:
     """How far apart two events stamped alike may be, judged by one of the file system's stamps."""
-    return _SAME_TICK_NS if stamp_ns % 1_000_000_000 == 0 else _FINE_TICK_NS
+    return _COARSE_TICK_NS if stamp_ns % 1_000_000_000 == 0 else _FINE_TICK_NS
 
 
 def listing(folder: Path) -> list[str]:
