@@ -9,6 +9,7 @@ Exit status: 0 all selected targets succeeded, 1 a target (or archive) failed,
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -86,6 +87,11 @@ def _run(call: object, *args: object, **kwargs: object) -> None:
         raise Exit(code=1) from None
     except KeyboardInterrupt:
         raise Exit("interrupted; no partial archive was left in place", code=130) from None
+    finally:
+        # The command's work is done and its files closed: the interpreter's exit would now trace
+        # every object the run created (jsonschema's, invoke's, a walk's) for cycles, about 25 ms
+        # of an unchanged re-run's 0.38 s.  Frozen, they are left to the process's end instead.
+        gc.freeze()
     _finish(code)
 
 

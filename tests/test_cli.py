@@ -753,8 +753,12 @@ _ARCHIVE_WRITING = {"backup_core.zip.writer", "backup_core.zip.verify", "isal"}
 
 
 def _imported(ran: Ran) -> set[str]:
-    """Modules the command imported, from Python's own import log (PYTHONPROFILEIMPORTTIME)."""
+    """Modules a successful command imported, from Python's own import log (PYTHONPROFILEIMPORTTIME)."""
     assert ran.code == 0, ran.output
+    return _imported_any(ran)
+
+
+def _imported_any(ran: Ran) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in ran.stderr.splitlines() if line.startswith("import time:")}
 
 
@@ -783,3 +787,63 @@ def test_each_command_imports_only_what_it_uses(project: Project) -> None:
     unchanged = _imported(again)
     assert "backup_core.runner" in unchanged
     assert not unchanged & (_NEVER_FOR_LOCAL_WORK | _ARCHIVE_WRITING)
+
+
+def test_a_manifest_that_passed_the_schema_is_checked_again_only_when_it_changes(
+    project: Project, tmp_path: Path
+) -> None:
+    # Importing the validator is an eighth of an unchanged re-run: a text that passed is
+    # recorded, and only a different text (or `validate`, asked to check) loads it again.
+    cache = tmp_path / "cache"
+    log = {"PYTHONPROFILEIMPORTTIME": "1", "XDG_CACHE_HOME": str(cache)}
+    project.file("site/a.txt")
+    good = """
+        version: 1
+        targets:
+          - {name: site, path: site}
+        """
+    project.write_manifest(good)
+    first = project.invoke("list", env=log)
+    assert "jsonschema" in _imported(first)
+    again = project.invoke("list", env=log)
+    assert "jsonschema" not in _imported(again) and again.stdout == first.stdout
+    assert "jsonschema" in _imported(project.invoke("validate", env=log))
+
+    # A changed text is judged afresh, and a failure is never recorded: it is reported every time.
+    project.write_manifest(good.replace("path: site}", "path: site, keep: {last: 0}}"))
+    for _ in range(2):
+        bad = project.invoke("list", env=log)
+        assert bad.code == 2 and "targets[0].keep.last: 0 is less than the minimum of 1" in bad.output
+        assert "jsonschema" in _imported_any(bad) and "Traceback" not in bad.output
+
+    # A record that does not match (damaged, or written by another version) is not trusted.
+    project.write_manifest(good)
+    project.invoke("list", env=log)
+    (record,) = (cache / "backup-core" / "schema-passes").iterdir()
+    record.write_text("0" * 40 + "\n", encoding="ascii")
+    assert "jsonschema" in _imported(project.invoke("list", env=log))
+    assert "jsonschema" not in _imported(project.invoke("list", env=log))
+
+
+def test_a_preview_records_no_pass_and_an_unusable_cache_only_costs_the_check(project: Project, tmp_path: Path) -> None:
+    project.file("site/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - {name: site, path: site}
+        """
+    )
+    cache = tmp_path / "cache"
+    assert project.invoke("backup", "--check", env={"XDG_CACHE_HOME": str(cache)}).code == 0
+    assert not cache.exists()  # a preview writes nothing, this record included
+
+    # A cache "folder" that is a file: every run checks the manifest, and says nothing of it.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("", encoding="utf-8")
+    log = {"PYTHONPROFILEIMPORTTIME": "1", "XDG_CACHE_HOME": str(blocked)}
+    for _ in range(2):
+        ran = project.invoke("backup", env=log)
+        assert "jsonschema" in _imported(ran)
+        assert "cache" not in ran.stdout and "Traceback" not in ran.output
+    assert len(project.archives()) >= 1

@@ -15,15 +15,16 @@ import stat
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from backup_core.errors import ManifestError, Problem
+from backup_core.manifest import passes, variables, yaml_source
 from backup_core.manifest import remotes as remotes_module
-from backup_core.manifest import variables, yaml_source
 from backup_core.manifest.remotes import Remote
 from backup_core.manifest.yaml_source import Document, KeyPath
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 def _schema_path() -> Path:
@@ -128,16 +129,26 @@ class Manifest:
     metrics_file: Path | None = None  # Prometheus text file rewritten after every run
 
 
-def load(file: Path, environ: dict[str, str] | None = None) -> Manifest:
-    """Read, validate and resolve a manifest; raise ManifestError listing every problem."""
+def load(file: Path, environ: dict[str, str] | None = None, trust_passes: bool = True, record: bool = True) -> Manifest:
+    """Read, validate and resolve a manifest; raise ManifestError listing every problem.
+
+    A text that passed the schema before is not checked again (see passes) unless
+    `trust_passes` is false; a pass is recorded for the next run when `record` is true."""
     file = Path(file).absolute()
     text = _read(file)
     document, problems = yaml_source.load(file, text)
     if document is None:
         raise ManifestError(problems)
+    verdict = passes.key(text.encode("utf-8"), SCHEMA_PATH)
+    if trust_passes and passes.passed(file, verdict):
+        schema_problems = []
+    else:
+        schema_problems = _schema_problems(document)
+        if not schema_problems and record:
+            passes.remember(file, verdict)
     # A value YAML already flagged (say 0755) needs no second sentence from the schema.
     flagged = {p.where for p in problems}
-    problems += [p for p in _schema_problems(document) if p.where not in flagged]
+    problems += [p for p in schema_problems if p.where not in flagged]
     if document.data is None:
         raise ManifestError([Problem(file, 1, 1, "", "the manifest is empty; it needs `version: 1` and `targets:`")])
     manifest = None
@@ -196,18 +207,22 @@ def _reason(exc: BaseException) -> str:
 # --- validation ---------------------------------------------------------------------------------
 
 
-# JSON Schema counts 1.0 as an integer; YAML's `1.0` is a float the operator typed on purpose
-# or by mistake (`version: 1.0`, `jobs: 2.5` rounded), so an integer must be written as one.
-_STRICT_TYPES = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
-    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
-)
-_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft7Validator, type_checker=_STRICT_TYPES
-)
+@cache
+def _validator() -> Any:
+    # Imported here, not at the top: a run whose manifest passed before never needs it (passes).
+    import jsonschema
+
+    # JSON Schema counts 1.0 as an integer; YAML's `1.0` is a float the operator typed on purpose
+    # or by mistake (`version: 1.0`, `jobs: 2.5` rounded), so an integer must be written as one.
+    strict_types = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    extended = jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=strict_types)  # type: ignore[no-untyped-call]
+    return extended(schema())
 
 
 def _schema_problems(document: Document) -> list[Problem]:
-    validator = _Validator(schema())
+    validator = _validator()
     problems = []
     for error in validator.iter_errors(document.data):
         problems.extend(_explain(document, error))
@@ -231,7 +246,9 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
         # Explain the branch meant for this kind of value (an object's problem, not "is not
         # an array"); context errors know their absolute place through their parent.
         meant = [e for e in error.context if not (e.validator == "type" and not e.path)]
-        chosen = max(meant, key=lambda e: len(e.path)) if meant else jsonschema.exceptions.best_match(error.context)
+        from jsonschema.exceptions import best_match
+
+        chosen = max(meant, key=lambda e: len(e.path)) if meant else best_match(error.context)
         return _explain(document, chosen)
     if error.validator == "type" and isinstance(error.instance, str):
         wanted = error.validator_value

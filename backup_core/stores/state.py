@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -76,26 +77,41 @@ class Recorder:
         self.usable = SUPPORTED  # False once a database or a doubt is seen
 
     def add(self, entry: Entry) -> None:
-        name, _, kind, st = entry
-        ctime = st.st_ctime_ns
-        if ctime >= self._racy_from:
-            self.racy = True
-        size = st.st_size
-        pending = self._pending
-        pending += name.encode("utf-8", "surrogateescape")
-        pending += b"\0"
-        pending += _RECORD.pack(size, st.st_mtime_ns, ctime, st.st_ino, st.st_dev, st.st_mode, _KINDS[kind])
-        if len(pending) >= _PENDING:
-            self._hash.update(pending)
-            pending.clear()
-        self.count += 1
-        if kind == "file":
-            self.files += 1
-            self.bytes += size
-        elif kind == "dir":
-            self.directories += 1
-        elif kind == "sqlite":
-            self.usable = False
+        self.add_all((entry,))
+
+    def add_all(self, walked: Iterable[Entry]) -> bool:
+        """Record every entry of `walked`; False, stopping there, once a database is met.
+
+        One loop for the archive's walk (an entry at a time) and the check's (the whole walk): the
+        digest is computed one way only, and the check, which is all an unchanged re-run costs,
+        pays no call or attribute lookup per entry."""
+        pending, pack, kinds, racy_from = self._pending, _RECORD.pack, _KINDS, self._racy_from
+        count, files, directories, size_sum = self.count, self.files, self.directories, self.bytes
+        racy = self.racy
+        try:
+            for name, _, kind, st in walked:
+                ctime = st.st_ctime_ns
+                if ctime >= racy_from:
+                    racy = True
+                size = st.st_size
+                pending += name.encode("utf-8", "surrogateescape")
+                pending += b"\0"
+                pending += pack(size, st.st_mtime_ns, ctime, st.st_ino, st.st_dev, st.st_mode, kinds[kind])
+                if len(pending) >= _PENDING:
+                    self._hash.update(pending)
+                    pending.clear()
+                count += 1
+                if kind == "file":
+                    files += 1
+                    size_sum += size
+                elif kind == "dir":
+                    directories += 1
+                elif kind == "sqlite":
+                    self.usable = False
+                    return False
+            return True
+        finally:
+            self.count, self.files, self.directories, self.bytes, self.racy = count, files, directories, size_sum, racy
 
     def digest(self) -> str:
         self._hash.update(self._pending)
@@ -118,10 +134,8 @@ def unchanged(destination: Path, target: str, kind: str, settings: str, newest: 
     if recorded.get("archive") != newest.name or recorded.get("archive_size") != size:
         return None  # made by another run, replaced, or truncated: not the archive described
     walked = Recorder(settings, now_ns)
-    for entry in entries(source, kind, exclude):
-        walked.add(entry)
-        if not walked.usable:
-            return None  # a database appeared: its content decides
+    if not walked.add_all(entries(source, kind, exclude)):
+        return None  # a database appeared: its content decides
     if walked.racy or walked.count != recorded.get("entries") or walked.digest() != recorded.get("digest"):
         return None
     return walked
