@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -380,6 +381,29 @@ def test_a_folder_swapped_for_a_link_while_it_is_walked_is_not_followed(project:
             shutil.rmtree(entry.path)
             Path(entry.path).symlink_to(project.root / "outside")
     assert walked == ["a/", "b.txt"]
+
+
+@POSIX
+def test_a_walk_out_of_file_descriptors_reads_the_rest_by_path_and_misses_nothing(project: Project) -> None:
+    # Each folder being walked holds a descriptor: a tree deeper than the descriptors left
+    # (a low `ulimit -n`, a busy process) must still be walked whole, not cut short in silence.
+    deep = project.root / "src"
+    for level in range(40):
+        deep = deep / f"d{level}"
+    project.file(str((deep / "bottom.txt").relative_to(project.root)), b"at the bottom\n")
+    program = textwrap.dedent(
+        f"""
+        import resource, sys
+        from pathlib import Path
+        from backup_core.sources.walk import entries
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+        names = [entry.name for entry in entries(Path({str(project.root / "src")!r}), "folder")]
+        print(len(names), names[-1])
+        """
+    )
+    ran = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["41", "/".join(f"d{level}" for level in range(40)) + "/bottom.txt"]
 
 
 # --- stored or deflated -------------------------------------------------------------------------

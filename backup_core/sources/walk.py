@@ -9,6 +9,7 @@ companions are left out because the database is archived as a snapshot.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -120,15 +121,19 @@ def _as_link(st: os.stat_result) -> os.stat_result:
 _STAT_FROM_LISTING = os.name == "nt"
 
 # On POSIX each folder is opened once and its entries are stat-ed relative to it (fstatat):
-# the kernel resolves one name instead of the whole path for every entry, a third off the
-# walk that is all an unchanged re-run costs.  A subfolder is opened without following a
-# link, so a folder swapped for a link while we walk is not followed out of the tree.  Open
-# folders are capped: below that depth (a tree 1,500 folders deep is legal, and the usual
-# limit is 1,024 open files) folders are read by path, as on Windows.
+# the kernel resolves one name instead of the whole path for every entry (a quarter off the
+# stat calls of a bare walk of the benchmark tree), and the walk is all an unchanged re-run
+# costs.  A subfolder is opened without following a link, so a folder swapped for a link
+# while we walk is not followed out of the tree.  Open folders are capped: below that depth
+# (a tree 1,500 folders deep is legal, and the usual limit is 1,024 open files), or when
+# descriptors run out, folders are read by path, as on Windows.
 _BY_DESCRIPTOR = not _STAT_FROM_LISTING and os.stat in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
 _MAX_OPEN_FOLDERS = 64
 _OPEN_FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _OPEN_SUBFOLDER = _OPEN_FOLDER | getattr(os, "O_NOFOLLOW", 0)
+_GONE = -1
+# Removed, replaced by a file, or by a link (ELOOP on Linux, EMLINK on FreeBSD): a folder gone.
+_NOT_A_FOLDER_NOW = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EMLINK)
 
 
 def _listing(folder: str) -> list[str] | list[os.DirEntry[str]]:
@@ -142,21 +147,21 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
     # Depth first with a stack of folders being walked, not recursion: a tree 1,500 folders deep
     # is legal, and recursion would hit Python's limit (RecursionError) long before the disk's.
     # Each level holds its entries and, on POSIX, its open folder, closed when the level is done.
-    root = _open_root(folder) if _BY_DESCRIPTOR else None
-    stack = [(_entries(str(folder), prefix, exclude, root), root)]
+    stack: list[tuple[Iterator[Entry], int | None]] = []
     try:
+        _descend(stack, str(folder), prefix, exclude, _open_root(folder) if _BY_DESCRIPTOR else None)
         while stack:
             level, fd = stack[-1]
             for entry in level:
                 yield entry
                 if entry[2] != "dir":
                     continue
-                if fd is None or len(stack) >= _MAX_OPEN_FOLDERS:
-                    stack.append((_entries(entry.path, entry.name, exclude, None), None))
-                    break
-                sub = _open_subfolder(fd, entry.path)
-                if sub is not None:
-                    stack.append((_entries(entry.path, entry.name, exclude, sub), sub))
+                sub = None
+                if fd is not None and len(stack) < _MAX_OPEN_FOLDERS:
+                    sub = _open_subfolder(fd, entry.path)
+                    if sub == _GONE:
+                        continue
+                if _descend(stack, entry.path, entry.name, exclude, sub):
                     break
             else:  # this folder is done
                 stack.pop()
@@ -166,6 +171,32 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
         for _, fd in stack:  # a walk stopped early (a database found, an error) closes what it opened
             if fd is not None:
                 os.close(fd)
+
+
+def _descend(
+    stack: list[tuple[Iterator[Entry], int | None]], folder: str, prefix: str, exclude: tuple[str, ...], fd: int | None
+) -> bool:
+    """List `folder` and put it on top of the walk; False when it is gone.  `fd` (the folder
+    opened, or None to read it by path) is the stack's to close once pushed, closed here if not."""
+    try:
+        if fd is not None:
+            try:
+                stack.append((_entries(folder, prefix, exclude, sorted(os.listdir(fd)), fd), fd))  # noqa: PTH208
+                return True
+            except OSError as exc:
+                os.close(fd)
+                fd = None
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                # Listing takes a descriptor of its own: ours is given back and the folder read by path.
+        stack.append((_entries(folder, prefix, exclude, _listing(folder), None), None))
+        return True
+    except PermissionError:
+        raise _denied(folder) from None
+    except FileNotFoundError:
+        if prefix:
+            return False  # a subfolder removed while we walked: nothing left to archive
+        raise TargetError(f"source not found: {folder}; check the path in the manifest") from None
 
 
 def _denied(folder: str) -> TargetError:
@@ -182,27 +213,26 @@ def _open_root(folder: Path) -> int:
 
 
 def _open_subfolder(parent: int, path: str) -> int | None:
-    """A subfolder opened by its name within its open parent, or None when it is gone: removed, or
-    swapped for a link or a file since it was stat-ed (O_NOFOLLOW refuses the link)."""
+    """A subfolder opened by its name within its open parent; _GONE when it is no longer there as
+    a folder (removed, or swapped for a link or a file since it was stat-ed: O_NOFOLLOW refuses
+    the link); None, to read it by path, when this process has no descriptor to spare."""
     try:
         return os.open(os.path.basename(path), _OPEN_SUBFOLDER, dir_fd=parent)  # noqa: PTH119 - a str, as Entry.path
     except PermissionError:
         raise _denied(path) from None
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return None
+        if exc.errno in _NOT_A_FOLDER_NOW:
+            return _GONE
+        raise
 
 
-def _entries(folder: str, prefix: str, exclude: tuple[str, ...], fd: int | None) -> Iterator[Entry]:
+def _entries(
+    folder: str, prefix: str, exclude: tuple[str, ...], listing: list[str] | list[os.DirEntry[str]], fd: int | None
+) -> Iterator[Entry]:
     """The entries of one folder in name order, each stat-ed as it is reached (not its subfolders');
     relative to `fd`, the folder opened, when there is one, else by path."""
-    try:
-        listing = sorted(os.listdir(fd)) if fd is not None else _listing(folder)  # noqa: PTH208 - names, no Path each
-    except PermissionError:
-        raise _denied(folder) from None
-    except FileNotFoundError:
-        if prefix:
-            return  # a subfolder removed while we walked: nothing left to archive
-        raise TargetError(f"source not found: {folder}; check the path in the manifest") from None
     base = os.path.join(folder, "")  # noqa: PTH118 - a str per entry: a Path each would cost more than the walk
     lstat, make = os.lstat, tuple.__new__  # Entry's own __new__ is a Python call: twice the cost
     # In name order a database comes before its -wal, -shm and -journal (a name sorts before
