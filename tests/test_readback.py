@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import zipfile
 import zlib
 from pathlib import Path
@@ -139,3 +140,32 @@ def test_the_read_back_reads_what_is_on_disk_not_what_is_in_memory(tmp_path: Pat
     os.truncate(archive, archive.stat().st_size // 2)
     with pytest.raises(TargetError, match="read-back check"):
         runner._read_back(archive, writer)
+
+
+def test_the_inflate_check_refuses_every_stream_that_is_not_exactly_the_source() -> None:
+    # The check inflates a step at a time (64 KiB) and compares in place: a stream that gives a
+    # prefix, more than the source, a different byte past the first step, or bytes after its
+    # end must fail as surely as a lossy one, whole members and pieces alike.
+    from backup_core.zip.packing import _prove_decodes
+
+    source = random.Random(7).randbytes(100_000) + b"log line\n" * 50_000
+
+    def deflated(data: bytes, final: bool = True) -> bytes:
+        squeezer = zlib.compressobj(1, zlib.DEFLATED, -15)
+        return squeezer.compress(data) + squeezer.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+    _prove_decodes(deflated(source), source, "m", whole=True)
+    _prove_decodes(deflated(source, final=False), source, "m", whole=False)
+    changed = bytearray(source)
+    changed[300_000] ^= 1
+    for stream, whole in [
+        (deflated(source[:-1]), True),  # one byte short
+        (deflated(source + b"x"), True),  # one byte more
+        (deflated(bytes(changed)), True),  # a byte past the first steps
+        (deflated(source) + b"\0", True),  # bytes after the final block
+        (deflated(source), False),  # a piece that would end the stream
+        (deflated(source, final=False), True),  # a whole member with no final block
+        (deflated(source)[: len(deflated(source)) // 2], True),  # cut short
+    ]:
+        with pytest.raises(TargetError, match="does not inflate back"):
+            _prove_decodes(stream, source, "m", whole=whole)

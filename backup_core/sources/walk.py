@@ -80,11 +80,14 @@ def kind_of(path: Path, declared: str) -> str:
 
 
 def entries(path: Path, kind: str, exclude: tuple[str, ...] = ()) -> Iterator[Entry]:
-    """Yield what to archive for a target whose path is of `kind`."""
+    """What to archive for a target whose path is of `kind`, as it is walked."""
     if kind != "folder":
-        yield Entry(path.name, str(path), kind, path.stat())
-        return
-    yield from _walk(path, "", exclude)
+        return _single(path, kind)
+    return _walk(path, "", exclude)  # the walk itself, not a generator around it: one less step an entry
+
+
+def _single(path: Path, kind: str) -> Iterator[Entry]:
+    yield Entry(path.name, str(path), kind, path.stat())  # stat-ed when asked for, as a walk's entries are
 
 
 def _excluded(relative: str, name: str, patterns: tuple[str, ...]) -> bool:
@@ -136,52 +139,91 @@ _GONE = -1
 _NOT_A_FOLDER_NOW = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EMLINK)
 
 
-def _listing(folder: str) -> list[str] | list[os.DirEntry[str]]:
+def _listing(folder: str) -> Iterator[str | os.DirEntry[str]]:
     with os.scandir(folder) as scan:
         if _STAT_FROM_LISTING:
-            return sorted(scan, key=lambda e: e.name)
-        return sorted(entry.name for entry in scan)
+            return iter(sorted(scan, key=lambda e: e.name))
+        return iter(sorted(entry.name for entry in scan))
+
+
+# A folder being walked: its listing still to go, its descriptor (None: read by path), its path
+# ending in a separator, its member names' prefix, and the databases met in it so far.
+_Level = tuple[Iterator[str | os.DirEntry[str]], int | None, str, str, set[str]]
 
 
 def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry]:
-    # Depth first with a stack of folders being walked, not recursion: a tree 1,500 folders deep
-    # is legal, and recursion would hit Python's limit (RecursionError) long before the disk's.
-    # Each level holds its entries and, on POSIX, its open folder, closed when the level is done.
-    stack: list[tuple[Iterator[Entry], int | None]] = []
+    """Every entry under `folder` in name order, depth first, each stat-ed as it is reached.
+
+    One generator with a stack of the folders being walked, not one per folder nor recursion:
+    a tree 1,500 folders deep is legal and would pass Python's recursion limit, and every
+    generator an entry passes through costs time on the walk an unchanged re-run consists of."""
+    levels: list[_Level] = []
+    lstat, make = os.lstat, tuple.__new__  # Entry's own __new__ is a Python call: twice the cost
     try:
-        _descend(stack, str(folder), prefix, exclude, _open_root(folder) if _BY_DESCRIPTOR else None)
-        while stack:
-            level, fd = stack[-1]
-            for entry in level:
-                yield entry
-                if entry[2] != "dir":
+        _descend(levels, str(folder), prefix, _open_root(folder) if _BY_DESCRIPTOR else None)
+        while levels:
+            items, fd, base, prefix, databases = levels[-1]
+            for item in items:
+                name = item if isinstance(item, str) else item.name
+                relative = prefix + name
+                if exclude and _excluded(relative, name, exclude):
                     continue
-                sub = None
-                if fd is not None and len(stack) < _MAX_OPEN_FOLDERS:
-                    sub = _open_subfolder(fd, entry.path)
-                    if sub == _GONE:
+                # In name order a database comes before its -wal, -shm and -journal (a name sorts
+                # before any name it starts), so one pass finds the database before its companions.
+                if databases and any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
+                    continue
+                path = base + name
+                try:
+                    if fd is not None:
+                        st = lstat(name, dir_fd=fd)
+                    elif isinstance(item, str):
+                        st = lstat(path)
+                    else:
+                        st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # vanished between listing and stat
+                # Hot for a million files: the type's bits compared once, no helper call per entry.
+                kind = st.st_mode & _TYPE_BITS
+                if kind == stat.S_IFREG:
+                    size = st.st_size
+                    if size >= 512 and not size % 512 and is_sqlite(Path(path), st):  # see _could_be_sqlite
+                        databases.add(name)
+                        yield make(Entry, (relative, path, "sqlite", st))
+                    else:
+                        yield make(Entry, (relative, path, "file", st))
+                elif kind == stat.S_IFDIR:
+                    if not isinstance(item, str) and _is_junction(item, st):
+                        yield make(Entry, (relative, path, "link", _as_link(st)))  # a Windows junction: not followed
                         continue
-                if _descend(stack, entry.path, entry.name, exclude, sub):
-                    break
+                    yield make(Entry, (relative + "/", path, "dir", st))
+                    sub = None
+                    if fd is not None and len(levels) < _MAX_OPEN_FOLDERS:
+                        sub = _open_subfolder(fd, path)
+                        if sub == _GONE:
+                            continue
+                    if _descend(levels, path, relative + "/", sub):
+                        break  # into the subfolder; this folder's listing goes on after it
+                elif kind == stat.S_IFLNK:
+                    yield make(Entry, (relative, path, "link", st))
+                # sockets, fifos and devices are not data: skipped
             else:  # this folder is done
-                stack.pop()
+                levels.pop()
                 if fd is not None:
                     os.close(fd)
     finally:
-        for _, fd in stack:  # a walk stopped early (a database found, an error) closes what it opened
-            if fd is not None:
-                os.close(fd)
+        for level in levels:  # a walk stopped early (a database found, an error) closes what it opened
+            if level[1] is not None:
+                os.close(level[1])
 
 
-def _descend(
-    stack: list[tuple[Iterator[Entry], int | None]], folder: str, prefix: str, exclude: tuple[str, ...], fd: int | None
-) -> bool:
+def _descend(levels: list[_Level], folder: str, prefix: str, fd: int | None) -> bool:
     """List `folder` and put it on top of the walk; False when it is gone.  `fd` (the folder
     opened, or None to read it by path) is the stack's to close once pushed, closed here if not."""
+    base = os.path.join(folder, "")  # noqa: PTH118 - a str per entry: a Path each would cost more than the walk
     try:
         if fd is not None:
             try:
-                stack.append((_entries(folder, prefix, exclude, sorted(os.listdir(fd)), fd), fd))  # noqa: PTH208
+                levels.append((iter(sorted(os.listdir(fd))), fd, base, prefix, set()))  # noqa: PTH208 - names only
                 return True
             except OSError as exc:
                 os.close(fd)
@@ -189,7 +231,7 @@ def _descend(
                 if exc.errno not in (errno.EMFILE, errno.ENFILE):
                     raise
                 # Listing takes a descriptor of its own: ours is given back and the folder read by path.
-        stack.append((_entries(folder, prefix, exclude, _listing(folder), None), None))
+        levels.append((_listing(folder), None, base, prefix, set()))
         return True
     except PermissionError:
         raise _denied(folder) from None
@@ -226,49 +268,3 @@ def _open_subfolder(parent: int, path: str) -> int | None:
         if exc.errno in _NOT_A_FOLDER_NOW:
             return _GONE
         raise
-
-
-def _entries(
-    folder: str, prefix: str, exclude: tuple[str, ...], listing: list[str] | list[os.DirEntry[str]], fd: int | None
-) -> Iterator[Entry]:
-    """The entries of one folder in name order, each stat-ed as it is reached (not its subfolders');
-    relative to `fd`, the folder opened, when there is one, else by path."""
-    base = os.path.join(folder, "")  # noqa: PTH118 - a str per entry: a Path each would cost more than the walk
-    lstat, make = os.lstat, tuple.__new__  # Entry's own __new__ is a Python call: twice the cost
-    # In name order a database comes before its -wal, -shm and -journal (a name sorts before
-    # any name it starts), so one pass finds the database before it meets its companions.
-    databases: set[str] = set()
-    for item in listing:
-        name = item if isinstance(item, str) else item.name
-        relative = prefix + name
-        if exclude and _excluded(relative, name, exclude):
-            continue
-        if databases and any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
-            continue
-        path = base + name
-        try:
-            if fd is not None:
-                st = lstat(name, dir_fd=fd)
-            elif isinstance(item, str):
-                st = lstat(path)
-            else:
-                st = item.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # vanished between listing and stat
-        # Hot for a million files: the type's bits compared once, no helper call per entry.
-        kind = st.st_mode & _TYPE_BITS
-        if kind == stat.S_IFDIR and not isinstance(item, str) and _is_junction(item, st):
-            yield make(Entry, (relative, path, "link", _as_link(st)))  # a Windows junction: a link, not followed
-            continue
-        if kind == stat.S_IFREG:
-            size = st.st_size
-            if size >= 512 and not size % 512 and is_sqlite(Path(path), st):  # see _could_be_sqlite
-                databases.add(name)
-                yield make(Entry, (relative, path, "sqlite", st))
-            else:
-                yield make(Entry, (relative, path, "file", st))
-        elif kind == stat.S_IFDIR:
-            yield make(Entry, (relative + "/", path, "dir", st))
-        elif kind == stat.S_IFLNK:
-            yield make(Entry, (relative, path, "link", st))
-        # sockets, fifos and devices are not data: skipped

@@ -37,6 +37,7 @@ _LOCAL = struct.Struct("<4sHHHHHLLLHH")
 # random data and formats with no telling extension cost one small trial, not a full pass.
 _TRIAL = 64 << 10
 _SHRINK_ENOUGH = 0.97
+_PROVE_STEP = 64 << 10  # inflated this much at a time by the check (see _prove_decodes)
 # A file that changes while it is read is read again, at most this many times in all; then it
 # is archived as last read and reported (as tar's "file changed as we read it").
 READ_ATTEMPTS = 3
@@ -261,10 +262,23 @@ def _prove_decodes(deflated: bytes, source: bytes, name: str, whole: bool) -> No
     # source exactly; reading the archive back later then only has to find these same bytes.
     # Its shape counts too: a whole member ends in a final block with nothing after it, and a
     # piece of a longer stream must not end in one, or readers would stop there.
+    # Inflated a step at a time and compared in place: inflating a 2 MiB piece whole made a
+    # fresh 2 MiB object each time, and the kernel's page faults for them cost more than the
+    # inflating (on the second benchmark tree the check took 1.3 s to 1.6 s of system time).
     inflater = decompressor()
-    inflated = inflater.decompress(deflated) + inflater.flush()
-    if inflated != source or inflater.eof != whole or inflater.unused_data:
-        raise TargetError(f"compressing {name} gave data that does not inflate back to it; archive discarded")
+    at, pending = 0, deflated
+    while pending:
+        out = inflater.decompress(pending, _PROVE_STEP)
+        if not source.startswith(out, at):
+            break
+        at += len(out)
+        pending = inflater.unconsumed_tail
+    else:
+        out = inflater.flush()
+        exact = source.startswith(out, at) and at + len(out) == len(source)
+        if exact and inflater.eof == whole and not inflater.unused_data:
+            return
+    raise TargetError(f"compressing {name} gave data that does not inflate back to it; archive discarded")
 
 
 # --- headers -------------------------------------------------------------------------------------
