@@ -41,9 +41,14 @@ MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KiB; anything this big 
 
 
 @cache
+def _schema_bytes() -> bytes:
+    return SCHEMA_PATH.read_bytes()  # read once a run: the schema's text is part of a pass's key too
+
+
+@cache
 def schema() -> dict[str, Any]:
     """The manifest's JSON Schema."""
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads(_schema_bytes())  # type: ignore[no-any-return]
 
 
 def schema_default(setting: str) -> Any:
@@ -139,7 +144,7 @@ def load(file: Path, environ: dict[str, str] | None = None, trust_passes: bool =
     document, problems = yaml_source.load(file, text)
     if document is None:
         raise ManifestError(problems)
-    verdict = passes.key(text.encode("utf-8"), SCHEMA_PATH)
+    verdict = passes.key(text.encode("utf-8"), _schema_bytes())
     if trust_passes and passes.passed(file, verdict):
         schema_problems = []
     else:

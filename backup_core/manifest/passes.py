@@ -1,8 +1,8 @@
 """A record of the manifest texts that passed the schema, so that a run of an unchanged manifest
 need not load the schema validator.
 
-Importing jsonschema and building its validator is about 40 ms, an eighth of an unchanged
-hourly re-run (0.34 s), paid again by every `list`, `status` and `backup` of a manifest
+Importing jsonschema and building its validator is about 40 ms, more than a tenth of an
+unchanged hourly re-run, paid again by every `list`, `status` and `backup` of a manifest
 that has not changed since it last passed.  The schema's verdict on a text is a pure function
 of three things, and the record's key is a digest of all three:
 
@@ -32,20 +32,22 @@ from pathlib import Path
 _FOLDER = ("backup-core", "schema-passes")
 
 
-def key(text: bytes, schema_path: Path) -> str | None:
+def key(text: bytes, schema: bytes) -> str | None:
     """The digest naming one verdict, or None when the judging code cannot be pinned down."""
-    digest = hashlib.blake2b(digest_size=20)
     try:
         spec = importlib.util.find_spec("jsonschema")
-        judges = [Path(__file__).with_name("loader.py"), Path(spec.origin)] if spec and spec.origin else []
-        if not judges:
-            return None
-        for judge in judges:
-            st = judge.stat()
-            digest.update(f"{judge}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
-        digest.update(schema_path.read_bytes())
-    except (OSError, ImportError, ValueError):
+    except (ImportError, ValueError):
         return None
+    if spec is None or spec.origin is None:
+        return None
+    digest = hashlib.blake2b(digest_size=20)
+    for judge in (Path(__file__).with_name("loader.py"), Path(spec.origin)):
+        try:
+            st = judge.stat()
+        except OSError:
+            return None
+        digest.update(f"{judge}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+    digest.update(schema)
     digest.update(b"\0manifest\0")
     digest.update(text)
     return digest.hexdigest()

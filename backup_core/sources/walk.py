@@ -54,7 +54,7 @@ def kind_of(path: Path, declared: str) -> str:
     try:
         st = path.lstat()
     except FileNotFoundError:
-        raise TargetError(f"source not found: {path}; check the path in the manifest") from None
+        raise _not_found(path) from None
     except PermissionError:
         raise TargetError(f"permission denied on {path}; run as a user that can read it") from None
     if stat.S_ISLNK(st.st_mode):
@@ -238,7 +238,11 @@ def _descend(levels: list[_Level], folder: str, prefix: str, fd: int | None) -> 
     except FileNotFoundError:
         if prefix:
             return False  # a subfolder removed while we walked: nothing left to archive
-        raise TargetError(f"source not found: {folder}; check the path in the manifest") from None
+        raise _not_found(folder) from None
+
+
+def _not_found(source: Path | str) -> TargetError:
+    return TargetError(f"source not found: {source}; check the path in the manifest")
 
 
 def _denied(folder: str) -> TargetError:
@@ -251,7 +255,7 @@ def _open_root(folder: Path) -> int:
     except PermissionError:
         raise _denied(str(folder)) from None
     except FileNotFoundError:
-        raise TargetError(f"source not found: {folder}; check the path in the manifest") from None
+        raise _not_found(folder) from None
 
 
 def _open_subfolder(parent: int, path: str) -> int | None:
