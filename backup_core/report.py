@@ -151,6 +151,8 @@ class TextReporter:
         moving = command in ("backup", "push") and not check
         self._progress = _Progress(stream) if self.colour and moving else None
         self.wants_totals = self._progress is not None
+        # Files and progress are heard only from targets run in this process (not by --jobs' children).
+        self.follows_targets = verbose or self._log is not None or self._progress is not None
 
     # Observer: called from worker threads while the run goes on.
     def started(self, target: Target, total_bytes: int | None) -> None:

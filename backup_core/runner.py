@@ -57,6 +57,7 @@ class Observer(Protocol):
     """What a reporter hears while a run goes on (results themselves come back as data)."""
 
     wants_totals: bool
+    follows_targets: bool  # it hears files and progress (started, advanced, file): targets stay in this process
 
     def started(self, target: Target, total_bytes: int | None) -> None: ...
     def advanced(self, target: Target, done_bytes: int) -> None: ...
@@ -67,6 +68,7 @@ class Observer(Protocol):
 
 class _Silent:
     wants_totals = False
+    follows_targets = False
 
     def started(self, target: Target, total_bytes: int | None) -> None: ...
     def advanced(self, target: Target, done_bytes: int) -> None: ...
@@ -103,13 +105,7 @@ def utc_now() -> datetime:
 
 def run(command: str, manifest: Manifest, targets: list[Target], options: Options) -> RunResult:
     """Run `command` (backup, prune or verify) on `targets`; never raises for a target's failure."""
-    per_target: dict[str, Callable[[Target, Options], list[TargetResult]]] = {
-        "backup": lambda t, o: [backup_target(t, o)],
-        "prune": lambda t, o: [prune_target(t, o)],
-        "push": lambda t, o: [push_target(t, o)],
-        "verify": verify_target,
-    }
-    work = per_target[command]
+    work = PER_TARGET[command]
     outcome = RunResult(command, manifest.file, options.check, order=[t.name for t in targets])
     started = time.monotonic()
     run_hooks = manifest.hooks if command == "backup" and not options.check else Hooks()
@@ -130,7 +126,10 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
             with _created_locks_lock:
                 _created_locks.clear()  # what a run created says nothing about an earlier one
             with archives.one_listing_per_run():
-                _run_all(targets, options.jobs, one, outcome)
+                if _spreading(command, options, len(targets)):
+                    _run_spread(command, targets, options, one, outcome)
+                else:
+                    _run_all(targets, options.jobs, one, outcome)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: targets at work stopped and removed their partial archives; the
         # run's on_failure hooks still run (a `before` hook may have stopped a service).
@@ -198,6 +197,40 @@ def _run_all(targets: list[Target], jobs: int, one: Callable[[Target], list[Targ
                 outcome.results.extend(future.result())
         raise
     pool.shutdown()
+    if _stopping.is_set():
+        raise KeyboardInterrupt
+
+
+def _spreading(command: str, options: Options, count: int) -> bool:
+    """Whether targets run in child processes too (see backup_core.fanout)."""
+    from backup_core import fanout
+
+    return (
+        command in fanout.COMMANDS
+        and min(options.jobs, count) > 1
+        and count >= fanout.SPREAD_FROM
+        and not options.observer.follows_targets
+    )
+
+
+def _run_spread(
+    command: str,
+    targets: list[Target],
+    options: Options,
+    one: Callable[[Target], list[TargetResult]],
+    outcome: RunResult,
+) -> None:
+    from backup_core import fanout
+
+    done: list[list[TargetResult] | None] = [None] * len(targets)
+    settings = {"check": options.check, "force": options.force}
+    try:
+        fanout.run(
+            targets, min(options.jobs, len(targets)), one, done, command, settings, options.observer.finished, _stopping
+        )
+    finally:
+        # In manifest order; a target never started (the run was stopped) has no line.
+        outcome.results.extend(result for results in done if results for result in results)
     if _stopping.is_set():
         raise KeyboardInterrupt
 
@@ -860,3 +893,12 @@ def _verify_remote(target: Target, options: Options) -> list[TargetResult]:
         result.seconds = time.monotonic() - started
         results.append(result)
     return results
+
+
+# What each command does to one target; a child process of --jobs looks its command up here too.
+PER_TARGET: dict[str, Callable[[Target, Options], list[TargetResult]]] = {
+    "backup": lambda t, o: [backup_target(t, o)],
+    "prune": lambda t, o: [prune_target(t, o)],
+    "push": lambda t, o: [push_target(t, o)],
+    "verify": verify_target,
+}

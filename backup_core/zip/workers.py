@@ -8,10 +8,8 @@ writer gives them once every member before it is placed: the data never crosses
 a pipe.  They cost about 50 ms to start, so an archive uses them only once enough
 data is queued to repay that (small archives, and most test runs, never start one).
 
-The processes are plain `python -m backup_core.zip.workers` children talking over
-their standard input and output (length-prefixed pickles), not a multiprocessing
-pool: a spawned pool re-imports the parent's main module, here the whole of
-Invoke, in every worker.  Jobs only read sources, so when a worker process cannot
+The processes are plain `python -m backup_core.zip.workers` children (see
+backup_core.framing).  Jobs only read sources, so when a worker process cannot
 start or dies before answering, its jobs run again on a thread and the archive is
 still made; one that dies holding data it was to write fails the archive.
 """
@@ -20,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import queue
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -33,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
+from backup_core import framing
 from backup_core.errors import TargetError
 from backup_core.zip import packing
 
@@ -47,8 +44,6 @@ _JOBS: dict[str, Callable[..., tuple[Any, bytes]]] = {
 # The first jobs of an archive run on the calling thread: starting a thread costs more than
 # packing a small file, and most targets of a large fleet hold a few small files.
 _INLINE_UP_TO = 256 << 10
-_LENGTH = struct.Struct("<Q")
-_LONGEST = 1 << 30  # no answer is near this long: a longer length means garbled output
 _HELLO = b"backup_core.zip.workers 1\n"  # a worker's first bytes: proves its output is the protocol
 _O_BINARY = getattr(os, "O_BINARY", 0)
 
@@ -184,22 +179,15 @@ class _Process:
     """One worker process and the thread that collects its answers."""
 
     def __init__(self) -> None:
-        package_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         # glibc hands out buffers this big (2 MiB pieces, 1 MiB batches) as fresh mappings and
         # returns them on free, so every piece would fault its pages in anew: keep them on the
         # heap, where the next piece reuses them (about 5% of a big backup's time).
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 << 20))
-        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 << 20))
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", "backup_core.zip.workers"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,  # failures come back as answers; a crash shows as a closed pipe
-            env=env,
-            # Its own process group: Ctrl-C reaches the writer, which stops the workers itself.
-            start_new_session=os.name == "posix",
-            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+        self._child = framing.start(
+            "backup_core.zip.workers",
+            {
+                "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(64 << 20)),
+                "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_", str(256 << 20)),
+            },
         )
         self._answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.answered = 0
@@ -214,7 +202,7 @@ class _Process:
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
-            _send(self._stdin(), message)
+            framing.send(self._stdin(), message)
         except (OSError, ValueError) as exc:
             raise _Broken(f"cannot send it work: {exc}") from None
 
@@ -278,7 +266,7 @@ class _Process:
             if self._child.stdout.read(len(_HELLO)) != _HELLO:
                 why = "it did not start (something else wrote to its output)"
                 return
-            while (answer := _receive(self._child.stdout)) is not None:
+            while (answer := framing.receive(self._child.stdout)) is not None:
                 self._answers.put(answer)
         except BaseException as exc:  # whatever it is, the writer must hear that this process is gone
             why = f"its answer could not be read: {type(exc).__name__}: {exc}"
@@ -299,27 +287,6 @@ def _done_here(job: Callable[..., tuple[Any, bytes]], args: tuple[Any, ...]) -> 
     return future
 
 
-def _send(stream: IO[bytes], message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_LENGTH.pack(len(data)) + data)
-    stream.flush()
-
-
-def _receive(stream: IO[bytes]) -> Any:
-    head = stream.read(_LENGTH.size)
-    if not head:
-        return None
-    if len(head) < _LENGTH.size:
-        raise EOFError("cut short")
-    (length,) = _LENGTH.unpack(head)
-    if length > _LONGEST:
-        raise EOFError(f"garbled (a length of {length})")
-    data = stream.read(length)
-    if len(data) < length:
-        raise EOFError("cut short")
-    return pickle.loads(data)
-
-
 # --- the worker process ----------------------------------------------------------------------------
 
 
@@ -328,23 +295,21 @@ def _serve() -> None:
     standard input closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the writer decides when to stop
     requests = sys.stdin.buffer
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the answers
-    answers.write(_HELLO)
-    answers.flush()
+    answers = framing.serve(_HELLO)
     held: deque[bytes] = deque()  # data of answered jobs, in order, until placed
     archive: int | None = None
     try:
-        while (message := _receive(requests)) is not None:
+        while (message := framing.receive(requests)) is not None:
             if message[0] == "job":
                 _, name, args = message
                 try:
                     facts, data = _JOBS[name](*args)
                 except Exception as exc:  # raised in the writer, as on a thread
-                    _send(answers, ("failed", exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}")))
+                    failure = exc if framing.picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}")
+                    framing.send(answers, ("failed", failure))
                     continue
                 held.append(data)
-                _send(answers, ("done", facts))
+                framing.send(answers, ("done", facts))
             else:
                 _, path, offset = message
                 if archive is None:
@@ -354,7 +319,7 @@ def _serve() -> None:
             os.close(archive)
     except OSError as exc:  # a full disk, most often: the writer names it
         with contextlib.suppress(OSError):
-            _send(answers, ("unwritten", exc))
+            framing.send(answers, ("unwritten", exc))
 
 
 def _write_at(descriptor: int, data: bytes, offset: int) -> None:
@@ -366,14 +331,6 @@ def _write_at(descriptor: int, data: bytes, offset: int) -> None:
             os.lseek(descriptor, offset, os.SEEK_SET)
             written = os.write(descriptor, view)
         view, offset = view[written:], offset + written
-
-
-def _picklable(value: object) -> bool:
-    try:
-        pickle.loads(pickle.dumps(value))
-    except Exception:
-        return False
-    return True
 
 
 if __name__ == "__main__":

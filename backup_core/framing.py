@@ -1,0 +1,89 @@
+"""Child processes of this tool and the messages they exchange with it: length-prefixed
+pickles over the child's standard input and output.
+
+Two kinds of children use it: the zip writer's worker processes (backup_core.zip.workers)
+and the processes that run whole targets for --jobs (backup_core.fanout).  Each is a plain
+`python -m backup_core...` child, not a multiprocessing pool: a spawned pool re-imports the
+parent's main module, here the whole of Invoke, in every child.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+# The child's PYTHONPATH finds this package wherever it lies; what it was before is kept here,
+# and serve() puts it back, so the hooks a child runs see the environment the command had.
+_SAVED_PATH = "BACKUP_CORE_PARENT_PYTHONPATH"
+_LENGTH = struct.Struct("<Q")
+_LONGEST = 1 << 30  # no message is near this long: a longer length means garbled output
+
+
+def start(module: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`python -m module` with pipes for its input and output, in a process group of its own:
+    Ctrl-C reaches this process, which stops its children itself (closing their input)."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, **(env or {})}
+    before = os.environ.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, before]))
+    env[_SAVED_PATH] = "unset" if before is None else f"set:{before}"
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # failures come back as messages; a crash shows as a closed pipe
+        env=env,
+        start_new_session=os.name == "posix",
+        creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+    )
+
+
+def serve(hello: bytes) -> IO[bytes]:
+    """In a child: its channel back to the parent, opened with `hello` (which proves to the parent
+    that the output is the protocol).  Standard output then goes to standard error, so a stray
+    print (a library's, a hook's) cannot corrupt the messages."""
+    saved = os.environ.pop(_SAVED_PATH, "unset")
+    if saved.startswith("set:"):
+        os.environ["PYTHONPATH"] = saved[4:]
+    else:
+        os.environ.pop("PYTHONPATH", None)
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    answers.write(hello)
+    answers.flush()
+    return answers
+
+
+def send(stream: IO[bytes], message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def receive(stream: IO[bytes]) -> Any:
+    """The next message, or None once the other side closed the stream; EOFError when garbled."""
+    head = stream.read(_LENGTH.size)
+    if not head:
+        return None
+    if len(head) < _LENGTH.size:
+        raise EOFError("cut short")
+    (length,) = _LENGTH.unpack(head)
+    if length > _LONGEST:
+        raise EOFError(f"garbled (a length of {length})")
+    data = stream.read(length)
+    if len(data) < length:
+        raise EOFError("cut short")
+    return pickle.loads(data)
+
+
+def picklable(value: object) -> bool:
+    try:
+        pickle.loads(pickle.dumps(value))
+    except Exception:
+        return False
+    return True
