@@ -240,6 +240,10 @@ def stop() -> None:
     _stopping.set()
 
 
+def stopped() -> bool:
+    return _stopping.is_set()
+
+
 def _describe(exc: BaseException, target: Target) -> str:
     """A known failure as one sentence; OS errors named by what they mean to an operator."""
     if isinstance(exc, BackupError):
