@@ -203,14 +203,11 @@ def _run_all(targets: list[Target], jobs: int, one: Callable[[Target], list[Targ
 
 def _spreading(command: str, options: Options, count: int) -> bool:
     """Whether targets run in child processes too (see backup_core.fanout)."""
+    if min(options.jobs, count) <= 1:
+        return False  # without importing fanout and pickle: most runs, and every unchanged re-run
     from backup_core import fanout
 
-    return (
-        command in fanout.COMMANDS
-        and min(options.jobs, count) > 1
-        and count >= fanout.SPREAD_FROM
-        and not options.observer.follows_targets
-    )
+    return command in fanout.COMMANDS and count >= fanout.SPREAD_FROM and not options.observer.follows_targets
 
 
 def _run_spread(
