@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,11 +40,15 @@ if TYPE_CHECKING:
 
 # Below this many targets, threads: a child costs about a tenth of a second to start, which
 # 32 small targets barely repay.  Overridable, so tests reach this path with a few targets.
-SPREAD_FROM = int(os.environ.get("BACKUP_SPREAD_FROM") or 32)
+SPREAD_FROM = framing.setting("BACKUP_SPREAD_FROM", 32)
 COMMANDS = ("backup", "prune")
-# Targets sent to a child ahead of its answers: while it sends one result and waits for the
-# next target, it would sit idle (a fifth of its time, with targets of a millisecond).
-_AHEAD = 2
+# A child whose targets come back quickly is sent one more ahead of its answers: waiting for
+# the next target, it sat idle a fifth of its time with targets of a millisecond.  After a
+# slow one it is sent one at a time, so a target never waits behind a long one in a child
+# while another process could run it.
+_QUICK = 0.05  # seconds from handing a target out to its answer
+_HELLO_WITHIN = 60.0  # a child that has not started by then is stopped: its share goes to the others
+_STOPPED = "stopped"  # a child's last message: it runs nothing more of what it was handed
 _HELLO = b"backup_core.fanout 1\n"
 
 
@@ -79,8 +84,10 @@ def run(
     results at its index in `done`.  `settings`: the runner's options a child needs; `finished`
     hears each result of a child's target as it comes."""
     handout = _Handout(len(targets))
-    children = [_Child(command, settings, targets, handout, done, finished, stopping) for _ in range(jobs - 1)]
+    children: list[_Child] = []
     try:
+        for _ in range(jobs - 1):
+            children.append(_Child(command, settings, targets, handout, done, finished, stopping))
         while not stopping.is_set() and (index := handout.take()) is not None:
             done[index] = one(targets[index])
         if not stopping.is_set():  # (a target stopped by a signal returns: the finally stops the children)
@@ -118,24 +125,39 @@ class _Child:
         self._targets, self._handout, self._done, self._finished = targets, handout, done, finished
         self._stopping = stopping
         self._sending = threading.Lock()  # stop() closes the input the feeding thread writes to
+        # Set once the feeding thread has stored its last answer.  Waited on instead of joining
+        # the thread: in Python 3.11 a join interrupted by Ctrl-C marks the thread stopped, and
+        # the next join returns at once, before the answer of the target at work is in.
+        self._fed = threading.Event()
         try:
             self._process: subprocess.Popen[bytes] | None = framing.start("backup_core.fanout")
         except OSError:
             self._process = None  # its share goes to the others
-        self._thread = threading.Thread(target=self._feed, args=(command, settings), name="fanout", daemon=True)
+        self._thread = threading.Thread(target=self._feeding, args=(command, settings), name="fanout", daemon=True)
         self._thread.start()
+
+    def _feeding(self, command: str, settings: dict[str, Any]) -> None:
+        try:
+            self._feed(command, settings)
+        finally:
+            self._fed.set()
 
     def _feed(self, command: str, settings: dict[str, Any]) -> None:
         process = self._process
         if process is None:
             return
         assert process.stdin is not None and process.stdout is not None
-        handed: deque[int] = deque()  # sent to it, in order, not yet answered
+        handed: deque[tuple[int, float]] = deque()  # sent to it, in order, not yet answered, and when
         try:
-            if process.stdout.read(len(_HELLO)) != _HELLO or not self._send(("start", command, settings)):
+            late = threading.Timer(_HELLO_WITHIN, process.kill)
+            late.start()
+            try:
+                started = process.stdout.read(len(_HELLO)) == _HELLO
+            finally:
+                late.cancel()
+            if not started or not self._send(("start", command, settings)):
                 return  # it did not start: nothing was handed to it
-            while self._hand_out(handed) and len(handed) < _AHEAD:
-                pass
+            self._hand_out(handed)
             while handed:
                 try:
                     answer = framing.receive(process.stdout)
@@ -143,18 +165,23 @@ class _Child:
                     answer, why = None, f"its answer could not be read: {exc}"
                 else:
                     why = "its answer was garbled" if answer is not None else _ended(process)
+                if answer == _STOPPED:
+                    return  # stopped (by us, or by a signal of its own): the rest was never started
                 if not isinstance(answer, list):
                     if not self._stopping.is_set():  # when stopping, it runs nothing more: no line
-                        index = handed[0]
+                        index = handed[0][0]
                         self._done[index] = [_lost(self._targets[index], why)]
                     return  # what else it held was never started: run() runs it
-                self._done[handed.popleft()] = answer
-                self._hand_out(handed)
+                index, sent = handed.popleft()
+                self._done[index] = answer
+                if self._hand_out(handed) and time.monotonic() - sent < _QUICK and len(handed) < 2:
+                    self._hand_out(handed)
                 for result in answer:
                     self._finished(result)
         except Exception as exc:  # whatever it is, the target it was running must not vanish from the run
-            if handed and self._done[handed[0]] is None:
-                self._done[handed[0]] = [_lost(self._targets[handed[0]], f"{type(exc).__name__}: {exc}")]
+            if handed and self._done[handed[0][0]] is None:
+                index = handed[0][0]
+                self._done[index] = [_lost(self._targets[index], f"{type(exc).__name__}: {exc}")]
         finally:
             self.stop()
             if process.poll() is None:
@@ -165,14 +192,14 @@ class _Child:
                     process.wait()
             process.stdout.close()
 
-    def _hand_out(self, handed: deque[int]) -> bool:
+    def _hand_out(self, handed: deque[tuple[int, float]]) -> bool:
         """Send it the next target, if any is left; False when none is, or it cannot be sent."""
         index = None if self._stopping.is_set() else self._handout.take()
         if index is None:
             return False
         if not self._send(("target", self._targets[index])):
             return False  # never started: run() runs it
-        handed.append(index)
+        handed.append((index, time.monotonic()))
         return True
 
     def _send(self, message: tuple[Any, ...]) -> bool:
@@ -192,7 +219,8 @@ class _Child:
             self._process.stdin.close()
 
     def join(self) -> None:
-        self._thread.join()
+        while not self._fed.wait(1.0):  # waits in steps: a signal stays deliverable meanwhile
+            pass
 
 
 def _ended(process: subprocess.Popen[bytes]) -> str:
@@ -257,7 +285,14 @@ def _serve() -> None:
             try:
                 framing.send(answers, results)
             except (OSError, ValueError):
-                return  # the parent is gone: nothing to tell
+                break  # the parent is gone: nothing to tell
+    with contextlib.suppress(OSError, ValueError):
+        framing.send(answers, _STOPPED)
+        answers.close()
+    # Not a normal exit: the reading thread may still be blocked on standard input (a SIGTERM
+    # of our own stopped us), and the interpreter's shutdown then aborts on that stream's lock.
+    # Every target's work is finished and answered by now.
+    os._exit(0)
 
 
 if __name__ == "__main__":

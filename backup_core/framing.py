@@ -24,6 +24,14 @@ _LENGTH = struct.Struct("<Q")
 _LONGEST = 1 << 30  # no message is near this long: a longer length means garbled output
 
 
+def setting(name: str, default: int) -> int:
+    """A whole number from the environment (thresholds tests lower); the default when unset or not one."""
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
 def start(module: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`python -m module` with pipes for its input and output, in a process group of its own:
     Ctrl-C reaches this process, which stops its children itself (closing their input)."""

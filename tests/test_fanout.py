@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,9 @@ def test_jobs_2_over_many_targets_runs_them_in_two_processes_and_reports_in_mani
     # t00 cannot finish until t01's hook has run: only a second process lets the run succeed.
     _manifest(project, {0: [f"wait={marker}"], 1: [f"mark={marker}"]})
 
-    ran = project.invoke("backup", "--jobs", "2", "--format", "json", env={"PYTHONPATH": "/operators/own"})
+    # A threshold that is not a number is the default's (40 targets are past it), not a crash.
+    env = {"PYTHONPATH": "/operators/own", "BACKUP_SPREAD_FROM": "abc"}
+    ran = project.invoke("backup", "--jobs", "2", "--format", "json", env=env)
 
     assert ran.code == 0, ran.output
     document = json.loads(ran.stdout)
@@ -89,6 +92,21 @@ def test_jobs_2_over_many_targets_runs_them_in_two_processes_and_reports_in_mani
             assert opened.testzip() is None
             assert opened.read("a.txt") == f"t{number:02d}\n".encode() * 10
     assert "Traceback" not in ran.stderr
+
+
+def test_a_long_target_in_the_child_never_holds_up_another_the_command_could_run(project: Project) -> None:
+    # t01 (in the child: t00 waits until it has started) cannot finish until t02 has run.  A
+    # child sent t02 ahead, behind t01, would have both wait (a minute, then fail); t02 must
+    # go to the command's own process.
+    t01, t02 = project.root / "t01.started", project.root / "t02.ran"
+    _manifest(project, {0: [f"wait={t01}"], 1: [f"mark={t01}", f"wait={t02}"], 2: [f"mark={t02}"]})
+
+    ran = project.invoke("backup", "--jobs", "2", "--format", "json")
+
+    assert ran.code == 0, ran.output
+    assert {t["status"] for t in json.loads(ran.stdout)["targets"]} == {"changed"}
+    seen = _hooks_seen(project)
+    assert seen["t01"][0] != seen["t02"][0] == seen["t00"][0]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="kills a process with SIGKILL")
@@ -168,4 +186,70 @@ def test_a_signal_stops_the_targets_of_every_process_and_leaves_nothing_behind(p
     assert sorted(p.name for p in backups.iterdir() if not p.name.endswith(".lock")) == []
     # The child stopped and exited before the command did.
     assert not Path(f"/proc/{children[0]}").exists()
+    assert "Traceback" not in stderr
+
+
+def _start(project: Project) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), "--jobs", "2",
+         "--format", "json"],
+        cwd=REPO, env={**os.environ, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never reached the point to interrupt"
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds child processes in /proc")
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_waiting_for_a_child_at_the_end_still_reports_its_target(project: Project, sent: int) -> None:
+    # t01 hangs in the child (its hook waits for a file that never comes; t00 waits until t01
+    # has started, so another process runs it); the command's own process runs every other
+    # target, then waits for the child: the signal lands there.  (Python 3.11 marks a thread
+    # whose join was interrupted as stopped: a second join then returned before the child's
+    # answer, losing t01's line and leaving the child running.)
+    marker = project.root / "t01.waiting"
+    _manifest(project, {0: [f"wait={marker}"], 1: [f"mark={marker}", f"wait={project.root / 'never'}"]})
+    process = _start(project)
+    backups = project.root / "backups"
+    _until(lambda: marker.exists() and all(project.archives(target=f"t{n:02d}") for n in (0, *range(2, MANY))), process)
+    children = _children(process.pid)
+    assert len(children) == 1
+
+    process.send_signal(sent)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    document = json.loads(stdout)
+    by_name = {t["name"]: t for t in document["targets"]}
+    assert list(by_name) == [f"t{n:02d}" for n in range(MANY)]
+    assert by_name["t01"]["status"] == "failed" and "interrupted" in by_name["t01"]["error"], by_name["t01"]
+    assert list(backups.glob(".t01-*.partial")) == [] and project.archives(target="t01") == []
+    assert not Path(f"/proc/{children[0]}").exists()
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds child processes in /proc")
+def test_sigterm_to_the_child_alone_stops_its_target_and_the_run_goes_on(project: Project) -> None:
+    # systemd or an operator may signal the child itself: it stops its target as the command
+    # would, says it runs nothing more, and the command runs the rest.
+    marker = project.root / "t01.waiting"
+    _manifest(project, {0: [f"wait={marker}"], 1: [f"mark={marker}", f"wait={project.root / 'never'}"]})
+    process = _start(project)
+    _until(marker.exists, process)
+    (child,) = _children(process.pid)
+
+    os.kill(child, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 1, stderr
+    by_name = {t["name"]: t for t in json.loads(stdout)["targets"]}
+    assert list(by_name) == [f"t{n:02d}" for n in range(MANY)]
+    assert by_name["t01"]["status"] == "failed" and "interrupted" in by_name["t01"]["error"], by_name["t01"]
+    assert {name for name, t in by_name.items() if t["status"] != "changed"} == {"t01"}
     assert "Traceback" not in stderr

@@ -35,7 +35,7 @@ from backup_core.zip import packing
 
 # Data queued before worker processes start (overridable, so tests reach that path with
 # small trees), or members: 100,000 tiny files are Python work too.
-PROCESSES_FROM = int(os.environ.get("BACKUP_PROCESSES_FROM") or 16 << 20)
+PROCESSES_FROM = framing.setting("BACKUP_PROCESSES_FROM", 16 << 20)
 _PROCESSES_FROM_MEMBERS = 4096
 _JOBS: dict[str, Callable[..., tuple[Any, bytes]]] = {
     "pack_batch": packing.pack_batch,
