@@ -767,7 +767,9 @@ def prune_target(target: Target, options: Options) -> TargetResult:
         if options.check:
             result.deleted = [a.name for a in doomed]
             result.status = CHANGED if doomed else OK
-            result.reason = f"{len(existing)} archive(s), nothing to prune"
+            result.reason = f"{len(existing)} archive(s), " + (
+                f"{len(doomed)} to delete" if doomed else "nothing to prune"
+            )
         elif not doomed:
             result.reason = f"{len(existing)} archive(s), nothing to prune"
         else:

@@ -304,6 +304,8 @@ def test_check_mode_output_is_marked_in_json(project: Project) -> None:
     document = ran.json()
     assert document["check"] is True
     assert document["targets"][0]["deleted"] == [p.name for p in existing[:2]]
+    # The reason agrees with the list (it once said "nothing to prune" beside two names).
+    assert document["targets"][0]["reason"] == f"{len(existing)} archive(s), 2 to delete"
     assert "CHECK MODE" in ran.stderr  # the people's text goes to stderr in JSON mode
 
 
