@@ -17,6 +17,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import INVOKE, REPO, Project, flow
@@ -145,50 +146,6 @@ def _children(pid: int) -> list[int]:
     return [c for c in found if b"backup_core.fanout" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds child processes in /proc")
-@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_the_targets_of_every_process_and_leaves_nothing_behind(project: Project, sent: int) -> None:
-    # Two slow targets first: the command's own process takes one, the child the other.
-    lines = ["version: 1", "targets:"]
-    for name in ("big0", "big1"):
-        _big_text(project.root / name / "data.txt", 96)
-        lines.append(f"  - {{name: {name}, path: {name}, keep: {{last: 1}}, compression: {{level: 9}}}}")
-    for number in range(MANY):
-        project.file(f"small/t{number:02d}/a.txt")
-        lines.append(f"  - {{name: t{number:02d}, path: small/t{number:02d}}}")
-    project.write_manifest("\n".join(lines) + "\n")
-    backups = project.root / "backups"
-    process = subprocess.Popen(
-        [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), "--jobs", "2",
-         "--format", "json"],
-        cwd=REPO, env={**os.environ, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (list(backups.glob(".big0-*.partial")) and list(backups.glob(".big1-*.partial"))):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the two big targets never ran at once"
-        time.sleep(0.02)
-    children = _children(process.pid)
-    assert len(children) == 1
-
-    process.send_signal(sent)
-    stdout, stderr = process.communicate(timeout=120)
-
-    assert process.returncode == 130, stderr
-    document = json.loads(stdout)
-    assert document["interrupted"] is True
-    by_name = {t["name"]: t for t in document["targets"]}
-    for name in ("big0", "big1"):
-        assert by_name[name]["status"] == "failed" and "interrupted" in by_name[name]["error"], by_name[name]
-    # No target started after the signal, nothing was placed or left half-written.
-    assert [n for n in by_name if n.startswith("t")] == []
-    assert sorted(p.name for p in backups.iterdir() if not p.name.endswith(".lock")) == []
-    # The child stopped and exited before the command did.
-    assert not Path(f"/proc/{children[0]}").exists()
-    assert "Traceback" not in stderr
-
-
 def _start(project: Project) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), "--jobs", "2",
@@ -205,6 +162,47 @@ def _until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> Non
         time.sleep(0.02)
 
 
+def _interrupted(process: subprocess.Popen[str], sent: int) -> tuple[dict[str, dict[str, Any]], int, str]:
+    """Signal the command while its one child is at work: the targets' JSON by name, the
+    child's pid and the command's stderr, once the command has exited with 130."""
+    (child,) = _children(process.pid)
+    process.send_signal(sent)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    document = json.loads(stdout)
+    assert document["interrupted"] is True
+    return {t["name"]: t for t in document["targets"]}, child, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds child processes in /proc")
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_targets_of_every_process_and_leaves_nothing_behind(project: Project, sent: int) -> None:
+    # Two slow targets first: the command's own process takes one, the child the other.
+    lines = ["version: 1", "targets:"]
+    for name in ("big0", "big1"):
+        _big_text(project.root / name / "data.txt", 96)
+        lines.append(f"  - {{name: {name}, path: {name}, keep: {{last: 1}}, compression: {{level: 9}}}}")
+    for number in range(MANY):
+        project.file(f"small/t{number:02d}/a.txt")
+        lines.append(f"  - {{name: t{number:02d}, path: small/t{number:02d}}}")
+    project.write_manifest("\n".join(lines) + "\n")
+    backups = project.root / "backups"
+    process = _start(project)
+    _until(lambda: bool(list(backups.glob(".big0-*.partial")) and list(backups.glob(".big1-*.partial"))), process)
+
+    by_name, child, stderr = _interrupted(process, sent)
+
+    for name in ("big0", "big1"):
+        assert by_name[name]["status"] == "failed" and "interrupted" in by_name[name]["error"], by_name[name]
+    # No target started after the signal, nothing was placed or left half-written.
+    assert [n for n in by_name if n.startswith("t")] == []
+    assert sorted(p.name for p in backups.iterdir() if not p.name.endswith(".lock")) == []
+    # The child stopped and exited before the command did.
+    assert not Path(f"/proc/{child}").exists()
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds child processes in /proc")
 @pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_waiting_for_a_child_at_the_end_still_reports_its_target(project: Project, sent: int) -> None:
@@ -218,19 +216,13 @@ def test_a_signal_while_waiting_for_a_child_at_the_end_still_reports_its_target(
     process = _start(project)
     backups = project.root / "backups"
     _until(lambda: marker.exists() and all(project.archives(target=f"t{n:02d}") for n in (0, *range(2, MANY))), process)
-    children = _children(process.pid)
-    assert len(children) == 1
 
-    process.send_signal(sent)
-    stdout, stderr = process.communicate(timeout=120)
+    by_name, child, stderr = _interrupted(process, sent)
 
-    assert process.returncode == 130, stderr
-    document = json.loads(stdout)
-    by_name = {t["name"]: t for t in document["targets"]}
     assert list(by_name) == [f"t{n:02d}" for n in range(MANY)]
     assert by_name["t01"]["status"] == "failed" and "interrupted" in by_name["t01"]["error"], by_name["t01"]
     assert list(backups.glob(".t01-*.partial")) == [] and project.archives(target="t01") == []
-    assert not Path(f"/proc/{children[0]}").exists()
+    assert not Path(f"/proc/{child}").exists()
     assert "Traceback" not in stderr
 
 
