@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +146,29 @@ def _children(pid: int) -> list[int]:
     return [c for c in found if b"backup_core.fanout" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-def _start(project: Project) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), "--jobs", "2",
-         "--format", "json"],
-        cwd=REPO, env={**os.environ, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+Starter = Callable[[Project], subprocess.Popen[str]]
+
+
+@pytest.fixture
+def start() -> Iterator[Starter]:
+    """Start `invoke backup --jobs 2 --format json` without waiting.  A run a failed test left
+    going is killed at the end: its child then sees its input close, stops and exits."""
+    started: list[subprocess.Popen[str]] = []
+
+    def launch(project: Project) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), "--jobs", "2",
+             "--format", "json"],
+            cwd=REPO, env={**os.environ, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield launch
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def _until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
@@ -177,7 +194,9 @@ def _interrupted(process: subprocess.Popen[str], sent: int) -> tuple[dict[str, d
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds child processes in /proc")
 @pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_the_targets_of_every_process_and_leaves_nothing_behind(project: Project, sent: int) -> None:
+def test_a_signal_stops_the_targets_of_every_process_and_leaves_nothing_behind(
+    project: Project, sent: int, start: Starter
+) -> None:
     # Two slow targets first: the command's own process takes one, the child the other.
     lines = ["version: 1", "targets:"]
     for name in ("big0", "big1"):
@@ -188,7 +207,7 @@ def test_a_signal_stops_the_targets_of_every_process_and_leaves_nothing_behind(p
         lines.append(f"  - {{name: t{number:02d}, path: small/t{number:02d}}}")
     project.write_manifest("\n".join(lines) + "\n")
     backups = project.root / "backups"
-    process = _start(project)
+    process = start(project)
     _until(lambda: bool(list(backups.glob(".big0-*.partial")) and list(backups.glob(".big1-*.partial"))), process)
 
     by_name, child, stderr = _interrupted(process, sent)
@@ -205,7 +224,9 @@ def test_a_signal_stops_the_targets_of_every_process_and_leaves_nothing_behind(p
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds child processes in /proc")
 @pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_while_waiting_for_a_child_at_the_end_still_reports_its_target(project: Project, sent: int) -> None:
+def test_a_signal_while_waiting_for_a_child_at_the_end_still_reports_its_target(
+    project: Project, sent: int, start: Starter
+) -> None:
     # t01 hangs in the child (its hook waits for a file that never comes; t00 waits until t01
     # has started, so another process runs it); the command's own process runs every other
     # target, then waits for the child: the signal lands there.  (Python 3.11 marks a thread
@@ -213,7 +234,7 @@ def test_a_signal_while_waiting_for_a_child_at_the_end_still_reports_its_target(
     # answer, losing t01's line and leaving the child running.)
     marker = project.root / "t01.waiting"
     _manifest(project, {0: [f"wait={marker}"], 1: [f"mark={marker}", f"wait={project.root / 'never'}"]})
-    process = _start(project)
+    process = start(project)
     backups = project.root / "backups"
     _until(lambda: marker.exists() and all(project.archives(target=f"t{n:02d}") for n in (0, *range(2, MANY))), process)
 
@@ -227,12 +248,12 @@ def test_a_signal_while_waiting_for_a_child_at_the_end_still_reports_its_target(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds child processes in /proc")
-def test_sigterm_to_the_child_alone_stops_its_target_and_the_run_goes_on(project: Project) -> None:
+def test_sigterm_to_the_child_alone_stops_its_target_and_the_run_goes_on(project: Project, start: Starter) -> None:
     # systemd or an operator may signal the child itself: it stops its target as the command
     # would, says it runs nothing more, and the command runs the rest.
     marker = project.root / "t01.waiting"
     _manifest(project, {0: [f"wait={marker}"], 1: [f"mark={marker}", f"wait={project.root / 'never'}"]})
-    process = _start(project)
+    process = start(project)
     _until(marker.exists, process)
     (child,) = _children(process.pid)
 
