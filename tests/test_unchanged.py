@@ -238,3 +238,124 @@ def test_without_skip_unchanged_no_state_is_kept(project: Project) -> None:
     second = backup(project, LATER[1])
     assert (first["compared"], second["status"], second["compared"]) == (None, "changed", None)
     assert not state_file(project).exists()
+
+
+# --- a large tree: the walk's last chunks in a helper process -------------------------------------
+
+_SITE = """
+import os, sys
+if "backup_core.stores.statewalk" in sys.orig_argv:
+    with open(os.environ["HELPER_LOG"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+    if os.environ.get("HELPER_DIES"):
+        os._exit(3)
+"""
+
+
+def large(project: Project) -> Path:
+    """9,030 entries: three chunks of the state's 4,096, the last one walked by the helper."""
+    for d in range(30):
+        folder = project.root / "src" / f"d{d:02}"
+        folder.mkdir(parents=True)
+        for f in range(300):
+            (folder / f"f{f:03}.txt").write_bytes(b"x")
+    manifest(project)
+    return project.root / "src"
+
+
+def helped(project: Project, now: str, dies: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """A backup whose check splits from two chunks, with the helper processes it started."""
+    site = project.root / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SITE)
+    log = project.root / "helpers.log"
+    log.write_text("")
+    env = {"BACKUP_SPLIT_WALK_FROM": "2", "PYTHONPATH": str(site), "HELPER_LOG": str(log)}
+    env.update({"BACKUP_NOW": now, **({"HELPER_DIES": "1"} if dies else {})})
+    ran = project.invoke("backup", "--format", "json", env=env)
+    assert ran.code == 0, ran.output
+    assert "Traceback" not in ran.output
+    (result,) = ran.json()["targets"]
+    return dict(result), log.read_text().split()
+
+
+@posix_only
+def test_a_large_unchanged_tree_is_walked_by_two_processes(project: Project) -> None:
+    large(project)
+    first = backup(project, LATER[0])
+
+    second, helpers = helped(project, LATER[1])
+
+    assert (second["status"], second["compared"]) == ("ok", "metadata")
+    assert len(helpers) == 1  # the helper ran, and was the only one
+    assert (second["files"], second["directories"], second["bytes_in"]) == (9000, first["directories"], 9000)
+    assert len(project.archives()) == 1
+
+
+@posix_only
+@pytest.mark.parametrize("where", ["d00/f000.txt", "d29/f299.txt"], ids=["command's-part", "helper's-part"])
+def test_a_one_byte_change_with_its_mtime_put_back_is_seen_in_either_part(project: Project, where: str) -> None:
+    source = large(project) / where
+    backup(project, LATER[0])
+    before = source.stat()
+    source.write_bytes(b"y")
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    second, helpers = helped(project, LATER[1])
+
+    assert (second["status"], second["compared"]) == ("changed", "content")
+    if where.startswith("d29"):
+        assert len(helpers) == 1
+    else:  # a difference in the command's part ends the check at once: the helper may be stopped before it logs
+        assert len(helpers) <= 1
+    with zipfile.ZipFile(project.archives()[-1]) as archive:
+        assert archive.read(f"{where}") == b"y"
+
+
+@posix_only
+@pytest.mark.parametrize("change", ["remove", "add"])
+def test_an_entry_removed_or_added_in_the_helpers_part_is_seen(project: Project, change: str) -> None:
+    root = large(project)
+    backup(project, LATER[0])
+    if change == "remove":
+        (root / "d29" / "f150.txt").unlink()
+    else:
+        (root / "d29" / "f150b.txt").write_bytes(b"x")
+
+    second, helpers = helped(project, LATER[1])
+
+    assert (second["status"], second["files"]) == ("changed", 8999 if change == "remove" else 9001)
+    assert len(helpers) == 1
+
+
+@posix_only
+def test_a_helper_that_dies_leaves_its_part_to_the_command(project: Project) -> None:
+    source = large(project) / "d29" / "f299.txt"
+    backup(project, LATER[0])
+
+    second, helpers = helped(project, LATER[1], dies=True)
+    assert (second["status"], second["compared"]) == ("ok", "metadata")  # walked by the command alone
+    assert len(helpers) == 1
+
+    before = source.stat()
+    source.write_bytes(b"y")
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    third, _ = helped(project, LATER[2], dies=True)
+    assert third["status"] == "changed"
+
+
+def test_a_walk_started_at_any_member_is_the_rest_of_the_whole_walk(tmp_path: Path) -> None:
+    from backup_core.sources.walk import entries
+
+    root = tmp_path / "src"
+    for name in ["a/b/c.txt", "a/b/d/e.txt", "a/b.txt", "a-b/x", "ä/ü.txt", "z.txt", "a/b/d/f/g/h.txt", "skip/me"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    (root / "a" / "empty").mkdir()
+    if os.name == "posix":
+        (root / "a" / "link").symlink_to("b")
+    whole = [e.name for e in entries(root, "folder", ("skip",))]
+    assert "a/b/d/f/g/h.txt" in whole and not any(n.startswith("skip") for n in whole)
+    for at, name in enumerate(whole):
+        assert [e.name for e in entries(root, "folder", ("skip",), name)] == whole[at:], name
+    assert list(entries(root, "folder", (), "a/nothing/here.txt")) == []  # the way is gone

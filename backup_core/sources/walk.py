@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
+from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
@@ -79,11 +80,12 @@ def kind_of(path: Path, declared: str) -> str:
     return actual
 
 
-def entries(path: Path, kind: str, exclude: tuple[str, ...] = ()) -> Iterator[Entry]:
-    """What to archive for a target whose path is of `kind`, as it is walked."""
+def entries(path: Path, kind: str, exclude: tuple[str, ...] = (), start: str = "") -> Iterator[Entry]:
+    """What to archive for a target whose path is of `kind`, as it is walked; with `start` (a
+    member name), the walk's entries from that one on, as if the walk had begun at the top."""
     if kind != "folder":
         return _single(path, kind)
-    return _walk(path, "", exclude)  # the walk itself, not a generator around it: one less step an entry
+    return _walk(path, "", exclude, start)  # the walk itself, not a generator around it: one less step an entry
 
 
 def _single(path: Path, kind: str) -> Iterator[Entry]:
@@ -151,7 +153,7 @@ def _listing(folder: str) -> Iterator[str | os.DirEntry[str]]:
 _Level = tuple[Iterator[str | os.DirEntry[str]], int | None, str, str, set[str]]
 
 
-def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry]:
+def _walk(folder: Path, prefix: str, exclude: tuple[str, ...], start: str = "") -> Iterator[Entry]:
     """Every entry under `folder` in name order, depth first, each stat-ed as it is reached.
 
     One generator with a stack of the folders being walked, not one per folder nor recursion:
@@ -161,6 +163,8 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
     lstat, make = os.lstat, tuple.__new__  # Entry's own __new__ is a Python call: twice the cost
     try:
         _descend(levels, str(folder), prefix, _open_root(folder) if _BY_DESCRIPTOR else None)
+        if start and not _seek(levels, start):
+            return
         while levels:
             items, fd, base, prefix, databases = levels[-1]
             for item in items:
@@ -214,6 +218,36 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...]) -> Iterator[Entry
         for level in levels:  # a walk stopped early (a database found, an error) closes what it opened
             if level[1] is not None:
                 os.close(level[1])
+
+
+def _seek(levels: list[_Level], start: str) -> bool:
+    """Position a walk whose top folder is listed at member `start`: each folder on the way is
+    entered without being yielded, its listing left just after it.  False when the way is gone
+    (a folder on it removed, or now a file or a link): the walk then yields nothing from there."""
+    names = start.rstrip("/").split("/")
+    for depth, name in enumerate(names, 1):
+        items, fd, base, prefix, databases = levels[-1]
+        for item in items:
+            found = item if isinstance(item, str) else item.name
+            if found >= name:
+                break
+        else:
+            return False
+        if depth == len(names):
+            levels[-1] = (chain((item,), items), fd, base, prefix, databases)
+            return True
+        if found != name:
+            return False
+        sub = None
+        if fd is not None and len(levels) < _MAX_OPEN_FOLDERS:
+            sub = _open_subfolder(fd, base + name)
+            if sub == _GONE:
+                return False
+        elif not os.path.isdir(base + name) or os.path.islink(base + name):  # noqa: PTH112, PTH114 - str paths
+            return False
+        if not _descend(levels, base + name, prefix + name + "/", sub):
+            return False
+    return True  # pragma: no cover - the loop returns at `last`
 
 
 def _descend(levels: list[_Level], folder: str, prefix: str, fd: int | None) -> bool:

@@ -4,10 +4,12 @@ the cost of a metadata walk.
 `skip_unchanged` used to build a whole archive, read it back and compare it with the
 previous one, so an unchanged hourly run cost a full backup.  Like restic and borg, a run
 now trusts file metadata it recorded itself: after an archive is in place, a small file
-`.<target>.state` beside it holds a digest of every walked entry's name, kind, size,
-modification and change times (nanoseconds), inode, device and mode, with the settings
-that decide what is archived.  The next run walks the source (stat only, no reads), and
-when the digest, the settings and the newest archive all match, the source is unchanged.
+`.<target>.state` beside it holds digests of every walked entry's name, kind, size,
+modification and change times (nanoseconds), inode, device and mode, one for each CHUNK
+entries in walk order with the chunk's first name, and the settings that decide what is
+archived.  The next run walks the source (stat only, no reads), and when every chunk, the
+entry count, the settings and the newest archive all match, the source is unchanged.  On a
+large tree a helper process walks the last chunks meanwhile (backup_core.stores.statewalk).
 
 Why each field: the change time catches a file rewritten with its modification time put
 back (`touch -r`, `os.utime`, some sync tools), since only the kernel sets it; the inode
@@ -38,13 +40,15 @@ import os
 import struct
 from collections.abc import Iterable
 from datetime import datetime
+from itertools import chain, islice
 from pathlib import Path
 
 from backup_core.sources.walk import Entry, entries
-from backup_core.stores import archives
+from backup_core.stores import archives, statewalk
 from backup_core.stores.archives import Archive
 
-FORMAT = 1
+FORMAT = 2  # 1 held one digest of the whole walk
+CHUNK = 4096  # entries a digest covers
 _RACY_NS = 2_000_000_000  # covers coarse file-system clocks (FAT: 2 s) and a tick of the kernel's
 _RECORD = struct.Struct("<qqqQQIB")  # size, mtime_ns, ctime_ns, inode, device, mode, kind
 _KINDS = {"dir": 0, "link": 1, "file": 2, "sqlite": 3}
@@ -62,16 +66,30 @@ def settings_key(path: Path, kind: str, exclude: tuple[str, ...], level: int, in
 
 
 class Recorder:
-    """The digest of entries as they are walked (the archive's own walk, or the check's)."""
+    """The digests of entries as they are walked (the archive's own walk, or the check's), one per
+    CHUNK entries with the name of the chunk's first entry.
 
-    def __init__(self, settings: str, now_ns: int) -> None:
+    Chunks, not one digest of the whole walk: a check can then give the walk's second part to
+    another process (see backup_core.stores.statewalk), which starts at a chunk's first name and
+    compares its own chunks, while this process compares the first part.  `first` is the index
+    of the first entry this recorder sees (a chunk boundary); with `expected` (the recorded
+    chunks from there), each chunk is compared as it closes and the walk stops at the first
+    difference: a changed source is found without walking the rest."""
+
+    def __init__(
+        self, settings: str, now_ns: int, first: int = 0, expected: list[tuple[str, str]] | None = None
+    ) -> None:
         self.settings = settings
-        self._hash = hashlib.blake2b(settings.encode("utf-8", "surrogateescape"), digest_size=20)
         self._racy_from = now_ns - _RACY_NS
         # Records are hashed 64 KiB at a time (the same digest as one by one, at a fraction of
         # the calls): this walk is all an unchanged re-run costs.
         self._pending = bytearray()
-        self.count = 0
+        self._hash = hashlib.blake2b(digest_size=20)
+        self.chunks: list[tuple[str, str]] = []  # closed chunks: (first name, digest)
+        self._opened = ""  # the first name of the chunk being recorded
+        self._expected = expected
+        self.different = False  # a closed chunk differs from the expected one
+        self.first = self.count = first
         self.files = self.directories = self.bytes = 0
         self.racy = False
         self.usable = SUPPORTED  # False once a database or a doubt is seen
@@ -80,16 +98,22 @@ class Recorder:
         self.add_all((entry,))
 
     def add_all(self, walked: Iterable[Entry]) -> bool:
-        """Record every entry of `walked`; False, stopping there, once a database is met.
+        """Record every entry of `walked`; False, stopping there, once a database is met or a
+        chunk differs from the expected one.
 
         One loop for the archive's walk (an entry at a time) and the check's (the whole walk): the
-        digest is computed one way only, and the check, which is all an unchanged re-run costs,
+        digests are computed one way only, and the check, which is all an unchanged re-run costs,
         pays no call or attribute lookup per entry."""
         pending, pack, kinds, racy_from = self._pending, _RECORD.pack, _KINDS, self._racy_from
         count, files, directories, size_sum = self.count, self.files, self.directories, self.bytes
-        racy = self.racy
+        racy, boundary = self.racy, count + (-count % CHUNK)
         try:
             for name, _, kind, st in walked:
+                if count == boundary:
+                    boundary += CHUNK
+                    if len(self.chunks) < (count - self.first) // CHUNK and not self._close():
+                        return False
+                    self._opened = name
                 ctime = st.st_ctime_ns
                 if ctime >= racy_from:
                     racy = True
@@ -113,10 +137,53 @@ class Recorder:
         finally:
             self.count, self.files, self.directories, self.bytes, self.racy = count, files, directories, size_sum, racy
 
-    def digest(self) -> str:
+    def _close(self) -> bool:
+        """Close the chunk being recorded; False when it differs from the one expected there."""
         self._hash.update(self._pending)
         self._pending.clear()
-        return self._hash.hexdigest()
+        self.chunks.append((self._opened, self._hash.hexdigest()))
+        self._hash = hashlib.blake2b(digest_size=20)
+        if self._expected is not None:
+            at = len(self.chunks) - 1
+            if at >= len(self._expected) or tuple(self._expected[at]) != self.chunks[at]:
+                self.different = True
+        return not self.different
+
+    def finish(self) -> bool:
+        """Close the last chunk (once); False when any chunk differed from the expected ones."""
+        if self.count > self.first and len(self.chunks) < -(-(self.count - self.first) // CHUNK):
+            self._close()
+        return not self.different
+
+    def merge(self, other: dict[str, int | bool], chunks: list[tuple[str, str]]) -> None:
+        """Add the walk's last part, which another process found to hold `chunks`."""
+        self.finish()
+        self.chunks.extend(chunks)
+        self.count += int(other["count"])
+        self.files += int(other["files"])
+        self.directories += int(other["directories"])
+        self.bytes += int(other["bytes"])
+        self.racy = self.racy or bool(other["racy"])
+        self.usable = self.usable and bool(other["usable"])
+
+    def tallies(self) -> dict[str, int | bool]:
+        return {
+            "count": self.count - self.first,
+            "files": self.files,
+            "directories": self.directories,
+            "bytes": self.bytes,
+            "racy": self.racy,
+            "usable": self.usable,
+        }
+
+
+def _recorded_chunks(recorded: dict[str, object]) -> list[tuple[str, str]] | None:
+    chunks, count = recorded.get("chunks"), recorded.get("entries")
+    if not isinstance(chunks, list) or not isinstance(count, int) or len(chunks) != -(-count // CHUNK):
+        return None
+    if not all(isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in chunks):
+        return None
+    return [(name, digest) for name, digest in chunks]
 
 
 def unchanged(destination: Path, target: str, kind: str, settings: str, newest: Archive, now_ns: int,
@@ -127,16 +194,37 @@ def unchanged(destination: Path, target: str, kind: str, settings: str, newest: 
     recorded = _load(path_of(destination, target))
     if recorded is None or recorded.get("racy") or recorded.get("settings") != settings:
         return None
+    chunks = _recorded_chunks(recorded)
+    if chunks is None:
+        return None
     try:
         size = newest.path.stat().st_size
     except OSError:
         return None
     if recorded.get("archive") != newest.name or recorded.get("archive_size") != size:
         return None  # made by another run, replaced, or truncated: not the archive described
-    walked = Recorder(settings, now_ns)
-    if not walked.add_all(entries(source, kind, exclude)):
-        return None  # a database appeared: its content decides
-    if walked.racy or walked.count != recorded.get("entries") or walked.digest() != recorded.get("digest"):
+    walked = Recorder(settings, now_ns, expected=chunks)
+    walk = entries(source, kind, exclude)
+    split = statewalk.split_at(len(chunks)) if kind == "folder" else 0
+    if split:
+        # The walk's last chunks go to a helper process; this one compares the first ones meanwhile.
+        with statewalk.Helper(source, exclude, chunks[split:], split * CHUNK, settings, now_ns) as helper:
+            if not walked.add_all(islice(walk, split * CHUNK)) or walked.count != split * CHUNK:
+                return None
+            following = next(walk, None)
+            if following is None or following.name != chunks[split][0] or not walked.finish():
+                return None  # the helper's part would not begin where this one ends
+            theirs = helper.result()
+        if theirs is None:  # the helper could not run: this process walks the rest
+            walk = chain((following,), walk)
+        elif not theirs["same"]:
+            return None
+        else:
+            walk = iter(())
+            walked.merge(theirs, chunks[split:])
+    if not walked.add_all(walk) or not walked.finish():
+        return None  # a database appeared (its content decides), or a chunk differs
+    if walked.racy or walked.count != recorded.get("entries"):
         return None
     return walked
 
@@ -154,7 +242,7 @@ def save(destination: Path, target: str, archive: Path, walked: Recorder, when: 
         "archive_size": archive.stat().st_size,
         "settings": walked.settings,
         "entries": walked.count,
-        "digest": walked.digest(),
+        "chunks": walked.chunks if walked.finish() else [],
         "racy": walked.racy or not walked.usable,
     }
     text = json.dumps(body, sort_keys=True)
