@@ -9,7 +9,10 @@ read) or "content" (a new archive compared with the newest one).
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import time
 import zipfile
 from contextlib import closing
 from datetime import datetime, timezone
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project
+from conftest import INVOKE, REPO, Project
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="Windows has no change time: contents always decide")
 
@@ -242,41 +245,62 @@ def test_without_skip_unchanged_no_state_is_kept(project: Project) -> None:
 
 # --- a large tree: the walk's last chunks in a helper process -------------------------------------
 
+# Imported by the helper process at its start (the test's folder is on its PYTHONPATH): it logs
+# its process id, and as a test asks, dies, answers "different" whatever it walks, or takes a
+# minute over its walk (logging "walking" first).
 _SITE = """
-import os, sys
+import os, sys, time
 if "backup_core.stores.statewalk" in sys.orig_argv:
-    with open(os.environ["HELPER_LOG"], "a") as log:
-        log.write(f"{os.getpid()}\\n")
-    if os.environ.get("HELPER_DIES"):
+    def log(line):
+        with open(os.environ["HELPER_LOG"], "a") as file:
+            file.write(line + "\\n")
+    log(str(os.getpid()))
+    behaviour = os.environ.get("HELPER")
+    if behaviour == "dies":
         os._exit(3)
+    if behaviour == "says-different":
+        from backup_core.stores import state
+        state.Recorder.finish = lambda self: False
+    if behaviour == "slow":
+        from backup_core.sources import walk
+        whole = walk.entries
+        def slow(*args):
+            log("walking")
+            time.sleep(60)
+            return whole(*args)
+        walk.entries = slow
 """
 
 
-def large(project: Project) -> Path:
+def large(project: Project, folders: int = 30, files: int = 300) -> Path:
     """9,030 entries: three chunks of the state's 4,096, the last one walked by the helper."""
-    for d in range(30):
+    for d in range(folders):
         folder = project.root / "src" / f"d{d:02}"
         folder.mkdir(parents=True)
-        for f in range(300):
+        for f in range(files):
             (folder / f"f{f:03}.txt").write_bytes(b"x")
     manifest(project)
     return project.root / "src"
 
 
-def helped(project: Project, now: str, dies: bool = False) -> tuple[dict[str, Any], list[str]]:
-    """A backup whose check splits from two chunks, with the helper processes it started."""
+def helper_env(project: Project, now: str, behaviour: str = "") -> dict[str, str]:
+    """The environment of a backup whose check splits from two chunks, its helper logging to helpers.log."""
     site = project.root / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(_SITE)
     log = project.root / "helpers.log"
     log.write_text("")
-    env = {"BACKUP_SPLIT_WALK_FROM": "2", "PYTHONPATH": str(site), "HELPER_LOG": str(log)}
-    env.update({"BACKUP_NOW": now, **({"HELPER_DIES": "1"} if dies else {})})
-    ran = project.invoke("backup", "--format", "json", env=env)
+    return {"BACKUP_SPLIT_WALK_FROM": "2", "PYTHONPATH": str(site), "HELPER_LOG": str(log), "BACKUP_NOW": now,
+            "HELPER": behaviour}  # fmt: skip
+
+
+def helped(project: Project, now: str, behaviour: str = "") -> tuple[dict[str, Any], list[str]]:
+    """A backup whose check splits from two chunks, with the helper processes it started."""
+    ran = project.invoke("backup", "--format", "json", env=helper_env(project, now, behaviour))
     assert ran.code == 0, ran.output
     assert "Traceback" not in ran.output
     (result,) = ran.json()["targets"]
-    return dict(result), log.read_text().split()
+    return dict(result), (project.root / "helpers.log").read_text().split()
 
 
 @posix_only
@@ -333,15 +357,83 @@ def test_a_helper_that_dies_leaves_its_part_to_the_command(project: Project) -> 
     source = large(project) / "d29" / "f299.txt"
     backup(project, LATER[0])
 
-    second, helpers = helped(project, LATER[1], dies=True)
+    second, helpers = helped(project, LATER[1], "dies")
     assert (second["status"], second["compared"]) == ("ok", "metadata")  # walked by the command alone
     assert len(helpers) == 1
 
     before = source.stat()
     source.write_bytes(b"y")
     os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
-    third, _ = helped(project, LATER[2], dies=True)
+    third, _ = helped(project, LATER[2], "dies")
     assert third["status"] == "changed"
+
+
+@posix_only
+def test_the_helpers_answer_decides_its_part(project: Project) -> None:
+    large(project)
+    backup(project, LATER[0])
+
+    second, helpers = helped(project, LATER[1], "says-different")
+
+    # Nothing changed, but the helper says its part did: the contents are compared.
+    assert (second["status"], second["compared"]) == ("ok", "content")
+    assert len(helpers) == 1
+
+
+@posix_only
+def test_a_tree_of_exactly_two_chunks_is_split_at_the_boundary(project: Project) -> None:
+    large(project, folders=32, files=255)  # 32 + 32 * 255 = 8,192 entries
+    first = backup(project, LATER[0])
+
+    second, helpers = helped(project, LATER[1])
+
+    assert (second["status"], second["compared"], second["files"]) == ("ok", "metadata", 8160)
+    assert first["files"] == 8160
+    assert len(helpers) == 1
+
+
+@posix_only
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["interrupted", "killed"])
+def test_a_helper_stops_with_the_command(project: Project, how: signal.Signals) -> None:
+    large(project)
+    backup(project, LATER[0])
+    env = {**os.environ, "NO_COLOR": "1", **helper_env(project, LATER[1], "slow")}
+    command = [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = project.root / "helpers.log"
+        deadline = time.monotonic() + 60
+        while "walking" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        helper = int(log.read_text().split()[0])
+        process.send_signal(how)
+        out, err = process.communicate(timeout=30)  # not the helper's minute
+
+        assert process.returncode == (130 if how == signal.SIGINT else -signal.SIGKILL)
+        if how == signal.SIGINT:
+            assert "interrupted" in out and "Traceback" not in out + err
+        deadline = time.monotonic() + 10
+        while _alive(helper):
+            assert time.monotonic() < deadline, "the helper outlived the command"
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _alive(pid: int) -> bool:
+    if Path("/proc/self").exists():  # Linux: a zombie (stopped, its parent gone) counts as stopped
+        try:
+            return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_walk_started_at_any_member_is_the_rest_of_the_whole_walk(tmp_path: Path) -> None:

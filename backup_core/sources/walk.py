@@ -81,8 +81,13 @@ def kind_of(path: Path, declared: str) -> str:
 
 
 def entries(path: Path, kind: str, exclude: tuple[str, ...] = (), start: str = "") -> Iterator[Entry]:
-    """What to archive for a target whose path is of `kind`, as it is walked; with `start` (a
-    member name), the walk's entries from that one on, as if the walk had begun at the top."""
+    """What to archive for a target whose path is of `kind`, as it is walked.
+
+    With `start` (a member name), the walk's entries from that one on, as the whole walk would
+    give them, with two differences that only make such a walk differ from the whole one (which
+    is all the unchanged check needs to know): when `start` or a folder on its way is gone, it
+    gives nothing; and a database's -wal, -shm and -journal are left out only when the database
+    itself comes after `start` in its folder."""
     if kind != "folder":
         return _single(path, kind)
     return _walk(path, "", exclude, start)  # the walk itself, not a generator around it: one less step an entry
@@ -243,11 +248,12 @@ def _seek(levels: list[_Level], start: str) -> bool:
             sub = _open_subfolder(fd, base + name)
             if sub == _GONE:
                 return False
-        elif not os.path.isdir(base + name) or os.path.islink(base + name):  # noqa: PTH112, PTH114 - str paths
+        # Read by path (no descriptor to spare): a folder now a link must not be followed either.
+        if sub is None and (not os.path.isdir(base + name) or os.path.islink(base + name)):  # noqa: PTH112, PTH114
             return False
         if not _descend(levels, base + name, prefix + name + "/", sub):
             return False
-    return True  # pragma: no cover - the loop returns at `last`
+    return True  # pragma: no cover - the loop returns at the last name
 
 
 def _descend(levels: list[_Level], folder: str, prefix: str, fd: int | None) -> bool:

@@ -111,6 +111,8 @@ class Recorder:
             for name, _, kind, st in walked:
                 if count == boundary:
                     boundary += CHUNK
+                    # The chunk before may be closed already: finish() closes the command's part
+                    # of a split check, whose rest this process may then walk after all.
                     if len(self.chunks) < (count - self.first) // CHUNK and not self._close():
                         return False
                     self._opened = name
@@ -151,35 +153,34 @@ class Recorder:
 
     def finish(self) -> bool:
         """Close the last chunk (once); False when any chunk differed from the expected ones."""
-        if self.count > self.first and len(self.chunks) < -(-(self.count - self.first) // CHUNK):
+        if len(self.chunks) < chunks_of(self.count - self.first):
             self._close()
         return not self.different
 
-    def merge(self, other: dict[str, int | bool], chunks: list[tuple[str, str]]) -> None:
+    def merge(self, tallies: tuple[int, int, int, int, bool, bool], chunks: list[tuple[str, str]]) -> None:
         """Add the walk's last part, which another process found to hold `chunks`."""
         self.finish()
         self.chunks.extend(chunks)
-        self.count += int(other["count"])
-        self.files += int(other["files"])
-        self.directories += int(other["directories"])
-        self.bytes += int(other["bytes"])
-        self.racy = self.racy or bool(other["racy"])
-        self.usable = self.usable and bool(other["usable"])
+        count, files, directories, size_sum, racy, usable = tallies
+        self.count += count
+        self.files += files
+        self.directories += directories
+        self.bytes += size_sum
+        self.racy, self.usable = self.racy or racy, self.usable and usable
 
-    def tallies(self) -> dict[str, int | bool]:
-        return {
-            "count": self.count - self.first,
-            "files": self.files,
-            "directories": self.directories,
-            "bytes": self.bytes,
-            "racy": self.racy,
-            "usable": self.usable,
-        }
+    def tallies(self) -> tuple[int, int, int, int, bool, bool]:
+        """What merge() adds: entries, files, folders, bytes, racy, usable."""
+        return (self.count - self.first, self.files, self.directories, self.bytes, self.racy, self.usable)
+
+
+def chunks_of(count: int) -> int:
+    """How many chunks `count` entries make (the last one may be short)."""
+    return -(-count // CHUNK)
 
 
 def _recorded_chunks(recorded: dict[str, object]) -> list[tuple[str, str]] | None:
     chunks, count = recorded.get("chunks"), recorded.get("entries")
-    if not isinstance(chunks, list) or not isinstance(count, int) or len(chunks) != -(-count // CHUNK):
+    if not isinstance(chunks, list) or not isinstance(count, int) or len(chunks) != chunks_of(count):
         return None
     if not all(isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in chunks):
         return None
@@ -208,7 +209,7 @@ def unchanged(destination: Path, target: str, kind: str, settings: str, newest: 
     split = statewalk.split_at(len(chunks)) if kind == "folder" else 0
     if split:
         # The walk's last chunks go to a helper process; this one compares the first ones meanwhile.
-        with statewalk.Helper(source, exclude, chunks[split:], split * CHUNK, settings, now_ns) as helper:
+        with statewalk.Helper(source, exclude, chunks[split:], split * CHUNK, now_ns) as helper:
             if not walked.add_all(islice(walk, split * CHUNK)) or walked.count != split * CHUNK:
                 return None
             following = next(walk, None)
@@ -217,11 +218,11 @@ def unchanged(destination: Path, target: str, kind: str, settings: str, newest: 
             theirs = helper.result()
         if theirs is None:  # the helper could not run: this process walks the rest
             walk = chain((following,), walk)
-        elif not theirs["same"]:
+        elif not theirs.same:
             return None
         else:
             walk = iter(())
-            walked.merge(theirs, chunks[split:])
+            walked.merge(theirs.tallies, chunks[split:])
     if not walked.add_all(walk) or not walked.finish():
         return None  # a database appeared (its content decides), or a chunk differs
     if walked.racy or walked.count != recorded.get("entries"):

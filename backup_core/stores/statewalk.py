@@ -19,16 +19,20 @@ in any way, makes the check fall back to comparing contents, never to a wrong `o
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import NamedTuple
 
 _HELLO = b"backup_core.stores.statewalk 1\n"
-_SPLIT_FROM = 5  # chunks: 20,480 entries or more
-# Chunks the command keeps beyond half: the helper starts about 25 ms later, which is about
-# the time of one chunk's walk on the benchmark machine.
-_HEAD_START = 2
+_SPLIT_FROM = 5  # chunks: more than 16,384 entries
+
+
+class Answer(NamedTuple):
+    same: bool  # every chunk of the helper's part is the recorded one
+    tallies: tuple[int, int, int, int, bool, bool]  # what Recorder.merge adds
 
 
 def split_at(chunks: int) -> int:
@@ -37,57 +41,60 @@ def split_at(chunks: int) -> int:
         return 0  # the common case decided without importing what starting a process needs
     from backup_core import framing
 
-    if chunks < framing.setting("BACKUP_SPLIT_WALK_FROM", _SPLIT_FROM) or (os.cpu_count() or 1) < 2:
+    if chunks < framing.setting("BACKUP_SPLIT_WALK_FROM", _SPLIT_FROM) or _cores() < 2:
         return 0
-    return min(chunks - 1, (chunks + _HEAD_START) // 2)
+    # One chunk beyond half stays here: the helper starts about 25 ms later, about the time
+    # one chunk's walk took on the benchmark machine.
+    return min(chunks - 1, chunks // 2 + 1)
+
+
+def _cores() -> int:
+    """Cores this process may run on (a container's or taskset's limit, where the system says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class Helper:
     """A helper process for one check, stopped when the check leaves its `with` block."""
 
     def __init__(
-        self,
-        source: Path,
-        exclude: tuple[str, ...],
-        expected: list[tuple[str, str]],
-        first: int,
-        settings: str,
-        now_ns: int,
+        self, source: Path, exclude: tuple[str, ...], expected: list[tuple[str, str]], first: int, now_ns: int
     ) -> None:
-        self._request = {
-            "source": str(source),
-            "exclude": exclude,
-            "expected": expected,
-            "first": first,
-            "settings": settings,
-            "now_ns": now_ns,
-        }
-        self._process: Any = None
+        self._request = {"source": str(source), "exclude": exclude, "expected": expected, "first": first}
+        self._request["now_ns"] = now_ns
+        self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Helper:
         from backup_core import framing
 
         try:
             self._process = framing.start("backup_core.stores.statewalk")
+            assert self._process.stdin is not None  # started with pipes
             framing.send(self._process.stdin, self._request)
-            self._process.stdin.close()
+            # Its input stays open: the helper stops when it closes, so it cannot outlive this
+            # process (killed, it closes too), as the --jobs children do.
         except OSError:
             self._stop()  # no process to spare, or it died at once: this process walks it all
+        except BaseException:
+            self._stop()  # an interrupt while it starts: stop it before leaving
+            raise
         return self
 
-    def result(self) -> dict[str, Any] | None:
-        """The helper's answer: "same" and its tallies; None when it did not answer."""
+    def result(self) -> Answer | None:
+        """The helper's answer; None when it did not give one (this process then walks its part)."""
         from backup_core import framing
 
-        if self._process is None:
+        if self._process is None or self._process.stdout is None:
             return None
         try:
             if self._process.stdout.read(len(_HELLO)) != _HELLO:
                 return None
             answer = framing.receive(self._process.stdout)
-        except (OSError, EOFError, ValueError):
+        except Exception:  # a broken pipe, garbled or cut short: as if it had not run
             return None
-        return answer if isinstance(answer, dict) and "same" in answer else None
+        return _valid(answer)
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
@@ -106,23 +113,46 @@ class Helper:
                 stream.close()
 
 
+def _valid(answer: object) -> Answer | None:
+    """`answer` when it has the shape of one (only a broken helper would send another)."""
+    if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], bool)):
+        return None
+    tallies = answer[1]
+    if not (isinstance(tallies, tuple) and len(tallies) == 6):
+        return None
+    if not all(isinstance(n, int) for n in tallies):  # bools are ints too
+        return None
+    return Answer(answer[0], tallies)
+
+
 def main() -> None:
     from backup_core import framing
     from backup_core.sources.walk import entries
     from backup_core.stores.state import Recorder
 
     answers = framing.serve(_HELLO)
-    request = framing.receive(sys.stdin.buffer)
-    answer: dict[str, object]
+    requests = sys.stdin.buffer
     try:
+        request = framing.receive(requests)
+        # The command closing our input (it stopped, or was killed) ends the walk at once.
+        threading.Thread(target=_stop_at_end_of, args=(requests,), daemon=True).start()
         expected = request["expected"]
-        walked = Recorder(request["settings"], request["now_ns"], request["first"], expected)
+        walked = Recorder("", request["now_ns"], request["first"], expected)
         source, exclude, start = Path(request["source"]), tuple(request["exclude"]), expected[0][0]
         same = walked.add_all(entries(source, "folder", exclude, start)) and walked.finish()
-        answer = {"same": same and len(walked.chunks) == len(expected), **walked.tallies()}
-    except Exception as exc:  # any failure only means "not proven the same"
-        answer = {"same": False, "error": f"{type(exc).__name__}: {exc}"}
+        answer = (bool(same and len(walked.chunks) == len(expected)), walked.tallies())
+    except Exception:  # any failure only means "not proven the same"
+        answer = (False, (0, 0, 0, 0, True, False))
     framing.send(answers, answer)
+    # At once, not through the interpreter's shutdown, which would wait for the thread reading
+    # our input and abort ("could not acquire lock for stdin").
+    os._exit(0)
+
+
+def _stop_at_end_of(requests: object) -> None:
+    while requests.read(1 << 16):  # type: ignore[attr-defined]
+        pass
+    os._exit(0)
 
 
 if __name__ == "__main__":
