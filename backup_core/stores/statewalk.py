@@ -5,7 +5,7 @@ An unchanged re-run is a metadata walk, and one lstat per entry is most of it (a
 loop of those calls over the benchmark tree takes two thirds of the check).  Threads
 cannot share that work: each call gives the GIL back and takes it again, and two threads
 walking halves of the tree took longer than one.  A second process can.  It costs about
-25 ms to start, so it is used for trees of SPLIT_FROM chunks or more, and is given fewer
+25 ms to start, so it is used for trees of _SPLIT_FROM chunks or more, and is given fewer
 entries than the command keeps, so that both finish at about the same time.
 
 The helper starts its walk at the recorded first name of its first chunk, as if the walk
@@ -49,7 +49,7 @@ def split_at(chunks: int) -> int:
 
 
 def _cores() -> int:
-    """Cores this process may run on (a container's or taskset's limit, where the system says)."""
+    """Cores this process may run on (a taskset or cpuset limit, where the system tells)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -62,8 +62,13 @@ class Helper:
     def __init__(
         self, source: Path, exclude: tuple[str, ...], expected: list[tuple[str, str]], first: int, now_ns: int
     ) -> None:
-        self._request = {"source": str(source), "exclude": exclude, "expected": expected, "first": first}
-        self._request["now_ns"] = now_ns
+        self._request = {
+            "source": str(source),
+            "exclude": exclude,
+            "expected": expected,
+            "first": first,
+            "now_ns": now_ns,
+        }
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Helper:
