@@ -237,13 +237,14 @@ def save(destination: Path, target: str, archive: Path, walked: Recorder, when: 
     database), so an older state never outlives the archive it described."""
     if not SUPPORTED:
         return
+    walked.finish()  # closes the last chunk, however short
     body = {
         "format": FORMAT,
         "archive": archive.name,
         "archive_size": archive.stat().st_size,
         "settings": walked.settings,
         "entries": walked.count,
-        "chunks": walked.chunks if walked.finish() else [],
+        "chunks": walked.chunks,
         "racy": walked.racy or not walked.usable,
     }
     text = json.dumps(body, sort_keys=True)
