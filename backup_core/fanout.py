@@ -152,7 +152,7 @@ class _Child:
             late = threading.Timer(_HELLO_WITHIN, process.kill)
             late.start()
             try:
-                started = process.stdout.read(len(_HELLO)) == _HELLO
+                started = framing.greeted(process.stdout, _HELLO)
             finally:
                 late.cancel()
             if not started or not self._send(("start", command, settings)):

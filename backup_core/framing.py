@@ -67,6 +67,11 @@ def serve(hello: bytes) -> IO[bytes]:
     return answers
 
 
+def greeted(stream: IO[bytes], hello: bytes) -> bool:
+    """In the parent: whether a child's output opens with `hello` (see serve())."""
+    return stream.read(len(hello)) == hello
+
+
 def send(stream: IO[bytes], message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_LENGTH.pack(len(data)) + data)

@@ -764,14 +764,12 @@ def prune_target(target: Target, options: Options) -> TargetResult:
     def body() -> None:
         existing = archives.list_archives(target.destination, target.name)
         doomed = _retention(existing, target, result).deleted
-        if options.check:
-            result.deleted = [a.name for a in doomed]
-            result.status = CHANGED if doomed else OK
-            result.reason = f"{len(existing)} archive(s), " + (
-                f"{len(doomed)} to delete" if doomed else "nothing to prune"
-            )
-        elif not doomed:
+        if not doomed:
             result.reason = f"{len(existing)} archive(s), nothing to prune"
+        elif options.check:
+            result.deleted = [a.name for a in doomed]
+            result.status = CHANGED
+            result.reason = f"{len(existing)} archive(s), {len(doomed)} to delete"
         else:
             with _locked(target, result) as held:
                 if held is None:

@@ -94,7 +94,7 @@ class Helper:
         if self._process is None or self._process.stdout is None:
             return None
         try:
-            if self._process.stdout.read(len(_HELLO)) != _HELLO:
+            if not framing.greeted(self._process.stdout, _HELLO):
                 return None
             answer = framing.receive(self._process.stdout)
         except Exception:  # a broken pipe, garbled or cut short: as if it had not run

@@ -263,7 +263,7 @@ class _Process:
         assert self._child.stdout is not None
         why = ""
         try:
-            if self._child.stdout.read(len(_HELLO)) != _HELLO:
+            if not framing.greeted(self._child.stdout, _HELLO):
                 why = "it did not start (something else wrote to its output)"
                 return
             while (answer := framing.receive(self._child.stdout)) is not None:
