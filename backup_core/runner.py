@@ -476,7 +476,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 queued = flushed_at = 0
                 flushing: Future[None] | None = None
                 try:
-                    for entry in sources.entries(target.path, kind, target.exclude):
+                    for entry in _foreseen(sources.entries(target.path, kind, target.exclude), writer):
                         if _stopping.is_set():
                             raise TargetError("interrupted; the partial archive was removed")
                         observer.file(target, entry.name)
@@ -617,6 +617,22 @@ def _save_state(
         result.warnings.append(
             f"could not record the source's state ({_describe(exc, target)}); the next run compares contents"
         )
+
+
+def _foreseen(entries: Iterator[sources.Entry], writer: ZipWriter) -> Iterator[sources.Entry]:
+    """The walk, read ahead until the writer knows how to pack it: a big tree's worker processes
+    start before its first file, not after its first thousands of small ones were packed on
+    threads (a tenth of the backup of a tree that begins with them).  At most a few thousand
+    entries are held, and a small target is walked whole, which is quick."""
+    ahead: list[sources.Entry] = []
+    size = 0
+    for entry in entries:
+        ahead.append(entry)
+        size += entry.stat.st_size if entry.kind in _DATA else 0
+        if writer.foresee(size, len(ahead)):
+            break
+    yield from ahead
+    yield from entries
 
 
 def _read_back(archive: Path, writer: ZipWriter) -> None:

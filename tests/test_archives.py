@@ -901,6 +901,12 @@ if "backup_core.zip.workers" in sys.orig_argv:
         os._exit(3)
     if os.environ.get("WORKER_PRINTS"):
         print("a greeting from a site module")
+    if os.environ.get("WORKER_OPENS"):
+        def _opened(event, args, log=os.environ["WORKER_OPENS"]):
+            if event == "open" and isinstance(args[0], str) and "src" in args[0]:
+                with open(log, "a", encoding="utf-8") as out:
+                    out.write(args[0] + "\\n")
+        sys.addaudithook(_opened)
 """
 
 
@@ -961,6 +967,27 @@ def test_worker_processes_write_the_very_bytes_threads_write(project: Project) -
     for reader in readers_that_extract():
         restored = extract(by_processes, project.root / f"out-{reader}", reader)
         assert disk_tree(restored) == tree, reader
+
+
+def test_a_tree_big_enough_for_worker_processes_is_packed_by_them_from_its_first_file(project: Project) -> None:
+    # The walk is read ahead until it holds enough for worker processes, so they start before
+    # the first job: no file of the tree is packed on the command's own threads.  (Without the
+    # look-ahead, the first batch of 256 small files, 1 MiB, went to threads before the
+    # second reached the 2 MiB threshold.)
+    files = {f"d{i % 3}/f{i:03d}.txt": text_bytes(4 << 10, seed=i) for i in range(600)}
+    for name, content in files.items():
+        project.file(f"src/{name}", content)
+    write_manifest(project, "src")
+    opens = project.root / "opens.log"
+
+    ran = project.invoke("backup", env=_worker_env(project, threshold=2 << 20, WORKER_OPENS=str(opens)))
+
+    assert ran.code == 0, ran.output
+    assert len(_workers_started(project)) == 2, "the run did not pack in worker processes"
+    read_by_workers = {Path(line).relative_to(project.root / "src").as_posix() for line in opens.read_text().split()}
+    assert read_by_workers == set(files)
+    (archive,) = project.archives()
+    assert zip_tree(archive) == disk_tree(project.root / "src")
 
 
 def test_worker_processes_that_cannot_run_leave_the_work_to_threads_and_say_so(project: Project) -> None:

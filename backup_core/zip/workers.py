@@ -76,7 +76,7 @@ class Workers:
         """Run job `name` (a function of packing.py) on `args`; it reads `size` bytes of `members`."""
         self._submitted += size
         self._members += members
-        if not self._processes and self._wants_processes():
+        if not self._processes and self._may_use_processes() and _enough(self._submitted, self._members):
             self._start_processes()
         if self._processes:
             # To the process with the least work waiting: jobs differ tenfold in cost.
@@ -90,6 +90,18 @@ class Workers:
         if self._submitted <= _INLINE_UP_TO:
             return Job(name, args, _done_here(_JOBS[name], args), None)
         return Job(name, args, self._threads.submit(_JOBS[name], *args), None)
+
+    def foresee(self, size: int, members: int) -> bool:
+        """Start the worker processes now if `size` bytes of `members` members lie ahead and that
+        repays them: before the first job, not after thousands of small files were packed on
+        threads one core at a time.  True once the choice is made (started, or never to be), so
+        looking further ahead adds nothing."""
+        if self._processes or not self._may_use_processes():
+            return True
+        if not _enough(size, members):
+            return False
+        self._start_processes()
+        return True
 
     def facts(self, job: Job) -> tuple[Any, bytes | None]:
         """Wait for `job`: what to record, and its data, or None when its process holds the data."""
@@ -146,11 +158,8 @@ class Workers:
                 process.stop(abandon=True)
             raise
 
-    def _wants_processes(self) -> bool:
-        return (
-            self._archive is not None and self.warning is None and self._count > 1
-            and (self._submitted >= PROCESSES_FROM or self._members >= _PROCESSES_FROM_MEMBERS)
-        )  # fmt: skip
+    def _may_use_processes(self) -> bool:
+        return self._archive is not None and self.warning is None and self._count > 1
 
     def _start_processes(self) -> None:
         try:
@@ -275,6 +284,11 @@ class _Process:
                 self._child.kill()  # its output cannot be trusted: it must not write anything either
             code = self._child.wait()
             self._answers.put(("gone", why or ("it exited" if code == 0 else f"it exited with status {code}")))
+
+
+def _enough(size: int, members: int) -> bool:
+    """Whether packing `size` bytes of `members` members repays starting worker processes."""
+    return size >= PROCESSES_FROM or members >= _PROCESSES_FROM_MEMBERS
 
 
 def _done_here(job: Callable[..., tuple[Any, bytes]], args: tuple[Any, ...]) -> Future[Any]:

@@ -149,6 +149,11 @@ class ZipWriter:
         self._should_stop = should_stop  # checked between jobs, so a large file stops within a piece
         self.stats = ArchiveStats()
 
+    def foresee(self, size: int, members: int) -> bool:
+        """Say that `size` bytes of `members` members will be added (see Workers.foresee); True
+        once looking further ahead adds nothing."""
+        return self._workers.foresee(size, members)
+
     # --- adding members ------------------------------------------------------------------------
 
     def add_directory(self, name: str, st: os.stat_result) -> None:
