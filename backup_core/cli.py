@@ -50,7 +50,27 @@ _METRICS = "Write Prometheus metrics to this .prom file after the run (overrides
 _SHORT_FLAGS = {"manifest": "m", "only": "o", "tags": "t", "jobs": "j", "verbose": "v"}
 
 
+# The selection flags, as typed.  Invoke gives a list flag typed with no value (`--only
+# --check`) the same empty list as an absent one, so `--only $T` with T empty would quietly
+# select every target: the command line is read again to tell the two apart.
+_SELECTION_FLAGS = {"only": ("--only", "-o"), "tags": ("--tags", "-t"), "skip_tags": ("--skip-tags",)}
+
+
+def _given_bare(flags: tuple[str, ...], argv: list[str]) -> bool:
+    """Whether one of `flags` stands on `argv` with no value after it."""
+    return any(
+        token in flags and (index + 1 == len(argv) or argv[index + 1].startswith("-"))
+        for index, token in enumerate(argv)
+    )
+
+
 class _Task(Task):  # type: ignore[type-arg]
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for name, flags in _SELECTION_FLAGS.items():
+            if name in kwargs and not kwargs[name] and _given_bare(flags, sys.argv[1:]):
+                kwargs[name] = [""]  # which selection.select refuses: "--only was given without a name"
+        return super().__call__(*args, **kwargs)
+
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
         opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
         if name in _SHORT_FLAGS:
@@ -115,7 +135,7 @@ def backup(
     skip_tags: list[str] | None = None,
     check: bool = False,
     force: bool = False,
-    jobs: str = "0",  # parsed by backup_core, so a bad value is a usage error, not a traceback
+    jobs: str = "",  # parsed by backup_core, so a bad value is a usage error, not a traceback
     format: str = "text",
     verbose: bool = False,
     log_file: str = "",

@@ -54,7 +54,7 @@ def run_targets(
     skip_tags: Iterable[str] | None = None,
     check: bool = False,
     force: bool = False,
-    jobs: int | str = 0,
+    jobs: int | str = "",
     output: str = "text",
     verbose: bool = False,
     log_file: str | None = None,
@@ -242,12 +242,19 @@ def _tell(problems: list[tuple[str, bool]]) -> None:
 
 
 def _jobs(value: int | str) -> int:
+    """--jobs as a number; 0 when it was not given (the manifest's `jobs` then counts).  The
+    bounds are the schema's for `jobs`, so the flag and the manifest accept the same values."""
+    if value in ("", 0):
+        return 0
+    bounds = manifest_module.schema()["properties"]["jobs"]
     try:
         jobs = int(value)
     except ValueError:
-        jobs = -1
-    if jobs < 0:
-        raise UsageError(f"--jobs {value}: give a number of targets to run at once, 1 or more")
+        jobs = 0
+    if not bounds["minimum"] <= jobs <= bounds["maximum"]:
+        raise UsageError(
+            f"--jobs {value}: give a number of targets to run at once, {bounds['minimum']} to {bounds['maximum']}"
+        )
     return jobs
 
 

@@ -166,8 +166,35 @@ def test_a_broken_hook_is_a_located_manifest_error(project: Project, hook: dict[
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--jobs", "abc"], ["--jobs", "-1"], ["--only", ""], ["--only", ","], ["--tags", ""]],
-    ids=["jobs not a number", "jobs negative", "only empty", "only comma", "tags empty"],
+    [
+        ["--jobs", "abc"],
+        ["--jobs", "-1"],
+        ["--jobs", "0"],
+        ["--jobs", "65"],
+        ["--only", ""],
+        ["--only", ","],
+        ["--tags", ""],
+        # Typed with no value (`--only $T`, T empty): Invoke gives the same empty list as no flag.
+        ["--only", "--force"],
+        ["--force", "--only"],
+        ["-o", "--force"],
+        ["--tags"],
+        ["--skip-tags", "--force"],
+    ],
+    ids=[
+        "jobs not a number",
+        "jobs negative",
+        "jobs zero",
+        "jobs over the schema's 64",
+        "only empty",
+        "only comma",
+        "tags empty",
+        "only bare",
+        "only bare last",
+        "o bare",
+        "tags bare",
+        "skip-tags bare",
+    ],
 )
 def test_bad_flags_are_usage_errors_that_change_nothing(project: Project, arguments: list[str]) -> None:
     project.file("src/a.txt")
@@ -178,6 +205,8 @@ def test_bad_flags_are_usage_errors_that_change_nothing(project: Project, argume
 
     assert ran.code == 2, ran.output
     assert "Traceback" not in ran.output
+    flag = next(a for a in arguments if a.startswith("-") and a != "--force")
+    assert ran.stderr.startswith(f"error: {'--only' if flag == '-o' else flag}"), ran.output
     assert project.snapshot_tree() == before
 
 

@@ -230,8 +230,13 @@ def test_an_undefined_variable_is_a_located_error_never_an_empty_string(project:
         "backups.yml:4:5: targets[0].path: undefined environment variable ${APP_UNSET_1}, ${ALSO_UNSET_2}; "
         "set it or change the path"
     ]
-    # A variable set to an empty string is set: only an unset one is an error.
-    assert settings(project, {"APP_UNSET_1": "", "ALSO_UNSET_2": "x"})["app"]["path"] == str(Path("/data/x").absolute())
+    # A variable set to an empty string is no better: `${APP}/data` would quietly name /data.
+    assert problems_of(project.manifest, {"APP_UNSET_1": "", "ALSO_UNSET_2": "x"}) == [
+        "backups.yml:4:5: targets[0].path: empty environment variable ${APP_UNSET_1}; set it or change the path"
+    ]
+    assert settings(project, {"APP_UNSET_1": "/srv", "ALSO_UNSET_2": "x"})["app"]["path"] == str(
+        Path("/srv/data/x").absolute()
+    )
 
 
 def test_an_undefined_variable_in_defaults_is_reported_once_not_once_per_target(project: Project) -> None:

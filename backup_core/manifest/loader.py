@@ -154,6 +154,7 @@ def load(file: Path, environ: dict[str, str] | None = None, trust_passes: bool =
     # A value YAML already flagged (say 0755) needs no second sentence from the schema.
     flagged = {p.where for p in problems}
     problems += [p for p in schema_problems if p.where not in flagged]
+    problems += _nul_problems(document, document.data, ())
     if document.data is None:
         raise ManifestError([Problem(file, 1, 1, "", "the manifest is empty; it needs `version: 1` and `targets:`")])
     manifest = None
@@ -224,6 +225,22 @@ def _validator() -> Any:
     )
     extended = jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=strict_types)  # type: ignore[no-untyped-call]
     return extended(schema())
+
+
+def _nul_problems(document: Document, value: Any, where: KeyPath) -> list[Problem]:
+    """Every string holding a NUL byte (YAML's "\\0"): no path, name or command can, and the
+    system calls that would meet it later raise instead of saying where it is."""
+    if isinstance(value, str):
+        return (
+            [document.problem(where, "contains a NUL byte (\\0), which no path or command can hold")]
+            if "\0" in value
+            else []
+        )
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _nul_problems(document, item, (*where, key))]
+    if isinstance(value, list):
+        return [p for index, item in enumerate(value) for p in _nul_problems(document, item, (*where, index))]
+    return []
 
 
 def _schema_problems(document: Document) -> list[Problem]:

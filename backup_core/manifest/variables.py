@@ -25,10 +25,17 @@ def with_builtins(environ: Mapping[str, str]) -> dict[str, str]:
 def expand(
     document: Document, value: str, where: KeyPath, environ: Mapping[str, str], problems: list[Problem], what: str
 ) -> str | None:
-    """`value` with ${VAR} replaced from `environ`; None, and a located problem, when one is undefined."""
-    missing = [m.group(1) for m in _VARIABLE.finditer(value) if m.group(1) not in environ]
-    if missing:
-        names = ", ".join(f"${{{name}}}" for name in missing)
-        problems.append(document.problem(where, f"undefined environment variable {names}; set it or change the {what}"))
+    """`value` with ${VAR} replaced from `environ`; None, and a located problem, when one is
+    undefined or empty.  Empty counts as missing: `${DATA}/out` with DATA set to "" would
+    otherwise name /out, and `${DATA}` alone the manifest's own folder."""
+    used = [m.group(1) for m in _VARIABLE.finditer(value)]
+    for unusable, how in (
+        ([n for n in used if n not in environ], "undefined"),
+        ([n for n in used if environ.get(n) == ""], "empty"),
+    ):
+        if unusable:
+            names = ", ".join(f"${{{name}}}" for name in dict.fromkeys(unusable))
+            problems.append(document.problem(where, f"{how} environment variable {names}; set it or change the {what}"))
+    if any(name not in environ or environ[name] == "" for name in used):
         return None
     return _VARIABLE.sub(lambda m: environ[m.group(1)], value)
