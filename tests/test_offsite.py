@@ -301,6 +301,67 @@ def test_check_mode_shows_remote_uploads_and_deletions_and_touches_nothing(proje
     assert prune.code == 0 and remote.names("site") == before
 
 
+def test_objects_named_newer_that_this_tool_never_put_there_cannot_push_out_a_good_copy(
+    project: Project, remote: Remote
+) -> None:
+    site(project)
+    write(project, remote, keep={"last": 2})
+    assert run(project, remote, "backup", now=START).code == 0
+    [good] = remote.names("site")
+    # Someone's objects under this target's names, dated minutes after the next run (under the
+    # ten minutes a clock may be ahead, so they are not set aside as "in the future").
+    day = START + timedelta(days=1)
+    strangers = [archive_file_name("site", day + timedelta(minutes=m)) for m in (1, 2)]
+    for name in strangers:
+        remote.replace("site", name, b"not an archive")
+
+    ran = run(project, remote, "backup", "--format", "json", now=day)
+
+    assert ran.code == 0, ran.output
+    new = archive_file_name("site", day)
+    assert remote.names("site") == sorted([good, new, *strangers])  # sent, kept, and theirs left alone
+    assert remote.read("site", new) == (project.root / "backups" / new).read_bytes()
+    [copy] = ran.json()["targets"][0]["offsite"]
+    assert copy["deleted"] == []
+    warned = " ".join(copy["warnings"])
+    assert all(f"{name} has no recorded checksum" in warned for name in strangers), warned
+    assert "not counted as a copy and is left in place" in warned
+    # Nor do they make the remote look fresher than its newest good copy.
+    status = run(project, remote, "status", "--format", "json", now=day + timedelta(minutes=5))
+    [state] = [s for s in status.json()["targets"][0]["stores"] if s["store"] == remote.name]
+    assert state["newest"] == new, state
+
+
+def test_a_copy_replaced_behind_the_tools_back_is_neither_counted_nor_deleted(project: Project, remote: Remote) -> None:
+    site(project)
+    write(project, remote, keep={"last": 2})
+    for day in range(2):
+        project.file("site/day.txt", f"day {day}\n")
+        assert run(project, remote, "backup", now=START + timedelta(days=day)).code == 0
+    first, second = remote.names("site")
+    remote.replace("site", second, b"garbage")
+
+    # A preview says what the push itself will meet: the newest copy is not the archive.
+    preview = run(project, remote, "push", "--check")
+    assert preview.code == 1, preview.output
+    assert f"{second} is already there, but not as this tool put it" in preview.output
+    assert run(project, remote, "push").code == 1
+
+    project.file("site/day.txt", "day 2\n")
+    ran = run(project, remote, "backup", now=START + timedelta(days=2))
+
+    assert ran.code == 0, ran.output
+    third = archive_file_name("site", START + timedelta(days=2))
+    # The garbage does not count toward keep: the good first copy stays beside the new one.
+    assert remote.names("site") == [first, second, third]
+    assert remote.read("site", second) == b"garbage"
+    assert "not counted as a copy and is left in place" in ran.output
+    # And once two good copies are newer, the garbage is still not deleted: it is not ours to judge.
+    project.file("site/day.txt", "day 3\n")
+    assert run(project, remote, "backup", now=START + timedelta(days=3)).code == 0
+    assert remote.names("site") == [second, third, archive_file_name("site", START + timedelta(days=3))]
+
+
 def test_prune_applies_the_remote_keep_too(project: Project, remote: Remote) -> None:
     site(project)
     write(project, remote)  # remote keeps what the target keeps: last 10

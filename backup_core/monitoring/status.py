@@ -170,6 +170,9 @@ def list_store(target: Target, name: str, where: str, open_store: Callable[[], S
         store = open_store()
         state.where = store.describe()
         held: list[Stored] = store.list(target.name)
+        # The newest copy this tool put there: an object someone else wrote under a newer
+        # archive's name must not make a stale remote look fresh.
+        newest = next((s for s in reversed(held) if store.vouched(target.name, s) is None), None)
     except BackupError as exc:
         state.error = str(exc)
     except OSError as exc:
@@ -178,8 +181,8 @@ def list_store(target: Target, name: str, where: str, open_store: Callable[[], S
         state.error = f"{words}: cannot be listed: {type(exc).__name__}: {exc}"
     else:
         state.archives, state.bytes = len(held), sum(s.size for s in held)
-        if held:
-            state.newest, state.newest_when = held[-1].name, held[-1].when
+        if newest is not None:
+            state.newest, state.newest_when = newest.name, newest.when
     return state, time.monotonic() - started
 
 

@@ -74,6 +74,13 @@ class Store(Protocol):
         """A quick integrity check without a download: None, or what is wrong in one sentence."""
         ...
 
+    def vouched(self, target: str, stored: Stored) -> str | None:
+        """Whether this is still the copy this tool put there, by what put() recorded (a checksum
+        in the object's metadata, a .sha256 file), without reading its data: None, or why not.
+        Retention counts only such copies: an object someone else wrote under an archive's name
+        must never be what makes a good copy look surplus."""
+        ...
+
 
 def parse(target: str, name: str, size: int = 0) -> Stored | None:
     """A stored name of `target`'s archives (plain or encrypted) as a Stored, else None."""

@@ -164,6 +164,9 @@ class EncryptedStore:
     def check(self, target: str, stored: Stored) -> str | None:
         return self.inner.check(target, stored)
 
+    def vouched(self, target: str, stored: Stored) -> str | None:
+        return self.inner.vouched(target, stored)
+
 
 def load_identities(file: Path) -> list[Any]:
     """The identities in an age identity file or an SSH private key file; UsageError if none."""

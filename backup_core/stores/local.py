@@ -52,6 +52,9 @@ class LocalStore:
     def check(self, target: str, stored: Stored) -> str | None:
         return None if (self.folder / stored.name).is_file() else f"{stored.name} is missing from {self.folder}"
 
+    def vouched(self, target: str, stored: Stored) -> str | None:
+        return self.check(target, stored)  # the runner wrote, read back and renamed each one itself
+
 
 class FolderStore:
     """A folder remote: copies under <path>/<prefix><target>/, each with its SHA-256 beside it."""
@@ -103,7 +106,10 @@ class FolderStore:
             stored = parse(target, final.name, final.stat().st_size)
             assert stored is not None
             return stored
-        raise StoreError(f"remote {self.name}: {final} already exists with other content; it was not overwritten")
+        raise StoreError(
+            f"remote {self.name}: {final} already exists with other content; it was not overwritten "
+            f"(check it with `invoke verify --remote {self.name}`, then move or delete it)"
+        )
 
     def delete(self, target: str, stored: Stored) -> bool:
         path = self._folder(target) / stored.name
@@ -129,6 +135,17 @@ class FolderStore:
         if actual != recorded:
             return f"{stored.name} does not match the checksum recorded when it was copied: it was changed or damaged"
         return None
+
+    def vouched(self, target: str, stored: Stored) -> str | None:
+        path = self._folder(target) / stored.name
+        if _recorded(path) is None:
+            return f"{stored.name} has no recorded checksum ({_sidecar(path).name} is missing or unreadable)"
+        # put() writes the checksum after the copy is whole: a copy modified later was rewritten.
+        try:
+            rewritten = path.stat().st_mtime_ns > _sidecar(path).stat().st_mtime_ns
+        except OSError as exc:
+            return f"cannot read {path}: {_reason(exc)}"
+        return f"{stored.name} was modified after its checksum was recorded: it was replaced" if rewritten else None
 
 
 def _listing(folder: Path, target: str) -> list[Stored]:

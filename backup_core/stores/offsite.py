@@ -82,10 +82,15 @@ def replicate(
         # put() keeps an identical one and refuses one with other bytes.  (An encrypted copy
         # cannot be compared without its key; its name carries the proof of its upload.)
         confirm = [ours[-1]] if ours and ours[-1].name in have and not remote.encrypted else []
-        policy = remote.keep or target.keep
-        planned_here = retention.plan([*held, *missing], _when, policy, now)
-        _note(result, planned_here)
-        kept, doomed = planned_here.kept, planned_here.deleted
+        planned_here, unvouched = _plan(store, target, remote, held, missing, result, now)
+        if check and confirm and ours[-1].name in {s.name for s in unvouched}:
+            # The run itself would find it and refuse to overwrite it: say so now.
+            raise StoreError(
+                f"remote {remote.name}: {ours[-1].name} is already there, but not as this tool put it; "
+                f"check it with `invoke verify --remote {remote.name}`, then move or delete it"
+            )
+        held = [s for s in held if s not in unvouched]
+        kept, doomed = planned_here.kept, [s for s in planned_here.deleted if s not in unvouched]
         wanted = set(kept)
         uploads = [a for a in reversed(missing) if a in wanted]  # newest first
         doomed = [a for a in doomed if a in held] if prune else []
@@ -126,9 +131,9 @@ def prune_remote(target: Target, remote: Remote, check: bool = False, now: datet
     now = now or datetime.now(timezone.utc)
     try:
         held = store.list(target.name)
-        planned_here = retention.plan(held, _when, remote.keep or target.keep, now)
-        _note(result, planned_here)
-        doomed = planned_here.deleted
+        planned_here, unvouched = _plan(store, target, remote, held, [], result, now)
+        held = [s for s in held if s not in unvouched]
+        doomed = [s for s in planned_here.deleted if s not in unvouched]
         if check:
             result.deleted = [a.name for a in doomed]
         else:
@@ -140,6 +145,56 @@ def prune_remote(target: Target, remote: Remote, check: bool = False, now: datet
     finally:
         result.seconds = time.monotonic() - started
     return result
+
+
+def _plan(
+    store: Store,
+    target: Target,
+    remote: Remote,
+    held: list[Stored],
+    missing: list[Stored],
+    result: OffsiteResult,
+    now: datetime,
+) -> tuple[retention.Plan[Stored], list[Stored]]:
+    """The remote's keep over the copies it holds and those it lacks, counting only copies this
+    tool put there; and the held copies it could not vouch for.
+
+    Every held copy the plan would keep is vouched for first (a HEAD request, a .sha256 file;
+    never a download).  One that cannot be, an object someone wrote or replaced under an
+    archive's name, is not counted, not deleted, and named in a warning; the plan is then made
+    again without it.  So a foreign object named newer than the good copies can never make
+    them look surplus, nor stop the new archive from being sent."""
+    vouched: set[Stored] = set()
+    unvouched: list[Stored] = []
+    while True:
+        counted = [s for s in held if s not in unvouched]
+        planned = retention.plan([*counted, *missing], _when, remote.keep or target.keep, now)
+        doubtful = [s for s in planned.kept if s in counted and s not in vouched]
+        if not doubtful:
+            break
+        unvouched += _doubted(store, target, remote, doubtful, vouched, result)
+    # Nor is a copy deleted that this tool cannot say it put there: it may be someone's file.
+    unvouched += _doubted(store, target, remote, [s for s in planned.deleted if s in held], vouched, result)
+    _note(result, planned)
+    return planned, unvouched
+
+
+def _doubted(
+    store: Store, target: Target, remote: Remote, copies: list[Stored], vouched: set[Stored], result: OffsiteResult
+) -> list[Stored]:
+    """Those of `copies` the store cannot vouch for, each named in a warning; the rest join `vouched`."""
+    doubted = []
+    for stored in copies:
+        why = store.vouched(target.name, stored)
+        if why is None:
+            vouched.add(stored)
+            continue
+        doubted.append(stored)
+        result.warnings.append(
+            f"remote {remote.name}: {why}; it is not counted as a copy and is left in place: check it with "
+            f"`invoke verify --remote {remote.name}`, then move or delete it"
+        )
+    return doubted
 
 
 def _note(result: OffsiteResult, planned: retention.Plan[Stored]) -> None:

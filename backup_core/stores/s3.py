@@ -62,7 +62,10 @@ class S3Store:
             # An upload an earlier run finished but could not confirm: keep it if it is ours and whole.
             if existing.get("Metadata", {}).get("sha256") == sha256 and existing["ContentLength"] == size:
                 return Stored(_when(target, name), name, size)
-            raise StoreError(f"remote {self.name}: {key} already exists with other content; it was not overwritten")
+            raise StoreError(
+                f"remote {self.name}: {key} already exists with other content; it was not overwritten "
+                f"(check it with `invoke verify --remote {self.name}`, then move or delete it)"
+            )
         extra: dict[str, Any] = {"Metadata": {"sha256": sha256, "size": str(size)}}
         if self.remote.checksum in _ALGORITHMS:
             extra["ChecksumAlgorithm"] = _ALGORITHMS[self.remote.checksum]
@@ -117,6 +120,9 @@ class S3Store:
         if whole and "-" not in whole and base64.b64decode(whole).hex() != recorded["sha256"]:
             return f"{stored.name} does not match the checksum recorded at upload: it was replaced or damaged"
         return None
+
+    def vouched(self, target: str, stored: Stored) -> str | None:
+        return self.check(target, stored)  # already only a HEAD request
 
     # --- helpers ---------------------------------------------------------------------------------
 
