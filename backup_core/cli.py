@@ -66,6 +66,10 @@ def _given_bare(flags: tuple[str, ...], argv: list[str]) -> bool:
 
 class _Task(Task):  # type: ignore[type-arg]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args and isinstance(args[0], Context) and args[0].config.run.dry:
+            # Invoke's -R/--dry echoes shell commands instead of running them. These tasks run
+            # none, so it would change nothing: a "dry" backup would write and delete for real.
+            raise Exit("error: --dry is Invoke's, for shell commands, and previews nothing here; use --check", code=2)
         for name, flags in _SELECTION_FLAGS.items():
             if name in kwargs and not kwargs[name] and _given_bare(flags, sys.argv[1:]):
                 kwargs[name] = [""]  # which selection.select refuses: "--only was given without a name"

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import INVOKE, REPO, Project, fake_archive, flow
+from conftest import INVOKE, REPO, Project, fake_archive, flow, run_invoke
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="needs POSIX file names, FIFOs or signals")
 
@@ -207,6 +207,22 @@ def test_bad_flags_are_usage_errors_that_change_nothing(project: Project, argume
     assert "Traceback" not in ran.output
     flag = next(a for a in arguments if a.startswith("-") and a != "--force")
     assert ran.stderr.startswith(f"error: {'--only' if flag == '-o' else flag}"), ran.output
+    assert project.snapshot_tree() == before
+
+
+@pytest.mark.parametrize("flag", ["--dry", "-R"])
+@pytest.mark.parametrize("task", ["backup", "prune"])
+def test_invokes_dry_flag_is_refused_not_a_real_run(project: Project, flag: str, task: str) -> None:
+    # Invoke's --dry echoes shell commands instead of running them; these tasks run none, so it
+    # would have let a real backup or prune, deletions included, run under a "dry" flag.
+    project.file("src/a.txt")
+    manifest(project, "src")
+    before = project.snapshot_tree()
+
+    ran = run_invoke(flag, task, "--manifest", str(project.manifest))
+
+    assert ran.code == 2, ran.output
+    assert "use --check" in ran.stderr and "Traceback" not in ran.output
     assert project.snapshot_tree() == before
 
 

@@ -388,6 +388,11 @@ def test_prune_applies_the_remote_keep_too(project: Project, remote: Remote) -> 
         ({"b": {"type": "s3", "bucket": "ok-bucket", "secret": "x"}}, ["b"], "unknown key 'secret'"),
         ({"b": {"type": "folder", "path": "x", "bucket": "ok-bucket"}}, ["b"], "bucket is for s3 remotes"),
         ({"b": {"type": "folder", "path": "x", "prefix": "../up/"}}, ["b"], "must be relative"),
+        (
+            {"b": {"type": "s3", "bucket": "ok-bucket", "endpoint": "https://AKIDEXAMPLE:Sup3rSecret@s3.example.net"}},
+            ["b"],
+            "no user or password in it",
+        ),
     ],
 )
 def test_a_bad_remote_is_a_located_manifest_error(
@@ -412,6 +417,7 @@ def test_a_bad_remote_is_a_located_manifest_error(
     assert message in ran.stderr
     assert re.search(r"backups.yml:\d+:\d+: ", ran.stderr)  # file:line:col
     assert "Traceback" not in ran.output
+    assert "Sup3rSecret" not in ran.output  # a secret in the manifest is refused, never echoed
 
 
 def test_a_known_profile_is_accepted_and_list_shows_the_remotes(project: Project, tmp_path: Path) -> None:

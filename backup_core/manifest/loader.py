@@ -293,6 +293,15 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
                 path, f"'{error.instance}' does not end in .prom; node_exporter's textfile collector reads only *.prom"
             )
         ]
+    if error.validator == "pattern" and path and path[-1] == "endpoint":
+        # Never echoed: a URL with a user and password in it holds a secret.
+        return [
+            document.problem(
+                path,
+                "is not a URL like https://s3.example.net (http or https, then the host; no user or password "
+                "in it: credentials come from the environment or a profile, never the manifest)",
+            )
+        ]
     if error.validator == "not" and path == ("remotes",):
         return [
             document.problem(path, f"'{error.instance}' names this machine's own archives; name the remote otherwise")
