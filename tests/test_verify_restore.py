@@ -472,13 +472,40 @@ LINK_ATTACKS = {
 
 
 @pytest.mark.parametrize("members", LINK_ATTACKS.values(), ids=LINK_ATTACKS.keys())
-def test_restore_refuses_links_that_lead_outside(project: Project, members: list[tuple[zipfile.ZipInfo, str]]) -> None:
+def test_restore_never_writes_through_a_link_that_leads_outside(
+    project: Project, members: list[tuple[zipfile.ZipInfo, str]]
+) -> None:
     outside = str(project.root / "outside")
     ran, folder = restore_crafted(project, [(info, data.format(outside=outside)) for info, data in members])
 
     assert ran.code == 1, ran.output
     assert "refus" in ran.output
     assert_nothing_written_outside(project.root, folder)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="making links needs a privilege on Windows")
+def test_links_pointing_out_of_the_tree_pass_verify_and_come_back_as_they_were(project: Project) -> None:
+    # /etc/localtime -> /usr/share/zoneinfo/UTC, or ../shared/config: ordinary in a real tree.
+    outside = project.root / "outside"
+    outside.mkdir()
+    (outside / "zone").write_text("UTC\n")
+    project.file("site/index.html", "<h1>hello</h1>\n")
+    (project.root / "site" / "localtime").symlink_to(outside / "zone")
+    (project.root / "site" / "conf").mkdir()
+    (project.root / "site" / "conf" / "shared").symlink_to("../../outside/zone")
+    project.write_manifest(SITE_MANIFEST)
+    assert project.invoke("backup", "--only", "site").code == 0
+
+    verified = project.invoke("verify", "--only", "site")
+    assert verified.code == 0, verified.output
+
+    folder = project.root / "restored"
+    ran = project.invoke("restore", "site", "--to", str(folder))
+    assert ran.code == 0, ran.output
+    assert (folder / "localtime").readlink() == outside / "zone"
+    assert (folder / "conf" / "shared").readlink() == Path("../../outside/zone")
+    assert (folder / "index.html").read_text() == "<h1>hello</h1>\n"
+    assert [p.name for p in outside.iterdir()] == ["zone"] and (outside / "zone").read_text() == "UTC\n"
 
 
 def test_restore_refuses_to_write_through_a_link_already_in_the_folder(project: Project) -> None:
