@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 _COLOURS = {OK: "green", CHANGED: "yellow", FAILED: "red", SKIPPED: "cyan"}
 _ANSI_CODE = re.compile(r"\033\[[0-9;]*m")
 _ANSI = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "bold": "1"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """`text` with control characters escaped as Python writes them (\\n, \\x1b): a file name
+    holding a newline must not forge a line of its own, nor one holding ESC recolour the
+    terminal.  Applied to what a line reports, before the reporter's own colours."""
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def human_bytes(size: float) -> str:
@@ -165,9 +173,9 @@ class TextReporter:
 
     def file(self, target: Target, name: str) -> None:
         if self.verbose:
-            self._say(f"  [{target.name}] {name}")
+            self._say(f"  [{target.name}] {shown(name)}")
         elif self._log:
-            self._write_log(f"  [{target.name}] {name}")
+            self._write_log(f"  [{target.name}] {shown(name)}")
 
     def uploading(self, target: Target, remote: str, total_bytes: int) -> Callable[[int], None]:
         if not self._progress:
@@ -184,19 +192,19 @@ class TextReporter:
                 self._progress.stop(f"{result.name} -> {remote.remote}")
         self.verdict(result.status, result.name, describe(result, self.command, self.check))
         for warning in result.warnings:
-            self._say(f"  [WARNING] [{result.name}] {warning}")
+            self._say(f"  [WARNING] [{result.name}] {shown(warning)}")
 
     def verdict(self, status: str, name: str, line: str) -> None:
         """`status: [name] => line`, the status coloured on a terminal."""
-        self._say(f"{self._paint(status, status)}: [{name}] => {line}")
+        self._say(f"{self._paint(status, status)}: [{name}] => {shown(line)}")
 
     def warn(self, line: str) -> None:
-        self._say(f"  [WARNING] {line}")
+        self._say(f"  [WARNING] {shown(line)}")
 
     # The run's opening and closing.
     def begin(self, manifest: Path, targets: int, summary: str = "") -> None:
         # The summary is for checks that show only the first line (Nagios, Icinga).
-        title = f"{self.command.upper()} [{manifest.name}: {count(targets, 'target')}{summary}]"
+        title = f"{self.command.upper()} [{shown(manifest.name)}: {count(targets, 'target')}{summary}]"
         if self.check:
             title += " (CHECK MODE: nothing is written, deleted or locked)"
         self._say(self._paint("bold", f"{title} " + "*" * max(3, 72 - len(title))))
@@ -206,7 +214,7 @@ class TextReporter:
             self._progress.close()
             self._progress = None
         for error in outcome.errors:
-            self._say(self._paint(FAILED, f"ERROR: {error}"))
+            self._say(self._paint(FAILED, f"ERROR: {shown(error)}"))
         self._say("")
         self._say(self._paint("bold", "RECAP " + "*" * 66))
         recap = outcome.recap()

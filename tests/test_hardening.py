@@ -226,6 +226,27 @@ def test_invokes_dry_flag_is_refused_not_a_real_run(project: Project, flag: str,
     assert project.snapshot_tree() == before
 
 
+@posix_only
+def test_a_file_name_holding_a_newline_or_escape_cannot_forge_a_line(project: Project, tmp_path: Path) -> None:
+    # A name is an attacker's text: printed raw, "x\nchanged: [db] => ..." would read as a line
+    # of its own, and ESC sequences would rewrite the terminal.
+    forged = "x\nchanged: [db] => forged line\x1b[2J"
+    project.file(f"src/{forged}", "data\n")
+    manifest(project, "src")
+    log = tmp_path / "run.log"
+
+    ran = project.invoke("backup", "--verbose", "--log-file", str(log))
+
+    assert ran.code == 0, ran.output
+    for text in (ran.stdout, log.read_text(encoding="utf-8")):
+        assert "\x1b" not in text
+        assert not any(line.lstrip().startswith("changed: [db]") for line in text.splitlines()), text
+        assert "x\\nchanged: [db] => forged line\\x1b[2J" in text, text
+    [archive] = project.archives()
+    with zipfile.ZipFile(archive) as made:
+        assert made.read(forged) == b"data\n"  # escaped when shown, archived as it is
+
+
 def test_restore_refuses_an_archive_named_with_a_folder(project: Project) -> None:
     project.file("src/a.txt")
     manifest(project, "src")
