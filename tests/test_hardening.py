@@ -247,6 +247,22 @@ def test_a_file_name_holding_a_newline_or_escape_cannot_forge_a_line(project: Pr
         assert made.read(forged) == b"data\n"  # escaped when shown, archived as it is
 
 
+@posix_only
+def test_a_destination_linked_to_a_share_that_is_not_mounted_is_named_so(project: Project) -> None:
+    project.file("src/a.txt")
+    (project.root / "backups").symlink_to(project.root / "nas" / "backups")  # the share is not mounted
+    manifest(project, "src")
+
+    ran = project.invoke("backup")
+    assert ran.code == 1, ran.output
+    assert "is a link to" in ran.stdout and "which does not exist (is it mounted?)" in ran.stdout
+    # status must not call it "no archive yet": the link hides wherever the archives are.
+    status = project.invoke("status")
+    assert status.code == 1, status.output
+    assert "which does not exist (is it mounted?)" in status.stdout
+    assert not (project.root / "nas").exists()
+
+
 def test_restore_refuses_an_archive_named_with_a_folder(project: Project) -> None:
     project.file("src/a.txt")
     manifest(project, "src")

@@ -34,6 +34,12 @@ class LocalStore:
         return str(self.folder)
 
     def list(self, target: str) -> list[Stored]:
+        if self.folder.is_symlink() and not self.folder.exists():
+            # Not "no archive yet": a link to a share that is not mounted hides the archives.
+            raise StoreError(
+                f"local destination {self.folder} is a link to {os.readlink(self.folder)}, which does not exist "
+                "(is it mounted?)"
+            )
         return _listing(self.folder, target)
 
     def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
