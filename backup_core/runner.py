@@ -256,9 +256,10 @@ def _describe(exc: BaseException, target: Target) -> str:
         if exc.filename and isinstance(exc, (FileExistsError, NotADirectoryError)):
             # mkdir of the destination (or of a folder on its way) found a file there, or a link
             # to nothing: a share that is not mounted, most often.
-            if os.path.islink(where) and not os.path.exists(where):
+            link = Path(where)
+            if link.is_symlink() and not link.exists():
                 return (
-                    f"{where} is a link to {os.readlink(where)}, which does not exist (is it mounted?); "
+                    f"{where} is a link to {link.readlink()}, which does not exist (is it mounted?); "
                     "fix the link or choose another destination"
                 )
             return f"{where} is a file where a folder is needed; remove it or choose another destination"

@@ -37,7 +37,7 @@ class LocalStore:
         if self.folder.is_symlink() and not self.folder.exists():
             # Not "no archive yet": a link to a share that is not mounted hides the archives.
             raise StoreError(
-                f"local destination {self.folder} is a link to {os.readlink(self.folder)}, which does not exist "
+                f"local destination {self.folder} is a link to {self.folder.readlink()}, which does not exist "
                 "(is it mounted?)"
             )
         return _listing(self.folder, target)
