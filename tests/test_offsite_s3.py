@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, flow
+from conftest import Project, archive_file_name, flow
 from s3server import S3Server
 from test_offsite import START, S3Remote, site
 
@@ -100,6 +100,28 @@ def test_a_large_archive_goes_up_in_parts_and_is_confirmed(
     uploads = s3_server.client().list_multipart_uploads(Bucket=s3_bucket)
     assert not uploads.get("Uploads")
     assert project.invoke("verify", "--remote", "offsite", env=s3_server.env()).code == 0
+
+
+def test_an_upload_left_pending_by_a_dead_run_is_aborted_when_that_archive_goes_up_again(
+    project: Project, s3_server: S3Server, s3_bucket: str
+) -> None:
+    # A run that lost the server mid-upload could not abort it: its parts stay, and are billed.
+    site(project)
+    manifest(project, s3_server, s3_bucket)
+    client = s3_server.client()
+    left = f"site/{archive_file_name('site', START)}"
+    young = f"site/{archive_file_name('site', START - timedelta(hours=1))}"  # another archive, pending an hour
+    foreign = "other/notes.zip"  # not this target's: never touched
+    for key in (left, young, foreign):
+        upload = client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+        client.upload_part(Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024)
+
+    ran = project.invoke("backup", env={**s3_server.env(), "BACKUP_NOW": START.isoformat()})
+
+    assert ran.code == 0, ran.output
+    pending = sorted(u["Key"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []))
+    assert pending == sorted([young, foreign])
+    assert S3Remote(s3_server, s3_bucket, prefix="").names("site") == [archive_file_name("site", START)]
 
 
 def test_a_copy_under_object_lock_is_reported_kept_not_failed(project: Project, s3_server: S3Server) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +27,9 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Inval
 _CHECKSUM = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest", "InvalidChecksum"}
 _QUOTA = {"QuotaExceeded", "EntityTooLarge", "StorageQuotaExceeded", "ServiceQuotaExceeded"}
 _LOCKED = {"AccessDenied", "ObjectLocked", "InvalidRequest"}  # what services answer for a delete under a lock
+# A multipart upload pending this long under a target's prefix was left by a run that died or
+# lost the server mid-upload (s3transfer aborts the ones it sees fail): its parts are billed.
+_STALE_UPLOAD = timedelta(days=1)
 
 
 class S3Store:
@@ -71,11 +75,13 @@ class S3Store:
             extra["ChecksumAlgorithm"] = _ALGORITHMS[self.remote.checksum]
         if self.remote.storage_class:
             extra["StorageClass"] = self.remote.storage_class
+        self._abort_left_uploads(target, key)
         with self._errors(f"upload of {name} failed"):
             if self.remote.checksum == "md5" and size < _MULTIPART:
                 self._put_with_md5(key, file, extra, progress)
             else:
-                # s3transfer aborts a multipart upload that fails, so no parts are left behind.
+                # s3transfer aborts a multipart upload that fails; one it could not abort (the
+                # server gone) is aborted by the next upload (_abort_left_uploads).
                 self.client.upload_file(
                     str(file), self.remote.bucket, key, ExtraArgs=extra, Config=self._transfer(), Callback=progress
                 )
@@ -158,6 +164,26 @@ class S3Store:
         )
         if progress:
             progress(len(body))
+
+    def _abort_left_uploads(self, target: str, key: str) -> None:
+        """Abort multipart uploads an earlier run left under this target's prefix: one of `key`,
+        the archive about to go up again, or one pending for more than a day.  A run that died,
+        or lost the server mid-upload, could not abort its own.  Housekeeping only: where the
+        listing is refused or unsupported, a lifecycle rule must do it (see the README)."""
+        folder = self._key(target, "")
+        cutoff = datetime.now(timezone.utc) - _STALE_UPLOAD
+        with contextlib.suppress(Exception):
+            listing = self.client.list_multipart_uploads(Bucket=self.remote.bucket, Prefix=folder)
+            for upload in listing.get("Uploads", []):
+                name = upload["Key"][len(folder) :]
+                if parse(target, name) is None or "/" in name:
+                    continue  # not an archive of this target
+                started = upload.get("Initiated")
+                if upload["Key"] == key or (isinstance(started, datetime) and started < cutoff):
+                    with contextlib.suppress(Exception):
+                        self.client.abort_multipart_upload(
+                            Bucket=self.remote.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
 
     def _head(self, key: str, checksums: bool = False) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
