@@ -89,7 +89,9 @@ def _describe_local(result: TargetResult, command: str, check: bool) -> str:
     deleted = ", ".join(result.deleted) if result.deleted else "nothing"
     if check and command == "backup":
         size = human_bytes(result.bytes_in)
-        return f"{result.reason} {count(result.files, 'file')} ({size}); would delete {deleted}"
+        verb, _, condition = result.reason.partition(" unless ")  # "would archive N files (size) unless unchanged"
+        condition = f" unless {condition}" if condition else ""
+        return f"{verb} {count(result.files, 'file')} ({size}){condition}; would delete {deleted}"
     if command == "push":
         return result.reason or "uploaded"
     if check or command == "prune":

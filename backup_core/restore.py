@@ -92,7 +92,8 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
             clashes = [str(path) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
             if clashes:
                 more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
-                raise UsageError(f"{clashes[0]}{more} already exist(s); pass --force to overwrite")
+                verb = "already exist" if more else "already exists"
+                raise UsageError(f"{clashes[0]}{more} {verb}; pass --force to overwrite")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:

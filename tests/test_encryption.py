@@ -254,7 +254,7 @@ def test_restore_from_the_remote_keeps_the_local_restores_rules(backed: Backed) 
         "restore", "site", "--remote", "vault", "--identity", str(backed.key.file), "--to", str(to)
     )
     assert ran.code == 2, ran.output  # as a local restore: nothing done, say how to go on
-    assert "index.html already exist(s); pass --force to overwrite" in one_line_error(ran)
+    assert "index.html already exists; pass --force to overwrite" in one_line_error(ran)
     assert [p.name for p in to.parent.iterdir() if p.name.startswith(".backup-fetch-")] == []
     assert existing.read_text(encoding="utf-8") == "mine, not the backup's\n"
     assert sorted(p.name for p in to.iterdir()) == ["index.html"]

@@ -338,12 +338,36 @@ def test_an_integer_setting_written_as_a_float_is_refused(project: Project, line
     extra = "" if line.startswith("version") else "version: 1\n"
     project.write_manifest(f"{extra}{line}\ntargets: [{{name: site, path: site}}]\n")
     ran = project.invoke("validate")
-    assert ran.code == 2 and "is not of type 'integer'" in ran.stderr, ran.output
+    assert ran.code == 2 and f"{line.split()[1]} found, expected a whole number" in ran.stderr, ran.output
     project.write_manifest(f"{extra}{fixed}\ntargets: [{{name: site, path: site}}]\n")
     assert project.invoke("validate").code == 0
 
 
 # --- what `list` prints is the manifest's own language; the host has a name under cron ------------
+
+
+def test_a_manifest_that_is_not_utf8_is_refused_where_the_bad_byte_is(project: Project) -> None:
+    project.manifest.write_bytes(b"version: 1\ntargets:\n  - {name: a, path: caf\xe9}\n")
+    ran = project.invoke("validate")
+    assert ran.code == 2, ran.output
+    assert "backups.yml:3:24: byte 0xe9 is not UTF-8; save the manifest as UTF-8" in ran.stderr, ran.output
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("- just a list\n", "backups.yml:1:1: a list found, expected a mapping (key: value)"),
+        ("version: 1\ntargets: [{name: a, path: a, keep: {last: true}}]\n", "keep.last: true found, expected a whole"),
+        ("version: 1\ntargets: [{name: a, path: a, exclude: {x: 1}}]\n", "exclude: a mapping found, expected a list"),
+        ("version: 1\ntargets: [{name: a, path: a, keep: null}]\n", "keep: nothing (null) found, expected a mapping"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_named_as_yaml_writes_it(project: Project, document: str, message: str) -> None:
+    project.write_manifest(document)
+    ran = project.invoke("validate")
+    assert ran.code == 2, ran.output
+    assert message in ran.stderr, ran.output
+    assert "True" not in ran.stderr and "is not of type" not in ran.stderr
 
 
 def test_list_prints_valid_yaml_that_reads_back_as_the_settings(project: Project) -> None:

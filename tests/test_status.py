@@ -198,7 +198,7 @@ def test_selection_flags_work_and_a_selection_of_nothing_is_a_usage_error(projec
     [
         ("max_age: tomorrow", "", "backups.yml:7:5: targets[0].max_age: 'tomorrow' is not a duration like 36h"),
         ("", "defaults: {max_age: 0d}", "backups.yml:3:12: defaults.max_age: '0d' is not a duration like 36h"),
-        ("max_age: 26", "", "backups.yml:7:5: targets[0].max_age: 26 is not of type 'string'"),
+        ("max_age: 26", "", "backups.yml:7:5: targets[0].max_age: 26 found, expected text"),
     ],
 )
 def test_a_wrong_max_age_is_a_located_manifest_error(project: Project, site: str, extra: str, expected: str) -> None:

@@ -195,7 +195,17 @@ def _read(file: Path) -> str:
                     [Problem(file, 0, 0, "", f"the manifest is larger than {limit}; is it the right file?")]
                 )
             return raw.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise ManifestError(
+                [
+                    Problem(
+                        file, line, column, "", f"byte 0x{raw[exc.start]:02x} is not UTF-8; save the manifest as UTF-8"
+                    )
+                ]
+            ) from None
+        except OSError as exc:
             raise ManifestError([Problem(file, 0, 0, "", f"cannot read the manifest: {_reason(exc)}")]) from None
 
 
@@ -251,6 +261,29 @@ def _schema_problems(document: Document) -> list[Problem]:
     return problems
 
 
+_SCHEMA_KINDS = {
+    "object": "a mapping (key: value)",
+    "array": "a list",
+    "integer": "a whole number",
+    "number": "a number",
+    "string": "text",
+    "boolean": "true or false",
+}
+
+
+def _yaml_kind(value: Any) -> str:
+    """A YAML value as its author wrote it: `true`, `1.5`, a list, a mapping."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return str(value)
+
+
 def _explain(document: Document, error: jsonschema.ValidationError) -> list[Problem]:
     """Turn one schema error into located sentences an operator can act on."""
     path: KeyPath = tuple(error.absolute_path)
@@ -272,6 +305,10 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
 
         chosen = max(meant, key=lambda e: len(e.path)) if meant else best_match(error.context)
         return _explain(document, chosen)
+    if error.validator == "type" and not isinstance(error.instance, str):
+        kinds: Any = error.validator_value
+        expected = " or ".join(_SCHEMA_KINDS.get(k, k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+        return [document.problem(path, f"{_yaml_kind(error.instance)} found, expected {expected}")]
     if error.validator == "type" and isinstance(error.instance, str):
         wanted = error.validator_value
         if wanted == "boolean":
