@@ -110,7 +110,10 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
     started = time.monotonic()
     run_hooks = manifest.hooks if command == "backup" and not options.check else Hooks()
 
+    begun: list[str] = []  # targets handed to their work, in order
+
     def one(target: Target) -> list[TargetResult]:
+        begun.append(target.name)
         results = work(target, options)
         for result in results:
             options.observer.finished(result)
@@ -136,6 +139,14 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
         _stopping.set()
         outcome.interrupted = True
         outcome.errors.append("interrupted; nothing more was archived, placed or rotated")
+        # A target the interrupt unwound through has no result of its own: it failed, and the
+        # recap must count it so, not show it as never run.
+        reported = {result.name for result in outcome.results}
+        for name in dict.fromkeys(n for n in begun if n not in reported):
+            cut = TargetResult(name)
+            cut.fail("interrupted before it finished; nothing more was placed or rotated")
+            outcome.results.append(cut)
+            options.observer.finished(cut)
     hooks.run_closing_hooks(
         run_hooks,
         lambda: {"BACKUP_STATUS": FAILED if outcome.failed else OK, "BACKUP_ERROR": "; ".join(outcome.errors)},
@@ -414,7 +425,14 @@ def _copy_offsite(target: Target, result: TargetResult, observer: Observer, prun
         if _stopping.is_set():  # interrupted in another thread: send nothing more
             break
         progress = functools.partial(observer.uploading, target, remote.name)
-        _offsite_result(result, offsite.replicate(target, remote, prune=prune, progress=progress, now=utc_now()))
+        try:
+            copy = offsite.replicate(target, remote, prune=prune, progress=progress, now=utc_now())
+        except KeyboardInterrupt:
+            # Mid-upload (Ctrl-C, SIGTERM): the store removed what it had begun; the run stops
+            # after this target, which failed: the operator asked for a copy and has none.
+            _stopping.set()
+            copy = OffsiteResult(remote.name, remote.describe(), error=f"remote {remote.name}: interrupted")
+        _offsite_result(result, copy)
     failures = [copy.error for copy in result.offsite if copy.error]
     if failures:
         kept = f"; the local archive {result.archive.name} is kept" if result.archive else ""

@@ -144,6 +144,41 @@ def test_jobs_1_interrupted_runs_the_run_level_on_failure_hooks(project: Project
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_upload_interrupted_fails_its_target_keeps_the_archive_and_leaves_no_partial_copy(
+    project: Project, how: signal.Signals
+) -> None:
+    project.file("big/noise.bin", os.urandom(6 << 20))  # stored: a 6 MB archive
+    project.file("later/a.txt")
+    nas = project.root / "nas"
+    nas.mkdir()
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          nas: {{type: folder, path: {nas}, max_bandwidth: 1M}}
+        targets:
+          - {{name: big, path: big, offsite: [nas]}}
+          - {{name: later, path: later}}
+        """
+    )
+    process = _start(project, "--format", "json")
+    _wait_for(lambda: list(nas.glob("big/.*.partial")), process)
+    process.send_signal(how)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    document = json.loads(stdout)
+    assert document["recap"]["big"]["failed"] == 1, document
+    [big] = document["targets"]  # `later` never started
+    assert "offsite copy failed: remote nas: interrupted" in big["error"], big
+    assert "is kept" in big["error"]
+    [archive] = project.archives()
+    assert big["archive"] == str(archive)
+    assert list((nas / "big").iterdir()) == []  # no partial copy, no checksum file
+    assert "Traceback" not in stderr
+
+
 def test_a_signal_during_a_before_hook_stops_the_hook_and_runs_on_failure(project: Project) -> None:
     project.file("site/a.txt")
     project.write_manifest(
