@@ -268,6 +268,26 @@ def test_restore_of_an_encrypted_remote_without_identity_stops_with_one_sentence
     nothing_left(backed.project, to)
 
 
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("public", "line 2 is a public key (age1...), which encrypts; restoring needs the secret key"),
+        ("cut", "line 2 looks like an age secret key but is not a valid one"),
+        ("other", "line 2 is not an age secret key (AGE-SECRET-KEY-1...)"),
+    ],
+)
+def test_an_unusable_identity_line_is_named_by_number_never_shown(backed: Backed, content: str, why: str) -> None:
+    secret = backed.key.file.read_text(encoding="utf-8").split("AGE-SECRET-KEY-1")[1].split()[0]
+    line = {"public": backed.key.public, "cut": f"AGE-SECRET-KEY-1{secret[:-3]}", "other": "hello"}[content]
+    identity = backed.project.file("identity.txt", f"# made by hand\n{line}\n")
+    to = backed.project.root / "restored"
+    ran = backed.project.invoke("restore", "site", "--remote", "vault", "--identity", str(identity), "--to", str(to))
+    assert ran.code == 2, ran.output
+    assert f"--identity {identity}: {why}" in one_line_error(ran)
+    assert secret[:-3] not in ran.output
+    nothing_left(backed.project, to)
+
+
 @pytest.mark.parametrize("to_exists", [False, True], ids=["new-folder", "empty-folder"])
 def test_a_wrong_identity_cannot_decrypt_and_nothing_is_written(backed: Backed, to_exists: bool) -> None:
     wrong = age_key(backed.project.root, "wrong.txt")

@@ -186,15 +186,20 @@ def load_identities(file: Path) -> list[Any]:
     identities = []
     # PowerShell 5's `age-keygen > key.txt` writes UTF-16 with a byte-order mark; Notepad may add a UTF-8 one.
     encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
-    for raw in data.decode(encoding, "replace").splitlines():
+    for number, raw in enumerate(data.decode(encoding, "replace").splitlines(), start=1):
         line = raw.strip()
         if line and not line.startswith("#"):
             try:
                 identities.append(pyrage.x25519.Identity.from_str(line))
             except Exception:
-                raise UsageError(
-                    f"--identity {file}: holds a line that is not an age secret key (AGE-SECRET-KEY-1...)"
-                ) from None
+                # The line itself is never shown: it may be a secret key with one character wrong.
+                if line.startswith("age1"):
+                    why = "is a public key (age1...), which encrypts; restoring needs the secret key it was made from"
+                elif line.upper().startswith("AGE-SECRET-KEY-1"):
+                    why = "looks like an age secret key but is not a valid one (cut short, or mistyped?)"
+                else:
+                    why = "is not an age secret key (AGE-SECRET-KEY-1...)"
+                raise UsageError(f"--identity {file}: line {number} {why}") from None
     if not identities:
         raise UsageError(f"--identity {file}: holds no age secret key")
     return identities
