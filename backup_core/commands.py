@@ -388,7 +388,12 @@ def restore(
         print(f"failed: [{target.name}] => {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
-        print(f"failed: [{target.name}] => {exc.strerror or exc} ({exc.filename or to})", file=sys.stderr)
+        where = exc.filename or to
+        print(
+            f"failed: [{target.name}] => cannot restore into {to}: {exc.strerror or exc} ({where}); "
+            "choose a folder this user can create and write",
+            file=sys.stderr,
+        )
         return TargetError.exit_code
     return _restored(target, chosen.name, done)
 
