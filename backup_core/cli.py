@@ -56,11 +56,22 @@ _SHORT_FLAGS = {"manifest": "m", "only": "o", "tags": "t", "jobs": "j", "verbose
 _SELECTION_FLAGS = {"only": ("--only", "-o"), "tags": ("--tags", "-t"), "skip_tags": ("--skip-tags",)}
 
 
-def _given_bare(flags: tuple[str, ...], argv: list[str]) -> bool:
-    """Whether one of `flags` stands on `argv` with no value after it."""
+def _given_bare(flags: tuple[str, ...], task: Task, argv: list[str]) -> bool:  # type: ignore[type-arg]
+    """Whether one of `flags` stands in `task`'s part of `argv` with nothing after it but
+    another of the task's flags (a value may begin with '-': a tag may)."""
+    names = {task.name, *task.aliases}
+    start = next((i + 1 for i, token in enumerate(argv) if token in names), len(argv))
+    others = set(namespace.task_names) | {alias for aliases in namespace.task_names.values() for alias in aliases}
+    part = []
+    for token in argv[start:]:
+        if token in others or token == "--":  # the next task's part, or Invoke's remainder
+            break
+        part.append(token)
+    spelled = {f"--{n}" if len(n) > 1 else f"-{n}" for argument in task.get_arguments() for n in argument.names}
+    spelled |= {"-h", "--help"}
     return any(
-        token in flags and (index + 1 == len(argv) or argv[index + 1].startswith("-"))
-        for index, token in enumerate(argv)
+        token in flags and (index + 1 == len(part) or part[index + 1].split("=", 1)[0] in spelled)
+        for index, token in enumerate(part)
     )
 
 
@@ -71,7 +82,7 @@ class _Task(Task):  # type: ignore[type-arg]
             # none, so it would change nothing: a "dry" backup would write and delete for real.
             raise Exit("error: --dry is Invoke's, for shell commands, and previews nothing here; use --check", code=2)
         for name, flags in _SELECTION_FLAGS.items():
-            if name in kwargs and not kwargs[name] and _given_bare(flags, sys.argv[1:]):
+            if name in kwargs and not kwargs[name] and _given_bare(flags, self, sys.argv[1:]):
                 kwargs[name] = [""]  # which selection.select refuses: "--only was given without a name"
         return super().__call__(*args, **kwargs)
 

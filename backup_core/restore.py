@@ -19,6 +19,7 @@ import hashlib
 import os
 import stat
 import struct
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -118,14 +119,21 @@ def _is_link(info: zipfile.ZipInfo) -> bool:
 
 
 def _refuse_paths_through_links(infos: list[zipfile.ZipInfo]) -> None:
-    links = {info.filename.rstrip("/") for info in infos if _is_link(info)}
+    # Compared as the names land on disk (`./a`, `a/.` and `a` are one path; a name stored as
+    # bytes and one flagged UTF-8 may be the same), and without case where the disk ignores it.
+    links = {_landing(info) for info in infos if _is_link(info)}
     if not links:
         return
     for info in infos:
-        parts = info.filename.rstrip("/").split("/")
-        through = next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p in links), None)
+        parts = _landing(info)
+        through = next((parts[:i] for i in range(1, len(parts)) if parts[:i] in links), None)
         if through:
-            raise TargetError(f"refusing member {info.filename!r}: it lies under the link {through!r}")
+            raise TargetError(f"refusing member {info.filename!r}: it lies under the link {'/'.join(through)!r}")
+
+
+def _landing(info: zipfile.ZipInfo) -> tuple[str, ...]:
+    parts = tuple(part for part in names.disk_name(info).split("/") if part not in ("", "."))
+    return tuple(part.casefold() for part in parts) if sys.platform in ("win32", "darwin") else parts
 
 
 def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> list[zipfile.ZipInfo]:
@@ -165,6 +173,13 @@ def _inside(root: Path, path: Path) -> bool:
 def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root: Path, done: Restored) -> None:
     mode = info.external_attr >> 16
     if info.is_dir():
+        if path.is_symlink():
+            # mkdir would accept a link to a folder, and its mode and times would then be set
+            # on wherever the link leads.
+            raise TargetError(
+                f"refusing member {info.filename!r}: a link stands where its folder goes ({path}); "
+                "remove the link or restore into an empty folder"
+            )
         path.mkdir(parents=True, exist_ok=True)
         done.directories += 1
         return  # its mode, owner and time once everything inside it is written
@@ -174,6 +189,10 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
         refused = names.link_refusal(names.disk_name(info), link)
         if refused:
             raise TargetError(f"refusing link {info.filename!r}: {refused}")
+        # Links may point anywhere, so a link made earlier in this restore may lie on this one's
+        # way under a name the checks above did not match: resolve the folder it goes into.
+        if not _inside(root, Path(os.path.realpath(path.parent))):
+            raise TargetError(f"refusing link {info.filename!r}: a link on its way leads outside {root}")
         if os.path.lexists(path):
             path.unlink()
         try:
@@ -233,6 +252,8 @@ def _set_attributes(info: zipfile.ZipInfo, path: Path, done: Restored) -> None:
             os.chown(path, *owner, follow_symlinks=False)
         except OSError as exc:
             done.warnings.append(f"could not give {info.filename} its owner {owner[0]}:{owner[1]}: {exc.strerror}")
+    if not link and path.is_symlink():
+        return  # never set through a link what belongs to a file or folder of the archive
     if stat.S_IMODE(mode) and not link:
         path.chmod(stat.S_IMODE(mode))
     mtime = _member_mtime(info)

@@ -210,6 +210,20 @@ def test_bad_flags_are_usage_errors_that_change_nothing(project: Project, argume
     assert project.snapshot_tree() == before
 
 
+def test_a_selection_value_that_begins_with_a_dash_is_a_value_not_a_bare_flag(project: Project) -> None:
+    # Tags may begin with '-'; and on a line of two tasks, each reads only its own flags.
+    project.file("src/a.txt")
+    manifest(project, "src", tags=["-old"])
+
+    ran = run_invoke(
+        "status", "--manifest", str(project.manifest), "backup", "--manifest", str(project.manifest),
+        "--check", "--tags", "-old",
+    )  # fmt: skip
+
+    assert ran.code == 0, ran.output
+    assert "changed: [site] => would archive 1 file" in ran.stdout, ran.output
+
+
 @pytest.mark.parametrize("flag", ["--dry", "-R"])
 @pytest.mark.parametrize("task", ["backup", "prune"])
 def test_invokes_dry_flag_is_refused_not_a_real_run(project: Project, flag: str, task: str) -> None:

@@ -96,8 +96,16 @@ def flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(data)
 
 
-def symlink_info(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
+class _Cp437Info(zipfile.ZipInfo):
+    """A member whose name is stored as cp437 bytes without the UTF-8 flag, as old zip tools
+    write names (Python's zipfile writes only ASCII or flagged UTF-8)."""
+
+    def _encodeFilenameFlags(self) -> tuple[bytes, int]:
+        return self.filename.encode("cp437"), self.flag_bits
+
+
+def symlink_info(name: str, cp437: bool = False) -> zipfile.ZipInfo:
+    info = (_Cp437Info if cp437 else zipfile.ZipInfo)(name)
     info.create_system = 3
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
     return info
@@ -462,6 +470,16 @@ LINK_ATTACKS = {
     "relative link out": [(symlink_info("link"), "../outside"), ("link/pwned.txt", "EVIL")],
     "absolute link out": [(symlink_info("link"), "{outside}"), ("link/pwned.txt", "EVIL")],
     "deep relative link out": [(symlink_info("a/b/link"), "../../../outside"), ("a/b/link/pwned.txt", "EVIL")],
+    # A link under a link, by a name that lands on the same path: the second would be made
+    # inside wherever the first leads.
+    "link under a link named ./a": [(symlink_info("./a"), "{outside}"), (symlink_info("a/planted"), "EVIL")],
+    "link under a link named a/.": [(symlink_info("a/."), "{outside}"), (symlink_info("a/planted"), "EVIL")],
+    "link under a link, relative": [(symlink_info("./up"), "../outside"), (symlink_info("up/planted"), "EVIL")],
+    # "┼é" is stored as the cp437 bytes c5 82, without the UTF-8 flag: on disk that is "ł".
+    "link under a link named in other bytes": [
+        (symlink_info("\u253c\u00e9", cp437=True), "{outside}"),
+        (symlink_info("\u0142/planted"), "EVIL"),
+    ],
     # `l1` points inside while `d` does not exist; once `d` -> `.` exists, `l1` leads out of the folder.
     "link made to lead out by a later link": [
         (symlink_info("l1"), "d/../outside"),
@@ -506,6 +524,29 @@ def test_links_pointing_out_of_the_tree_pass_verify_and_come_back_as_they_were(p
     assert (folder / "conf" / "shared").readlink() == Path("../../outside/zone")
     assert (folder / "index.html").read_text() == "<h1>hello</h1>\n"
     assert [p.name for p in outside.iterdir()] == ["zone"] and (outside / "zone").read_text() == "UTC\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="making links needs a privilege on Windows")
+def test_a_folder_member_never_sets_its_mode_through_a_link_already_in_the_folder(project: Project) -> None:
+    folder = project.root / "restored"
+    folder.mkdir()
+    outside = project.root / "outside"
+    outside.mkdir(mode=0o700)
+    (folder / "d").symlink_to(outside)
+    before = outside.stat()
+    project.file("site/file.txt", "x\n")
+    project.write_manifest(SITE_MANIFEST)
+    opened_up = zipfile.ZipInfo("d/", date_time=(2000, 1, 1, 0, 0, 0))
+    opened_up.create_system = 3
+    opened_up.external_attr = (stat.S_IFDIR | 0o777) << 16
+    craft(project.root / "backups", "site", [(opened_up, b""), ("e.txt", "x")])
+
+    ran = project.invoke("restore", "site", "--to", str(folder))
+
+    assert ran.code == 1, ran.output
+    assert "a link stands where its folder goes" in ran.output
+    after = outside.stat()
+    assert (stat.S_IMODE(after.st_mode), after.st_mtime_ns) == (stat.S_IMODE(before.st_mode), before.st_mtime_ns)
 
 
 def test_restore_refuses_to_write_through_a_link_already_in_the_folder(project: Project) -> None:

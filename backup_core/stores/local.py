@@ -146,12 +146,15 @@ class FolderStore:
         path = self._folder(target) / stored.name
         if _recorded(path) is None:
             return f"{stored.name} has no recorded checksum ({_sidecar(path).name} is missing or unreadable)"
-        # put() writes the checksum after the copy is whole: a copy modified later was rewritten.
+        # put() writes the checksum after the copy is whole, so a copy newer than it was touched
+        # since: by a rewrite, or only by a copy of the share that did not keep times.  Only
+        # then are its bytes read, to tell the two apart.
         try:
-            rewritten = path.stat().st_mtime_ns > _sidecar(path).stat().st_mtime_ns
+            if path.stat().st_mtime_ns <= _sidecar(path).stat().st_mtime_ns:
+                return None
         except OSError as exc:
             return f"cannot read {path}: {_reason(exc)}"
-        return f"{stored.name} was modified after its checksum was recorded: it was replaced" if rewritten else None
+        return self.check(target, stored)
 
 
 def _listing(folder: Path, target: str) -> list[Stored]:

@@ -191,7 +191,7 @@ def _doubted(
             continue
         doubted.append(stored)
         result.warnings.append(
-            f"remote {remote.name}: {why}; it is not counted as a copy and is left in place: check it with "
+            f"{why}; it is not counted as a copy and is left in place: check it with "
             f"`invoke verify --remote {remote.name}`, then move or delete it"
         )
     return doubted
