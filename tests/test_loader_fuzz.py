@@ -347,9 +347,10 @@ def test_an_integer_setting_written_as_a_float_is_refused(project: Project, line
 
 
 def test_a_manifest_that_is_not_utf8_is_refused_where_the_bad_byte_is(project: Project) -> None:
-    project.manifest.write_bytes(b"version: 1\ntargets:\n  - {name: a, path: caf\xe9}\n")
+    project.manifest.write_bytes("version: 1\ntargets:\n  - {name: ä, path: caf".encode() + b"\xe9}\n")
     ran = project.invoke("validate")
     assert ran.code == 2, ran.output
+    # The column counts characters ("ä" is two bytes), as an editor does.
     assert "backups.yml:3:24: byte 0xe9 is not UTF-8; save the manifest as UTF-8" in ran.stderr, ran.output
 
 
