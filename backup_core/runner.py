@@ -781,9 +781,18 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
             result.databases += entry.kind == "sqlite"
         elif entry.kind == "dir":
             result.directories += 1
-    existing = archives.list_archives(target.destination, target.name, _listing(target))
+    names = _listing(target)
+    existing = archives.list_archives(target.destination, target.name, names)
     planned = Archive(archives.next_time(utc_now(), existing), target.destination / _NEW)
     result.deleted = [a.name for a in _retention([*existing, planned], target, result).deleted]
+    stale = archives.stale_partials(target.destination, target.name, names)
+    if stale:
+        # A preview takes no lock, so it cannot tell these from the work of a run going on now.
+        result.warnings.append(
+            f"would remove {len(stale)} partial archive{'s' if len(stale) > 1 else ''} left by an interrupted "
+            f"run ({stale[0].name}"
+            f"{' and more' if len(stale) > 1 else ''}), unless a run is writing it now"
+        )
     result.status = CHANGED
     result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")
     for remote in target.offsite:

@@ -229,6 +229,22 @@ def test_a_database_snapshot_in_progress_is_abandoned(project: Project) -> None:
     assert json.loads(stdout)["interrupted"] is True
 
 
+def test_check_mode_names_the_partial_archive_a_run_would_remove_and_keeps_it(project: Project) -> None:
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src}]\n")
+    (project.root / "backups").mkdir()
+    left = project.root / "backups" / ".site-20260101T000000.000000Z.zip.partial"
+    left.write_bytes(b"PK\x03\x04 cut short by a SIGKILL")
+
+    ran = project.invoke("backup", "--check")
+
+    assert ran.code == 0, ran.output
+    assert f"would remove 1 partial archive left by an interrupted run ({left.name})" in ran.stdout, ran.output
+    assert left.exists()
+    assert project.invoke("backup").code == 0
+    assert not left.exists()  # the real run does what the preview said
+
+
 def test_check_mode_keeps_working_after_an_interrupted_run_in_the_same_destination(project: Project) -> None:
     # An interrupt leaves nothing that stops the next run: locks are released, partials removed.
     project.file("site/a.txt")
