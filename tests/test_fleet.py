@@ -308,6 +308,29 @@ def test_a_new_backups_version_reinstalls_and_a_wheel_of_another_version_is_refu
     assert fleet.tree() == before
 
 
+def test_a_target_name_given_twice_fails_the_host_instead_of_losing_an_entry(deployed: Deployed) -> None:
+    # alpha: a name twice in one layer (a typo, not a layer); gamma: a host entry meant to
+    # override a group's, spelled in other case.  Merged, either would drop a target quietly.
+    fleet = deployed.fleet
+    before = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
+    alpha = fleet.host_vars("alpha")["backups_targets"]
+    alpha = [*alpha, {"name": alpha[0]["name"], "path": str(fleet.home("alpha") / "data" / "notes.txt")}]
+    gamma = {"backups_host_targets": [{"name": fleet.host_vars("gamma")["backups_targets"][0]["name"].upper()}]}
+
+    play = fleet.playbook(
+        "--skip-tags", "backups_run", inventory=fleet.inventory(alpha={"backups_targets": alpha}, gamma=gamma)
+    )  # fmt: skip
+
+    assert play.code == 2, play.ran.output
+    failed = play.results("Stop, keeping the installed manifest, when the rendered one is invalid")
+    for host in ("alpha", "gamma"):
+        outcome, result = failed[host]
+        assert outcome == "fatal", (host, result)
+        assert "duplicate target name" in "\n".join(result["msg"]), (host, result)
+        assert fleet.manifest(host).read_bytes() == before[host]
+    assert failed["beta"][0] == "skipping"  # beta's inventory is fine
+
+
 @pytest.fixture(scope="module")
 def failing(deployed: Deployed) -> Play:
     """The playbook (role, then a backup) where gamma's inventory has an invalid target and beta's

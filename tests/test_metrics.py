@@ -215,6 +215,7 @@ def test_a_metrics_file_that_cannot_be_written_fails_the_run_after_the_backup(pr
     assert len(project.archives(target="site")) == 1
     [error] = document["errors"]
     assert error.startswith(f"metrics file {project.root / 'blocker' / 'backups.prom'}: cannot write it (")
+    assert f"({project.root / 'blocker'} is a file, not a folder)" in error, error  # not "File exists"
     assert f"ERROR: {error}" in ran.stderr
     assert "Traceback" not in ran.output
 

@@ -170,8 +170,12 @@ def record(
             f"metrics file {path}: another run held {path}.lock for {_LOCK_TIMEOUT}s; it was not updated"
         ) from None
     except OSError as exc:
+        # mkdir names the file that stands where a folder must be with "File exists", which
+        # reads as if the metrics file were the problem.
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
         raise MetricsError(
-            f"metrics file {path}: cannot write it ({exc.strerror or exc}); the run itself is done, "
+            f"metrics file {path}: cannot write it ({reason}); the run itself is done, "
             "but monitoring will not see it until the file can be written"
         ) from None
     return warnings
