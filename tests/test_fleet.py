@@ -293,6 +293,23 @@ def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(deployed: Dep
     assert outcome == "changed"
 
 
+def test_check_mode_fails_a_host_whose_inventory_a_run_would_refuse(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    before = fleet.tree()
+    gamma = fleet.host_vars("gamma")["backups_targets"] + [{"name": "broken", "path": "x", "keep": {"last": 0}}]
+
+    play = fleet.playbook(
+        "--check", "--skip-tags", "backups_run", inventory=fleet.inventory(gamma={"backups_targets": gamma})
+    )  # fmt: skip
+
+    assert play.code == 2, play.ran.output
+    outcome, result = play.results("Stop, keeping the installed manifest, when the rendered one is invalid")["gamma"]
+    assert outcome == "fatal"
+    assert re.search(r"targets\[3\]\.keep\.last: 0 is less than the minimum", "\n".join(result["msg"]))
+    assert play.recap()["alpha"]["failed"] == 0 and play.recap()["beta"]["failed"] == 0
+    assert fleet.tree() == before  # a preview still writes nothing on the hosts
+
+
 def test_a_new_backups_version_reinstalls_and_a_wheel_of_another_version_is_refused(deployed: Deployed) -> None:
     fleet = deployed.fleet
     before = fleet.tree()
