@@ -4,8 +4,8 @@ Every member is checked before anything is written: names that would land
 outside the folder (`../`, absolute paths, drive letters, paths through a link)
 are refused, and existing files are left alone unless forced.  Links are made as
 they were, wherever they point (a tree's links often point out of it), and last,
-so nothing is ever written through one.  Each file is
-written under a short temporary name and renamed into place, so a reader never
+so nothing is ever written through one.  Each file is written under a short
+temporary name and renamed into place, so a reader never
 sees a half-restored file; a restored database must pass its integrity check
 first.  Names come back byte for byte (see zip/names.py); modes, times and, as
 root, owners come back for files, links and folders (folders last, deepest

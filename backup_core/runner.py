@@ -647,8 +647,8 @@ def _save_state(
 def _foreseen(entries: Iterator[sources.Entry], writer: ZipWriter) -> Iterator[sources.Entry]:
     """The walk, read ahead until the writer knows how to pack it: a big tree's worker processes
     start before its first file, not after its first thousands of small ones were packed on
-    threads (a tenth of the backup of a tree that begins with them).  At most a few thousand
-    entries are held, and a small target is walked whole, which is quick."""
+    threads (about 2% of a backup of the benchmark's second tree, which begins with them).  At
+    most a few thousand entries are held, and a small target is walked whole, which is quick."""
     ahead: list[sources.Entry] = []
     size = 0
     for entry in entries:
@@ -788,10 +788,10 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
     stale = archives.stale_partials(target.destination, target.name, names)
     if stale:
         # A preview takes no lock, so it cannot tell these from the work of a run going on now.
+        more = len(stale) > 1
         result.warnings.append(
-            f"would remove {len(stale)} partial archive{'s' if len(stale) > 1 else ''} left by an interrupted "
-            f"run ({stale[0].name}"
-            f"{' and more' if len(stale) > 1 else ''}), unless a run is writing it now"
+            f"would remove {len(stale)} partial archive{'s' if more else ''} left by an interrupted run "
+            f"({stale[0].name}{' and more' if more else ''}), unless a run is writing it now"
         )
     result.status = CHANGED
     result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")

@@ -28,14 +28,13 @@ def expand(
     """`value` with ${VAR} replaced from `environ`; None, and a located problem, when one is
     undefined or empty.  Empty counts as missing: `${DATA}/out` with DATA set to "" would
     otherwise name /out, and `${DATA}` alone the manifest's own folder."""
-    used = [m.group(1) for m in _VARIABLE.finditer(value)]
-    for unusable, how in (
-        ([n for n in used if n not in environ], "undefined"),
-        ([n for n in used if environ.get(n) == ""], "empty"),
-    ):
+    used = dict.fromkeys(m.group(1) for m in _VARIABLE.finditer(value))
+    undefined = [name for name in used if name not in environ]
+    empty = [name for name in used if environ.get(name) == ""]
+    for unusable, how in ((undefined, "undefined"), (empty, "empty")):
         if unusable:
-            names = ", ".join(f"${{{name}}}" for name in dict.fromkeys(unusable))
+            names = ", ".join(f"${{{name}}}" for name in unusable)
             problems.append(document.problem(where, f"{how} environment variable {names}; set it or change the {what}"))
-    if any(name not in environ or environ[name] == "" for name in used):
+    if undefined or empty:
         return None
     return _VARIABLE.sub(lambda m: environ[m.group(1)], value)

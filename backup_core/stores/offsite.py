@@ -90,10 +90,9 @@ def replicate(
                 f"check it with `invoke verify --remote {remote.name}`, then move or delete it"
             )
         held = [s for s in held if s not in unvouched]
-        kept, doomed = planned_here.kept, [s for s in planned_here.deleted if s not in unvouched]
-        wanted = set(kept)
+        wanted = set(planned_here.kept)
         uploads = [a for a in reversed(missing) if a in wanted]  # newest first
-        doomed = [a for a in doomed if a in held] if prune else []
+        doomed = [a for a in planned_here.deleted if a in held] if prune else []
         if check:
             result.uploaded = [_stored_name(remote, a.name) for a in uploads]
             result.deleted = [a.name for a in doomed]
@@ -174,7 +173,9 @@ def _plan(
             break
         unvouched += _doubted(store, target, remote, doubtful, vouched, result)
     # Nor is a copy deleted that this tool cannot say it put there: it may be someone's file.
-    unvouched += _doubted(store, target, remote, [s for s in planned.deleted if s in held], vouched, result)
+    unvouched += _doubted(
+        store, target, remote, [s for s in planned.deleted if s in held and s not in vouched], vouched, result
+    )
     _note(result, planned)
     return planned, unvouched
 

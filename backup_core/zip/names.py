@@ -4,8 +4,8 @@
 On POSIX a name is restored byte for byte as it was archived (`:` and `\\` are
 ordinary characters there; a name that is not UTF-8 was stored as its bytes), and
 refused only where it would land outside the restore folder.  A link is made as it
-was, wherever it points.  Windows cannot
-represent some names at all; those are refused with that reason.
+was, wherever it points.  Windows cannot represent some names at all; those are
+refused with that reason.
 """
 
 from __future__ import annotations

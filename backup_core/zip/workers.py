@@ -76,8 +76,7 @@ class Workers:
         """Run job `name` (a function of packing.py) on `args`; it reads `size` bytes of `members`."""
         self._submitted += size
         self._members += members
-        if not self._processes and self._may_use_processes() and _enough(self._submitted, self._members):
-            self._start_processes()
+        self.foresee(self._submitted, self._members)
         if self._processes:
             # To the process with the least work waiting: jobs differ tenfold in cost.
             process = min(self._processes, key=_Process.waiting)
