@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -369,6 +370,16 @@ def test_a_value_of_the_wrong_kind_is_named_as_yaml_writes_it(project: Project, 
     assert ran.code == 2, ran.output
     assert message in ran.stderr, ran.output
     assert "True" not in ran.stderr and "is not of type" not in ran.stderr
+
+
+@pytest.mark.parametrize("escape", ["\\U7FFFFFFF", "\\UFFFFFFFF"])
+def test_an_escape_past_the_last_unicode_character_is_a_located_error(project: Project, escape: str) -> None:
+    # Found by the property test above: PyYAML's own reader raised a bare ValueError here.
+    project.write_manifest(f'version: 1\ntargets: [{{name: a, path: "x{escape}"}}]\n')
+    ran = project.invoke("validate")
+    assert ran.code == 2, ran.output
+    assert "Traceback" not in ran.output
+    assert re.search(r"backups\.yml:2:\d+: ", ran.stderr), ran.output
 
 
 def test_list_prints_valid_yaml_that_reads_back_as_the_settings(project: Project) -> None:

@@ -73,6 +73,8 @@ def _compose(text: str) -> yaml.Node | None:
             _Composer(text).get_single_node()  # for its clearer message, raised from here
         except yaml.YAMLError:
             raise
+        except (ValueError, OverflowError):
+            pass  # PyYAML's reader fails on an escape past U+10FFFF instead of refusing it: libyaml's says where
         raise refused from None  # read by the Python parser alone: still refused
     except UnicodeEncodeError:  # a lone surrogate cannot be handed to C; Python's reader locates it
         return _Composer(text).get_single_node()  # type: ignore[no-any-return]
