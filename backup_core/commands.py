@@ -21,7 +21,7 @@ import yaml
 
 from backup_core import manifest as manifest_module
 from backup_core import report
-from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError
+from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError, shown
 from backup_core.manifest import Manifest, Remote, Target, selection
 
 # The runner (and through it the zip writer, the stores, filelock), restore and the offsite
@@ -196,7 +196,7 @@ def _record_metrics(
 def _known_remote(loaded: Manifest, remote: str | None) -> None:
     if remote is not None and remote not in loaded.remotes:
         known = ", ".join(sorted(loaded.remotes)) or "none are defined"
-        raise UsageError(f"--remote {remote}: no such remote in {loaded.file.name}; remotes: {known}")
+        raise UsageError(f"--remote {remote}: no such remote in {shown(loaded.file)}; remotes: {known}")
 
 
 def _identities(identity: str | None) -> list[Any]:
@@ -293,7 +293,7 @@ def validate(manifest_path: Path | str) -> int:
 
     # Asked to check the manifest, the validator checks it, whatever an earlier run recorded.
     loaded = manifest_module.load(Path(manifest_path), trust_passes=False)
-    print(f"{loaded.file.name}: valid, {report.count(len(loaded.targets), 'target')}")
+    print(f"{shown(loaded.file)}: valid, {report.count(len(loaded.targets), 'target')}")
     return EXIT_OK
 
 

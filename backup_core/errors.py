@@ -11,6 +11,16 @@ EXIT_USAGE = 2  # the manifest or the command line is wrong; nothing was done
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 
 
+def shown(file: Path) -> str:
+    """How a message names a file: relative to the working folder when it lies inside it (as the
+    operator most likely typed it), else in full.  Never the bare file name: with manifests of the
+    same name in several folders, that would not say which one is wrong."""
+    try:
+        return str(file.relative_to(Path.cwd()))
+    except (ValueError, OSError):  # outside the working folder, or the folder is gone
+        return str(file)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a manifest, located at a line and column."""
@@ -22,7 +32,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        place = f"{self.file.name}:{self.line}:{self.column}" if self.line else str(self.file)
+        place = f"{shown(self.file)}:{self.line}:{self.column}" if self.line else str(self.file)
         return f"{place}: {self.where}: {self.message}" if self.where else f"{place}: {self.message}"
 
 

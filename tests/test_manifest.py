@@ -36,8 +36,13 @@ def load_problems(path: Path, environ: dict[str, str] | None = None) -> list[Pro
 
 
 def problems_of(path: Path, environ: dict[str, str] | None = None) -> list[str]:
-    """Every problem load() reports, as the located lines an operator reads."""
-    return [str(p) for p in load_problems(path, environ)]
+    """Every problem load() reports, as the located lines an operator reads in the manifest's folder."""
+    before = Path.cwd()
+    os.chdir(path.parent)  # contextlib.chdir is Python 3.11's
+    try:
+        return [str(p) for p in load_problems(path, environ)]
+    finally:
+        os.chdir(before)
 
 
 def summary(count: int) -> str:
@@ -397,6 +402,31 @@ def test_invoke_reports_a_yaml_syntax_error_located(project: Project) -> None:
     assert project.snapshot_tree() == before
 
 
+def test_a_problem_names_the_manifest_by_its_path_not_its_bare_name(project: Project) -> None:
+    # Fleets keep one backups.yml per host or role: "backups.yml:4:14" alone would not say which.
+    text = "version: 1\ntargets:\n  - name: a\n    path: src: x\n"
+    (project.root / "hosts" / "web").mkdir(parents=True)
+    (project.root / "hosts" / "web" / "backups.yml").write_text(text, encoding="utf-8")
+    within = run_invoke("validate", "--manifest", str(Path("hosts", "web", "backups.yml")), cwd=project.root)
+    assert (within.code, within.stderr.splitlines()[0]) == (
+        2,
+        f"{Path('hosts', 'web', 'backups.yml')}:4:14: YAML syntax error: mapping values are not allowed here",
+    )
+    elsewhere = project.root / "elsewhere"
+    elsewhere.mkdir()
+    absolute = project.root / "hosts" / "web" / "backups.yml"
+    outside = run_invoke("validate", "--manifest", str(absolute), cwd=elsewhere)
+    assert (outside.code, outside.stderr.splitlines()[0]) == (
+        2,
+        f"{absolute}:4:14: YAML syntax error: mapping values are not allowed here",
+    )
+    (project.root / "hosts" / "web" / "backups.yml").write_text(
+        "version: 1\ntargets:\n  - name: a\n    path: src\n    destination: out\n", encoding="utf-8"
+    )
+    valid = run_invoke("validate", "--manifest", str(Path("hosts", "web", "backups.yml")), cwd=project.root)
+    assert (valid.code, valid.stdout.splitlines()[0]) == (0, f"{Path('hosts', 'web', 'backups.yml')}: valid, 1 target")
+
+
 # --- targets: names, duplicates, destinations --------------------------------------------------------
 
 
@@ -585,7 +615,8 @@ def rejected(tmp_path_factory: pytest.TempPathFactory) -> Rejected:
     return Rejected(project, before, project.snapshot_tree(), runs)
 
 
-def test_every_problem_is_found_at_once_sorted_by_line(project: Project) -> None:
+def test_every_problem_is_found_at_once_sorted_by_line(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project.root)
     write(project, *MANY_PROBLEMS)
     expected = many_problems_expected(project.root)
     assert problems_of(project.manifest) == expected
