@@ -410,6 +410,7 @@ def _restore_remote(
     from backup_core import restore as restore_module
     from backup_core import runner
     from backup_core.stores import offsite, retention
+    from backup_core.stores.base import Foreign
 
     store = offsite.store_for(remote)
     held = store.list(target.name)
@@ -422,10 +423,16 @@ def _restore_remote(
     chosen = held[-1] if archive else retention.newest(held, lambda s: s.when, runner.utc_now())
     if chosen is None:
         raise TargetError(f"every copy of {target.name} on remote {remote.name} is dated in the future; use --archive")
+    # The newest copy of a prefix that several hosts share may be another host's: say so (restoring
+    # it can be what a replacement host wants, so it is not refused).
+    foreign = None if archive else store.vouched(target.name, chosen)
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
     with offsite.fetched(target.name, store, chosen, identities, near) as path:
-        return Path(chosen.name), restore_module.restore(path, to, member=member, force=force)
+        done = restore_module.restore(path, to, member=member, force=force)
+    if isinstance(foreign, Foreign):
+        done.warnings.append(f"{foreign}; name the copy you want with --archive")
+    return Path(chosen.name), done
 
 
 def _restored(target: Target, archive: str, done: restore_module.Restored) -> int:

@@ -39,6 +39,7 @@ class Remote(Protocol):
     def names(self, target: str) -> list[str]: ...
     def read(self, target: str, name: str) -> bytes: ...
     def replace(self, target: str, name: str, data: bytes) -> None: ...
+    def forget_host(self, target: str, name: str) -> None: ...
     def down(self) -> None: ...
     def up(self) -> None: ...
 
@@ -70,6 +71,12 @@ class FolderRemote:
     def replace(self, target: str, name: str, data: bytes) -> None:
         self._folder(target).mkdir(parents=True, exist_ok=True)
         (self._folder(target) / name).write_bytes(data)
+
+    def forget_host(self, target: str, name: str) -> None:
+        """Make a copy look as the tool's versions before hosts were recorded made it."""
+        sidecar = self._folder(target) / f"{name}.sha256"
+        lines = sidecar.read_text(encoding="utf-8").splitlines(keepends=True)
+        sidecar.write_text("".join(line for line in lines if not line.startswith("#")), encoding="utf-8")
 
     def down(self) -> None:
         self.root.rename(self._away)
@@ -106,6 +113,16 @@ class S3Remote:
 
     def replace(self, target: str, name: str, data: bytes) -> None:
         self.server.client().put_object(Bucket=self.bucket, Key=f"{self.prefix}{target}/{name}", Body=data)
+
+    def forget_host(self, target: str, name: str) -> None:
+        client, key = self.server.client(), f"{self.prefix}{target}/{name}"
+        metadata = client.head_object(Bucket=self.bucket, Key=key)["Metadata"]
+        metadata.pop("host")
+        source = {"Bucket": self.bucket, "Key": key}
+        client.copy_object(
+            Bucket=self.bucket, Key=key, CopySource=source, Metadata=metadata, MetadataDirective="REPLACE"
+        )
+        assert "host" not in client.head_object(Bucket=self.bucket, Key=key)["Metadata"]
 
     def down(self) -> None:
         self.server.stop()
@@ -360,6 +377,78 @@ def test_a_copy_replaced_behind_the_tools_back_is_neither_counted_nor_deleted(pr
     project.file("site/day.txt", "day 3\n")
     assert run(project, remote, "backup", now=START + timedelta(days=3)).code == 0
     assert remote.names("site") == [second, third, archive_file_name("site", START + timedelta(days=3))]
+
+
+def test_hosts_sharing_a_prefix_never_prune_each_others_copies(
+    project: Project, remote: Remote, tmp_path: Path
+) -> None:
+    # One manifest rolled out to two hosts, with one prefix for both: each host's keep applies
+    # to its own copies only.  Before hosts were recorded, each run deleted the other's copies.
+    other = Project(tmp_path / "web2")
+    other.root.mkdir()
+    hosts = {"web1": project, "web2": other}
+    for host, each in hosts.items():
+        each.file("site/host.txt", f"{host}\n")
+        write(each, remote, keep={"last": 2})
+    made: dict[str, list[str]] = {"web1": [], "web2": []}
+    outputs: dict[str, str] = {}
+    for day in range(4):
+        for minute, (host, each) in enumerate(hosts.items()):
+            when = START + timedelta(days=day, minutes=minute)
+            each.file("site/day.txt", f"day {day}\n")
+            ran = each.invoke("backup", env={**remote.env, "BACKUP_HOST": host, "BACKUP_NOW": when.isoformat()})
+            assert ran.code == 0, ran.output
+            made[host].append(archive_file_name("site", when))
+            outputs[host] = ran.output
+
+    # Each host's two newest copies, and nothing of the other host's deleted.
+    assert remote.names("site") == sorted(made["web1"][-2:] + made["web2"][-2:])
+    for host, each in hosts.items():
+        assert remote.read("site", made[host][-1]) == each.archives()[-1].read_bytes()
+    # The last run of web1 met web2's two copies: one warning says whose and what to do.
+    warnings = [line for line in outputs["web1"].splitlines() if "[WARNING]" in line]
+    assert len(warnings) == 1, outputs["web1"]
+    assert "was copied there by host web2, not by this host (web1) (and 1 more like it)" in warnings[0]
+    assert "prefix: ${BACKUP_HOST}/" in warnings[0]
+    # status, from web2, reports web2's own newest copy.
+    status = other.invoke("status", "--format", "json", env={**remote.env, "BACKUP_HOST": "web2"})
+    assert made["web2"][-1] in status.stdout, status.output
+    # Restoring the newest copy on web1 gets web2's (the newest in the shared folder): it says so.
+    to = project.root / "restored"
+    ran = project.invoke(
+        "restore", "site", "--remote", remote.name, "--to", str(to), env={**remote.env, "BACKUP_HOST": "web1"}
+    )
+    assert ran.code == 0, ran.output
+    assert (to / "host.txt").read_text(encoding="utf-8") == "web2\n"
+    assert f"{made['web2'][-1]} was copied there by host web2, not by this host (web1)" in ran.output
+    assert "--archive" in ran.output
+    # Named with --archive, its own copy comes back without a word.
+    mine = project.root / "mine"
+    ran = project.invoke(
+        "restore", "site", "--remote", remote.name, "--to", str(mine), "--archive", made["web1"][-1],
+        env={**remote.env, "BACKUP_HOST": "web1"},
+    )  # fmt: skip
+    assert (ran.code, "[WARNING]" in ran.output) == (0, False), ran.output
+    assert (mine / "host.txt").read_text(encoding="utf-8") == "web1\n"
+
+
+def test_a_copy_with_no_recorded_host_is_still_counted_and_pruned(project: Project, remote: Remote) -> None:
+    # Copies sent before hosts were recorded stay this host's: keep goes on pruning them.
+    # A host name that is not ASCII is recorded escaped (S3 metadata takes ASCII only).
+    site(project)
+    write(project, remote, keep={"last": 2})
+    env = {**remote.env, "BACKUP_HOST": "hôte-1"}
+    days = [START + timedelta(days=day) for day in range(3)]
+    for when in days[:2]:
+        project.file("site/day.txt", f"{when}\n")
+        assert project.invoke("backup", env={**env, "BACKUP_NOW": when.isoformat()}).code == 0
+    first, second = remote.names("site")
+    remote.forget_host("site", first)
+    project.file("site/day.txt", "day 2\n")
+    ran = project.invoke("backup", env={**env, "BACKUP_NOW": days[2].isoformat()})
+    assert ran.code == 0, ran.output
+    assert "[WARNING]" not in ran.output
+    assert remote.names("site") == [second, archive_file_name("site", days[2])]
 
 
 def test_prune_applies_the_remote_keep_too(project: Project, remote: Remote) -> None:

@@ -9,6 +9,8 @@ each one.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +40,34 @@ class Stored:
     @property
     def encrypted(self) -> bool:
         return self.name.endswith(ENCRYPTED_SUFFIX)
+
+
+def this_host() -> str:
+    """The name this host records with every copy it sends: ${BACKUP_HOST} as the manifest sees it
+    (the environment's, else the host name), so an operator can pin it where host names change."""
+    return os.environ.get("BACKUP_HOST") or socket.gethostname()
+
+
+def recorded_host(host: str) -> str:
+    """`host` as a store records it: S3 metadata and a text line take printable ASCII only."""
+    return "".join(c if c.isascii() and c.isprintable() and c != "%" else f"%{ord(c):02X}" for c in host)
+
+
+class Foreign(str):
+    """A vouched() answer for a good copy that another host made (its recorded host differs).
+
+    Hosts that share a remote's prefix and a target name would otherwise each apply their keep
+    to the others' copies too, and delete them: such a copy is neither counted nor deleted."""
+
+    __slots__ = ()
+
+
+def foreign(name: str, host: str) -> Foreign | None:
+    """Foreign when `host` (as recorded with copy `name`; "" for none) is another host's."""
+    mine = recorded_host(this_host())
+    if not host or host == mine:
+        return None
+    return Foreign(f"{name} was copied there by host {host}, not by this host ({mine})")
 
 
 class StoreError(TargetError):
@@ -78,7 +108,8 @@ class Store(Protocol):
         """Whether this is still the copy this tool put there, by what put() recorded (a checksum
         in the object's metadata, a .sha256 file), without reading its data: None, or why not.
         Retention counts only such copies: an object someone else wrote under an archive's name
-        must never be what makes a good copy look surplus."""
+        must never be what makes a good copy look surplus.  A copy recorded as made by another
+        host answers Foreign (see foreign())."""
         ...
 
 

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from backup_core.stores import archives
-from backup_core.stores.base import Progress, Stored, StoreError, parse, sha256_of
+from backup_core.stores.base import Progress, Stored, StoreError, foreign, parse, recorded_host, sha256_of, this_host
 
 _COPY_CHUNK = 1 << 20
+_HOST_LINE = "# host: "
 
 
 class LocalStore:
@@ -95,7 +96,9 @@ class FolderStore:
                     f"remote {self.name}: the copy of {name} differs from the verified archive "
                     "(checksum mismatch); nothing was kept"
                 )
-            _sidecar(final).write_text(f"{sha256}  {name}\n", encoding="utf-8")
+            # sha256sum -c skips lines that start with #: the host line is for retention (see vouched).
+            host = recorded_host(this_host())
+            _sidecar(final).write_text(f"{sha256}  {name}\n{_HOST_LINE}{host}\n", encoding="utf-8")
             _place_new(partial, final)
             archives.sync_folder(folder)
         except OSError as exc:
@@ -146,6 +149,8 @@ class FolderStore:
         path = self._folder(target) / stored.name
         if _recorded(path) is None:
             return f"{stored.name} has no recorded checksum ({_sidecar(path).name} is missing or unreadable)"
+        if other := foreign(stored.name, _recorded_host(path)):
+            return other
         # put() writes the checksum after the copy is whole, so a copy newer than it was touched
         # since: by a rewrite, or only by a copy of the share that did not keep times.  Only
         # then are its bytes read, to tell the two apart.
@@ -172,6 +177,15 @@ def _listing(folder: Path, target: str) -> list[Stored]:
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(f"{path.name}.sha256")
+
+
+def _recorded_host(path: Path) -> str:
+    """The host recorded in the checksum file; "" for none (a copy made before hosts were recorded)."""
+    try:
+        lines = _sidecar(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return next((line.removeprefix(_HOST_LINE) for line in lines if line.startswith(_HOST_LINE)), "")
 
 
 def _recorded(path: Path) -> str | None:

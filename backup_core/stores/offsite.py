@@ -22,7 +22,7 @@ from backup_core.errors import UsageError
 from backup_core.manifest import Remote, Target
 from backup_core.results import OffsiteResult
 from backup_core.stores import retention
-from backup_core.stores.base import Progress, Store, Stored, StoreError, sha256_of
+from backup_core.stores.base import Foreign, Progress, Store, Stored, StoreError, sha256_of
 from backup_core.stores.local import FolderStore, LocalStore
 
 if TYPE_CHECKING:  # imported where used: a backup that copies nothing verifies nothing here
@@ -165,25 +165,34 @@ def _plan(
     them look surplus, nor stop the new archive from being sent."""
     vouched: set[Stored] = set()
     unvouched: list[Stored] = []
+    foreign: list[str] = []
     while True:
         counted = [s for s in held if s not in unvouched]
         planned = retention.plan([*counted, *missing], _when, remote.keep or target.keep, now)
         doubtful = [s for s in planned.kept if s in counted and s not in vouched]
         if not doubtful:
             break
-        unvouched += _doubted(store, target, remote, doubtful, vouched, result)
+        unvouched += _doubted(store, target, remote, doubtful, vouched, result, foreign)
     # Nor is a copy deleted that this tool cannot say it put there: it may be someone's file.
-    unvouched += _doubted(
-        store, target, remote, [s for s in planned.deleted if s in held and s not in vouched], vouched, result
-    )
+    doomed = [s for s in planned.deleted if s in held and s not in vouched]
+    unvouched += _doubted(store, target, remote, doomed, vouched, result, foreign)
+    if foreign:
+        result.warnings.append(_foreign_warning(remote, foreign))
     _note(result, planned)
     return planned, unvouched
 
 
 def _doubted(
-    store: Store, target: Target, remote: Remote, copies: list[Stored], vouched: set[Stored], result: OffsiteResult
+    store: Store,
+    target: Target,
+    remote: Remote,
+    copies: list[Stored],
+    vouched: set[Stored],
+    result: OffsiteResult,
+    foreign: list[str],
 ) -> list[Stored]:
-    """Those of `copies` the store cannot vouch for, each named in a warning; the rest join `vouched`."""
+    """Those of `copies` the store cannot vouch for, named in warnings (another host's copies are
+    added to `foreign`, for one warning); the rest join `vouched`."""
     doubted = []
     for stored in copies:
         why = store.vouched(target.name, stored)
@@ -191,11 +200,24 @@ def _doubted(
             vouched.add(stored)
             continue
         doubted.append(stored)
+        if isinstance(why, Foreign):
+            foreign.append(why)
+            continue
         result.warnings.append(
             f"{why}; it is not counted as a copy and is left in place: check it with "
             f"`invoke verify --remote {remote.name}`, then move or delete it"
         )
     return doubted
+
+
+def _foreign_warning(remote: Remote, foreign: list[str]) -> str:
+    # One line, not one per copy: a fleet sharing a prefix holds many of each other's copies.
+    more = f" (and {len(foreign) - 1} more like it)" if len(foreign) > 1 else ""
+    return (
+        f"{foreign[0]}{more}: another host's copies are neither counted nor deleted here; hosts that share "
+        f"remote {remote.name} and a target name must each have their own prefix (prefix: ${{BACKUP_HOST}}/), "
+        "or each would prune the others' copies"
+    )
 
 
 def _note(result: OffsiteResult, planned: retention.Plan[Stored]) -> None:

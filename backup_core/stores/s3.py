@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from backup_core.manifest import Remote
-from backup_core.stores.base import Progress, Stored, StoreError, parse
+from backup_core.stores.base import Progress, Stored, StoreError, foreign, parse, recorded_host, this_host
 
 _MULTIPART = 64 << 20  # below this an archive goes in one request, whose SHA-256 the server keeps whole
 _ALGORITHMS = {"sha256": "SHA256", "crc32": "CRC32"}
@@ -70,7 +70,7 @@ class S3Store:
                 f"remote {self.name}: {key} already exists with other content; it was not overwritten "
                 f"(check it with `invoke verify --remote {self.name}`, then move or delete it)"
             )
-        extra: dict[str, Any] = {"Metadata": {"sha256": sha256, "size": str(size)}}
+        extra: dict[str, Any] = {"Metadata": {"sha256": sha256, "size": str(size), "host": recorded_host(this_host())}}
         if self.remote.checksum in _ALGORITHMS:
             extra["ChecksumAlgorithm"] = _ALGORITHMS[self.remote.checksum]
         if self.remote.storage_class:
@@ -112,23 +112,15 @@ class S3Store:
     def check(self, target: str, stored: Stored) -> str | None:
         key = self._key(target, stored.name)
         head = self._head(key, checksums=True)
-        if head is None:
-            return f"{key} is missing from the bucket"
-        recorded = head.get("Metadata", {})
-        if "sha256" not in recorded:
-            return f"{stored.name} has no recorded checksum: it was not uploaded by this tool, or was replaced"
-        if recorded.get("size") != str(head["ContentLength"]):
-            return (
-                f"{stored.name} is {head['ContentLength']} bytes, but {recorded.get('size')} were uploaded: "
-                "it was replaced or damaged"
-            )
-        whole = head.get("ChecksumSHA256")
-        if whole and "-" not in whole and base64.b64decode(whole).hex() != recorded["sha256"]:
-            return f"{stored.name} does not match the checksum recorded at upload: it was replaced or damaged"
-        return None
+        return f"{key} is missing from the bucket" if head is None else _verdict(stored, head)
 
     def vouched(self, target: str, stored: Stored) -> str | None:
-        return self.check(target, stored)  # already only a HEAD request
+        # Only a HEAD request: what check() reads, and the host recorded beside the checksum.
+        key = self._key(target, stored.name)
+        head = self._head(key, checksums=True)
+        if head is None:
+            return f"{key} is missing from the bucket"
+        return _verdict(stored, head) or foreign(stored.name, head.get("Metadata", {}).get("host", ""))
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -314,3 +306,19 @@ def _explain(exc: BaseException, remote: Remote) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _verdict(stored: Stored, head: dict[str, Any]) -> str | None:
+    """What is wrong with a copy, by its HEAD answer against what put() recorded; None if nothing."""
+    recorded = head.get("Metadata", {})
+    if "sha256" not in recorded:
+        return f"{stored.name} has no recorded checksum: it was not uploaded by this tool, or was replaced"
+    if recorded.get("size") != str(head["ContentLength"]):
+        return (
+            f"{stored.name} is {head['ContentLength']} bytes, but {recorded.get('size')} were uploaded: "
+            "it was replaced or damaged"
+        )
+    whole = head.get("ChecksumSHA256")
+    if whole and "-" not in whole and base64.b64decode(whole).hex() != recorded["sha256"]:
+        return f"{stored.name} does not match the checksum recorded at upload: it was replaced or damaged"
+    return None
