@@ -410,7 +410,7 @@ def _restore_remote(
     from backup_core import restore as restore_module
     from backup_core import runner
     from backup_core.stores import offsite, retention
-    from backup_core.stores.base import Foreign
+    from backup_core.stores.base import foreign
 
     store = offsite.store_for(remote)
     held = store.list(target.name)
@@ -425,13 +425,13 @@ def _restore_remote(
         raise TargetError(f"every copy of {target.name} on remote {remote.name} is dated in the future; use --archive")
     # The newest copy of a prefix that several hosts share may be another host's: say so (restoring
     # it can be what a replacement host wants, so it is not refused).
-    foreign = None if archive else store.vouched(target.name, chosen)
+    other = None if archive else foreign(chosen.name, store.sender(target.name, chosen))
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
     with offsite.fetched(target.name, store, chosen, identities, near) as path:
         done = restore_module.restore(path, to, member=member, force=force)
-    if isinstance(foreign, Foreign):
-        done.warnings.append(f"{foreign}; name the copy you want with --archive")
+    if other:
+        done.warnings.append(f"{other}; name the copy you want with --archive")
     return Path(chosen.name), done
 
 

@@ -181,8 +181,9 @@ def test_the_copy_is_an_age_file_whose_recorded_checksum_is_the_ciphertexts(back
     assert data.startswith(HEADER)
     assert re.search(rb"^-> X25519 ", data, re.MULTILINE)
     recorded = copy.with_name(copy.name + ".sha256").read_text(encoding="utf-8")
-    host = os.environ.get("BACKUP_HOST") or socket.gethostname()
-    assert recorded == f"{hashlib.sha256(data).hexdigest()}  {copy.name}\n# host: {host}\n"
+    assert recorded == f"{hashlib.sha256(data).hexdigest()}  {copy.name}\n"  # one line: any sha256sum -c reads it
+    host = (os.environ.get("BACKUP_HOST") or socket.gethostname()).strip()
+    assert copy.with_name(copy.name + ".host").read_text(encoding="utf-8") == f"{host}\n"
     # The ciphertext lived only as long as its upload: nothing encrypted stays beside the archives.
     assert sorted(p.name for p in archive.parent.iterdir() if ".age" in p.name) == []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,13 +45,15 @@ class Stored:
 
 def this_host() -> str:
     """The name this host records with every copy it sends: ${BACKUP_HOST} as the manifest sees it
-    (the environment's, else the host name), so an operator can pin it where host names change."""
-    return os.environ.get("BACKUP_HOST") or socket.gethostname()
+    (the environment's, else the host name), so an operator can pin it where host names change;
+    spaces at its ends dropped, as HTTP drops them from a header's value."""
+    return (os.environ.get("BACKUP_HOST") or socket.gethostname()).strip()
 
 
 def recorded_host(host: str) -> str:
-    """`host` as a store records it: S3 metadata and a text line take printable ASCII only."""
-    return "".join(c if c.isascii() and c.isprintable() and c != "%" else f"%{ord(c):02X}" for c in host)
+    """`host` as a store records it: percent-encoded UTF-8 (S3 metadata takes ASCII only), so
+    two names never record alike; a host name's letters, digits, dots and dashes stay as they are."""
+    return urllib.parse.quote(host, safe="")
 
 
 class Foreign(str):
@@ -65,7 +68,7 @@ class Foreign(str):
 def foreign(name: str, host: str) -> Foreign | None:
     """Foreign when `host` (as recorded with copy `name`; "" for none) is another host's."""
     mine = recorded_host(this_host())
-    if not host or host == mine:
+    if not host or host.casefold() == mine.casefold():  # host names ignore case
         return None
     return Foreign(f"{name} was copied there by host {host}, not by this host ({mine})")
 
@@ -110,6 +113,11 @@ class Store(Protocol):
         Retention counts only such copies: an object someone else wrote under an archive's name
         must never be what makes a good copy look surplus.  A copy recorded as made by another
         host answers Foreign (see foreign())."""
+        ...
+
+    def sender(self, target: str, stored: Stored) -> str:
+        """The host recorded as having sent this copy (as recorded_host() wrote it); "" when none is
+        recorded or it cannot be read.  Cheap: never reads the copy's data, never raises."""
         ...
 
 

@@ -167,6 +167,9 @@ class EncryptedStore:
     def vouched(self, target: str, stored: Stored) -> str | None:
         return self.inner.vouched(target, stored)
 
+    def sender(self, target: str, stored: Stored) -> str:
+        return self.inner.sender(target, stored)
+
 
 def load_identities(file: Path) -> list[Any]:
     """The identities in an age identity file or an SSH private key file; UsageError if none."""

@@ -20,7 +20,6 @@ from backup_core.stores import archives
 from backup_core.stores.base import Progress, Stored, StoreError, foreign, parse, recorded_host, sha256_of, this_host
 
 _COPY_CHUNK = 1 << 20
-_HOST_LINE = "# host: "
 
 
 class LocalStore:
@@ -62,6 +61,9 @@ class LocalStore:
     def vouched(self, target: str, stored: Stored) -> str | None:
         return self.check(target, stored)  # the runner wrote, read back and renamed each one itself
 
+    def sender(self, target: str, stored: Stored) -> str:
+        return ""  # this host's own folder
+
 
 class FolderStore:
     """A folder remote: copies under <path>/<prefix><target>/, each with its SHA-256 beside it."""
@@ -96,9 +98,9 @@ class FolderStore:
                     f"remote {self.name}: the copy of {name} differs from the verified archive "
                     "(checksum mismatch); nothing was kept"
                 )
-            # sha256sum -c skips lines that start with #: the host line is for retention (see vouched).
-            host = recorded_host(this_host())
-            _sidecar(final).write_text(f"{sha256}  {name}\n{_HOST_LINE}{host}\n", encoding="utf-8")
+            # The host in a file of its own: BusyBox's sha256sum -c fails on any other line.
+            _host_file(final).write_text(recorded_host(this_host()) + "\n", encoding="utf-8")
+            _sidecar(final).write_text(f"{sha256}  {name}\n", encoding="utf-8")
             _place_new(partial, final)
             archives.sync_folder(folder)
         except OSError as exc:
@@ -125,6 +127,7 @@ class FolderStore:
         try:
             path.unlink(missing_ok=True)
             _sidecar(path).unlink(missing_ok=True)
+            _host_file(path).unlink(missing_ok=True)
         except OSError as exc:
             raise StoreError(f"remote {self.name}: cannot delete {path}: {_reason(exc)}") from None
         return True
@@ -144,6 +147,9 @@ class FolderStore:
         if actual != recorded:
             return f"{stored.name} does not match the checksum recorded when it was copied: it was changed or damaged"
         return None
+
+    def sender(self, target: str, stored: Stored) -> str:
+        return _recorded_host(self._folder(target) / stored.name)
 
     def vouched(self, target: str, stored: Stored) -> str | None:
         path = self._folder(target) / stored.name
@@ -179,13 +185,16 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(f"{path.name}.sha256")
 
 
+def _host_file(path: Path) -> Path:
+    return path.with_name(f"{path.name}.host")
+
+
 def _recorded_host(path: Path) -> str:
-    """The host recorded in the checksum file; "" for none (a copy made before hosts were recorded)."""
+    """The host recorded beside a copy; "" for none (a copy made before hosts were recorded)."""
     try:
-        lines = _sidecar(path).read_text(encoding="utf-8").splitlines()
+        return _host_file(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return ""
-    return next((line.removeprefix(_HOST_LINE) for line in lines if line.startswith(_HOST_LINE)), "")
 
 
 def _recorded(path: Path) -> str | None:

@@ -114,6 +114,13 @@ class S3Store:
         head = self._head(key, checksums=True)
         return f"{key} is missing from the bucket" if head is None else _verdict(stored, head)
 
+    def sender(self, target: str, stored: Stored) -> str:
+        try:
+            head = self._head(self._key(target, stored.name))
+        except Exception:  # a restore's warning must not stop the restore
+            return ""
+        return "" if head is None else str(head.get("Metadata", {}).get("host", ""))
+
     def vouched(self, target: str, stored: Stored) -> str | None:
         # Only a HEAD request: what check() reads, and the host recorded beside the checksum.
         key = self._key(target, stored.name)
