@@ -110,24 +110,19 @@ class S3Store:
         return local
 
     def check(self, target: str, stored: Stored) -> str | None:
-        key = self._key(target, stored.name)
-        head = self._head(key, checksums=True)
-        return f"{key} is missing from the bucket" if head is None else _verdict(stored, head)
+        return self._judged(target, stored)[1]
 
     def sender(self, target: str, stored: Stored) -> str:
         try:
             head = self._head(self._key(target, stored.name))
         except Exception:  # a restore's warning must not stop the restore
             return ""
-        return "" if head is None else str(head.get("Metadata", {}).get("host", ""))
+        return _host(head)
 
     def vouched(self, target: str, stored: Stored) -> str | None:
-        # Only a HEAD request: what check() reads, and the host recorded beside the checksum.
-        key = self._key(target, stored.name)
-        head = self._head(key, checksums=True)
-        if head is None:
-            return f"{key} is missing from the bucket"
-        return _verdict(stored, head) or foreign(stored.name, head.get("Metadata", {}).get("host", ""))
+        # The same HEAD request as check(): the recorded host comes with the checksum.
+        head, why = self._judged(target, stored)
+        return why or foreign(stored.name, _host(head))
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -136,6 +131,12 @@ class S3Store:
         if self._client is None:
             self._client = make_client(self.remote)
         return self._client
+
+    def _judged(self, target: str, stored: Stored) -> tuple[dict[str, Any] | None, str | None]:
+        """The copy's HEAD answer, and what is wrong with it (see _verdict)."""
+        key = self._key(target, stored.name)
+        head = self._head(key, checksums=True)
+        return head, (f"{key} is missing from the bucket" if head is None else _verdict(stored, head))
 
     def _key(self, target: str, name: str) -> str:
         return f"{self.remote.prefix}{target}/{name}"
@@ -313,6 +314,11 @@ def _explain(exc: BaseException, remote: Remote) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _host(head: dict[str, Any] | None) -> str:
+    """The host put() recorded with an object; "" for none."""
+    return "" if head is None else str(head.get("Metadata", {}).get("host", ""))
 
 
 def _verdict(stored: Stored, head: dict[str, Any]) -> str | None:
