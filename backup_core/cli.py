@@ -18,6 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from backup_core import interrupts  # first: its signal handlers cover Invoke's import too
+
+# isort: split
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit, ParseError
@@ -110,6 +113,7 @@ def _finish(code: int) -> None:
 
 
 def _run(call: object, *args: object, **kwargs: object) -> None:
+    interrupts.in_task.set()
     try:
         code = call(*args, **kwargs)  # type: ignore[operator]
     except ManifestError as exc:

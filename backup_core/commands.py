@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from backup_core import interrupts, report
 from backup_core import manifest as manifest_module
-from backup_core import report
 from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError, shown
 from backup_core.manifest import Manifest, Remote, Target, selection
 
@@ -283,8 +283,8 @@ def _stop_on_terminate() -> None:
             raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-        signal.signal(signal.SIGINT, interrupt)
+        for signum in interrupts.handled():
+            signal.signal(signum, interrupt)
 
 
 def validate(manifest_path: Path | str) -> int:

@@ -370,11 +370,12 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 # After the before hooks: one of them may be what mounts or prepares the source.
                 kind = sources.kind_of(target.path, target.type)
                 now_there = _archive(target, kind, options, result, names)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
-                # on_failure starts again.  The run stops after this target.
+                # on_failure starts again.  The run stops after this target.  An interrupt
+                # that comes through _archive says what it left; before that, nothing was written.
                 _stopping.set()
-                result.fail("interrupted; the partial archive was removed")
+                result.fail(str(exc) if exc.args else "interrupted; nothing was written")
             except Exception as exc:  # see _guarded
                 result.fail(_describe(exc, target))
             _closing_hooks(target, result, options.observer, now_there)
@@ -567,6 +568,10 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
             )
         _save_state(target, final, walked, when, result)
         return [*listed, Archive(when, final)]
+    except KeyboardInterrupt:
+        if final.exists():  # placed: it stays, as every archive made does
+            raise KeyboardInterrupt(f"interrupted after {final.name} was made; nothing was rotated") from None
+        raise KeyboardInterrupt("interrupted; the partial archive was removed") from None
     finally:
         # Only SQLite leaves -wal, -shm and -journal files, beside its snapshots.
         sqlite_files = (Path(f"{path}{s}") for path in snapshots for s in ("-wal", "-shm", "-journal"))
@@ -619,8 +624,9 @@ def _unchanged_walk(
     now_ns = round(now.timestamp() * 1_000_000) * 1000
     if existing and not options.force:
         same = state.unchanged(
-            target.destination, target.name, kind, settings, existing[-1], now_ns, target.path, target.exclude
-        )
+            target.destination, target.name, kind, settings, existing[-1], now_ns, target.path, target.exclude,
+            should_stop=_stopping.is_set,
+        )  # fmt: skip
         if same is not None:
             result.status, result.archive, result.compared = OK, existing[-1].path, "metadata"
             result.reason = f"unchanged since {existing[-1].name}"

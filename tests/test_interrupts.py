@@ -345,3 +345,116 @@ def test_a_run_that_listed_a_shared_folder_before_a_partial_appeared_still_sees_
     assert made["status"] == "changed"
     assert project.archives(target="big") == [Path(made["archive"])]
     assert _partials(backups, "big") == []
+
+
+def _children(pid: int) -> list[str]:
+    """The command lines of `pid`'s child processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                found.append(stat.with_name("cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError, IndexError):
+            continue  # it ended while we looked
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the walk's helper process in /proc")
+def test_with_jobs_2_an_unchanged_check_in_progress_stops_at_once(project: Project) -> None:
+    # On a thread (--jobs 2), the metadata walk of an unchanged check went on to its end after
+    # the signal (seconds, for a million files) and then reported the target ok; it stops at
+    # the next chunk of entries now, and says it wrote nothing.
+    tree = project.root / "tree"
+    for number in range(21_000):  # more than five chunks: a helper process walks the second half
+        folder = tree / f"d{number // 500:03d}"
+        if number % 500 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"f{number:05d}").write_bytes(b"")
+    # Patterns that match nothing are each tried on every name: they slow the walk to about a
+    # second, long enough to interrupt it in the middle.
+    exclude = json.dumps([f"nothing-{number}-*" for number in range(150)])
+    project.file("other.txt")
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - {{name: tree, path: tree, skip_unchanged: true, exclude: {exclude}}}
+          - {{name: other, path: other.txt, skip_unchanged: true}}
+        """
+    )
+    time.sleep(2.5)  # files changed within 2 s of a walk make its record untrusted (racy)
+    first = project.invoke("backup")
+    assert first.code == 0, first.output
+    (archive,) = project.archives(target="tree")
+
+    process = _start(project, "--jobs", "2", "--format", "json")
+    _wait_for(lambda: any("backup_core.stores.statewalk" in c for c in _children(process.pid)), process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    results = {t["name"]: t for t in json.loads(stdout)["targets"]}
+    assert results["tree"]["status"] == "failed", results["tree"]
+    assert results["tree"]["error"] == "interrupted; nothing was written"
+    assert project.archives(target="tree") == [archive]
+
+
+def _signalled_at_once(flags: list[str], sent: int) -> subprocess.CompletedProcess[str]:
+    """A Python that loads the command line as `invoke` and `backups` do, then receives `sent`
+    before any task runs."""
+    code = (
+        "import os, signal, sys, time\n"
+        f"sys.argv = {['backups', *flags]!r}\n"
+        "import backup_core.cli\n"
+        f"os.kill(os.getpid(), {int(sent)})\n"
+        "time.sleep(30)\n"
+        "backup_core.cli.main()\n"
+    )
+    ran = [sys.executable, "-c", code]
+    return subprocess.run(ran, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_program_loads_exits_130_with_one_line(sent: int) -> None:
+    # Ctrl-C while Invoke parsed the command line ended in exit 1 (the status of a failed
+    # target) or a traceback, and SIGTERM killed the process (143).
+    ran = _signalled_at_once(["backup"], sent)
+    assert ran.returncode == 130, ran
+    assert ran.stderr == "interrupted before the command started; nothing was done\n"
+    assert ran.stdout == ""
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(project: Project) -> None:
+    # A shell script's background job starts with SIGINT ignored, so that Ctrl-C at the
+    # terminal leaves it alone; Python keeps that choice, and so does the run.
+    project.file("site/index.html")
+    started, release = project.root / "started", project.root / "release"
+    wait = f"touch {started}; until [ -e {release} ]; do sleep 0.05; done"
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - {{name: site, path: site, hooks: {{before: [["sh", "-c", {json.dumps(wait)}]]}}}}
+        """
+    )
+    process = subprocess.Popen(
+        [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), "--format", "json"],
+        cwd=REPO,
+        env={**os.environ, "NO_COLOR": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - the test's subject
+    )
+    _wait_for(started.exists, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # a handled SIGINT would have stopped the hook and the run by now
+    release.touch()
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr
+    (site,) = json.loads(stdout)["targets"]
+    assert site["status"] == "changed"
+    assert len(project.archives(target="site")) == 1

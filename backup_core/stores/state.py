@@ -38,11 +38,12 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from itertools import chain, islice
 from pathlib import Path
 
+from backup_core.errors import TargetError
 from backup_core.sources.walk import Entry, entries
 from backup_core.stores import archives, statewalk
 from backup_core.stores.archives import Archive
@@ -77,9 +78,15 @@ class Recorder:
     difference: a changed source is found without walking the rest."""
 
     def __init__(
-        self, settings: str, now_ns: int, first: int = 0, expected: list[tuple[str, str]] | None = None
+        self,
+        settings: str,
+        now_ns: int,
+        first: int = 0,
+        expected: list[tuple[str, str]] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        self._should_stop = should_stop  # asked at every chunk; True raises TargetError
         self._racy_from = now_ns - _RACY_NS
         # Records are hashed 64 KiB at a time (the same digest as one by one, at a fraction of
         # the calls): this walk is all an unchanged re-run costs.
@@ -111,6 +118,8 @@ class Recorder:
             for name, _, kind, st in walked:
                 if count == boundary:
                     boundary += CHUNK
+                    if self._should_stop is not None and self._should_stop():
+                        raise TargetError("interrupted; nothing was written")
                     # The chunk before may be closed already: finish() closes the command's part
                     # of a split check, whose rest this process may then walk after all.
                     if len(self.chunks) < (count - self.first) // CHUNK and not self._close():
@@ -188,8 +197,11 @@ def _recorded_chunks(recorded: dict[str, object]) -> list[tuple[str, str]] | Non
 
 
 def unchanged(destination: Path, target: str, kind: str, settings: str, newest: Archive, now_ns: int,
-              source: Path, exclude: tuple[str, ...]) -> Recorder | None:  # fmt: skip
-    """The walk's recorder when the source provably holds what `newest` holds, else None."""
+              source: Path, exclude: tuple[str, ...],
+              should_stop: Callable[[], bool] = lambda: False) -> Recorder | None:  # fmt: skip
+    """The walk's recorder when the source provably holds what `newest` holds, else None.
+    `should_stop` is asked at every chunk: a run stopped in another thread (`--jobs`) must not
+    wait for the walk of a million files to end."""
     if not SUPPORTED or kind == "sqlite":
         return None
     recorded = _load(path_of(destination, target))
@@ -204,7 +216,7 @@ def unchanged(destination: Path, target: str, kind: str, settings: str, newest: 
         return None
     if recorded.get("archive") != newest.name or recorded.get("archive_size") != size:
         return None  # made by another run, replaced, or truncated: not the archive described
-    walked = Recorder(settings, now_ns, expected=chunks)
+    walked = Recorder(settings, now_ns, expected=chunks, should_stop=should_stop)
     walk = entries(source, kind, exclude)
     split = statewalk.split_at(len(chunks)) if kind == "folder" else 0
     if split:

@@ -1,0 +1,43 @@
+"""Ctrl-C and SIGTERM while the program loads, before a command's own handling is in place.
+
+Left to Python, Ctrl-C while the program loaded printed a traceback, or ended in exit
+status 1 (Invoke's answer to an interrupt it catches; the exit table says 1 is a failed
+target), and SIGTERM killed the process with status 143.  Before a task runs nothing has
+been read or written, so the program now ends at once with 130 and one line.  Once a task
+runs, the interrupt unwinds through its clean-up instead (see cli._run, and the run's own
+handler in commands.py, which replaces this one).
+
+The handlers are installed when this module is imported, which the command line does
+before it imports Invoke: of the installed command's start-up only the interpreter's own
+comes first (in a checkout, `invoke` loads itself before it reads tasks.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+in_task = threading.Event()  # set while a task runs: a signal then stops its work
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    if in_task.is_set():
+        raise KeyboardInterrupt
+    # SystemExit, not Invoke's Exit: this may run while Invoke itself is being imported, and
+    # nothing catches it on the way out (Invoke catches its own Exit and KeyboardInterrupt).
+    print("interrupted before the command started; nothing was done", file=sys.stderr)
+    raise SystemExit(130)
+
+
+def handled() -> tuple[signal.Signals, ...]:
+    """The signals that stop a run: SIGTERM, and SIGINT unless it was ignored when the program
+    started (a shell script's background job ignores it, so that Ctrl-C at the terminal leaves
+    the job alone; Python keeps that choice too)."""
+    return (signal.SIGTERM,) if _SIGINT_IGNORED else (signal.SIGINT, signal.SIGTERM)
+
+
+_SIGINT_IGNORED = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+if threading.current_thread() is threading.main_thread():
+    for _signal in handled():
+        signal.signal(_signal, _interrupted)
