@@ -210,9 +210,9 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
     # A leftover temporary name could be a link planted to make us write elsewhere: remove
     # it, then create the file anew, refusing to follow anything found there.
     partial.unlink(missing_ok=True)
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    copy = archives.create_private(partial)
     try:
-        with directory.open(info) as source, os.fdopen(descriptor, "wb") as copy:
+        with directory.open(info) as source, copy:
             head = source.read(_BLOCK)
             is_database = head[:16] == SQLITE_HEADER
             while head:

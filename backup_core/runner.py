@@ -726,10 +726,8 @@ def _add(
 @contextmanager
 def _create_private(path: Path) -> Iterator[BinaryIO]:
     """Create `path` new, readable by its owner only (archives hold secrets), buffered for writing."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(path, flags, 0o600)
-    with os.fdopen(descriptor, "wb", buffering=1 << 20) as file:
-        archives.claim(descriptor)  # alive while open, whatever becomes of the lock file
+    with archives.create_private(path, buffering=1 << 20) as file:
+        archives.claim(file.fileno())  # alive while open, whatever becomes of the lock file
         yield file
 
 

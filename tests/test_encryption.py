@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -201,6 +202,21 @@ def test_plain_age_and_unzip_give_back_the_archive_without_this_tool(backed_up: 
     with zipfile.ZipFile(out) as opened:
         assert opened.testzip() is None
         assert opened.read("index.html") == (backed_up.project.root / "site/index.html").read_bytes()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_the_copy_is_readable_by_its_owner_only(project: Project, tmp_path: Path) -> None:
+    # Encrypted or not, a copy in a folder remote is its owner's alone (it was created with
+    # the umask's mode: 0644 under umask 022).
+    write_project(project, encryption_yaml([age_key(tmp_path).public]))
+    before = os.umask(0o022)
+    try:
+        ran = project.invoke("backup")
+    finally:
+        os.umask(before)
+    assert ran.code == 0, ran.output
+    [copy] = copies(project)
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
 
 
 def test_the_copy_holds_none_of_the_plaintext(backed_up: Backed) -> None:

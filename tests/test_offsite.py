@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import zipfile
 from collections.abc import Iterator
@@ -193,6 +194,25 @@ def test_a_folder_remote_keeps_a_checksum_that_sha256sum_checks(project: Project
     [sidecar] = copies.glob("*.sha256")
     checked = subprocess.run(["sha256sum", "-c", sidecar.name], cwd=copies, capture_output=True, text=True, check=False)
     assert checked.returncode == 0 and ": OK" in checked.stdout
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_folder_remotes_copy_is_readable_by_its_owner_only(project: Project, tmp_path: Path) -> None:
+    # A NAS folder holds the same secrets as the local archive (0600): the copy was created
+    # with the umask's mode, readable by every user of the NAS (0644 under umask 022).
+    folder = FolderRemote(tmp_path / "disk")
+    site(project)
+    write(project, folder)
+    before = os.umask(0o022)
+    try:
+        ran = run(project, folder, "backup")
+    finally:
+        os.umask(before)
+    assert ran.code == 0, ran.output
+    [archive] = project.archives()
+    copy = tmp_path / "disk" / "host1" / "site" / archive.name
+    assert copy.read_bytes() == archive.read_bytes()
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
 
 
 def test_an_existing_copy_with_other_bytes_is_never_overwritten(project: Project, remote: Remote) -> None:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from backup_core.stores.retention import FUTURE_TOLERANCE
 
@@ -222,6 +223,18 @@ def next_time(now: datetime, existing: list[Archive], tolerance: timedelta = FUT
     if present and max(present) >= now:
         return max(present) + timedelta(microseconds=1)
     return now
+
+
+def create_private(path: Path, buffering: int = -1) -> BinaryIO:
+    """Create `path` new, for writing, readable by its owner only, whatever the umask: an
+    archive (here, in a folder remote, decrypted for a restore) holds the server's secrets.
+    Never over an existing file, and never through a link planted at its name."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        return os.fdopen(descriptor, "wb", buffering=buffering)
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def partial_path(destination: Path, target: str, when: datetime, what: str) -> Path:

@@ -110,7 +110,7 @@ def encrypt(source: Path, ciphertext: Path, recipients: tuple[str, ...]) -> str:
     import pyrage
 
     keys = [_recipient(r) for r in recipients]
-    with source.open("rb") as plain, ciphertext.open("xb") as file:
+    with source.open("rb") as plain, archives.create_private(ciphertext) as file:
         reader, writer = _Guarded(plain), _Guarded(file, hashing=True)
         try:
             pyrage.encrypt_io(reader, writer, keys)
@@ -223,7 +223,7 @@ def decrypt(ciphertext: Path, plaintext: Path, identities: list[Any]) -> None:
         encrypted.seek(0)
         reader = _Guarded(encrypted)
         try:
-            with plaintext.open("xb") as file:
+            with archives.create_private(plaintext) as file:
                 writer = _Guarded(file)
                 try:
                     pyrage.decrypt_io(reader, writer, identities)

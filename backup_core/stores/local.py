@@ -210,7 +210,7 @@ def _copy(source: Path, partial: Path, progress: Progress | None, max_bandwidth:
     """Copy to a new file, at most `max_bandwidth` bytes a second, fsync it, and return the SHA-256 of what was read."""
     digest = hashlib.sha256()
     started, sent = time.monotonic(), 0
-    with source.open("rb") as reader, partial.open("xb") as writer:
+    with source.open("rb") as reader, archives.create_private(partial) as writer:
         while block := reader.read(_COPY_CHUNK):
             digest.update(block)
             writer.write(block)
