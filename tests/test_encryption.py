@@ -513,6 +513,34 @@ def test_a_private_key_given_as_recipient_is_refused_without_being_printed(proje
     assert not (project.root / "backups").exists()
 
 
+@needs("ssh-keygen")
+def test_an_ssh_private_key_as_recipients_file_is_refused_in_one_line_showing_none_of_it(
+    project: Project, tmp_path: Path
+) -> None:
+    # Refused line by line, its base64 body came out 37 characters a line: 24 of the 32 bytes
+    # of an ed25519 key's secret.
+    private, _ = ssh_key(tmp_path, "ed25519")
+    write_project(project, encryption_yaml(recipients_file=str(private)))
+    ran = project.invoke("validate")
+    assert ran.code == 2, ran.output
+    [problem] = [line for line in ran.stderr.splitlines() if "recipients_file" in line]
+    assert f"{private} holds a private key, which must never be on the backup host" in problem
+    body = [line for line in private.read_text().splitlines() if line and not line.startswith("-----")]
+    assert body and not any(line[:12] in ran.output for line in body)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["key=AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ", "hunter2-not-a-key"],
+)
+def test_a_recipient_shaped_unlike_a_public_key_is_never_quoted(project: Project, value: str) -> None:
+    write_project(project, encryption_yaml([value]))
+    ran = project.invoke("validate")
+    assert ran.code == 2, ran.output
+    assert "remotes.vault.encryption.recipients[0]: this is " in ran.stderr, ran.stderr
+    assert value[4:16] not in ran.output and "hunter2" not in ran.output
+
+
 # --- the backup host holds no private key ----------------------------------------------------------
 
 

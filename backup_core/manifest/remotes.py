@@ -155,6 +155,8 @@ def _recipients(
 ) -> tuple[str, ...]:
     if not isinstance(raw, dict):
         return ()
+    from backup_core.stores import encryption  # imported only when a manifest encrypts
+
     if "recipients" in raw:
         lines = [(item, (*where, "recipients", index), 0) for index, item in enumerate(raw["recipients"])]
     elif "recipients_file" in raw:
@@ -171,12 +173,21 @@ def _recipients(
         # Numbered so that a bad recipient is reported at its own line of that file.
         numbered = [(line.strip(), (*where, "recipients_file"), n) for n, line in enumerate(text.splitlines(), 1)]
         lines = [(line, place, n) for line, place, n in numbered if line and not line.startswith("#")]
+        if any(encryption.holds_private_key(line) for line, _, _ in lines):
+            # The whole file, in one line: reported line by line, the body of an SSH private
+            # key would be refused one base64 line at a time, each a piece of the key.
+            problems.append(
+                document.problem(
+                    (*where, "recipients_file"),
+                    f"{file} holds a private key, which must never be on the backup host; list public keys "
+                    "in it (age-keygen -y KEYFILE, or the .pub file of an SSH key)",
+                )
+            )
+            return ()
         if not lines:
             problems.append(document.problem((*where, "recipients_file"), f"{file} holds no recipient"))
     else:
         return ()
-    from backup_core.stores import encryption  # imported only when a manifest encrypts
-
     good = []
     for text, place, number in lines:
         reason = encryption.recipient_problem(text)

@@ -26,27 +26,42 @@ _HEADER = b"age-encryption.org/v1\n"
 def recipient_problem(text: str) -> str | None:
     """None when `text` is an age X25519 recipient or an SSH public key pyrage accepts, else why not.
 
-    The reason never repeats a private key: one pasted here by mistake must not end up in a
-    terminal, a log or a CI transcript.
+    The reason never repeats a private key, nor anything that is not shaped like a public key
+    (a line of a private key file, a password pasted by mistake): a secret must not end up in
+    a terminal, a log or a CI transcript.  The problem's place names the line instead.
     """
-    if text.upper().startswith("AGE-SECRET-KEY-") or "PRIVATE KEY" in text:
-        return (
-            "this is a private key, which must never be in the manifest or on the backup host; "
-            "put its public key here (age-keygen -y KEYFILE) and keep the private key elsewhere"
-        )
+    if holds_private_key(text):
+        return _PRIVATE
     try:
         _recipient(text)
     except Exception as exc:
-        shown = text if len(text) <= 40 else text[:37] + "..."
         kind = text.split(" ", 1)[0]
+        shown = (repr(text if len(text) <= 40 else text[:37] + "...") + " is") if _public_shape(text) else "this is"
         if text.startswith(("ssh-ed25519 ", "ssh-rsa ")):
-            why = f"is not a valid {kind} public key: its key data does not decode (copy the whole .pub line)"
-        elif " " in text and not text.startswith("age1"):
-            return f"{shown!r} is an SSH key of type {kind}, which age does not support; use ssh-ed25519 or ssh-rsa"
+            why = f"not a valid {kind} public key: its key data does not decode (copy the whole .pub line)"
+        elif " " in text and _public_shape(text) and not text.startswith("age1"):
+            return f"{shown} an SSH key of type {kind}, which age does not support; use ssh-ed25519 or ssh-rsa"
         else:
-            why = f"is not a valid age recipient ({_first_line(exc)})"
-        return f"{shown!r} {why}; use an age1... public key (age-keygen -y KEYFILE) or an SSH public key"
+            why = f"not a valid age recipient ({_first_line(exc)})"
+        return f"{shown} {why}; use an age1... public key (age-keygen -y KEYFILE) or an SSH public key"
     return None
+
+
+_PRIVATE = (
+    "this is a private key, which must never be in the manifest or on the backup host; "
+    "put its public key here (age-keygen -y KEYFILE) and keep the private key elsewhere"
+)
+
+
+def holds_private_key(text: str) -> bool:
+    """Whether `text` holds an age secret key or a PEM or OpenSSH private key, anywhere in it."""
+    upper = text.upper()
+    return "AGE-SECRET-KEY-1" in upper or "PRIVATE KEY-----" in upper  # the latter: a PEM or OpenSSH armour line
+
+
+def _public_shape(text: str) -> bool:
+    # Public keys begin so; a private key's lines and most secrets do not.
+    return text.startswith(("age1", "ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-"))
 
 
 def _recipient(text: str) -> Any:
