@@ -409,8 +409,7 @@ def _restore_remote(
 ) -> tuple[Path, restore_module.Restored]:
     from backup_core import restore as restore_module
     from backup_core import runner
-    from backup_core.stores import offsite, retention
-    from backup_core.stores.base import foreign
+    from backup_core.stores import offsite
 
     store = offsite.store_for(remote)
     held = store.list(target.name)
@@ -420,18 +419,23 @@ def _restore_remote(
             raise TargetError(f"no copy named {archive} of {target.name} on remote {remote.name}")
     if not held:
         raise TargetError(f"no copies of {target.name} on remote {remote.name} ({store.describe()})")
-    chosen = held[-1] if archive else retention.newest(held, lambda s: s.when, runner.utc_now())
-    if chosen is None:
-        raise TargetError(f"every copy of {target.name} on remote {remote.name} is dated in the future; use --archive")
-    # The newest copy of a prefix that several hosts share may be another host's: say so (restoring
-    # it can be what a replacement host wants, so it is not refused).
-    other = None if archive else foreign(chosen.name, store.sender(target.name, chosen))
+    warnings: list[str] = []
+    if archive:
+        chosen = held[-1]  # checked against its recorded checksum once downloaded, as every copy is
+    else:
+        newest = offsite.newest_good(store, target.name, held, runner.utc_now())
+        if newest.chosen is None:
+            raise TargetError(
+                f"no copy of {target.name} on remote {remote.name} can be restored: "
+                + (newest.passed[0] if newest.passed else "every copy is dated in the future")
+                + "; name one with --archive"
+            )
+        chosen, warnings = newest.chosen, newest.warnings()
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
     with offsite.fetched(target.name, store, chosen, identities, near) as path:
         done = restore_module.restore(path, to, member=member, force=force)
-    if other:
-        done.warnings.append(f"{other}; name the copy you want with --archive")
+    done.warnings.extend(warnings)
     return Path(chosen.name), done
 
 

@@ -355,11 +355,19 @@ DAMAGE: dict[str, tuple[Callable[[bytes], bytes], str]] = {
 }
 
 
+def _damage_behind_the_record(copy: Path, change: Callable[[bytes], bytes]) -> None:
+    """Damage a copy and record the damaged bytes' checksum as its own, as someone who can write
+    both would: the record no longer tells, so age's own authentication must."""
+    damaged = change(copy.read_bytes())
+    copy.write_bytes(damaged)
+    copy.with_name(f"{copy.name}.sha256").write_text(f"{hashlib.sha256(damaged).hexdigest()}  {copy.name}\n")
+
+
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
 def test_a_damaged_copy_is_reported_as_such_and_nothing_from_it_is_written(backed: Backed, damage: str) -> None:
     change, expected = DAMAGE[damage]
     copy = backed.copy
-    copy.write_bytes(change(copy.read_bytes()))
+    _damage_behind_the_record(copy, change)
     to = backed.project.root / "restored"
     ran = backed.project.invoke(
         "restore", "site", "--remote", "vault", "--identity", str(backed.key.file), "--to", str(to)
@@ -373,7 +381,7 @@ def test_a_damaged_copy_is_reported_as_such_and_nothing_from_it_is_written(backe
 @pytest.mark.parametrize("damage", ["truncated-at-a-chunk-boundary", "byte-flipped-in-the-payload"])
 def test_verify_download_reports_a_damaged_copy(backed: Backed, damage: str) -> None:
     change, expected = DAMAGE[damage]
-    backed.copy.write_bytes(change(backed.copy.read_bytes()))
+    _damage_behind_the_record(backed.copy, change)
     ran = backed.project.invoke("verify", "--remote", "vault", "--download", "--identity", str(backed.key.file))
     assert ran.code == 1, ran.output
     assert f"failed: [site] => {backed.copy.name}: {backed.copy.name} {expected}" in ran.output
@@ -382,6 +390,19 @@ def test_verify_download_reports_a_damaged_copy(backed: Backed, damage: str) -> 
 
 
 # --- verify --------------------------------------------------------------------------------------
+
+
+def test_a_damaged_copy_is_caught_by_its_recorded_checksum_before_any_decryption(backed: Backed) -> None:
+    copy = backed.copy
+    copy.write_bytes(_flip(lambda d: len(d) // 2)(copy.read_bytes()))
+    to = backed.project.root / "restored"
+    ran = backed.project.invoke(
+        "restore", "site", "--remote", "vault", "--identity", str(backed.key.file), "--to", str(to),
+        "--archive", copy.name,
+    )  # fmt: skip
+    assert ran.code == 1, ran.output
+    assert f"{copy.name} on remote vault is not the copy uploaded" in one_line_error(ran)
+    nothing_left(backed.project, to)
 
 
 def test_verify_remote_needs_no_key_and_detects_a_replaced_copy(backed: Backed) -> None:

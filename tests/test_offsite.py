@@ -41,6 +41,7 @@ class Remote(Protocol):
     def read(self, target: str, name: str) -> bytes: ...
     def replace(self, target: str, name: str, data: bytes) -> None: ...
     def forget_host(self, target: str, name: str) -> None: ...
+    def swap(self, target: str, name: str, data: bytes) -> None: ...
     def down(self) -> None: ...
     def up(self) -> None: ...
 
@@ -76,6 +77,14 @@ class FolderRemote:
     def forget_host(self, target: str, name: str) -> None:
         """Make a copy look as the tool's versions before hosts were recorded made it."""
         (self._folder(target) / f"{name}.host").unlink()
+
+    def swap(self, target: str, name: str, data: bytes) -> None:
+        """Other bytes in a copy's place, its checksum file kept and its time put back (as a
+        careful hand, or bit rot, would leave it)."""
+        copy = self._folder(target) / name
+        before = copy.stat()
+        copy.write_bytes(data)
+        os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
 
     def down(self) -> None:
         self.root.rename(self._away)
@@ -122,6 +131,12 @@ class S3Remote:
             Bucket=self.bucket, Key=key, CopySource=source, Metadata=metadata, MetadataDirective="REPLACE"
         )
         assert "host" not in client.head_object(Bucket=self.bucket, Key=key)["Metadata"]
+
+    def swap(self, target: str, name: str, data: bytes) -> None:
+        """Other bytes in a copy's place, with the copy's recorded metadata kept."""
+        client, key = self.server.client(), f"{self.prefix}{target}/{name}"
+        metadata = client.head_object(Bucket=self.bucket, Key=key)["Metadata"]
+        client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata)
 
     def down(self) -> None:
         self.server.stop()
@@ -395,6 +410,55 @@ def test_a_copy_replaced_behind_the_tools_back_is_neither_counted_nor_deleted(pr
     project.file("site/day.txt", "day 3\n")
     assert run(project, remote, "backup", now=START + timedelta(days=3)).code == 0
     assert remote.names("site") == [second, third, archive_file_name("site", START + timedelta(days=3))]
+
+
+def test_a_copy_swapped_for_another_archive_is_neither_verified_nor_restored(
+    project: Project, remote: Remote, tmp_path: Path
+) -> None:
+    # verify --download and restore read the copy through without comparing it with what was
+    # recorded at upload: a valid zip in its place (its record kept) passed and was restored.
+    site(project)
+    write(project, remote)
+    for day in range(2):
+        project.file("site/day.txt", f"day {day}\n")
+        assert run(project, remote, "backup", now=START + timedelta(days=day)).code == 0
+    older, newer = remote.names("site")
+    remote.swap("site", newer, remote.read("site", older))  # a real archive of this target, the wrong one
+
+    verified = run(project, remote, "verify", "--remote", remote.name, "--download", "--format", "json")
+    assert verified.code == 1, verified.output
+    results = {Path(r["archive"]).name: r for r in verified.json()["targets"]}
+    assert results[older]["status"] == "ok"
+    assert results[newer]["status"] == "failed"
+    assert f"{newer} on remote {remote.name} is not the copy uploaded" in results[newer]["error"]
+
+    to = tmp_path / "restored"
+    ran = run(project, remote, "restore", "site", "--remote", remote.name, "--archive", newer, "--to", str(to))
+    assert ran.code == 1, ran.output
+    assert "its SHA-256 differs from the one recorded at upload" in ran.output
+    assert not to.exists()
+
+
+def test_restoring_the_newest_passes_over_an_object_this_tool_never_put_there(
+    project: Project, remote: Remote, tmp_path: Path
+) -> None:
+    site(project)
+    write(project, remote)
+    assert run(project, remote, "backup", now=START).code == 0
+    [good] = remote.names("site")
+    # A valid zip of someone else's, named as this target's newest archive.
+    planted = tmp_path / "planted.zip"
+    with zipfile.ZipFile(planted, "w") as archive:
+        archive.writestr("index.html", "<h1>not ours</h1>\n")
+    stranger = archive_file_name("site", START + timedelta(hours=1))
+    remote.replace("site", stranger, planted.read_bytes())
+
+    to = tmp_path / "restored"
+    ran = run(project, remote, "restore", "site", "--remote", remote.name, "--to", str(to))
+
+    assert ran.code == 0, ran.output
+    assert good in ran.output and f"passed over a newer copy: {stranger} has no recorded checksum" in ran.output
+    assert (to / "index.html").read_text() == "<h1>hello</h1>\n"
 
 
 def test_hosts_sharing_a_prefix_never_prune_each_others_copies(

@@ -115,6 +115,12 @@ class Store(Protocol):
         host answers Foreign (see foreign())."""
         ...
 
+    def recorded(self, target: str, stored: Stored) -> str | None:
+        """The SHA-256 (hex) that put() recorded for this copy's stored bytes, without reading them;
+        None when none is recorded (a copy this tool did not put there).  A download is checked
+        against it before anything is restored or verified from it."""
+        ...
+
     def sender(self, target: str, stored: Stored) -> str:
         """The host recorded as having sent this copy (as recorded_host() wrote it); "" when none is
         recorded or it cannot be read.  Cheap: never reads the copy's data, never raises."""

@@ -182,6 +182,9 @@ class EncryptedStore:
     def vouched(self, target: str, stored: Stored) -> str | None:
         return self.inner.vouched(target, stored)
 
+    def recorded(self, target: str, stored: Stored) -> str | None:
+        return self.inner.recorded(target, stored)  # the ciphertext's, as put() recorded it
+
     def sender(self, target: str, stored: Stored) -> str:
         return self.inner.sender(target, stored)
 

@@ -14,11 +14,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backup_core.errors import UsageError
+from backup_core.errors import TargetError, UsageError
 from backup_core.manifest import Remote, Target
 from backup_core.results import OffsiteResult
 from backup_core.stores import retention
@@ -240,6 +241,7 @@ def fetched(target: str, store: Store, stored: Stored, identities: list[Any], ne
     scratch = Path(tempfile.mkdtemp(prefix=".backup-fetch-", dir=near))
     try:
         path = store.fetch(target, stored, scratch)
+        _as_recorded(target, store, stored, path)
         if stored.encrypted:
             from backup_core.stores import encryption
 
@@ -249,6 +251,56 @@ def fetched(target: str, store: Store, stored: Stored, identities: list[Any], ne
         yield path
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class Newest:
+    """The copy a restore takes by default, and the newer copies it passed over (why, for each)."""
+
+    chosen: Stored | None
+    passed: list[str]
+    foreign: Foreign | None = None  # the chosen copy is another host's
+
+    def warnings(self) -> list[str]:
+        said = []
+        if self.passed:
+            more = f" (and {len(self.passed) - 1} more newer copies like it)" if len(self.passed) > 1 else ""
+            said.append(f"passed over a newer copy: {self.passed[0]}{more}")
+        if self.foreign:
+            said.append(f"{self.foreign}; name the copy you want with --archive")
+        return said
+
+
+def newest_good(store: Store, target: str, held: list[Stored], now: datetime) -> Newest:
+    """The newest copy not dated in the future that this tool can vouch for, as retention and
+    status count copies: an object someone else wrote under a newer archive's name must not be
+    what a restore brings back.  Another host's copy is taken, with a warning (on a prefix that
+    hosts share, a replacement host may want it)."""
+    passed: list[str] = []
+    for stored in reversed([s for s in held if s.when <= now + retention.FUTURE_TOLERANCE]):
+        why = store.vouched(target, stored)
+        if why is None or isinstance(why, Foreign):
+            return Newest(stored, passed, why)
+        passed.append(why)
+    return Newest(None, passed)
+
+
+def _as_recorded(target: str, store: Store, stored: Stored, path: Path) -> None:
+    """Raise TargetError unless `path` holds the bytes whose SHA-256 put() recorded for the copy.
+
+    A valid zip put in a copy's place (with its metadata kept, or after its checksum file)
+    would otherwise be verified and restored as if it were the backup."""
+    expected = store.recorded(target, stored)
+    if expected is None:
+        raise TargetError(
+            f"{stored.name} on remote {store.name} has no recorded checksum: this tool did not put it there, "
+            "or it was replaced; nothing is taken from it (restore it by hand if you trust it)"
+        )
+    if sha256_of(path) != expected:
+        raise TargetError(
+            f"{stored.name} on remote {store.name} is not the copy uploaded: its SHA-256 differs from the one "
+            "recorded at upload (it was replaced or damaged); nothing is taken from it"
+        )
 
 
 def download_and_verify(target: Target, store: Store, stored: Stored, identities: list[Any], how: str) -> Verdict:

@@ -112,6 +112,11 @@ class S3Store:
     def check(self, target: str, stored: Stored) -> str | None:
         return self._judged(target, stored)[1]
 
+    def recorded(self, target: str, stored: Stored) -> str | None:
+        head = self._head(self._key(target, stored.name))
+        digest = (head or {}).get("Metadata", {}).get("sha256")
+        return digest if isinstance(digest, str) and len(digest) == 64 else None
+
     def sender(self, target: str, stored: Stored) -> str:
         try:
             head = self._head(self._key(target, stored.name))
