@@ -32,7 +32,7 @@ from backup_core.sources import sqlite
 from backup_core.sources import walk as sources
 from backup_core.stores import archives, offsite, retention, state
 from backup_core.stores.archives import Archive
-from backup_core.stores.base import Stored
+from backup_core.stores.base import ENCRYPTED_SUFFIX, Stored
 
 # The zip writer, its workers, compression and the read-back are imported by the first target
 # that writes or verifies an archive: an unchanged re-run (a metadata walk) needs none of them.
@@ -740,12 +740,14 @@ def _same_content(new: Path, old: Path) -> bool:
         return False  # a damaged old archive is no reason to skip a backup: make a new one
 
 
-def _rotate(target: Target, result: TargetResult, existing: list[Archive] | None = None) -> None:
+def _rotate(
+    target: Target, result: TargetResult, existing: list[Archive] | None = None, spare: set[str] | None = None
+) -> None:
     """Delete this target's archives that its policy no longer keeps (never the new one);
-    `existing`: the target's archives, when the caller knows them."""
+    `existing`: the target's archives, when the caller knows them; `spare`: names kept anyway."""
     if existing is None:
         existing = archives.list_archives(target.destination, target.name)
-    doomed = _retention(existing, target, result).deleted
+    doomed = [a for a in _retention(existing, target, result).deleted if a.name not in (spare or ())]
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
             continue
@@ -818,6 +820,10 @@ def prune_target(target: Target, options: Options) -> TargetResult:
     def body() -> None:
         existing = archives.list_archives(target.destination, target.name)
         doomed = _retention(existing, target, result).deleted
+        # A local archive that a remote lacks and would keep goes nowhere else: it stays until a
+        # push (or the next backup) has sent it.  Every remote of the target counts, --remote or not.
+        unsent = _unsent(target, result) if doomed else set()
+        doomed = [a for a in doomed if a.name not in unsent]
         if not doomed:
             result.reason = f"{len(existing)} archive(s), nothing to prune"
         elif options.check:
@@ -829,8 +835,9 @@ def prune_target(target: Target, options: Options) -> TargetResult:
                 if held is None:
                     return
                 result.status = CHANGED
-                result.warnings.clear()  # the listing is taken again under the lock, and reported again
-                _rotate(target, result)
+                # The listing is taken again under the lock, and reported again.
+                result.warnings = [w for w in result.warnings if w.startswith(_KEPT_FOR_REMOTES)]
+                _rotate(target, result, spare=unsent)
         for remote in _remotes(target, options.remote):
             copy = offsite.prune_remote(target, remote, check=options.check, now=utc_now())
             _offsite_result(result, copy)
@@ -840,6 +847,34 @@ def prune_target(target: Target, options: Options) -> TargetResult:
                 result.status = CHANGED
 
     return _guarded(target, result, body)
+
+
+_KEPT_FOR_REMOTES = "kept for its remotes: "
+
+
+def _unsent(target: Target, result: TargetResult) -> set[str]:
+    """The names of the target's local archives that one of its remotes lacks and would keep
+    (what a push would send); when a remote cannot be asked, every local archive.  Said in a
+    warning, so a prune that frees less than its keep says why."""
+    names = {a.name for a in archives.list_archives(target.destination, target.name)}
+    unsent: set[str] = set()
+    for remote in target.offsite:
+        copy = offsite.replicate(target, remote, check=True, now=utc_now())
+        if copy.error:
+            result.warnings.append(
+                f"{_KEPT_FOR_REMOTES}no local archive was deleted, since remote {remote.name} could not be asked "
+                f"which it lacks ({copy.error})"
+            )
+            return names
+        lacking = sorted(n.removesuffix(ENCRYPTED_SUFFIX) for n in copy.uploaded)
+        if lacking:
+            more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
+            result.warnings.append(
+                f"{_KEPT_FOR_REMOTES}remote {remote.name} lacks {lacking[0]}{more}, which its keep would keep; "
+                f"nothing it lacks was deleted here (invoke push sends them)"
+            )
+        unsent.update(lacking)
+    return unsent
 
 
 def _remotes(target: Target, name: str | None) -> tuple[Remote, ...]:

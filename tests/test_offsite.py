@@ -160,10 +160,11 @@ def write(
     remote: Remote,
     keep: dict[str, int] | None = None,
     settings_of_remote: dict[str, Any] | None = None,
+    local_keep: dict[str, int] | None = None,
     **target: Any,
 ) -> None:
     spec = {**remote.manifest(), **({"keep": keep} if keep else {}), **(settings_of_remote or {})}
-    settings = {"name": "site", "path": "site", "offsite": [remote.name], "keep": {"last": 10}, **target}
+    settings = {"name": "site", "path": "site", "offsite": [remote.name], "keep": local_keep or {"last": 10}, **target}
     project.write_manifest(
         f"""
         version: 1
@@ -548,6 +549,39 @@ def test_prune_applies_the_remote_keep_too(project: Project, remote: Remote) -> 
 
 
 # --- the manifest -------------------------------------------------------------------------------
+
+
+def test_prune_never_deletes_a_local_archive_a_remote_lacks(project: Project, remote: Remote) -> None:
+    # prune rotated the local archives first and unconditionally: with the remote down for
+    # days, the archives it never received (and its longer keep wanted) were deleted for good.
+    site(project)
+    write(project, remote, keep={"last": 5}, local_keep={"last": 1})
+    days = [START + timedelta(days=n) for n in range(4)]
+    assert run(project, remote, "backup", now=days[0]).code == 0
+    remote.down()
+    for day in days[1:3]:
+        project.file("site/day.txt", f"{day}\n")
+        assert run(project, remote, "backup", now=day).code == 1  # the copy failed: nothing rotated
+    made = [archive_file_name("site", day) for day in days[:3]]
+    assert [a.name for a in project.archives()] == made
+
+    down = run(project, remote, "prune", now=days[3])
+    assert down.code == 1, down.output
+    assert [a.name for a in project.archives()] == made
+    assert f"no local archive was deleted, since remote {remote.name} could not be asked" in down.output
+
+    remote.up()
+    pruned = run(project, remote, "prune", "--format", "json", now=days[3])
+    assert pruned.code == 0, pruned.output
+    # The first is offsite: it goes.  The remote lacks the other two and would keep them.
+    assert [a.name for a in project.archives()] == made[1:]
+    [result] = pruned.json()["targets"]
+    assert result["deleted"] == [made[0]]
+    assert f"remote {remote.name} lacks {made[1]} and 1 more" in " ".join(result["warnings"])
+
+    assert run(project, remote, "push", now=days[3]).code == 0
+    assert run(project, remote, "prune", now=days[3]).code == 0
+    assert [a.name for a in project.archives()] == made[2:]
 
 
 @pytest.mark.parametrize(
