@@ -541,7 +541,9 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
         _changed_while_read(target, kind, stats.changed, result)
-        incomplete = bool(result.incomplete)  # an archive missing a database is never "unchanged"
+        torn = [str(target.path / name) if kind == "folder" else str(target.path) for name in stats.torn_databases]
+        # An archive missing a database, or holding a damaged one unchecked, is never "unchanged".
+        incomplete = bool(result.incomplete or torn)
         if walked is not None and (stats.warnings or incomplete or result.changed):
             # A file vanished, a database left out, a file torn: the archive may not hold what was walked.
             walked.usable = False
@@ -558,13 +560,22 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         archives.place(partial, final)
         archives.mark_changed(_lock_path(target))
         result.status, result.archive = CHANGED, final
-        if incomplete:
+        if result.incomplete:
             # The rest of the folder is safe in the archive, but a database is missing from it:
             # the target fails (exit 1, on_failure hooks, no rotation) and keeps the archive.
             left_out = "; ".join(result.incomplete)
             result.fail(
                 f"{final.name} was made without {len(result.incomplete)} database(s), the rest of the folder "
                 f"is in it: {left_out}"
+            )
+        elif torn:
+            # Archived byte for byte, but no snapshot or check could be made of it: the archive
+            # is kept (the rest is good, and those bytes may be all there is), the target fails.
+            more = f" and {len(torn) - 1} more" if len(torn) > 1 else ""
+            result.fail(
+                f"{final.name} holds {torn[0]}{more} as it is, unchecked: it begins as a SQLite database but is "
+                f"not a whole number of pages, so it is damaged or was cut short; check it with sqlite3 "
+                f"(PRAGMA integrity_check), repair or remove it"
             )
         _save_state(target, final, walked, when, result)
         return [*listed, Archive(when, final)]

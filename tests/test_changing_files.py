@@ -178,7 +178,7 @@ def test_a_small_file_changed_after_its_stat_is_read_again_whole(tmp_path: Path)
     path.write_bytes(b"new\n")
     item = ("small.txt", str(path), b"", seen.st_mode, seen.st_mtime, seen.st_size, -1, -1, packing.identity(seen))
     facts, block = packing.pack_batch(None, True, [item])
-    record, _offsets, files, _folders, _links, size, vanished, changed, _length, _crc = facts
+    record, _offsets, files, _folders, _links, size, vanished, changed, _length, _crc, _torn = facts
     assert (files, size, vanished, changed) == (1, 4, [], [])
     assert block.endswith(b"new\n")
     # The record carries the time of the file as read again, not as first seen.

@@ -156,3 +156,48 @@ def test_a_single_database_target_with_a_hot_journal_still_fails_without_an_arch
     assert code == 1 and result["status"] == "failed" and result["archive"] is None
     assert "hot journal" in result["error"] and result["incomplete"] == []
     assert project.archives() == []
+
+
+def _cut_short(path: Path, size: int) -> bytes:
+    """A real database cut to `size` bytes (a copy that stopped, a disk that lost its end)."""
+    whole = path.with_name("whole.db")
+    _database(whole, rows=max(2000, size // 400))
+    cut = whole.read_bytes()[:size]
+    assert len(cut) == size
+    whole.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(cut)
+    return cut
+
+
+# The header alone; a small member (packed in a batch); a large one (packed in pieces).
+@pytest.mark.parametrize("size", [16, 50_000, 3_000_001])
+def test_a_database_cut_short_in_a_folder_fails_the_target_and_is_kept_as_it_is(project: Project, size: int) -> None:
+    # The walk recognises a database by whole pages and its header: one cut short was archived
+    # as an ordinary file, unchecked, and the run said ok.
+    cut = _cut_short(project.root / "app" / "app.db", size)
+    project.file("app/notes.txt", "kept\n")
+    _folder_manifest(project)
+    old = fake_archive(project.root / "backups", "app", OLD)
+
+    code, result, stderr = _run(project)
+
+    assert code == 1 and result["status"] == "failed", result
+    assert (
+        "app.db" in result["error"]
+        and "begins as a SQLite database but is not a whole number of pages" in result["error"]
+    )
+    assert result["error"] in stderr
+    with zipfile.ZipFile(result["archive"]) as opened:
+        assert opened.read("app.db") == cut and opened.read("notes.txt") == b"kept\n"
+    assert old.exists(), "a target that failed must not rotate"
+    assert (project.root / "failed.state").read_text() == "failed\n"
+
+
+def test_a_single_file_that_is_a_database_cut_short_fails_its_target(project: Project) -> None:
+    _cut_short(project.root / "app.db", 50_000)
+    project.write_manifest("version: 1\ntargets: [{name: db, path: app.db, skip_unchanged: true}]\n")
+    for _ in range(2):  # and a second run does not call it unchanged
+        code, result, _ = _run(project)
+        assert code == 1 and result["status"] == "failed", result
+        assert "not a whole number of pages" in result["error"]

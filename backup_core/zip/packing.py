@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from backup_core.errors import TargetError
+from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.zip.compression import (
     SYNC_FLUSH,
     Compressor,
@@ -82,9 +83,18 @@ Item = tuple[str, str | None, bytes, int, float, int, int, int, Identity | None]
 # each with its local header's offset counted from the start of the batch's block; where in
 # those records the offsets are; how many files, folders and links and how many bytes of
 # source; a message for each file that vanished; the names of files that kept changing
-# while they were read; and the length and CRC-32 of the block.  The worker does all the per-member
-# work, so the writer's process, which also walks the tree, does almost none.
-Packed = tuple[bytes, list[int], int, int, int, int, list[str], list[str], int, int]
+# while they were read; the length and CRC-32 of the block; and the names of files that begin
+# as a SQLite database but are not one SQLite could have written (see torn_database).  The
+# worker does all the per-member work, so the writer's process, which also walks the tree,
+# does almost none.
+Packed = tuple[bytes, list[int], int, int, int, int, list[str], list[str], int, int, list[str]]
+
+
+def torn_database(head: bytes, size: int) -> bool:
+    """Whether a file of `size` bytes that begins with `head` starts as a SQLite database but is
+    not a whole number of pages: a database cut short or damaged, which the walk (it looks only
+    at whole pages, to spare opening every file) took for an ordinary file."""
+    return head[:16] == SQLITE_HEADER and (size < 512 or size % 512 != 0)
 
 
 class Piece(NamedTuple):
@@ -95,6 +105,7 @@ class Piece(NamedTuple):
     packed_crc: int  # of the data to write
     length: int  # of the data to write
     changed: bool = False  # the file was not the one expected by the time this piece was read
+    head: bytes = b""  # the file's first 16 bytes, in its first piece
 
 
 def pack_batch(compressor: CompressorFactory | None, check: bool, items: list[Item]) -> tuple[Packed, bytes]:
@@ -105,6 +116,7 @@ def pack_batch(compressor: CompressorFactory | None, check: bool, items: list[It
     offsets: list[int] = []
     vanished: list[str] = []
     changed_names: list[str] = []
+    torn: list[str] = []
     files = folders = links = size_in = 0
     position = directory_length = 0
     whole = getattr(compressor, "whole", None)
@@ -120,6 +132,8 @@ def pack_batch(compressor: CompressorFactory | None, check: bool, items: list[It
                 raise read_error(path, exc) from None
             files += 1
             size_in += len(source)
+            if torn_database(source, len(source)):
+                torn.append(name)
             if changed:
                 changed_names.append(name)
                 comment = CHANGED_COMMENT
@@ -148,7 +162,8 @@ def pack_batch(compressor: CompressorFactory | None, check: bool, items: list[It
         position += len(header) + len(data)
     block = b"".join(parts)
     directory = b"".join(records)
-    facts = (directory, offsets, files, folders, links, size_in, vanished, changed_names, len(block), crc32(block))
+    counts = (files, folders, links, size_in)
+    facts = (directory, offsets, *counts, vanished, changed_names, len(block), crc32(block), torn)
     return facts, block
 
 
@@ -209,7 +224,8 @@ def pack_piece(
                 _prove_decodes(deflated, source, path, whole=False)
             data = deflated
     changed = expected is not None and (not steady(expected, after) or len(source) < length)
-    return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data), changed), data
+    head = bytes(source[:16]) if start == 0 else b""
+    return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data), changed, head), data
 
 
 def worth_deflating(compressor: CompressorFactory | None, path: str) -> bool:

@@ -95,6 +95,8 @@ class ArchiveStats:
     # Names of members whose file kept changing while it was read (READ_ATTEMPTS reads):
     # what the archive holds of them may be a mixture of versions.
     changed: list[str] = field(default_factory=list)
+    # Names of members that begin as a SQLite database but are not whole pages (packing.torn_database).
+    torn_databases: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class _Large:
     compressor: CompressorFactory | None = None
     header_span: int = -1  # index in ZipWriter.spans of its local header, once written
     changed: bool = False  # some piece found the file changed since it was stat'ed
+    head: bytes = b""  # its first 16 bytes
 
 
 # What is done with a finished job, in order: (job, what to record, data or None).
@@ -262,9 +265,10 @@ class ZipWriter:
     # --- writing, strictly in order --------------------------------------------------------------
 
     def _write_batch(self, job: Job, facts: Packed, block: bytes | None) -> None:
-        directory, offsets, files, folders, links, size, vanished, changed, length, crc = facts
+        directory, offsets, files, folders, links, size, vanished, changed, length, crc, torn = facts
         stats = self.stats
         stats.warnings += vanished
+        stats.torn_databases += torn
         stats.changed += changed
         stats.files += files
         stats.directories += folders
@@ -283,6 +287,7 @@ class ZipWriter:
                 self._write(_local_header(member))
                 large.header_span = len(self._spans) - 1
             large.changed |= piece.changed
+            large.head = piece.head or large.head
             member.crc = crc32_combine(member.crc, piece.crc, piece.size)
             member.size += piece.size
             member.compressed += piece.length
@@ -310,6 +315,8 @@ class ZipWriter:
         if large.changed:
             self.stats.changed.append(member.name)
             member.comment = CHANGED_COMMENT
+        if packing.torn_database(large.head, member.size):
+            self.stats.torn_databases.append(member.name)
         if member.method == DEFLATED:
             self._write(FINAL_BLOCK)
             member.compressed += len(FINAL_BLOCK)
