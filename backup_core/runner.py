@@ -835,6 +835,9 @@ def prune_target(target: Target, options: Options) -> TargetResult:
         # push (or the next backup) has sent it.  Every remote of the target counts, --remote or not.
         unsent = _unsent(target, result) if doomed else set()
         doomed = [a for a in doomed if a.name not in unsent]
+        if doomed and (problem := _newest_kept_problem(existing, doomed)):
+            result.fail(problem)  # the remotes are still pruned: their copies are judged on their own
+            doomed = []
         if not doomed:
             result.reason = f"{len(existing)} archive(s), nothing to prune"
         elif options.check:
@@ -861,6 +864,19 @@ def prune_target(target: Target, options: Options) -> TargetResult:
 
 
 _KEPT_FOR_REMOTES = "kept for its remotes: "
+
+
+def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str | None:
+    """Why deleting `doomed` could leave no good archive: the newest one kept, which retention
+    trusts by its name, does not end as a whole zip (a file cut short, or put there by hand)."""
+    kept = retention.newest([a for a in existing if a not in doomed], _when, utc_now())
+    problem = archives.ending_problem(kept.path) if kept is not None else None
+    if kept is None or problem is None:
+        return None
+    return (
+        f"nothing was deleted: {kept.name}, the newest archive that would be kept, is not a whole zip ({problem}); "
+        f"check it with invoke verify, move it out of the folder, then prune again"
+    )
 
 
 def _unsent(target: Target, result: TargetResult) -> set[str]:

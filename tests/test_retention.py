@@ -217,6 +217,25 @@ def test_prune_applies_the_policy_without_a_new_archive(project: Project) -> Non
     assert {p.name for p in project.archives(target="site")} == remaining
 
 
+@pytest.mark.parametrize("newest", [b"", b"PK\x03\x04 cut short"], ids=["empty", "cut-short"])
+def test_prune_deletes_nothing_when_the_newest_archive_kept_is_not_a_whole_zip(project: Project, newest: bytes) -> None:
+    # Retention goes by names: an empty file named as the newest archive made prune delete the
+    # only good one (keep last 1) and keep the empty file.
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    backups = project.root / "backups"
+    good = fake_archive(backups, "site", PRUNE_TIMES[0])
+    (backups / archive_file_name("site", PRUNE_TIMES[1])).write_bytes(newest)
+
+    ran = project.invoke("prune")
+
+    assert ran.code == 1, ran.output
+    assert good.exists()
+    name = archive_file_name("site", PRUNE_TIMES[1])
+    said = f"failed: [site] => nothing was deleted: {name}, the newest archive that would be kept, is not a whole zip"
+    assert said in ran.stdout
+
+
 # --- a month of backups -----------------------------------------------------------------------
 
 MONTH_POLICY = {"last": 3, "daily": 7, "weekly": 4}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import struct
 import sys
 import threading
 import time
@@ -223,6 +224,48 @@ def next_time(now: datetime, existing: list[Archive], tolerance: timedelta = FUT
     if present and max(present) >= now:
         return max(present) + timedelta(microseconds=1)
     return now
+
+
+_END = struct.Struct("<4s4H2LH")  # end of central directory: signature, disks, counts, size, offset, comment
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+
+
+def ending_problem(path: Path) -> str | None:
+    """None when `path` ends as a whole zip does: an end-of-central-directory record (written last)
+    pointing at a central directory that is there; else what is wrong, in a few words.  Reads the
+    last 64 KiB and a few bytes: cheap enough to ask of an archive that retention is about to
+    trust as the newest, whatever its size (parsing its directory could take seconds)."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            start = max(0, size - (_END.size + 0xFFFF))
+            file.seek(start)
+            tail = file.read()
+            at = tail.rfind(b"PK\x05\x06")
+            if at < 0 or len(tail) - at < _END.size:
+                return f"it is {size} bytes with no end of a zip: empty, cut short or not a zip"
+            _, _, _, _, count, length, offset, _ = _END.unpack_from(tail, at)
+            end = start + at
+            if offset == 0xFFFFFFFF or count == 0xFFFF:  # ZIP64: the real figures are in its own record
+                if at < _ZIP64_LOCATOR.size or tail[at - _ZIP64_LOCATOR.size : at - 16] != b"PK\x06\x07":
+                    return "its ZIP64 end record is missing"
+                where = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)[2]
+                file.seek(where)
+                record = file.read(_ZIP64_END.size)
+                if len(record) < _ZIP64_END.size or record[:4] != b"PK\x06\x06":
+                    return "its ZIP64 end record is missing"
+                count, length, offset = _ZIP64_END.unpack(record)[7:10]
+                end = where
+            if offset + length != end:
+                return "its central directory is not where its end record says"
+            if count:
+                file.seek(offset)
+                if file.read(4) != b"PK\x01\x02":
+                    return "its central directory is not where its end record says"
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    return None
 
 
 def create_private(path: Path, buffering: int = -1) -> BinaryIO:
