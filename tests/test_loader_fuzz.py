@@ -304,6 +304,18 @@ def test_a_fifo_as_manifest_is_refused_without_waiting(project: Project) -> None
     assert ran.code == 2 and "not a regular file" in ran.stderr, ran.output
 
 
+def test_a_folder_as_manifest_is_refused_in_every_output_mode(project: Project) -> None:
+    # It ended in a traceback (IsADirectoryError) and exit 1, with no JSON document.
+    folder = project.root / "manifests"
+    folder.mkdir()
+    from tests.conftest import run_invoke
+
+    ran = run_invoke("validate", "--manifest", str(folder), timeout=60)
+    assert ran.code == 2 and "not a regular file" in ran.stderr and "Traceback" not in ran.output, ran.output
+    ran = run_invoke("backup", "--manifest", str(folder), "--format", "json", timeout=60)
+    assert ran.code == 2 and ran.json()["exit_code"] == 2 and "Traceback" not in ran.output, ran.output
+
+
 def test_a_huge_manifest_is_refused(project: Project) -> None:
     project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n" + "# padding\n" * 120_000)
     ran = project.invoke("validate")

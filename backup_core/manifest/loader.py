@@ -181,12 +181,12 @@ def _read(file: Path) -> str:
         raise ManifestError([Problem(file, 0, 0, "", "manifest not found; pass --manifest PATH")]) from None
     except OSError as exc:
         raise ManifestError([Problem(file, 0, 0, "", f"cannot read the manifest: {_reason(exc)}")]) from None
+    # Judged before it is wrapped: Python refuses to open a folder as a file object.
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise ManifestError([Problem(file, 0, 0, "", "the manifest is not a regular file (a FIFO, device or folder?)")])
     with os.fdopen(descriptor, "rb") as stream:
         try:
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                raise ManifestError(
-                    [Problem(file, 0, 0, "", "the manifest is not a regular file (a FIFO, device or folder?)")]
-                )
             # The size is read, not trusted: a file may grow while it is read.
             raw = stream.read(MAX_MANIFEST_BYTES + 1)
             if len(raw) > MAX_MANIFEST_BYTES:
