@@ -236,6 +236,24 @@ def test_prune_deletes_nothing_when_the_newest_archive_kept_is_not_a_whole_zip(p
     assert said in ran.stdout
 
 
+def test_durations_past_the_calendar_mean_forever_and_break_nothing(project: Project) -> None:
+    # validate accepted them; backup then failed with OverflowError after writing its archive,
+    # and status printed a traceback.
+    project.file("src/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - {name: site, path: src, keep: {within: 2100y}, max_age: 99999999999999d}
+          - {name: logs, path: src, keep: {within: 99999999999y}}
+        """
+    )
+    for command in ("validate", "backup", "backup", "prune", "status", "prune --check"):
+        ran = project.invoke(*command.split())
+        assert ran.code == 0 and "Traceback" not in ran.output, (command, ran.output)
+    assert len(project.archives(target="site")) == len(project.archives(target="logs")) == 2
+
+
 # --- a month of backups -----------------------------------------------------------------------
 
 MONTH_POLICY = {"last": 3, "daily": 7, "weekly": 4}

@@ -38,11 +38,14 @@ _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=
 
 
 def parse_duration(text: str) -> timedelta:
-    """'36h', '14d', '8w', '6m', '1y' as a timedelta (the schema has checked the form)."""
+    """'36h', '14d', '8w', '6m', '1y' as a timedelta (the schema has checked the form).  One past
+    what a timedelta holds (2.7 million years) is that much: forever, for every use here."""
     match = re.fullmatch(r"([1-9][0-9]*)([hdwmy])", text)
     if not match:
         raise ValueError(f"not a duration: {text!r}")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    unit = _UNITS[match.group(2)]
+    count = int(match.group(1))
+    return count * unit if count <= timedelta.max // unit else timedelta.max
 
 
 def keep(items: Iterable[A], when: Callable[[A], datetime], policy: dict[str, Any]) -> set[int]:
@@ -64,8 +67,10 @@ def keep(items: Iterable[A], when: Callable[[A], datetime], policy: dict[str, An
                 kept.add(index)
                 wanted -= 1
     if "within" in policy:
-        horizon = when(dated[0][1]) - parse_duration(policy["within"])
-        kept.update(index for index, item in dated if when(item) >= horizon)
+        newest, within = when(dated[0][1]), parse_duration(policy["within"])
+        # Longer than the calendar reaches back (2100y from now is before year 1): keep them all.
+        horizon = newest - within if within < newest - datetime.min.replace(tzinfo=newest.tzinfo) else None
+        kept.update(index for index, item in dated if horizon is None or when(item) >= horizon)
     return kept
 
 
