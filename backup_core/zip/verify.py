@@ -1,9 +1,10 @@
 """Read an archive back in full and say whether every member is intact.
 
 Python's `zipfile` parses the central directory (so a standard reader must
-accept the archive); each member's data is then read from disk, inflated and
-checked against its recorded CRC-32 and size.  SQLite members can also be
-extracted to a private folder and put through an integrity check.
+accept the archive); each member's local header must then agree with it, and its
+data is read from disk, inflated and checked against its recorded CRC-32 and
+size.  SQLite members can also be extracted to a private folder and put through
+an integrity check.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from backup_core.zip.compression import crc32, decompressor
 
 _BLOCK = 1 << 20
 _Item = TypeVar("_Item")
+# A local file header's fixed part: signature, version needed, flags, method, (time and date,
+# skipped: readers take the central directory's), CRC-32, compressed and uncompressed sizes,
+# name and extra field lengths.
+_LOCAL = struct.Struct("<4sHHH4xLLLHH")
+_LATER = 0x08  # flag bit 3: CRC and sizes follow the data, in a data descriptor
+_UTF8 = 0x800
+_ZIP64_SIZE = 0xFFFFFFFF  # a size field that says "see the ZIP64 extra field"
 
 
 @dataclass
@@ -60,6 +68,10 @@ class Record(NamedTuple):
     compress_size: int
     file_size: int
     CRC: int  # ZipInfo's spelling
+    orig_filename: str  # the name as stored (filename is zipfile's cleaned-up form)
+    flag_bits: int
+    extract_version: int  # version needed to extract, with the byte zipfile calls reserved
+    end: int  # where the next member's local header, or the central directory, begins
 
 
 def read_directory(archive: Path, verdict: Verdict | None = None) -> list[Record]:
@@ -68,13 +80,16 @@ def read_directory(archive: Path, verdict: Verdict | None = None) -> list[Record
     with zipfile.ZipFile(archive) as directory:
         if verdict is not None:
             _check_names(directory, verdict)
-        return sorted(
-            (
-                Record(i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC)
-                for i in directory.infolist()
-            ),
-            key=lambda record: record.header_offset,
-        )
+        infos = sorted(directory.infolist(), key=lambda info: info.header_offset)
+        ends = [info.header_offset for info in infos[1:]]  # each member's data ends before the next
+        ends.append(directory.start_dir)
+        return [
+            Record(
+                i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC, i.orig_filename,
+                i.flag_bits, i.extract_version | i.reserved << 8, end,
+            )
+            for i, end in zip(infos, ends, strict=True)
+        ]  # fmt: skip
 
 
 def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
@@ -168,14 +183,18 @@ def _check_slice(archive: Path, infos: list[Record], scratch: Path | None, how: 
 def _check_member(
     source: BinaryIO, archive: Path, info: Record, verdict: Verdict, scratch: Path | None, how: str
 ) -> str | None:
+    source.seek(info.header_offset)
+    header = source.read(_LOCAL.size)
+    if len(header) < _LOCAL.size or header[:4] != b"PK\x03\x04":
+        return "local header missing or damaged"
+    fields = _LOCAL.unpack(header)
+    # Reading the name and extra field (rather than seeking past them) leaves the file at the
+    # data, as before: the check costs no read of its own.
+    problem = _local_header_problem(fields, source.read(fields[7] + fields[8]), info)
+    if problem:
+        return problem
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         return _check_with_zipfile(archive, info)
-    source.seek(info.header_offset)
-    header = source.read(30)
-    if len(header) < 30 or header[:4] != b"PK\x03\x04":
-        return "local header missing or damaged"
-    name_length, extra_length = struct.unpack("<HH", header[26:30])
-    source.seek(info.header_offset + 30 + name_length + extra_length)
     crc, size = 0, 0
     copy: BinaryIO | None = None
     try:
@@ -207,6 +226,68 @@ def _check_member(
         if found:
             return f"SQLite {sqlite.CHECK_PRAGMAS[how]} failed: {found}"
     return None
+
+
+def _local_header_problem(fields: tuple[int, ...], stored: bytes, info: Record) -> str | None:
+    """How a member's local header (its fixed `fields`, then its name and extra field as
+    `stored`) disagrees with the central directory, or None.
+
+    Readers differ in what they trust: unzip takes the method, the CRC and a stored member's
+    sizes from the local header and warns of another name; 7-Zip compares the method, flags,
+    CRC and sizes with the central directory, bsdtar the method, CRC and sizes, and both refuse
+    data that runs into the next member.  Any difference is an archive some reader will not
+    extract.  The modification time is not compared: readers take the central directory's."""
+    _, version, flags, method, crc, compressed, size, name_length, extra_length = fields
+    # Decoded as zipfile decoded the central directory's name (both codecs map each name to one
+    # string, so equal strings are equal bytes); ASCII goes the fast way, cp437's is slow.
+    name = stored[:name_length]
+    codec = "utf-8" if info.flag_bits & _UTF8 or name.isascii() else "cp437"
+    try:
+        same = name.decode(codec) == info.orig_filename
+    except UnicodeDecodeError:
+        same = False
+    if not same:
+        shown = name.decode(codec, "replace")
+        return f"its local header names it {shown!r}, the central directory {info.orig_filename!r}"
+    if method != info.compress_type:
+        return f"its local header says compression method {method}, the central directory {info.compress_type}"
+    if flags != info.flag_bits:
+        return f"its local header says flags {flags:#06x}, the central directory {info.flag_bits:#06x}"
+    if version > info.extract_version:
+        return f"its local header needs version {version} to extract it, the central directory {info.extract_version}"
+    # With flag bit 3 (which this tool's writer never sets) the values follow the data and
+    # readers take the central directory's.
+    if not flags & _LATER:
+        if _ZIP64_SIZE in (size, compressed):
+            size, compressed = _zip64_sizes(stored[name_length:], size, compressed)
+        if crc != info.CRC:
+            return f"its local header says CRC {crc:08x}, the central directory {info.CRC:08x}"
+        if compressed != info.compress_size:
+            return f"its local header says {compressed} bytes compressed, the central directory {info.compress_size}"
+        if size != info.file_size:
+            return f"its local header says {size} bytes uncompressed, the central directory {info.file_size}"
+    end = info.header_offset + _LOCAL.size + name_length + extra_length + info.compress_size
+    if end > info.end:
+        return f"its data runs {end - info.end} bytes into what follows it (overlapping members)"
+    return None
+
+
+def _zip64_sizes(extra: bytes, size: int, compressed: int) -> tuple[int, int]:
+    """The sizes a local header's ZIP64 extra field gives for those it sets to 0xFFFFFFFF
+    (uncompressed first), as zipfile reads them; a size without one stays 0xFFFFFFFF."""
+    at = 0
+    while at + 4 <= len(extra):
+        kind, length = struct.unpack_from("<HH", extra, at)
+        if kind == 1:
+            values = extra[at + 4 : at + 4 + length]
+            taken = 0
+            if size == _ZIP64_SIZE and len(values) >= 8:
+                (size,), taken = struct.unpack_from("<Q", values), 8
+            if compressed == _ZIP64_SIZE and len(values) >= taken + 8:
+                (compressed,) = struct.unpack_from("<Q", values, taken)
+            break
+        at += 4 + length
+    return size, compressed
 
 
 class _Damaged(Exception):
