@@ -93,7 +93,7 @@ def _describe_local(result: TargetResult, command: str, check: bool) -> str:
         condition = f" unless {condition}" if condition else ""
         return f"{verb} {count(result.files, 'file')} ({size}){condition}; would delete {deleted}"
     if command == "push":
-        return result.reason or "uploaded"
+        return result.reason or ("would upload" if check else "uploaded")
     if check or command == "prune":
         return f"{'would delete' if check else 'deleted'} {deleted}" if result.deleted else result.reason
     if result.status == OK:

@@ -935,7 +935,7 @@ def push_target(target: Target, options: Options) -> TargetResult:
                 elif copy.uploaded and result.status == OK:
                     result.status = CHANGED
             if result.status == OK:
-                result.reason = "every remote holds every local archive"
+                result.reason = "every remote holds every local archive its keep wants"
 
     return _guarded(target, result, body)
 

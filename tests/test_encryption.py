@@ -219,6 +219,24 @@ def test_the_copy_is_readable_by_its_owner_only(project: Project, tmp_path: Path
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
 
 
+def test_push_begins_again_an_encryption_left_by_a_killed_run(project: Project, tmp_path: Path) -> None:
+    # backup clears what a killed run left; push did not, and failed with "File exists".
+    write_project(project, encryption_yaml([age_key(tmp_path).public]))
+    vault = project.root / "vault"
+    vault.rename(project.root / "vault-away")  # the remote's disk is not mounted: the copy fails
+    assert project.invoke("backup").code == 1
+    vault.with_name("vault-away").rename(vault)
+    [archive] = project.archives()
+    leftover = archive.with_name(f".{archive.name.removesuffix('.zip')}.age.partial")
+    leftover.write_bytes(b"age-encryption.org/v1\n-> X25519 half of a header")
+
+    ran = project.invoke("push")
+
+    assert ran.code == 0, ran.output
+    assert [c.name for c in copies(project)] == [f"{archive.name}.age"]
+    assert not leftover.exists()
+
+
 def test_the_copy_holds_none_of_the_plaintext(backed_up: Backed) -> None:
     marker = MARKER.encode()
     # The marker is in the local archive (a member name and a stored member), so this can fail.

@@ -231,6 +231,24 @@ def test_a_folder_remotes_copy_is_readable_by_its_owner_only(project: Project, t
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
 
 
+def test_a_partial_copy_left_by_a_killed_run_is_begun_again(project: Project, tmp_path: Path) -> None:
+    # After a run was killed mid-copy, the next failed with "cannot write <copy>: File exists"
+    # (naming a copy that did not exist), and only the one after succeeded.
+    folder = FolderRemote(tmp_path / "disk")
+    site(project)
+    write(project, folder)
+    name = archive_file_name("site", START)
+    leftover = tmp_path / "disk" / "host1" / "site" / f".{name}.partial"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"the first megabytes of a copy")
+
+    ran = run(project, folder, "backup", now=START)
+
+    assert ran.code == 0, ran.output
+    assert folder.read("site", name) == (project.root / "backups" / name).read_bytes()
+    assert not leftover.exists()
+
+
 def test_an_existing_copy_with_other_bytes_is_never_overwritten(project: Project, remote: Remote) -> None:
     site(project)
     write(project, remote)

@@ -156,6 +156,7 @@ class EncryptedStore:
         # A name the runner's clean-up of interrupted work recognises (.<target>-<stamp>.<what>.partial),
         # so a run killed while encrypting leaves nothing that lasts beyond the next run.
         scratch = file.with_name(f".{stored_name.removesuffix(ENCRYPTED_SUFFIX).removesuffix('.zip')}.age.partial")
+        archives.remove(scratch)  # left by a run that was killed (push, unlike backup, clears none first)
         try:
             try:
                 # The plaintext's checksum proves nothing about the object: the ciphertext's is recorded.

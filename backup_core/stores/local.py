@@ -93,6 +93,9 @@ class FolderStore:
             folder.mkdir(parents=True, exist_ok=True)
             if final.exists():
                 return self._existing(target, final, sha256)
+            # A partial copy of this archive is a run's that was killed (this one holds the
+            # target's lock): it is begun again, not taken for someone's file.
+            archives.remove(partial)
             written = _copy(file, partial, progress, self.max_bandwidth)
             # What reached the remote disk must be what was verified here: hash it once more
             # from the copy, not from what we meant to write.
