@@ -59,8 +59,10 @@ def value(samples: dict[str, dict[Labels, float]], name: str, **labels: str) -> 
     return samples.get(name, {}).get(frozenset(labels.items()))
 
 
-def make_project(project: Project, metrics: str = "metrics/backups.prom") -> Path:
+def make_project(project: Project, metrics: str = "metrics/backups.prom", folder: bool = True) -> Path:
     (project.root / "nas").mkdir()
+    if folder:
+        (project.root / metrics).parent.mkdir(parents=True, exist_ok=True)  # the collector's folder exists
     project.file("site/index.html", "<h1>hello</h1>\n" * 50)
     project.file("notes.txt", "remember\n")
     project.write_manifest(
@@ -183,11 +185,23 @@ def test_prune_verify_push_and_status_write_their_own_runs(project: Project, com
 def test_the_flag_overrides_the_manifest_and_check_runs_write_nothing(project: Project) -> None:
     metrics = make_project(project)
     elsewhere = project.root / "textfile" / "other.prom"
+    elsewhere.parent.mkdir()
     assert project.invoke("backup", "--check", env=at(T0)).code == 0
     assert not metrics.exists()
     assert project.invoke("backup", "--metrics-file", str(elsewhere), env=at(T0)).code == 0
     assert not metrics.exists()
     assert value(read_metrics(elsewhere), "backup_last_success_timestamp_seconds", target="site") == T0.timestamp()
+
+
+def test_a_metrics_file_in_a_folder_that_does_not_exist_is_an_error_and_no_folder_is_made(project: Project) -> None:
+    # A typo in the path made the folders, and the run said nothing: no collector reads there.
+    make_project(project)
+    typo = project.root / "textfile_colector" / "backups.prom"
+    ran = project.invoke("backup", "--metrics-file", str(typo), env=at(T0))
+    assert ran.code == 1, ran.output
+    assert f"ERROR: metrics file {typo}: the folder {typo.parent} does not exist" in ran.output
+    assert not typo.parent.exists()
+    assert len(project.archives(target="site")) == 1  # the backups themselves were done
 
 
 def test_a_name_the_textfile_collector_would_ignore_is_refused(project: Project) -> None:
@@ -206,7 +220,7 @@ def test_a_name_the_textfile_collector_would_ignore_is_refused(project: Project)
 
 
 def test_a_metrics_file_that_cannot_be_written_fails_the_run_after_the_backup(project: Project) -> None:
-    make_project(project, metrics="blocker/backups.prom")
+    make_project(project, metrics="blocker/backups.prom", folder=False)
     project.file("blocker", "a file where the folder should be\n")
     ran = project.invoke("backup", "--format", "json", env=at(T0))
     assert ran.code == 1
@@ -214,15 +228,14 @@ def test_a_metrics_file_that_cannot_be_written_fails_the_run_after_the_backup(pr
     assert [t["status"] for t in document["targets"]] == ["changed", "changed"]  # the backups themselves are done
     assert len(project.archives(target="site")) == 1
     [error] = document["errors"]
-    assert error.startswith(f"metrics file {project.root / 'blocker' / 'backups.prom'}: cannot write it (")
-    assert f"({project.root / 'blocker'} is a file, not a folder)" in error, error  # not "File exists"
+    assert error.startswith(f"metrics file {project.root / 'blocker' / 'backups.prom'}: ")
+    assert f"{project.root / 'blocker'} is a file, not a folder" in error, error  # not "File exists"
     assert f"ERROR: {error}" in ran.stderr
     assert "Traceback" not in ran.output
 
 
 def test_a_damaged_file_is_rewritten_with_a_warning(project: Project) -> None:
     metrics = make_project(project)
-    metrics.parent.mkdir()
     metrics.write_text("this is { not prometheus\n", encoding="utf-8")
     ran = project.invoke("status", env=at(T0))
     assert "[WARNING] metrics file" in ran.stdout and "earlier values lost" in ran.stdout

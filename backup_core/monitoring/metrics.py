@@ -158,8 +158,16 @@ def record(
     `targets` maps every target of the manifest to its max_age; `runs` and `states`
     cover the selected ones.  Raises MetricsError when the file cannot be written.
     """
+    if not path.parent.is_dir():
+        # Not created: a typo in the path would make a folder no collector reads, and monitoring
+        # would go stale in silence.  The collector's folder exists where it is installed.
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else f"the folder {path.parent} does not exist"
+        raise MetricsError(
+            f"metrics file {path}: {why}; check the path (the textfile collector's folder) or create the "
+            "folder; the run itself is done"
+        )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Two runs at once (a nightly backup and a status check every few minutes) would each
         # read the old file and the second to write would drop the first one's values.
         with filelock.FileLock(f"{path}.lock", timeout=_LOCK_TIMEOUT):
@@ -170,12 +178,8 @@ def record(
             f"metrics file {path}: another run held {path}.lock for {_LOCK_TIMEOUT}s; it was not updated"
         ) from None
     except OSError as exc:
-        # mkdir names the file that stands where a folder must be with "File exists", which
-        # reads as if the metrics file were the problem.
-        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
         raise MetricsError(
-            f"metrics file {path}: cannot write it ({reason}); the run itself is done, "
+            f"metrics file {path}: cannot write it ({exc.strerror or exc}); the run itself is done, "
             "but monitoring will not see it until the file can be written"
         ) from None
     return warnings
