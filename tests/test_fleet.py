@@ -109,9 +109,9 @@ class Play:
         found: dict[str, tuple[str, dict[str, Any]]] = {}
         current = ""
         for line in self.ran.stdout.splitlines():
-            header = re.match(r"^TASK \[(.*)\] \*+$", line)
-            if header:
-                current = header.group(1)
+            header = re.match(r"^(TASK|RUNNING HANDLER|PLAY) \[(.*)\] \*+$", line)
+            if header:  # a handler's results are not the task's before it
+                current = header.group(2) if header.group(1) == "TASK" else ""
                 continue
             result = _RESULT.match(line)
             if result and current.endswith(task):
@@ -200,9 +200,12 @@ class Fleet:
         return Play(Ran(done.returncode, done.stdout, done.stderr))
 
     def tree(self) -> dict[str, tuple[int, int]]:
-        """Every file of every host with its size and mtime (byte code caches aside)."""
+        """Every file and folder of every host, files with their size and mtime (byte code caches aside).
+
+        A folder's own mtime is left out: check mode validates and previews the manifest a run would
+        install in a scratch file beside the installed one, removed at once, which touches the folder."""
         return {
-            str(p.relative_to(self.root)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            str(p.relative_to(self.root)): (0, 0) if p.is_dir() else (p.lstat().st_size, p.lstat().st_mtime_ns)
             for host in HOSTS
             for p in sorted(self.home(host).rglob("*"))
             if "__pycache__" not in p.parts
@@ -291,6 +294,67 @@ def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(deployed: Dep
     assert {t["name"]: (t["status"], t["reason"]) for t in result["results"]}["app-db"] == ("changed", "would archive")
     assert all(t["archive"] is None for t in result["results"])
     assert outcome == "changed"
+
+
+def test_check_mode_previews_the_manifest_a_run_would_install_not_the_installed_one(deployed: Deployed) -> None:
+    fleet = deployed.fleet
+    before = fleet.tree()
+    installed = fleet.manifest("alpha").read_bytes()
+    # Relative to the manifest's folder: previewed from a file anywhere else, it would not be found.
+    added = {"backups_host_targets": [{"name": "added", "path": "../data/notes.txt"}]}
+
+    play = fleet.playbook("--check", "--limit", "alpha", inventory=fleet.inventory(alpha=added))
+
+    assert play.code == 0, play.ran.output
+    outcome, validated = play.results("Validate the rendered manifest on the host")["alpha"]
+    assert (outcome, validated["rc"]) == ("ok", 0), validated
+    assert Path(validated["cmd"][-1]).parent == fleet.manifest("alpha").parent, "validated beside the installed one"
+    outcome, result = play.results("Back up every target now")["alpha"]
+    assert result["check"] is True and result["candidate"] is True, result
+    assert result["manifest"] == str(fleet.manifest("alpha"))
+    assert Path(result["cmd"][result["cmd"].index("--manifest") + 1]).parent == fleet.manifest("alpha").parent
+    previewed = {t["name"]: (t["status"], t["reason"]) for t in result["results"]}
+    assert list(previewed) == ["site", "app-db", "notes", "added"]
+    assert previewed["added"] == ("changed", "would archive"), result
+    assert fleet.manifest("alpha").read_bytes() == installed
+    assert fleet.tree() == before, "the scratch files are removed"
+
+
+@dataclass
+class Fresh:
+    fleet: Fleet
+    before: dict[str, tuple[int, int]]
+    play: Play
+
+
+@pytest.fixture(scope="module")
+def fresh(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Fresh:
+    """The whole playbook in check mode against three hosts where nothing is installed yet."""
+    fleet = Fleet(tmp_path_factory.mktemp("fresh"), built)
+    before = fleet.tree()
+    return Fresh(fleet, before, fleet.playbook("--check"))
+
+
+def test_check_mode_on_a_fresh_host_says_what_it_cannot_check_and_fails_no_host_for_it(fresh: Fresh) -> None:
+    play = fresh.play
+
+    assert play.code == 0, play.ran.output
+    assert all(counts["failed"] == 0 for counts in play.recap().values()), play.recap()
+    said = play.results("Say why check mode cannot validate the manifest on this host")
+    previewed = play.results("Back up every target now")
+    for host in HOSTS:
+        outcome, result = said[host]
+        assert outcome == "ok", (host, result)
+        text = " ".join(result["msg"])
+        assert f"{fresh.fleet.manifest(host)} was not validated: backups {__version__} is not installed" in text
+        targets = "site, app-db, notes, extra" if host == "beta" else "site, app-db, notes"
+        assert f"The manifest a run would install holds the targets: {targets}." in text, text
+        outcome, result = previewed[host]
+        assert outcome == "skipping", (host, result)
+        assert result["msg"].startswith(f"the backup was not previewed: backups {__version__} is not installed")
+    validated = play.results("Validate the rendered manifest on the host")
+    assert all(validated[host][0] == "skipping" for host in HOSTS), validated
+    assert fresh.fleet.tree() == fresh.before, "check mode writes nothing on the hosts"
 
 
 def test_check_mode_fails_a_host_whose_inventory_a_run_would_refuse(deployed: Deployed) -> None:

@@ -18,6 +18,10 @@ description:
     manifest's located messages; nothing was written or deleted.
   - In check mode the command runs with C(--check), which reports what would be archived and
     which archives would be deleted, and writes, deletes and locks nothing.
+  - In check mode after the role M(backup_core.fleet.backups) on the same host, the preview reads
+    the manifest that role would install, not the installed one (see O(candidate)); when the
+    role found that the command a run would use is not installed yet, the task is skipped with
+    a message saying so, since the run would install it first.
 options:
   manifest:
     description: The manifest to run, on the host.
@@ -53,6 +57,17 @@ options:
         set C(ansible_python_interpreter) to that environment's python), else the first
         C(backups) on the PATH.
     type: path
+  candidate:
+    description:
+      - In check mode, the text of the manifest a deploy would install at O(manifest), to preview
+        instead of the installed one. It is written for the preview into a scratch file beside
+        O(manifest), readable by its owner only, so that relative paths in it start at the same
+        folder as in the installed manifest, and removed afterwards.
+      - When not given in check mode, the manifest rendered by the role M(backup_core.fleet.backups)
+        earlier in the play for the same O(manifest) is used, if any (the collection's action
+        plugin passes it on); otherwise the installed manifest is previewed.
+      - Ignored, with a warning, outside check mode; a run backs up the installed manifest only.
+    type: str
 attributes:
   check_mode:
     description: Runs C(backups backup --check), which writes, deletes and locks nothing.
@@ -154,6 +169,17 @@ check:
   description: Whether this was a check-mode run that changed nothing.
   returned: always
   type: bool
+candidate:
+  description:
+    - Whether the preview read the manifest a deploy would install (O(candidate)) rather than the
+      installed one. RV(cmd) names the scratch file it was written to, already removed.
+  returned: when the command ran
+  type: bool
+manifest:
+  description: The manifest the results are of (O(manifest), also when its candidate was previewed).
+  returned: when the manifest was valid
+  type: str
+  sample: /etc/backups/backups.yml
 rc:
   description: Exit status of C(backups) (0 ok, 1 a target failed, 2 bad manifest or usage, 130 interrupted).
   returned: always
@@ -172,7 +198,9 @@ report:
 """
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -212,9 +240,30 @@ def find_executable(module: AnsibleModule) -> str:
     raise AssertionError  # fail_json exits
 
 
-def command(module: AnsibleModule, executable: str) -> list[str]:
+def write_candidate(module: AnsibleModule) -> str | None:
+    """In check mode, the `candidate` text in a scratch file beside the manifest (so its relative paths mean
+    the same); its path, or None when the installed manifest is to be previewed."""
+    candidate = module.params["candidate"]
+    if candidate is None:
+        return None
+    if not module.check_mode:
+        module.warn("candidate is only previewed in check mode; this run backs up the installed manifest")
+        return None
+    manifest = Path(module.params["manifest"])
+    if not manifest.parent.is_dir():
+        module.fail_json(
+            msg=f"cannot preview the candidate manifest: the folder of {manifest} does not exist on the host",
+            changed=False,
+        )
+    descriptor, scratch = tempfile.mkstemp(prefix=f".{manifest.name}.check-", dir=manifest.parent)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(candidate)
+    return scratch
+
+
+def command(module: AnsibleModule, executable: str, manifest: str) -> list[str]:
     params = module.params
-    argv = [executable, "backup", "--manifest", str(params["manifest"]), "--format", "json"]
+    argv = [executable, "backup", "--manifest", manifest, "--format", "json"]
     for option in ("only", "tags", "skip_tags"):
         for value in params[option]:
             argv += ["--" + option.replace("_", "-"), value]
@@ -258,16 +307,24 @@ def main() -> None:
             "force": {"type": "bool", "default": False},
             "log_file": {"type": "path"},
             "executable": {"type": "path"},
+            "candidate": {"type": "str"},
         },
         supports_check_mode=True,
     )
-    argv = command(module, find_executable(module))
-    rc, stdout, stderr = module.run_command(argv, environ_update={"NO_COLOR": "1"})
+    executable = find_executable(module)
+    scratch = write_candidate(module)
+    argv = command(module, executable, scratch or str(module.params["manifest"]))
+    try:
+        rc, stdout, stderr = module.run_command(argv, environ_update={"NO_COLOR": "1"})
+    finally:
+        if scratch:
+            Path(scratch).unlink(missing_ok=True)
     document = parse(stdout) or {}
     outcome: dict[str, Any] = {
         "rc": rc,
         "cmd": argv,
         "check": module.check_mode,
+        "candidate": scratch is not None,
         "report": lines(stderr),
         "errors": [message(e) for e in document.get("errors") or []],
     }
@@ -294,7 +351,8 @@ def main() -> None:
     recap = document.get("recap") or {}
     summary = {status: sum(int(counts.get(status, 0)) for counts in recap.values()) for status in _STATUSES}
     changed = any(target.get("status") == "changed" for target in targets)
-    outcome.update(results=targets, recap=recap, summary=summary, manifest=document.get("manifest"))
+    manifest = str(module.params["manifest"]) if scratch else document.get("manifest")
+    outcome.update(results=targets, recap=recap, summary=summary, manifest=manifest)
 
     if rc == 0:
         module.exit_json(changed=changed, **outcome)
