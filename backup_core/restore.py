@@ -31,6 +31,7 @@ from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.stores import archives, retention
 from backup_core.zip import names
+from backup_core.zip.packing import incomplete_note
 
 _BLOCK = 1 << 20
 
@@ -83,6 +84,8 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
     except (zipfile.BadZipFile, OSError) as exc:
         raise TargetError(f"cannot open {archive.name}: {exc}") from None
     with directory:
+        if (note := incomplete_note(directory.comment)) is not None:
+            done.warnings.append(f"{archive.name} is incomplete, as the run that made it said: {note}")
         chosen = _choose(directory.infolist(), member, archive)
         # Links already on disk can only lead a name out of a folder that held something before;
         # judging every name against the disk costs a walk of its whole path (quadratic in depth).

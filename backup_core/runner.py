@@ -517,7 +517,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                     # The disk starts on what is written while the last pieces are placed...
                     big = queued >= _SYNC_TWICE_FROM
                     early = syncing.submit(os.fsync, file.fileno()) if big else None
-                    stats = writer.close()
+                    stats = writer.close(lambda: _incomplete_comment(result))
                 except BaseException:
                     writer.abort()
                     raise
@@ -589,6 +589,16 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         for leftover in (partial, *snapshots, *sqlite_files):
             if not archives.remove(leftover):
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
+
+
+def _incomplete_comment(result: TargetResult) -> bytes:
+    """The archive's comment when databases were left out of it (see packing.INCOMPLETE_COMMENT)."""
+    if not result.incomplete:
+        return b""
+    from backup_core.zip.packing import INCOMPLETE_COMMENT
+
+    said = f"made without {len(result.incomplete)} database(s): " + "; ".join(result.incomplete)
+    return INCOMPLETE_COMMENT + said.encode("utf-8", "surrogateescape")
 
 
 def _still_there(partial: Path) -> None:

@@ -201,3 +201,27 @@ def test_a_single_file_that_is_a_database_cut_short_fails_its_target(project: Pr
         code, result, _ = _run(project)
         assert code == 1 and result["status"] == "failed", result
         assert "not a whole number of pages" in result["error"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_verify_and_restore_still_say_an_archive_lacks_a_database_long_after(project: Project) -> None:
+    # The run that made it failed and said so once; afterwards verify said ok and restore
+    # restored it as the newest archive, with nothing to say that a database was missing.
+    _hot_journal(project.root / "app" / "broken.db")
+    project.file("app/notes.txt", "kept\n")
+    _folder_manifest(project)
+    code, result, _ = _run(project)
+    assert code == 1 and result["incomplete"]
+    archive = Path(result["archive"])
+    with zipfile.ZipFile(archive) as opened:  # any zip reader shows it: unzip -l, 7z l
+        assert opened.comment.startswith(b"incomplete: made without 1 database(s): broken.db: ")
+
+    verified = project.invoke("verify")
+    assert verified.code == 0, verified.output
+    assert "this archive is incomplete, as the run that made it said: made without 1 database(s): broken.db" in (
+        verified.output
+    )
+    restored = project.invoke("restore", "app", "--to", str(project.root / "restored"))
+    assert restored.code == 0, restored.output
+    assert f"{archive.name} is incomplete, as the run that made it said" in restored.output
+    assert (project.root / "restored" / "notes.txt").read_text() == "kept\n"

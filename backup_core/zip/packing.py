@@ -55,6 +55,17 @@ _DOS_DIRECTORY = 0x10
 # The file comment of a member whose file kept changing while it was read: the archive itself
 # says so, and `invoke verify` reports it, long after the run's output is gone.
 CHANGED_COMMENT = b"changed while read: may mix versions of the file"
+# Begins the archive's own comment when members were left out of it (a database that could not
+# be snapshotted): verify and restore say so, long after the run that made it said it once.
+INCOMPLETE_COMMENT = b"incomplete: "
+
+
+def incomplete_note(comment: bytes) -> str | None:
+    """What an archive's comment says was left out of it, or None when nothing was."""
+    if not comment.startswith(INCOMPLETE_COMMENT):
+        return None
+    return comment[len(INCOMPLETE_COMMENT) :].decode("utf-8", "replace")
+
 
 # What says a file did not change while it was read: size, modification and change times,
 # inode and device, as os.stat gives them.  The change time moves on any write or chmod,

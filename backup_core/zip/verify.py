@@ -28,6 +28,7 @@ from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.zip import names
 from backup_core.zip.compression import crc32, decompressor
+from backup_core.zip.packing import incomplete_note
 
 _BLOCK = 1 << 20
 _Item = TypeVar("_Item")
@@ -146,6 +147,8 @@ def _check_names(directory: zipfile.ZipFile, verdict: Verdict) -> None:
             verdict.problems.append(f"{info.filename}: restore would refuse it: {refused}")
         if info.comment.startswith(b"changed while read"):
             verdict.warnings.append(f"{info.filename} kept changing while it was archived: it may mix versions")
+    if (note := incomplete_note(directory.comment)) is not None:
+        verdict.warnings.append(f"this archive is incomplete, as the run that made it said: {note}")
 
 
 def _parents(name: str) -> list[str]:

@@ -195,14 +195,15 @@ class ZipWriter:
             self._push(job, self._piece_writer(large))
         self._push(None, lambda job, facts, data: self._finish_large(large))
 
-    def close(self) -> ArchiveStats:
-        """Write what is queued and the central directory; return what was archived."""
+    def close(self, comment: Callable[[], bytes] = lambda: b"") -> ArchiveStats:
+        """Write what is queued and the central directory; return what was archived.  `comment`
+        gives the archive's comment once every member is in (at most 65,535 bytes are kept)."""
         self._flush_batch()
         self._drain(0)
         self._workers.close()
         if self._workers.warning:
             self.stats.warnings.append(self._workers.warning)
-        self._write_central_directory()
+        self._write_central_directory(comment()[:0xFFFF])
         if self._rewound:
             self._file.truncate(self._offset)  # the first, longer reading of a member written again
         self.stats.bytes_out = self._offset
@@ -389,7 +390,7 @@ class ZipWriter:
         self._offset += len(data)
         self._position = self._offset
 
-    def _write_central_directory(self) -> None:
+    def _write_central_directory(self, comment: bytes) -> None:
         start = self._directory_start = self._offset
         # Large writes: the end of a run waits for them, and 40,000 small writes took a tenth of a second.
         for piece in self._directory_pieces():
@@ -409,8 +410,9 @@ class ZipWriter:
                 min(count, 0xFFFF),
                 min(size, ZIP64_LIMIT),
                 min(start, ZIP64_LIMIT),
-                0,
+                len(comment),
             )
+            + comment
         )
 
     def _directory_pieces(self) -> Iterator[bytes]:
