@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import IO, Any
 
 from backup_core.errors import TargetError
 from backup_core.manifest import Hook, Hooks
@@ -35,53 +36,68 @@ def run_hooks(
         return  # most targets have none: the environment's copy costs 0.1 ms a target
     environment = {**os.environ, **variables, "BACKUP_HOOK": when}
     for hook in hooks:
-        command: str | list[str] = hook.command if hook.command is not None else list(hook.argv or ())
-        try:
-            process = subprocess.Popen(
-                command,
-                shell=hook.command is not None,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                **_OWN_GROUP,
-            )
-        except OSError as exc:
-            raise HookError(f"{when} hook `{hook.describe()}` could not start: {exc.strerror or exc}") from None
-        with process:
-            try:
-                stdout, stderr = _wait(process, hook.timeout, should_stop)
-            except _Stopped:
-                _kill_group(process)
-                process.communicate()
-                raise HookError(f"{when} hook `{hook.describe()}` was stopped: the run was interrupted") from None
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
-                process.communicate()
-                raise HookError(f"{when} hook `{hook.describe()}` timed out after {hook.timeout:g}s") from None
-            except KeyboardInterrupt:
-                # Interrupted while a hook runs: stop it (leaving `with` would wait for it),
-                # so the on_failure hooks that follow run promptly.
-                _kill_group(process)
-                process.communicate()
-                raise
-        if process.returncode != 0:
-            said = _last_line(stderr) or _last_line(stdout)
-            detail = f": {said}" if said else ""
-            raise HookError(f"{when} hook `{hook.describe()}` exited with status {process.returncode}{detail}")
+        # Output goes to files, not pipes: a hook is done when its process exits.  A command
+        # it starts in the background (`myapp &`, a service started again) keeps the output
+        # open; read through pipes, the hook seemed to hang until its timeout, and was killed
+        # with everything it started.
+        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+            _run_one(when, hook, environment, should_stop, stdout, stderr)
+
+
+def _run_one(
+    when: str,
+    hook: Hook,
+    environment: Mapping[str, str],
+    should_stop: Callable[[], bool],
+    stdout: IO[bytes],
+    stderr: IO[bytes],
+) -> None:
+    command: str | list[str] = hook.command if hook.command is not None else list(hook.argv or ())
+    try:
+        process = subprocess.Popen(
+            command,
+            shell=hook.command is not None,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            **_OWN_GROUP,
+        )
+    except OSError as exc:
+        raise HookError(f"{when} hook `{hook.describe()}` could not start: {exc.strerror or exc}") from None
+    try:
+        _wait(process, hook.timeout, should_stop)
+    except _Stopped:
+        _kill_group(process)
+        process.wait()
+        raise HookError(f"{when} hook `{hook.describe()}` was stopped: the run was interrupted") from None
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        process.wait()
+        raise HookError(f"{when} hook `{hook.describe()}` timed out after {hook.timeout:g}s") from None
+    except KeyboardInterrupt:
+        # Interrupted while a hook runs: stop it, so the on_failure hooks that follow run promptly.
+        _kill_group(process)
+        process.wait()
+        raise
+    if process.returncode != 0:
+        said = _last_line(stderr) or _last_line(stdout)
+        detail = f": {said}" if said else ""
+        raise HookError(f"{when} hook `{hook.describe()}` exited with status {process.returncode}{detail}")
 
 
 class _Stopped(Exception):
     """The run was interrupted while a hook ran."""
 
 
-def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callable[[], bool]) -> tuple[bytes, bytes]:
-    """communicate() within `timeout`, looking at `should_stop` several times a second."""
+def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callable[[], bool]) -> None:
+    """Wait for `process` to exit within `timeout`, looking at `should_stop` several times a second."""
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         try:
-            return process.communicate(timeout=max(0.0, min(left, 0.2)))
+            process.wait(timeout=max(0.0, min(left, 0.2)))
+            return
         except subprocess.TimeoutExpired:
             if time.monotonic() >= deadline:
                 raise
@@ -129,6 +145,9 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _last_line(output: bytes) -> str:
-    lines = output.decode(errors="replace").strip().splitlines()
+def _last_line(output: IO[bytes]) -> str:
+    """The last line a hook wrote to `output` (its last 4 KiB are enough)."""
+    end = output.seek(0, os.SEEK_END)
+    output.seek(max(0, end - 4096))
+    lines = output.read().decode(errors="replace").strip().splitlines()
     return lines[-1].strip()[:200] if lines else ""

@@ -7,6 +7,7 @@ with sleeps whose length decides the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -815,6 +816,28 @@ def test_a_shell_hook_timeout_kills_the_command_it_runs(project: Project) -> Non
     assert ran.code == 1, ran.output
     assert "timed out" in results(ran.stdout)[0][2]
     assert not alive, "the hook's command kept running after the timeout"
+
+
+@posix_only
+def test_a_hook_that_starts_a_command_in_the_background_is_done_when_it_exits(project: Project) -> None:
+    # `myapp &` in an after hook (a service started again) kept the hook's output open: the
+    # hook seemed to hang until its timeout, failed the target, and the service was killed.
+    hang = script(project, "hang", HANG)
+    pid_file = project.root / "service.pid"
+    command = f"{shlex.quote(PY)} {shlex.quote(hang)} {shlex.quote(str(pid_file))} & echo started"
+    hooks_project(project, f"{{after: [{{run: {flow(command)}, shell: true, timeout: 5}}]}}")
+    try:
+        ran = project.invoke("backup", timeout=60)
+        wait_for(pid_file.exists, "the background command to start")
+        pid = int(pid_file.read_text(encoding="utf-8"))
+        alive = pid_alive(pid)
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text(encoding="utf-8")), signal.SIGKILL)
+    assert ran.code == 0, ran.output
+    assert results(ran.stdout)[0][:2] == ("changed", "site")
+    assert alive, "the command the hook started in the background was killed"
 
 
 def run_hooks_project(project: Project, targets: str) -> Path:
