@@ -335,10 +335,23 @@ class _Program(Program):
     def parse_core(self, argv: list[str] | None) -> None:
         with _usage_errors():
             super().parse_core(argv)
+        # Invoke's options for the shell commands its tasks run: these tasks run none, so each
+        # would be accepted and change nothing (-w would not make a failed backup a warning).
+        given = [names for names in _SHELL_OPTIONS if self.args[names[-1].lstrip("-")].value]
+        if given:
+            flag = "/".join(given[0])
+            print(f"error: {flag} is Invoke's, for shell commands, and does nothing here", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
 
     def parse_tasks(self) -> None:
         with _usage_errors():
             super().parse_tasks()
+
+
+_SHELL_OPTIONS = [
+    ("-w", "--warn-only"), ("-T", "--command-timeout"), ("-e", "--echo"), ("-p", "--pty"), ("--hide",),
+    ("--prompt-for-sudo-password",),
+]  # fmt: skip
 
 
 @contextmanager
@@ -355,4 +368,10 @@ program = _Program(name="backups", binary="backups", version=__version__, namesp
 
 def main() -> None:
     """Entry point of the installed `backups` command."""
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:
+        # The reader went away (`backups --help | head`): nothing more can be said, and the
+        # interpreter's own flush at exit must not fail again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None

@@ -146,6 +146,31 @@ def test_the_installed_command_treats_an_unknown_flag_or_task_as_a_usage_error(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("flag", [["-w"], ["--command-timeout", "5"], ["--echo"], ["--pty"], ["--hide", "both"]])
+def test_invokes_options_for_shell_commands_are_refused_not_ignored(
+    installed: Path, tmp_path: Path, flag: list[str]
+) -> None:
+    # Accepted and ignored, -w read as "a failed backup is only a warning".
+    shutil.copy2(REPO / "backups.yml", tmp_path / "backups.yml")
+    ran = run([str(installed), *flag, "validate"], cwd=tmp_path)
+    assert ran.code == 2, ran.output
+    assert "is Invoke's, for shell commands, and does nothing here" in ran.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX pipe closed by its reader")
+def test_help_into_a_reader_that_goes_away_ends_without_a_traceback(installed: Path, tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first byte, as `| head -1` is after the first line
+    try:
+        ran = subprocess.run([str(installed), "--help"], stdout=write_end, capture_output=False,
+                             stderr=subprocess.PIPE, text=True, check=False)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+
+
+@pytest.mark.slow
 def test_the_installed_command_lists_the_same_tasks_as_invoke_in_the_checkout(installed: Path, tmp_path: Path) -> None:
     ran = run([str(installed), "--list"], cwd=tmp_path)
 
