@@ -75,6 +75,7 @@ def run_targets(
         loaded = _load(manifest_path, check)
         targets = selection.select(loaded.targets, only, tags, skip_tags)
         _known_remote(loaded, remote)
+        _needs_remote(remote, identity=identity, download=download)
         metrics = _metrics_path(loaded, metrics_file)
         identities = _identities(identity)
         if download and remote is not None and loaded.remotes[remote].encrypted and not identities:
@@ -197,6 +198,14 @@ def _known_remote(loaded: Manifest, remote: str | None) -> None:
     if remote is not None and remote not in loaded.remotes:
         known = ", ".join(sorted(loaded.remotes)) or "none are defined"
         raise UsageError(f"--remote {remote}: no such remote in {shown(loaded.file)}; remotes: {known}")
+
+
+def _needs_remote(remote: str | None, **given: object) -> None:
+    """--download and --identity work on a remote's copies: without --remote they would be
+    accepted and do nothing, and a run meant to check every copy in full would check none."""
+    flags = [f"--{name}" for name, value in given.items() if value]
+    if remote is None and flags:
+        raise UsageError(f"{flags[0]} works on a remote's copies; add --remote NAME")
 
 
 def _identities(identity: str | None) -> list[Any]:
@@ -374,6 +383,7 @@ def restore(
         raise UsageError(f"no target named {target_name!r}; targets are: {known}")
     target = matches[0]
     _known_remote(loaded, remote)
+    _needs_remote(remote, identity=identity)
     identities = _identities(identity)
     _stop_on_terminate()  # a stopped restore must not leave a decrypted scratch copy behind
     from backup_core import restore as restore_module

@@ -451,6 +451,24 @@ def test_verify_remote_download_without_identity_is_a_usage_error(backed: Backed
     )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["verify", "--download"],
+        ["verify", "--identity", "KEY"],
+        ["restore", "site", "--to", "out", "--identity", "KEY"],
+    ],
+)
+def test_remote_flags_without_a_remote_are_usage_errors(backed: Backed, argv: list[str]) -> None:
+    # Accepted and ignored: `verify --download` checked the local archives only, and said ok.
+    argv = [str(backed.key.file) if a == "KEY" else a for a in argv]
+    ran = backed.project.invoke(*argv)
+    assert ran.code == 2, ran.output
+    flag = "--download" if "--download" in argv else "--identity"
+    assert one_line_error(ran) == f"error: {flag} works on a remote's copies; add --remote NAME"
+    assert not (backed.project.root / "out").exists()
+
+
 # --- keys and recipients -------------------------------------------------------------------------
 
 
