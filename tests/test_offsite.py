@@ -606,7 +606,7 @@ def test_prune_never_deletes_a_local_archive_a_remote_lacks(project: Project, re
     ("remotes", "offsite", "message"),
     [
         ({"nas": {"type": "folder", "path": "x"}}, ["nsa"], "unknown remote 'nsa'; remotes: nas"),
-        ({"b": {"type": "s3", "bucket": "Bad_Bucket"}}, ["b"], "does not match"),
+        ({"b": {"type": "s3", "bucket": "Bad_Bucket"}}, ["b"], "'Bad_Bucket' is not a bucket name: 3 to 63"),
         ({"b": {"type": "s3"}}, ["b"], "'bucket' is a required property"),
         ({"b": {"type": "s3", "bucket": "ok-bucket", "profile": "nosuch"}}, ["b"], "AWS profile 'nosuch'"),
         ({"b": {"type": "s3", "bucket": "ok-bucket", "secret": "x"}}, ["b"], "unknown key 'secret'"),
@@ -615,7 +615,18 @@ def test_prune_never_deletes_a_local_archive_a_remote_lacks(project: Project, re
         (
             {"b": {"type": "s3", "bucket": "ok-bucket", "endpoint": "https://AKIDEXAMPLE:Sup3rSecret@s3.example.net"}},
             ["b"],
-            "no user or password in it",
+            "no user, password, query or fragment in it",
+        ),
+        (
+            {
+                "b": {
+                    "type": "s3",
+                    "bucket": "ok-bucket",
+                    "endpoint": "https://s3.example.net/?X-Amz-Signature=Sup3rSecret",
+                }
+            },
+            ["b"],
+            "no user, password, query or fragment in it",
         ),
     ],
 )

@@ -332,12 +332,21 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
             )
         ]
     if error.validator == "pattern" and path and path[-1] == "endpoint":
-        # Never echoed: a URL with a user and password in it holds a secret.
+        # Never echoed: a URL with a user and password (or a token in its query) holds a secret.
         return [
             document.problem(
                 path,
-                "is not a URL like https://s3.example.net (http or https, then the host; no user or password "
-                "in it: credentials come from the environment or a profile, never the manifest)",
+                "is not a URL like https://s3.example.net (http or https, then the host and a path; no user, "
+                "password, query or fragment in it: credentials come from the environment or a profile, never "
+                "the manifest)",
+            )
+        ]
+    if error.validator == "pattern" and path and path[-1] == "bucket":
+        return [
+            document.problem(
+                path,
+                f"'{error.instance}' is not a bucket name: 3 to 63 lowercase letters, digits, dots and dashes, "
+                "beginning and ending with a letter or digit",
             )
         ]
     if error.validator == "not" and path == ("remotes",):
