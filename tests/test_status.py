@@ -67,17 +67,17 @@ def test_fresh_until_max_age_then_failed_with_one_sentence(project: Project) -> 
     assert fresh.code == 0, fresh.output
     size = archive.stat().st_size
     assert line_of(fresh.stdout, "site") == (
-        f"ok: [site] => {archive.name}, 25h 0m old, max_age 26h (local 1 archive {size} B)"
+        f"ok: [site] => {archive.name}, 25h 0min old, max_age 26h (local 1 archive {size} B)"
     )
     assert fresh.stdout.splitlines()[0].startswith("STATUS [backups.yml: 2 targets; all ok] ")
 
     stale = project.invoke("status", env=at(T0 + timedelta(hours=27, minutes=5)))
     assert stale.code == 1, stale.output
     assert line_of(stale.stdout, "site") == (
-        f"failed: [site] => newest archive is 27h 5m old; max_age is 26h (local 1 archive {size} B)"
+        f"failed: [site] => newest archive is 27h 5min old; max_age is 26h (local 1 archive {size} B)"
     )
     # A target without max_age is shown, not judged.
-    assert line_of(stale.stdout, "notes").startswith("ok: [notes] => notes-20260301T120000.000000Z.zip, 27h 5m old (")
+    assert line_of(stale.stdout, "notes").startswith("ok: [notes] => notes-20260301T120000.000000Z.zip, 27h 5min old (")
 
 
 def remote_project(project: Project) -> None:
@@ -125,7 +125,7 @@ def test_every_store_is_listed_and_a_stale_remote_fails_the_target(project: Proj
     assert ran.code == 1, ran.output
     local_bytes = sum(p.stat().st_size for p in local)
     assert line_of(ran.stdout, "site") == (
-        f"failed: [site] => newest archive is 31h 0m old on remote nas; max_age is 26h "
+        f"failed: [site] => newest archive is 31h 0min old on remote nas; max_age is 26h "
         f"(local 2 archives {local_bytes} B, nas 1 archive {remote[0].stat().st_size} B)"
     )
 

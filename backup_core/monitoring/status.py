@@ -234,9 +234,10 @@ def _freshness(stores: list[StoreState], limit: timedelta) -> list[str]:
 
 
 def format_age(seconds: float) -> str:
-    """A duration in its two largest units, as max_age spells them: '3d 4h', '26h 30m', '5m 2s', '40s'.
+    """A duration in its two largest units: '3d 4h', '26h 30min', '5min 2s', '40s'; days and hours as
+    max_age spells them, minutes never as 'm', which is max_age's month ("30m" is 30 months).
 
-    Days only from two days on: "27h 5m old; max_age is 26h" compares at a glance, "1d 3h" does not.
+    Days only from two days on: "27h 5min old; max_age is 26h" compares at a glance, "1d 3h" does not.
     """
     whole = max(0, int(seconds))
     days, rest = divmod(whole, 86400)
@@ -247,9 +248,9 @@ def format_age(seconds: float) -> str:
     if days:
         return f"{days}d {hours}h"
     if hours:
-        return f"{hours}h {minutes}m"
+        return f"{hours}h {minutes}min"
     if minutes:
-        return f"{minutes}m {secs}s"
+        return f"{minutes}min {secs}s"
     return f"{secs}s"
 
 
