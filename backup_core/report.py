@@ -162,7 +162,9 @@ class TextReporter:
         self._progress = _Progress(stream) if self.colour and moving else None
         self.wants_totals = self._progress is not None
         # Files and progress are heard only from targets run in this process (not by --jobs' children).
-        self.follows_targets = verbose or self._log is not None or self._progress is not None
+        # The log holds what the output shows, a file's line included only with --verbose: at a
+        # million files a night, one line each would fill /var/log and keep --jobs on threads.
+        self.follows_targets = verbose or self._progress is not None
 
     # Observer: called from worker threads while the run goes on.
     def started(self, target: Target, total_bytes: int | None) -> None:
@@ -176,8 +178,6 @@ class TextReporter:
     def file(self, target: Target, name: str) -> None:
         if self.verbose:
             self._say(f"  [{target.name}] {shown(name)}")
-        elif self._log:
-            self._write_log(f"  [{target.name}] {shown(name)}")
 
     def uploading(self, target: Target, remote: str, total_bytes: int) -> Callable[[int], None]:
         if not self._progress:

@@ -167,8 +167,9 @@ def run_on_a_terminal(*args: str) -> Ran:
 
 
 def old_archives(project: Project, names: list[str], destination: str = "backups") -> None:
+    """Files under archive names: empty zips (prune trusts the newest it keeps only if it ends as a zip)."""
     for name in names:
-        project.file(f"{destination}/{name}", b"not really a zip")
+        project.file(f"{destination}/{name}", b"PK\x05\x06" + bytes(18))
 
 
 # --- a small backup ----------------------------------------------------------------------------------
@@ -626,6 +627,17 @@ def test_verbose_prints_each_file_and_the_log_file_gets_timestamped_plain_lines(
     assert all(stamped), logged
     assert [m.group(2) for m in stamped if m] == shown  # the same lines, each behind a time stamp
     assert ANSI not in "\n".join(logged)
+
+
+def test_without_verbose_the_log_file_holds_the_output_and_no_line_per_file(project: Project) -> None:
+    # Each file got a line in the log without --verbose: a million lines a night at a million files.
+    two_folders(project)
+    log = project.root / "backup.log"
+    ran = project.invoke("backup", "--only", "site", "--log-file", str(log))
+    assert ran.code == 0, ran.output
+    logged = [re.fullmatch(rf"({STAMP}) (.*)", line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert all(logged) and [m.group(2) for m in logged if m] == ran.stdout.splitlines()
+    assert "a.txt" not in log.read_text(encoding="utf-8")
 
 
 @scenario("bad-log-file")
