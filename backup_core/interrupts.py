@@ -14,6 +14,8 @@ comes first (in a checkout, `invoke` loads itself before it reads tasks.py).
 
 from __future__ import annotations
 
+import itertools
+import json
 import signal
 import sys
 import threading
@@ -21,13 +23,39 @@ import threading
 in_task = threading.Event()  # set while a task runs: a signal then stops its work
 
 
+_SAID = "interrupted before the command started; nothing was done"
+
+
 def _interrupted(signum: int, frame: object) -> None:
     if in_task.is_set():
         raise KeyboardInterrupt
+    if _json_wanted(sys.argv[1:]):
+        # The document every outcome gets in JSON mode (report.error_document's shape, written
+        # here by hand: the report module may not be loaded yet).
+        command = next((a for a in sys.argv[1:] if not a.startswith("-") and a in _COMMANDS), "")
+        document = {
+            "command": command, "manifest": _manifest(sys.argv[1:]), "check": False, "exit_code": 130,
+            "interrupted": True, "seconds": 0.0, "errors": [_SAID], "recap": {}, "targets": [],
+        }  # fmt: skip
+        print(json.dumps(document, indent=2), flush=True)
     # SystemExit, not Invoke's Exit: this may run while Invoke itself is being imported, and
     # nothing catches it on the way out (Invoke catches its own Exit and KeyboardInterrupt).
-    print("interrupted before the command started; nothing was done", file=sys.stderr)
+    print(_SAID, file=sys.stderr)
     raise SystemExit(130)
+
+
+_COMMANDS = ("backup", "prune", "push", "verify", "status", "validate", "list", "restore")
+
+
+def _json_wanted(argv: list[str]) -> bool:
+    return "--format=json" in argv or any(a == "--format" and b == "json" for a, b in itertools.pairwise(argv))
+
+
+def _manifest(argv: list[str]) -> str:
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("-m", "--manifest"):
+            return value
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--manifest=")), "")
 
 
 def handled() -> tuple[signal.Signals, ...]:

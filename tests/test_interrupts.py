@@ -426,6 +426,15 @@ def test_a_signal_while_the_program_loads_exits_130_with_one_line(sent: int) -> 
     assert ran.stdout == ""
 
 
+def test_a_signal_while_the_program_loads_still_gives_the_json_document() -> None:
+    ran = _signalled_at_once(["backup", "--manifest", "hosts/web.yml", "--format", "json"], signal.SIGTERM)
+    assert ran.returncode == 130, ran
+    document = json.loads(ran.stdout)
+    assert (document["command"], document["manifest"], document["exit_code"]) == ("backup", "hosts/web.yml", 130)
+    assert document["interrupted"] is True
+    assert document["errors"] == ["interrupted before the command started; nothing was done"]
+
+
 def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(project: Project) -> None:
     # A shell script's background job starts with SIGINT ignored, so that Ctrl-C at the
     # terminal leaves it alone; Python keeps that choice, and so does the run.
