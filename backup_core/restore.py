@@ -107,7 +107,10 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
         folders: list[tuple[zipfile.ZipInfo, Path]] = []
         # Links last, as tar does: no file is ever written through a link this restore made.
         for info, path in sorted(plan, key=lambda item: _is_link(item[0])):
-            _extract(directory, info, path, root, done)
+            try:
+                _extract(directory, info, path, root, done)
+            except TargetError as exc:
+                raise _partly_restored(exc, done) from None
             if info.is_dir():
                 folders.append((info, path))
         # Folders' modes, owners and times last, deepest first: a 0500 folder must be filled
@@ -115,6 +118,17 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
         for info, path in sorted(folders, key=lambda item: -len(item[1].parts)):
             _set_attributes(info, path, done)
     return done
+
+
+def _partly_restored(exc: TargetError, done: Restored) -> TargetError:
+    """`exc`, saying what the restore had already written: a damaged member stops it halfway."""
+    written = done.files + done.links + done.databases
+    if not written:
+        return exc
+    return type(exc)(
+        f"{exc}; {written} file(s) and link(s) before it were restored into {done.folder} and stay there "
+        f"(restore the rest from another archive with --archive NAME --force, or --member PATH)"
+    )
 
 
 def _is_link(info: zipfile.ZipInfo) -> bool:

@@ -587,3 +587,28 @@ def test_restore_of_a_truncated_archive_fails_cleanly(project: Project) -> None:
     assert ran.code == 1, ran.output
     assert archive.name in ran.output
     assert "Traceback" not in ran.output
+
+
+def test_a_restore_stopped_by_a_damaged_member_says_what_it_already_wrote(project: Project) -> None:
+    # It stopped at the damaged member and said only that, leaving the files before it in the
+    # folder with nothing to say so (and the next try met them: "already exist").
+    for number in range(30):
+        project.file(f"site/d/f{number:02d}.txt", os.urandom(3000).hex())
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site, compression: {level: 0}}]\n")
+    back_up(project)
+    (archive,) = project.archives(target="site")
+    with zipfile.ZipFile(archive) as opened:
+        last = max((i for i in opened.infolist() if not i.is_dir()), key=lambda i: i.header_offset)
+    data = bytearray(archive.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, last.header_offset + 26)
+    data[last.header_offset + 30 + name_length + extra_length + 10] ^= 1  # in the last file's data
+    archive.write_bytes(bytes(data))
+    folder = project.root / "restored"
+
+    ran = project.invoke("restore", "site", "--to", str(folder))
+
+    assert ran.code == 1, ran.output
+    written = sum(1 for p in folder.rglob("*") if p.is_file())
+    assert written == 29
+    assert f"{last.filename} in {archive}" in ran.output
+    assert f"29 file(s) and link(s) before it were restored into {folder} and stay there" in ran.output
