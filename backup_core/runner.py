@@ -273,7 +273,9 @@ def _describe(exc: BaseException, target: Target) -> str:
                     f"{where} is a link to {link.readlink()}, which does not exist (is it mounted?); "
                     "fix the link or choose another destination"
                 )
-            return f"{where} is a file where a folder is needed; remove it or choose another destination"
+            # The file in the way may be a folder on the way (destfile/sub with destfile a file).
+            blocker = next((p for p in (link, *link.parents) if p.exists() and not p.is_dir()), link)
+            return f"{blocker} is a file where a folder is needed; remove it or choose another destination"
         return f"{exc.strerror or exc} ({where})"
     return f"unexpected error: {type(exc).__name__}: {exc}"
 

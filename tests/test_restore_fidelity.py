@@ -250,6 +250,19 @@ def test_a_file_where_the_restore_folder_or_destination_should_be_is_named(proje
     assert ran.code == 1, ran.output
     assert f"failed: [t] => {blocker} is a file where a folder is needed" in ran.stdout + ran.stderr
     assert blocker.read_text() == "not a folder\n"
+    # A folder under it: the file in the way is still the one named (it was the folder under it).
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - name: t
+            path: src
+            destination: {blocker / "nightly"}
+        """
+    )
+    ran = project.invoke("backup")
+    assert ran.code == 1, ran.output
+    assert f"failed: [t] => {blocker} is a file where a folder is needed" in ran.stdout + ran.stderr
 
 
 def test_a_member_with_a_dos_date_of_zero_is_restored(project: Project) -> None:

@@ -495,5 +495,6 @@ def _read_range(path: str, start: int, length: int) -> tuple[bytes, Identity]:
 
 def read_error(path: str, exc: OSError) -> TargetError:
     if isinstance(exc, PermissionError):
-        return TargetError(f"permission denied reading {path}; fix its permissions or add it to exclude")
+        # exclude leaves out a file inside a folder; a target's own file can only be made readable.
+        return TargetError(f"permission denied reading {path}; fix its permissions, or exclude it if it is in a folder")
     return TargetError(f"cannot read {path}: {exc.strerror or exc}")
