@@ -149,12 +149,19 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
             options.observer.finished(cut)
     hooks.run_closing_hooks(
         run_hooks,
-        lambda: {"BACKUP_STATUS": FAILED if outcome.failed else OK, "BACKUP_ERROR": "; ".join(outcome.errors)},
+        lambda: {"BACKUP_STATUS": FAILED if outcome.failed else OK, "BACKUP_ERROR": _run_error(outcome)},
         lambda: outcome.failed,
         lambda exc: outcome.errors.append(str(exc)),
     )
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def _run_error(outcome: RunResult) -> str:
+    """BACKUP_ERROR for the run's hooks: the run's own problems, else each failed target's."""
+    if outcome.errors:
+        return "; ".join(outcome.errors)
+    return "; ".join(f"{r.name}: {r.error}" for r in outcome.results if r.status == FAILED and r.error)
 
 
 _pausing = threading.Lock()

@@ -892,6 +892,9 @@ def test_run_on_failure_runs_when_a_target_fails(project: Project) -> None:
     seen = [(r["env"]["BACKUP_HOOK"], r["env"]["BACKUP_STATUS"]) for r in records(out)]
     assert seen == [("before", "running"), ("on_failure", "failed")]
     assert len(project.archives(target="one")) == 1
+    # It says which target failed and why (it was empty: the run itself had no error).
+    error = records(out)[-1]["env"]["BACKUP_ERROR"]
+    assert error.startswith("gone: ") and "missing" in error, error
 
 
 def failing_run_before_project(project: Project) -> tuple[Path, Path]:
