@@ -28,14 +28,22 @@ if TYPE_CHECKING:
 _COLOURS = {OK: "green", CHANGED: "yellow", FAILED: "red", SKIPPED: "cyan"}
 _ANSI_CODE = re.compile(r"\033\[[0-9;]*m")
 _ANSI = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "bold": "1"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and the stand-ins Python decodes a name's non-UTF-8 bytes to.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\udc80-\udcff]")
 
 
 def shown(text: str) -> str:
     """`text` with control characters escaped as Python writes them (\\n, \\x1b): a file name
     holding a newline must not forge a line of its own, nor one holding ESC recolour the
     terminal.  Applied to what a line reports, before the reporter's own colours."""
-    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(found: re.Match[str]) -> str:
+    character = found.group()
+    if "\udc80" <= character <= "\udcff":  # a byte that is not UTF-8, as the file system holds it
+        return f"\\x{ord(character) - 0xDC00:02x}"
+    return repr(character)[1:-1]
 
 
 def human_bytes(size: float) -> str:

@@ -61,7 +61,10 @@ def test_a_file_name_that_is_not_utf8_archives_verifies_and_restores(project: Pr
     Path(os.fsdecode(os.fsencode(folder) + b"/" + raw_name)).write_text("odd name\n")
     manifest(project, "src")
 
-    assert project.invoke("backup").code == 0
+    ran = project.invoke("backup", "--verbose")
+    assert ran.code == 0, ran.output
+    # Shown as its bytes (it was shown as Python's stand-ins for them, \udcff\udcfe).
+    assert "  [site] bad\\xff\\xfe.txt" in ran.stdout.splitlines()
     (archive,) = project.archives()
     with zipfile.ZipFile(archive) as opened:
         (info,) = opened.infolist()
