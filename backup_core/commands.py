@@ -399,11 +399,12 @@ def restore(
         return exc.exit_code
     except OSError as exc:
         where = exc.filename or to
-        print(
-            f"failed: [{target.name}] => cannot restore into {to}: {exc.strerror or exc} ({where}); "
-            "choose a folder this user can create and write",
-            file=sys.stderr,
-        )
+        if isinstance(exc, (FileExistsError, NotADirectoryError)) and Path(where).is_file():
+            # --force replaces a file with a file, never a file with a folder (nor its contents).
+            advice = f"{where} is a file where the archive has a folder; move it away and restore again"
+        else:
+            advice = f"{exc.strerror or exc} ({where}); choose a folder this user can create and write"
+        print(f"failed: [{target.name}] => cannot restore into {to}: {advice}", file=sys.stderr)
         return TargetError.exit_code
     return _restored(target, chosen.name, done)
 

@@ -612,3 +612,18 @@ def test_a_restore_stopped_by_a_damaged_member_says_what_it_already_wrote(projec
     assert written == 29
     assert f"{last.filename} in {archive}" in ran.output
     assert f"29 file(s) and link(s) before it were restored into {folder} and stay there" in ran.output
+
+
+def test_restore_over_a_file_where_the_archive_has_a_folder_says_so(project: Project) -> None:
+    # It said "File exists; choose a folder this user can create and write": the folder was fine.
+    project.file("site/d/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    back_up(project)
+    folder = project.root / "restored"
+    project.file("restored/d", "a file where the archive has a folder\n")
+
+    ran = project.invoke("restore", "site", "--to", str(folder), "--force")
+
+    assert ran.code == 1, ran.output
+    assert f"{folder / 'd'} is a file where the archive has a folder; move it away and restore again" in ran.output
+    assert (folder / "d").read_text() == "a file where the archive has a folder\n"
