@@ -237,32 +237,21 @@ def test_a_file_where_the_restore_folder_or_destination_should_be_is_named(proje
     ran = project.invoke("restore", "t", "--to", str(blocker / "below"))
     assert ran.code == 2, ran.output
     assert "is a file, not a folder" in ran.stderr and "Traceback" not in ran.output
-    project.write_manifest(
-        f"""
-        version: 1
-        targets:
-          - name: t
-            path: src
-            destination: {blocker}
-        """
-    )
-    ran = project.invoke("backup")
-    assert ran.code == 1, ran.output
-    assert f"failed: [t] => {blocker} is a file where a folder is needed" in ran.stdout + ran.stderr
-    assert blocker.read_text() == "not a folder\n"
-    # A folder under it: the file in the way is still the one named (it was the folder under it).
-    project.write_manifest(
-        f"""
-        version: 1
-        targets:
-          - name: t
-            path: src
-            destination: {blocker / "nightly"}
-        """
-    )
-    ran = project.invoke("backup")
-    assert ran.code == 1, ran.output
-    assert f"failed: [t] => {blocker} is a file where a folder is needed" in ran.stdout + ran.stderr
+    # A folder under it too: the file in the way is the one named, not the folder below it.
+    for destination in (blocker, blocker / "nightly"):
+        project.write_manifest(
+            f"""
+            version: 1
+            targets:
+              - name: t
+                path: src
+                destination: {destination}
+            """
+        )
+        ran = project.invoke("backup")
+        assert ran.code == 1, ran.output
+        assert f"failed: [t] => {blocker} is a file where a folder is needed" in ran.stdout + ran.stderr
+        assert blocker.read_text() == "not a folder\n"
 
 
 def test_a_member_with_a_dos_date_of_zero_is_restored(project: Project) -> None:

@@ -799,20 +799,27 @@ def test_a_hook_timeout_kills_the_hanging_hook_and_fails_the_target(project: Pro
     assert "timed out" in failure["env"]["BACKUP_ERROR"]
 
 
-@posix_only
-def test_a_shell_hook_timeout_kills_the_command_it_runs(project: Project) -> None:
+def _backup_with_a_hanging_command(project: Project, hook: str, then: str, timeout: int) -> tuple[Ran, bool]:
+    """A backup whose `hook` (a shell) runs a command that never ends, then `then` (`;` or `&`
+    and what follows); whether that command was still alive when the run was over."""
     hang = script(project, "hang", HANG)
     pid_file = project.root / "hang.pid"
-    # Two commands, so the shell cannot exec the first: the hanging process is the shell's child.
-    command = f"{shlex.quote(PY)} {shlex.quote(hang)} {shlex.quote(str(pid_file))}; echo finished"
-    hooks_project(project, f"{{before: [{{run: {flow(command)}, shell: true, timeout: 1}}]}}")
+    command = f"{shlex.quote(PY)} {shlex.quote(hang)} {shlex.quote(str(pid_file))} {then}"
+    hooks_project(project, f"{{{hook}: [{{run: {flow(command)}, shell: true, timeout: {timeout}}}]}}")
     try:
         ran = project.invoke("backup", timeout=60)
-        pid = int(pid_file.read_text(encoding="utf-8"))
-        alive = pid_alive(pid)
+        wait_for(pid_file.exists, "the command to start")
+        alive = pid_alive(int(pid_file.read_text(encoding="utf-8")))
     finally:
-        if pid_file.exists() and pid_alive(int(pid_file.read_text(encoding="utf-8"))):
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
             os.kill(int(pid_file.read_text(encoding="utf-8")), signal.SIGKILL)
+    return ran, alive
+
+
+@posix_only
+def test_a_shell_hook_timeout_kills_the_command_it_runs(project: Project) -> None:
+    # Two commands, so the shell cannot exec the first: the hanging process is the shell's child.
+    ran, alive = _backup_with_a_hanging_command(project, "before", "; echo finished", timeout=1)
     assert ran.code == 1, ran.output
     assert "timed out" in results(ran.stdout)[0][2]
     assert not alive, "the hook's command kept running after the timeout"
@@ -822,19 +829,7 @@ def test_a_shell_hook_timeout_kills_the_command_it_runs(project: Project) -> Non
 def test_a_hook_that_starts_a_command_in_the_background_is_done_when_it_exits(project: Project) -> None:
     # `myapp &` in an after hook (a service started again) kept the hook's output open: the
     # hook seemed to hang until its timeout, failed the target, and the service was killed.
-    hang = script(project, "hang", HANG)
-    pid_file = project.root / "service.pid"
-    command = f"{shlex.quote(PY)} {shlex.quote(hang)} {shlex.quote(str(pid_file))} & echo started"
-    hooks_project(project, f"{{after: [{{run: {flow(command)}, shell: true, timeout: 5}}]}}")
-    try:
-        ran = project.invoke("backup", timeout=60)
-        wait_for(pid_file.exists, "the background command to start")
-        pid = int(pid_file.read_text(encoding="utf-8"))
-        alive = pid_alive(pid)
-    finally:
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text(encoding="utf-8")), signal.SIGKILL)
+    ran, alive = _backup_with_a_hanging_command(project, "after", "& echo started", timeout=5)
     assert ran.code == 0, ran.output
     assert results(ran.stdout)[0][:2] == ("changed", "site")
     assert alive, "the command the hook started in the background was killed"
