@@ -526,7 +526,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                     # The disk starts on what is written while the last pieces are placed...
                     big = queued >= _SYNC_TWICE_FROM
                     early = syncing.submit(os.fsync, file.fileno()) if big else None
-                    stats = writer.close(lambda: _incomplete_comment(result))
+                    stats = writer.close(lambda: _incomplete_comment(result, writer.stats.torn_databases))
                 except BaseException:
                     writer.abort()
                     raise
@@ -600,14 +600,19 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
-def _incomplete_comment(result: TargetResult) -> bytes:
-    """The archive's comment when databases were left out of it (see packing.INCOMPLETE_COMMENT)."""
-    if not result.incomplete:
+def _incomplete_comment(result: TargetResult, torn: list[str]) -> bytes:
+    """The archive's comment when databases were left out of it, or are in it unchecked (see
+    packing.INCOMPLETE_COMMENT)."""
+    said = []
+    if result.incomplete:
+        said.append(f"made without {len(result.incomplete)} database(s): " + "; ".join(result.incomplete))
+    if torn:
+        said.append(f"holds {len(torn)} damaged database(s) as they were, unchecked: " + ", ".join(torn))
+    if not said:
         return b""
     from backup_core.zip.packing import INCOMPLETE_COMMENT
 
-    said = f"made without {len(result.incomplete)} database(s): " + "; ".join(result.incomplete)
-    return INCOMPLETE_COMMENT + said.encode("utf-8", "surrogateescape")
+    return INCOMPLETE_COMMENT + "; ".join(said).encode("utf-8", "surrogateescape")
 
 
 def _still_there(partial: Path) -> None:
@@ -887,14 +892,23 @@ _KEPT_FOR_REMOTES = "kept for its remotes: "
 
 def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str | None:
     """Why deleting `doomed` could leave no good archive: the newest one kept, which retention
-    trusts by its name, does not end as a whole zip (a file cut short, or put there by hand)."""
+    trusts by its name, does not end as a whole zip (a file cut short, or put there by hand), or
+    was made without a database or holding a damaged one (its comment says so): an older
+    archive may be the last that holds it, and a backup missing a database needs a person."""
+    from backup_core.zip.packing import incomplete_note
+
     kept = retention.newest([a for a in existing if a not in doomed], _when, utc_now())
-    problem = archives.ending_problem(kept.path) if kept is not None else None
-    if kept is None or problem is None:
+    if kept is None:
+        return None
+    problem, comment = archives.ending(kept.path)
+    if problem is None and (note := incomplete_note(comment)) is not None:
+        problem = f"it is incomplete: {note}"
+    if problem is None:
         return None
     return (
-        f"nothing was deleted: {kept.name}, the newest archive that would be kept, is not a whole zip ({problem}); "
-        f"check it with invoke verify, move it out of the folder, then prune again"
+        f"nothing was deleted: {kept.name}, the newest archive that would be kept, is not a whole archive "
+        f"({problem}); older archives may be the last good ones: check it with invoke verify, and make a "
+        f"complete backup (or move it out of the folder) before pruning"
     )
 
 

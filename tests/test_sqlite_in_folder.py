@@ -225,3 +225,28 @@ def test_verify_and_restore_still_say_an_archive_lacks_a_database_long_after(pro
     assert restored.code == 0, restored.output
     assert f"{archive.name} is incomplete, as the run that made it said" in restored.output
     assert (project.root / "restored" / "notes.txt").read_text() == "kept\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+@pytest.mark.parametrize("damage", ["hot-journal", "cut-short"])
+def test_prune_keeps_the_older_archives_while_the_newest_lacks_a_database(project: Project, damage: str) -> None:
+    # prune trusted the newest archive by its name: it deleted the only archive that held the
+    # database the newest was made without.
+    _database(project.root / "app" / "app.db")
+    project.file("app/notes.txt", "kept\n")
+    _folder_manifest(project)  # keep: {last: 1}
+    code, first, _ = _run(project)
+    assert code == 0, first
+    if damage == "hot-journal":
+        (project.root / "app" / "app.db").unlink()
+        _hot_journal(project.root / "app" / "app.db")
+    else:
+        _cut_short(project.root / "app" / "app.db", 50_000)
+    code, second, _ = _run(project)
+    assert code == 1 and second["status"] == "failed", second
+
+    ran = project.invoke("prune")
+
+    assert ran.code == 1, ran.output
+    assert f"nothing was deleted: {Path(second['archive']).name}" in ran.output and "it is incomplete: " in ran.output
+    assert sorted(project.archives()) == sorted([Path(first["archive"]), Path(second["archive"])])

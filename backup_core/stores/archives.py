@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from backup_core.stores.retention import FUTURE_TOLERANCE
 
@@ -231,41 +231,56 @@ _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_END = struct.Struct("<4sQ2H2L4Q")
 
 
-def ending_problem(path: Path) -> str | None:
-    """None when `path` ends as a whole zip does: an end-of-central-directory record (written last)
-    pointing at a central directory that is there; else what is wrong, in a few words.  Reads the
-    last 64 KiB and a few bytes: cheap enough to ask of an archive that retention is about to
-    trust as the newest, whatever its size (parsing its directory could take seconds)."""
+class Ending(NamedTuple):
+    """How a file ends, as a zip should: what is wrong with it (None: it is whole), and its comment."""
+
+    problem: str | None
+    comment: bytes = b""
+
+
+def ending(path: Path) -> Ending:
+    """Whether `path` ends as a whole zip does: an end-of-central-directory record (written last,
+    its comment running exactly to the end of the file) pointing at a central directory that is
+    there.  Reads the last 64 KiB and a few bytes: cheap enough to ask of an archive that
+    retention is about to trust as the newest, whatever its size (parsing its directory could
+    take seconds)."""
     try:
         with path.open("rb") as file:
             size = file.seek(0, os.SEEK_END)
             start = max(0, size - (_END.size + 0xFFFF))
             file.seek(start)
             tail = file.read()
+            # The record whose comment ends where the file does: the signature's bytes may also
+            # stand inside a comment (it holds file names and error text).
             at = tail.rfind(b"PK\x05\x06")
-            if at < 0 or len(tail) - at < _END.size:
-                return f"it is {size} bytes with no end of a zip: empty, cut short or not a zip"
+            while at >= 0 and not (
+                len(tail) - at >= _END.size and at + _END.size + _END.unpack_from(tail, at)[7] == len(tail)
+            ):
+                at = tail.rfind(b"PK\x05\x06", 0, at)
+            if at < 0:
+                return Ending(f"it is {size} bytes with no end of a zip: empty, cut short or not a zip")
             _, _, _, _, count, length, offset, _ = _END.unpack_from(tail, at)
+            comment = tail[at + _END.size :]
             end = start + at
-            if offset == 0xFFFFFFFF or count == 0xFFFF:  # ZIP64: the real figures are in its own record
+            if 0xFFFFFFFF in (offset, length) or count == 0xFFFF:  # ZIP64: the real figures are in its own record
                 if at < _ZIP64_LOCATOR.size or tail[at - _ZIP64_LOCATOR.size : at - 16] != b"PK\x06\x07":
-                    return "its ZIP64 end record is missing"
+                    return Ending("its ZIP64 end record is missing", comment)
                 where = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)[2]
                 file.seek(where)
                 record = file.read(_ZIP64_END.size)
                 if len(record) < _ZIP64_END.size or record[:4] != b"PK\x06\x06":
-                    return "its ZIP64 end record is missing"
+                    return Ending("its ZIP64 end record is missing", comment)
                 count, length, offset = _ZIP64_END.unpack(record)[7:10]
                 end = where
             if offset + length != end:
-                return "its central directory is not where its end record says"
+                return Ending("its central directory is not where its end record says", comment)
             if count:
                 file.seek(offset)
                 if file.read(4) != b"PK\x01\x02":
-                    return "its central directory is not where its end record says"
+                    return Ending("its central directory is not where its end record says", comment)
     except OSError as exc:
-        return f"it cannot be read ({exc.strerror or exc})"
-    return None
+        return Ending(f"it cannot be read ({exc.strerror or exc})")
+    return Ending(None, comment)
 
 
 def create_private(path: Path, buffering: int = -1) -> BinaryIO:
