@@ -32,7 +32,7 @@ from backup_core.sources import sqlite
 from backup_core.sources import walk as sources
 from backup_core.stores import archives, offsite, retention, state
 from backup_core.stores.archives import Archive
-from backup_core.stores.base import ENCRYPTED_SUFFIX, Stored
+from backup_core.stores.base import Stored
 
 # The zip writer, its workers, compression and the read-back are imported by the first target
 # that writes or verifies an archive: an unchanged re-run (a metadata walk) needs none of them.
@@ -913,25 +913,26 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
 
 
 def _unsent(target: Target, result: TargetResult) -> set[str]:
-    """The names of the target's local archives that one of its remotes lacks and would keep
-    (what a push would send); when a remote cannot be asked, every local archive.  Said in a
-    warning, so a prune that frees less than its keep says why."""
+    """The names of the target's local archives that one of its remotes holds no good copy of
+    and would keep (see offsite.lacking); when a remote cannot be asked, every local archive.
+    Said in a warning, so a prune that frees less than its keep says why."""
     names = {a.name for a in archives.list_archives(target.destination, target.name)}
     unsent: set[str] = set()
     for remote in target.offsite:
-        copy = offsite.replicate(target, remote, check=True, now=utc_now())
-        if copy.error:
+        try:
+            lacking = offsite.lacking(target, remote, utc_now())
+        except (BackupError, OSError) as exc:
+            why = str(exc) if isinstance(exc, BackupError) else exc.strerror or str(exc)
             result.warnings.append(
                 f"{_KEPT_FOR_REMOTES}no local archive was deleted, since remote {remote.name} could not be asked "
-                f"which it lacks ({copy.error})"
+                f"which it lacks ({why})"
             )
             return names
-        lacking = sorted(n.removesuffix(ENCRYPTED_SUFFIX) for n in copy.uploaded)
         if lacking:
             more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
             result.warnings.append(
-                f"{_KEPT_FOR_REMOTES}remote {remote.name} lacks {lacking[0]}{more}, which its keep would keep; "
-                f"nothing it lacks was deleted here (invoke push sends them)"
+                f"{_KEPT_FOR_REMOTES}remote {remote.name} holds no good copy of {lacking[0]}{more}, which its keep "
+                f"would keep; nothing it lacks was deleted here (invoke push sends what it has none of)"
             )
         unsent.update(lacking)
     return unsent

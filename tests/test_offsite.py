@@ -595,11 +595,32 @@ def test_prune_never_deletes_a_local_archive_a_remote_lacks(project: Project, re
     assert [a.name for a in project.archives()] == made[1:]
     [result] = pruned.json()["targets"]
     assert result["deleted"] == [made[0]]
-    assert f"remote {remote.name} lacks {made[1]} and 1 more" in " ".join(result["warnings"])
+    assert f"remote {remote.name} holds no good copy of {made[1]} and 1 more" in " ".join(result["warnings"])
 
     assert run(project, remote, "push", now=days[3]).code == 0
     assert run(project, remote, "prune", now=days[3]).code == 0
     assert [a.name for a in project.archives()] == made[2:]
+
+
+def test_prune_never_deletes_a_local_archive_whose_remote_copy_is_damaged(project: Project, remote: Remote) -> None:
+    # The remote held a copy by that name, so the archive did not count as lacking there: prune
+    # deleted it here in the same run that warned the copy was not good (and a push will not
+    # overwrite a copy that is there).
+    site(project)
+    write(project, remote, keep={"last": 5})
+    days = [START + timedelta(days=n) for n in range(3)]
+    for day in days[:2]:
+        project.file("site/day.txt", f"{day}\n")
+        assert run(project, remote, "backup", now=day).code == 0
+    older, newer = (archive_file_name("site", day) for day in days[:2])
+    remote.replace("site", older, b"garbage")  # bit rot, or a hand
+    write(project, remote, keep={"last": 5}, local_keep={"last": 1})  # less room here from now on
+
+    pruned = run(project, remote, "prune", now=days[2])
+
+    assert pruned.code == 0, pruned.output
+    assert [a.name for a in project.archives()] == [older, newer]
+    assert f"remote {remote.name} holds no good copy of {older}" in pruned.output
 
 
 @pytest.mark.parametrize(

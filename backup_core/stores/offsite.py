@@ -123,6 +123,22 @@ def replicate(
     return result
 
 
+def lacking(target: Target, remote: Remote, now: datetime) -> list[str]:
+    """The target's local archives that `remote` holds no good copy of and whose copy its keep
+    would keep: none there, or one this tool cannot vouch for (damaged, replaced).  Deleting one
+    of them here could lose it; a push sends those it has none of.  StoreError when the remote
+    cannot be asked."""
+    store = store_for(remote)
+    held = store.list(target.name)
+    have = {stored.archive for stored in held}
+    local = LocalStore(target.destination).list(target.name)
+    missing = [a for a in local if a.name not in have]
+    planned, unvouched = _plan(store, target, remote, held, missing, OffsiteResult(remote.name, ""), now)
+    damaged = {stored.archive for stored in unvouched}
+    wanted = set(planned.kept)
+    return sorted(a.name for a in local if (a in missing and a in wanted) or a.name in damaged)
+
+
 def prune_remote(target: Target, remote: Remote, check: bool = False, now: datetime | None = None) -> OffsiteResult:
     """Apply the remote's keep to what it holds of the target, uploading nothing."""
     store = store_for(remote)
