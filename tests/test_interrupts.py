@@ -435,6 +435,35 @@ def test_a_signal_while_the_program_loads_still_gives_the_json_document() -> Non
     assert document["errors"] == ["interrupted before the command started; nothing was done"]
 
 
+_SIGNAL_WHILE_THE_RUNNER_LOADS = """
+import os, signal, sys
+class Finder:  # sends SIGTERM the moment the command starts loading its runner (50 ms of imports)
+    def find_spec(self, name, path=None, target=None):
+        if name == "backup_core.runner":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+sys.meta_path.insert(0, Finder())
+sys.argv = ["backups", "backup", "--manifest", sys.argv[1], "--format", "json"]
+import backup_core.cli
+backup_core.cli.main()
+"""
+
+
+def test_a_signal_while_the_command_loads_its_runner_still_gives_the_json_document(project: Project) -> None:
+    # In that moment the task had begun but the JSON handling had not: exit 130, stdout empty.
+    project.file("site/index.html")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    ran = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_THE_RUNNER_LOADS, str(project.manifest)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 130, ran
+    document = json.loads(ran.stdout)
+    assert document["interrupted"] is True and document["exit_code"] == 130
+    assert project.archives() == []
+
+
 def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(project: Project) -> None:
     # A shell script's background job starts with SIGINT ignored, so that Ctrl-C at the
     # terminal leaves it alone; Python keeps that choice, and so does the run.
