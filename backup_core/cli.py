@@ -337,7 +337,8 @@ class _Program(Program):
             super().parse_core(argv)
         # Invoke's options for the shell commands its tasks run: these tasks run none, so each
         # would be accepted and change nothing (-w would not make a failed backup a warning).
-        given = [names for names in _SHELL_OPTIONS if self.args[names[-1].lstrip("-")].value]
+        values = [(names, self.args[names[-1].lstrip("-")].value) for names in _SHELL_OPTIONS]
+        given = [names for names, value in values if value is not None and value is not False]  # -T 0 too
         if given:
             flag = "/".join(given[0])
             print(f"error: {flag} is Invoke's, for shell commands, and does nothing here", file=sys.stderr)

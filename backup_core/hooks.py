@@ -40,7 +40,15 @@ def run_hooks(
         # it starts in the background (`myapp &`, a service started again) keeps the output
         # open; read through pipes, the hook seemed to hang until its timeout, and was killed
         # with everything it started.
-        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        with contextlib.ExitStack() as files:
+            try:
+                stdout = files.enter_context(tempfile.TemporaryFile())
+                stderr = files.enter_context(tempfile.TemporaryFile())
+            except OSError as exc:  # nowhere to write them: the hook fails, and on_failure still runs
+                raise HookError(
+                    f"{when} hook `{hook.describe()}` could not start: no temporary file for its output "
+                    f"({exc.strerror or exc}; set TMPDIR to a writable folder)"
+                ) from None
             _run_one(when, hook, environment, should_stop, stdout, stderr)
 
 

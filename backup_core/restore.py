@@ -122,7 +122,7 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
 
 def _partly_restored(exc: TargetError, done: Restored) -> TargetError:
     """`exc`, saying what the restore had already written: a damaged member stops it halfway."""
-    written = done.files + done.links + done.databases
+    written = done.files + done.links  # a database is one of the files, counted apart too
     if not written:
         return exc
     return type(exc)(
@@ -227,9 +227,10 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
     # A leftover temporary name could be a link planted to make us write elsewhere: remove
     # it, then create the file anew, refusing to follow anything found there.
     partial.unlink(missing_ok=True)
-    copy = archives.create_private(partial)
     try:
-        with directory.open(info) as source, copy:
+        # The member first: a damaged one must not leave the new file open (on Windows the
+        # clean-up below could not remove it, and would hide why the restore stopped).
+        with directory.open(info) as source, archives.create_private(partial) as copy:
             head = source.read(_BLOCK)
             is_database = head[:16] == SQLITE_HEADER
             while head:

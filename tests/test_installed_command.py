@@ -146,7 +146,9 @@ def test_the_installed_command_treats_an_unknown_flag_or_task_as_a_usage_error(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flag", [["-w"], ["--command-timeout", "5"], ["--echo"], ["--pty"], ["--hide", "both"]])
+@pytest.mark.parametrize(
+    "flag", [["-w"], ["--command-timeout", "5"], ["-T", "0"], ["--echo"], ["--pty"], ["--hide", "both"]]
+)
 def test_invokes_options_for_shell_commands_are_refused_not_ignored(
     installed: Path, tmp_path: Path, flag: list[str]
 ) -> None:

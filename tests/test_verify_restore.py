@@ -594,6 +594,9 @@ def test_a_restore_stopped_by_a_damaged_member_says_what_it_already_wrote(projec
     # folder with nothing to say so (and the next try met them: "already exist").
     for number in range(30):
         project.file(f"site/d/f{number:02d}.txt", os.urandom(3000).hex())
+    with closing(sqlite3.connect(project.root / "site" / "a.db")) as db:  # restored first, counted once
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
     project.write_manifest("version: 1\ntargets: [{name: site, path: site, compression: {level: 0}}]\n")
     back_up(project)
     (archive,) = project.archives(target="site")
@@ -609,9 +612,9 @@ def test_a_restore_stopped_by_a_damaged_member_says_what_it_already_wrote(projec
 
     assert ran.code == 1, ran.output
     written = sum(1 for p in folder.rglob("*") if p.is_file())
-    assert written == 29
+    assert written == 30
     assert f"{last.filename} in {archive}" in ran.output
-    assert f"29 file(s) and link(s) before it were restored into {folder} and stay there" in ran.output
+    assert f"30 file(s) and link(s) before it were restored into {folder} and stay there" in ran.output
 
 
 def test_restore_over_a_file_where_the_archive_has_a_folder_says_so(project: Project) -> None:
