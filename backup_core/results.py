@@ -30,6 +30,9 @@ class OffsiteResult:
     seconds: float = 0.0
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # Archives whose copy there this tool cannot vouch for (damaged, replaced): the local one
+    # is then not rotated away, since it may be the only good copy.
+    unvouched: list[str] = field(default_factory=list)
 
 
 @dataclass

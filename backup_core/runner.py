@@ -410,10 +410,19 @@ def _closing_hooks(
         if _stopping.is_set():
             result.warnings.append("interrupted before old archives were rotated; the next run rotates them")
             return
+        # A local archive whose copy on a remote is damaged or replaced may be its only good copy.
+        spare = {name for copy in result.offsite for name in copy.unvouched}
         try:
-            _rotate(target, result, now_there)
+            spared = _rotate(target, result, now_there, spare=spare)
         except OSError as exc:
             result.fail(f"archive made, but rotating old archives failed: {_describe(exc, target)}")
+            return
+        if spared:
+            more = f" and {len(spared) - 1} more" if len(spared) > 1 else ""
+            result.warnings.append(
+                f"kept {spared[0]}{more}, which keep no longer wants: a remote holds no good copy of it "
+                "(its warning says which), so this may be the only one"
+            )
 
     hooks.run_closing_hooks(
         target.hooks,
@@ -777,12 +786,14 @@ def _same_content(new: Path, old: Path) -> bool:
 
 def _rotate(
     target: Target, result: TargetResult, existing: list[Archive] | None = None, spare: set[str] | None = None
-) -> None:
+) -> list[str]:
     """Delete this target's archives that its policy no longer keeps (never the new one);
-    `existing`: the target's archives, when the caller knows them; `spare`: names kept anyway."""
+    `existing`: the target's archives, when the caller knows them; `spare`: names kept anyway.
+    Returns the names that `spare` kept."""
     if existing is None:
         existing = archives.list_archives(target.destination, target.name)
-    doomed = [a for a in _retention(existing, target, result).deleted if a.name not in (spare or ())]
+    due = _retention(existing, target, result).deleted
+    doomed = [a for a in due if a.name not in (spare or ())]
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
             continue
@@ -792,6 +803,7 @@ def _rotate(
     # archive, which the next run deletes again, and it saves an fsync a target (one of three).
     if doomed:
         archives.mark_changed(_lock_path(target))
+    return [a.name for a in due if a not in doomed]
 
 
 def _retention(existing: list[Archive], target: Target, result: TargetResult) -> retention.Plan[Archive]:

@@ -602,6 +602,31 @@ def test_prune_never_deletes_a_local_archive_a_remote_lacks(project: Project, re
     assert [a.name for a in project.archives()] == made[2:]
 
 
+def test_rotation_never_deletes_a_local_archive_whose_remote_copy_is_damaged(project: Project, remote: Remote) -> None:
+    # A backup's rotation counted the damaged copy as there and deleted the local archive, the
+    # only good one left of that day.
+    site(project)
+    write(project, remote, keep={"last": 5})
+    days = [START + timedelta(days=n) for n in range(3)]
+    for day in days[:2]:
+        project.file("site/day.txt", f"{day}\n")
+        assert run(project, remote, "backup", now=day).code == 0
+    older, newer, newest = (archive_file_name("site", day) for day in days)
+    remote.replace("site", older, b"garbage")
+    write(project, remote, keep={"last": 5}, local_keep={"last": 1})
+    project.file("site/day.txt", "the third day\n")
+
+    ran = run(project, remote, "backup", "--format", "json", now=days[2])
+
+    assert ran.code == 0, ran.output
+    assert [a.name for a in project.archives()] == [older, newest]
+    [result] = ran.json()["targets"]
+    assert result["deleted"] == [newer]
+    warned = " ".join(result["warnings"])
+    assert f"kept {older}, which keep no longer wants: a remote holds no good copy of it" in warned
+    assert result["offsite"][0]["unvouched"] == [older]
+
+
 def test_prune_never_deletes_a_local_archive_whose_remote_copy_is_damaged(project: Project, remote: Remote) -> None:
     # The remote held a copy by that name, so the archive did not count as lacking there: prune
     # deleted it here in the same run that warned the copy was not good (and a push will not

@@ -84,6 +84,7 @@ def replicate(
         # cannot be compared without its key; its name carries the proof of its upload.)
         confirm = [ours[-1]] if ours and ours[-1].name in have and not remote.encrypted else []
         planned_here, unvouched = _plan(store, target, remote, held, missing, result, now)
+        result.unvouched = sorted(stored.archive for stored in unvouched)
         if check and confirm and ours[-1].name in {s.name for s in unvouched}:
             # The run itself would find it and refuse to overwrite it: say so now.
             raise StoreError(
