@@ -565,7 +565,9 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         if walked is not None and (stats.warnings or incomplete or result.changed):
             # A file vanished, a database left out, a file torn: the archive may not hold what was walked.
             walked.usable = False
-        if target.skip_unchanged and not options.force and not incomplete and existing:
+        # Never "unchanged" against an archive marked incomplete: once the operator has removed
+        # the bad database, the source may match it, and rotation (and prune) would stay stuck.
+        if target.skip_unchanged and not options.force and not incomplete and existing and _whole(existing[-1]):
             result.compared = "content"
             if _same_content(partial, existing[-1].path):
                 result.status, result.archive = OK, existing[-1].path
@@ -622,6 +624,13 @@ def _incomplete_comment(result: TargetResult, torn: list[str]) -> bytes:
     from backup_core.zip.packing import INCOMPLETE_COMMENT
 
     return INCOMPLETE_COMMENT + "; ".join(said).encode("utf-8", "surrogateescape")
+
+
+def _whole(archive: Archive) -> bool:
+    """Whether `archive` is not marked incomplete (see packing.INCOMPLETE_COMMENT)."""
+    from backup_core.zip.packing import incomplete_note
+
+    return incomplete_note(archives.ending(archive.path).comment) is None
 
 
 def _still_there(partial: Path) -> None:
@@ -785,15 +794,22 @@ def _same_content(new: Path, old: Path) -> bool:
 
 
 def _rotate(
-    target: Target, result: TargetResult, existing: list[Archive] | None = None, spare: set[str] | None = None
+    target: Target,
+    result: TargetResult,
+    existing: list[Archive] | None = None,
+    spare: set[str] | None = None,
+    guard: bool = False,
 ) -> list[str]:
     """Delete this target's archives that its policy no longer keeps (never the new one);
-    `existing`: the target's archives, when the caller knows them; `spare`: names kept anyway.
-    Returns the names that `spare` kept."""
+    `existing`: the target's archives, when the caller knows them; `spare`: names kept anyway;
+    `guard`: raise TargetError, deleting nothing, when the newest kept is not a whole archive
+    (see _newest_kept_problem).  Returns the names that `spare` kept."""
     if existing is None:
         existing = archives.list_archives(target.destination, target.name)
     due = _retention(existing, target, result).deleted
     doomed = [a for a in due if a.name not in (spare or ())]
+    if guard and doomed and (problem := _newest_kept_problem(existing, doomed)):
+        raise TargetError(problem)
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
             continue
@@ -872,8 +888,10 @@ def prune_target(target: Target, options: Options) -> TargetResult:
         unsent = _unsent(target, result) if doomed else set()
         doomed = [a for a in doomed if a.name not in unsent]
         if doomed and (problem := _newest_kept_problem(existing, doomed)):
-            result.fail(problem)  # the remotes are still pruned: their copies are judged on their own
-            doomed = []
+            # Nor are the remotes pruned: they may hold the same incomplete archive as their
+            # newest, and the last complete copy as an older one.
+            result.fail(problem)
+            return
         if not doomed:
             result.reason = f"{len(existing)} archive(s), nothing to prune"
         elif options.check:
@@ -885,9 +903,10 @@ def prune_target(target: Target, options: Options) -> TargetResult:
                 if held is None:
                     return
                 result.status = CHANGED
-                # The listing is taken again under the lock, and reported again.
+                # The listing is taken again under the lock, and reported again; and judged again:
+                # a backup may have placed an incomplete archive meanwhile.
                 result.warnings = [w for w in result.warnings if w.startswith(_KEPT_FOR_REMOTES)]
-                _rotate(target, result, spare=unsent)
+                _rotate(target, result, spare=unsent, guard=True)
         for remote in _remotes(target, options.remote):
             copy = offsite.prune_remote(target, remote, check=options.check, now=utc_now())
             _offsite_result(result, copy)
@@ -934,7 +953,7 @@ def _unsent(target: Target, result: TargetResult) -> set[str]:
         try:
             lacking = offsite.lacking(target, remote, utc_now())
         except (BackupError, OSError) as exc:
-            why = str(exc) if isinstance(exc, BackupError) else exc.strerror or str(exc)
+            why = str(exc) if isinstance(exc, BackupError) else f"{exc.strerror or exc} ({exc.filename or remote.name})"
             result.warnings.append(
                 f"{_KEPT_FOR_REMOTES}no local archive was deleted, since remote {remote.name} could not be asked "
                 f"which it lacks ({why})"
@@ -943,8 +962,9 @@ def _unsent(target: Target, result: TargetResult) -> set[str]:
         if lacking:
             more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
             result.warnings.append(
-                f"{_KEPT_FOR_REMOTES}remote {remote.name} holds no good copy of {lacking[0]}{more}, which its keep "
-                f"would keep; nothing it lacks was deleted here (invoke push sends what it has none of)"
+                f"{_KEPT_FOR_REMOTES}remote {remote.name} holds no good copy of {lacking[0]}{more} (none, where its "
+                f"keep wants one, or one that was replaced or changed); they were not deleted here (invoke push "
+                f"sends those it has none of)"
             )
         unsent.update(lacking)
     return unsent

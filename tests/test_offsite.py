@@ -638,7 +638,7 @@ def test_prune_never_deletes_a_local_archive_whose_remote_copy_is_damaged(projec
         project.file("site/day.txt", f"{day}\n")
         assert run(project, remote, "backup", now=day).code == 0
     older, newer = (archive_file_name("site", day) for day in days[:2])
-    remote.replace("site", older, b"garbage")  # bit rot, or a hand
+    remote.replace("site", older, b"garbage")  # rewritten by a hand or a tool: its time moves
     write(project, remote, keep={"last": 5}, local_keep={"last": 1})  # less room here from now on
 
     pruned = run(project, remote, "prune", now=days[2])

@@ -254,6 +254,26 @@ def test_durations_past_the_calendar_mean_forever_and_break_nothing(project: Pro
     assert len(project.archives(target="site")) == len(project.archives(target="logs")) == 2
 
 
+def test_an_archive_comment_holding_the_end_records_signature_does_not_stop_prune(project: Project) -> None:
+    # The end of a zip is found by the record whose comment runs to the end of the file: a
+    # comment may hold those bytes too (it names files).
+    import zipfile
+
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    backups = project.root / "backups"
+    old = fake_archive(backups, "site", PRUNE_TIMES[0])
+    newest = backups / archive_file_name("site", PRUNE_TIMES[1])
+    with zipfile.ZipFile(newest, "w") as archive:
+        archive.writestr("a.txt", "data\n")
+        archive.comment = b"notes: PK\x05\x06" + bytes(18) + b" and more"
+
+    ran = project.invoke("prune")
+
+    assert ran.code == 0, ran.output
+    assert not old.exists() and newest.exists()
+
+
 # --- a month of backups -----------------------------------------------------------------------
 
 MONTH_POLICY = {"last": 3, "daily": 7, "weekly": 4}

@@ -66,15 +66,16 @@ def _damaged(path: Path) -> None:
             file.write(b"\0" * 50)
 
 
-def _folder_manifest(project: Project) -> None:
+def _folder_manifest(project: Project, skip_unchanged: bool = False) -> None:
     project.write_manifest(
-        """
+        f"""
         version: 1
         targets:
           - name: app
             path: app
-            keep: {last: 1}
-            hooks: {on_failure: [["sh", "-c", "echo $BACKUP_STATUS > $STATE/failed.state"]]}
+            keep: {{last: 1}}
+            skip_unchanged: {str(skip_unchanged).lower()}
+            hooks: {{on_failure: [["sh", "-c", "echo $BACKUP_STATUS > $STATE/failed.state"]]}}
         """
     )
 
@@ -250,3 +251,50 @@ def test_prune_keeps_the_older_archives_while_the_newest_lacks_a_database(projec
     assert ran.code == 1, ran.output
     assert f"nothing was deleted: {Path(second['archive']).name}" in ran.output and "it is incomplete: " in ran.output
     assert sorted(project.archives()) == sorted([Path(first["archive"]), Path(second["archive"])])
+
+
+def test_prune_refusing_for_an_incomplete_newest_prunes_no_remote_either(project: Project) -> None:
+    # Locally nothing was deleted, but the remote's keep deleted its older, complete copy in the
+    # same run: after a push, the remote's newest is the same incomplete archive.
+    _database(project.root / "app" / "app.db")
+    (project.root / "nas").mkdir()
+    project.write_manifest(
+        """
+        version: 1
+        remotes: {nas: {type: folder, path: nas, keep: {last: 1}}}
+        targets:
+          - {name: app, path: app, keep: {last: 1}, offsite: [nas]}
+        """
+    )
+    code, complete, _ = _run(project)
+    assert code == 0, complete
+    _cut_short(project.root / "app" / "app.db", 50_000)
+    code, incomplete, _ = _run(project)
+    assert code == 1, incomplete  # failed: nothing copied, nothing rotated
+    assert project.invoke("push").code == 0
+
+    ran = project.invoke("prune")
+
+    assert ran.code == 1, ran.output
+    copies = sorted(p.name for p in (project.root / "nas" / "app").glob("*.zip"))
+    assert copies == sorted([Path(complete["archive"]).name, Path(incomplete["archive"]).name])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_once_the_bad_database_is_gone_the_next_backup_is_not_unchanged(project: Project) -> None:
+    # The source then matched the incomplete archive: skip_unchanged said ok, no complete archive
+    # was made, and prune kept refusing for as long as nothing changed.
+    _database(project.root / "app" / "good.db")
+    _folder_manifest(project, skip_unchanged=True)
+    assert _run(project)[0] == 0
+    _hot_journal(project.root / "app" / "broken.db")
+    code, incomplete, _ = _run(project)
+    assert code == 1 and incomplete["incomplete"], incomplete
+    for leftover in (project.root / "app").glob("broken.db*"):
+        leftover.unlink()  # what the failure's sentence asks: deal with the broken database
+
+    code, result, _ = _run(project)
+
+    assert code == 0 and result["status"] == "changed", result
+    assert project.invoke("prune").code == 0
+    assert project.archives() == [Path(result["archive"])]

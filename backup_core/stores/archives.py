@@ -280,6 +280,8 @@ def ending(path: Path) -> Ending:
                     return Ending("its central directory is not where its end record says", comment)
     except OSError as exc:
         return Ending(f"it cannot be read ({exc.strerror or exc})")
+    except (ValueError, OverflowError):  # a ZIP64 locator pointing past any possible offset
+        return Ending("its ZIP64 end record is missing")
     return Ending(None, comment)
 
 

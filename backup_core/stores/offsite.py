@@ -84,7 +84,6 @@ def replicate(
         # cannot be compared without its key; its name carries the proof of its upload.)
         confirm = [ours[-1]] if ours and ours[-1].name in have and not remote.encrypted else []
         planned_here, unvouched = _plan(store, target, remote, held, missing, result, now)
-        result.unvouched = sorted(stored.archive for stored in unvouched)
         if check and confirm and ours[-1].name in {s.name for s in unvouched}:
             # The run itself would find it and refuse to overwrite it: say so now.
             raise StoreError(
@@ -125,17 +124,19 @@ def replicate(
 
 
 def lacking(target: Target, remote: Remote, now: datetime) -> list[str]:
-    """The target's local archives that `remote` holds no good copy of and whose copy its keep
-    would keep: none there, or one this tool cannot vouch for (damaged, replaced).  Deleting one
-    of them here could lose it; a push sends those it has none of.  StoreError when the remote
-    cannot be asked."""
+    """The target's local archives that `remote` holds no good copy of: none, where its keep would
+    keep one, or one this tool cannot vouch for (replaced, or changed since it was copied; bytes
+    that rotted without a change of time are found only by reading them, `verify --remote`).
+    Deleting one of them here could lose it; a push sends those it has none of.  StoreError when
+    the remote cannot be asked."""
     store = store_for(remote)
     held = store.list(target.name)
     have = {stored.archive for stored in held}
     local = LocalStore(target.destination).list(target.name)
     missing = [a for a in local if a.name not in have]
-    planned, unvouched = _plan(store, target, remote, held, missing, OffsiteResult(remote.name, ""), now)
-    damaged = {stored.archive for stored in unvouched}
+    asked = OffsiteResult(remote.name, "")
+    planned, _ = _plan(store, target, remote, held, missing, asked, now)
+    damaged = set(asked.unvouched)
     wanted = set(planned.kept)
     return sorted(a.name for a in local if (a in missing and a in wanted) or a.name in damaged)
 
@@ -183,7 +184,7 @@ def _plan(
     them look surplus, nor stop the new archive from being sent."""
     vouched: set[Stored] = set()
     unvouched: list[Stored] = []
-    foreign: list[str] = []
+    foreign: list[tuple[Stored, str]] = []
     while True:
         counted = [s for s in held if s not in unvouched]
         planned = retention.plan([*counted, *missing], _when, remote.keep or target.keep, now)
@@ -195,7 +196,9 @@ def _plan(
     doomed = [s for s in planned.deleted if s in held and s not in vouched]
     unvouched += _doubted(store, target, remote, doomed, vouched, result, foreign)
     if foreign:
-        result.warnings.append(_foreign_warning(remote, foreign))
+        result.warnings.append(_foreign_warning(remote, [why for _, why in foreign]))
+    # What is wrong with a copy of this host's: another host's copies are only not counted.
+    result.unvouched = sorted(s.archive for s in unvouched if s not in {stored for stored, _ in foreign})
     _note(result, planned)
     return planned, unvouched
 
@@ -207,7 +210,7 @@ def _doubted(
     copies: list[Stored],
     vouched: set[Stored],
     result: OffsiteResult,
-    foreign: list[str],
+    foreign: list[tuple[Stored, str]],
 ) -> list[Stored]:
     """Those of `copies` the store cannot vouch for, named in warnings (another host's copies are
     added to `foreign`, for one warning); the rest join `vouched`."""
@@ -219,7 +222,7 @@ def _doubted(
             continue
         doubted.append(stored)
         if isinstance(why, Foreign):
-            foreign.append(why)
+            foreign.append((stored, why))
             continue
         result.warnings.append(
             f"{why}; it is not counted as a copy and is left in place: check it with "
