@@ -10,6 +10,7 @@ and nothing is placed or rotated after the signal.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -347,25 +348,9 @@ def test_a_run_that_listed_a_shared_folder_before_a_partial_appeared_still_sees_
     assert _partials(backups, "big") == []
 
 
-def _children(pid: int) -> list[str]:
-    """The command lines of `pid`'s child processes (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid:
-                found.append(stat.with_name("cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ValueError, IndexError):
-            continue  # it ended while we looked
-    return found
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the walk's helper process in /proc")
-def test_with_jobs_2_an_unchanged_check_in_progress_stops_at_once(project: Project) -> None:
-    # On a thread (--jobs 2), the metadata walk of an unchanged check went on to its end after
-    # the signal (seconds, for a million files) and then reported the target ok; it stops at
-    # the next chunk of entries now, and says it wrote nothing.
+def _unchanged_tree_backed_up(project: Project) -> Path:
+    """A tree whose unchanged check takes about a second and uses a helper process, backed up
+    once (so the next run's check finds it unchanged); its archive."""
     tree = project.root / "tree"
     for number in range(21_000):  # more than five chunks: a helper process walks the second half
         folder = tree / f"d{number // 500:03d}"
@@ -388,11 +373,51 @@ def test_with_jobs_2_an_unchanged_check_in_progress_stops_at_once(project: Proje
     first = project.invoke("backup")
     assert first.code == 0, first.output
     (archive,) = project.archives(target="tree")
+    return archive
+
+
+def _helper_of(process: subprocess.Popen[str]) -> int:
+    """The pid of the unchanged check's helper process, once it runs."""
+    found: list[int] = []
+
+    def started() -> bool:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == process.pid and (
+                    b"backup_core.stores.statewalk" in stat.with_name("cmdline").read_bytes()
+                ):
+                    found.append(int(stat.parent.name))
+                    return True
+            except (OSError, ValueError, IndexError):
+                continue
+        return False
+
+    _wait_for(started, process)
+    return found[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the walk's helper process in /proc")
+@pytest.mark.parametrize("helper", ["walking", "stopped"])
+def test_with_jobs_2_an_unchanged_check_in_progress_stops_at_once(project: Project, helper: str) -> None:
+    # On a thread (--jobs 2), the metadata walk of an unchanged check went on to its end after
+    # the signal (seconds, for a million files) and then reported the target ok; it stops at
+    # the next chunk of entries now, and says it wrote nothing.  Nor does it wait for its helper
+    # process's part once its own is done ("stopped": the helper never answers).
+    archive = _unchanged_tree_backed_up(project)
 
     process = _start(project, "--jobs", "2", "--format", "json")
-    _wait_for(lambda: any("backup_core.stores.statewalk" in c for c in _children(process.pid)), process)
+    pid = _helper_of(process)
+    if helper == "stopped":
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(3)  # this process's half takes about half a second: it now waits for the helper
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    finally:  # a run that waits for ever on its stopped helper must not outlive the test
+        for leftover in (process.pid, pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
 
     assert process.returncode == 130, stderr
     results = {t["name"]: t for t in json.loads(stdout)["targets"]}

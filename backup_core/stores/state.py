@@ -227,7 +227,7 @@ def unchanged(destination: Path, target: str, kind: str, settings: str, newest: 
             following = next(walk, None)
             if following is None or following.name != chunks[split][0] or not walked.finish():
                 return None  # the helper's part would not begin where this one ends
-            theirs = helper.result()
+            theirs = helper.result(should_stop)
         if theirs is None:  # the helper could not run: this process walks the rest
             walk = chain((following,), walk)
         elif not theirs.same:

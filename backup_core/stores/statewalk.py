@@ -22,9 +22,10 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 _HELLO = b"backup_core.stores.statewalk 1\n"
 _SPLIT_FROM = 5  # chunks: more than 16,384 entries
@@ -87,17 +88,24 @@ class Helper:
             raise
         return self
 
-    def result(self) -> Answer | None:
-        """The helper's answer; None when it did not give one (this process then walks its part)."""
+    def result(self, should_stop: Callable[[], bool] | None = None) -> Answer | None:
+        """The helper's answer; None when it did not give one (this process then walks its part).
+        `should_stop` is asked while the helper still walks (POSIX): a run stopped in another
+        thread raises TargetError rather than wait for the rest of the helper's walk."""
         from backup_core import framing
 
         if self._process is None or self._process.stdout is None:
             return None
+        _wait_for(self._process.stdout, should_stop)  # it may not have started yet
         try:
             if not framing.greeted(self._process.stdout, _HELLO):
                 return None
-            answer = framing.receive(self._process.stdout)
         except Exception:  # a broken pipe, garbled or cut short: as if it had not run
+            return None
+        _wait_for(self._process.stdout, should_stop)
+        try:
+            answer = framing.receive(self._process.stdout)
+        except Exception:
             return None
         return _valid(answer)
 
@@ -116,6 +124,21 @@ class Helper:
         for stream in (process.stdin, process.stdout):
             if stream is not None and not stream.closed:
                 stream.close()
+
+
+def _wait_for(stream: IO[bytes], should_stop: Callable[[], bool] | None) -> None:
+    """Until `stream` has something to read (the answer, or its end), asking `should_stop` ten
+    times a second.  Windows cannot wait on a pipe so: there the read simply waits."""
+    if should_stop is None or os.name != "posix":
+        return
+    import select
+
+    # The greeting comes at the helper's start and is read alone: the answer comes at its end.
+    while not select.select([stream], [], [], 0.1)[0]:
+        if should_stop():
+            from backup_core.errors import TargetError
+
+            raise TargetError("interrupted; nothing was written")
 
 
 def _valid(answer: object) -> Answer | None:
