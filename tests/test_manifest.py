@@ -95,6 +95,8 @@ def test_version_1_loads_with_every_setting_resolved(project: Project) -> None:
     [
         ("version: 2", "backups.yml:1:1: version: 2 is not one of [1]"),
         ("jobs: 1", "backups.yml:1:1: 'version' is a required property"),
+        # One line for one mistake (a string also fails "one of [1]": that line said it twice).
+        ('version: "1"', "backups.yml:1:1: version: '1' is a string, expected integer"),
     ],
 )
 def test_only_version_1_exists(project: Project, first_line: str, expected: str) -> None:

@@ -256,9 +256,14 @@ def _nul_problems(document: Document, value: Any, where: KeyPath) -> list[Proble
 
 def _schema_problems(document: Document) -> list[Problem]:
     validator = _validator()
+    errors = list(validator.iter_errors(document.data))
+    # A value of the wrong type fails its other rules too (version: "1" is no integer, and not
+    # 1 either): one line, the type's, says it.
+    mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
     problems = []
-    for error in validator.iter_errors(document.data):
-        problems.extend(_explain(document, error))
+    for error in errors:
+        if error.validator == "type" or tuple(error.absolute_path) not in mistyped:
+            problems.extend(_explain(document, error))
     return problems
 
 
