@@ -602,18 +602,26 @@ def test_prune_never_deletes_a_local_archive_a_remote_lacks(project: Project, re
     assert [a.name for a in project.archives()] == made[2:]
 
 
-def test_rotation_never_deletes_a_local_archive_whose_remote_copy_is_damaged(project: Project, remote: Remote) -> None:
-    # A backup's rotation counted the damaged copy as there and deleted the local archive, the
-    # only good one left of that day.
+def _two_days_and_the_older_copy_damaged(project: Project, remote: Remote) -> tuple[list[datetime], str, str]:
+    """Two days of backups copied (remote keep 5), the older copy then rewritten (by a hand or a
+    tool: its time moves), and the local keep cut to 1; the days, the older and newer archives."""
     site(project)
     write(project, remote, keep={"last": 5})
     days = [START + timedelta(days=n) for n in range(3)]
     for day in days[:2]:
         project.file("site/day.txt", f"{day}\n")
         assert run(project, remote, "backup", now=day).code == 0
-    older, newer, newest = (archive_file_name("site", day) for day in days)
+    older, newer = (archive_file_name("site", day) for day in days[:2])
     remote.replace("site", older, b"garbage")
-    write(project, remote, keep={"last": 5}, local_keep={"last": 1})
+    write(project, remote, keep={"last": 5}, local_keep={"last": 1})  # less room here from now on
+    return days, older, newer
+
+
+def test_rotation_never_deletes_a_local_archive_whose_remote_copy_is_damaged(project: Project, remote: Remote) -> None:
+    # A backup's rotation counted the damaged copy as there and deleted the local archive, the
+    # only good one left of that day.
+    days, older, newer = _two_days_and_the_older_copy_damaged(project, remote)
+    newest = archive_file_name("site", days[2])
     project.file("site/day.txt", "the third day\n")
 
     ran = run(project, remote, "backup", "--format", "json", now=days[2])
@@ -631,15 +639,7 @@ def test_prune_never_deletes_a_local_archive_whose_remote_copy_is_damaged(projec
     # The remote held a copy by that name, so the archive did not count as lacking there: prune
     # deleted it here in the same run that warned the copy was not good (and a push will not
     # overwrite a copy that is there).
-    site(project)
-    write(project, remote, keep={"last": 5})
-    days = [START + timedelta(days=n) for n in range(3)]
-    for day in days[:2]:
-        project.file("site/day.txt", f"{day}\n")
-        assert run(project, remote, "backup", now=day).code == 0
-    older, newer = (archive_file_name("site", day) for day in days[:2])
-    remote.replace("site", older, b"garbage")  # rewritten by a hand or a tool: its time moves
-    write(project, remote, keep={"last": 5}, local_keep={"last": 1})  # less room here from now on
+    days, older, newer = _two_days_and_the_older_copy_damaged(project, remote)
 
     pruned = run(project, remote, "prune", now=days[2])
 
