@@ -885,7 +885,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
         doomed = _retention(existing, target, result).deleted
         # A local archive that a remote lacks and would keep goes nowhere else: it stays until a
         # push (or the next backup) has sent it.  Every remote of the target counts, --remote or not.
-        unsent = _unsent(target, result) if doomed else set()
+        unsent = _unsent(target, result, {a.name for a in doomed}) if doomed else set()
         doomed = [a for a in doomed if a.name not in unsent]
         if doomed and (problem := _newest_kept_problem(existing, doomed)):
             # Nor are the remotes pruned: they may hold the same incomplete archive as their
@@ -943,10 +943,11 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
     )
 
 
-def _unsent(target: Target, result: TargetResult) -> set[str]:
+def _unsent(target: Target, result: TargetResult, due: set[str]) -> set[str]:
     """The names of the target's local archives that one of its remotes holds no good copy of
     and would keep (see offsite.lacking); when a remote cannot be asked, every local archive.
-    Said in a warning, so a prune that frees less than its keep says why."""
+    Those of them `due` for deletion are named in a warning, so a prune that frees less than
+    its keep says why."""
     names = {a.name for a in archives.list_archives(target.destination, target.name)}
     unsent: set[str] = set()
     for remote in target.offsite:
@@ -959,10 +960,11 @@ def _unsent(target: Target, result: TargetResult) -> set[str]:
                 f"which it lacks ({why})"
             )
             return names
-        if lacking:
-            more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
+        held_back = [name for name in lacking if name in due]
+        if held_back:
+            more = f" and {len(held_back) - 1} more" if len(held_back) > 1 else ""
             result.warnings.append(
-                f"{_KEPT_FOR_REMOTES}remote {remote.name} holds no good copy of {lacking[0]}{more} (none, where its "
+                f"{_KEPT_FOR_REMOTES}remote {remote.name} holds no good copy of {held_back[0]}{more} (none, where its "
                 f"keep wants one, or one that was replaced or changed); they were not deleted here (invoke push "
                 f"sends those it has none of)"
             )

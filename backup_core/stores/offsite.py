@@ -314,12 +314,14 @@ def _as_recorded(target: str, store: Store, stored: Stored, path: Path) -> None:
     if expected is None:
         raise TargetError(
             f"{stored.name} on remote {store.name} has no recorded checksum: this tool did not put it there, "
-            "or it was replaced; nothing is taken from it (restore it by hand if you trust it)"
+            f"or it was replaced; nothing is taken from it (check the copies with invoke verify --remote "
+            f"{store.name}; take another with --archive NAME, or the local archive)"
         )
     if sha256_of(path) != expected:
         raise TargetError(
             f"{stored.name} on remote {store.name} is not the copy uploaded: its SHA-256 differs from the one "
-            "recorded at upload (it was replaced or damaged); nothing is taken from it"
+            f"recorded at upload (it was replaced or damaged); nothing is taken from it (check the copies with "
+            f"invoke verify --remote {store.name}; take another with --archive NAME, or the local archive)"
         )
 
 
