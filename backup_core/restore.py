@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import os
 import stat
-import struct
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.stores import archives, retention
 from backup_core.zip import names
-from backup_core.zip.packing import incomplete_note
+from backup_core.zip.packing import extra_fields, incomplete_note
 
 _BLOCK = 1 << 20
 
@@ -282,7 +281,7 @@ def _set_attributes(info: zipfile.ZipInfo, path: Path, done: Restored) -> None:
 
 def _owner(info: zipfile.ZipInfo) -> tuple[int, int] | None:
     """(uid, gid) from Info-ZIP's Unix extra field (0x7875), as the writer records them."""
-    for kind, data in _extra_fields(info.extra):
+    for kind, data in extra_fields(info.extra):
         if kind == 0x7875 and len(data) >= 3 and data[0] == 1:
             uid_size = data[1]
             if len(data) >= 3 + uid_size and len(data) >= 3 + uid_size + data[2 + uid_size]:
@@ -293,19 +292,10 @@ def _owner(info: zipfile.ZipInfo) -> tuple[int, int] | None:
     return None
 
 
-def _extra_fields(extra: bytes) -> list[tuple[int, bytes]]:
-    fields = []
-    while len(extra) >= 4:
-        kind, size = struct.unpack("<HH", extra[:4])
-        fields.append((kind, extra[4 : 4 + size]))
-        extra = extra[4 + size :]
-    return fields
-
-
 def _member_mtime(info: zipfile.ZipInfo) -> float | None:
     """The exact UTC time from the extended-timestamp field, else the DOS (local, 2 s) time, else
     None: a DOS date of 0 (month 0, day 0), which some writers leave, is no time at all."""
-    for kind, data in _extra_fields(info.extra):
+    for kind, data in extra_fields(info.extra):
         if kind == 0x5455 and len(data) >= 5 and data[0] & 1:
             return int.from_bytes(data[1:5], "little", signed=True)
     try:

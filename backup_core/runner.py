@@ -281,7 +281,7 @@ def _describe(exc: BaseException, target: Target) -> str:
                     "fix the link or choose another destination"
                 )
             # The file in the way may be a folder on the way (destfile/sub with destfile a file).
-            blocker = next((p for p in (link, *link.parents) if p.exists() and not p.is_dir()), link)
+            blocker = archives.file_in_the_way(link) or link
             return f"{blocker} is a file where a folder is needed; remove it or choose another destination"
         return f"{exc.strerror or exc} ({where})"
     return f"unexpected error: {type(exc).__name__}: {exc}"
@@ -628,9 +628,14 @@ def _incomplete_comment(result: TargetResult, torn: list[str]) -> bytes:
 
 def _whole(archive: Archive) -> bool:
     """Whether `archive` is not marked incomplete (see packing.INCOMPLETE_COMMENT)."""
+    return _incompleteness(archives.ending(archive.path).comment) is None
+
+
+def _incompleteness(comment: bytes) -> str | None:
+    """What an archive's comment says it lacks (packing.incomplete_note, imported only here)."""
     from backup_core.zip.packing import incomplete_note
 
-    return incomplete_note(archives.ending(archive.path).comment) is None
+    return incomplete_note(comment)
 
 
 def _still_there(partial: Path) -> None:
@@ -926,13 +931,11 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
     trusts by its name, does not end as a whole zip (a file cut short, or put there by hand), or
     was made without a database or holding a damaged one (its comment says so): an older
     archive may be the last that holds it, and a backup missing a database needs a person."""
-    from backup_core.zip.packing import incomplete_note
-
     kept = retention.newest([a for a in existing if a not in doomed], _when, utc_now())
     if kept is None:
         return None
     problem, comment = archives.ending(kept.path)
-    if problem is None and (note := incomplete_note(comment)) is not None:
+    if problem is None and (note := _incompleteness(comment)) is not None:
         problem = f"it is incomplete: {note}"
     if problem is None:
         return None

@@ -21,6 +21,7 @@ import time
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import INVOKE, REPO, Project, fake_archive
@@ -38,7 +39,7 @@ def _slow_file(path: Path, mib: int) -> None:
             out.write(base64.b64encode(os.urandom(786_432)))  # 1 MiB of text
 
 
-def _start(project: Project, *flags: str) -> subprocess.Popen[str]:
+def _start(project: Project, *flags: str, **popen: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), *flags],
         cwd=REPO,
@@ -46,6 +47,7 @@ def _start(project: Project, *flags: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
 
 
@@ -502,15 +504,8 @@ def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(project: Project) -
           - {{name: site, path: site, hooks: {{before: [["sh", "-c", {json.dumps(wait)}]]}}}}
         """
     )
-    process = subprocess.Popen(
-        [str(INVOKE), "--search-root", str(REPO), "backup", "--manifest", str(project.manifest), "--format", "json"],
-        cwd=REPO,
-        env={**os.environ, "NO_COLOR": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - the test's subject
-    )
+    ignoring = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - the test's subject
+    process = _start(project, "--format", "json", preexec_fn=ignoring)
     _wait_for(started.exists, process)
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)  # a handled SIGINT would have stopped the hook and the run by now

@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backup_core.errors import BackupError, UsageError
 from backup_core.monitoring.status import TargetState
 from backup_core.results import FAILED, OK, SKIPPED, STATUSES, TargetResult
-from backup_core.stores import retention
+from backup_core.stores import archives, retention
 
 LabelValues = tuple[str, ...]
 Samples = dict[str, dict[LabelValues, float]]  # metric name -> its label values (in its label order) -> value
@@ -161,7 +161,7 @@ def record(
     if not path.parent.is_dir():
         # Not created: a typo in the path would make a folder no collector reads, and monitoring
         # would go stale in silence.  The collector's folder exists where it is installed.
-        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        blocker = archives.file_in_the_way(path.parent)
         why = f"{blocker} is a file, not a folder" if blocker else f"the folder {path.parent} does not exist"
         raise MetricsError(
             f"metrics file {path}: {why}; check the path (the textfile collector's folder) or create the "

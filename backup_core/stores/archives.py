@@ -285,6 +285,12 @@ def ending(path: Path) -> Ending:
     return Ending(None, comment)
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file standing where `path` or a folder on its way must be a folder, if any: mkdir
+    names none ("File exists"), which reads as if the last name were the problem."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
 def create_private(path: Path, buffering: int = -1) -> BinaryIO:
     """Create `path` new, for writing, readable by its owner only, whatever the umask: an
     archive (here, in a folder remote, decrypted for a restore) holds the server's secrets.

@@ -312,17 +312,17 @@ def _as_recorded(target: str, store: Store, stored: Stored, path: Path) -> None:
     would otherwise be verified and restored as if it were the backup."""
     expected = store.recorded(target, stored)
     if expected is None:
-        raise TargetError(
-            f"{stored.name} on remote {store.name} has no recorded checksum: this tool did not put it there, "
-            f"or it was replaced; nothing is taken from it (check the copies with invoke verify --remote "
-            f"{store.name}; take another with --archive NAME, or the local archive)"
+        why = "has no recorded checksum: this tool did not put it there, or it was replaced"
+    elif sha256_of(path) != expected:
+        why = (
+            "is not the copy uploaded: its SHA-256 differs from the one recorded at upload (it was replaced or damaged)"
         )
-    if sha256_of(path) != expected:
-        raise TargetError(
-            f"{stored.name} on remote {store.name} is not the copy uploaded: its SHA-256 differs from the one "
-            f"recorded at upload (it was replaced or damaged); nothing is taken from it (check the copies with "
-            f"invoke verify --remote {store.name}; take another with --archive NAME, or the local archive)"
-        )
+    else:
+        return
+    raise TargetError(
+        f"{stored.name} on remote {store.name} {why}; nothing is taken from it (check the copies with invoke "
+        f"verify --remote {store.name}; take another with --archive NAME, or the local archive)"
+    )
 
 
 def download_and_verify(target: Target, store: Store, stored: Stored, identities: list[Any], how: str) -> Verdict:

@@ -101,6 +101,16 @@ Item = tuple[str, str | None, bytes, int, float, int, int, int, Identity | None]
 Packed = tuple[bytes, list[int], int, int, int, int, list[str], list[str], int, int, list[str]]
 
 
+def extra_fields(extra: bytes) -> list[tuple[int, bytes]]:
+    """A member's extra field as (header id, data) pairs, in order."""
+    fields = []
+    while len(extra) >= 4:
+        kind, size = struct.unpack_from("<HH", extra)
+        fields.append((kind, extra[4 : 4 + size]))
+        extra = extra[4 + size :]
+    return fields
+
+
 def torn_database(head: bytes, size: int) -> bool:
     """Whether a file of `size` bytes that begins with `head` starts as a SQLite database but is
     not a whole number of pages: a database cut short or damaged, which the walk (it looks only

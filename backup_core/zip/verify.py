@@ -28,7 +28,7 @@ from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.zip import names
 from backup_core.zip.compression import crc32, decompressor
-from backup_core.zip.packing import incomplete_note
+from backup_core.zip.packing import extra_fields, incomplete_note
 
 _BLOCK = 1 << 20
 _Item = TypeVar("_Item")
@@ -278,18 +278,12 @@ def _local_header_problem(fields: tuple[int, ...], stored: bytes, info: Record) 
 def _zip64_sizes(extra: bytes, size: int, compressed: int) -> tuple[int, int]:
     """The sizes a local header's ZIP64 extra field gives for those it sets to 0xFFFFFFFF
     (uncompressed first), as zipfile reads them; a size without one stays 0xFFFFFFFF."""
-    at = 0
-    while at + 4 <= len(extra):
-        kind, length = struct.unpack_from("<HH", extra, at)
-        if kind == 1:
-            values = extra[at + 4 : at + 4 + length]
-            taken = 0
-            if size == _ZIP64_SIZE and len(values) >= 8:
-                (size,), taken = struct.unpack_from("<Q", values), 8
-            if compressed == _ZIP64_SIZE and len(values) >= taken + 8:
-                (compressed,) = struct.unpack_from("<Q", values, taken)
-            break
-        at += 4 + length
+    values = next((data for kind, data in extra_fields(extra) if kind == 1), b"")
+    taken = 0
+    if size == _ZIP64_SIZE and len(values) >= 8:
+        (size,), taken = struct.unpack_from("<Q", values), 8
+    if compressed == _ZIP64_SIZE and len(values) >= taken + 8:
+        (compressed,) = struct.unpack_from("<Q", values, taken)
     return size, compressed
 
 
