@@ -28,7 +28,7 @@ from invoke.program import Program
 from invoke.tasks import Task, task
 
 from backup_core import __version__
-from backup_core.errors import EXIT_USAGE, BackupError, ManifestError
+from backup_core.errors import EXIT_USAGE, PROGRAM_VARIABLE, BackupError, ManifestError
 
 DEFAULT_MANIFEST = "backups.yml"  # in the current folder, unless the configuration names one
 
@@ -369,6 +369,7 @@ program = _Program(name="backups", binary="backups", version=__version__, namesp
 
 def main() -> None:
     """Entry point of the installed `backups` command."""
+    os.environ[PROGRAM_VARIABLE] = "backups"  # advice in messages names this command, not invoke
     try:
         program.run()
     except BrokenPipeError:

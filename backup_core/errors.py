@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,17 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a target (or an archive, for verify) failed
 EXIT_USAGE = 2  # the manifest or the command line is wrong; nothing was done
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
+
+# How the operator runs this tool, for advice that names a command: the installed `backups`
+# sets it (in the environment, so --jobs children and worker processes say the same).
+PROGRAM_VARIABLE = "BACKUP_PROGRAM"
+
+
+def command(task: str) -> str:
+    """`task` as the operator would type it: `invoke verify ...` in a checkout, `backups verify ...`
+    once installed (where `invoke` may not be on the PATH at all)."""
+    program = os.environ.get(PROGRAM_VARIABLE)
+    return f"{program if program in ('backups', 'invoke') else 'invoke'} {task}"
 
 
 def shown(file: Path) -> str:

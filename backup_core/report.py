@@ -82,8 +82,12 @@ def _offsite(result: TargetResult, check: bool) -> str:
 
 def _describe_local(result: TargetResult, command: str, check: bool) -> str:
     if result.status == FAILED:
-        where = f"{result.archive.name}: " if command == "verify" and result.archive else ""
-        return f"{where}{result.error}"
+        error = result.error or ""
+        if command == "verify" and result.archive:
+            # The line begins with the archive's name; an error that begins with it too would
+            # say it twice ("NAME: NAME does not match ...").  JSON keeps the error whole.
+            return f"{result.archive.name}: {error.removeprefix(result.archive.name + ' ')}"
+        return error
     if result.status == SKIPPED:
         return result.reason
     if command == "verify":

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 import filelock
 
 from backup_core import hooks
-from backup_core.errors import BackupError, TargetError
+from backup_core.errors import BackupError, TargetError, command
 from backup_core.manifest import Hooks, Manifest, Remote, Target
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, OffsiteResult, RunResult, TargetResult
 from backup_core.sources import sqlite
@@ -941,7 +941,7 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
         return None
     return (
         f"nothing was deleted: {kept.name}, the newest archive that would be kept, is not a whole archive "
-        f"({problem}); older archives may be the last good ones: check it with invoke verify, and make a "
+        f"({problem}); older archives may be the last good ones: check it with {command('verify')}, and make a "
         f"complete backup (or move it out of the folder) before pruning"
     )
 
@@ -968,7 +968,7 @@ def _unsent(target: Target, result: TargetResult, due: set[str]) -> set[str]:
             more = f" and {len(held_back) - 1} more" if len(held_back) > 1 else ""
             result.warnings.append(
                 f"{_KEPT_FOR_REMOTES}remote {remote.name} holds no good copy of {held_back[0]}{more} (none, where its "
-                f"keep wants one, or one that was replaced or changed); they were not deleted here (invoke push "
+                f"keep wants one, or one that was replaced or changed); they were not deleted here ({command('push')} "
                 f"sends those it has none of)"
             )
         unsent.update(lacking)

@@ -433,7 +433,8 @@ def test_verify_remote_needs_no_key_and_detects_a_replaced_copy(backed: Backed) 
     copy.write_bytes(pyrage.encrypt(backed.archive.read_bytes(), [pyrage.x25519.Recipient.from_str(backed.key.public)]))
     ran = backed.project.invoke("verify", "--remote", "vault")
     assert ran.code == 1, ran.output
-    assert "does not match the checksum recorded when it was copied" in ran.output
+    # The line names the copy once (it said "NAME: NAME does not match ...").
+    assert f"failed: [site] => {copy.name}: does not match the checksum recorded when it was copied" in ran.stdout
 
 
 def test_verify_remote_download_decrypts_and_verifies_in_full(backed: Backed) -> None:

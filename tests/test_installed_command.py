@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backup_core import __version__
-from tests.conftest import REPO, Ran
+from tests.conftest import REPO, Ran, run_invoke
 
 VENV = Path(sys.executable).parent.parent
 
@@ -180,3 +180,18 @@ def test_the_installed_command_lists_the_same_tasks_as_invoke_in_the_checkout(in
     for name in ("backup", "list", "prune", "restore", "validate", "verify"):
         assert f"  {name} " in ran.stdout or ran.stdout.rstrip().endswith(f"  {name}"), ran.stdout
     assert run([str(installed), "--version"], cwd=tmp_path).stdout.strip() == f"backups {__version__}"
+
+
+@pytest.mark.slow
+def test_advice_in_a_message_names_the_command_the_operator_ran(installed: Path, tmp_path: Path) -> None:
+    # On a host with only the installed command, "see `invoke list`" names a command that is not there.
+    shutil.copy2(REPO / "backups.yml", tmp_path / "backups.yml")
+    refused = ["backup", "-m", "backups.yml", "--tags", "web", "--skip-tags", "web"]
+    advice = "error: the selection matches no target; see `{} list` for names and tags\n"
+
+    ran = run([str(installed), *refused], cwd=tmp_path)
+    assert (ran.code, ran.stderr) == (2, advice.format("backups")), ran.output
+
+    # A checkout's invoke says invoke, even run from a hook of an installed command's run.
+    ran = run_invoke(*refused, cwd=tmp_path, env={"BACKUP_PROGRAM": "backups"})
+    assert (ran.code, ran.stderr) == (2, advice.format("invoke")), ran.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
-from backup_core.errors import UsageError
+from backup_core.errors import UsageError, command
 from backup_core.manifest import Target
 
 
@@ -38,5 +38,5 @@ def select(
         and not unwanted & set(t.tags)
     ]
     if not chosen:
-        raise UsageError("the selection matches no target; see `invoke list` for names and tags")
+        raise UsageError(f"the selection matches no target; see `{command('list')}` for names and tags")
     return chosen

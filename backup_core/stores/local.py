@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+from backup_core.errors import command
 from backup_core.stores import archives
 from backup_core.stores.base import Progress, Stored, StoreError, foreign, parse, recorded_host, sha256_of, this_host
 
@@ -125,7 +126,7 @@ class FolderStore:
             return stored
         raise StoreError(
             f"remote {self.name}: {final} already exists with other content; it was not overwritten "
-            f"(check it with `invoke verify --remote {self.name}`, then move or delete it)"
+            f"(check it with `{command(f'verify --remote {self.name}')}`, then move or delete it)"
         )
 
     def delete(self, target: str, stored: Stored) -> bool:

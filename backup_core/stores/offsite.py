@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backup_core.errors import TargetError, UsageError
+from backup_core.errors import TargetError, UsageError, command
 from backup_core.manifest import Remote, Target
 from backup_core.results import OffsiteResult
 from backup_core.stores import retention
@@ -88,7 +88,7 @@ def replicate(
             # The run itself would find it and refuse to overwrite it: say so now.
             raise StoreError(
                 f"remote {remote.name}: {ours[-1].name} is already there, but not as this tool put it; "
-                f"check it with `invoke verify --remote {remote.name}`, then move or delete it"
+                f"check it with `{command(f'verify --remote {remote.name}')}`, then move or delete it"
             )
         held = [s for s in held if s not in unvouched]
         wanted = set(planned_here.kept)
@@ -226,7 +226,7 @@ def _doubted(
             continue
         result.warnings.append(
             f"{why}; it is not counted as a copy and is left in place: check it with "
-            f"`invoke verify --remote {remote.name}`, then move or delete it"
+            f"`{command(f'verify --remote {remote.name}')}`, then move or delete it"
         )
     return doubted
 
@@ -320,8 +320,8 @@ def _as_recorded(target: str, store: Store, stored: Stored, path: Path) -> None:
     else:
         return
     raise TargetError(
-        f"{stored.name} on remote {store.name} {why}; nothing is taken from it (check the copies with invoke "
-        f"verify --remote {store.name}; take another with --archive NAME, or the local archive)"
+        f"{stored.name} on remote {store.name} {why}; nothing is taken from it (check the copies with "
+        f"{command(f'verify --remote {store.name}')}; take another with --archive NAME, or the local archive)"
     )
 
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
+from backup_core.errors import command
 from backup_core.manifest import Remote
 from backup_core.stores.base import Progress, Stored, StoreError, foreign, parse, recorded_host, this_host
 
@@ -68,7 +69,7 @@ class S3Store:
                 return Stored(_when(target, name), name, size)
             raise StoreError(
                 f"remote {self.name}: {key} already exists with other content; it was not overwritten "
-                f"(check it with `invoke verify --remote {self.name}`, then move or delete it)"
+                f"(check it with `{command(f'verify --remote {self.name}')}`, then move or delete it)"
             )
         extra: dict[str, Any] = {"Metadata": {"sha256": sha256, "size": str(size), "host": recorded_host(this_host())}}
         if self.remote.checksum in _ALGORITHMS:
