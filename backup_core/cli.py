@@ -114,6 +114,7 @@ def _finish(code: int) -> None:
 
 def _run(call: object, *args: object, **kwargs: object) -> None:
     interrupts.in_task.set()
+    _commands().tolerant_output()
     try:
         code = call(*args, **kwargs)  # type: ignore[operator]
     except ManifestError as exc:

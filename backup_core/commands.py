@@ -66,7 +66,6 @@ def run_targets(
 ) -> int:
     """backup, prune, push or verify the selected targets; return the exit status."""
     output = _format(output)
-    _tolerant_output()
     # Everything from here on, the runner's import included (50 ms), answers a signal with exit
     # 130 and, in JSON mode, a document.
     with _json_on_error(command, manifest_path, output == "json"):
@@ -137,7 +136,6 @@ def status(
     from backup_core.monitoring import status as status_module
 
     output = _format(output)
-    _tolerant_output()
     with _json_on_error("status", manifest_path, output == "json"):
         loaded = _load(manifest_path)
         targets = selection.select(loaded.targets, only, tags, skip_tags)
@@ -158,7 +156,7 @@ def status(
         text.verdict(state.status, state.name, report.describe_status(state))
     text.end(found)
     if output == "json":
-        print(json.dumps(found.as_json(), indent=2, ensure_ascii=False), flush=True)
+        report.print_json(found.as_json(), sys.stdout)
     return found.exit_code
 
 
@@ -269,8 +267,9 @@ def _jobs(value: int | str) -> int:
     return jobs
 
 
-def _tolerant_output() -> None:
-    """A file name the console cannot show (a cp1252 console, a strict pipe) is escaped, not fatal."""
+def tolerant_output() -> None:
+    """A file name the console cannot show (a cp1252 console, a strict pipe) is escaped, not fatal.
+    Called for every command (by the CLI): each prints paths or names."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
@@ -323,7 +322,7 @@ def list_targets(
         loaded = _load(manifest_path)
         targets = selection.select(loaded.targets, only, tags, skip_tags)
     if output == "json":
-        print(json.dumps([t.settings() for t in targets], indent=2, ensure_ascii=False))
+        report.print_json([t.settings() for t in targets], sys.stdout)
         return EXIT_OK
     for target in targets:
         print(_describe_target(target))

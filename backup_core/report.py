@@ -334,13 +334,13 @@ class _Progress:
         self._bars.stop()
 
 
-def json_document(outcome: RunResult | dict[str, Any], ascii_only: bool = False) -> str:
+def json_document(outcome: RunResult | dict[str, Any] | list[Any], ascii_only: bool = False) -> str:
     """The whole run as one JSON document (for --format json)."""
-    data = outcome if isinstance(outcome, dict) else outcome.as_json()
+    data = outcome.as_json() if isinstance(outcome, RunResult) else outcome
     return json.dumps(data, indent=2, ensure_ascii=ascii_only)
 
 
-def print_json(outcome: RunResult | dict[str, Any], stream: IO[str]) -> bool:
+def print_json(outcome: RunResult | dict[str, Any] | list[Any], stream: IO[str]) -> bool:
     """Print the document; False when the stream would not take it (the caller says so elsewhere)."""
     # A console that is not UTF-8 gets \u escapes: still the same JSON, whatever it can show.
     encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")

@@ -143,6 +143,27 @@ def test_a_console_that_is_not_utf8_gets_escaped_names_and_valid_json(project: P
     _clean(ran.stderr)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX locales")
+def test_every_command_escapes_names_a_console_cannot_show(project: Project) -> None:
+    # Only backup and status were tolerant: list, restore (and status's JSON, printed with
+    # ensure_ascii=False) ended in a UnicodeEncodeError traceback on an ASCII or cp1252 console.
+    project.file("données/😀.txt", "y\n")
+    project.write_manifest("version: 1\ntargets: [{name: one, path: données, destination: sauvés}]\n")
+    locale = {"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": "ascii"}
+    assert project.invoke("backup", env=locale).code == 0
+    shown = {"list": "donn\\xe9es", "status": "ok: [one]", "restore": "r\\xe9sum\\xe9"}
+    for command in (["list"], ["status"], ["restore", "one", "--to", str(project.root / "résumé")]):
+        ran = project.invoke(*command, env=locale)
+        assert ran.code == 0, ran.output
+        _clean(ran.stderr)
+        assert shown[command[0]] in ran.stdout, ran.stdout
+    assert (project.root / "résumé" / "😀.txt").read_text(encoding="utf-8") == "y\n"
+    for command in ("list", "status"):
+        ran = project.invoke(command, "--format", "json", env=locale)
+        assert ran.code == 0, ran.output
+        assert "sauvés" in json.dumps(ran.json(), ensure_ascii=False)  # \u escapes, the same JSON
+
+
 # --- --format json: a document on stdout for every outcome ----------------------------------------
 
 
