@@ -456,6 +456,23 @@ def test_unsafe_target_names_are_rejected(project: Project, name: str) -> None:
     assert problems_of(project.manifest) == [f"backups.yml:3:5: targets[0].name: '{name}' {SAFE_NAME}"]
 
 
+@pytest.mark.parametrize("name", ["con", "NUL", "Aux", "prn", "com1", "LPT9"])
+def test_windows_device_names_are_rejected_on_every_system(project: Project, name: str) -> None:
+    # A folder remote makes a folder per target: on Windows one named CON cannot exist.
+    write(project, "version: 1", "targets:", f"  - name: {name}", "    path: a")
+    device = "is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9): no file or folder can be named"
+    assert problems_of(project.manifest) == [
+        f"backups.yml:3:5: targets[0].name: '{name}' {device} so there (a folder remote makes one per target); "
+        "choose another"
+    ]
+
+
+@pytest.mark.parametrize("name", ["console", "com10", "com0", "nul2", "lpt", "auxiliary"])
+def test_names_that_only_begin_like_a_windows_device_are_accepted(project: Project, name: str) -> None:
+    write(project, "version: 1", "targets:", f"  - name: {name}", "    path: a")
+    assert list(settings(project)) == [name]
+
+
 def test_a_safe_name_of_64_characters_is_accepted(project: Project) -> None:
     name = "A" + "b-_9" * 15 + "xyz"
     assert len(name) == 64

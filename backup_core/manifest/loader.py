@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shlex
 import stat
 from dataclasses import dataclass, field
@@ -290,6 +291,10 @@ def _yaml_kind(value: Any) -> str:
     return str(value)
 
 
+# Names Windows keeps for devices, in any case (the schema's name pattern refuses them too).
+_WINDOWS_DEVICE = re.compile(r"(?i:con|prn|aux|nul|com[1-9]|lpt[1-9])")
+
+
 def _explain(document: Document, error: jsonschema.ValidationError) -> list[Problem]:
     """Turn one schema error into located sentences an operator can act on."""
     path: KeyPath = tuple(error.absolute_path)
@@ -321,6 +326,14 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
             return [document.problem(path, f"'{error.instance}' is not true or false; write true or false")]
         return [document.problem(path, f"'{error.instance}' is a string, expected {wanted}")]
     if error.validator == "pattern" and path and path[-1] == "name":
+        if isinstance(error.instance, str) and _WINDOWS_DEVICE.fullmatch(error.instance):
+            return [
+                document.problem(
+                    path,
+                    f"'{error.instance}' is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9): no "
+                    "file or folder can be named so there (a folder remote makes one per target); choose another",
+                )
+            ]
         return [
             document.problem(
                 path,
