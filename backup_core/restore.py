@@ -225,7 +225,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
     partial = path.with_name(f".{digest}.restore-partial")
     # A leftover temporary name could be a link planted to make us write elsewhere: remove
     # it, then create the file anew, refusing to follow anything found there.
-    partial.unlink(missing_ok=True)
+    _remove(partial)
     try:
         # The member first: a damaged one must not leave the new file open (on Windows the
         # clean-up below could not remove it, and would hide why the restore stopped).
@@ -248,14 +248,31 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
         _set_attributes(info, partial, done)
         if path.is_dir() and not path.is_symlink():
             raise TargetError(f"cannot restore file {info.filename}: a folder of that name exists in {root}")
+        if _READ_ONLY_BLOCKS and path.is_file() and not path.is_symlink():
+            path.chmod(stat.S_IWRITE)  # Windows will not replace a read-only file (--force asked to)
         partial.replace(path)
         done.files += 1
     except (zipfile.BadZipFile, EOFError) as exc:
         raise TargetError(f"{info.filename} in {directory.filename}: {exc}") from None
     finally:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         for suffix in ("-wal", "-shm"):
             Path(f"{partial}{suffix}").unlink(missing_ok=True)
+
+
+# Windows refuses to delete or replace a read-only file (a member archived with mode 0444 makes
+# its temporary copy one): its flag is cleared first there.
+_READ_ONLY_BLOCKS = os.name == "nt"
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except PermissionError:
+        if not _READ_ONLY_BLOCKS:
+            raise
+        path.chmod(stat.S_IWRITE)
+        path.unlink(missing_ok=True)
 
 
 def _set_attributes(info: zipfile.ZipInfo, path: Path, done: Restored) -> None:

@@ -303,7 +303,10 @@ def _locked(target: Target, result: TargetResult) -> Iterator[list[str] | None]:
             _created_locks.add(path)
     except FileExistsError:
         os.close(os.open(path, os.O_WRONLY))
-    lock = filelock.FileLock(path)
+    # On Windows the library deletes the lock file on release unless told to keep it: its time
+    # (see above) would go with it, and a run opening it just then would fail.  Kept there only:
+    # on POSIX keeping it also turns off the library's fallback for file systems without locks.
+    lock = filelock.FileLock(path, preserve_lock_file=os.name == "nt")
     try:
         lock.acquire(timeout=target.lock_timeout)
     except filelock.Timeout:
@@ -818,13 +821,32 @@ def _rotate(
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
             continue
-        archive.path.unlink(missing_ok=True)
-        result.deleted.append(archive.name)
+        if _delete_archive(archive.path, result):
+            result.deleted.append(archive.name)
     # The folder is not synced after deleting: a deletion a crash undoes brings back an old
     # archive, which the next run deletes again, and it saves an fsync a target (one of three).
     if doomed:
         archives.mark_changed(_lock_path(target))
     return [a.name for a in due if a not in doomed]
+
+
+def _delete_archive(path: Path, result: TargetResult) -> bool:
+    """Delete an archive rotation no longer keeps; False (with a warning) when Windows refuses
+    because another program has it open (a verify, a restore, a virus scanner): the archive is
+    made, and the next run deletes the old one.  Elsewhere a refusal fails the target, as before."""
+    try:
+        path.unlink(missing_ok=True)
+        return True
+    except PermissionError:
+        if os.name != "nt":
+            raise
+    if archives.remove(path):  # retried a little: a scanner lets go quickly
+        return True
+    result.warnings.append(
+        f"could not delete {path.name}: another program has it open (a verify, a restore, a virus scanner); "
+        "the next run deletes it"
+    )
+    return False
 
 
 def _retention(existing: list[Archive], target: Target, result: TargetResult) -> retention.Plan[Archive]:

@@ -231,6 +231,22 @@ def test_tilde_and_variables_expand_in_path_and_destination(
     assert resolved["relative"]["path"] == str(project.root / "sub" / "x")  # expanded, then relative to the manifest
 
 
+def test_variable_names_ignore_case_where_the_environment_does(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Windows' environment ignores case, and os.environ shows its names in upper case there:
+    # ${ProgramData} was "undefined".  (Only the folding is switched on here: no Windows in CI.)
+    from backup_core.manifest import variables
+
+    monkeypatch.setattr(variables, "FOLD_CASE", True)
+    write(project, "version: 1", "targets:", "  - name: app", "    path: ${ProgramData}/app/${user_dir}")
+    resolved = settings(project, {"PROGRAMDATA": "/srv/data", "USER_DIR": "x"})
+    assert resolved["app"]["path"] == str(Path("/srv/data/app/x").absolute())
+    assert problems_of(project.manifest, {"PROGRAMDATA": "/srv/data"}) == [
+        "backups.yml:4:5: targets[0].path: undefined environment variable ${user_dir}; set it or change the path"
+    ]
+
+
 def test_an_undefined_variable_is_a_located_error_never_an_empty_string(project: Project) -> None:
     write(project, "version: 1", "targets:", "  - name: app", "    path: ${APP_UNSET_1}/data/${ALSO_UNSET_2}")
     assert problems_of(project.manifest, {"HOME": "/root"}) == [
@@ -1002,3 +1018,25 @@ def test_schema_defaults_are_the_defaults_a_bare_target_gets(project: Project) -
         assert shown[key] == definitions[key]["default"], key
     assert shown["destination"] == str(project.root / definitions["destination"]["default"])
     assert manifest.load(project.manifest, environ={}).jobs == manifest.schema()["properties"]["jobs"]["default"]
+
+
+@pytest.mark.parametrize(
+    ("run", "windows", "argv"),
+    [
+        (
+            '"C:\\Program Files\\Tools\\notify.exe" --to ops',
+            True,
+            ("C:\\Program Files\\Tools\\notify.exe", "--to", "ops"),
+        ),
+        ("C:\\Tools\\notify.exe C:\\data\\x.txt", True, ("C:\\Tools\\notify.exe", "C:\\data\\x.txt")),
+        ("sc start 'my service'", True, ("sc", "start", "my service")),
+        ("logger -t backup 'a b' c\\ d", False, ("logger", "-t", "backup", "a b", "c d")),
+    ],
+)
+def test_a_hook_command_line_is_split_as_its_systems_shell_would(
+    run: str, windows: bool, argv: tuple[str, ...]
+) -> None:
+    # POSIX splitting on Windows took each backslash of a path for an escape: C:Toolsnotify.exe.
+    from backup_core.manifest.loader import split_command
+
+    assert split_command(run, windows=windows) == argv

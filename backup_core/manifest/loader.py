@@ -501,6 +501,16 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def split_command(run: str, windows: bool = os.name == "nt") -> tuple[str, ...]:
+    """A hook's command line as arguments, split as the system's own shell would.  On Windows a
+    backslash is a path's separator, not an escape (POSIX splitting made C:\\Tools\\x.exe into
+    C:Toolsx.exe): words split on spaces, and quotes group words and are then dropped."""
+    if not windows:
+        return tuple(shlex.split(run))
+    words = shlex.split(run, posix=False)
+    return tuple(w[1:-1] if len(w) >= 2 and w[0] == w[-1] and w[0] in "\"'" else w for w in words)
+
+
 def _hooks(raw: dict[str, Any], document: Document, where: KeyPath, problems: list[Problem]) -> Hooks:
     default_timeout = schema()["definitions"]["hook"]["anyOf"][1]["properties"]["timeout"]["default"]
 
@@ -512,7 +522,7 @@ def _hooks(raw: dict[str, Any], document: Document, where: KeyPath, problems: li
             return Hook(None, run, timeout)
         if isinstance(run, str):
             try:
-                argv = tuple(shlex.split(run))
+                argv = split_command(run)
             except ValueError as exc:
                 problems.append(document.problem((*here, "run"), f"cannot split this command ({exc}); fix its quotes"))
                 argv = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Mapping
@@ -10,6 +11,9 @@ from backup_core.errors import Problem
 from backup_core.manifest.yaml_source import Document, KeyPath
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Windows' environment ignores case (${ProgramData} is PROGRAMDATA), and os.environ keeps its
+# names in upper case there: copied into a plain dict, a name in any other case went undefined.
+FOLD_CASE = os.name == "nt"
 
 
 def with_builtins(environ: Mapping[str, str]) -> dict[str, str]:
@@ -19,7 +23,8 @@ def with_builtins(environ: Mapping[str, str]) -> dict[str, str]:
     would fail under cron; both name the host as the operating system knows it.
     """
     host = socket.gethostname()
-    return {"BACKUP_HOST": host, "HOSTNAME": host, **environ}
+    merged = {"BACKUP_HOST": host, "HOSTNAME": host, **environ}
+    return {name.upper(): value for name, value in merged.items()} if FOLD_CASE else merged
 
 
 def expand(
@@ -28,13 +33,17 @@ def expand(
     """`value` with ${VAR} replaced from `environ`; None, and a located problem, when one is
     undefined or empty.  Empty counts as missing: `${DATA}/out` with DATA set to "" would
     otherwise name /out, and `${DATA}` alone the manifest's own folder."""
+
+    def known(name: str) -> str | None:
+        return environ.get(name.upper() if FOLD_CASE else name)
+
     used = dict.fromkeys(m.group(1) for m in _VARIABLE.finditer(value))
-    undefined = [name for name in used if name not in environ]
-    empty = [name for name in used if environ.get(name) == ""]
+    undefined = [name for name in used if known(name) is None]
+    empty = [name for name in used if known(name) == ""]
     for unusable, how in ((undefined, "undefined"), (empty, "empty")):
         if unusable:
             names = ", ".join(f"${{{name}}}" for name in unusable)
             problems.append(document.problem(where, f"{how} environment variable {names}; set it or change the {what}"))
     if undefined or empty:
         return None
-    return _VARIABLE.sub(lambda m: environ[m.group(1)], value)
+    return _VARIABLE.sub(lambda m: known(m.group(1)) or "", value)

@@ -108,14 +108,19 @@ def matches(relative: str, patterns: tuple[str, ...]) -> bool:
 
 
 _REPARSE_POINT = 0x400  # FILE_ATTRIBUTE_REPARSE_POINT
+_MOUNT_POINT = 0xA0000003  # IO_REPARSE_TAG_MOUNT_POINT: a junction
 _TYPE_BITS = 0o170000  # stat.S_IFMT's mask
 
 
 def _is_junction(entry: os.DirEntry[str], st: os.stat_result) -> bool:
-    # Windows junctions look like folders to lstat on Python before 3.12.
-    return bool(getattr(st, "st_file_attributes", 0) & _REPARSE_POINT) or bool(
-        getattr(entry, "is_junction", lambda: False)()
-    )
+    # Windows junctions look like folders to lstat on Python before 3.12.  A folder can be a
+    # reparse point without being a link (a OneDrive or deduplicated folder): only the mount
+    # point tag is a junction, or such folders were archived as links that cannot be read.
+    if getattr(st, "st_file_attributes", 0) & _REPARSE_POINT:
+        tag = getattr(st, "st_reparse_tag", None)
+        if tag is not None:
+            return bool(tag == _MOUNT_POINT)
+    return bool(getattr(entry, "is_junction", lambda: False)())
 
 
 def _as_link(st: os.stat_result) -> os.stat_result:

@@ -105,9 +105,10 @@ class FolderStore:
                     f"remote {self.name}: the copy of {name} differs from the verified archive "
                     "(checksum mismatch); nothing was kept"
                 )
-            # The host in a file of its own: BusyBox's sha256sum -c fails on any other line.
-            _host_file(final).write_text(recorded_host(this_host()) + "\n", encoding="utf-8")
-            _sidecar(final).write_text(f"{sha256}  {name}\n", encoding="utf-8")
+            # The host in a file of its own: BusyBox's sha256sum -c fails on any other line.  Plain
+            # \n on Windows too: a share's copies are checked from other systems (`name\r` is missing).
+            _host_file(final).write_text(recorded_host(this_host()) + "\n", encoding="utf-8", newline="\n")
+            _sidecar(final).write_text(f"{sha256}  {name}\n", encoding="utf-8", newline="\n")
             _place_new(partial, final)
             archives.sync_folder(folder)
         except OSError as exc:
