@@ -281,9 +281,22 @@ def _descend(levels: list[_Level], folder: str, prefix: str, fd: int | None) -> 
     except PermissionError:
         raise _denied(folder) from None
     except FileNotFoundError:
-        if prefix:
+        if prefix and not _past_windows_limit(folder):
             return False  # a subfolder removed while we walked: nothing left to archive
+        if prefix:
+            # Windows answers "not found" for a folder whose path is too long to use: taken for
+            # one removed while we walked, its contents were left out in silence.
+            raise TargetError(
+                f"cannot list {folder}: its path is {len(folder)} characters, longer than Windows allows "
+                "without long paths; enable them (LongPathsEnabled) or exclude it"
+            ) from None
         raise _not_found(folder) from None
+
+
+def _past_windows_limit(folder: str) -> bool:
+    """Whether Windows may refuse `folder` for its length alone (248 for a folder, without the
+    \\\\?\\ prefix or long paths enabled)."""
+    return os.name == "nt" and len(folder) >= 248 and not folder.startswith("\\\\?\\")
 
 
 def _not_found(source: Path | str) -> TargetError:

@@ -52,6 +52,10 @@ _CENTRAL_OFFSET_AT = _CENTRAL_FIXED - 4  # the local header's offset ends the fi
 _OFFSET = struct.Struct("<L")
 _MADE_BY = (3 << 8) | 63  # Unix, zip specification 6.3
 _DOS_DIRECTORY = 0x10
+# Windows reports every writable file as 0666 and folder as 0777 (it has no Unix modes): recorded
+# as is, a restore on Linux would make them writable by everyone.  There they are recorded as
+# 0644 and 0755 (a read-only file stays 0444); elsewhere the mode is the file's own.
+_WRITABLE_BY_OWNER_ONLY = ~0o022 if os.name == "nt" else ~0
 # The file comment of a member whose file kept changing while it was read: the archive itself
 # says so, and `invoke verify` reports it, long after the run's output is gone.
 CHANGED_COMMENT = b"changed while read: may mix versions of the file"
@@ -379,7 +383,7 @@ def central_header(
         zip64 += struct.pack("<Q", offset)
         offset = ZIP64_LIMIT
     extra = (struct.pack("<HH", 1, len(zip64)) + zip64 if zip64 else b"") + timestamp_extra(mtime) + owner
-    external = (mode & 0xFFFF) << 16
+    external = ((mode & _WRITABLE_BY_OWNER_ONLY) & 0xFFFF) << 16
     if stat.S_ISDIR(mode):
         external |= _DOS_DIRECTORY
     # as the local header, after "version made by"; then comment length, disk number,
