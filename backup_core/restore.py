@@ -91,6 +91,7 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
         on_disk: dict[Path, bool] | None = {} if folder.is_dir() and any(folder.iterdir()) else None
         plan = [(info, _destination(root, info, on_disk)) for info in chosen]
         _refuse_paths_through_links(chosen)
+        _refuse_name_clashes(chosen, archive)
         if not force:
             clashes = [str(path) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
             if clashes:
@@ -147,9 +148,35 @@ def _refuse_paths_through_links(infos: list[zipfile.ZipInfo]) -> None:
             raise TargetError(f"refusing member {info.filename!r}: it lies under the link {'/'.join(through)!r}")
 
 
+# Where the disk ignores case (and, on Windows, trailing dots and spaces), two members can land
+# on one file.
+_CASELESS = sys.platform in ("win32", "darwin")
+_TRIMS_NAMES = sys.platform == "win32"
+
+
 def _landing(info: zipfile.ZipInfo) -> tuple[str, ...]:
     parts = tuple(part for part in names.disk_name(info).split("/") if part not in ("", "."))
-    return tuple(part.casefold() for part in parts) if sys.platform in ("win32", "darwin") else parts
+    if _TRIMS_NAMES:
+        parts = tuple(part.rstrip(". ") or part for part in parts)
+    return tuple(part.casefold() for part in parts) if _CASELESS else parts
+
+
+def _refuse_name_clashes(infos: list[zipfile.ZipInfo], archive: Path) -> None:
+    """Refuse, before anything is written, members that would land on one file here: an archive
+    made on Linux may hold README and readme, and on Windows or macOS the second would replace
+    the first without a word."""
+    if not _CASELESS:
+        return
+    seen: dict[tuple[str, ...], str] = {}
+    for info in infos:
+        if info.is_dir():
+            continue  # folders of one name merge; their files are compared one by one
+        first = seen.setdefault(_landing(info), info.filename)
+        if first != info.filename:
+            raise UsageError(
+                f"{first} and {info.filename} in {archive.name} would be one file on this system (their names "
+                "differ only in case or trailing dots); restore each with --member into its own folder"
+            )
 
 
 def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> list[zipfile.ZipInfo]:

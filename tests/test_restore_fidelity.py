@@ -296,3 +296,31 @@ def test_verify_reports_what_restore_would_refuse(project: Project, name: str, l
     ran = project.invoke("restore", "t", "--to", str(project.root / "out"))
     assert ran.code == 1, ran.output
     assert "refusing" in ran.stderr and "Traceback" not in ran.output
+
+
+@pytest.mark.parametrize(
+    ("names", "trims"),
+    [(["docs/README", "docs/readme"], False), (["Docs/a.txt", "docs/A.TXT"], False), (["notes", "notes."], True)],
+)
+def test_members_that_would_land_on_one_file_are_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str], trims: bool
+) -> None:
+    # An archive made on Linux restored on Windows or macOS: the second name replaced the first
+    # in silence.  (Those systems' rules are switched on here: CI runs on Linux.)
+    from backup_core import restore
+    from backup_core.errors import UsageError
+
+    monkeypatch.setattr(restore, "_CASELESS", True)
+    monkeypatch.setattr(restore, "_TRIMS_NAMES", trims)
+    archive = tmp_path / "site-20261201T000000.000000Z.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("docs/other.txt", "kept apart\n")
+        for name in names:
+            out.writestr(name, f"{name}\n")
+    to = tmp_path / "restored"
+    with pytest.raises(UsageError, match=f"{names[0]} and {names[1]} in {archive.name} would be one file"):
+        restore.restore(archive, to)
+    assert not to.exists()
+    monkeypatch.setattr(restore, "_CASELESS", False)  # on Linux both are restored, as they were
+    restore.restore(archive, to)
+    assert sorted(str(p.relative_to(to)) for p in to.rglob("*") if p.is_file()) == sorted(["docs/other.txt", *names])
