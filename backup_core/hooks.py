@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import locale
 import os
 import signal
 import subprocess
@@ -157,5 +158,17 @@ def _last_line(output: IO[bytes]) -> str:
     """The last line a hook wrote to `output` (its last 4 KiB are enough)."""
     end = output.seek(0, os.SEEK_END)
     output.seek(max(0, end - 4096))
-    lines = output.read().decode(errors="replace").strip().splitlines()
+    tail = output.read()
+    if end > 4096:  # read from the middle: skip what is left of a UTF-8 character cut there
+        skip = 0
+        while skip < 3 and skip < len(tail) and 0x80 <= tail[skip] < 0xC0:
+            skip += 1
+        tail = tail[skip:]
+    try:
+        text = tail.decode()
+    except UnicodeDecodeError:
+        # Not UTF-8: most likely the system's own code page (cmd.exe and its tools on Windows, a
+        # Latin-1 locale elsewhere).
+        text = tail.decode(locale.getpreferredencoding(False), errors="replace")
+    lines = text.strip().splitlines()
     return lines[-1].strip()[:200] if lines else ""

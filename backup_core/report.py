@@ -161,6 +161,10 @@ class TextReporter:
         self.stream: IO[str] | None = stream
         self.command, self.check, self.verbose = command, check, verbose
         self.colour = stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+        if self.colour and os.name == "nt":
+            # The classic Windows console shows escape codes as text (←[32m); Windows Terminal
+            # (WT_SESSION), ConEmu and MSYS2 terminals (TERM) understand them.
+            self.colour = "WT_SESSION" in os.environ or "TERM" in os.environ or "ConEmuANSI" in os.environ
         self._lock = threading.Lock()  # lines from parallel targets never interleave
         # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
         self._log = log_file.open("a", encoding="utf-8", errors="backslashreplace") if log_file else None
