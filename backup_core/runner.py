@@ -1054,7 +1054,10 @@ def verify_target(target: Target, options: Options) -> list[TargetResult]:
 
     how = target.sqlite_check if target.sqlite_check != "none" else "integrity"
     results = []
-    for archive in existing[-1:] if options.latest else existing:
+    # --latest checks the archive a restore takes by default: one dated in the future (a clock
+    # ahead) is passed over there, so it must be here too, or verify passes what restore won't use.
+    latest = retention.newest(existing, _when, utc_now()) or existing[-1]
+    for archive in [latest] if options.latest else existing:
         started = time.monotonic()
         verdict = verify_archive(archive.path, sqlite_check=how)
         result = TargetResult(target.name, OK, archive.path, files=verdict.files, databases=verdict.databases)
@@ -1082,7 +1085,8 @@ def _verify_remote(target: Target, options: Options) -> list[TargetResult]:
         return [TargetResult(target.name, FAILED, error=f"no copies of {target.name} on remote {remote.name}")]
     how = target.sqlite_check if target.sqlite_check != "none" else "integrity"
     results = []
-    for stored in held[-1:] if options.latest else held:
+    latest = retention.newest(held, lambda s: s.when, utc_now()) or held[-1]  # as restore --remote takes it
+    for stored in [latest] if options.latest else held:
         started = time.monotonic()
         result = TargetResult(target.name, OK, Path(stored.name), bytes_in=stored.size)
         try:

@@ -221,6 +221,25 @@ def test_verify_names_an_archive_with_one_flipped_byte(project: Project, member:
     assert older.name not in latest.output
 
 
+def test_verify_latest_checks_the_archive_restore_would_take_not_one_dated_in_the_future(project: Project) -> None:
+    # A good archive dated a month ahead (a clock ahead once) and a damaged one from now:
+    # verify --latest passed the future one while restore, which passes over it, failed.
+    make_site(project)
+    back_up(project)
+    (current,) = project.archives(target="site")
+    ahead = current.with_name("site-20991231T000000.000000Z.zip")
+    ahead.write_bytes(current.read_bytes())
+    start, info = data_offset(current, "big.txt")
+    flip_byte(current, start + info.compress_size // 2)
+
+    latest = project.invoke("verify", "--only", "site", "--latest")
+    assert latest.code == 1, latest.output
+    (failed,) = lines(latest, "failed", "site")
+    assert current.name in failed and ahead.name not in latest.output
+    restored = project.invoke("restore", "site", "--to", str(project.root / "restored"))
+    assert restored.code == 1 and current.name in restored.output, restored.output
+
+
 @pytest.mark.parametrize("keep", ["half", "all but the last byte"])
 def test_verify_names_a_truncated_archive(project: Project, keep: str) -> None:
     make_site(project)
