@@ -405,6 +405,9 @@ def restore(
             advice = f"{where} is a file where the archive has a folder; move it away and restore again"
         else:
             advice = f"{exc.strerror or exc} ({where}); choose a folder this user can create and write"
+        written = getattr(exc, "restored", None)
+        if written is not None and written.written():
+            advice += f"; {written.written()}"
         print(f"failed: [{target.name}] => cannot restore into {to}: {advice}", file=sys.stderr)
         return TargetError.exit_code
     return _restored(target, chosen.name, done)

@@ -20,6 +20,7 @@ import os
 import stat
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +45,18 @@ class Restored:
     links: int = 0
     databases: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Databases that failed integrity_check: not placed; every other member still is.
+    damaged: list[str] = field(default_factory=list)
+
+    def written(self) -> str:
+        """What this restore wrote before it stopped ("" when nothing): said with any failure."""
+        count = self.files + self.links  # a database is one of the files, counted apart too
+        if not count:
+            return ""
+        return (
+            f"{count} file(s) and link(s) were restored into {self.folder} before it stopped and stay there "
+            "(restore the rest from another archive with --archive NAME --force, or --member PATH)"
+        )
 
 
 def choose_archive(target: Target, name: str | None) -> Path:
@@ -98,6 +111,10 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
                 more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
                 verb = "already exist" if more else "already exists"
                 raise UsageError(f"{clashes[0]}{more} {verb}; pass --force to overwrite")
+        elif any(not info.is_dir() and os.path.lexists(path) for info, path in plan):
+            # --force over files that exist: a member found damaged halfway would leave a mix of
+            # old and restored files, so every member to write is read (and its CRC checked) first.
+            _check_members(directory, [info for info, _ in plan], archive)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
@@ -111,24 +128,53 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
                 _extract(directory, info, path, root, done)
             except TargetError as exc:
                 raise _partly_restored(exc, done) from None
+            except _DAMAGED as exc:  # a link's target, read outside the file copy
+                raise _partly_restored(
+                    TargetError(f"{info.filename} in {archive.name} is damaged: {exc}"), done
+                ) from None
+            except OSError as exc:
+                exc.restored = done  # type: ignore[attr-defined]  # the caller says what was written
+                raise
             if info.is_dir():
                 folders.append((info, path))
         # Folders' modes, owners and times last, deepest first: a 0500 folder must be filled
         # before it is closed, and writing into a folder moves its time.
         for info, path in sorted(folders, key=lambda item: -len(item[1].parts)):
             _set_attributes(info, path, done)
+    if done.damaged:
+        more = f" and {len(done.damaged) - 1} more" if len(done.damaged) > 1 else ""
+        raise TargetError(
+            f"database {done.damaged[0]}{more} in {archive.name} fails integrity_check and was not restored; "
+            f"every other member was, into {folder} (to take it as archived anyway: unzip -p {archive} MEMBER > FILE)"
+        )
     return done
+
+
+# What reading a damaged member raises: a bad CRC or header, a stream that does not inflate, a
+# member cut short, a method this zip reader lacks.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
+
+
+def _check_members(directory: zipfile.ZipFile, infos: list[zipfile.ZipInfo], archive: Path) -> None:
+    """Read every file member of `infos` through (the reader checks each one's CRC at its end)."""
+    for info in infos:
+        if info.is_dir():
+            continue
+        try:
+            with directory.open(info) as source:
+                while source.read(_BLOCK):
+                    pass
+        except _DAMAGED as exc:
+            raise TargetError(
+                f"{info.filename} in {archive.name} is damaged ({exc}); nothing was overwritten (verify the "
+                "archives, and restore from another with --archive NAME)"
+            ) from None
 
 
 def _partly_restored(exc: TargetError, done: Restored) -> TargetError:
     """`exc`, saying what the restore had already written: a damaged member stops it halfway."""
-    written = done.files + done.links  # a database is one of the files, counted apart too
-    if not written:
-        return exc
-    return type(exc)(
-        f"{exc}; {written} file(s) and link(s) before it were restored into {done.folder} and stay there "
-        f"(restore the rest from another archive with --archive NAME --force, or --member PATH)"
-    )
+    written = done.written()
+    return type(exc)(f"{exc}; {written}") if written else exc
 
 
 def _is_link(info: zipfile.ZipInfo) -> bool:
@@ -267,7 +313,10 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
         if is_database:
             found = sqlite.check(partial, "integrity")
             if found:
-                raise TargetError(f"restored database {info.filename} fails integrity_check: {found}")
+                # The rest of the archive is still restored: during an incident, every other
+                # file matters as much (an archive holding a database cut short is kept for them).
+                done.damaged.append(f"{info.filename} ({found})")
+                return
             # A stale -wal beside the old database would be replayed into the restored one.
             for suffix in ("-wal", "-shm", "-journal"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -279,8 +328,8 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             path.chmod(stat.S_IWRITE)  # Windows will not replace a read-only file (--force asked to)
         partial.replace(path)
         done.files += 1
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise TargetError(f"{info.filename} in {directory.filename}: {exc}") from None
+    except _DAMAGED as exc:
+        raise TargetError(f"{info.filename} in {directory.filename} is damaged: {exc}") from None
     finally:
         _remove(partial)
         for suffix in ("-wal", "-shm"):

@@ -633,12 +633,16 @@ def test_a_restore_stopped_by_a_damaged_member_says_what_it_already_wrote(projec
     written = sum(1 for p in folder.rglob("*") if p.is_file())
     assert written == 30
     assert f"{last.filename} in {archive}" in ran.output
-    assert f"30 file(s) and link(s) before it were restored into {folder} and stay there" in ran.output
+    assert f"30 file(s) and link(s) were restored into {folder} before it stopped and stay there" in ran.output
 
 
 def test_restore_over_a_file_where_the_archive_has_a_folder_says_so(project: Project) -> None:
     # It said "File exists; choose a folder this user can create and write": the folder was fine.
+    # And the files restored before it stopped went unmentioned.
     project.file("site/d/a.txt")
+    for name in ("b1", "b2", "b3"):
+        project.file(f"site/e/{name}.txt")  # after d/ in the archive: never written
+        project.file(f"site/a/{name}.txt")  # before it: written, and said to be
     project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
     back_up(project)
     folder = project.root / "restored"
@@ -648,4 +652,82 @@ def test_restore_over_a_file_where_the_archive_has_a_folder_says_so(project: Pro
 
     assert ran.code == 1, ran.output
     assert f"{folder / 'd'} is a file where the archive has a folder; move it away and restore again" in ran.output
+    assert f"; 3 file(s) and link(s) were restored into {folder} before it stopped and stay there" in ran.output
     assert (folder / "d").read_text() == "a file where the archive has a folder\n"
+
+
+def _spoil_deflate_stream(archive: Path, member: str) -> None:
+    """Make `member`'s deflate stream begin with a block of the reserved type: zlib refuses it."""
+    start, info = data_offset(archive, member)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    data = bytearray(archive.read_bytes())
+    data[start] = 0xFF  # BFINAL 1, BTYPE 11
+    archive.write_bytes(bytes(data))
+
+
+def test_a_member_whose_stream_does_not_inflate_stops_restore_in_one_line(project: Project) -> None:
+    # zlib's own error was not caught: a traceback, with part of the tree written and not said.
+    for number in range(5):
+        project.file(f"site/a{number}.txt", "first files\n" * 50)
+    project.file("site/z.txt", "the damaged one\n" * 500)
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    back_up(project)
+    (archive,) = project.archives(target="site")
+    _spoil_deflate_stream(archive, "z.txt")
+    folder = project.root / "restored"
+
+    ran = project.invoke("restore", "site", "--to", str(folder))
+
+    assert ran.code == 1, ran.output
+    assert "Traceback" not in ran.output
+    (line,) = ran.output.strip().splitlines()
+    assert line.startswith(f"failed: [site] => z.txt in {archive} is damaged: Error -3")
+    assert f"5 file(s) and link(s) were restored into {folder} before it stopped" in line
+    assert not (folder / "z.txt").exists()
+
+
+def test_restore_with_force_reads_every_member_before_overwriting_anything(project: Project) -> None:
+    # A member found damaged halfway left the folder a mix of old files and restored ones.
+    for number in range(5):
+        project.file(f"site/a{number}.txt", "archived\n" * 50)
+    project.file("site/z.txt", "the damaged one\n" * 500)
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    back_up(project)
+    (archive,) = project.archives(target="site")
+    _spoil_deflate_stream(archive, "z.txt")
+    folder = project.root / "restored"
+    for number in range(5):
+        project.file(f"restored/a{number}.txt", "the live file\n")
+
+    ran = project.invoke("restore", "site", "--to", str(folder), "--force")
+
+    assert ran.code == 1, ran.output
+    assert f"z.txt in {archive.name} is damaged" in ran.output and "nothing was overwritten" in ran.output
+    assert all((folder / f"a{n}.txt").read_text() == "the live file\n" for n in range(5))
+    assert sorted(p.name for p in folder.iterdir()) == [f"a{n}.txt" for n in range(5)]
+
+
+def test_a_database_failing_its_check_is_left_out_and_every_other_member_restored(project: Project) -> None:
+    # The archive of a folder holding a database cut short is kept for its other files, but
+    # restore stopped at that database: the files after it could not be restored at all.
+    whole = project.root / "whole.db"
+    with closing(sqlite3.connect(whole)) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.executemany("INSERT INTO t VALUES (?)", [("row " * 50,)] * 200)
+        db.commit()
+    project.file("site/a.txt", "before\n")
+    (project.root / "site" / "broken.db").write_bytes(whole.read_bytes()[:5000])  # cut short
+    project.file("site/zz.txt", "after\n")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    assert project.invoke("backup").code == 1  # the cut-short database fails the target; the archive stays
+    (archive,) = project.archives(target="site")
+    folder = project.root / "restored"
+
+    ran = project.invoke("restore", "site", "--to", str(folder))
+
+    assert ran.code == 1, ran.output
+    assert "database broken.db (" in ran.output and "fails integrity_check and was not restored" in ran.output
+    assert f"every other member was, into {folder}" in ran.output and f"unzip -p {archive} MEMBER" in ran.output
+    assert (folder / "a.txt").read_text() == "before\n" and (folder / "zz.txt").read_text() == "after\n"
+    assert not (folder / "broken.db").exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary copy left
