@@ -61,7 +61,13 @@ class Restored:
 
 def choose_archive(target: Target, name: str | None) -> Path:
     """The named archive of `target`, or its newest."""
-    existing = archives.list_archives(target.destination, target.name)
+    try:
+        existing = archives.list_archives(target.destination, target.name)
+    except OSError as exc:  # not about --to: the caller's advice for those would mislead
+        raise TargetError(
+            f"cannot list {target.destination}, where {target.name}'s archives are: {exc.strerror or exc}; "
+            "check the target's destination"
+        ) from None
     if not existing:
         raise TargetError(f"no archives of {target.name} in {target.destination}; nothing to restore")
     if name is None:

@@ -731,3 +731,23 @@ def test_a_database_failing_its_check_is_left_out_and_every_other_member_restore
     assert (folder / "a.txt").read_text() == "before\n" and (folder / "zz.txt").read_text() == "after\n"
     assert not (folder / "broken.db").exists()
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary copy left
+
+
+def test_restore_from_a_destination_that_cannot_be_listed_names_it_not_the_restore_folder(project: Project) -> None:
+    # It said "cannot restore into /tmp/xx: .../backups is a file where the archive has a folder".
+    project.file("site/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    back_up(project)
+    (project.root / "kept").mkdir()
+    (project.root / "backups").rename(project.root / "kept" / "backups")
+    project.file("backups", "a file where the destination was\n")
+    folder = project.root / "restored"
+
+    ran = project.invoke("restore", "site", "--to", str(folder))
+
+    assert ran.code == 1, ran.output
+    assert ran.output.strip() == (
+        f"failed: [site] => cannot list {project.root / 'backups'}, where site's archives are: Not a directory; "
+        "check the target's destination"
+    )
+    assert not folder.exists()
