@@ -398,6 +398,12 @@ def restore(
     except TargetError as exc:
         print(f"failed: [{target.name}] => {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: the file being written was removed; those before it stay.
+        partly = getattr(exc, "restored", None)
+        said = partly.written() if partly is not None and partly.written() else "nothing was restored"
+        print(f"interrupted: [{target.name}] => {said}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as exc:
         where = exc.filename or to
         if isinstance(exc, (FileExistsError, NotADirectoryError)) and Path(where).is_file():

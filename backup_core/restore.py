@@ -138,8 +138,8 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
                 raise _partly_restored(
                     TargetError(f"{info.filename} in {archive.name} is damaged: {exc}"), done
                 ) from None
-            except OSError as exc:
-                exc.restored = done  # type: ignore[attr-defined]  # the caller says what was written
+            except (OSError, KeyboardInterrupt) as exc:
+                exc.restored = done  # type: ignore[union-attr]  # the caller says what was written
                 raise
             if info.is_dir():
                 folders.append((info, path))

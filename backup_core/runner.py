@@ -138,13 +138,21 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
         # run's on_failure hooks still run (a `before` hook may have stopped a service).
         _stopping.set()
         outcome.interrupted = True
-        outcome.errors.append("interrupted; nothing more was archived, placed or rotated")
+        outcome.errors.append(
+            "interrupted; verify changes nothing, and the archives not yet read were not checked"
+            if command == "verify"
+            else "interrupted; nothing more was archived, placed or rotated"
+        )
         # A target the interrupt unwound through has no result of its own: it failed, and the
         # recap must count it so, not show it as never run.
         reported = {result.name for result in outcome.results}
         for name in dict.fromkeys(n for n in begun if n not in reported):
             cut = TargetResult(name)
-            cut.fail("interrupted before it finished; nothing more was placed or rotated")
+            cut.fail(
+                "interrupted before its archives were all read"
+                if command == "verify"
+                else "interrupted before it finished; nothing more was placed or rotated"
+            )
             outcome.results.append(cut)
             options.observer.finished(cut)
     hooks.run_closing_hooks(

@@ -516,3 +516,33 @@ def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(project: Project) -
     (site,) = json.loads(stdout)["targets"]
     assert site["status"] == "changed"
     assert len(project.archives(target="site")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_restore_says_what_it_restored_and_leaves_no_temporary_file(project: Project, sent: int) -> None:
+    # It said "interrupted; no partial archive was left in place" (a backup's words) while the
+    # files restored before the signal stayed in the folder, unmentioned.
+    project.file("site/a.txt", "restored before the signal\n")
+    with closing(sqlite3.connect(project.root / "site" / "z.db")) as db:  # its copy and check take a while
+        db.execute("CREATE TABLE t (x)")
+        db.executemany("INSERT INTO t VALUES (?)", ((os.urandom(400).hex(),) for _ in range(80_000)))
+        db.commit()
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site, compression: {level: 0}}]\n")
+    assert project.invoke("backup").code == 0
+    folder = project.root / "restored"
+    process = subprocess.Popen(
+        [str(INVOKE), "--search-root", str(REPO), "restore", "site", "--manifest", str(project.manifest),
+         "--to", str(folder)],
+        cwd=REPO, env={**os.environ, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for((folder / "a.txt").exists, process)
+    process.send_signal(sent)
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 130, out + err
+    assert err.strip() == (
+        f"interrupted: [site] => 1 file(s) and link(s) were restored into {folder} before it stopped and stay "
+        "there (restore the rest from another archive with --archive NAME --force, or --member PATH)"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # no temporary copy of z.db
