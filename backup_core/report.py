@@ -132,7 +132,9 @@ def describe_status(state: TargetState) -> str:
     newest = state.newest
     limit = f", max_age {state.max_age}" if state.max_age else ""
     if newest is None or newest.age is None:
-        return f"no archive yet{limit or ' (no max_age, so not judged)'} ({stores})"
+        # A destination moved away or unmounted looks like a target never backed up: say which.
+        gone = next((f", and {s.where} does not exist" for s in state.stores if s.folder_missing), "")
+        return f"no archive yet{limit or ' (no max_age, so not judged)'}{gone} ({stores})"
     age = f"{format_age(newest.age)} old" if newest.age >= 0 else f"dated {format_age(-newest.age)} ahead"
     return f"{newest.newest}, {age}{limit} ({stores})"
 

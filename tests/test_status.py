@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import shutil
 import socket
+import zipfile
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import Project, fake_archive, run_invoke
+from conftest import Project, archive_file_name, fake_archive, run_invoke
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -48,9 +49,10 @@ def test_a_target_never_backed_up_fails_with_max_age_and_passes_without(project:
     ran = project.invoke("status", env=at(T0))
     assert ran.code == 1, ran.output
     assert line_of(ran.stdout, "site") == ("failed: [site] => no archive at all; max_age is 26h (local 0 archives 0 B)")
-    assert (
-        line_of(ran.stdout, "notes")
-        == "ok: [notes] => no archive yet (no max_age, so not judged) (local 0 archives 0 B)"
+    # Its destination is not made yet: said, as it would be of one moved away (see below).
+    assert line_of(ran.stdout, "notes") == (
+        f"ok: [notes] => no archive yet (no max_age, so not judged), and {project.root / 'backups'} does not "
+        "exist (local 0 archives 0 B)"
     )
     # The first line names what failed: Nagios and Icinga show only that one.
     assert ran.stdout.splitlines()[0].startswith("STATUS [backups.yml: 2 targets; 1 failed: site] ***")
@@ -243,3 +245,41 @@ def test_a_bucket_that_cannot_be_reached_fails_its_store_with_a_sentence(project
     assert [(s["store"], s["listed"]) for s in notes["stores"]] == [("local", True), ("bucket", False)]
     assert "Traceback" not in ran.output
     assert "test" not in notes["error"]  # no credential in the sentence
+
+
+def test_a_destination_moved_away_is_named_not_taken_for_a_target_never_backed_up(project: Project) -> None:
+    # After `mv backups backups.bak` status said only "no archive yet", exit 0.
+    manifest(project)
+    assert project.invoke("backup", env=at(T0)).code == 0
+    (project.root / "backups").rename(project.root / "backups.bak")
+    ran = project.invoke("status", "--only", "notes", env=at(T0))
+    assert line_of(ran.stdout, "notes").startswith(
+        f"ok: [notes] => no archive yet (no max_age, so not judged), and {project.root / 'backups'} does not exist"
+    )
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short", "incomplete"])
+def test_a_newest_archive_that_is_no_whole_backup_fails_status(project: Project, damage: str) -> None:
+    # An empty file under a fresh archive's name made status say "ok, 0s old", and restore then failed.
+    manifest(project)
+    assert project.invoke("backup", env=at(T0)).code == 0
+    [good] = project.archives(target="notes")
+    newer = good.with_name(archive_file_name("notes", T0 + timedelta(hours=1)))
+    data = good.read_bytes()
+    if damage == "incomplete":
+        with zipfile.ZipFile(newer, "w") as made:  # a whole zip that says what it lacks
+            made.writestr("notes.txt", "x")
+            made.comment = b"incomplete: made without app.db (a hot journal)"
+    else:
+        newer.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+
+    ran = project.invoke("status", "--only", "notes", "--format", "json", env=at(T0 + timedelta(hours=1)))
+
+    assert ran.code == 1, ran.output
+    (target,) = ran.json()["targets"]
+    assert target["status"] == "failed"
+    problem = target["error"]
+    assert problem.startswith(f"the newest local archive {newer.name} is ")
+    assert problem.endswith("; check it with verify, and make a complete backup")
+    assert ("marked incomplete: made without app.db" in problem) == (damage == "incomplete")
+    assert target["stores"][0]["newest_problem"] in problem

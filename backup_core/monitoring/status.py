@@ -20,7 +20,7 @@ from typing import Any
 from backup_core.errors import EXIT_FAILED, EXIT_OK, BackupError
 from backup_core.manifest import Target
 from backup_core.results import FAILED, OK, STATUSES
-from backup_core.stores import offsite, retention
+from backup_core.stores import archives, offsite, retention
 from backup_core.stores.base import Store, Stored
 from backup_core.stores.local import LocalStore
 
@@ -41,6 +41,8 @@ class StoreState:
     newest_when: datetime | None = None  # the UTC time in its name
     age: float | None = None  # seconds between newest_when and the survey
     error: str | None = None  # the store could not be listed: one sentence
+    newest_problem: str | None = None  # the newest local archive is not whole, or marked incomplete
+    folder_missing: bool = False  # the local destination does not exist (never made, or moved away)
 
     @property
     def listed(self) -> bool:
@@ -56,6 +58,7 @@ class StoreState:
             "newest": self.newest,
             "newest_time": _iso(self.newest_when),
             "age_seconds": None if self.age is None else round(self.age, 3),
+            "newest_problem": self.newest_problem,
             "error": self.error,
         }
 
@@ -183,7 +186,23 @@ def list_store(target: Target, name: str, where: str, open_store: Callable[[], S
         state.archives, state.bytes = len(held), sum(s.size for s in held)
         if newest is not None:
             state.newest, state.newest_when = newest.name, newest.when
+        if name == "local":
+            state.folder_missing = not target.destination.is_dir()
+            if newest is not None:
+                state.newest_problem = _not_whole(target.destination / newest.name)
     return state, time.monotonic() - started
+
+
+def _not_whole(archive: Path) -> str | None:
+    """Why the newest local archive is no backup to count on (a 64 KiB read of its end), or None:
+    an empty or cut-short file under an archive's name looked fresh to monitoring."""
+    from backup_core.zip.packing import incomplete_note
+
+    ending = archives.ending(archive)
+    if ending.problem:
+        return f"is not a whole zip: {ending.problem}"
+    note = incomplete_note(ending.comment)
+    return f"is marked incomplete: {note}" if note is not None else None
 
 
 def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetState:
@@ -193,10 +212,17 @@ def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetStat
         if store.newest_when is not None:
             store.age = (now - store.newest_when).total_seconds()
     state.problems = [store.error for store in stores if store.error]
+    state.problems += [
+        f"the newest local archive {store.newest} {store.newest_problem}; check it with verify, and make a "
+        "complete backup"
+        for store in stores
+        if store.newest_problem
+    ]
     if target.max_age:
-        state.problems += _freshness(stores, retention.parse_duration(target.max_age))
-        if len(state.problems) > len([s for s in stores if s.error]):
-            state.problems[-1] += f"; max_age is {target.max_age}"
+        stale = _freshness(stores, retention.parse_duration(target.max_age))
+        if stale:
+            stale[-1] += f"; max_age is {target.max_age}"
+        state.problems += stale
     if state.problems:
         state.status = FAILED
     return state
