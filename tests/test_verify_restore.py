@@ -751,3 +751,18 @@ def test_restore_from_a_destination_that_cannot_be_listed_names_it_not_the_resto
         "check the target's destination"
     )
     assert not folder.exists()
+
+
+def test_verify_fails_an_archive_with_bytes_after_its_end(project: Project) -> None:
+    # Readers skip them, so verify said ok; 7-Zip warns, and prune would not count it as whole.
+    make_site(project)
+    back_up(project)
+    (archive,) = project.archives(target="site")
+    with archive.open("ab") as appended:
+        appended.write(b"\0" * 40)
+
+    ran = project.invoke("verify", "--only", "site")
+
+    assert ran.code == 1, ran.output
+    (failed,) = lines(ran, "failed", "site")
+    assert "it has 40 bytes after the end of its zip (appended to it, or left of a longer file)" in failed

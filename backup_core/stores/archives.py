@@ -258,7 +258,7 @@ def ending(path: Path) -> Ending:
             ):
                 at = tail.rfind(b"PK\x05\x06", 0, at)
             if at < 0:
-                return Ending(f"it is {size} bytes with no end of a zip: empty, cut short or not a zip")
+                return Ending(_no_end(tail, size))
             _, _, _, _, count, length, offset, _ = _END.unpack_from(tail, at)
             comment = tail[at + _END.size :]
             end = start + at
@@ -283,6 +283,17 @@ def ending(path: Path) -> Ending:
     except (ValueError, OverflowError):  # a ZIP64 locator pointing past any possible offset
         return Ending("its ZIP64 end record is missing")
     return Ending(None, comment)
+
+
+def _no_end(tail: bytes, size: int) -> str:
+    """Why no end record ends the file: bytes after one (appended, or a longer file written over
+    it), else none at all."""
+    at = tail.rfind(b"PK\x05\x06")
+    if at >= 0 and len(tail) - at >= _END.size:
+        after = len(tail) - (at + _END.size + _END.unpack_from(tail, at)[7])
+        if after > 0:
+            return f"it has {after} bytes after the end of its zip (appended to it, or left of a longer file)"
+    return f"it is {size} bytes with no end of a zip: empty, cut short or not a zip"
 
 
 def file_in_the_way(path: Path) -> Path | None:

@@ -104,6 +104,12 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
     except OSError as exc:
         verdict.problems.append(f"cannot read: {exc.strerror or exc}")
         return verdict
+    # Readers skip bytes after the end record, but this tool writes none: they were appended, or
+    # a longer file was partly overwritten; retention and prune would not take it for whole either.
+    from backup_core.stores.archives import ending
+
+    if (problem := ending(archive).problem) is not None:
+        verdict.problems.append(problem)
     scratch = Path(tempfile.mkdtemp(prefix="verify-")) if sqlite_check != "none" else None
     try:
         # Inflating is CPU work that releases the GIL: read contiguous slices on every core.
