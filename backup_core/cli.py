@@ -59,6 +59,14 @@ _SHORT_FLAGS = {"manifest": "m", "only": "o", "tags": "t", "jobs": "j", "verbose
 _SELECTION_FLAGS = {"only": ("--only", "-o"), "tags": ("--tags", "-t"), "skip_tags": ("--skip-tags",)}
 
 
+def _given_empty(flag: str, short: str | None, argv: list[str]) -> bool:
+    """Whether `flag` (or its one-letter form) stands in `argv` with an empty value."""
+    spelled = {flag, f"-{short}"} if short else {flag}
+    return f"{flag}=" in argv or any(
+        t in spelled and i + 1 < len(argv) and argv[i + 1] == "" for i, t in enumerate(argv)
+    )
+
+
 def _given_bare(flags: tuple[str, ...], task: Task, argv: list[str]) -> bool:  # type: ignore[type-arg]
     """Whether one of `flags` stands in `task`'s part of `argv` with nothing after it but
     another of the task's flags (a value may begin with '-': a tag may)."""
@@ -87,6 +95,12 @@ class _Task(Task):  # type: ignore[type-arg]
         for name, flags in _SELECTION_FLAGS.items():
             if name in kwargs and not kwargs[name] and _given_bare(flags, self, sys.argv[1:]):
                 kwargs[name] = [""]  # which selection.select refuses: "--only was given without a name"
+        for name, value in kwargs.items():
+            # An empty value reads as the flag's absence: `--manifest $M` with M unset would run
+            # the default manifest, `--metrics-file $F` write no metrics, both without a word.
+            flag = "--" + name.replace("_", "-")
+            if value == "" and _given_empty(flag, _SHORT_FLAGS.get(name), sys.argv[1:]):
+                raise Exit(f"error: {flag} was given an empty value; give one, or leave the flag out", code=2)
         return super().__call__(*args, **kwargs)
 
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:

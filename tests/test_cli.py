@@ -428,11 +428,25 @@ def test_only_tags_and_skip_tags_choose_what_is_backed_up(runs: Callable[[str], 
     assert sorted(p.name.rsplit("-", 1)[0] for p in done.project.archives()) == sorted(chosen)
 
 
+EMPTY = "error: {} was given an empty value; give one, or leave the flag out"
 REFUSALS = {
     "only-nosuch": (["--only", "nosuch"], f"error: --only nosuch: {NO_MATCH}"),
     "nothing-selected": (["--tags", "web", "--skip-tags", "web"], f"error: {NOTHING}"),
     "format-xml": (["--format", "xml"], "error: --format xml: choose one of text, json"),
+    # An empty value read as the flag's absence: no metrics were written, no log kept, in silence.
+    "metrics-empty": (["--metrics-file="], EMPTY.format("--metrics-file")),
+    "log-empty": (["--log-file", ""], EMPTY.format("--log-file")),
 }  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", ["--manifest", "-m"])
+def test_an_empty_manifest_flag_is_refused_not_read_as_the_default_manifest(project: Project, flag: str) -> None:
+    # `--manifest $M` with M unset ran ./backups.yml, whatever M was meant to name.
+    selection_project(project)
+    before = project.snapshot_tree()
+    ran = run_invoke("backup", flag, "", cwd=project.root)
+    assert (ran.code, ran.stdout, ran.stderr) == (2, "", EMPTY.format("--manifest") + "\n")
+    assert project.snapshot_tree() == before
 
 
 def _refused(project: Project, flags: list[str]) -> Done:
