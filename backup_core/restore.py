@@ -109,6 +109,13 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
         # judging every name against the disk costs a walk of its whole path (quadratic in depth).
         on_disk: dict[Path, bool] | None = {} if folder.is_dir() and any(folder.iterdir()) else None
         plan = [(info, _destination(root, info, on_disk)) for info in chosen]
+        # --member sub/deep/f creates sub/ and sub/deep/ on its way: those this restore makes get
+        # their archived modes and times too (a file of a 0750 folder must not sit in a 0755 one).
+        folders: list[tuple[zipfile.ZipInfo, Path]] = [
+            (info, path)
+            for info in _ancestors(directory.infolist(), chosen)
+            if not os.path.lexists(path := _destination(root, info, on_disk))
+        ]
         _refuse_paths_through_links(chosen)
         _refuse_name_clashes(chosen, archive)
         if not force:
@@ -127,7 +134,6 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
             raise UsageError(
                 f"--to {folder}: {exc.filename or folder} is a file, not a folder; give a folder to restore into"
             ) from None
-        folders: list[tuple[zipfile.ZipInfo, Path]] = []
         # Links last, as tar does: no file is ever written through a link this restore made.
         for info, path in sorted(plan, key=lambda item: _is_link(item[0])):
             try:
@@ -229,6 +235,15 @@ def _refuse_name_clashes(infos: list[zipfile.ZipInfo], archive: Path) -> None:
                 f"{first} and {info.filename} in {archive.name} would be one file on this system (their names "
                 "differ only in case or trailing dots); restore each with --member into its own folder"
             )
+
+
+def _ancestors(infos: list[zipfile.ZipInfo], chosen: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """The archive's folders above the chosen members that are not chosen themselves (--member)."""
+    if len(chosen) == len(infos):
+        return []
+    above = {name[: at + 1] for name in (i.filename for i in chosen) for at in range(len(name) - 1) if name[at] == "/"}
+    picked = {i.filename for i in chosen}
+    return [i for i in infos if i.is_dir() and i.filename in above and i.filename not in picked]
 
 
 def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> list[zipfile.ZipInfo]:

@@ -766,3 +766,29 @@ def test_verify_fails_an_archive_with_bytes_after_its_end(project: Project) -> N
     assert ran.code == 1, ran.output
     (failed,) = lines(ran, "failed", "site")
     assert "it has 40 bytes after the end of its zip (appended to it, or left of a longer file)" in failed
+
+
+def test_restoring_one_member_gives_the_folders_it_creates_their_archived_modes_and_times(project: Project) -> None:
+    # --member sub/deep/f made sub/ 0755 with the current time: a private folder's file sat in a
+    # folder others could read.
+    project.file("site/sub/deep/f.txt", "secret\n")
+    project.file("site/other.txt")
+    sub, deep = project.root / "site" / "sub", project.root / "site" / "sub" / "deep"
+    deep.chmod(0o700)
+    sub.chmod(0o750)
+    os.utime(deep, (1_700_000_000, 1_700_000_000))
+    os.utime(sub, (1_600_000_000, 1_600_000_000))
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    back_up(project)
+    folder = project.root / "restored"
+    (folder / "sub").mkdir(parents=True)  # there already: left as it is
+    (folder / "sub").chmod(0o755)
+
+    ran = project.invoke("restore", "site", "--to", str(folder), "--member", "sub/deep/f.txt")
+
+    assert ran.code == 0, ran.output
+    assert (folder / "sub" / "deep" / "f.txt").read_text() == "secret\n"
+    assert stat.S_IMODE((folder / "sub" / "deep").stat().st_mode) == 0o700
+    assert int((folder / "sub" / "deep").stat().st_mtime) == 1_700_000_000
+    assert stat.S_IMODE((folder / "sub").stat().st_mode) == 0o755  # not made by this restore
+    assert sorted(p.name for p in folder.iterdir()) == ["sub"]
