@@ -283,3 +283,13 @@ def test_a_newest_archive_that_is_no_whole_backup_fails_status(project: Project,
     assert problem.endswith("; check it with verify, and make a complete backup")
     assert ("marked incomplete: made without app.db" in problem) == (damage == "incomplete")
     assert target["stores"][0]["newest_problem"] in problem
+
+
+def test_a_target_can_opt_out_of_the_default_max_age_with_null(project: Project) -> None:
+    # `max_age: null` was refused ("nothing (null) found, expected text"): a scratch target under
+    # a fleet-wide default could not be left unjudged.
+    manifest(project, extra="defaults: {max_age: 26h}", site="max_age: null")
+    ran = project.invoke("status", env=at(T0))
+    assert ran.code == 1, ran.output
+    assert line_of(ran.stdout, "site").startswith("ok: [site] => no archive yet (no max_age, so not judged)")
+    assert line_of(ran.stdout, "notes").startswith("failed: [notes] => no archive at all; max_age is 26h")
