@@ -306,7 +306,11 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
         if os.path.lexists(path):
             path.unlink()
         try:
-            path.symlink_to(link)
+            if _WINDOWS:  # Windows: its own separators, and a link to a folder says so
+                link = link.replace("/", "\\")
+                path.symlink_to(link, target_is_directory=(path.parent / link).is_dir())
+            else:
+                path.symlink_to(link)
             done.links += 1
         except OSError as exc:  # Windows without the privilege to make links
             done.warnings.append(f"could not make link {info.filename} -> {link}: {exc.strerror or exc}")
@@ -345,7 +349,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
         _set_attributes(info, partial, done)
         if path.is_dir() and not path.is_symlink():
             raise TargetError(f"cannot restore file {info.filename}: a folder of that name exists in {root}")
-        if _READ_ONLY_BLOCKS and path.is_file() and not path.is_symlink():
+        if _WINDOWS and path.is_file() and not path.is_symlink():
             path.chmod(stat.S_IWRITE)  # Windows will not replace a read-only file (--force asked to)
         partial.replace(path)
         done.files += 1
@@ -358,15 +362,15 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
 
 
 # Windows refuses to delete or replace a read-only file (a member archived with mode 0444 makes
-# its temporary copy one): its flag is cleared first there.
-_READ_ONLY_BLOCKS = os.name == "nt"
+# its temporary copy one): its flag is cleared first there.  Its links use its own separators.
+_WINDOWS = os.name == "nt"
 
 
 def _remove(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
     except PermissionError:
-        if not _READ_ONLY_BLOCKS:
+        if not _WINDOWS:
             raise
         path.chmod(stat.S_IWRITE)
         path.unlink(missing_ok=True)

@@ -761,7 +761,10 @@ def _add(
     if entry.kind == "dir":
         writer.add_directory(entry.name, entry.stat)
     elif entry.kind == "link":
-        writer.add_symlink(entry.name, str(Path(entry.path).readlink()), entry.stat)
+        link = str(Path(entry.path).readlink())
+        # Stored with zip's forward slashes, as a link's target is read on other systems; a
+        # Windows restore turns them back.
+        writer.add_symlink(entry.name, link.replace("\\", "/") if os.name == "nt" else link, entry.stat)
     elif entry.kind == "file":
         writer.add_file(entry.name, entry.path, entry.stat)
     else:
