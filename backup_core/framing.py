@@ -12,16 +12,20 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-import subprocess
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 # The child's PYTHONPATH finds this package wherever it lies; what it was before is kept here,
 # and serve() puts it back, so the hooks a child runs see the environment the command had.
 _SAVED_PATH = "BACKUP_CORE_PARENT_PYTHONPATH"
 _LENGTH = struct.Struct("<Q")
 _LONGEST = 1 << 30  # no message is near this long: a longer length means garbled output
+# Set to 1, every child starts with the site module (tests instrument children with sitecustomize).
+CHILD_SITE = "BACKUP_CHILD_SITE"
 
 
 def setting(name: str, default: int) -> int:
@@ -32,16 +36,21 @@ def setting(name: str, default: int) -> int:
         return default
 
 
-def start(module: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(module: str, env: dict[str, str] | None = None, site: bool = True) -> subprocess.Popen[bytes]:
     """`python -m module` with pipes for its input and output, in a process group of its own:
-    Ctrl-C reaches this process, which stops its children itself (closing their input)."""
+    Ctrl-C reaches this process, which stops its children itself (closing their input).
+    Without `site`, a child that needs nothing outside the standard library and this package
+    starts without the site module: in a virtual environment holding many packages, processing
+    their .pth files cost more than the child's own imports."""
+    import subprocess  # here: children import this module too, and need none of it
+
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, **(env or {})}
     before = os.environ.get("PYTHONPATH")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, before]))
     env[_SAVED_PATH] = "unset" if before is None else f"set:{before}"
     return subprocess.Popen(
-        [sys.executable, "-m", module],
+        [sys.executable, *(() if site or os.environ.get(CHILD_SITE) == "1" else ("-S",)), "-m", module],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # failures come back as messages; a crash shows as a closed pipe

@@ -290,8 +290,9 @@ def helper_env(project: Project, now: str, behaviour: str = "") -> dict[str, str
     (site / "sitecustomize.py").write_text(_SITE)
     log = project.root / "helpers.log"
     log.write_text("")
+    # The helper starts without the site module unless told to: sitecustomize needs it.
     return {"BACKUP_SPLIT_WALK_FROM": "2", "PYTHONPATH": str(site), "HELPER_LOG": str(log), "BACKUP_NOW": now,
-            "HELPER": behaviour}  # fmt: skip
+            "HELPER": behaviour, "BACKUP_CHILD_SITE": "1"}  # fmt: skip
 
 
 def helped(project: Project, now: str, behaviour: str = "") -> tuple[dict[str, Any], list[str]]:
@@ -451,3 +452,29 @@ def test_a_walk_started_at_any_member_is_the_rest_of_the_whole_walk(tmp_path: Pa
     for at, name in enumerate(whole):
         assert [e.name for e in entries(root, "folder", ("skip",), name)] == whole[at:], name
     assert list(entries(root, "folder", (), "a/nothing/here.txt")) == []  # the way is gone
+
+
+@posix_only
+def test_the_helper_starts_without_the_site_module_and_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The helper runs `python -S`: every module it imports must come from the standard library or
+    # this package.  A real child, asked as the check asks it (no sitecustomize: none would run).
+    from backup_core.sources.walk import entries
+    from backup_core.stores import state, statewalk
+
+    monkeypatch.delenv("BACKUP_CHILD_SITE", raising=False)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    source = tmp_path / "src"
+    for d in range(10):
+        (source / f"d{d}").mkdir(parents=True)
+        for f in range(500):
+            (source / f"d{d}" / f"f{f:03}").write_bytes(b"x")
+    now = time.time_ns() + 10**12  # every entry older than the racy window
+    recorded = state.Recorder("", now)
+    assert recorded.add_all(entries(source, "folder", ())) and recorded.finish()
+    assert len(recorded.chunks) == 2
+
+    with statewalk.Helper(source, (), recorded.chunks[1:], state.CHUNK, now) as helper:
+        answer = helper.result()
+
+    assert answer is not None and answer.same
+    assert answer.tallies[0] == recorded.count - state.CHUNK  # it walked the second chunk, all of it

@@ -42,11 +42,14 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from itertools import chain, islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backup_core.errors import TargetError
 from backup_core.sources.walk import Entry, entries
-from backup_core.stores import archives, statewalk
-from backup_core.stores.archives import Archive
+from backup_core.stores import statewalk
+
+if TYPE_CHECKING:
+    from backup_core.stores.archives import Archive
 
 FORMAT = 2  # 1 held one digest of the whole walk
 CHUNK = 4096  # entries a digest covers
@@ -261,6 +264,8 @@ def save(destination: Path, target: str, archive: Path, walked: Recorder, when: 
     }
     text = json.dumps(body, sort_keys=True)
     line = json.dumps({"state": body, "check": _check(text)}, sort_keys=True)
+    from backup_core.stores import archives  # here: the check's helper process needs none of it
+
     temporary = archives.partial_path(destination, target, when, "state")  # the next run removes a leftover
     temporary.write_text(line + "\n", encoding="utf-8")
     temporary.replace(path_of(destination, target))

@@ -19,13 +19,15 @@ in any way, makes the check fall back to comparing contents, never to a wrong `o
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import subprocess
 
 _HELLO = b"backup_core.stores.statewalk 1\n"
 _SPLIT_FROM = 5  # chunks: more than 16,384 entries
@@ -76,7 +78,8 @@ class Helper:
         from backup_core import framing
 
         try:
-            self._process = framing.start("backup_core.stores.statewalk")
+            # It imports only the standard library and this package: no site module (see framing.start).
+            self._process = framing.start("backup_core.stores.statewalk", site=False)
             assert self._process.stdin is not None  # started with pipes
             framing.send(self._process.stdin, self._request)
             # Its input stays open: the helper stops when it closes, so it cannot outlive this
