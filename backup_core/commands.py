@@ -21,7 +21,7 @@ import yaml
 
 from backup_core import interrupts, report
 from backup_core import manifest as manifest_module
-from backup_core.errors import EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError, shown
+from backup_core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError, shown
 from backup_core.manifest import Manifest, Remote, Target, selection
 
 # The runner (and through it the zip writer, the stores, filelock), restore and the offsite
@@ -155,8 +155,9 @@ def status(
     for state in found.targets:
         text.verdict(state.status, state.name, report.describe_status(state))
     text.end(found)
-    if output == "json":
-        report.print_json(found.as_json(), sys.stdout)
+    if output == "json" and not report.print_json(found.as_json(), sys.stdout):
+        print("error: could not write the JSON document to stdout", file=sys.stderr)
+        return max(found.exit_code, EXIT_FAILED)
     return found.exit_code
 
 
@@ -322,7 +323,9 @@ def list_targets(
         loaded = _load(manifest_path)
         targets = selection.select(loaded.targets, only, tags, skip_tags)
     if output == "json":
-        report.print_json([t.settings() for t in targets], sys.stdout)
+        if not report.print_json([t.settings() for t in targets], sys.stdout):
+            print("error: could not write the JSON document to stdout", file=sys.stderr)
+            return EXIT_FAILED
         return EXIT_OK
     for target in targets:
         print(_describe_target(target))

@@ -967,7 +967,7 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
     kept = retention.newest([a for a in existing if a not in doomed], _when, utc_now())
     if kept is None:
         return None
-    problem, comment = archives.ending(kept.path)
+    problem, comment, _ = archives.ending(kept.path)
     if problem is None and (note := _incompleteness(comment)) is not None:
         problem = f"it is incomplete: {note}"
     if problem is None:

@@ -402,7 +402,7 @@ def test_verify_download_reports_a_damaged_copy(backed: Backed, damage: str) -> 
     _damage_behind_the_record(backed.copy, change)
     ran = backed.project.invoke("verify", "--remote", "vault", "--download", "--identity", str(backed.key.file))
     assert ran.code == 1, ran.output
-    assert f"failed: [site] => {backed.copy.name}: {backed.copy.name} {expected}" in ran.output
+    assert f"failed: [site] => {backed.copy.name}: {expected}" in ran.output  # the copy named once
     assert "Traceback" not in ran.output
     assert [p.name for p in (backed.project.root / "backups").iterdir() if p.name.startswith(".backup-fetch-")] == []
 

@@ -68,6 +68,22 @@ def test_a_reader_that_stops_after_one_line_skips_no_target(project: Project) ->
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["status", "list"])
+def test_a_json_document_that_cannot_be_written_fails_status_and_list(project: Project, command: str) -> None:
+    # They exited 0 with nothing said once their JSON went through the escaping writer.
+    _three_targets(project)
+    with Path("/dev/full").open("w") as full:
+        done = subprocess.run(
+            [str(INVOKE), "--search-root", str(REPO), command, "--manifest", str(project.manifest), "--format", "json"],
+            cwd=REPO, env={**os.environ, "NO_COLOR": "1"}, stdout=full, stderr=subprocess.PIPE, text=True,
+            timeout=300, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "error: could not write the JSON document to stdout" in done.stderr
+    _clean(done.stderr)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_output_redirected_to_a_full_disk_skips_no_target_and_fails_the_run(project: Project) -> None:
     _three_targets(project)
     with Path("/dev/full").open("w") as full:

@@ -7,6 +7,7 @@ attacker or a failing disk would leave them.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sqlite3
@@ -792,3 +793,26 @@ def test_restoring_one_member_gives_the_folders_it_creates_their_archived_modes_
     assert int((folder / "sub" / "deep").stat().st_mtime) == 1_700_000_000
     assert stat.S_IMODE((folder / "sub").stat().st_mode) == 0o755  # not made by this restore
     assert sorted(p.name for p in folder.iterdir()) == ["sub"]
+
+
+def test_an_archive_cut_short_is_not_said_to_have_bytes_appended(project: Project) -> None:
+    # A stored .zip inside the tree carries an end record of its own: once the archive was cut
+    # short within its central directory, that record was taken for the archive's, "16600 bytes
+    # after the end of its zip".
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as made:
+        made.writestr("inside.txt", "x" * 1000)
+    project.file("site/a.txt", "a\n")
+    (project.root / "site" / "inner.zip").write_bytes(inner.getvalue())
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    back_up(project)
+    (archive,) = project.archives(target="site")
+    with zipfile.ZipFile(archive) as opened:
+        directory_at = opened.start_dir
+    archive.write_bytes(archive.read_bytes()[: directory_at + 20])
+
+    ran = project.invoke("verify", "--only", "site")
+
+    assert ran.code == 1, ran.output
+    assert "bytes after the end of its zip" not in ran.output
+    assert "no end of a zip: empty, cut short or not a zip" in ran.output

@@ -199,6 +199,8 @@ def _not_whole(archive: Path) -> str | None:
     from backup_core.zip.packing import incomplete_note
 
     ending = archives.ending(archive)
+    if not ending.readable:
+        return None  # a monitoring account may list archives (0600) it cannot read: not judged
     if ending.problem:
         return f"is not a whole zip: {ending.problem}"
     note = incomplete_note(ending.comment)

@@ -236,6 +236,7 @@ class Ending(NamedTuple):
 
     problem: str | None
     comment: bytes = b""
+    readable: bool = True  # False: the file could not be read, so nothing is known of its shape
 
 
 def ending(path: Path) -> Ending:
@@ -258,7 +259,7 @@ def ending(path: Path) -> Ending:
             ):
                 at = tail.rfind(b"PK\x05\x06", 0, at)
             if at < 0:
-                return Ending(_no_end(tail, size))
+                return Ending(_no_end(file, tail, start, size))
             _, _, _, _, count, length, offset, _ = _END.unpack_from(tail, at)
             comment = tail[at + _END.size :]
             end = start + at
@@ -279,20 +280,28 @@ def ending(path: Path) -> Ending:
                 if file.read(4) != b"PK\x01\x02":
                     return Ending("its central directory is not where its end record says", comment)
     except OSError as exc:
-        return Ending(f"it cannot be read ({exc.strerror or exc})")
+        return Ending(f"it cannot be read ({exc.strerror or exc})", readable=False)
     except (ValueError, OverflowError):  # a ZIP64 locator pointing past any possible offset
         return Ending("its ZIP64 end record is missing")
     return Ending(None, comment)
 
 
-def _no_end(tail: bytes, size: int) -> str:
-    """Why no end record ends the file: bytes after one (appended, or a longer file written over
-    it), else none at all."""
+def _no_end(file: BinaryIO, tail: bytes, start: int, size: int) -> str:
+    """Why no end record ends the file: bytes after a whole zip's own end record (appended, or
+    left of a longer file), else none at all.  A record counts as the archive's own only when
+    its central directory ends right before it and begins where it says: a stored member (a
+    .zip or .docx in the tree) carries end records of its own, and one of those in a cut-short
+    archive is no reason to speak of appended bytes."""
     at = tail.rfind(b"PK\x05\x06")
-    if at >= 0 and len(tail) - at >= _END.size:
-        after = len(tail) - (at + _END.size + _END.unpack_from(tail, at)[7])
-        if after > 0:
-            return f"it has {after} bytes after the end of its zip (appended to it, or left of a longer file)"
+    while at >= 0:
+        if len(tail) - at >= _END.size:
+            _, _, _, _, _, length, offset, comment = _END.unpack_from(tail, at)
+            after = len(tail) - (at + _END.size + comment)
+            if after > 0 and offset + length == start + at:
+                file.seek(offset)
+                if file.read(4) == b"PK\x01\x02":
+                    return f"it has {after} bytes after the end of its zip (appended to it, or left of a longer file)"
+        at = tail.rfind(b"PK\x05\x06", 0, at)
     return f"it is {size} bytes with no end of a zip: empty, cut short or not a zip"
 
 
