@@ -21,7 +21,16 @@ import yaml
 
 from backup_core import interrupts, report
 from backup_core import manifest as manifest_module
-from backup_core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ManifestError, TargetError, UsageError, shown
+from backup_core.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BackupError,
+    ManifestError,
+    TargetError,
+    UsageError,
+    shown,
+)
 from backup_core.manifest import Manifest, Remote, Target, selection
 
 # The runner (and through it the zip writer, the stores, filelock), restore and the offsite
@@ -398,28 +407,37 @@ def restore(
             done = restore_module.restore(chosen, Path(to), member=member, force=force)
         else:
             chosen, done = _restore_remote(target, loaded.remotes[remote], Path(to), archive, member, force, identities)
-    except TargetError as exc:
+    except (BackupError, KeyboardInterrupt, OSError) as exc:
+        return _restore_failed(target, to, exc)
+    return _restored(target, chosen.name, done)
+
+
+def _restore_failed(target: Target, to: str, exc: BaseException) -> int:
+    """One line for a restore that stopped, after the warnings it had gathered (an archive marked
+    incomplete, a link it could not make): each says what was restored before it stopped."""
+    partly = getattr(exc, "restored", None)
+    for warning in partly.warnings if partly is not None else []:
+        print(f"  [WARNING] [{target.name}] {warning}", file=sys.stderr)
+    written = partly.written() if partly is not None else ""
+    if isinstance(exc, KeyboardInterrupt):
+        # Ctrl-C or SIGTERM: the file being written was removed; those before it stay.
+        print(f"interrupted: [{target.name}] => {written or 'nothing was restored'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, BackupError):
+        if isinstance(exc, UsageError):
+            raise exc  # a usage error (exit 2) is the CLI's to say, as before
         print(f"failed: [{target.name}] => {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt as exc:
-        # Ctrl-C or SIGTERM: the file being written was removed; those before it stay.
-        partly = getattr(exc, "restored", None)
-        said = partly.written() if partly is not None and partly.written() else "nothing was restored"
-        print(f"interrupted: [{target.name}] => {said}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as exc:
-        where = exc.filename or to
-        if isinstance(exc, (FileExistsError, NotADirectoryError)) and Path(where).is_file():
-            # --force replaces a file with a file, never a file with a folder (nor its contents).
-            advice = f"{where} is a file where the archive has a folder; move it away and restore again"
-        else:
-            advice = f"{exc.strerror or exc} ({where}); choose a folder this user can create and write"
-        written = getattr(exc, "restored", None)
-        if written is not None and written.written():
-            advice += f"; {written.written()}"
-        print(f"failed: [{target.name}] => cannot restore into {to}: {advice}", file=sys.stderr)
-        return TargetError.exit_code
-    return _restored(target, chosen.name, done)
+    assert isinstance(exc, OSError)
+    where = exc.filename or to
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and Path(where).is_file():
+        # --force replaces a file with a file, never a file with a folder (nor its contents).
+        advice = f"{where} is a file where the archive has a folder; move it away and restore again"
+    else:
+        advice = f"{exc.strerror or exc} ({where}); choose a folder this user can create and write"
+    print(f"failed: [{target.name}] => cannot restore into {to}: {advice}{'; ' + written if written else ''}",
+          file=sys.stderr)  # fmt: skip
+    return TargetError.exit_code
 
 
 def _restore_remote(
@@ -458,7 +476,7 @@ def _restore_remote(
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
     with offsite.fetched(target.name, store, chosen, identities, near) as path:
-        done = restore_module.restore(path, to, member=member, force=force)
+        done = restore_module.restore(path, to, member=member, force=force, remote=remote.name)
     done.warnings.extend(warnings)
     return Path(chosen.name), done
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from backup_core.errors import TargetError, UsageError
+from backup_core.errors import BackupError, TargetError, UsageError
 from backup_core.manifest import Target
 from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
@@ -48,15 +48,18 @@ class Restored:
     # Databases that failed integrity_check: not placed; every other member still is.
     damaged: list[str] = field(default_factory=list)
 
-    def written(self) -> str:
-        """What this restore wrote before it stopped ("" when nothing): said with any failure."""
+    def written(self, damaged: bool = False) -> str:
+        """What this restore wrote before it stopped ("" when nothing): said with any failure.
+        `damaged`: the archive stopped it, so the rest must come from another one."""
         count = self.files + self.links  # a database is one of the files, counted apart too
         if not count:
             return ""
-        return (
-            f"{count} file(s) and link(s) were restored into {self.folder} before it stopped and stay there "
-            "(restore the rest from another archive with --archive NAME --force, or --member PATH)"
+        rest = (
+            "restore the rest from another archive with --archive NAME --force, or --member PATH"
+            if damaged
+            else "run the restore again with --force to finish it"
         )
+        return f"{count} file(s) and link(s) were restored into {self.folder} before it stopped and stay there ({rest})"
 
 
 def choose_archive(target: Target, name: str | None) -> Path:
@@ -91,9 +94,22 @@ def choose_archive(target: Target, name: str | None) -> Path:
     raise UsageError(f"--archive {name}: not an archive of {target.name}; the newest are: {newest}")
 
 
-def restore(archive: Path, folder: Path, member: str | None = None, force: bool = False) -> Restored:
-    """Extract `archive` (or one member or subfolder of it) into `folder`."""
+def restore(
+    archive: Path, folder: Path, member: str | None = None, force: bool = False, remote: str | None = None
+) -> Restored:
+    """Extract `archive` (or one member or subfolder of it) into `folder`; `remote`: the remote
+    the archive is a downloaded copy from (its scratch file is gone once this returns).
+    Whatever it raises carries what was restored so far as `restored` (see commands.restore)."""
     done = Restored(archive, folder)
+    try:
+        _restore(archive, folder, member, force, remote, done)
+    except (BackupError, OSError, KeyboardInterrupt) as exc:
+        exc.restored = done  # type: ignore[union-attr]
+        raise
+    return done
+
+
+def _restore(archive: Path, folder: Path, member: str | None, force: bool, remote: str | None, done: Restored) -> None:
     if os.path.lexists(folder) and not folder.is_dir():
         raise UsageError(f"--to {folder} is a file, not a folder; give a folder to restore into (created if missing)")
     root = Path(os.path.realpath(folder))
@@ -142,11 +158,8 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
                 raise _partly_restored(exc, done) from None
             except _DAMAGED as exc:  # a link's target, read outside the file copy
                 raise _partly_restored(
-                    TargetError(f"{info.filename} in {archive.name} is damaged: {exc}"), done
+                    TargetError(f"{info.filename} in {archive.name} is damaged: {_why(exc)}"), done
                 ) from None
-            except (OSError, KeyboardInterrupt) as exc:
-                exc.restored = done  # type: ignore[union-attr]  # the caller says what was written
-                raise
             if info.is_dir():
                 folders.append((info, path))
         # Folders' modes, owners and times last, deepest first: a 0500 folder must be filled
@@ -155,16 +168,28 @@ def restore(archive: Path, folder: Path, member: str | None = None, force: bool 
             _set_attributes(info, path, done)
     if done.damaged:
         more = f" and {len(done.damaged) - 1} more" if len(done.damaged) > 1 else ""
+        # A remote's copy was downloaded to a scratch file that is gone by now: name the copy.
+        take = (
+            f"unzip -p {archive} MEMBER > FILE"
+            if remote is None
+            else f"download {archive.name} from remote {remote}, then unzip -p it MEMBER > FILE"
+        )
         raise TargetError(
             f"database {done.damaged[0]}{more} in {archive.name} fails integrity_check and was not restored; "
-            f"every other member was, into {folder} (to take it as archived anyway: unzip -p {archive} MEMBER > FILE)"
+            f"every other member was, into {folder} (to take it as archived anyway: {take})"
         )
-    return done
 
 
 # What reading a damaged member raises: a bad CRC or header, a stream that does not inflate, a
 # member cut short, a method this zip reader lacks.
-_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
+# (RuntimeError: zipfile's "encrypted, password required", for a member whose flags were damaged.)
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RuntimeError):  # zipfile: "File <ZipInfo ...> is encrypted, password required"
+        return "it is marked encrypted, which this tool never writes (its flags are damaged)"
+    return str(exc)
 
 
 def _check_members(directory: zipfile.ZipFile, infos: list[zipfile.ZipInfo], archive: Path) -> None:
@@ -178,14 +203,14 @@ def _check_members(directory: zipfile.ZipFile, infos: list[zipfile.ZipInfo], arc
                     pass
         except _DAMAGED as exc:
             raise TargetError(
-                f"{info.filename} in {archive.name} is damaged ({exc}); nothing was overwritten (verify the "
+                f"{info.filename} in {archive.name} is damaged ({_why(exc)}); nothing was overwritten (verify the "
                 "archives, and restore from another with --archive NAME)"
             ) from None
 
 
 def _partly_restored(exc: TargetError, done: Restored) -> TargetError:
     """`exc`, saying what the restore had already written: a damaged member stops it halfway."""
-    written = done.written()
+    written = done.written(damaged=True)
     return type(exc)(f"{exc}; {written}") if written else exc
 
 
@@ -354,7 +379,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
         partial.replace(path)
         done.files += 1
     except _DAMAGED as exc:
-        raise TargetError(f"{info.filename} in {directory.filename} is damaged: {exc}") from None
+        raise TargetError(f"{info.filename} in {directory.filename} is damaged: {_why(exc)}") from None
     finally:
         _remove(partial)
         for suffix in ("-wal", "-shm"):
