@@ -62,7 +62,7 @@ _SELECTION_FLAGS = {"only": ("--only", "-o"), "tags": ("--tags", "-t"), "skip_ta
 def _given_empty(flag: str, short: str | None, argv: list[str]) -> bool:
     """Whether `flag` (or its one-letter form) stands in `argv` with an empty value."""
     spelled = {flag, f"-{short}"} if short else {flag}
-    return f"{flag}=" in argv or any(
+    return any(f"{name}=" in argv for name in spelled) or any(
         t in spelled and i + 1 < len(argv) and argv[i + 1] == "" for i, t in enumerate(argv)
     )
 

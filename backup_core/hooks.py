@@ -158,17 +158,16 @@ def _last_line(output: IO[bytes]) -> str:
     """The last line a hook wrote to `output` (its last 4 KiB are enough)."""
     end = output.seek(0, os.SEEK_END)
     output.seek(max(0, end - 4096))
-    tail = output.read()
-    if end > 4096:  # read from the middle: skip what is left of a UTF-8 character cut there
-        skip = 0
-        while skip < 3 and skip < len(tail) and 0x80 <= tail[skip] < 0xC0:
-            skip += 1
-        tail = tail[skip:]
+    lines = output.read().strip().splitlines()
+    return _decoded(lines[-1].strip())[:200] if lines else ""
+
+
+def _decoded(line: bytes) -> str:
+    """A line of a hook's output as text: UTF-8, else the system's code page (on Windows the
+    console's, which cmd.exe and its tools write), with what fits neither replaced.  One line
+    alone, so a stray byte elsewhere in the output does not garble the line that is shown."""
     try:
-        text = tail.decode()
+        return line.decode()
     except UnicodeDecodeError:
-        # Not UTF-8: most likely the system's own code page (cmd.exe and its tools on Windows, a
-        # Latin-1 locale elsewhere).
-        text = tail.decode(locale.getpreferredencoding(False), errors="replace")
-    lines = text.strip().splitlines()
-    return lines[-1].strip()[:200] if lines else ""
+        encoding = "oem" if os.name == "nt" else locale.getpreferredencoding(False)
+        return line.decode(encoding, errors="replace")

@@ -436,15 +436,16 @@ REFUSALS = {
     # An empty value read as the flag's absence: no metrics were written, no log kept, in silence.
     "metrics-empty": (["--metrics-file="], EMPTY.format("--metrics-file")),
     "log-empty": (["--log-file", ""], EMPTY.format("--log-file")),
+    "jobs-empty": (["-j="], EMPTY.format("--jobs")),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("flag", ["--manifest", "-m"])
-def test_an_empty_manifest_flag_is_refused_not_read_as_the_default_manifest(project: Project, flag: str) -> None:
+@pytest.mark.parametrize("flag", [["--manifest", ""], ["-m", ""], ["-m="]])
+def test_an_empty_manifest_flag_is_refused_not_read_as_the_default_manifest(project: Project, flag: list[str]) -> None:
     # `--manifest $M` with M unset ran ./backups.yml, whatever M was meant to name.
     selection_project(project)
     before = project.snapshot_tree()
-    ran = run_invoke("backup", flag, "", cwd=project.root)
+    ran = run_invoke("backup", *flag, cwd=project.root)
     assert (ran.code, ran.stdout, ran.stderr) == (2, "", EMPTY.format("--manifest") + "\n")
     assert project.snapshot_tree() == before
 

@@ -622,3 +622,45 @@ def test_idle_wal_database_backup_has_the_transactions_a_plain_copy_lacks(projec
     restore_archive(project, "db", archive, restored)
     assert integrity(restored / "data.db") == ["ok"]
     assert counters(restored / "data.db") == (SEEDED + 50, SEEDED + 50, SEEDED + 50, 50)
+
+
+def _write_from_another_process(database: Path) -> subprocess.CompletedProcess[str]:
+    """One INSERT committed by another process, which gives up at once if the database is locked."""
+    script = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], timeout=0)\n"
+        "c.execute('INSERT INTO t VALUES (1)')\n"
+        "c.commit()\n"
+    )
+    return subprocess.run([sys.executable, "-c", script, str(database)], capture_output=True, text=True, check=False)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX advisory locks")
+@pytest.mark.parametrize("reader", ["the walk's header read", "another snapshot's header read"])
+def test_reading_a_held_databases_header_keeps_the_snapshots_lock(tmp_path: Path, reader: str) -> None:
+    # POSIX locks belong to the process: the walk's (or another target's) open and close of the
+    # database dropped a snapshot's shared lock, so with --jobs 2 a writer committed in the middle
+    # of a copy and the snapshot was torn.  Here the snapshot's read transaction is held open
+    # while the same process reads the header as those do; a writer must still be locked out.
+    from backup_core.sources import held, walk
+
+    database = tmp_path / "app.db"
+    with closing(sqlite3.connect(database)) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+    with held.holding(database):
+        live = sqlite3.connect(f"{sqlite_module.file_uri(database)}?mode=ro", uri=True, isolation_level=None)
+        try:
+            live.execute("BEGIN")
+            live.execute("SELECT count(*) FROM t").fetchone()  # the shared lock a snapshot holds
+            if reader == "the walk's header read":
+                assert walk.is_sqlite(database)
+            else:
+                with held.holding(database) as first:
+                    assert first[:16] == walk.SQLITE_HEADER
+            written = _write_from_another_process(database)
+        finally:
+            live.close()
+    assert written.returncode != 0 and "database is locked" in written.stderr, written.stderr
+    assert _write_from_another_process(database).returncode == 0  # and once the snapshot is done, it may

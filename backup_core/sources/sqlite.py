@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from backup_core.errors import TargetError
+from backup_core.sources import held
 
 CHECK_PRAGMAS = {"integrity": "integrity_check", "quick": "quick_check"}
 
@@ -55,17 +56,21 @@ def _snapshot(source: Path, destination: Path, busy_timeout: float) -> None:
         # mode=ro never creates a file, but say plainly what is wrong.
         raise TargetError(f"database not found: {source}; check the path in the manifest")
     companions = (Path(f"{source}-wal"), Path(f"{source}-shm"))
-    if _in_wal_mode(source) and not any(p.exists() for p in companions):
-        # No connection has this database open (an open WAL connection keeps its -wal and -shm),
-        # and a read-only WAL reader would leave an empty -wal and -shm beside it. Read it as
-        # immutable instead, then make sure nobody opened it meanwhile; if someone did, the
-        # usual locked read below starts over.
-        before = _identity(source)
-        _copy(source, destination, "mode=ro&immutable=1", busy_timeout)
-        if not any(p.exists() for p in companions) and _identity(source) == before:
-            return
-    # Read-only: the backup never writes to the live database or checkpoints its WAL.
-    _copy(source, destination, "mode=ro", busy_timeout)
+    # Registered as held for as long as a connection is open: no other part of this process
+    # may open and close the file meanwhile, or the connection's lock is gone (see held).
+    with held.holding(source) as first:
+        in_wal_mode = first[18:20] == b"\x02\x02"  # file format versions 2: WAL
+        if in_wal_mode and not any(p.exists() for p in companions):
+            # No connection has this database open (an open WAL connection keeps its -wal and
+            # -shm), and a read-only WAL reader would leave an empty -wal and -shm beside it. Read
+            # it as immutable instead, then make sure nobody opened it meanwhile; if someone did,
+            # the usual locked read below starts over.
+            before = _identity(source)
+            _copy(source, destination, "mode=ro&immutable=1", busy_timeout)
+            if not any(p.exists() for p in companions) and _identity(source) == before:
+                return
+        # Read-only: the backup never writes to the live database or checkpoints its WAL.
+        _copy(source, destination, "mode=ro", busy_timeout)
 
 
 def file_uri(path: Path) -> str:
@@ -76,11 +81,6 @@ def file_uri(path: Path) -> str:
     """
     text = path.resolve().as_posix()
     return "file://" + quote(text if text.startswith("/") else "/" + text, safe="/:")
-
-
-def _in_wal_mode(source: Path) -> bool:
-    with source.open("rb") as header:
-        return header.read(20)[18:20] == b"\x02\x02"  # file format versions 2: WAL
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

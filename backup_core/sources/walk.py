@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from backup_core.errors import TargetError
+from backup_core.sources import held
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 _COMPANIONS = ("-wal", "-shm", "-journal")
@@ -35,11 +36,13 @@ class Entry(NamedTuple):
 
 def is_sqlite(path: Path, st: os.stat_result | None = None) -> bool:
     """True when `path` starts with the SQLite header."""
-    if not _could_be_sqlite(st or path.stat()):
+    st = st or path.stat()
+    if not _could_be_sqlite(st):
         return False
     try:
-        with path.open("rb") as source:
-            return source.read(16) == SQLITE_HEADER
+        # Through held.head: opening and closing a database a snapshot of this process is
+        # reading would drop the snapshot's lock (see backup_core.sources.held).
+        return held.head(path, st)[:16] == SQLITE_HEADER
     except OSError:
         return False
 
