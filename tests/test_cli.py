@@ -856,6 +856,17 @@ def test_a_manifest_that_passed_the_schema_is_checked_again_only_when_it_changes
     assert "jsonschema" not in _imported(project.invoke("list", env=log))
 
 
+def test_a_home_that_does_not_exist_is_not_made_for_the_cache(project: Project, tmp_path: Path) -> None:
+    # Cron for an account whose HOME is /nonexistent: the run created it, .cache and all.
+    project.file("site/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    home = tmp_path / "nonexistent"
+    env = {"HOME": str(home), "XDG_CACHE_HOME": ""}
+    assert project.invoke("backup", env=env).code == 0
+    assert project.invoke("validate", env=env).code == 0
+    assert not home.exists()
+
+
 def test_a_preview_records_no_pass_and_an_unusable_cache_only_costs_the_check(project: Project, tmp_path: Path) -> None:
     project.file("site/a.txt")
     project.write_manifest(

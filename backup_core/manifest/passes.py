@@ -93,6 +93,9 @@ def _cache_folder() -> Path | None:
     if given and Path(given).is_absolute():  # a relative one is invalid (XDG): it would follow the working folder
         return Path(given)
     try:
-        return Path.home() / ".cache"
+        home = Path.home()
     except RuntimeError:  # no home folder to be found (a bare service account)
         return None
+    # A home that does not exist (HOME=/nonexistent, the convention for accounts without one)
+    # is not made: the cache is a convenience, and creating folders there a side effect.
+    return home / ".cache" if home.is_dir() else None
