@@ -7,6 +7,7 @@ processes, as an application would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -664,3 +665,34 @@ def test_reading_a_held_databases_header_keeps_the_snapshots_lock(tmp_path: Path
             live.close()
     assert written.returncode != 0 and "database is locked" in written.stderr, written.stderr
     assert _write_from_another_process(database).returncode == 0  # and once the snapshot is done, it may
+
+
+@pytest.mark.parametrize("journal", ["wal", "persist"])
+def test_a_full_destination_during_a_snapshot_is_named_as_such(project: Project, small_fs: Path, journal: str) -> None:
+    # It said "snapshot of <source> failed: database or disk is full" (as if the database's own
+    # disk were full), or, beside a persistent journal, that a writer left a hot journal.
+    database = project.root / "app.db"
+    with closing(sqlite3.connect(database)) as db:
+        db.execute(f"PRAGMA journal_mode={journal}")
+        db.execute("CREATE TABLE t (x)")
+        db.executemany("INSERT INTO t VALUES (?)", ((os.urandom(500).hex(),) for _ in range(4000)))
+        db.commit()
+        if journal == "persist":
+            db.execute("INSERT INTO t VALUES (1)")  # leaves a non-empty -journal behind
+            db.commit()
+    folder = small_fs / f"full-{os.getpid()}"
+    folder.mkdir()
+    try:
+        filler = folder / "filler"
+        with filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:  # all but a little
+                out.write(b"\0" * (1 << 20))
+                out.flush()
+        os.truncate(filler, max(0, filler.stat().st_size - (256 << 10)))  # room for a little, not the copy
+        project.write_manifest(f"version: 1\ntargets: [{{name: app, path: app.db, destination: {folder}}}]\n")
+        ran = project.invoke("backup")
+        assert ran.code == 1, ran.output
+        assert f"disk full writing the snapshot of {database} to {folder}" in ran.output, ran.output
+        assert "hot journal" not in ran.output
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -109,9 +109,21 @@ def _copy(source: Path, destination: Path, options: str, busy_timeout: float) ->
         finally:
             copy.close()
     except sqlite3.Error as exc:
-        raise TargetError(_hot_journal(source) or f"snapshot of {source} failed: {exc}") from None
+        raise TargetError(_why_failed(source, destination, exc)) from None
     finally:
         live.close()
+
+
+def _why_failed(source: Path, destination: Path, exc: sqlite3.Error) -> str:
+    """The one line for a copy that failed: the live database is opened read-only, so a full
+    disk is the snapshot's, in the destination (it read as if the database's own disk were)."""
+    message = str(exc)
+    if "full" in message:
+        return (
+            f"disk full writing the snapshot of {source} to {destination.parent}; free some space there "
+            "(or choose another destination), then back up again"
+        )
+    return _hot_journal(source, message) or f"snapshot of {source} failed: {message}"
 
 
 def _begin_read(live: sqlite3.Connection, source: Path, busy_timeout: float, deadline: float) -> None:
@@ -134,17 +146,18 @@ def _begin_read(live: sqlite3.Connection, source: Path, busy_timeout: float, dea
                 ) from None
             if "not a database" in message or "malformed" in message:
                 raise TargetError(f"{source} is not a usable SQLite database: {message}") from None
-            raise TargetError(_hot_journal(source) or f"cannot read database {source}: {message}") from None
+            raise TargetError(_hot_journal(source, message) or f"cannot read database {source}: {message}") from None
 
 
-def _hot_journal(source: Path) -> str | None:
+def _hot_journal(source: Path, message: str) -> str | None:
     """The sentence for a database a crashed writer left with a rollback journal to replay.
 
     A read-only connection must replay that journal before it reads and cannot: SQLite
     says "attempt to write a readonly database", which points the operator the wrong way.
+    Only that error: a live writer's journal (or a PERSIST one) is there for other failures too.
     """
     journal = Path(f"{source}-journal")
-    if not journal.is_file() or journal.stat().st_size == 0:
+    if "readonly" not in message or not journal.is_file() or journal.stat().st_size == 0:
         return None
     return (
         f"database {source} has a hot journal ({journal.name}, left by a writer that stopped mid-transaction); "
