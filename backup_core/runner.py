@@ -120,6 +120,18 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
         return results
 
     _stopping.clear()
+    if (run_hooks.before or run_hooks.after) and _all_busy(targets):
+        # Another run holds every target: this one would do nothing, and its hooks (stop the
+        # app, start the app) would start the app in the middle of the other run's backup.
+        for target in targets:
+            result = TargetResult(target.name, SKIPPED)
+            result.reason = (
+                "another run is working on this target (lock_timeout to wait longer); the run's hooks were not run"
+            )
+            outcome.results.append(result)
+            options.observer.finished(result)
+        outcome.seconds = time.monotonic() - started
+        return outcome
     try:
         try:
             hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "running"})
@@ -343,6 +355,24 @@ def _locked(target: Target, result: TargetResult) -> Iterator[list[str] | None]:
 
 _created_locks: set[Path] = set()  # lock files this run created: no other run changed those targets since
 _created_locks_lock = threading.Lock()
+
+
+def _all_busy(targets: list[Target]) -> bool:
+    """Whether another run holds the lock of every target, none of which would wait for it."""
+    for target in targets:
+        path = _lock_path(target)
+        if target.lock_timeout or not path.is_file():
+            return False
+        probe = filelock.FileLock(path, preserve_lock_file=os.name == "nt")
+        try:
+            probe.acquire(timeout=0)
+        except filelock.Timeout:
+            continue
+        except OSError:
+            return False  # the target's own run says what is wrong
+        probe.release()
+        return False
+    return bool(targets)
 
 
 def _lock_path(target: Target) -> Path:

@@ -546,3 +546,33 @@ def test_an_interrupted_restore_says_what_it_restored_and_leaves_no_temporary_fi
         "there (run the restore again with --force to finish it)"  # the archive is fine: no other needed
     )
     assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # no temporary copy of z.db
+
+
+@pytest.mark.slow
+def test_a_run_whose_every_target_another_run_holds_runs_no_run_hooks(project: Project) -> None:
+    # Run B, started while run A was archiving, skipped its only target but still ran the run's
+    # hooks: its `after` ("start the app") ran in the middle of A's backup, with the app meant down.
+    project.file("site/a.txt")
+    project.write_manifest(
+        "version: 1\n"
+        "hooks:\n"
+        '  before: [["sh", "-c", "echo stopped > $STATE/app.state"]]\n'
+        '  after: [["sh", "-c", "echo started > $STATE/app.state"]]\n'
+        "targets:\n"
+        "  - name: site\n"
+        "    path: site\n"
+        '    hooks: {before: [["sh", "-c", "touch $STATE/holding; sleep 3"]]}\n'
+    )
+    first = _start(project)
+    _wait_for((project.root / "holding").exists, first)
+    assert (project.root / "app.state").read_text() == "stopped\n"
+
+    second = project.invoke("backup", "--format", "json", env={"STATE": str(project.root)})
+
+    assert second.code == 0, second.output
+    (result,) = second.json()["targets"]
+    assert result["status"] == "skipped" and "the run's hooks were not run" in result["reason"]
+    assert (project.root / "app.state").read_text() == "stopped\n"  # A's backup is still under way
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+    assert (project.root / "app.state").read_text() == "started\n"
