@@ -621,23 +621,27 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         archives.place(partial, final)
         archives.mark_changed(_lock_path(target))
         result.status, result.archive = CHANGED, final
+        said = []
         if result.incomplete:
             # The rest of the folder is safe in the archive, but a database is missing from it:
             # the target fails (exit 1, on_failure hooks, no rotation) and keeps the archive.
             left_out = "; ".join(result.incomplete)
-            result.fail(
+            said.append(
                 f"{final.name} was made without {len(result.incomplete)} database(s), the rest of the folder "
                 f"is in it: {left_out}"
             )
-        elif torn:
+        if torn:
             # Archived byte for byte, but no snapshot or check could be made of it: the archive
             # is kept (the rest is good, and those bytes may be all there is), the target fails.
+            # Said with the databases left out too: one must not hide the other.
             more = f" and {len(torn) - 1} more" if len(torn) > 1 else ""
-            result.fail(
-                f"{final.name} holds {torn[0]}{more} as it is, unchecked: it begins as a SQLite database but is "
-                f"not a whole number of pages, so it is damaged or was cut short; check it with sqlite3 "
-                f"(PRAGMA integrity_check), repair or remove it"
+            said.append(
+                f"{'it' if said else final.name} holds {torn[0]}{more} as it is, unchecked: it begins as a SQLite "
+                f"database but is not a whole number of pages, so it is damaged or was cut short; check it with "
+                f"sqlite3 (PRAGMA integrity_check), repair or remove it"
             )
+        if said:
+            result.fail("; and ".join(said))
         _save_state(target, final, walked, when, result)
         return [*listed, Archive(when, final)]
     except KeyboardInterrupt:

@@ -195,6 +195,21 @@ def test_a_database_cut_short_in_a_folder_fails_the_target_and_is_kept_as_it_is(
     assert (project.root / "failed.state").read_text() == "failed\n"
 
 
+def test_a_database_left_out_does_not_hide_another_archived_torn(project: Project) -> None:
+    # With one database left out (its snapshot failed its check) and another archived as it was
+    # (not whole pages), the line named only the first: the torn one went unsaid.
+    _cut_short(project.root / "app" / "cut.db", 8192)  # whole pages: snapshotted, fails its check
+    _cut_short(project.root / "app" / "torn.db", 50_000)  # not whole pages: archived as it is
+    _folder_manifest(project)
+
+    code, result, stderr = _run(project)
+
+    assert code == 1 and result["status"] == "failed", result
+    assert "was made without 1 database(s)" in result["error"] and "cut.db" in result["error"]
+    assert "; and it holds " in result["error"] and "torn.db as it is, unchecked" in result["error"]
+    assert result["error"] in stderr
+
+
 def test_a_single_file_that_is_a_database_cut_short_fails_its_target(project: Project) -> None:
     _cut_short(project.root / "app.db", 50_000)
     project.write_manifest("version: 1\ntargets: [{name: db, path: app.db, skip_unchanged: true}]\n")
