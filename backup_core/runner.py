@@ -137,6 +137,13 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
             hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "running"})
         except TargetError as exc:
             outcome.errors.append(f"run not started: {exc}")
+            # Every target went without its backup: the recap (and whatever reads it, such as
+            # the Ansible module's summary) must count them failed, not show nothing at all.
+            for target in targets:
+                result = TargetResult(target.name)
+                result.fail("not backed up: the run's before hook failed (see the run's error)")
+                outcome.results.append(result)
+                options.observer.finished(result)
         else:
             with _created_locks_lock:
                 _created_locks.clear()  # what a run created says nothing about an earlier one

@@ -921,6 +921,12 @@ def test_a_failing_run_before_hook_runs_no_target(project: Project) -> None:
     assert "before hook" in ran.stdout and "maintenance window" in ran.stdout
     assert not project.archives()
     assert not target_hooks.exists()
+    # Every target counted failed: the recap said ok=0 changed=0 failed=0 (and JSON targets: []),
+    # so a summary built from it showed nothing wrong.
+    assert "failed: [site] => not backed up: the run's before hook failed" in ran.stdout
+    assert "site : ok=0  changed=0  failed=1  skipped=0" in ran.stdout
+    document = project.invoke("backup", "--format", "json").json()
+    assert document["recap"]["site"]["failed"] == 1 and document["targets"][0]["status"] == "failed"
 
 
 def test_a_failing_run_before_hook_runs_the_run_on_failure(project: Project) -> None:
