@@ -254,8 +254,8 @@ def _json_on_error(command: str, manifest_path: Path | str, wanted: bool) -> Ite
 def _tell(problems: list[tuple[str, bool]]) -> None:
     """Say on stderr what output was lost (stdout may hold a JSON document); failing that, the status says it."""
     try:
-        for message, _ in problems:
-            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        for message, fails in problems:  # ERROR for what fails the run (exit 1), as it does
+            print(f"{'ERROR' if fails else 'WARNING'}: {message}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         report.silence(sys.stderr)
 

@@ -99,7 +99,7 @@ def test_output_redirected_to_a_full_disk_skips_no_target_and_fails_the_run(proj
         )
     assert done.returncode == 1, done.stderr
     _all_archived(project)
-    assert "could not write to stdout (No space left on device)" in done.stderr
+    assert "ERROR: could not write to stdout (No space left on device)" in done.stderr  # it fails the run
     _clean(done.stderr)
 
 
