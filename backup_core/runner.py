@@ -712,10 +712,12 @@ def _changed_while_read(target: Target, kind: str, changed: list[str], result: T
     first = (critical or result.changed)[0]
     more = f" and {len(result.changed) - 1} more" if len(result.changed) > 1 else ""
     if fatal or critical:
+        # A file matching `critical` fails whatever changed_files says: advise what would help.
+        other = "or remove it from critical" if critical else "or set changed_files: warn"
         raise TargetError(
             f"{first}{more} kept changing while it was read ({READ_ATTEMPTS} reads); the archive was discarded "
             f"and no old archive deleted; back it up while nothing writes to it (a before hook can pause the "
-            f"writer) or set changed_files: warn"
+            f"writer) {other}"
         )
     result.warnings.append(
         f"{first}{more} kept changing while it was read ({READ_ATTEMPTS} reads): the archive may hold a mixture "
