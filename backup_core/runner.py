@@ -608,6 +608,15 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
         _changed_while_read(target, kind, stats.changed, result)
         torn = [str(target.path / name) if kind == "folder" else str(target.path) for name in stats.torn_databases]
+        if torn and kind != "folder":
+            # A folder's archive is kept for the rest of the folder; a target that is the damaged
+            # database alone would only add a copy of the same broken bytes on every run, none
+            # ever rotated.  Its last good archives stay.
+            raise TargetError(
+                f"{target.path} begins as a SQLite database but is not a whole number of pages, so it is damaged "
+                "or was cut short; nothing was archived and no old archive deleted; check it with sqlite3 "
+                "(PRAGMA integrity_check), then repair it or restore it from an archive"
+            )
         # An archive missing a database, or holding a damaged one unchecked, is never "unchanged".
         incomplete = bool(result.incomplete or torn)
         if walked is not None and (stats.warnings or incomplete or result.changed):
