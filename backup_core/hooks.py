@@ -61,7 +61,9 @@ def _run_one(
     stdout: IO[bytes],
     stderr: IO[bytes],
 ) -> None:
-    command: str | list[str] = hook.command if hook.command is not None else list(hook.argv or ())
+    command: str | list[str] = (
+        hook.command if hook.command is not None else hook.line if hook.line is not None else list(hook.argv or ())
+    )
     try:
         process = subprocess.Popen(
             command,

@@ -65,9 +65,14 @@ class Hook:
     argv: tuple[str, ...] | None
     command: str | None  # a command line for the platform shell, when asked for
     timeout: float
+    # Windows: a string `run` as the command line itself, without a shell.  There each program
+    # splits its own command line (quotes, backslashes, `--to="a b"`), so nothing here may.
+    line: str | None = None
 
     def describe(self) -> str:
-        return self.command if self.command is not None else " ".join(self.argv or ())
+        if self.command is not None or self.line is not None:
+            return self.command if self.command is not None else self.line or ""
+        return " ".join(self.argv or ())
 
 
 @dataclass(frozen=True)
@@ -501,14 +506,13 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def split_command(run: str, windows: bool = os.name == "nt") -> tuple[str, ...]:
-    """A hook's command line as arguments, split as the system's own shell would.  On Windows a
-    backslash is a path's separator, not an escape (POSIX splitting made C:\\Tools\\x.exe into
-    C:Toolsx.exe): words split on spaces, and quotes group words and are then dropped."""
-    if not windows:
-        return tuple(shlex.split(run))
-    words = shlex.split(run, posix=False)
-    return tuple(w[1:-1] if len(w) >= 2 and w[0] == w[-1] and w[0] in "\"'" else w for w in words)
+def split_command(run: str) -> tuple[str, ...]:
+    """A hook's command line as arguments, as a POSIX shell would split it (run without one)."""
+    return tuple(shlex.split(run))
+
+
+# Windows passes a string hook's command line to the program as it is (see Hook.line).
+_WHOLE_LINES = os.name == "nt"
 
 
 def _hooks(raw: dict[str, Any], document: Document, where: KeyPath, problems: list[Problem]) -> Hooks:
@@ -520,6 +524,10 @@ def _hooks(raw: dict[str, Any], document: Document, where: KeyPath, problems: li
         run, timeout = item["run"], float(item.get("timeout", default_timeout))
         if isinstance(run, str) and item.get("shell"):
             return Hook(None, run, timeout)
+        if isinstance(run, str) and _WHOLE_LINES:
+            if run.strip() == "":
+                problems.append(document.problem((*here, "run"), "the command is empty"))
+            return Hook(None, None, timeout, line=run)
         if isinstance(run, str):
             try:
                 argv = split_command(run)
