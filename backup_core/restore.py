@@ -263,19 +263,22 @@ def _refuse_name_clashes(infos: list[zipfile.ZipInfo], archive: Path) -> None:
 
 
 def _ancestors(infos: list[zipfile.ZipInfo], chosen: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
-    """The archive's folders above the chosen members that are not chosen themselves (--member)."""
+    """The archive's folders above the chosen members that are not chosen themselves (--member).
+    Compared as stored bytes: a name that is not UTF-8 is decoded otherwise than its folder's."""
     if len(chosen) == len(infos):
         return []
-    above = {name[: at + 1] for name in (i.filename for i in chosen) for at in range(len(name) - 1) if name[at] == "/"}
-    picked = {i.filename for i in chosen}
-    return [i for i in infos if i.is_dir() and i.filename in above and i.filename not in picked]
+    picked = {names.raw_name(i) for i in chosen}
+    above = {raw[: at + 1] for raw in picked for at in range(len(raw) - 1) if raw[at : at + 1] == b"/"}
+    return [i for i in infos if i.is_dir() and (raw := names.raw_name(i)) in above and raw not in picked]
 
 
 def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> list[zipfile.ZipInfo]:
     if member is None:
         return infos
-    wanted = member.strip("/")
-    chosen = [i for i in infos if i.filename.rstrip("/") == wanted or i.filename.startswith(wanted + "/")]
+    # As stored bytes, as the operator's shell gives them: zipfile decodes a name without the
+    # UTF-8 flag as cp437, so `--member é` missed é/sub/g\xff, stored unflagged.
+    wanted = os.fsencode(member.strip("/"))
+    chosen = [i for i in infos if (raw := names.raw_name(i).rstrip(b"/")) == wanted or raw.startswith(wanted + b"/")]
     if not chosen:
         raise UsageError(f"--member {member}: no such file or folder in {archive.name}")
     return chosen

@@ -1148,7 +1148,9 @@ def _verify_remote(target: Target, options: Options) -> list[TargetResult]:
         return [TargetResult(target.name, FAILED, error=f"no copies of {target.name} on remote {remote.name}")]
     how = target.sqlite_check if target.sqlite_check != "none" else "integrity"
     results = []
-    latest = retention.newest(held, lambda s: s.when, utc_now()) or held[-1]  # as restore --remote takes it
+    # The newest not dated in the future: the first restore --remote considers (it passes over one
+    # it cannot vouch for, which this check then reports).
+    latest = retention.newest(held, lambda s: s.when, utc_now()) or held[-1]
     for stored in [latest] if options.latest else held:
         started = time.monotonic()
         result = TargetResult(target.name, OK, Path(stored.name), bytes_in=stored.size)

@@ -13,6 +13,7 @@ import re
 import sqlite3
 import stat
 import struct
+import sys
 import zipfile
 from contextlib import closing
 from pathlib import Path
@@ -842,3 +843,29 @@ def test_a_member_whose_flags_say_encrypted_stops_restore_in_one_line(project: P
         f"failed: [site] => a.txt in {archive} is damaged: it is marked encrypted, which this tool never writes "
         "(its flags are damaged)"
     )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a file name that is not UTF-8")
+def test_member_selection_and_its_folders_match_names_stored_in_other_encodings(project: Project) -> None:
+    # é/ is stored flagged UTF-8, the file é/sub/g\xff (not UTF-8) unflagged, which zipfile
+    # decodes as cp437: --member é left the file out, and restoring the file alone made its
+    # folders 0755 instead of their archived modes.
+    top = project.root / "site" / "é"
+    (top / "sub").mkdir(parents=True)
+    odd = os.fsdecode(b"g\xff")
+    (top / "sub" / odd).write_bytes(b"odd\n")
+    (top / "sub").chmod(0o711)
+    top.chmod(0o701)
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    back_up(project)
+
+    whole = project.root / "whole"
+    assert project.invoke("restore", "site", "--to", str(whole), "--member", "é").code == 0
+    assert (whole / "é" / "sub" / odd).read_bytes() == b"odd\n"
+
+    alone = project.root / "alone"
+    ran = project.invoke("restore", "site", "--to", str(alone), "--member", f"é/sub/{odd}")
+    assert ran.code == 0, ran.output
+    assert (alone / "é" / "sub" / odd).read_bytes() == b"odd\n"
+    assert stat.S_IMODE((alone / "é").stat().st_mode) == 0o701
+    assert stat.S_IMODE((alone / "é" / "sub").stat().st_mode) == 0o711
