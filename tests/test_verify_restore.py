@@ -667,16 +667,22 @@ def _spoil_deflate_stream(archive: Path, member: str) -> None:
     archive.write_bytes(bytes(data))
 
 
-def test_a_member_whose_stream_does_not_inflate_stops_restore_in_one_line(project: Project) -> None:
-    # zlib's own error was not caught: a traceback, with part of the tree written and not said.
+def _five_good_members_then_a_damaged_one(project: Project) -> tuple[Path, Path]:
+    """A backup of a0.txt to a4.txt and z.txt, whose stream then does not inflate; and the
+    folder to restore it into."""
     for number in range(5):
-        project.file(f"site/a{number}.txt", "first files\n" * 50)
+        project.file(f"site/a{number}.txt", "archived\n" * 50)
     project.file("site/z.txt", "the damaged one\n" * 500)
     project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
     back_up(project)
     (archive,) = project.archives(target="site")
     _spoil_deflate_stream(archive, "z.txt")
-    folder = project.root / "restored"
+    return archive, project.root / "restored"
+
+
+def test_a_member_whose_stream_does_not_inflate_stops_restore_in_one_line(project: Project) -> None:
+    # zlib's own error was not caught: a traceback, with part of the tree written and not said.
+    archive, folder = _five_good_members_then_a_damaged_one(project)
 
     ran = project.invoke("restore", "site", "--to", str(folder))
 
@@ -690,14 +696,7 @@ def test_a_member_whose_stream_does_not_inflate_stops_restore_in_one_line(projec
 
 def test_restore_with_force_reads_every_member_before_overwriting_anything(project: Project) -> None:
     # A member found damaged halfway left the folder a mix of old files and restored ones.
-    for number in range(5):
-        project.file(f"site/a{number}.txt", "archived\n" * 50)
-    project.file("site/z.txt", "the damaged one\n" * 500)
-    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
-    back_up(project)
-    (archive,) = project.archives(target="site")
-    _spoil_deflate_stream(archive, "z.txt")
-    folder = project.root / "restored"
+    archive, folder = _five_good_members_then_a_damaged_one(project)
     for number in range(5):
         project.file(f"restored/a{number}.txt", "the live file\n")
 
