@@ -696,3 +696,39 @@ def test_a_full_destination_during_a_snapshot_is_named_as_such(project: Project,
         assert "hot journal" not in ran.output
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a FIFO stands in for a file on a hung mount")
+def test_a_header_read_that_hangs_holds_up_no_other_file(tmp_path: Path) -> None:
+    # The registry's lock was held across the read: one file on a hung mount stalled every
+    # target's walk and snapshot.  A FIFO with no writer yet is a read that does not return.
+    import threading
+
+    from backup_core.sources import held
+
+    hung = tmp_path / "hung"
+    os.mkfifo(hung)
+    database = tmp_path / "app.db"
+    with closing(sqlite3.connect(database)) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+    waiting = threading.Thread(target=held.head, args=(hung,), daemon=True)
+    waiting.start()
+    time.sleep(0.2)  # it is blocked opening the FIFO
+    seen: list[bytes] = []
+
+    def other_file() -> None:
+        seen.append(held.head(database)[:16])
+        with held.holding(database) as first:
+            seen.append(first[:16])
+
+    other = threading.Thread(target=other_file, daemon=True)
+    other.start()
+    other.join(timeout=30)  # not a speed goal: without the fix it never returns at all
+    try:
+        assert not other.is_alive(), "a read of another file waited for the hung one"
+        assert seen == [b"SQLite format 3\0"] * 2
+    finally:
+        with hung.open("wb") as writer:  # let the hung read end
+            writer.write(b"x")
+        waiting.join(timeout=10)

@@ -14,6 +14,10 @@ So every header read of a possible database goes through head(), and a snapshot 
 its source with holding() before it connects: a file that is held is never opened again
 here, its first bytes are taken from the registry, and a read that began before the
 snapshot registered has closed its descriptor before the snapshot's connection opens.
+The lock guards the registry only, never a read: a file on a hung mount holds up the
+threads that want that file, not every target of the run.
+
+Windows locks belong to the handle, and its listings give no inode: there nothing is held.
 """
 
 from __future__ import annotations
@@ -25,40 +29,80 @@ from contextlib import contextmanager
 from pathlib import Path
 
 HEAD = 100  # SQLite's file header: what any caller reads of a database's first bytes
+_POSIX = os.name == "posix"
 
-_lock = threading.Lock()
-_held: dict[tuple[int, int], tuple[int, bytes]] = {}  # (device, inode): (holders, first bytes)
+_changed = threading.Condition()
+# (device, inode): [holders, first bytes, or None while the first holder reads them]
+_held: dict[tuple[int, int], list[object]] = {}
+_reading: dict[tuple[int, int], int] = {}  # (device, inode): head() reads under way
+
+
+def _key(st: os.stat_result) -> tuple[int, int] | None:
+    # An inode of 0 (some network file systems) identifies nothing: such files are not tracked.
+    return (st.st_dev, st.st_ino) if _POSIX and st.st_ino else None
 
 
 def head(path: Path | str, st: os.stat_result | None = None) -> bytes:
     """The first HEAD bytes of `path` (fewer when it is shorter); raises OSError."""
-    st = st or Path(path).stat()
-    with _lock:
-        held = _held.get((st.st_dev, st.st_ino))
-        if held is not None:
-            return held[1]
+    key = _key(st or Path(path).stat())
+    if key is not None:
+        with _changed:
+            while key in _held and _held[key][1] is None:
+                _changed.wait()  # its first holder is reading them: they come from the registry
+            if key in _held:
+                return _held[key][1]  # type: ignore[return-value]
+            _reading[key] = _reading.get(key, 0) + 1
+    try:
         with open(path, "rb") as file:  # noqa: PTH123 - a str or a Path, as the walk has it
             return file.read(HEAD)
+    finally:
+        if key is not None:
+            with _changed:
+                _reading[key] -= 1
+                if not _reading[key]:
+                    del _reading[key]
+                    _changed.notify_all()
 
 
 @contextmanager
 def holding(path: Path) -> Iterator[bytes]:
     """Register `path` as held by a connection of this process for the `with` block (the
     connection is opened and closed inside it); gives its first HEAD bytes."""
-    st = path.stat()
-    key = (st.st_dev, st.st_ino)
-    with _lock:
-        count, first = _held.get(key, (0, b""))
-        if not count:
-            with path.open("rb") as file:
-                first = file.read(HEAD)
-        _held[key] = (count + 1, first)
+    key = _key(path.stat())
+    if key is None:
+        with path.open("rb") as file:
+            first = file.read(HEAD)
+        yield first
+        return
+    with _changed:
+        while _reading.get(key):
+            _changed.wait()  # a read that began before: its descriptor must be closed first
+        entry = _held.setdefault(key, [0, None])
+        entry[0] += 1  # type: ignore[operator]
+        reader = entry[1] is None and entry[0] == 1
     try:
+        if reader:
+            # Registered, and no connection of this process has the file open yet: safe to read.
+            try:
+                with path.open("rb") as file:
+                    first = file.read(HEAD)
+            except BaseException:
+                with _changed:
+                    entry[1] = b""  # no waiter stays blocked; it reads nothing that is not there
+                    _changed.notify_all()
+                raise
+            with _changed:
+                entry[1] = first
+                _changed.notify_all()
+        else:
+            with _changed:
+                while entry[1] is None:
+                    _changed.wait()
+                first = entry[1]  # type: ignore[assignment]
         yield first
     finally:
-        with _lock:
-            count, first = _held[key]
-            if count == 1:
+        with _changed:
+            entry[0] -= 1  # type: ignore[operator]
+            if not entry[0]:
                 del _held[key]
-            else:
-                _held[key] = (count - 1, first)
+                _changed.notify_all()
