@@ -316,3 +316,30 @@ def test_once_the_bad_database_is_gone_the_next_backup_is_not_unchanged(project:
     assert code == 0 and result["status"] == "changed", result
     assert project.invoke("prune").code == 0
     assert project.archives() == [Path(result["archive"])]
+
+
+def test_an_excluded_databases_wal_and_shm_are_left_out_too(project: Project) -> None:
+    # With the database excluded from its folder (it has a target of its own), its -wal and
+    # -shm were archived alone (they restore nothing), and reading -shm dropped, in this
+    # process, the read lock the database's own snapshot held in it.
+    folder = project.root / "app"
+    folder.mkdir()
+    database = folder / "app.db"
+    live = sqlite3.connect(database)
+    try:
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("CREATE TABLE t (x)")
+        live.execute("INSERT INTO t VALUES (1)")
+        live.commit()
+        assert Path(f"{database}-wal").exists() and Path(f"{database}-shm").exists()
+        project.file("app/notes.txt", "kept\n")
+        project.file("app/other-wal", "an ordinary file whose name only ends like one\n")
+        project.write_manifest('version: 1\ntargets: [{name: app, path: app, exclude: ["*.db"]}]\n')
+
+        code, result, _ = _run(project)
+    finally:
+        live.close()
+
+    assert code == 0, result
+    with zipfile.ZipFile(result["archive"]) as opened:
+        assert sorted(opened.namelist()) == ["notes.txt", "other-wal"]

@@ -189,6 +189,12 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...], start: str = "") 
                 # before any name it starts), so one pass finds the database before its companions.
                 if databases and any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
                     continue
+                # Also when the database itself is excluded (it has a target of its own): its
+                # -wal and -shm alone restore nothing, and opening -shm in this process would
+                # drop the read lock a snapshot of it holds there (see held).  Rare names: the
+                # check costs nothing elsewhere.
+                if name.endswith(_COMPANIONS) and _beside_its_database(base, name):
+                    continue
                 path = base + name
                 try:
                     if fd is not None:
@@ -231,6 +237,17 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...], start: str = "") 
         for level in levels:  # a walk stopped early (a database found, an error) closes what it opened
             if level[1] is not None:
                 os.close(level[1])
+
+
+def _beside_its_database(base: str, name: str) -> bool:
+    """Whether `name` (ending in -wal, -shm or -journal) lies beside the SQLite database it
+    belongs to, in the folder whose path ends in `base`."""
+    database = base + name[: -len(next(s for s in _COMPANIONS if name.endswith(s)))]
+    try:
+        st = os.stat(database)  # noqa: PTH116 - a str, as the walk has it
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and is_sqlite(Path(database), st)
 
 
 def _seek(levels: list[_Level], start: str) -> bool:
