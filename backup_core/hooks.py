@@ -160,7 +160,13 @@ def _last_line(output: IO[bytes]) -> str:
     """The last line a hook wrote to `output` (its last 4 KiB are enough)."""
     end = output.seek(0, os.SEEK_END)
     output.seek(max(0, end - 4096))
-    lines = output.read().strip().splitlines()
+    tail = output.read()
+    if end > 4096:  # read from the middle: what is left of a UTF-8 character cut there goes
+        skip = 0
+        while skip < 3 and skip < len(tail) and 0x80 <= tail[skip] < 0xC0:
+            skip += 1
+        tail = tail[skip:]
+    lines = tail.strip().splitlines()
     return _decoded(lines[-1].strip())[:200] if lines else ""
 
 

@@ -187,7 +187,9 @@ _DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, Runti
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, RuntimeError):  # zipfile: "File <ZipInfo ...> is encrypted, password required"
+    # zipfile: "File <ZipInfo ...> is encrypted, password required" (NotImplementedError, a
+    # compression method it lacks, is a RuntimeError too: its own words say that)
+    if isinstance(exc, RuntimeError) and not isinstance(exc, NotImplementedError):
         return "it is marked encrypted, which this tool never writes (its flags are damaged)"
     return str(exc)
 

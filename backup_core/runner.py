@@ -722,7 +722,13 @@ def _changed_while_read(target: Target, kind: str, changed: list[str], result: T
     more = f" and {len(result.changed) - 1} more" if len(result.changed) > 1 else ""
     if fatal or critical:
         # A file matching `critical` fails whatever changed_files says: advise what would help.
-        other = "or remove it from critical" if critical else "or set changed_files: warn"
+        other = (
+            "or remove it from critical and set changed_files: warn"
+            if critical and fatal
+            else "or remove it from critical"
+            if critical
+            else "or set changed_files: warn"
+        )
         raise TargetError(
             f"{first}{more} kept changing while it was read ({READ_ATTEMPTS} reads); the archive was discarded "
             f"and no old archive deleted; back it up while nothing writes to it (a before hook can pause the "

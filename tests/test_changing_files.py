@@ -156,6 +156,19 @@ def test_a_critical_file_fails_a_folder_and_changed_files_warn_keeps_a_single_fi
     assert len(project.archives()) == 1
 
 
+def test_a_critical_single_file_is_advised_both_settings(project: Project) -> None:
+    # A single file fails on a change anyway (changed_files: auto): "remove it from critical"
+    # alone would still fail it.
+    folder = project.root / "data"
+    folder.mkdir()
+    big = folder / "state.bin"
+    _manifest(project, "data/state.bin", 'critical: ["*.bin"]')
+    with changing(big):
+        ran = project.invoke("backup")
+    assert ran.code == 1, ran.output
+    assert "or remove it from critical and set changed_files: warn" in ran.output
+
+
 def test_changed_files_is_a_checked_setting(project: Project) -> None:
     project.file("a.txt")
     _manifest(project, "a.txt", "changed_files: sometimes")

@@ -868,3 +868,23 @@ def test_member_selection_and_its_folders_match_names_stored_in_other_encodings(
     assert (alone / "é" / "sub" / odd).read_bytes() == b"odd\n"
     assert stat.S_IMODE((alone / "é").stat().st_mode) == 0o701
     assert stat.S_IMODE((alone / "é" / "sub").stat().st_mode) == 0o711
+
+
+def test_a_member_in_a_method_the_reader_lacks_is_not_called_encrypted(project: Project) -> None:
+    # NotImplementedError is a RuntimeError: "compression method not supported" was reported as
+    # "marked encrypted, its flags are damaged".
+    project.file("site/a.txt", "a\n" * 100)
+    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
+    back_up(project)
+    (archive,) = project.archives(target="site")
+    with zipfile.ZipFile(archive) as opened:
+        directory_at, info = opened.start_dir, opened.getinfo("a.txt")
+    data = bytearray(archive.read_bytes())
+    struct.pack_into("<H", data, info.header_offset + 8, 9)  # deflate64, in the local header
+    struct.pack_into("<H", data, directory_at + 10, 9)  # and in the central directory
+    archive.write_bytes(bytes(data))
+
+    ran = project.invoke("restore", "site", "--to", str(project.root / "restored"))
+
+    assert ran.code == 1, ran.output
+    assert "compression method" in ran.output and "encrypted" not in ran.output, ran.output

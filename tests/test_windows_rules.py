@@ -76,3 +76,9 @@ def test_a_hook_line_that_is_not_utf8_is_read_in_the_systems_code_page(monkeypat
     output = io.BytesIO(b"\xff earlier noise\r\nd\xe9p\xf4t ferm\xe9\r\n")
     assert hooks._last_line(output) == "dépôt fermé"
     assert hooks._last_line(io.BytesIO(b"\xff noise\nd\xc3\xa9p\xc3\xb4t ferm\xc3\xa9\n")) == "dépôt fermé"
+
+
+def test_a_hook_line_cut_inside_a_character_at_the_4_kib_mark_is_still_utf8() -> None:
+    # The last 4 KiB began inside "é": the line failed strict UTF-8 and was read in the code page.
+    line = "é" * 3000  # 6,000 bytes: the read starts at an odd byte, inside a character
+    assert hooks._last_line(io.BytesIO((line + "\n").encode())) == "é" * 200
