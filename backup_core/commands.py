@@ -476,7 +476,9 @@ def _restore_remote(
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
     with offsite.fetched(target.name, store, chosen, identities, near) as path:
-        done = restore_module.restore(path, to, member=member, force=force, remote=remote.name)
+        # The scratch copy is gone once restore returns: its advice names the copy itself.
+        how = f"{chosen.name} from remote {remote.name}" + (", decrypt it (age -d -i KEY)" if chosen.encrypted else "")
+        done = restore_module.restore(path, to, member=member, force=force, fetched=how)
     done.warnings.extend(warnings)
     return Path(chosen.name), done
 

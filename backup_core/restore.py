@@ -95,21 +95,22 @@ def choose_archive(target: Target, name: str | None) -> Path:
 
 
 def restore(
-    archive: Path, folder: Path, member: str | None = None, force: bool = False, remote: str | None = None
+    archive: Path, folder: Path, member: str | None = None, force: bool = False, fetched: str | None = None
 ) -> Restored:
-    """Extract `archive` (or one member or subfolder of it) into `folder`; `remote`: the remote
-    the archive is a downloaded copy from (its scratch file is gone once this returns).
+    """Extract `archive` (or one member or subfolder of it) into `folder`.  `fetched`: how to get
+    the archive again when it is a remote's copy downloaded (and decrypted) into a scratch file,
+    which is gone once this returns ("NAME from remote R, then decrypt it").
     Whatever it raises carries what was restored so far as `restored` (see commands.restore)."""
     done = Restored(archive, folder)
     try:
-        _restore(archive, folder, member, force, remote, done)
+        _restore(archive, folder, member, force, fetched, done)
     except (BackupError, OSError, KeyboardInterrupt) as exc:
         exc.restored = done  # type: ignore[union-attr]
         raise
     return done
 
 
-def _restore(archive: Path, folder: Path, member: str | None, force: bool, remote: str | None, done: Restored) -> None:
+def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetched: str | None, done: Restored) -> None:
     if os.path.lexists(folder) and not folder.is_dir():
         raise UsageError(f"--to {folder} is a file, not a folder; give a folder to restore into (created if missing)")
     root = Path(os.path.realpath(folder))
@@ -171,8 +172,8 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, remot
         # A remote's copy was downloaded to a scratch file that is gone by now: name the copy.
         take = (
             f"unzip -p {archive} MEMBER > FILE"
-            if remote is None
-            else f"download {archive.name} from remote {remote}, then unzip -p it MEMBER > FILE"
+            if fetched is None
+            else f"download {fetched}, then unzip -p it MEMBER > FILE"
         )
         raise TargetError(
             f"database {done.damaged[0]}{more} in {archive.name} fails integrity_check and was not restored; "

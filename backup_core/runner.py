@@ -608,10 +608,11 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
         _changed_while_read(target, kind, stats.changed, result)
         torn = [str(target.path / name) if kind == "folder" else str(target.path) for name in stats.torn_databases]
-        if torn and kind != "folder":
+        if torn and kind != "folder" and existing:
             # A folder's archive is kept for the rest of the folder; a target that is the damaged
             # database alone would only add a copy of the same broken bytes on every run, none
-            # ever rotated.  Its last good archives stay.
+            # ever rotated.  Its last archives stay.  With none at all, its bytes are kept once
+            # (as for a folder): they may be all there is.
             raise TargetError(
                 f"{target.path} begins as a SQLite database but is not a whole number of pages, so it is damaged "
                 "or was cut short; nothing was archived and no old archive deleted; check it with sqlite3 "
