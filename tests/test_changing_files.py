@@ -23,7 +23,7 @@ from backup_core.zip import packing, workers
 from backup_core.zip.compression import compressor_factory
 from backup_core.zip.verify import first_difference, verify_archive
 from backup_core.zip.writer import ZipWriter
-from tests.conftest import Project
+from tests.conftest import Project, Ran
 
 SIZE = 16 << 20  # eight pieces of a large member: reading it takes long enough to see every change
 
@@ -135,14 +135,20 @@ def test_a_folder_keeps_its_archive_with_a_warning_and_rotates_nothing(project: 
     assert newest not in archives
 
 
-@pytest.mark.slow
-def test_a_critical_file_fails_a_folder_and_changed_files_warn_keeps_a_single_file(project: Project) -> None:
+def _critical_and_changing(project: Project, path: str) -> tuple[Path, Ran]:
+    """A backup of `path` (data or data/state.bin) with *.bin critical, while state.bin changes."""
     folder = project.root / "data"
     folder.mkdir()
     big = folder / "state.bin"
-    _manifest(project, "data", 'critical: ["*.bin"]')
+    _manifest(project, path, 'critical: ["*.bin"]')
     with changing(big):
         ran = project.invoke("backup")
+    return big, ran
+
+
+@pytest.mark.slow
+def test_a_critical_file_fails_a_folder_and_changed_files_warn_keeps_a_single_file(project: Project) -> None:
+    big, ran = _critical_and_changing(project, "data")
     assert ran.code == 1, ran.output
     assert f"failed: [t] => {big} kept changing while it was read" in ran.output
     # changed_files: warn cannot help a critical file: it advised it anyway.
@@ -156,15 +162,11 @@ def test_a_critical_file_fails_a_folder_and_changed_files_warn_keeps_a_single_fi
     assert len(project.archives()) == 1
 
 
+@pytest.mark.slow
 def test_a_critical_single_file_is_advised_both_settings(project: Project) -> None:
     # A single file fails on a change anyway (changed_files: auto): "remove it from critical"
     # alone would still fail it.
-    folder = project.root / "data"
-    folder.mkdir()
-    big = folder / "state.bin"
-    _manifest(project, "data/state.bin", 'critical: ["*.bin"]')
-    with changing(big):
-        ran = project.invoke("backup")
+    _, ran = _critical_and_changing(project, "data/state.bin")
     assert ran.code == 1, ran.output
     assert "or remove it from critical and set changed_files: warn" in ran.output
 

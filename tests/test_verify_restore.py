@@ -820,15 +820,21 @@ def test_an_archive_cut_short_is_not_said_to_have_bytes_appended(project: Projec
     assert "no end of a zip: empty, cut short or not a zip" in ran.output
 
 
-def test_a_member_whose_flags_say_encrypted_stops_restore_in_one_line(project: Project) -> None:
-    # zipfile's RuntimeError ("encrypted, password required") for a flipped flag bit was a traceback.
+def _one_member_site(project: Project) -> tuple[Path, int, zipfile.ZipInfo, bytearray]:
+    """A backup of one file, a.txt: the archive, where its central directory starts, the
+    member, and the archive's bytes to damage."""
     project.file("site/a.txt", "a\n" * 100)
     project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
     back_up(project)
     (archive,) = project.archives(target="site")
     with zipfile.ZipFile(archive) as opened:
-        directory_at = opened.start_dir
-    data = bytearray(archive.read_bytes())
+        directory_at, info = opened.start_dir, opened.getinfo("a.txt")
+    return archive, directory_at, info, bytearray(archive.read_bytes())
+
+
+def test_a_member_whose_flags_say_encrypted_stops_restore_in_one_line(project: Project) -> None:
+    # zipfile's RuntimeError ("encrypted, password required") for a flipped flag bit was a traceback.
+    archive, directory_at, _, data = _one_member_site(project)
     assert data[directory_at : directory_at + 4] == b"PK\x01\x02"
     data[directory_at + 8] |= 1  # general purpose flags: bit 0, encrypted
     archive.write_bytes(bytes(data))
@@ -873,13 +879,7 @@ def test_member_selection_and_its_folders_match_names_stored_in_other_encodings(
 def test_a_member_in_a_method_the_reader_lacks_is_not_called_encrypted(project: Project) -> None:
     # NotImplementedError is a RuntimeError: "compression method not supported" was reported as
     # "marked encrypted, its flags are damaged".
-    project.file("site/a.txt", "a\n" * 100)
-    project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
-    back_up(project)
-    (archive,) = project.archives(target="site")
-    with zipfile.ZipFile(archive) as opened:
-        directory_at, info = opened.start_dir, opened.getinfo("a.txt")
-    data = bytearray(archive.read_bytes())
+    archive, directory_at, info, data = _one_member_site(project)
     struct.pack_into("<H", data, info.header_offset + 8, 9)  # deflate64, in the local header
     struct.pack_into("<H", data, directory_at + 10, 9)  # and in the central directory
     archive.write_bytes(bytes(data))
