@@ -961,6 +961,13 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
         )
     result.status = CHANGED
     result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")
+    if kind == "file" and _cut_short_database(target.path):
+        # The run fails on it (see _archive): a preview that said "would archive" misled
+        # Ansible's check mode and the operator before maintenance.
+        result.fail(
+            f"would fail: {target.path} begins as a SQLite database but is not a whole number of pages, so it "
+            "is damaged or was cut short; check it with sqlite3 (PRAGMA integrity_check)"
+        )
     for remote in target.offsite:
         # The new archive counts as the remote's newest, as it will once uploaded.
         new = Stored(planned.when, _NEW)
@@ -968,6 +975,18 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
         _offsite_result(result, copy)
         if copy.error:
             result.fail(copy.error)
+
+
+def _cut_short_database(path: Path) -> bool:
+    """Whether the file `path` begins as a SQLite database without being whole pages of one."""
+    from backup_core.sources import held
+    from backup_core.zip.packing import torn_database
+
+    try:
+        st = path.stat()
+        return torn_database(held.head(path, st), st.st_size)
+    except OSError:
+        return False  # the run says what is wrong with it
 
 
 # --- prune ---------------------------------------------------------------------------------------

@@ -213,6 +213,12 @@ def test_a_database_left_out_does_not_hide_another_archived_torn(project: Projec
 def test_a_single_file_that_is_a_database_cut_short_fails_its_target(project: Project) -> None:
     _cut_short(project.root / "app.db", 50_000)
     project.write_manifest("version: 1\ntargets: [{name: db, path: app.db, skip_unchanged: true}]\n")
+    # The preview said "would archive": it now says the run would fail.
+    preview = project.invoke("backup", "--check", "--format", "json")
+    assert preview.code == 1, preview.output
+    (previewed,) = preview.json()["targets"]
+    assert previewed["status"] == "failed" and "would fail" in previewed["error"], previewed
+    assert "not a whole number of pages" in previewed["error"] and project.archives() == []
     for run in range(3):  # and no run calls it unchanged
         code, result, _ = _run(project)
         assert code == 1 and result["status"] == "failed", result
