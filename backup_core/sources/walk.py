@@ -162,8 +162,8 @@ def _listing(folder: str) -> Iterator[str | os.DirEntry[str]]:
 
 
 # A folder being walked: its listing still to go, its descriptor (None: read by path), its path
-# ending in a separator, its member names' prefix, and the databases met in it so far.
-_Level = tuple[Iterator[str | os.DirEntry[str]], int | None, str, str, set[str]]
+# ending in a separator, and its member names' prefix.
+_Level = tuple[Iterator[str | os.DirEntry[str]], int | None, str, str]
 
 
 def _walk(folder: Path, prefix: str, exclude: tuple[str, ...], start: str = "") -> Iterator[Entry]:
@@ -179,20 +179,16 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...], start: str = "") 
         if start and not _seek(levels, start):
             return
         while levels:
-            items, fd, base, prefix, databases = levels[-1]
+            items, fd, base, prefix = levels[-1]
             for item in items:
                 name = item if isinstance(item, str) else item.name
                 relative = prefix + name
                 if exclude and _excluded(relative, name, exclude):
                     continue
-                # In name order a database comes before its -wal, -shm and -journal (a name sorts
-                # before any name it starts), so one pass finds the database before its companions.
-                if databases and any(name.endswith(s) and name[: -len(s)] in databases for s in _COMPANIONS):
-                    continue
-                # Also when the database itself is excluded (it has a target of its own): its
-                # -wal and -shm alone restore nothing, and opening -shm in this process would
-                # drop the read lock a snapshot of it holds there (see held).  Rare names: the
-                # check costs nothing elsewhere.
+                # A database's -wal, -shm and -journal: its snapshot holds what they hold.  Also
+                # when the database itself is excluded (it has a target of its own): alone they
+                # restore nothing, and opening -shm in this process would drop the read lock a
+                # snapshot of it holds there (see held).  Rare names: elsewhere it costs nothing.
                 if name.endswith(_COMPANIONS) and _beside_its_database(base, name):
                     continue
                 path = base + name
@@ -210,7 +206,6 @@ def _walk(folder: Path, prefix: str, exclude: tuple[str, ...], start: str = "") 
                 if kind == stat.S_IFREG:
                     size = st.st_size
                     if size >= 512 and not size % 512 and is_sqlite(Path(path), st):  # see _could_be_sqlite
-                        databases.add(name)
                         yield make(Entry, (relative, path, "sqlite", st))
                     else:
                         yield make(Entry, (relative, path, "file", st))
@@ -244,7 +239,7 @@ def _beside_its_database(base: str, name: str) -> bool:
     belongs to, in the folder whose path ends in `base`."""
     database = base + name[: -len(next(s for s in _COMPANIONS if name.endswith(s)))]
     try:
-        st = os.stat(database)  # noqa: PTH116 - a str, as the walk has it
+        st = os.lstat(database)  # as the walk judges it: a link to a database is a link
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and is_sqlite(Path(database), st)
@@ -256,7 +251,7 @@ def _seek(levels: list[_Level], start: str) -> bool:
     (a folder on it removed, or now a file or a link): the walk then yields nothing from there."""
     names = start.rstrip("/").split("/")
     for depth, name in enumerate(names, 1):
-        items, fd, base, prefix, databases = levels[-1]
+        items, fd, base, prefix = levels[-1]
         for item in items:
             found = item if isinstance(item, str) else item.name
             if found >= name:
@@ -264,7 +259,7 @@ def _seek(levels: list[_Level], start: str) -> bool:
         else:
             return False
         if depth == len(names):
-            levels[-1] = (chain((item,), items), fd, base, prefix, databases)
+            levels[-1] = (chain((item,), items), fd, base, prefix)
             return True
         if found != name:
             return False
@@ -288,7 +283,7 @@ def _descend(levels: list[_Level], folder: str, prefix: str, fd: int | None) -> 
     try:
         if fd is not None:
             try:
-                levels.append((iter(sorted(os.listdir(fd))), fd, base, prefix, set()))  # noqa: PTH208 - names only
+                levels.append((iter(sorted(os.listdir(fd))), fd, base, prefix))  # noqa: PTH208 - names only
                 return True
             except OSError as exc:
                 os.close(fd)
@@ -296,7 +291,7 @@ def _descend(levels: list[_Level], folder: str, prefix: str, fd: int | None) -> 
                 if exc.errno not in (errno.EMFILE, errno.ENFILE):
                     raise
                 # Listing takes a descriptor of its own: ours is given back and the folder read by path.
-        levels.append((_listing(folder), None, base, prefix, set()))
+        levels.append((_listing(folder), None, base, prefix))
         return True
     except PermissionError:
         raise _denied(folder) from None
