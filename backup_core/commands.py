@@ -164,10 +164,17 @@ def status(
     for state in found.targets:
         text.verdict(state.status, state.name, report.describe_status(state))
     text.end(found)
-    if output == "json" and not report.print_json(found.as_json(), sys.stdout):
-        print("error: could not write the JSON document to stdout", file=sys.stderr)
+    if output == "json" and not _document(found.as_json()):
         return max(found.exit_code, EXIT_FAILED)
     return found.exit_code
+
+
+def _document(data: dict[str, Any] | list[Any]) -> bool:
+    """Print a command's JSON document; False, said on stderr, when stdout would not take it."""
+    if report.print_json(data, sys.stdout):
+        return True
+    print("error: could not write the JSON document to stdout", file=sys.stderr)
+    return False
 
 
 def _metrics_path(loaded: Manifest, flag: str | None) -> Path | None:
@@ -332,10 +339,7 @@ def list_targets(
         loaded = _load(manifest_path)
         targets = selection.select(loaded.targets, only, tags, skip_tags)
     if output == "json":
-        if not report.print_json([t.settings() for t in targets], sys.stdout):
-            print("error: could not write the JSON document to stdout", file=sys.stderr)
-            return EXIT_FAILED
-        return EXIT_OK
+        return EXIT_OK if _document([t.settings() for t in targets]) else EXIT_FAILED
     for target in targets:
         print(_describe_target(target))
     return EXIT_OK

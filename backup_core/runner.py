@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
 _DATA = ("file", "sqlite")  # entry kinds that carry bytes
+# A file the packer found to begin as a database without being whole pages of one (packing.torn_database).
+_CUT_SHORT = "begins as a SQLite database but is not a whole number of pages, so it is damaged or was cut short"
 _NEW = "(new archive)"  # what check mode calls the archive a run would make
 # Below this much data an archive is synced once, in line: for 1,000 small targets a second
 # sync and a thread to run it cost more than the overlap they buy.
@@ -123,13 +125,8 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
     if (run_hooks.before or run_hooks.after) and _all_busy(targets):
         # Another run holds every target: this one would do nothing, and its hooks (stop the
         # app, start the app) would start the app in the middle of the other run's backup.
-        for target in targets:
-            result = TargetResult(target.name, SKIPPED)
-            result.reason = (
-                "another run is working on this target (lock_timeout to wait longer); the run's hooks were not run"
-            )
-            outcome.results.append(result)
-            options.observer.finished(result)
+        why = "another run is working on this target (lock_timeout to wait longer); the run's hooks were not run"
+        _without_running(targets, SKIPPED, why, outcome, options)
         outcome.seconds = time.monotonic() - started
         return outcome
     try:
@@ -139,11 +136,8 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
             outcome.errors.append(f"run not started: {exc}")
             # Every target went without its backup: the recap (and whatever reads it, such as
             # the Ansible module's summary) must count them failed, not show nothing at all.
-            for target in targets:
-                result = TargetResult(target.name)
-                result.fail("not backed up: the run's before hook failed (see the run's error)")
-                outcome.results.append(result)
-                options.observer.finished(result)
+            why = "not backed up: the run's before hook failed (see the run's error)"
+            _without_running(targets, FAILED, why, outcome, options)
         else:
             with _created_locks_lock:
                 _created_locks.clear()  # what a run created says nothing about an earlier one
@@ -182,6 +176,18 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
     )
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def _without_running(targets: list[Target], status: str, why: str, outcome: RunResult, options: Options) -> None:
+    """A result for each of `targets`, none of which ran: `status` (skipped or failed), because `why`."""
+    for target in targets:
+        result = TargetResult(target.name, status)
+        if status == FAILED:
+            result.fail(why)
+        else:
+            result.reason = why
+        outcome.results.append(result)
+        options.observer.finished(result)
 
 
 def _run_error(outcome: RunResult) -> str:
@@ -330,10 +336,7 @@ def _locked(target: Target, result: TargetResult) -> Iterator[list[str] | None]:
             _created_locks.add(path)
     except FileExistsError:
         os.close(os.open(path, os.O_WRONLY))
-    # On Windows the library deletes the lock file on release unless told to keep it: its time
-    # (see above) would go with it, and a run opening it just then would fail.  Kept there only:
-    # on POSIX keeping it also turns off the library's fallback for file systems without locks.
-    lock = filelock.FileLock(path, preserve_lock_file=os.name == "nt")
+    lock = _file_lock(path)
     try:
         lock.acquire(timeout=target.lock_timeout)
     except filelock.Timeout:
@@ -364,13 +367,20 @@ _created_locks: set[Path] = set()  # lock files this run created: no other run c
 _created_locks_lock = threading.Lock()
 
 
+def _file_lock(path: Path) -> filelock.FileLock:
+    # On Windows the library deletes the lock file on release unless told to keep it: its time
+    # (see _locked) would go with it, and a run opening it just then would fail.  Kept there only:
+    # on POSIX keeping it also turns off the library's fallback for file systems without locks.
+    return filelock.FileLock(path, preserve_lock_file=os.name == "nt")
+
+
 def _all_busy(targets: list[Target]) -> bool:
     """Whether another run holds the lock of every target, none of which would wait for it."""
     for target in targets:
         path = _lock_path(target)
         if target.lock_timeout or not path.is_file():
             return False
-        probe = filelock.FileLock(path, preserve_lock_file=os.name == "nt")
+        probe = _file_lock(path)
         try:
             probe.acquire(timeout=0)
         except filelock.Timeout:
@@ -614,9 +624,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
             # ever rotated.  Its last archives stay.  With none at all, its bytes are kept once
             # (as for a folder): they may be all there is.
             raise TargetError(
-                f"{target.path} begins as a SQLite database but is not a whole number of pages, so it is damaged "
-                "or was cut short; nothing was archived and no old archive deleted; check it with sqlite3 "
-                "(PRAGMA integrity_check), then repair it or restore it from an archive"
+                f"{target.path} {_CUT_SHORT}; nothing was archived and no old archive deleted; check it with "
+                "sqlite3 (PRAGMA integrity_check), then repair it or restore it from an archive"
             )
         # An archive missing a database, or holding a damaged one unchecked, is never "unchanged".
         incomplete = bool(result.incomplete or torn)
@@ -653,9 +662,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
             # Said with the databases left out too: one must not hide the other.
             more = f" and {len(torn) - 1} more" if len(torn) > 1 else ""
             said.append(
-                f"{'it' if said else final.name} holds {torn[0]}{more} as it is, unchecked: it begins as a SQLite "
-                f"database but is not a whole number of pages, so it is damaged or was cut short; check it with "
-                f"sqlite3 (PRAGMA integrity_check), repair or remove it"
+                f"{'it' if said else final.name} holds {torn[0]}{more} as it is, unchecked: it {_CUT_SHORT}; check "
+                "it with sqlite3 (PRAGMA integrity_check), repair or remove it"
             )
         if said:
             result.fail("; and ".join(said))
@@ -964,10 +972,7 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
     if kind == "file" and _cut_short_database(target.path):
         # The run fails on it (see _archive): a preview that said "would archive" misled
         # Ansible's check mode and the operator before maintenance.
-        result.fail(
-            f"would fail: {target.path} begins as a SQLite database but is not a whole number of pages, so it "
-            "is damaged or was cut short; check it with sqlite3 (PRAGMA integrity_check)"
-        )
+        result.fail(f"would fail: {target.path} {_CUT_SHORT}; check it with sqlite3 (PRAGMA integrity_check)")
     for remote in target.offsite:
         # The new archive counts as the remote's newest, as it will once uploaded.
         new = Stored(planned.when, _NEW)
