@@ -70,9 +70,8 @@ class Hook:
     line: str | None = None
 
     def describe(self) -> str:
-        if self.command is not None or self.line is not None:
-            return self.command if self.command is not None else self.line or ""
-        return " ".join(self.argv or ())
+        text = self.command if self.command is not None else self.line
+        return text if text is not None else " ".join(self.argv or ())
 
 
 @dataclass(frozen=True)
@@ -506,11 +505,6 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def split_command(run: str) -> tuple[str, ...]:
-    """A hook's command line as arguments, as a POSIX shell would split it (run without one)."""
-    return tuple(shlex.split(run))
-
-
 # Windows passes a string hook's command line to the program as it is (see Hook.line).
 _WHOLE_LINES = os.name == "nt"
 
@@ -530,7 +524,7 @@ def _hooks(raw: dict[str, Any], document: Document, where: KeyPath, problems: li
             return Hook(None, None, timeout, line=run)
         if isinstance(run, str):
             try:
-                argv = split_command(run)
+                argv = tuple(shlex.split(run))
             except ValueError as exc:
                 problems.append(document.problem((*here, "run"), f"cannot split this command ({exc}); fix its quotes"))
                 argv = ()
