@@ -104,6 +104,33 @@ def test_only_version_1_exists(project: Project, first_line: str, expected: str)
     assert problems_of(project.manifest) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("hooks_line", "place", "when"),
+    [
+        ("hooks: {before: [systemctl, stop, app]}", "hooks.before", "before"),
+        (
+            "  - {name: site, path: site, hooks: {on_failure: [logger, failed]}}",
+            "targets[0].hooks.on_failure",
+            "on_failure",
+        ),
+    ],
+)
+def test_a_command_written_as_a_list_of_hooks_is_explained(
+    project: Project, hooks_line: str, place: str, when: str
+) -> None:
+    # `before: [systemctl, stop, app]` is three hooks, each a bare string: the line says how
+    # one command is written rather than only "is a string, expected array".
+    if hooks_line.startswith("  -"):
+        write(project, "version: 1", "targets:", hooks_line)
+    else:
+        write(project, "version: 1", hooks_line, "targets:", "  - name: site", "    path: site")
+    problems = problems_of(project.manifest)
+    assert problems, "a list of bare strings is not a list of hooks"
+    assert all(f"{place}[" in p and "is a string, not a hook" in p for p in problems)
+    assert f'{when}: [["systemctl", "stop", "app"]]' in problems[0]
+    assert f'{when}: [{{run: "systemctl stop app"}}]' in problems[0]
+
+
 # --- defaults --------------------------------------------------------------------------------------
 
 

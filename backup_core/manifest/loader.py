@@ -328,6 +328,17 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
         wanted = error.validator_value
         if wanted == "boolean":
             return [document.problem(path, f"'{error.instance}' is not true or false; write true or false")]
+        if len(path) >= 3 and path[-3] == "hooks" and isinstance(path[-1], int):
+            # `before: ["systemctl", "stop", "app"]` is a list of three hooks, not one command.
+            when = path[-2]
+            return [
+                document.problem(
+                    path,
+                    f"'{error.instance}' is a string, not a hook: each hook is a list of arguments or "
+                    f'{{run: ...}}, so one command is {when}: [["systemctl", "stop", "app"]] or '
+                    f'{when}: [{{run: "systemctl stop app"}}]',
+                )
+            ]
         return [document.problem(path, f"'{error.instance}' is a string, expected {wanted}")]
     if error.validator == "pattern" and path and path[-1] == "name":
         if isinstance(error.instance, str) and _WINDOWS_DEVICE.fullmatch(error.instance):
