@@ -355,13 +355,33 @@ class _Program(Program):
         values = [(names, self.args[names[-1].lstrip("-")].value) for names in _SHELL_OPTIONS]
         given = [names for names, value in values if value is not None and value is not False]  # -T 0 too
         if given:
-            flag = "/".join(given[0])
-            print(f"error: {flag} is Invoke's, for shell commands, and does nothing here", file=sys.stderr)
-            raise SystemExit(EXIT_USAGE)
+            _usage(f"error: {'/'.join(given[0])} is Invoke's, for shell commands, and does nothing here")
+        if self.args["list-format"].value not in _LIST_FORMATS:
+            _usage(f"error: -F/--list-format takes one of {', '.join(_LIST_FORMATS)}")
+        if isinstance(self.args.list.value, str):
+            # Invoke's --list NAMESPACE: this program's tasks have no namespaces to narrow to.
+            _usage(f"error: --list takes no value here ({self.args.list.value!r}): there are no namespaces")
 
     def parse_tasks(self) -> None:
         with _usage_errors():
             super().parse_tasks()
+
+    def parse_cleanup(self) -> None:
+        wanted = self.args.help.value
+        if isinstance(wanted, str) and wanted not in self.parser.contexts:
+            _usage(f"error: --help {wanted}: no such command; backups --list shows them")
+        super().parse_cleanup()
+
+    def update_config(self, merge: bool = True) -> None:
+        # Where -f/--config's file is read: one that is missing, of another type or not
+        # valid YAML would end in Invoke's traceback.
+        given = self.args.config.value
+        if given and not Path(given).is_file():
+            _usage(f"error: -f/--config {given}: no such file")
+        try:
+            super().update_config(merge)
+        except Exception as exc:  # every failure here is the file's
+            _usage(f"error: -f/--config {given}: {exc}".splitlines()[0])
 
 
 _SHELL_OPTIONS = [
@@ -370,13 +390,22 @@ _SHELL_OPTIONS = [
 ]  # fmt: skip
 
 
+_LIST_FORMATS = ("flat", "nested", "json")
+
+
+def _usage(message: str) -> None:
+    print(message, file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
 @contextmanager
 def _usage_errors() -> Iterator[None]:
     try:
         yield
     except ParseError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        _usage(str(exc))
+    except ValueError as exc:  # a number flag (-D, -T) given something else: Invoke's int() fails
+        _usage(f"error: a flag that takes a whole number was given something else ({exc})")
 
 
 program = _Program(name="backups", binary="backups", version=__version__, namespace=namespace)

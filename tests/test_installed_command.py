@@ -146,6 +146,31 @@ def test_the_installed_command_treats_an_unknown_flag_or_task_as_a_usage_error(
 
 
 @pytest.mark.slow
+def test_a_bad_value_of_one_of_invokes_own_options_is_a_usage_error_not_a_traceback(
+    installed: Path, tmp_path: Path
+) -> None:
+    # Invoke's program answered these with its traceback (a number flag's int(), an unknown
+    # list format, a config file of no known type) or with exit 1 (help or list of a name it
+    # does not know), where the README promises 2 for any flag the command does not take.
+    (tmp_path / "bad.yaml").write_text("a: [\n", encoding="utf-8")
+    cases = {
+        ("-D", "x", "--list"): "takes a whole number",
+        ("--list-depth=x", "validate"): "takes a whole number",
+        ("-F", "bogus", "--list"): "-F/--list-format takes one of flat, nested, json",
+        ("-f", str(tmp_path / "absent.yml"), "validate"): "no such file",
+        ("-f", "/etc/hostname" if Path("/etc/hostname").is_file() else str(installed), "validate"): "not supported",
+        ("-f", str(tmp_path / "bad.yaml"), "validate"): "-f/--config",
+        ("-h", "nosuch"): "--help nosuch: no such command",
+        ("--list=nosuch",): "--list takes no value here",
+    }
+    for argv, expected in cases.items():
+        ran = run([str(installed), *argv], cwd=tmp_path)
+        assert ran.code == 2, (argv, ran.output)
+        assert expected in ran.stderr and "Traceback" not in ran.output, (argv, ran.output)
+    assert run([str(installed), "-F", "json", "--list"], cwd=tmp_path).code == 0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flag", [["-w"], ["--command-timeout", "5"], ["-T", "0"], ["--echo"], ["--pty"], ["--hide", "both"]]
 )
