@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backup_core.errors import ManifestError, Problem
-from backup_core.manifest import passes, variables, yaml_source
+from backup_core.manifest import passes, redact, variables, yaml_source
 from backup_core.manifest import remotes as remotes_module
 from backup_core.manifest.remotes import Remote
 from backup_core.manifest.yaml_source import Document, KeyPath
@@ -70,8 +70,9 @@ class Hook:
     line: str | None = None
 
     def describe(self) -> str:
+        """The command as messages and `list` show it: credentials written into it are masked."""
         text = self.command if self.command is not None else self.line
-        return text if text is not None else " ".join(self.argv or ())
+        return redact.text(text) if text is not None else redact.argv(self.argv or ())
 
 
 @dataclass(frozen=True)
