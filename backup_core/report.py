@@ -101,6 +101,8 @@ def _describe_local(result: TargetResult, command: str, check: bool) -> str:
     deleted = ", ".join(result.deleted) if result.deleted else "nothing"
     if check and command == "backup":
         size = human_bytes(result.bytes_in)
+        if result.status == OK:  # "would archive nothing: unchanged since NAME" (skip_unchanged)
+            return f"{result.reason} ({count(result.files, 'file')}, {size}); would delete {deleted}"
         verb, _, condition = result.reason.partition(" unless ")  # "would archive N files (size) unless unchanged"
         condition = f" unless {condition}" if condition else ""
         return f"{verb} {count(result.files, 'file')} ({size}){condition}; would delete {deleted}"

@@ -424,7 +424,7 @@ def backup_target(target: Target, options: Options) -> TargetResult:
 
     def body() -> None:
         if options.check:
-            _preview(target, sources.kind_of(target.path, target.type), result)
+            _preview(target, sources.kind_of(target.path, target.type), options, result)
             return
         with _locked(target, result) as names:
             if names is None:
@@ -946,8 +946,24 @@ def _when(archive: Archive) -> datetime:
     return archive.when
 
 
-def _preview(target: Target, kind: str, result: TargetResult) -> None:
+def _preview(target: Target, kind: str, options: Options, result: TargetResult) -> None:
     """Check mode: what a backup would archive and delete, touching nothing."""
+    names = _listing(target)
+    listed = archives.list_archives(target.destination, target.name, names)
+    if target.skip_unchanged and not options.force:
+        # The metadata walk reads no file and writes nothing: where it proves the source
+        # unchanged, the run would archive and rotate nothing (Ansible's check mode predicted
+        # `changed` on a host that was converged).  Otherwise only the run can tell.
+        now = utc_now()
+        existing = [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
+        _unchanged_walk(target, kind, options, existing, now, result)
+        if result.compared == "metadata":
+            result.reason = f"would archive nothing: {result.reason}"
+            for remote in target.offsite:  # what the remote lacks still goes, as in the run
+                _offsite_result(result, copy := offsite.replicate(target, remote, check=True, now=now))
+                if copy.error:
+                    result.fail(copy.error)
+            return
     for entry in sources.entries(target.path, kind, target.exclude):
         if entry.kind in _DATA:
             result.files += 1
@@ -955,10 +971,8 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
             result.databases += entry.kind == "sqlite"
         elif entry.kind == "dir":
             result.directories += 1
-    names = _listing(target)
-    existing = archives.list_archives(target.destination, target.name, names)
-    planned = Archive(archives.next_time(utc_now(), existing), target.destination / _NEW)
-    result.deleted = [a.name for a in _retention([*existing, planned], target, result).deleted]
+    planned = Archive(archives.next_time(utc_now(), listed), target.destination / _NEW)
+    result.deleted = [a.name for a in _retention([*listed, planned], target, result).deleted]
     stale = archives.stale_partials(target.destination, target.name, names)
     if stale:
         # A preview takes no lock, so it cannot tell these from the work of a run going on now.
@@ -968,7 +982,10 @@ def _preview(target: Target, kind: str, result: TargetResult) -> None:
             f"({stale[0].name}{' and more' if more else ''}), unless a run is writing it now"
         )
     result.status = CHANGED
-    result.reason = "would archive" + (" unless unchanged" if target.skip_unchanged else "")
+    # Unless unchanged by content (the run compares the new archive with the newest), when it
+    # would keep neither the new archive nor delete any old one.
+    unless = target.skip_unchanged and not options.force
+    result.reason = "would archive" + (" unless unchanged (then delete nothing)" if unless else "")
     if kind == "file" and _cut_short_database(target.path):
         # The run fails on it (see _archive): a preview that said "would archive" misled
         # Ansible's check mode and the operator before maintenance.

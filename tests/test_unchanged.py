@@ -80,6 +80,34 @@ def test_an_unchanged_source_is_ok_after_a_metadata_walk(project: Project) -> No
 
 
 @posix_only
+def test_check_mode_predicts_an_unchanged_run_from_the_metadata_walk(project: Project) -> None:
+    # The preview said "would archive ... unless unchanged; would delete <oldest>" on a source
+    # the run then found unchanged (ok, nothing deleted): Ansible's check mode reported changed.
+    source = make(project)
+    project.manifest.write_text(project.manifest.read_text(encoding="utf-8").replace("{last: 5}", "{last: 2}"))
+    backup(project, LATER[0])
+    backup(project, LATER[1], "--force")
+    archives = project.archives()
+    assert len(archives) == 2
+
+    preview = backup(project, LATER[2], "--check")
+    assert (preview["status"], preview["compared"], preview["deleted"]) == ("ok", "metadata", [])
+    assert preview["reason"] == f"would archive nothing: unchanged since {archives[-1].name}"
+    text = project.invoke("backup", "--check", env={"BACKUP_NOW": LATER[2]})
+    assert f"ok: [notes] => would archive nothing: unchanged since {archives[-1].name}" in text.stdout
+    assert "would delete nothing" in text.stdout
+    # Forced, or once a file changed, it would archive, and keep {last: 2} then deletes the oldest.
+    forced = backup(project, LATER[2], "--check", "--force")
+    assert (forced["status"], forced["deleted"]) == ("changed", [archives[0].name])
+    assert "unless" not in forced["reason"]
+    source.write_bytes(b"new")
+    touched = backup(project, LATER[2], "--check")
+    assert (touched["status"], touched["deleted"]) == ("changed", [archives[0].name])
+    assert touched["reason"] == "would archive unless unchanged (then delete nothing)"
+    assert project.archives() == archives  # a preview writes and deletes nothing
+
+
+@posix_only
 def test_a_one_byte_change_with_its_mtime_put_back_is_seen_by_the_change_time(project: Project) -> None:
     source = make(project)
     backup(project, LATER[0])
