@@ -892,7 +892,7 @@ def _rotate(
     (see _newest_kept_problem).  Returns the names that `spare` kept."""
     if existing is None:
         existing = archives.list_archives(target.destination, target.name)
-    due = _retention(existing, target, result).deleted
+    due = _due(existing, target, result)
     doomed = [a for a in due if a.name not in (spare or ())]
     if guard and doomed and (problem := _newest_kept_problem(existing, doomed)):
         raise TargetError(problem)
@@ -906,6 +906,36 @@ def _rotate(
     if doomed:
         archives.mark_changed(_lock_path(target))
     return [a.name for a in due if a not in doomed]
+
+
+def _due(existing: list[Archive], target: Target, result: TargetResult) -> list[Archive]:
+    """The archives the target's keep no longer wants.  A file under an archive's name that is
+    not a whole zip (cut short, put there by hand) would count toward keep and push good
+    archives out: it neither counts nor goes (it may hold something), and the plan is made
+    again without it."""
+    due = _retention(existing, target, result).deleted
+    if due and (broken := _not_whole(existing, due, result)):
+        due = retention.plan([a for a in existing if a not in broken], _when, target.keep, utc_now()).deleted
+    return due
+
+
+def _not_whole(existing: list[Archive], due: list[Archive], result: TargetResult) -> list[Archive]:
+    """Those of the archives retention would keep that do not end as a whole zip, named in a
+    warning; the archive this run made and verified is not read again."""
+    broken = []
+    for archive in existing:
+        if archive in due or archive.path == result.archive:
+            continue
+        ending = archives.ending(archive.path)
+        if ending.problem is not None and ending.readable:
+            broken.append((archive, ending.problem))
+    if broken:
+        (first, why), more = broken[0], f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        result.warnings.append(
+            f"{first.name}{more} is not a whole archive ({why}): not counted toward keep and not deleted; "
+            f"check it with {command('verify')}, then move it out of the folder"
+        )
+    return [archive for archive, _ in broken]
 
 
 def _delete_archive(path: Path, result: TargetResult) -> bool:
@@ -972,7 +1002,7 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
         elif entry.kind == "dir":
             result.directories += 1
     planned = Archive(archives.next_time(utc_now(), listed), target.destination / _NEW)
-    result.deleted = [a.name for a in _retention([*listed, planned], target, result).deleted]
+    result.deleted = [a.name for a in _due([*listed, planned], target, result)]
     stale = archives.stale_partials(target.destination, target.name, names)
     if stale:
         # A preview takes no lock, so it cannot tell these from the work of a run going on now.
@@ -1020,7 +1050,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
 
     def body() -> None:
         existing = archives.list_archives(target.destination, target.name)
-        doomed = _retention(existing, target, result).deleted
+        doomed = _due(existing, target, result)
         # A local archive that a remote lacks and would keep goes nowhere else: it stays until a
         # push (or the next backup) has sent it.  Every remote of the target counts, --remote or not.
         unsent = _unsent(target, result, {a.name for a in doomed}) if doomed else set()

@@ -401,6 +401,43 @@ def test_objects_named_newer_that_this_tool_never_put_there_cannot_push_out_a_go
     assert state["newest"] == new, state
 
 
+def test_a_local_file_cut_short_under_an_archives_name_is_neither_sent_nor_counted(
+    project: Project, remote: Remote
+) -> None:
+    # A 100-byte file named newer than two good archives was uploaded, counted toward both
+    # keeps, and the good archives were rotated out locally and on the remote: keep {last: 2}
+    # left one usable archive everywhere.
+    site(project)
+    write(project, remote, keep={"last": 2}, local_keep={"last": 2})
+    days = [START + timedelta(days=d) for d in range(3)]
+    assert run(project, remote, "backup", now=days[0]).code == 0
+    project.file("site/day.txt", "the second day\n")
+    assert run(project, remote, "backup", now=days[1]).code == 0
+    first, second = (a.name for a in project.archives())
+    cut = project.root / "backups" / archive_file_name("site", days[1] + timedelta(hours=1))
+    cut.write_bytes((project.root / "backups" / second).read_bytes()[:100])
+    project.file("site/day.txt", "the third day\n")
+
+    preview = run(project, remote, "backup", "--check", "--format", "json", now=days[2])
+    ran = run(project, remote, "backup", "--format", "json", now=days[2])
+
+    assert ran.code == 0, ran.output
+    new = archive_file_name("site", days[2])
+    # Counted without the cut file, keep {last: 2} keeps the second day and the new archive.
+    assert [a.name for a in project.archives()] == [second, cut.name, new]
+    assert remote.names("site") == [second, new]
+    [result] = ran.json()["targets"]
+    assert result["deleted"] == [first] == preview.json()["targets"][0]["deleted"]
+    warned = " ".join(result["warnings"])
+    assert f"{cut.name} is not a whole archive" in warned and "not counted toward keep and not deleted" in warned
+    assert f"{cut.name} was not sent: it is not a whole archive" in warned
+    # push sends it no more than the backup did, and prune deletes nothing on its account.
+    pushed = run(project, remote, "push", "--format", "json", now=days[2])
+    assert pushed.code == 0 and remote.names("site") == [second, new], pushed.output
+    pruned = run(project, remote, "prune", "--format", "json", now=days[2])
+    assert pruned.code == 0 and [a.name for a in project.archives()] == [second, cut.name, new], pruned.output
+
+
 def test_a_copy_replaced_behind_the_tools_back_is_neither_counted_nor_deleted(project: Project, remote: Remote) -> None:
     site(project)
     write(project, remote, keep={"last": 2})

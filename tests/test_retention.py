@@ -8,6 +8,7 @@ the newest of each group, and keeps the groups' newest N; `last` keeps the N new
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Hashable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -220,20 +221,44 @@ def test_prune_applies_the_policy_without_a_new_archive(project: Project) -> Non
 @pytest.mark.parametrize("newest", [b"", b"PK\x03\x04 cut short"], ids=["empty", "cut-short"])
 def test_prune_deletes_nothing_when_the_newest_archive_kept_is_not_a_whole_zip(project: Project, newest: bytes) -> None:
     # Retention goes by names: an empty file named as the newest archive made prune delete the
-    # only good one (keep last 1) and keep the empty file.
+    # only good one (keep last 1) and keep the empty file.  Such a file now neither counts
+    # toward keep nor is deleted, and a warning names it.
     project.file("src/a.txt")
     project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
     backups = project.root / "backups"
     good = fake_archive(backups, "site", PRUNE_TIMES[0])
-    (backups / archive_file_name("site", PRUNE_TIMES[1])).write_bytes(newest)
+    cut = backups / archive_file_name("site", PRUNE_TIMES[1])
+    cut.write_bytes(newest)
 
     ran = project.invoke("prune")
 
-    assert ran.code == 1, ran.output
-    assert good.exists()
-    name = archive_file_name("site", PRUNE_TIMES[1])
-    said = f"nothing was deleted: {name}, the newest archive that would be kept, is not a whole archive"
-    assert f"failed: [site] => {said}" in ran.stdout
+    assert ran.code == 0, ran.output
+    assert good.exists() and cut.exists()
+    assert "ok: [site] => 2 archive(s), nothing to prune" in ran.stdout
+    assert (
+        f"{cut.name} is not a whole archive" in ran.stdout and "not counted toward keep and not deleted" in ran.stdout
+    )
+
+
+def test_rotation_does_not_count_a_cut_short_archive_toward_keep(project: Project) -> None:
+    # keep {last: 2} with the newest archive truncated: the backup deleted the older good one,
+    # without a word, and kept the truncated one and its own.
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 2}}]\n")
+    assert project.invoke("backup", env={"BACKUP_NOW": "2026-01-01T00:00:00Z"}).code == 0
+    assert project.invoke("backup", env={"BACKUP_NOW": "2026-01-02T00:00:00Z"}).code == 0
+    good, newest = project.archives()
+    with newest.open("r+b") as file:
+        file.truncate(newest.stat().st_size // 2)
+
+    ran = project.invoke("backup", env={"BACKUP_NOW": "2026-01-03T00:00:00Z"})
+
+    assert ran.code == 0, ran.output
+    *kept, made = project.archives()
+    assert kept == [good, newest] and made.name.startswith("site-20260103T")
+    with zipfile.ZipFile(good) as whole:
+        assert whole.testzip() is None
+    assert f"{newest.name} is not a whole archive" in ran.stdout, ran.output
 
 
 def test_durations_past_the_calendar_mean_forever_and_break_nothing(project: Project) -> None:

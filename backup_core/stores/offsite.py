@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from backup_core.errors import TargetError, UsageError, command
 from backup_core.manifest import Remote, Target
 from backup_core.results import OffsiteResult
-from backup_core.stores import retention
+from backup_core.stores import archives, retention
 from backup_core.stores.base import Foreign, Progress, Store, Stored, StoreError, sha256_of
 from backup_core.stores.local import FolderStore, LocalStore
 
@@ -78,7 +78,8 @@ def replicate(
         held = store.list(target.name)
         have = {stored.archive for stored in held}
         ours = local.list(target.name) + ([planned] if planned else [])
-        missing = [a for a in ours if a.name not in have]
+        missing = _whole_only(target, remote, [a for a in ours if a.name not in have and a is not planned], result)
+        missing += [planned] if planned and planned.name not in have else []
         # A copy of the newest archive that is already there is proven, not trusted by its name:
         # put() keeps an identical one and refuses one with other bytes.  (An encrypted copy
         # cannot be compared without its key; its name carries the proof of its upload.)
@@ -121,6 +122,23 @@ def replicate(
     finally:
         result.seconds = time.monotonic() - started
     return result
+
+
+def _whole_only(target: Target, remote: Remote, local: list[Stored], result: OffsiteResult) -> list[Stored]:
+    """Those of `local` (archives the remote lacks) that end as whole zips.  A file under an
+    archive's name that was cut short or put there by hand is neither sent nor counted toward
+    the remote's keep, where it would push good copies out; a warning names it."""
+    whole = []
+    for stored in local:
+        ending = archives.ending(target.destination / stored.name)
+        if ending.problem is None or not ending.readable:
+            whole.append(stored)  # one that cannot be read fails its upload, and says why
+            continue
+        result.warnings.append(
+            f"{stored.name} was not sent: it is not a whole archive ({ending.problem}); "
+            f"check it with {command('verify')}, then move it out of {target.destination}"
+        )
+    return whole
 
 
 def lacking(target: Target, remote: Remote, now: datetime) -> list[str]:
