@@ -272,7 +272,9 @@ def _serve() -> None:
 
     # systemd stops a whole service's processes with SIGTERM: stop as the parent would.
     signal.signal(signal.SIGTERM, lambda signum, frame: runner.stop())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    for stopping in (signal.SIGINT, getattr(signal, "SIGHUP", None)):  # a terminal's, sent to the whole group
+        if stopping is not None:
+            signal.signal(stopping, signal.SIG_IGN)  # the parent decides when to stop
     threading.Thread(target=read, name="requests", daemon=True).start()
     with archives.one_listing_per_run():
         while (target := todo.get()) is not None and not runner.stopped():

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM while the program loads, before a command's own handling is in place.
+"""Ctrl-C, SIGTERM and SIGHUP while the program loads, before a command's own handling is in place.
 
 Left to Python, Ctrl-C while the program loaded printed a traceback, or ended in exit
 status 1 (Invoke's answer to an interrupt it catches; the exit table says 1 is a failed
@@ -59,13 +59,18 @@ def _manifest(argv: list[str]) -> str:
 
 
 def handled() -> tuple[signal.Signals, ...]:
-    """The signals that stop a run: SIGTERM, and SIGINT unless it was ignored when the program
+    """The signals that stop a run: SIGTERM; SIGINT unless it was ignored when the program
     started (a shell script's background job ignores it, so that Ctrl-C at the terminal leaves
-    the job alone; Python keeps that choice too)."""
-    return (signal.SIGTERM,) if _SIGINT_IGNORED else (signal.SIGINT, signal.SIGTERM)
+    the job alone; Python keeps that choice too); and on POSIX SIGHUP, unless ignored (`nohup`).
+
+    SIGHUP is what a dropped SSH session sends a backup run by hand.  Left to its default it
+    killed the process on the spot: no on_failure hook (a service a before hook stopped stayed
+    stopped), no result, a partial archive left for the next run."""
+    return tuple(s for s in (signal.SIGINT, signal.SIGTERM, HANGUP) if s is not None and s not in _IGNORED)
 
 
-_SIGINT_IGNORED = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+HANGUP: signal.Signals | None = getattr(signal, "SIGHUP", None)
+_IGNORED = {s for s in (signal.SIGINT, HANGUP) if s is not None and signal.getsignal(s) == signal.SIG_IGN}
 if threading.current_thread() is threading.main_thread():
     for _signal in handled():
         signal.signal(_signal, _interrupted)

@@ -72,8 +72,13 @@ hooks:
 """
 
 
+# SIGHUP: an SSH session dropped under a backup run by hand.  It killed the run outright: the
+# app its before hook stopped stayed stopped, and the partial archive stayed behind.
+STOPPING = [signal.SIGTERM, signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sent", STOPPING)
 def test_jobs_2_stop_at_once_place_nothing_rotate_nothing_and_run_on_failure(project: Project, sent: int) -> None:
     project.file("small/a.txt", "small\n")
     _slow_file(project.root / "big" / "data.txt", 160)
@@ -516,6 +521,32 @@ def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(project: Project) -
     (site,) = json.loads(stdout)["targets"]
     assert site["status"] == "changed"
     assert len(project.archives(target="site")) == 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX: nohup")
+def test_a_run_started_under_nohup_keeps_ignoring_sighup(project: Project) -> None:
+    # `nohup invoke backup &` is how a run is meant to outlive the terminal: SIGHUP stays ignored.
+    project.file("site/index.html")
+    started, release = project.root / "started", project.root / "release"
+    wait = f"touch {started}; until [ -e {release} ]; do sleep 0.05; done"
+    project.write_manifest(
+        f"""
+        version: 1
+        targets:
+          - {{name: site, path: site, hooks: {{before: [["sh", "-c", {json.dumps(wait)}]]}}}}
+        """
+    )
+    ignoring = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731 - the test's subject
+    process = _start(project, "--format", "json", preexec_fn=ignoring)
+    _wait_for(started.exists, process)
+    process.send_signal(signal.SIGHUP)
+    time.sleep(0.3)  # a handled SIGHUP would have stopped the hook and the run by now
+    release.touch()
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr
+    (site,) = json.loads(stdout)["targets"]
+    assert site["status"] == "changed"
 
 
 @pytest.mark.slow

@@ -306,7 +306,9 @@ def _done_here(job: Callable[..., tuple[Any, bytes]], args: tuple[Any, ...]) -> 
 def _serve() -> None:
     """Answer jobs from standard input, and write the data of each when told where, until
     standard input closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the writer decides when to stop
+    for stopping in (signal.SIGINT, getattr(signal, "SIGHUP", None)):  # a terminal's, sent to the whole group
+        if stopping is not None:
+            signal.signal(stopping, signal.SIG_IGN)  # the writer decides when to stop
     requests = sys.stdin.buffer
     answers = framing.serve(_HELLO)
     held: deque[bytes] = deque()  # data of answered jobs, in order, until placed
