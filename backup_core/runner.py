@@ -627,6 +627,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 f"{target.path} {_CUT_SHORT}; nothing was archived and no old archive deleted; check it with "
                 "sqlite3 (PRAGMA integrity_check), then repair it or restore it from an archive"
             )
+        if kind == "folder" and not (stats.files or stats.directories or stats.links) and not options.force:
+            _refuse_emptied(target, existing)
         # An archive missing a database, or holding a damaged one unchecked, is never "unchanged".
         incomplete = bool(result.incomplete or torn)
         if walked is not None and (stats.warnings or incomplete or result.changed):
@@ -679,6 +681,25 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         for leftover in (partial, *snapshots, *sqlite_files):
             if not archives.remove(leftover):
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
+
+
+def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
+    """Fail a folder that gave an empty archive where the newest archive holds entries.
+
+    A disk that is not mounted leaves its mount point an empty folder (as does an exclude that
+    now matches everything): archived, each run placed an empty archive and rotated a full one
+    away, until keep held nothing but empty archives.  A folder really emptied is archived
+    with --force."""
+    newest = existing[-1] if existing else None
+    held = archives.ending(newest.path).members if newest is not None else 0
+    if newest is None or not held:
+        return
+    raise TargetError(
+        f"{target.path} holds nothing to archive (no file or folder{' after exclude' if target.exclude else ''}), "
+        f"but {newest.name} holds {held} entr{'y' if held == 1 else 'ies'}: is a disk not mounted? nothing was "
+        f"archived and no old archive deleted; if it is meant to be empty now, run "
+        f"{command(f'backup --force --only {target.name}')} once"
+    )
 
 
 def _incomplete_comment(result: TargetResult, torn: list[str]) -> bytes:
@@ -1001,6 +1022,12 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
             result.databases += entry.kind == "sqlite"
         elif entry.kind == "dir":
             result.directories += 1
+    if kind == "folder" and not (result.files or result.directories) and not options.force:
+        try:
+            _refuse_emptied(target, listed)
+        except TargetError as exc:
+            result.fail(f"would fail: {exc}")
+            return
     planned = Archive(archives.next_time(utc_now(), listed), target.destination / _NEW)
     result.deleted = [a.name for a in _due([*listed, planned], target, result)]
     stale = archives.stale_partials(target.destination, target.name, names)
@@ -1097,7 +1124,7 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
     kept = retention.newest([a for a in existing if a not in doomed], _when, utc_now())
     if kept is None:
         return None
-    problem, comment, _ = archives.ending(kept.path)
+    problem, comment, _, _ = archives.ending(kept.path)
     if problem is None and (note := _incompleteness(comment)) is not None:
         problem = f"it is incomplete: {note}"
     if problem is None:

@@ -340,3 +340,36 @@ def test_a_database_whose_path_holds_uri_characters_backs_up(project: Project) -
     assert restored.code == 0, restored.output
     with closing(sqlite3.connect(project.root / "out" / "data.db")) as connection:
         assert connection.execute("SELECT x FROM t").fetchall() == [(42,)]
+
+
+@pytest.mark.parametrize("how", ["emptied", "excluded"])
+def test_a_folder_that_gives_nothing_where_the_last_archive_held_files_fails_and_rotates_nothing(
+    project: Project, how: str
+) -> None:
+    # An unmounted disk leaves its mount point empty: each run placed an empty archive and
+    # rotated a full one away, and status said ok, until keep held nothing but empty archives.
+    project.file("mnt/important.dat", "data\n")
+    project.write_manifest("version: 1\ntargets:\n  - {name: m, path: mnt, keep: {last: 1}}\n")
+    assert project.invoke("backup").code == 0
+    [full] = project.archives()
+    if how == "emptied":
+        (project.root / "mnt" / "important.dat").unlink()
+    else:
+        project.write_manifest("version: 1\ntargets:\n  - {name: m, path: mnt, keep: {last: 1}, exclude: ['*']}\n")
+
+    previewed = project.invoke("backup", "--check")
+    ran = project.invoke("backup")
+
+    said = "holds nothing to archive"
+    assert previewed.code == 1 and f"failed: [m] => would fail: {project.root / 'mnt'} {said}" in previewed.stdout
+    assert ran.code == 1, ran.output
+    assert f"failed: [m] => {project.root / 'mnt'} {said}" in ran.stdout
+    assert f"but {full.name} holds 1 entry: is a disk not mounted?" in ran.stdout
+    assert "backup --force --only m" in ran.stdout
+    assert project.archives() == [full]
+    with zipfile.ZipFile(full) as archive:
+        assert archive.namelist() == ["important.dat"]
+    # Meant to be empty: --force archives it once, and from then on an empty folder is simply unchanged.
+    forced = project.invoke("backup", "--force")
+    assert forced.code == 0 and "(0 files" in forced.stdout, forced.output
+    assert project.invoke("backup").code == 0

@@ -237,6 +237,7 @@ class Ending(NamedTuple):
     problem: str | None
     comment: bytes = b""
     readable: bool = True  # False: the file could not be read, so nothing is known of its shape
+    members: int = 0  # of a whole zip: the entries its end record counts
 
 
 def ending(path: Path) -> Ending:
@@ -283,7 +284,7 @@ def ending(path: Path) -> Ending:
         return Ending(f"it cannot be read ({exc.strerror or exc})", readable=False)
     except (ValueError, OverflowError):  # a ZIP64 locator pointing past any possible offset
         return Ending("its ZIP64 end record is missing")
-    return Ending(None, comment)
+    return Ending(None, comment, members=count)
 
 
 def _no_end(file: BinaryIO, tail: bytes, start: int, size: int) -> str:
