@@ -1267,7 +1267,7 @@ def _verify_remote(target: Target, options: Options) -> list[TargetResult]:
                 problem = "; ".join(verdict.problems[:3]) if not verdict.ok else None
             else:
                 problem = store.check(target.name, stored)
-                result.reason = "size and checksum recorded at upload match"
+                result.reason = store.checked(target.name, stored)
         except BackupError as exc:
             problem = str(exc)
         except OSError as exc:  # the scratch copy could not be written (a full disk): one line, no traceback

@@ -426,7 +426,9 @@ def test_a_damaged_copy_is_caught_by_its_recorded_checksum_before_any_decryption
 def test_verify_remote_needs_no_key_and_detects_a_replaced_copy(backed: Backed) -> None:
     ran = backed.project.invoke("verify", "--remote", "vault")
     assert ran.code == 0, ran.output
-    assert f"ok: [site] => {backed.copy.name} (size and checksum recorded at upload match" in ran.stdout
+    assert (
+        f"ok: [site] => {backed.copy.name} (its SHA-256, read in full, matches the one recorded at upload" in ran.stdout
+    )
     # A replacement that is itself a valid age file of the same archive, to the same key:
     # only the checksum recorded at upload can tell it from the original.
     copy = backed.copy

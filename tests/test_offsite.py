@@ -341,6 +341,29 @@ def test_verify_remote_finds_a_copy_replaced_behind_its_back(project: Project, r
     assert full.code == 1 and first in full.output
 
 
+@pytest.mark.parametrize("checksum", ["sha256", "crc32"])
+def test_verify_remote_says_whether_it_read_the_copys_bytes(project: Project, remote: Remote, checksum: str) -> None:
+    # Every passing copy read "size and checksum recorded at upload match", also where S3 had no
+    # SHA-256 of the whole object to compare (a CRC32 or multipart upload): only the size was.
+    if isinstance(remote, FolderRemote) and checksum == "crc32":
+        pytest.skip("checksum is an S3 setting")
+    site(project)
+    write(project, remote, settings_of_remote={"checksum": checksum} if isinstance(remote, S3Remote) else None)
+    assert run(project, remote, "backup").code == 0
+
+    ran = run(project, remote, "verify", "--remote", remote.name, "--format", "json")
+
+    assert ran.code == 0, ran.output
+    [result] = ran.json()["targets"]
+    if isinstance(remote, FolderRemote):
+        assert result["reason"] == "its SHA-256, read in full, matches the one recorded at upload"
+    elif checksum == "sha256":  # one request under 64 MiB: the server keeps the whole object's SHA-256
+        assert result["reason"] == "its size and the server's SHA-256 of its bytes match those recorded at upload"
+    else:
+        assert result["reason"].startswith("its size matches the one recorded at upload; its bytes were not read")
+        assert "add --download to read them" in result["reason"]
+
+
 def test_restore_from_the_remote_gives_back_the_source_tree(project: Project, remote: Remote) -> None:
     site(project)
     write(project, remote)

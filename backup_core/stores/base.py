@@ -107,6 +107,11 @@ class Store(Protocol):
         """A quick integrity check without a download: None, or what is wrong in one sentence."""
         ...
 
+    def checked(self, target: str, stored: Stored) -> str:
+        """What a check() that found nothing wrong compared, as verify's line says it: whether the
+        copy's bytes were read (a folder's SHA-256) or only its size and a server's record."""
+        ...
+
     def vouched(self, target: str, stored: Stored) -> str | None:
         """Whether this is still the copy this tool put there, by what put() recorded (a checksum
         in the object's metadata, a .sha256 file), without reading its data: None, or why not.

@@ -180,6 +180,9 @@ class EncryptedStore:
     def check(self, target: str, stored: Stored) -> str | None:
         return self.inner.check(target, stored)
 
+    def checked(self, target: str, stored: Stored) -> str:
+        return self.inner.checked(target, stored)
+
     def vouched(self, target: str, stored: Stored) -> str | None:
         return self.inner.vouched(target, stored)
 

@@ -39,6 +39,7 @@ class S3Store:
     def __init__(self, remote: Remote) -> None:
         self.name, self.remote = remote.name, remote
         self._client: Any = None
+        self._whole: dict[str, bool] = {}  # key: whether check() had the server's whole-object SHA-256
 
     def describe(self) -> str:
         return self.remote.describe()
@@ -113,6 +114,16 @@ class S3Store:
     def check(self, target: str, stored: Stored) -> str | None:
         return self._judged(target, stored)[1]
 
+    def checked(self, target: str, stored: Stored) -> str:
+        if self._whole.get(self._key(target, stored.name)):
+            return "its size and the server's SHA-256 of its bytes match those recorded at upload"
+        # A multipart upload's checksum is of its parts, and a CRC32 upload's is no SHA-256: only
+        # the size can be compared without reading the object.
+        return (
+            "its size matches the one recorded at upload; its bytes were not read (the server keeps no "
+            "SHA-256 of the whole object for this copy): add --download to read them"
+        )
+
     def recorded(self, target: str, stored: Stored) -> str | None:
         head = self._head(self._key(target, stored.name))
         digest = (head or {}).get("Metadata", {}).get("sha256")
@@ -142,6 +153,8 @@ class S3Store:
         """The copy's HEAD answer, and what is wrong with it (see _verdict)."""
         key = self._key(target, stored.name)
         head = self._head(key, checksums=True)
+        whole = (head or {}).get("ChecksumSHA256")
+        self._whole[key] = bool(whole and "-" not in whole)
         return head, (f"{key} is missing from the bucket" if head is None else _verdict(stored, head))
 
     def _key(self, target: str, name: str) -> str:
