@@ -131,6 +131,56 @@ def test_a_command_written_as_a_list_of_hooks_is_explained(
     assert f'{when}: [{{run: "systemctl stop app"}}]' in problems[0]
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        # An explicit tag reached int() (a traceback) or read `yes` as false, in silence.
+        ('lock_timeout: !!int "0x10"', "targets[0].lock_timeout: '0x10' is not a whole number, as its tag !!int says"),
+        ("lock_timeout: !!float abc", "targets[0].lock_timeout: 'abc' is not a number, as its tag !!float says"),
+        ("skip_unchanged: !!bool yes", "targets[0].skip_unchanged: 'yes' is not true or false, as its tag !!bool says"),
+        # Past any float: read as inf, and list showed `lock_timeout: inf`.
+        ("lock_timeout: 1e309", "targets[0].lock_timeout: 1e309 is too large a number"),
+        # Python's "Could not determine home directory." traceback.
+        (
+            'destination: "~nosuchuser-here/out"',
+            "targets[0].destination: ~nosuchuser-here/out begins with ~, but this "
+            "machine has no user 'nosuchuser-here'",
+        ),
+        # Shell forms stayed text: a folder named `${BK_ROOT:-` was made beside the manifest.
+        (
+            'destination: "${BK_ROOT:-/srv/bk}/out"',
+            "targets[0].destination: '${BK_ROOT:-/srv/bk}' is not a variable this tool expands: only ${NAME} is",
+        ),
+        ('destination: "${ HOME }/out"', "targets[0].destination: '${ HOME }' is not a variable this tool expands"),
+    ],
+)
+def test_a_value_the_yaml_or_the_system_cannot_make_sense_of_is_one_located_line(
+    project: Project, setting: str, expected: str
+) -> None:
+    write(project, "version: 1", "targets:", "  - name: site", "    path: site", f"    {setting}")
+    [problem] = problems_of(project.manifest)
+    assert problem.startswith("backups.yml:5:") and expected in problem, problem
+    ran = project.invoke("validate")
+    assert ran.code == 2 and "Traceback" not in ran.output and expected in ran.stderr + ran.stdout, ran.output
+
+
+def test_a_loop_of_links_as_a_source_or_destination_fails_its_target_not_the_run(project: Project) -> None:
+    # Path.resolve() raised RuntimeError while the manifest was loaded: a traceback, and no
+    # target of the manifest was backed up.
+    (project.root / "loop-a").symlink_to("loop-b")
+    (project.root / "loop-b").symlink_to("loop-a")
+    project.file("site/a.txt")
+    write(
+        project, "version: 1", "targets:", "  - {name: looped, path: loop-a}",
+        "  - {name: site, path: site, destination: loop-a/out}", "  - {name: fine, path: site}",
+    )  # fmt: skip
+    ran = project.invoke("backup")
+    assert ran.code == 1 and "Traceback" not in ran.output, ran.output
+    assert "failed: [looped] => Too many levels of symbolic links" in ran.stdout
+    assert "failed: [site] => Too many levels of symbolic links" in ran.stdout
+    assert "changed: [fine] =>" in ran.stdout
+
+
 # --- defaults --------------------------------------------------------------------------------------
 
 

@@ -507,13 +507,16 @@ def _expand_path(
     expanded = variables.expand(document, value, where, environ, problems, "path")
     if expanded is None:
         return None
-    path = Path(expanded).expanduser()
-    return Path(os.path.abspath(base / path))  # noqa: PTH100 - resolve() would follow links
+    path = variables.home_expanded(document, expanded, where, problems)
+    return None if path is None else Path(os.path.abspath(base / path))  # noqa: PTH100 - resolve() would follow links
 
 
 def _is_within(inner: Path, outer: Path) -> bool:
     # Resolve links so an alias of the source folder is caught too.
-    inner, outer = inner.resolve(), outer.resolve()
+    try:
+        inner, outer = inner.resolve(), outer.resolve()
+    except (RuntimeError, OSError):  # a loop of links: the run names it as the target's failure
+        return False
     return inner == outer or outer in inner.parents
 
 

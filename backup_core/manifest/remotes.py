@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_core.errors import Problem
-from backup_core.manifest.variables import expand
+from backup_core.manifest.variables import expand, home_expanded
 from backup_core.manifest.yaml_source import Document, KeyPath, format_path
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -92,7 +92,8 @@ def _resolve_one(
     path = None
     if raw["type"] == "folder" and isinstance(raw.get("path"), str):
         expanded = expand(document, raw["path"], (*here, "path"), environ, problems, "path")
-        path = None if expanded is None else Path(os.path.abspath(document.file.parent / Path(expanded).expanduser()))  # noqa: PTH100 - no link resolution
+        home = None if expanded is None else home_expanded(document, expanded, (*here, "path"), problems)
+        path = None if home is None else Path(os.path.abspath(document.file.parent / home))  # noqa: PTH100 - no link resolution
     if raw["type"] == "folder":
         for key in ("bucket", "endpoint", "region", "profile", "storage_class"):
             if key in raw:
@@ -161,9 +162,10 @@ def _recipients(
         lines = [(item, (*where, "recipients", index), 0) for index, item in enumerate(raw["recipients"])]
     elif "recipients_file" in raw:
         name = expand(document, raw["recipients_file"], (*where, "recipients_file"), environ, problems, "path")
-        if name is None:
+        home = None if name is None else home_expanded(document, name, (*where, "recipients_file"), problems)
+        if home is None:
             return ()
-        file = document.file.parent / Path(name).expanduser()
+        file = document.file.parent / home
         try:
             text = file.read_text(encoding="utf-8-sig")  # a byte-order mark from Notepad is not part of a key
         except (OSError, UnicodeDecodeError) as exc:

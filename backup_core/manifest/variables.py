@@ -6,11 +6,13 @@ import os
 import re
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 
 from backup_core.errors import Problem
 from backup_core.manifest.yaml_source import Document, KeyPath
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SHELL_FORM = re.compile(r"\$\{(?![A-Za-z_][A-Za-z0-9_]*\})[^}]*\}?")  # ${ that is not ${NAME}
 # Windows' environment ignores case (${ProgramData} is PROGRAMDATA), and os.environ keeps its
 # names in upper case there: copied into a plain dict, a name in any other case went undefined.
 FOLD_CASE = os.name == "nt"
@@ -37,6 +39,18 @@ def expand(
     def known(name: str) -> str | None:
         return environ.get(name.upper() if FOLD_CASE else name)
 
+    shell_form = _SHELL_FORM.search(value)
+    if shell_form:
+        # `${DATA:-/srv}` or `${ DATA }` would have stayed as text, and a folder named `${DATA:-`
+        # been made beside the manifest.
+        problems.append(
+            document.problem(
+                where,
+                f"{shell_form.group(0)!r} is not a variable this tool expands: only ${{NAME}} is, with no default "
+                f"or other shell form; export the variable (to its default, if need be) and write ${{NAME}}",
+            )
+        )
+        return None
     used = dict.fromkeys(m.group(1) for m in _VARIABLE.finditer(value))
     undefined = [name for name in used if known(name) is None]
     empty = [name for name in used if known(name) == ""]
@@ -47,3 +61,15 @@ def expand(
     if undefined or empty:
         return None
     return _VARIABLE.sub(lambda m: known(m.group(1)) or "", value)
+
+
+def home_expanded(document: Document, value: str, where: KeyPath, problems: list[Problem]) -> Path | None:
+    """`value` as a path with a leading `~` or `~user` made that user's home folder; None, and a
+    located problem, when there is no such user (or no home folder to be found)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # Python's "Could not determine home directory."
+        user = value[1:].partition("/")[0].partition("\\")[0]
+        who = f"no user '{user}'" if user else "no home folder (HOME is not set, and the user has no entry)"
+        problems.append(document.problem(where, f"{value} begins with ~, but this machine has {who}"))
+        return None

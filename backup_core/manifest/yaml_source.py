@@ -26,13 +26,18 @@ class _CoreResolver(yaml.resolver.Resolver):
 
 
 _CoreResolver.yaml_implicit_resolvers = {}
+# What each kind of scalar may look like; an explicit tag (`!!int "0x10"`, `!!bool yes`) is held
+# to the same forms, or it would reach int() (a traceback) or read `yes` as false.
+_FORMS: dict[str, re.Pattern[str]] = {}
 for _tag, _pattern, _first in (
     ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
     ("int", r"^[-+]?[0-9]+$", "-+0123456789"),
     ("float", r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$", "-+.0123456789"),
     ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
 ):
-    _CoreResolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first))
+    _FORMS[_tag] = re.compile(_pattern)
+    _CoreResolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", _FORMS[_tag], list(_first))
+_WRITTEN = {"bool": "true or false", "int": "a whole number", "float": "a number", "null": "null or nothing"}
 
 
 class _Composer(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _CoreResolver):
@@ -233,6 +238,15 @@ def _build(builder: _Builder, node: yaml.Node, path: KeyPath) -> Any:
 
 def _scalar(file: Path, node: yaml.ScalarNode, path: KeyPath, problems: list[Problem]) -> Any:
     tag, value = node.tag, node.value
+    kind = tag.rpartition(":")[2]
+    if tag.startswith("tag:yaml.org,2002:") and kind in _FORMS and not _FORMS[kind].match(value):
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        problems.append(
+            Problem(
+                file, line, column, format_path(path), f"'{value}' is not {_WRITTEN[kind]}, as its tag !!{kind} says"
+            )
+        )
+        return value
     if tag.endswith(":bool"):
         return value.lower() == "true"
     if tag.endswith(":int"):
@@ -243,7 +257,11 @@ def _scalar(file: Path, node: yaml.ScalarNode, path: KeyPath, problems: list[Pro
             )
         return int(value)
     if tag.endswith(":float"):
-        return float(value)
+        number = float(value)
+        if number in (float("inf"), float("-inf")):  # 1e400: past any float, it would read as "inf"
+            line, column = node.start_mark.line + 1, node.start_mark.column + 1
+            problems.append(Problem(file, line, column, format_path(path), f"{value} is too large a number"))
+        return number
     if tag.endswith(":null"):
         return None
     return value
