@@ -736,6 +736,20 @@ def test_prune_never_deletes_a_local_archive_whose_remote_copy_is_damaged(projec
             ["b"],
             "no user, password, query or fragment in it",
         ),
+        # Two names for one place: each run sent again what the other's keep had deleted.
+        (
+            {"a": {"type": "folder", "path": "nas", "keep": {"last": 1}}, "b": {"type": "folder", "path": "nas/"}},
+            ["a", "b"],
+            "remotes a and b name the same place",
+        ),
+        (
+            {
+                "a": {"type": "s3", "bucket": "ok-bucket", "endpoint": "http://127.0.0.1:9/", "prefix": "h/"},
+                "b": {"type": "s3", "bucket": "ok-bucket", "endpoint": "http://127.0.0.1:9", "prefix": "h/"},
+            },
+            ["a"],
+            "remotes a and b name the same place",
+        ),
     ],
 )
 def test_a_bad_remote_is_a_located_manifest_error(
@@ -761,6 +775,23 @@ def test_a_bad_remote_is_a_located_manifest_error(
     assert re.search(r"backups.yml:\d+:\d+: ", ran.stderr)  # file:line:col
     assert "Traceback" not in ran.output
     assert "Sup3rSecret" not in ran.output  # a secret in the manifest is refused, never echoed
+
+
+def test_a_folder_remote_whose_copies_would_land_in_the_destination_is_a_manifest_error(project: Project) -> None:
+    # Every run failed with "already exists with other content" on the archive it had just made.
+    site(project)
+    project.write_manifest(
+        """
+        version: 1
+        remotes: {nas: {type: folder, path: nas, prefix: host1/}}
+        targets:
+          - {name: site, path: site, destination: nas/host1/site, offsite: [nas]}
+        """
+    )
+    ran = project.invoke("validate")
+    assert ran.code == 2, ran.output
+    said = r"targets\[0\].destination: destination \S+ is where remote nas puts this target's copies"
+    assert re.search(rf"backups.yml:4:\d+: {said}; give the remote another path or prefix", ran.stderr), ran.stderr
 
 
 def test_a_known_profile_is_accepted_and_list_shows_the_remotes(project: Project, tmp_path: Path) -> None:

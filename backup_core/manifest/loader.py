@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -475,12 +476,41 @@ def _resolve_target(
         skip_unchanged=setting("skip_unchanged"),
         lock_timeout=float(setting("lock_timeout")),
         hooks=_hooks(setting("hooks") or {}, document, source("hooks"), problems),
-        offsite=_offsite(document, setting("offsite"), source("offsite"), remotes, problems),
+        offsite=_offsite_beside(document, raw["name"], destination, setting("offsite"), source, remotes, problems),
         max_age=setting("max_age"),
         line=document.place(here)[0],
         changed_files=setting("changed_files"),
         critical=tuple(setting("critical")),
     )
+
+
+def _offsite_beside(
+    document: Document,
+    name: str,
+    destination: Path | None,
+    names: list[str],
+    source: Callable[[str], KeyPath],
+    remotes: dict[str, Remote],
+    problems: list[Problem],
+) -> tuple[Remote, ...]:
+    """The target's remotes; a folder remote whose copies of it would land in its destination
+    is a problem (every run failed with "already exists with other content" on its own archive)."""
+    chosen = _offsite(document, names, source("offsite"), remotes, problems)
+    for remote in chosen:
+        landing = remote.path / f"{remote.prefix}{name}" if remote.type == "folder" and remote.path else None
+        if (
+            landing is not None
+            and destination is not None
+            and os.path.normcase(landing) == os.path.normcase(destination)
+        ):
+            problems.append(
+                document.problem(
+                    source("destination"),
+                    f"destination {destination} is where remote {remote.name} puts this target's copies; "
+                    "give the remote another path or prefix",
+                )
+            )
+    return chosen
 
 
 def _offsite(
