@@ -460,9 +460,15 @@ def _restore_remote(
     store = offsite.store_for(remote)
     held = store.list(target.name)
     if archive:
-        held = [s for s in held if archive in (s.name, s.archive)]
-        if not held:
-            raise TargetError(f"no copy named {archive} of {target.name} on remote {remote.name}")
+        named = [s for s in held if archive in (s.name, s.archive)]
+        if not named:
+            # A name that is not there is the flag's mistake, as for a local restore (exit 2).
+            recent = ", ".join(s.name for s in held[-3:]) or "none"
+            raise UsageError(
+                f"--archive {archive}: no copy of that name of {target.name} on remote {remote.name}; "
+                f"the newest are: {recent}"
+            )
+        held = named
     if not held:
         raise TargetError(f"no copies of {target.name} on remote {remote.name} ({store.describe()})")
     warnings: list[str] = []

@@ -516,6 +516,13 @@ def _copy_offsite(target: Target, result: TargetResult, observer: Observer, prun
         result.fail(f"offsite copy failed: {'; '.join(failures)}{kept} and the next run uploads what is missing")
 
 
+def _remote_failed(result: TargetResult, error: str) -> None:
+    """Fail `result` for one remote's error, keeping those of the remotes before it (two remotes
+    that cannot be reached are two problems: the line named only the last)."""
+    earlier = result.error if result.status == FAILED and result.error else ""
+    result.fail(f"{earlier}; {error}" if earlier else error)
+
+
 def _hook_failed(result: TargetResult, exc: TargetError) -> None:
     if result.status == FAILED:
         result.error = f"{result.error}; also {exc}"
@@ -1013,7 +1020,7 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
             for remote in target.offsite:  # what the remote lacks still goes, as in the run
                 _offsite_result(result, copy := offsite.replicate(target, remote, check=True, now=now))
                 if copy.error:
-                    result.fail(copy.error)
+                    _remote_failed(result, copy.error)
             return
     for entry in sources.entries(target.path, kind, target.exclude):
         if entry.kind in _DATA:
@@ -1053,7 +1060,7 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
         copy = offsite.replicate(target, remote, check=True, planned=new, now=utc_now())
         _offsite_result(result, copy)
         if copy.error:
-            result.fail(copy.error)
+            _remote_failed(result, copy.error)
 
 
 def _cut_short_database(path: Path) -> bool:
@@ -1106,7 +1113,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
             copy = offsite.prune_remote(target, remote, check=options.check, now=utc_now())
             _offsite_result(result, copy)
             if copy.error:
-                result.fail(copy.error)
+                _remote_failed(result, copy.error)
             elif copy.deleted and result.status == OK:
                 result.status = CHANGED
 
@@ -1192,7 +1199,7 @@ def push_target(target: Target, options: Options) -> TargetResult:
                 )
                 _offsite_result(result, copy)
                 if copy.error:
-                    result.fail(copy.error)
+                    _remote_failed(result, copy.error)
                 elif copy.uploaded and result.status == OK:
                     result.status = CHANGED
             if result.status == OK:

@@ -794,6 +794,41 @@ def test_a_folder_remote_whose_copies_would_land_in_the_destination_is_a_manifes
     assert re.search(rf"backups.yml:4:\d+: {said}; give the remote another path or prefix", ran.stderr), ran.stderr
 
 
+def test_two_unreachable_remotes_are_both_named_and_a_missing_copy_name_is_a_usage_error(
+    project: Project, tmp_path: Path
+) -> None:
+    # prune's line named only the last remote that failed; restore --remote --archive NAME with
+    # a name not there failed (exit 1), where the same mistake on local archives is exit 2.
+    site(project)
+    for folder in ("nas1", "nas2"):
+        (tmp_path / folder).mkdir()
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          one: {{type: folder, path: {tmp_path / "nas1"}}}
+          two: {{type: folder, path: {tmp_path / "nas2"}}}
+        targets:
+          - {{name: site, path: site, offsite: [one, two]}}
+        """
+    )
+    assert project.invoke("backup").code == 0
+    restored = project.invoke(
+        "restore", "site", "--to", str(tmp_path / "to"), "--remote", "one", "--archive", "nope.zip"
+    )
+    assert restored.code == 2, restored.output
+    assert "--archive nope.zip: no copy of that name of site on remote one; the newest are: site-" in restored.stderr
+    assert not (tmp_path / "to").exists()
+    for folder in ("nas1", "nas2"):
+        (tmp_path / folder).rename(tmp_path / f"{folder}-unmounted")
+
+    ran = project.invoke("prune")
+
+    assert ran.code == 1, ran.output
+    [failed] = [line for line in ran.stdout.splitlines() if line.startswith("failed: [site]")]
+    assert "remote one:" in failed and "remote two:" in failed, failed
+
+
 def test_a_known_profile_is_accepted_and_list_shows_the_remotes(project: Project, tmp_path: Path) -> None:
     site(project)
     aws = tmp_path / "aws"
