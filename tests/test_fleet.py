@@ -412,6 +412,29 @@ def test_a_target_name_given_twice_fails_the_host_instead_of_losing_an_entry(dep
     assert failed["beta"][0] == "skipping"  # beta's inventory is fine
 
 
+def test_settings_that_would_make_a_schedule_that_never_works_fail_the_host(deployed: Deployed) -> None:
+    # Each was accepted with "ok": cron drops a line whose minute is 61, an unknown flag made
+    # every scheduled run exit 2, and a relative manifest path failed a file task with an empty path.
+    fleet = deployed.fleet
+    before = fleet.tree()
+    inventory = fleet.inventory(
+        alpha={"backups_schedule": "cron", "backups_cron_minute": "61"},
+        beta={"backups_backup_args": ["--bogus"]},
+        gamma={"backups_manifest": "backups.yml"},
+    )
+
+    play = fleet.playbook("--skip-tags", "backups_run", inventory=inventory)
+
+    assert play.code == 2, play.ran.output
+    settings = play.results("Check the role's settings")
+    assert settings["alpha"][0] == "fatal" and "must be cron fields: minutes 0-59" in settings["alpha"][1]["msg"]
+    assert settings["gamma"][0] == "fatal"
+    assert "backups_manifest must be an absolute path, not backups.yml" in settings["gamma"][1]["msg"]
+    outcome, result = play.results("Stop when the scheduled command would refuse its flags")["beta"]
+    assert outcome == "fatal" and "backups_backup_args --bogus would make every scheduled run fail" in result["msg"][0]
+    assert fleet.tree() == before
+
+
 @pytest.fixture(scope="module")
 def failing(deployed: Deployed) -> Play:
     """The playbook (role, then a backup) where gamma's inventory has an invalid target and beta's
