@@ -28,7 +28,10 @@ def shown(file: Path) -> str:
     operator most likely typed it), else in full.  Never the bare file name: with manifests of the
     same name in several folders, that would not say which one is wrong."""
     try:
-        return str(file.relative_to(Path.cwd()))
+        here = Path.cwd()
+        # From the root (a systemd service's working folder) every path is "inside": a relative
+        # etc/backups/backups.yml in the journal reads as a mistake.
+        return str(file) if here == Path(here.anchor) else str(file.relative_to(here))
     except (ValueError, OSError):  # outside the working folder, or the folder is gone
         return str(file)
 

@@ -435,6 +435,31 @@ def test_settings_that_would_make_a_schedule_that_never_works_fail_the_host(depl
     assert fleet.tree() == before
 
 
+def test_the_cron_schedule_mails_a_failed_runs_reasons_and_nothing_when_it_succeeds(
+    built: Built, tmp_path: Path
+) -> None:
+    # The line sent the run's output to /dev/null: the mail cron sends said "exit status 1" and
+    # never which target failed or why.  The line is run here as cron runs it, with sh.
+    fleet = Fleet(tmp_path / "fleet", built)
+    play = fleet.playbook(
+        "--skip-tags", "backups_run", "--limit", "beta", inventory=fleet.inventory(beta={"backups_schedule": "cron"})
+    )  # fmt: skip
+    assert play.code == 0, play.ran.output
+    line = (fleet.home("beta") / "cron.d" / "backups").read_text(encoding="utf-8").splitlines()[-1]
+    *_, user, command = line.split(" ", 6)
+    assert user == "root"
+    environment = {"PATH": os.environ["PATH"], "NO_COLOR": "1", "HOME": str(tmp_path)}
+    cron = ["sh", "-c", command.replace("\\%", "%")]
+
+    succeeded = subprocess.run(cron, capture_output=True, text=True, env=environment, check=False)
+    (fleet.home("beta") / "data" / "notes.txt").unlink()
+    failed = subprocess.run(cron, capture_output=True, text=True, env=environment, check=False)
+
+    assert (succeeded.returncode, succeeded.stdout, succeeded.stderr) == (0, "", "")
+    assert failed.stdout.startswith("backups failed with exit status 1\n"), failed.stdout
+    assert "failed: [notes] => " in failed.stdout and "RECAP" in failed.stdout
+
+
 @pytest.fixture(scope="module")
 def failing(deployed: Deployed) -> Play:
     """The playbook (role, then a backup) where gamma's inventory has an invalid target and beta's

@@ -152,6 +152,8 @@ def test_a_command_written_as_a_list_of_hooks_is_explained(
             "targets[0].destination: '${BK_ROOT:-/srv/bk}' is not a variable this tool expands: only ${NAME} is",
         ),
         ('destination: "${ HOME }/out"', "targets[0].destination: '${ HOME }' is not a variable this tool expands"),
+        # Read as a key named "<<": "unknown key '<<'", and what it was to bring in "missing".
+        ("<<: {keep: {last: 2}}", "targets[0]: merge keys (<<) are not supported: write the keys out"),
     ],
 )
 def test_a_value_the_yaml_or_the_system_cannot_make_sense_of_is_one_located_line(
@@ -162,6 +164,15 @@ def test_a_value_the_yaml_or_the_system_cannot_make_sense_of_is_one_located_line
     assert problem.startswith("backups.yml:5:") and expected in problem, problem
     ran = project.invoke("validate")
     assert ran.code == 2 and "Traceback" not in ran.output and expected in ran.stderr + ran.stdout, ran.output
+
+
+def test_from_the_root_folder_a_manifest_is_named_in_full(project: Project) -> None:
+    # A systemd service runs in /: the journal said etc/backups/backups.yml:3:5, which reads
+    # as a relative path no one typed.
+    write(project, "version: 1", "targets:", "  - {name: site, path: site, kepp: 1}")
+    ran = run_invoke("validate", "--manifest", str(project.manifest), cwd=Path(Path.cwd().anchor))
+    assert ran.code == 2
+    assert ran.stderr.startswith(f"{project.manifest}:3:"), ran.stderr
 
 
 def test_a_loop_of_links_as_a_source_or_destination_fails_its_target_not_the_run(project: Project) -> None:

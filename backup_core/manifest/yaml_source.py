@@ -217,8 +217,16 @@ def _build(builder: _Builder, node: yaml.Node, path: KeyPath) -> Any:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             here = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                problems.append(Problem(file, *here, format_path(path), "keys must be plain words (no merge keys)"))
+            merge = isinstance(key_node, yaml.ScalarNode) and key_node.value == "<<" and not key_node.style  # plain
+            if merge or not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                # YAML 1.2 has no merge key: `<<: *base` read as a key named "<<", and the keys it
+                # was meant to bring in were reported missing.
+                said = (
+                    "merge keys (<<) are not supported: write the keys out, or put shared settings under defaults:"
+                    if merge
+                    else "keys must be plain words (no merge keys)"
+                )
+                problems.append(Problem(file, *here, format_path(path), said))
                 continue
             key = str(key_node.value)
             key_path = (*path, key)
