@@ -173,7 +173,7 @@ def _document(data: dict[str, Any] | list[Any]) -> bool:
     """Print a command's JSON document; False, said on stderr, when stdout would not take it."""
     if report.print_json(data, sys.stdout):
         return True
-    print("error: could not write the JSON document to stdout", file=sys.stderr)
+    print("ERROR: could not write the JSON document to stdout", file=sys.stderr)  # as a run says its lost output
     return False
 
 

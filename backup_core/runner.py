@@ -445,6 +445,8 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 result.fail(str(exc) if exc.args else "interrupted; nothing was written")
             except Exception as exc:  # see _guarded
                 result.fail(_describe(exc, target))
+                if result.archive is None:
+                    result.bytes_out = 0  # what the removed partial held is no archive's size
             _closing_hooks(target, result, options.observer, now_there)
 
     return _guarded(target, result, body)

@@ -94,6 +94,7 @@ def test_a_single_file_that_keeps_changing_fails_and_keeps_the_old_archives(proj
     assert result["changed"] == [str(big)]
     assert f"{big} kept changing while it was read (3 reads)" in result["error"]
     assert "archive was discarded" in result["error"]
+    assert (result["archive"], result["bytes_out"]) == (None, 0)  # it said 73 MB out, of no archive
     assert f"failed: [t] => {big} kept changing" in ran.stderr
     assert project.archives() == [old]  # no torn archive placed, the good one not rotated
     assert not [p for p in (project.root / "backups").iterdir() if p.name.endswith(".partial")]

@@ -79,7 +79,7 @@ def test_a_json_document_that_cannot_be_written_fails_status_and_list(project: P
             timeout=300, check=False,
         )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert "error: could not write the JSON document to stdout" in done.stderr
+    assert "ERROR: could not write the JSON document to stdout" in done.stderr
     _clean(done.stderr)
 
 
