@@ -941,27 +941,28 @@ def _rotate(
 def _due(existing: list[Archive], target: Target, result: TargetResult) -> list[Archive]:
     """The archives the target's keep no longer wants.  A file under an archive's name that is
     not a whole zip (cut short, put there by hand) would count toward keep and push good
-    archives out: it neither counts nor goes (it may hold something), and the plan is made
-    again without it."""
+    archives out: it neither counts nor goes (it may hold something).  Every archive is judged
+    (a 64 KiB tail read each) once the plan would delete anything: judging only those it
+    keeps let a broken file that was due move into the kept ones when the plan was made again."""
     due = _retention(existing, target, result).deleted
-    if due and (broken := _not_whole(existing, due, result)):
+    if due and (broken := not_whole(existing, result.archive, result.warnings)):
         due = retention.plan([a for a in existing if a not in broken], _when, target.keep, utc_now()).deleted
     return due
 
 
-def _not_whole(existing: list[Archive], due: list[Archive], result: TargetResult) -> list[Archive]:
-    """Those of the archives retention would keep that do not end as a whole zip, named in a
-    warning; the archive this run made and verified is not read again."""
+def not_whole(existing: list[Archive], made: Path | None, warnings: list[str] | None) -> list[Archive]:
+    """Those of `existing` that do not end as a whole zip (`made`, the archive this run made and
+    verified, is not read again); named in one of `warnings` when given."""
     broken = []
     for archive in existing:
-        if archive in due or archive.path == result.archive:
+        if archive.path == made:
             continue
         ending = archives.ending(archive.path)
         if ending.problem is not None and ending.readable:
             broken.append((archive, ending.problem))
-    if broken:
+    if broken and warnings is not None:
         (first, why), more = broken[0], f" and {len(broken) - 1} more" if len(broken) > 1 else ""
-        result.warnings.append(
+        warnings.append(
             f"{first.name}{more} is not a whole archive ({why}): not counted toward keep and not deleted; "
             f"check it with {command('verify')}, then move it out of the folder"
         )
@@ -1130,7 +1131,9 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
     trusts by its name, does not end as a whole zip (a file cut short, or put there by hand), or
     was made without a database or holding a damaged one (its comment says so): an older
     archive may be the last that holds it, and a backup missing a database needs a person."""
-    kept = retention.newest([a for a in existing if a not in doomed], _when, utc_now())
+    staying = [a for a in existing if a not in doomed]
+    broken = not_whole(staying, None, None)  # neither counted nor deleted (see _due): not "the newest"
+    kept = retention.newest([a for a in staying if a not in broken], _when, utc_now())
     if kept is None:
         return None
     problem, comment, _, _ = archives.ending(kept.path)

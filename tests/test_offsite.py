@@ -461,6 +461,26 @@ def test_a_local_file_cut_short_under_an_archives_name_is_neither_sent_nor_count
     assert pruned.code == 0 and [a.name for a in project.archives()] == [second, cut.name, new], pruned.output
 
 
+def test_prune_keeps_a_local_archive_the_remote_lacks_whatever_broken_file_lies_beside_it(
+    project: Project, remote: Remote
+) -> None:
+    # The guard "the remote lacks it and would keep it" counted a cut-short local file as one
+    # of the remote's keep: the oldest good archive, which the remote lacked, was deleted.
+    site(project)
+    write(project, remote, keep={"last": 3}, local_keep={"last": 2})
+    backups = project.root / "backups"
+    days = [START + timedelta(days=d) for d in range(4)]
+    good = [fake_archive(backups, "site", days[d]) for d in (0, 1, 3)]
+    cut = backups / archive_file_name("site", days[2])
+    cut.write_bytes(good[0].read_bytes()[:100])
+
+    ran = run(project, remote, "prune", "--format", "json", now=days[3] + timedelta(hours=1))
+
+    assert ran.code == 0, ran.output
+    assert all(a.exists() for a in good) and cut.exists(), ran.output
+    assert remote.names("site") == []
+
+
 def test_a_copy_replaced_behind_the_tools_back_is_neither_counted_nor_deleted(project: Project, remote: Remote) -> None:
     site(project)
     write(project, remote, keep={"last": 2})

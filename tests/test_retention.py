@@ -240,6 +240,38 @@ def test_prune_deletes_nothing_when_the_newest_archive_kept_is_not_a_whole_zip(p
     )
 
 
+@pytest.mark.parametrize(
+    ("kinds", "deleted"),
+    [
+        # Two broken files: judged only among those kept at first, the older moved into the
+        # kept ones when the plan was made again, and the oldest good archive was deleted.
+        ("good cut cut good", []),
+        # A hand-placed file old enough to be due was deleted, without a word.
+        ("good mine good good", [0]),
+    ],
+)
+def test_prune_judges_every_archive_so_no_broken_file_counts_or_goes(
+    project: Project, kinds: str, deleted: list[int]
+) -> None:
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 2}}]\n")
+    backups = project.root / "backups"
+    files = []
+    for when, kind in zip(PRUNE_TIMES, kinds.split(), strict=False):
+        if kind == "good":
+            files.append(fake_archive(backups, "site", when))
+        else:
+            files.append(backups / archive_file_name("site", when))
+            files[-1].write_bytes(b"PK\x03\x04 cut short" if kind == "cut" else b"my notes\n")
+
+    ran = project.invoke("prune")
+
+    assert ran.code == 0, ran.output
+    assert [f.exists() for f in files] == [i not in deleted for i in range(len(files))], ran.output
+    broken = [f.name for f, kind in zip(files, kinds.split(), strict=True) if kind != "good"]
+    assert f"{broken[0]}{' and 1 more' if len(broken) > 1 else ''} is not a whole archive" in ran.stdout
+
+
 def test_rotation_does_not_count_a_cut_short_archive_toward_keep(project: Project) -> None:
     # keep {last: 2} with the newest archive truncated: the backup deleted the older good one,
     # without a word, and kept the truncated one and its own.

@@ -124,15 +124,17 @@ def replicate(
     return result
 
 
-def _whole_only(target: Target, remote: Remote, local: list[Stored], result: OffsiteResult) -> list[Stored]:
+def _whole_only(target: Target, remote: Remote, local: list[Stored], result: OffsiteResult | None) -> list[Stored]:
     """Those of `local` (archives the remote lacks) that end as whole zips.  A file under an
     archive's name that was cut short or put there by hand is neither sent nor counted toward
-    the remote's keep, where it would push good copies out; a warning names it."""
+    the remote's keep, where it would push good copies out; a warning names it (in `result`)."""
     whole = []
     for stored in local:
         ending = archives.ending(target.destination / stored.name)
         if ending.problem is None or not ending.readable:
             whole.append(stored)  # one that cannot be read fails its upload, and says why
+            continue
+        if result is None:
             continue
         result.warnings.append(
             f"{stored.name} was not sent: it is not a whole archive ({ending.problem}); "
@@ -151,7 +153,8 @@ def lacking(target: Target, remote: Remote, now: datetime) -> list[str]:
     held = store.list(target.name)
     have = {stored.archive for stored in held}
     local = LocalStore(target.destination).list(target.name)
-    missing = [a for a in local if a.name not in have]
+    # As replicate() plans: a broken local file is not one the remote's keep counts.
+    missing = _whole_only(target, remote, [a for a in local if a.name not in have], None)
     asked = OffsiteResult(remote.name, "")
     planned, _ = _plan(store, target, remote, held, missing, asked, now)
     damaged = set(asked.unvouched)
