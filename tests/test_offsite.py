@@ -767,7 +767,7 @@ def test_prune_never_deletes_a_local_archive_whose_remote_copy_is_damaged(projec
                 "a": {"type": "s3", "bucket": "ok-bucket", "endpoint": "http://127.0.0.1:9/", "prefix": "h/"},
                 "b": {"type": "s3", "bucket": "ok-bucket", "endpoint": "http://127.0.0.1:9", "prefix": "h/"},
             },
-            ["a"],
+            ["a", "b"],
             "remotes a and b name the same place",
         ),
     ],
@@ -795,6 +795,25 @@ def test_a_bad_remote_is_a_located_manifest_error(
     assert re.search(r"backups.yml:\d+:\d+: ", ran.stderr)  # file:line:col
     assert "Traceback" not in ran.output
     assert "Sup3rSecret" not in ran.output  # a secret in the manifest is refused, never echoed
+
+
+def test_remotes_naming_one_place_for_different_targets_are_fine(project: Project, tmp_path: Path) -> None:
+    # Each target has its own folder there: a short and a long keep on one disk is a layout.
+    site(project)
+    (tmp_path / "nas").mkdir()
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          short: {{type: folder, path: {tmp_path / "nas"}, keep: {{last: 3}}}}
+          long: {{type: folder, path: {tmp_path / "nas"}/, keep: {{last: 30}}}}
+        targets:
+          - {{name: site, path: site, offsite: [short]}}
+          - {{name: other, path: site, offsite: [long]}}
+        """
+    )
+    ran = project.invoke("validate")
+    assert ran.code == 0, ran.output
 
 
 def test_a_folder_remote_whose_copies_would_land_in_the_destination_is_a_manifest_error(project: Project) -> None:

@@ -496,7 +496,20 @@ def _offsite_beside(
     """The target's remotes; a folder remote whose copies of it would land in its destination
     is a problem (every run failed with "already exists with other content" on its own archive)."""
     chosen = _offsite(document, names, source("offsite"), remotes, problems)
+    places: dict[tuple[str, ...], str] = {}
     for remote in chosen:
+        first = places.setdefault(remotes_module.place(remote), remote.name)
+        if first != remote.name:
+            # Each would count and prune the other's copies by its own keep, and send again what
+            # the other deleted: `b +2 (3 held), a -2 (1 held)` on every run.  (Remotes naming
+            # one place for different targets are fine: each target has its own folder there.)
+            problems.append(
+                document.problem(
+                    source("offsite"),
+                    f"remotes {first} and {remote.name} name the same place ({remote.describe()}): each would "
+                    "apply its own keep to the other's copies of this target; keep one, or give each its own prefix",
+                )
+            )
         landing = remote.path / f"{remote.prefix}{name}" if remote.type == "folder" and remote.path else None
         if (
             landing is not None

@@ -73,23 +73,10 @@ def resolve(document: Document, environ: Mapping[str, str], problems: list[Probl
             continue  # the schema has said why
         here: KeyPath = ("remotes", name)
         remotes[name] = _resolve_one(document, name, raw, here, environ, problems)
-    places: dict[tuple[str, ...], str] = {}
-    for name, remote in remotes.items():
-        first = places.setdefault(_place(remote), name)
-        if first != name:
-            # Each would count and prune the other's copies by its own keep, and send again
-            # what the other deleted: `b +2 (3 held), a -2 (1 held)` on every run.
-            problems.append(
-                document.problem(
-                    ("remotes", name),
-                    f"remotes {first} and {name} name the same place ({remote.describe()}): each would apply its "
-                    "own keep to the other's copies; remove one, or give each its own prefix",
-                )
-            )
     return remotes
 
 
-def _place(remote: Remote) -> tuple[str, ...]:
+def place(remote: Remote) -> tuple[str, ...]:
     """Where a remote's copies land, as two remotes naming one place would both say it."""
     if remote.type == "folder":
         return ("folder", os.path.normcase(str(remote.path)), remote.prefix)
