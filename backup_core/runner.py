@@ -636,7 +636,9 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 f"{target.path} {_CUT_SHORT}; nothing was archived and no old archive deleted; check it with "
                 "sqlite3 (PRAGMA integrity_check), then repair it or restore it from an archive"
             )
-        if kind == "folder" and not (stats.files or stats.directories or stats.links) and not options.force:
+        # A database left out (it failed its check) is in the folder: its own message says why.
+        entries = stats.files or stats.directories or stats.links or result.incomplete or torn
+        if kind == "folder" and not entries and not options.force:
             _refuse_emptied(target, existing)
         # An archive missing a database, or holding a damaged one unchecked, is never "unchanged".
         incomplete = bool(result.incomplete or torn)
@@ -1025,6 +1027,7 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
                 if copy.error:
                     _remote_failed(result, copy.error)
             return
+    links = 0
     for entry in sources.entries(target.path, kind, target.exclude):
         if entry.kind in _DATA:
             result.files += 1
@@ -1032,9 +1035,12 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
             result.databases += entry.kind == "sqlite"
         elif entry.kind == "dir":
             result.directories += 1
-    if kind == "folder" and not (result.files or result.directories) and not options.force:
-        try:
-            _refuse_emptied(target, listed)
+        else:
+            links += 1
+    if kind == "folder" and not (result.files or result.directories or links) and not options.force:
+        now = utc_now()
+        try:  # judged against the newest not dated in the future, as the run judges it
+            _refuse_emptied(target, [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE])
         except TargetError as exc:
             result.fail(f"would fail: {exc}")
             return

@@ -373,3 +373,30 @@ def test_a_folder_that_gives_nothing_where_the_last_archive_held_files_fails_and
     forced = project.invoke("backup", "--force")
     assert forced.code == 0 and "(0 files" in forced.stdout, forced.output
     assert project.invoke("backup").code == 0
+
+
+def test_a_folder_of_links_only_or_of_a_database_left_out_is_not_taken_for_an_empty_one(project: Project) -> None:
+    # The run counted links as entries but the preview did not: check mode said "would fail"
+    # where the run succeeded.  A database left out (it failed its check) made the folder look
+    # empty, and the line blamed an unmounted disk instead of the database.
+    project.file("target.txt", "linked\n")
+    (project.root / "links").mkdir()
+    (project.root / "links" / "one").symlink_to("../target.txt")
+    (project.root / "db").mkdir()
+    database = project.root / "db" / "app.db"
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE t (x TEXT)")
+        connection.executemany("INSERT INTO t VALUES (?)", [(f"row {i}" * 40,) for i in range(2000)])
+        connection.commit()
+    project.write_manifest("version: 1\ntargets:\n  - {name: links, path: links}\n  - {name: db, path: db}\n")
+    assert project.invoke("backup").code == 0
+
+    previewed = project.invoke("backup", "--check", "--only", "links")
+    assert previewed.code == 0 and "changed: [links] => would archive" in previewed.stdout, previewed.output
+    with database.open("r+b") as file:  # overwrite pages past the header: integrity_check fails
+        file.seek(4096 * 2)
+        file.write(b"\xff" * 4096)
+    ran = project.invoke("backup", "--only", "db")
+    assert ran.code == 1, ran.output
+    assert "holds nothing to archive" not in ran.stdout
+    assert "app.db" in ran.stdout and "database" in ran.stdout, ran.output
