@@ -376,12 +376,16 @@ class _Program(Program):
         # Where -f/--config's file is read: one that is missing, of another type or not
         # valid YAML would end in Invoke's traceback.
         given = self.args.config.value
+        # Without -f, Invoke reads the file INVOKE_RUNTIME_CONFIG names: say which was given.
+        named = f"-f/--config {given}" if given else f"INVOKE_RUNTIME_CONFIG={os.environ.get('INVOKE_RUNTIME_CONFIG')}"
+        if given and not Path(given).exists():
+            _usage(f"error: {named}: no such file")
         if given and not Path(given).is_file():
-            _usage(f"error: -f/--config {given}: no such file")
+            _usage(f"error: {named}: not a file")
         try:
             super().update_config(merge)
         except Exception as exc:  # every failure here is the file's
-            _usage(f"error: -f/--config {given}: {exc}".splitlines()[0])
+            _usage(f"error: {named}: {exc}".splitlines()[0])
 
 
 _SHELL_OPTIONS = [

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from backup_core.errors import TargetError
-from backup_core.manifest import Hook, Hooks
+from backup_core.manifest import Hook, Hooks, redact
 
 
 class HookError(TargetError):
@@ -92,7 +92,7 @@ def _run_one(
         process.wait()
         raise
     if process.returncode != 0:
-        said = _last_line(stderr) or _last_line(stdout)
+        said = redact.text(_last_line(stderr) or _last_line(stdout))  # a command may echo its URL
         detail = f": {said}" if said else ""
         raise HookError(f"{when} hook `{hook.describe()}` exited with status {process.returncode}{detail}")
 

@@ -771,7 +771,48 @@ def test_credentials_written_into_a_hook_never_reach_the_output_the_log_or_the_j
         listed.stdout,
     ):
         assert not any(secret in text for secret in secrets), text
-    assert "Bearer ***" in listed.stdout and "--password *** " in listed.stdout
+    assert "Authorization: ***" in listed.stdout and "--password *** " in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "secret", "shown"),
+    [
+        (["curl", "-u", "ops:s3cret", "https://hc.example/x?token=t0k&x=1"], "s3cret", "curl -u 'ops:***'"),
+        (["curl", "-H", "X-Api-Key: k3y", "https://x"], "k3y", "'X-Api-Key: ***'"),
+        (["curl", "-H", "Authorization: Digest d1g", "https://x"], "d1g", "'Authorization: ***'"),
+        (["curl", "--user=ops:Hunter4", "https://u:pa/ss@h/"], "Hunter4", "'--user=ops:***'"),
+        (["curl", "https://u:pa/ss@h/"], "pa/ss", "'https://u:***@h/'"),
+        (["mysqldump", "-pHunter2", "db"], "Hunter2", "mysqldump '-p***' db"),
+        (["sshpass", "-p", "Hunter3", "ssh", "-p", "22", "host"], "Hunter3", "sshpass -p '***' ssh -p 22 host"),
+        (["env", "PGPASSWORD=a b", "pg_dump"], "a b", "'PGPASSWORD=***'"),
+        (["tool", "--password", "hunter5", "x"], "hunter5", "tool --password '***' x"),
+    ],
+)
+def test_a_hooks_credentials_are_masked_in_every_written_form(arguments: list[str], secret: str, shown: str) -> None:
+    from backup_core.manifest import redact
+
+    line = redact.argv(tuple(arguments))
+    assert secret not in line and shown in line, line
+    as_text = redact.text(" ".join(arguments))
+    assert secret.split(maxsplit=1)[0] not in as_text, as_text
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["pkill", "--signal=HUP", "app"],
+        ["tool", "--passes=3", "--keyfile=/etc/k"],
+        ["smbclient", "--no-pass", "//srv/share"],
+        ["app", "--auth", "--verbose"],
+        ["docker", "exec", "-u", "www-data:www-data", "c"],
+        ["journalctl", "-u", "app"],
+    ],
+)
+def test_what_is_no_secret_is_shown_as_written(arguments: list[str]) -> None:
+    from backup_core.manifest import redact
+
+    assert redact.argv(tuple(arguments)) == " ".join(arguments)
+    assert redact.text(" ".join(arguments)) == " ".join(arguments)
 
 
 def failing_after_project(project: Project) -> Path:

@@ -1,9 +1,10 @@
 """A hook's command as it may be shown: credentials written into it are masked.
 
 A hook's line appears in every message about it (terminal, log file, JSON, the Ansible
-module's failure) and in `list`.  A ping URL with a password in it, `--token=…`, or an
-`Authorization: Bearer …` header would be copied to all of them; what is masked is the
-secret, never the part that tells the operator which command it was.
+module's failure) and in `list`.  A ping URL with a password in it, `--token=…`, an
+`Authorization:` header or `mysqldump -p…` would be copied to all of them; what is masked is
+the secret, never the part that tells the operator which command it was.  Better still is
+to keep secrets out of the manifest (a hook inherits the environment).
 """
 
 from __future__ import annotations
@@ -12,43 +13,73 @@ import os
 import re
 import shlex
 import subprocess
+from pathlib import PurePath
 
 MASK = "***"
 
-# scheme://user:password@host -> scheme://user:***@host
-_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(@)")
-# name=value where the name says it is a secret: --password=x, ?token=x&, API_KEY=x
-_SECRET_PAIR = re.compile(r"(?i)([\w.-]*(?:pass|token|secret|key|auth|sig|credential)[\w.-]*=)[^&\s'\"]+")
-# Authorization: Bearer x / Basic x / Token x
-_SCHEME_TOKEN = re.compile(r"(?i)\b(bearer|basic|token)(\s+)[^\s'\"]+")
-# An argument that follows a flag naming a secret: --password x, --token x
-_SECRET_FLAG = re.compile(r"(?i)^(-{1,2}[\w-]*(?:pass|token|secret|key|auth|credential)[\w-]*)$")
-# The same in a command line, and curl's -u user:password
-_SECRET_FLAG_IN_LINE = re.compile(
-    r"(?i)((?:^|\s)-{1,2}[\w-]*(?:pass|token|secret|key|auth|credential)[\w-]*\s+)([^\s'\"-][^\s'\"]*|'[^']*'|\"[^\"]*\")"
+# A name that says its value is secret: it ends in one of these words (PGPASSWORD, --api-key,
+# client_secret, X-Amz-Signature), so --passes, --keyfile and pkill --signal are left alone.
+_SECRET_NAME = (
+    r"[\w.-]*(?:pass|passwd|password|passphrase|token|secret|api[-_]?key|access[-_]?key|private[-_]?key"
+    r"|auth|authorization|signature|credentials?)"
 )
-_USER_IN_LINE = re.compile(r"((?:^|\s)(?:-u|--user)\s+['\"]?[^\s:'\"]+:)[^\s'\"]+")
+# scheme://user:password@host -> scheme://user:***@host (a password may hold a '/')
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s@]+(@)")
+# name=value, the value bare or quoted: --password=x, ?token=x&, PGPASSWORD="a b"
+_SECRET_PAIR = re.compile(rf"(?i)(\b{_SECRET_NAME}=)(\"[^\"]*\"|'[^']*'|[^&\s'\"]+)")
+_WHOLE_PAIR = re.compile(rf"(?i)^(--?(?!-)(?!no-){_SECRET_NAME}=|{_SECRET_NAME}=)")
+# A header: Authorization: Digest …, X-Api-Key: k, PRIVATE-TOKEN: t (to the end of its quotes)
+_SECRET_HEADER = re.compile(rf"(?i)(\b{_SECRET_NAME}:\s*)([^'\"\n]+)")
+# A flag naming a secret, then its value: --password x, --token 'a b' (not --no-pass)
+_SECRET_FLAG = re.compile(rf"(?i)^--?(?!-)(?!no-){_SECRET_NAME}$")
+_SECRET_FLAG_IN_LINE = re.compile(
+    rf"(?i)((?:^|\s)--?(?!-)(?!no-){_SECRET_NAME}\s+)(\"[^\"]*\"|'[^']*'|[^\s'\"-][^\s'\"]*)"
+)
+# curl's -u/--user user:password (docker's -u user:group is no secret)
+_USER_IN_LINE = re.compile(r"((?:^|\s)(?:-u\s*|--user[=\s]+)['\"]?[^\s:'\"]+:)[^\s'\"]+")
+# Programs whose -p carries the password itself (-pSECRET), or whose -p is followed by it.
+_JOINED_P = ("mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump", "mariadb-admin")
+_SEPARATE_P = ("sshpass",)
+_USER_P = ("curl", "wget")
 
 
 def text(line: str) -> str:
     """A command line with the secrets it holds masked."""
     line = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<2>", line)
     line = _SECRET_PAIR.sub(rf"\g<1>{MASK}", line)
+    line = _SECRET_HEADER.sub(rf"\g<1>{MASK}", line)
     line = _SECRET_FLAG_IN_LINE.sub(rf"\g<1>{MASK}", line)
-    line = _USER_IN_LINE.sub(rf"\g<1>{MASK}", line)
-    return _SCHEME_TOKEN.sub(rf"\g<1>\g<2>{MASK}", line)
+    programs = {PurePath(word).name for word in line.split()}
+    if programs.intersection(_USER_P):
+        line = _USER_IN_LINE.sub(rf"\g<1>{MASK}", line)
+    if programs.intersection(_JOINED_P):
+        line = re.sub(r"((?:^|\s)-p)(?=[^\s])[^\s'\"]+", rf"\g<1>{MASK}", line)
+    if programs.intersection(_SEPARATE_P):  # sshpass -p X ssh -p 22: only its own
+        line = re.sub(r"((?:^|\s)-p\s+)[^\s'\"]+", rf"\g<1>{MASK}", line, count=1)
+    return line
 
 
 def argv(arguments: tuple[str, ...]) -> str:
     """Arguments as one line to read (quoted as the platform would need), secrets masked."""
+    program = PurePath(arguments[0]).name if arguments else ""
+    own_p = program in _SEPARATE_P  # sshpass's -p, before the command it runs
     shown: list[str] = []
     for index, argument in enumerate(arguments):
         flag = arguments[index - 1] if index else ""
         user, colon, _ = argument.partition(":")
-        if flag in ("-u", "--user") and colon:  # curl's user:password; journalctl's -u unit stays
+        pair = _WHOLE_PAIR.match(argument)
+        curl_user = flag in ("-u", "--user") or argument.startswith("--user=")
+        if program in _USER_P and curl_user and colon:
             shown.append(f"{user}:{MASK}")
-        elif _SECRET_FLAG.match(flag):
+        elif pair:  # one argument: all of it after '=' is the value, spaces included
+            shown.append(pair.group(1) + MASK)
+        elif _SECRET_FLAG.match(flag) and not argument.startswith("-"):
             shown.append(MASK)
+        elif program in _JOINED_P and argument.startswith("-p") and len(argument) > 2:
+            shown.append(f"-p{MASK}")
+        elif own_p and flag == "-p":
+            shown.append(MASK)
+            own_p = False
         else:
             shown.append(text(argument))
     return subprocess.list2cmdline(shown) if os.name == "nt" else shlex.join(shown)
