@@ -702,8 +702,17 @@ def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
     away, until keep held nothing but empty archives.  A folder really emptied is archived
     with --force."""
     newest = existing[-1] if existing else None
-    held = archives.ending(newest.path).members if newest is not None else 0
-    if newest is None or not held:
+    if newest is None:
+        return
+    ending = archives.ending(newest.path)
+    if not ending.readable:  # held open by another program (Windows), or unreadable: cannot tell
+        raise TargetError(
+            f"{target.path} holds nothing to archive, and {newest.name} cannot be read to tell whether it held "
+            f"entries ({ending.problem}): nothing was archived and no old archive deleted; if it is meant to be "
+            f"empty now, run {command(f'backup --force --only {target.name}')} once"
+        )
+    held = ending.members
+    if not held:
         return
     raise TargetError(
         f"{target.path} holds nothing to archive (no file or folder{' after exclude' if target.exclude else ''}), "

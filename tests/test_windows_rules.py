@@ -8,6 +8,7 @@ import io
 import stat
 import struct
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -82,3 +83,40 @@ def test_a_hook_line_cut_inside_a_character_at_the_4_kib_mark_is_still_utf8() ->
     # The last 4 KiB began inside "é": the line failed strict UTF-8 and was read in the code page.
     line = "é" * 3000  # 6,000 bytes: the read starts at an odd byte, inside a character
     assert hooks._last_line(io.BytesIO((line + "\n").encode())) == "é" * 200
+
+
+@pytest.mark.parametrize(
+    ("arguments", "secret"),
+    [
+        # PowerShell's curl is Invoke-WebRequest: on Windows one types curl.exe.
+        (("C:\\tools\\curl.exe", "-u", "admin:s3cret", "https://x"), "s3cret"),
+        (("cmd", "/c", "mysqldump", "-ps3cret", "db"), "s3cret"),  # the program behind a wrapper
+        (("C:\\Program Files\\MySQL\\bin\\MYSQLDUMP.EXE", "-ps3cret"), "s3cret"),
+        (("sqlcmd", "-U", "sa", "-P", "s3cret", "-Q", "BACKUP DATABASE x"), "s3cret"),
+    ],
+)
+def test_a_windows_program_path_or_wrapper_does_not_hide_a_password(arguments: tuple[str, ...], secret: str) -> None:
+    from backup_core.manifest import redact
+
+    assert secret not in redact.argv(arguments)
+    assert secret not in redact.text(" ".join(f'"{a}"' if " " in a else a for a in arguments))
+
+
+def test_windows_refuses_tilde_user_and_cmds_percent_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # ~nosuch became C:\Users\nosuch (guessed from this user's folder) and was created;
+    # %ProgramData% made a folder of that name beside the manifest.
+    from backup_core.errors import ManifestError
+    from backup_core.manifest import load, variables
+
+    monkeypatch.setattr(variables, "FOLD_CASE", True)
+    manifest = tmp_path / "backups.yml"
+    manifest.write_text(
+        "version: 1\ntargets:\n  - {name: a, path: src, destination: '~bob/out'}\n"
+        "  - {name: b, path: src, destination: '%ProgramData%/out'}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ManifestError) as caught:
+        load(manifest, environ={})
+    said = [str(p) for p in caught.value.problems]
+    assert any("~bob is not supported on Windows; write the path in full" in p for p in said), said
+    assert any("'%ProgramData%' is not a variable this tool expands" in p for p in said), said

@@ -498,7 +498,11 @@ def _offsite_beside(
     chosen = _offsite(document, names, source("offsite"), remotes, problems)
     places: dict[tuple[str, ...], str] = {}
     for remote in chosen:
-        first = places.setdefault(remotes_module.place(remote), remote.name)
+        # A folder remote by the folder this target's copies land in (a prefix `Daily-` and
+        # `daily-`, or `sub/` and a path ending in `sub`, are one folder on Windows' disks).
+        landing = remote.path / f"{remote.prefix}{name}" if remote.type == "folder" and remote.path else None
+        key = ("folder", os.path.normcase(landing)) if landing else remotes_module.place(remote)
+        first = places.setdefault(key, remote.name)
         if first != remote.name:
             # Each would count and prune the other's copies by its own keep, and send again what
             # the other deleted: `b +2 (3 held), a -2 (1 held)` on every run.  (Remotes naming
@@ -510,7 +514,6 @@ def _offsite_beside(
                     "apply its own keep to the other's copies of this target; keep one, or give each its own prefix",
                 )
             )
-        landing = remote.path / f"{remote.prefix}{name}" if remote.type == "folder" and remote.path else None
         if (
             landing is not None
             and destination is not None

@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import subprocess
-from pathlib import PurePath
 
 MASK = "***"
 
@@ -37,10 +36,18 @@ _SECRET_FLAG_IN_LINE = re.compile(
 )
 # curl's -u/--user user:password (docker's -u user:group is no secret)
 _USER_IN_LINE = re.compile(r"((?:^|\s)(?:-u\s*|--user[=\s]+)['\"]?[^\s:'\"]+:)[^\s'\"]+")
-# Programs whose -p carries the password itself (-pSECRET), or whose -p is followed by it.
-_JOINED_P = ("mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump", "mariadb-admin")
-_SEPARATE_P = ("sshpass",)
-_USER_P = ("curl", "wget")
+# Programs whose -p carries the password itself (-pSECRET), and those whose password flag is
+# followed by it (sshpass -p X ssh -p 22: only the first, its own).
+_JOINED_P = frozenset(("mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump", "mariadb-admin"))
+_SEPARATE_P = {"sshpass": "-p", "sqlcmd": "-P", "bcp": "-P"}
+_USER_P = frozenset(("curl", "wget"))
+_EXTENSIONS = (".exe", ".cmd", ".bat", ".com")
+
+
+def _program(word: str) -> str:
+    """A word as the program it names: `"C:\\Tools\\curl.exe"` and `/usr/bin/curl` are both curl."""
+    name = re.split(r"[\\/]", word.strip("'\""))[-1].lower()
+    return next((name[: -len(ext)] for ext in _EXTENSIONS if name.endswith(ext)), name)
 
 
 def text(line: str) -> str:
@@ -49,37 +56,40 @@ def text(line: str) -> str:
     line = _SECRET_PAIR.sub(rf"\g<1>{MASK}", line)
     line = _SECRET_HEADER.sub(rf"\g<1>{MASK}", line)
     line = _SECRET_FLAG_IN_LINE.sub(rf"\g<1>{MASK}", line)
-    programs = {PurePath(word).name for word in line.split()}
-    if programs.intersection(_USER_P):
+    programs = {_program(word) for word in line.split()}
+    if programs & _USER_P:
         line = _USER_IN_LINE.sub(rf"\g<1>{MASK}", line)
-    if programs.intersection(_JOINED_P):
+    if programs & _JOINED_P:
         line = re.sub(r"((?:^|\s)-p)(?=[^\s])[^\s'\"]+", rf"\g<1>{MASK}", line)
-    if programs.intersection(_SEPARATE_P):  # sshpass -p X ssh -p 22: only its own
-        line = re.sub(r"((?:^|\s)-p\s+)[^\s'\"]+", rf"\g<1>{MASK}", line, count=1)
+    for program, flag in _SEPARATE_P.items():
+        if program in programs:
+            line = re.sub(rf"((?:^|\s){flag}\s+)[^\s'\"]+", rf"\g<1>{MASK}", line, count=1)
     return line
 
 
 def argv(arguments: tuple[str, ...]) -> str:
-    """Arguments as one line to read (quoted as the platform would need), secrets masked."""
-    program = PurePath(arguments[0]).name if arguments else ""
-    own_p = program in _SEPARATE_P  # sshpass's -p, before the command it runs
+    """Arguments as one line to read (quoted as the platform would need), secrets masked.  The
+    programs are looked for in every argument: `cmd /c mysqldump -p…` and `sudo curl -u …`."""
+    programs = [_program(argument) for argument in arguments]
+    present = set(programs)
+    separate = {_SEPARATE_P[p] for p in present if p in _SEPARATE_P}  # masked once each
     shown: list[str] = []
     for index, argument in enumerate(arguments):
         flag = arguments[index - 1] if index else ""
         user, colon, _ = argument.partition(":")
         pair = _WHOLE_PAIR.match(argument)
         curl_user = flag in ("-u", "--user") or argument.startswith("--user=")
-        if program in _USER_P and curl_user and colon:
+        if present & _USER_P and curl_user and colon:
             shown.append(f"{user}:{MASK}")
         elif pair:  # one argument: all of it after '=' is the value, spaces included
             shown.append(pair.group(1) + MASK)
         elif _SECRET_FLAG.match(flag) and not argument.startswith("-"):
             shown.append(MASK)
-        elif program in _JOINED_P and argument.startswith("-p") and len(argument) > 2:
+        elif present & _JOINED_P and argument.startswith("-p") and len(argument) > 2:
             shown.append(f"-p{MASK}")
-        elif own_p and flag == "-p":
+        elif flag in separate:
             shown.append(MASK)
-            own_p = False
+            separate.discard(flag)
         else:
             shown.append(text(argument))
     return subprocess.list2cmdline(shown) if os.name == "nt" else shlex.join(shown)

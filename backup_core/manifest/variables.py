@@ -12,6 +12,7 @@ from backup_core.errors import Problem
 from backup_core.manifest.yaml_source import Document, KeyPath
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_CMD_FORM = re.compile(r"%[A-Za-z_][A-Za-z0-9_()]*%")  # Windows: %ProgramData% made a folder of that name
 _SHELL_FORM = re.compile(r"\$\{(?![A-Za-z_][A-Za-z0-9_]*\})[^}]*\}?")  # ${ that is not ${NAME}
 # Windows' environment ignores case (${ProgramData} is PROGRAMDATA), and os.environ keeps its
 # names in upper case there: copied into a plain dict, a name in any other case went undefined.
@@ -39,7 +40,7 @@ def expand(
     def known(name: str) -> str | None:
         return environ.get(name.upper() if FOLD_CASE else name)
 
-    shell_form = _SHELL_FORM.search(value)
+    shell_form = _SHELL_FORM.search(value) or (_CMD_FORM.search(value) if FOLD_CASE else None)
     if shell_form:
         # `${DATA:-/srv}` or `${ DATA }` would have stayed as text, and a folder named `${DATA:-`
         # been made beside the manifest.
@@ -65,11 +66,19 @@ def expand(
 
 def home_expanded(document: Document, value: str, where: KeyPath, problems: list[Problem]) -> Path | None:
     """`value` as a path with a leading `~` or `~user` made that user's home folder; None, and a
-    located problem, when there is no such user (or no home folder to be found)."""
+    located problem, when there is no such user (or no home folder to be found).  On Windows
+    `~user` is refused: Python there guesses another user's folder from this one's
+    (C:\\Users\\<user>), which may not be where that user's profile is."""
+    user = value[1:].replace("\\", "/").partition("/")[0] if value.startswith("~") else ""
+    if user and FOLD_CASE:
+        problems.append(
+            document.problem(where, f"{value}: ~{user} is not supported on Windows; write the path in full")
+        )
+        return None
     try:
         return Path(value).expanduser()
     except RuntimeError:  # Python's "Could not determine home directory."
-        user = value[1:].partition("/")[0].partition("\\")[0]
-        who = f"no user '{user}'" if user else "no home folder (HOME is not set, and the user has no entry)"
+        home = "USERPROFILE" if FOLD_CASE else "HOME"
+        who = f"no user '{user}'" if user else f"no home folder ({home} is not set, and the user has no entry)"
         problems.append(document.problem(where, f"{value} begins with ~, but this machine has {who}"))
         return None
