@@ -272,7 +272,11 @@ def _serve() -> None:
 
     # systemd stops a whole service's processes with SIGTERM: stop as the parent would.
     signal.signal(signal.SIGTERM, lambda signum, frame: runner.stop())
-    for stopping in (signal.SIGINT, getattr(signal, "SIGHUP", None)):  # a terminal's, sent to the whole group
+    for stopping in (
+        signal.SIGINT,
+        getattr(signal, "SIGHUP", None),
+        getattr(signal, "SIGBREAK", None),
+    ):  # a terminal's, sent to the whole group
         if stopping is not None:
             signal.signal(stopping, signal.SIG_IGN)  # the parent decides when to stop
     threading.Thread(target=read, name="requests", daemon=True).start()

@@ -66,11 +66,12 @@ def handled() -> tuple[signal.Signals, ...]:
     SIGHUP is what a dropped SSH session sends a backup run by hand.  Left to its default it
     killed the process on the spot: no on_failure hook (a service a before hook stopped stayed
     stopped), no result, a partial archive left for the next run."""
-    return tuple(s for s in (signal.SIGINT, signal.SIGTERM, HANGUP) if s is not None and s not in _IGNORED)
+    return tuple(s for s in (signal.SIGINT, signal.SIGTERM, HANGUP, BREAK) if s is not None and s not in _IGNORED)
 
 
 HANGUP: signal.Signals | None = getattr(signal, "SIGHUP", None)
-_IGNORED = {s for s in (signal.SIGINT, HANGUP) if s is not None and signal.getsignal(s) == signal.SIG_IGN}
+BREAK: signal.Signals | None = getattr(signal, "SIGBREAK", None)  # Windows: Ctrl-Break, cleaned up as Ctrl-C
+_IGNORED = {s for s in (signal.SIGINT, HANGUP, BREAK) if s is not None and signal.getsignal(s) == signal.SIG_IGN}
 if threading.current_thread() is threading.main_thread():
     for _signal in handled():
         signal.signal(_signal, _interrupted)

@@ -306,7 +306,11 @@ def _done_here(job: Callable[..., tuple[Any, bytes]], args: tuple[Any, ...]) -> 
 def _serve() -> None:
     """Answer jobs from standard input, and write the data of each when told where, until
     standard input closes."""
-    for stopping in (signal.SIGINT, getattr(signal, "SIGHUP", None)):  # a terminal's, sent to the whole group
+    for stopping in (
+        signal.SIGINT,
+        getattr(signal, "SIGHUP", None),
+        getattr(signal, "SIGBREAK", None),
+    ):  # a terminal's, sent to the whole group
         if stopping is not None:
             signal.signal(stopping, signal.SIG_IGN)  # the writer decides when to stop
     requests = sys.stdin.buffer
