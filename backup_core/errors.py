@@ -27,6 +27,8 @@ def shown(file: Path) -> str:
     """How a message names a file: relative to the working folder when it lies inside it (as the
     operator most likely typed it), else in full.  Never the bare file name: with manifests of the
     same name in several folders, that would not say which one is wrong."""
+    # Folded for display only (`../d/../m.yml` is ../m.yml): the file read is the one given.
+    file = Path(os.path.normpath(os.path.abspath(file)))  # noqa: PTH100 - no link resolution
     try:
         here = Path.cwd()
         # From the root (a systemd service's working folder) every path is "inside": a relative

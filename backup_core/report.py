@@ -94,8 +94,9 @@ def _describe_local(result: TargetResult, command: str, check: bool) -> str:
         name = result.archive.name if result.archive else ""
         if result.reason:  # a remote copy checked against its record, not read through
             return f"{name} ({result.reason}, {human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
+        links = f", {count(result.links, 'link')}" if result.links else ""
         return (
-            f"{name} ({count(result.files, 'file')}, {count(result.directories, 'folder')}, "
+            f"{name} ({count(result.files, 'file')}, {count(result.directories, 'folder')}{links}, "
             f"{count(result.databases, 'database')} checked, {human_bytes(result.bytes_in)}, {result.seconds:.2f}s)"
         )
     deleted = ", ".join(result.deleted) if result.deleted else "nothing"

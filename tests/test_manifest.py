@@ -175,6 +175,16 @@ def test_from_the_root_folder_a_manifest_is_named_in_full(project: Project) -> N
     assert ran.stderr.startswith(f"{project.manifest}:3:"), ran.stderr
 
 
+def test_a_manifest_outside_the_working_folder_is_named_in_full(project: Project) -> None:
+    # `-m ../d/../m.yml` was named as given, though the README says "in full when it lies outside".
+    write(project, "version: 1", "targets:", "  - {name: site, path: site, kepp: 1}")
+    inside = project.root / "inside"
+    inside.mkdir()
+    ran = run_invoke("validate", "--manifest", f"../inside/../{project.manifest.name}", cwd=inside)
+    assert ran.code == 2
+    assert ran.stderr.startswith(f"{project.manifest}:3:"), ran.stderr
+
+
 def test_a_loop_of_links_as_a_source_or_destination_fails_its_target_not_the_run(project: Project) -> None:
     # Path.resolve() raised RuntimeError while the manifest was loaded: a traceback, and no
     # target of the manifest was backed up.

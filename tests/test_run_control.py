@@ -786,6 +786,7 @@ def test_credentials_written_into_a_hook_never_reach_the_output_the_log_or_the_j
         (["sshpass", "-p", "Hunter3", "ssh", "-p", "22", "host"], "Hunter3", "sshpass -p '***' ssh -p 22 host"),
         (["env", "PGPASSWORD=a b", "pg_dump"], "a b", "'PGPASSWORD=***'"),
         (["tool", "--password", "hunter5", "x"], "hunter5", "tool --password '***' x"),
+        (["curl", "https://x.example/ping?key=abc123"], "abc123", "'https://x.example/ping?key=***'"),
     ],
 )
 def test_a_hooks_credentials_are_masked_in_every_written_form(arguments: list[str], secret: str, shown: str) -> None:

@@ -48,8 +48,11 @@ def test_a_target_never_backed_up_fails_with_max_age_and_passes_without(project:
     manifest(project)
     ran = project.invoke("status", env=at(T0))
     assert ran.code == 1, ran.output
-    assert line_of(ran.stdout, "site") == ("failed: [site] => no archive at all; max_age is 26h (local 0 archives 0 B)")
     # Its destination is not made yet: said, as it would be of one moved away (see below).
+    assert line_of(ran.stdout, "site") == (
+        f"failed: [site] => no archive at all ({project.root / 'backups'} does not exist); max_age is 26h "
+        "(local 0 archives 0 B)"
+    )
     assert line_of(ran.stdout, "notes") == (
         f"ok: [notes] => no archive yet (no max_age, so not judged), and {project.root / 'backups'} does not "
         "exist (local 0 archives 0 B)"
@@ -215,7 +218,10 @@ def test_max_age_is_inherited_from_defaults_and_shown_by_list(project: Project) 
     listed = {t["name"]: t["max_age"] for t in project.invoke("list", "--format", "json").json()}
     assert listed == {"site": "26h", "notes": "8d"}
     ran = project.invoke("status", env=at(T0))
-    assert line_of(ran.stdout, "notes") == "failed: [notes] => no archive at all; max_age is 8d (local 0 archives 0 B)"
+    assert line_of(ran.stdout, "notes") == (
+        f"failed: [notes] => no archive at all ({project.root / 'backups'} does not exist); max_age is 8d "
+        "(local 0 archives 0 B)"
+    )
 
 
 def free_port() -> int:
@@ -256,6 +262,12 @@ def test_a_destination_moved_away_is_named_not_taken_for_a_target_never_backed_u
     assert line_of(ran.stdout, "notes").startswith(
         f"ok: [notes] => no archive yet (no max_age, so not judged), and {project.root / 'backups'} does not exist"
     )
+    # With max_age, the line that alerts named no folder: an unmounted disk read as never backed up.
+    judged = project.invoke("status", "--only", "site", env=at(T0))
+    assert judged.code == 1
+    assert line_of(judged.stdout, "site").startswith(
+        f"failed: [site] => no archive at all ({project.root / 'backups'} does not exist); max_age is 26h"
+    ), judged.stdout
 
 
 @pytest.mark.parametrize("damage", ["empty", "cut short", "incomplete"])
@@ -292,4 +304,5 @@ def test_a_target_can_opt_out_of_the_default_max_age_with_null(project: Project)
     ran = project.invoke("status", env=at(T0))
     assert ran.code == 1, ran.output
     assert line_of(ran.stdout, "site").startswith("ok: [site] => no archive yet (no max_age, so not judged)")
-    assert line_of(ran.stdout, "notes").startswith("failed: [notes] => no archive at all; max_age is 26h")
+    assert line_of(ran.stdout, "notes").startswith("failed: [notes] => no archive at all (")
+    assert "does not exist); max_age is 26h" in line_of(ran.stdout, "notes")

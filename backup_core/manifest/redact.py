@@ -17,10 +17,10 @@ import subprocess
 MASK = "***"
 
 # A name that says its value is secret: it ends in one of these words (PGPASSWORD, --api-key,
-# client_secret, X-Amz-Signature), so --passes, --keyfile and pkill --signal are left alone.
+# ?key=, client_secret, X-Amz-Signature), so --passes, --keyfile and pkill --signal are left alone.
 _SECRET_NAME = (
     r"[\w.-]*(?:pass|passwd|password|passphrase|token|secret|api[-_]?key|access[-_]?key|private[-_]?key"
-    r"|auth|authorization|signature|credentials?)"
+    r"|auth|authorization|signature|credentials?|key)"
 )
 # scheme://user:password@host -> scheme://user:***@host (a password may hold a '/')
 _URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s@]+(@)")

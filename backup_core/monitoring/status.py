@@ -250,10 +250,12 @@ def _freshness(stores: list[StoreState], limit: timedelta) -> list[str]:
         problems.append(
             f"the newest archive is dated {dated} of this machine's clock, so its age cannot be judged; check the clock"
         )
+    # A destination moved away or unmounted looks like a target never backed up: say which.
+    gone = next((f" ({s.where} does not exist)" for s in missing if s.folder_missing), "")
     if missing and len(missing) == len(stores) and everywhere:
-        problems.append("no archive at all" + (" locally or on any remote" if remotes else ""))
+        problems.append("no archive at all" + (" locally or on any remote" if remotes else "") + gone)
     elif missing:
-        problems.append("no archive " + " or ".join(place(s) for s in missing))
+        problems.append("no archive " + " or ".join(place(s) for s in missing) + gone)
     if old:
         problems.append(
             "newest archive is " + " and ".join(f"{format_age(s.age or 0)} old {place(s)}".rstrip() for s in old)
