@@ -637,9 +637,9 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 "sqlite3 (PRAGMA integrity_check), then repair it or restore it from an archive"
             )
         # A database left out (it failed its check) is in the folder: its own message says why.
-        entries = stats.files or stats.directories or stats.links or result.incomplete or torn
-        if kind == "folder" and not entries and not options.force:
-            _refuse_emptied(target, existing)
+        holds = stats.files or stats.links or result.incomplete or torn
+        if kind == "folder" and not holds and not options.force:
+            _refuse_emptied(target, existing, stats.directories)
         # An archive missing a database, or holding a damaged one unchecked, is never "unchanged".
         incomplete = bool(result.incomplete or torn)
         if walked is not None and (stats.warnings or incomplete or result.changed):
@@ -694,31 +694,32 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
-def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
-    """Fail a folder that gave an empty archive where the newest archive holds entries.
+def _refuse_emptied(target: Target, existing: list[Archive], folders: int) -> None:
+    """Fail a folder that gave no file to archive (`folders` empty folders at most) where the
+    newest archive holds more entries than that.
 
-    A disk that is not mounted leaves its mount point an empty folder (as does an exclude that
-    now matches everything): archived, each run placed an empty archive and rotated a full one
-    away, until keep held nothing but empty archives.  A folder really emptied is archived
-    with --force."""
+    A disk that is not mounted leaves its mount point an empty folder, or one holding only
+    placeholder folders (as does an exclude that now matches every file): archived, each run
+    placed an archive of no file and rotated a full one away, until keep held nothing else.  A
+    folder of the same empty folders as before passes; one really emptied is archived with --force."""
     newest = existing[-1] if existing else None
     if newest is None:
         return
     ending = archives.ending(newest.path)
+    again = f"if it is meant to be empty now, run {command(f'backup --force --only {target.name}')} once"
     if not ending.readable:  # held open by another program (Windows), or unreadable: cannot tell
         raise TargetError(
-            f"{target.path} holds nothing to archive, and {newest.name} cannot be read to tell whether it held "
-            f"entries ({ending.problem}): nothing was archived and no old archive deleted; if it is meant to be "
-            f"empty now, run {command(f'backup --force --only {target.name}')} once"
+            f"{target.path} holds no file to archive, and {newest.name} cannot be read to tell whether it held "
+            f"any ({ending.problem}): nothing was archived and no old archive deleted; {again}"
         )
     held = ending.members
-    if not held:
+    if held <= folders:
         return
     raise TargetError(
-        f"{target.path} holds nothing to archive (no file or folder{' after exclude' if target.exclude else ''}), "
+        f"{target.path} holds no file to archive{' after exclude' if target.exclude else ''}"
+        f"{f' (only {folders} empty folder' + ('s' if folders > 1 else '') + ')' if folders else ''}, "
         f"but {newest.name} holds {held} entr{'y' if held == 1 else 'ies'}: is a disk not mounted? nothing was "
-        f"archived and no old archive deleted; if it is meant to be empty now, run "
-        f"{command(f'backup --force --only {target.name}')} once"
+        f"archived and no old archive deleted; {again}"
     )
 
 
@@ -1046,10 +1047,11 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
             result.directories += 1
         else:
             links += 1
-    if kind == "folder" and not (result.files or result.directories or links) and not options.force:
+    if kind == "folder" and not (result.files or links) and not options.force:
         now = utc_now()
         try:  # judged against the newest not dated in the future, as the run judges it
-            _refuse_emptied(target, [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE])
+            current = [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
+            _refuse_emptied(target, current, result.directories)
         except TargetError as exc:
             result.fail(f"would fail: {exc}")
             return

@@ -342,33 +342,36 @@ def test_a_database_whose_path_holds_uri_characters_backs_up(project: Project) -
         assert connection.execute("SELECT x FROM t").fetchall() == [(42,)]
 
 
-@pytest.mark.parametrize("how", ["emptied", "excluded"])
+@pytest.mark.parametrize("how", ["emptied", "excluded", "placeholder"])
 def test_a_folder_that_gives_nothing_where_the_last_archive_held_files_fails_and_rotates_nothing(
     project: Project, how: str
 ) -> None:
-    # An unmounted disk leaves its mount point empty: each run placed an empty archive and
-    # rotated a full one away, and status said ok, until keep held nothing but empty archives.
+    # An unmounted disk leaves its mount point empty, or holding only placeholder folders: each
+    # run placed an archive of no file and rotated a full one away, and status said ok, until
+    # keep held nothing else.
     project.file("mnt/important.dat", "data\n")
+    project.file("mnt/sub/more.dat", "more\n")
     project.write_manifest("version: 1\ntargets:\n  - {name: m, path: mnt, keep: {last: 1}}\n")
     assert project.invoke("backup").code == 0
     [full] = project.archives()
-    if how == "emptied":
-        (project.root / "mnt" / "important.dat").unlink()
+    if how == "excluded":
+        project.write_manifest("version: 1\ntargets:\n  - {name: m, path: mnt, keep: {last: 1}, exclude: ['*.dat']}\n")
     else:
-        project.write_manifest("version: 1\ntargets:\n  - {name: m, path: mnt, keep: {last: 1}, exclude: ['*']}\n")
+        (project.root / "mnt").rename(project.root / "mnt.away")
+        (project.root / "mnt" / ("lost+found" if how == "placeholder" else "")).mkdir(parents=True)
 
     previewed = project.invoke("backup", "--check")
     ran = project.invoke("backup")
 
-    said = "holds nothing to archive"
+    said = "holds no file to archive"
     assert previewed.code == 1 and f"failed: [m] => would fail: {project.root / 'mnt'} {said}" in previewed.stdout
     assert ran.code == 1, ran.output
     assert f"failed: [m] => {project.root / 'mnt'} {said}" in ran.stdout
-    assert f"but {full.name} holds 1 entry: is a disk not mounted?" in ran.stdout
+    assert f"but {full.name} holds 3 entries: is a disk not mounted?" in ran.stdout
     assert "backup --force --only m" in ran.stdout
     assert project.archives() == [full]
     with zipfile.ZipFile(full) as archive:
-        assert archive.namelist() == ["important.dat"]
+        assert sorted(archive.namelist()) == ["important.dat", "sub/", "sub/more.dat"]
     # Meant to be empty: --force archives it once, and from then on an empty folder is simply unchanged.
     forced = project.invoke("backup", "--force")
     assert forced.code == 0 and "(0 files" in forced.stdout, forced.output
@@ -398,5 +401,5 @@ def test_a_folder_of_links_only_or_of_a_database_left_out_is_not_taken_for_an_em
         file.write(b"\xff" * 4096)
     ran = project.invoke("backup", "--only", "db")
     assert ran.code == 1, ran.output
-    assert "holds nothing to archive" not in ran.stdout
+    assert "holds no file to archive" not in ran.stdout
     assert "app.db" in ran.stdout and "database" in ran.stdout, ran.output
