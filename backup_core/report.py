@@ -139,6 +139,8 @@ def describe_status(state: TargetState) -> str:
         gone = next((f", and {s.where} does not exist" for s in state.stores if s.folder_missing), "")
         return f"no archive yet{limit or ' (no max_age, so not judged)'}{gone} ({stores})"
     age = f"{format_age(newest.age)} old" if newest.age >= 0 else f"dated {format_age(-newest.age)} ahead"
+    if newest.confirmed_when is not None and newest.age >= 0:  # skip_unchanged: the source checked since
+        age = f"source found unchanged {format_age(newest.age)} ago"
     return f"{newest.newest}, {age}{limit} ({stores})"
 
 

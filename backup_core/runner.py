@@ -560,7 +560,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
     existing = [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
     walked = _unchanged_walk(target, kind, options, existing, now, result)
     if result.compared == "metadata":
-        return listed  # unchanged: nothing read, nothing written
+        _confirm(target, existing[-1], now, result)
+        return listed  # unchanged: nothing read, nothing written (but that it was found so)
     from backup_core.zip.compression import compressor_factory
     from backup_core.zip.writer import ZipWriter
 
@@ -653,6 +654,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 result.status, result.archive = OK, existing[-1].path
                 result.reason = f"unchanged since {existing[-1].name}"
                 _save_state(target, existing[-1].path, walked, when, result)
+                _confirm(target, existing[-1], now, result)
                 return listed
         if _stopping.is_set():
             raise TargetError("interrupted; the partial archive was removed")
@@ -812,6 +814,17 @@ def _unchanged_walk(
             result.bytes_out = existing[-1].path.stat().st_size
             return None
     return state.Recorder(settings, now_ns)
+
+
+def _confirm(target: Target, newest: Archive, now: datetime, result: TargetResult) -> None:
+    """Record that the source was found to match `newest` now, for `status` (see archives.confirm)."""
+    try:
+        archives.confirm(target.destination, target.name, newest.name, now)
+    except OSError as exc:
+        result.warnings.append(
+            f"could not record that the source was found unchanged ({_describe(exc, target)}); status judges "
+            f"the target by the age of {newest.name}"
+        )
 
 
 def _save_state(

@@ -9,6 +9,7 @@ import shutil
 import socket
 import zipfile
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from conftest import Project, archive_file_name, fake_archive, run_invoke
@@ -251,6 +252,37 @@ def test_a_bucket_that_cannot_be_reached_fails_its_store_with_a_sentence(project
     assert [(s["store"], s["listed"]) for s in notes["stores"]] == [("local", True), ("bucket", False)]
     assert "Traceback" not in ran.output
     assert "test" not in notes["error"]  # no credential in the sentence
+
+
+def test_an_unchanged_source_counts_as_backed_up_when_it_was_found_so(project: Project, tmp_path: Path) -> None:
+    # With skip_unchanged an unchanged run writes no archive: status judged the target by the
+    # newest archive's date and failed max_age 26h three days after the last change, although
+    # every run since had checked the source (a Nagios check alarmed every day).
+    (tmp_path / "nas").mkdir()
+    manifest(
+        project,
+        site="max_age: 26h\n            skip_unchanged: true\n            offsite: [nas]",
+        remotes=f"remotes: {{nas: {{type: folder, path: {tmp_path / 'nas'}}}}}",
+    )
+    assert project.invoke("backup", "--only", "site", env=at(T0)).code == 0
+    later = T0 + timedelta(days=3)
+    unchanged = project.invoke("backup", "--only", "site", env=at(later))
+    assert unchanged.code == 0 and "ok: [site] => unchanged since" in unchanged.stdout, unchanged.output
+
+    fresh = project.invoke("status", "--only", "site", "--format", "json", env=at(later + timedelta(hours=2)))
+    stale = project.invoke("status", "--only", "site", env=at(later + timedelta(hours=30)))
+
+    assert fresh.code == 0, fresh.output
+    [site] = fresh.json()["targets"]
+    assert site["status"] == "ok"
+    for store in site["stores"]:  # the remote holds the same archive: as current as the local one
+        assert store["unchanged_time"] == (later).isoformat().replace("+00:00", "Z"), store
+        assert store["age_seconds"] == 7200
+    assert stale.code == 1
+    assert line_of(stale.stdout, "site").startswith(
+        "failed: [site] => source last found unchanged 30h 0min ago locally and source last found unchanged "
+        "30h 0min ago on remote nas; max_age is 26h"
+    ), stale.stdout
 
 
 def test_a_destination_moved_away_is_named_not_taken_for_a_target_never_backed_up(project: Project) -> None:

@@ -43,6 +43,9 @@ class StoreState:
     error: str | None = None  # the store could not be listed: one sentence
     newest_problem: str | None = None  # the newest local archive is not whole, or marked incomplete
     folder_missing: bool = False  # the local destination does not exist (never made, or moved away)
+    # When a run last found the source to hold what the newest archive holds (skip_unchanged):
+    # the age is counted from then, not from the archive's date.
+    confirmed_when: datetime | None = None
 
     @property
     def listed(self) -> bool:
@@ -57,6 +60,7 @@ class StoreState:
             "bytes": self.bytes,
             "newest": self.newest,
             "newest_time": _iso(self.newest_when),
+            "unchanged_time": _iso(self.confirmed_when),
             "age_seconds": None if self.age is None else round(self.age, 3),
             "newest_problem": self.newest_problem,
             "error": self.error,
@@ -210,9 +214,15 @@ def _not_whole(archive: Path) -> str | None:
 def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetState:
     """The verdict: failed when a store cannot be listed, or (with max_age) holds nothing or only old archives."""
     state = TargetState(target.name, target.max_age, stores)
+    found = archives.confirmation(target.destination, target.name) if target.skip_unchanged else None
     for store in stores:
-        if store.newest_when is not None:
-            store.age = (now - store.newest_when).total_seconds()
+        if store.newest_when is None:
+            continue
+        since = store.newest_when
+        # A remote's newest copy of the archive the source was found to match is as current.
+        if found and store.newest in (found[0], f"{found[0]}.age") and found[1] > since:
+            store.confirmed_when = since = found[1]
+        store.age = (now - since).total_seconds()
     state.problems = [store.error for store in stores if store.error]
     state.problems += [
         f"the newest local archive {store.newest} {store.newest_problem}; check it with verify, and make a "
@@ -258,7 +268,14 @@ def _freshness(stores: list[StoreState], limit: timedelta) -> list[str]:
         problems.append("no archive " + " or ".join(place(s) for s in missing) + gone)
     if old:
         problems.append(
-            "newest archive is " + " and ".join(f"{format_age(s.age or 0)} old {place(s)}".rstrip() for s in old)
+            " and ".join(
+                (
+                    f"source last found unchanged {format_age(s.age or 0)} ago {place(s)}"
+                    if s.confirmed_when
+                    else f"newest archive is {format_age(s.age or 0)} old {place(s)}"
+                ).rstrip()
+                for s in old
+            )
         )
     return problems
 

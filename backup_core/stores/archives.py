@@ -422,3 +422,38 @@ def sync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+# --- an unchanged source, found so ----------------------------------------------------------------
+# With skip_unchanged, a run that finds the source unchanged writes no archive: the newest one
+# keeps its old date, and `status` judged the target by that date, failing a max_age of 26h
+# three days after the last change although every run since had checked the source.  Such a
+# run records here which archive it found the source matching, and when.
+
+
+def confirmed_path(destination: Path, target: str) -> Path:
+    return destination / f".{target}.unchanged"
+
+
+def confirm(destination: Path, target: str, archive: str, when: datetime) -> None:
+    """Record that the source was found to hold what `archive` holds, at `when` (atomically:
+    a torn record would read as none).  OSError when it cannot be written."""
+    final = confirmed_path(destination, target)
+    scratch = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+    try:
+        scratch.write_text(f"{archive}\n{when.astimezone(timezone.utc).isoformat()}\n", encoding="utf-8")
+        scratch.replace(final)  # os.replace: atomic on Windows too
+    except OSError:
+        remove(scratch)
+        raise
+
+
+def confirmation(destination: Path, target: str) -> tuple[str, datetime] | None:
+    """The archive a run last found the source unchanged from, and when; None when there is no
+    (readable) record."""
+    try:
+        archive, when = confirmed_path(destination, target).read_text(encoding="utf-8").split("\n")[:2]
+        moment = datetime.fromisoformat(when)
+    except (OSError, ValueError):
+        return None
+    return (archive, moment) if moment.tzinfo is not None else None
