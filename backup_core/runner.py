@@ -986,10 +986,12 @@ def not_whole(existing: list[Archive], made: Path | None, warnings: list[str] | 
         if ending.problem is not None and ending.readable:
             broken.append((archive, ending.problem))
     if broken and warnings is not None:
-        (first, why), more = broken[0], f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        (first, why), more = broken[0], len(broken) - 1
         warnings.append(
-            f"{first.name}{more} is not a whole archive ({why}): not counted toward keep and not deleted; "
-            f"check it with {command('verify')}, then move it out of the folder"
+            f"{first.name} is not a whole archive ({why})"
+            + (f", nor {'is' if more == 1 else 'are'} {more} more" if more else "")
+            + f": not counted toward keep and not deleted; check {'it' if not more else 'them'} with "
+            f"{command('verify')}, then move {'it' if not more else 'them'} out of the folder"
         )
     return [archive for archive, _ in broken]
 
