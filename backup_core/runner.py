@@ -640,7 +640,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         # A database left out (it failed its check) is in the folder: its own message says why.
         holds = stats.files or stats.links or result.incomplete or torn
         if kind == "folder" and not holds and not options.force:
-            _refuse_emptied(target, existing, stats.directories)
+            _refuse_emptied(target, existing)
         # An archive missing a database, or holding a damaged one unchecked, is never "unchanged".
         incomplete = bool(result.incomplete or torn)
         if walked is not None and (stats.warnings or incomplete or result.changed):
@@ -696,33 +696,37 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
-def _refuse_emptied(target: Target, existing: list[Archive], folders: int) -> None:
-    """Fail a folder that gave no file to archive (`folders` empty folders at most) where the
-    newest archive holds more entries than that.
+def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
+    """Fail a folder that gave no file to archive (empty folders at most) where the newest
+    whole archive holds files.
 
     A disk that is not mounted leaves its mount point an empty folder, or one holding only
     placeholder folders (as does an exclude that now matches every file): archived, each run
     placed an archive of no file and rotated a full one away, until keep held nothing else.  A
-    folder of the same empty folders as before passes; one really emptied is archived with --force."""
-    newest = existing[-1] if existing else None
-    if newest is None:
-        return
-    ending = archives.ending(newest.path)
+    folder really emptied is archived with --force.  Rare, so the archive's directory is read
+    to count its files (an end record counts folders too)."""
+    import zipfile
+
     again = f"if it is meant to be empty now, run {command(f'backup --force --only {target.name}')} once"
-    if not ending.readable:  # held open by another program (Windows), or unreadable: cannot tell
+    for newest in reversed(existing):
+        ending = archives.ending(newest.path)
+        if ending.readable and ending.problem is not None:
+            continue  # not a whole zip: neither counted nor judged (see _due); the one before decides
+        try:
+            with zipfile.ZipFile(newest.path) as opened:
+                held = sum(1 for member in opened.infolist() if not member.is_dir())
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:  # held open elsewhere (Windows), unreadable
+            raise TargetError(
+                f"{target.path} holds no file to archive, and {newest.name} cannot be read to tell whether it "
+                f"held any ({exc}): nothing was archived and no old archive deleted; {again}"
+            ) from None
+        if not held:
+            return
         raise TargetError(
-            f"{target.path} holds no file to archive, and {newest.name} cannot be read to tell whether it held "
-            f"any ({ending.problem}): nothing was archived and no old archive deleted; {again}"
+            f"{target.path} holds no file to archive{' after exclude' if target.exclude else ''}, "
+            f"but {newest.name} holds {held} file{'' if held == 1 else 's'}: is a disk not mounted? nothing was "
+            f"archived and no old archive deleted; {again}"
         )
-    held = ending.members
-    if held <= folders:
-        return
-    raise TargetError(
-        f"{target.path} holds no file to archive{' after exclude' if target.exclude else ''}"
-        f"{f' (only {folders} empty folder' + ('s' if folders > 1 else '') + ')' if folders else ''}, "
-        f"but {newest.name} holds {held} entr{'y' if held == 1 else 'ies'}: is a disk not mounted? nothing was "
-        f"archived and no old archive deleted; {again}"
-    )
 
 
 def _incomplete_comment(result: TargetResult, torn: list[str]) -> bytes:
@@ -818,6 +822,8 @@ def _unchanged_walk(
 
 def _confirm(target: Target, newest: Archive, now: datetime, result: TargetResult) -> None:
     """Record that the source was found to match `newest` now, for `status` (see archives.confirm)."""
+    if not target.records_unchanged:
+        return
     try:
         archives.confirm(target.destination, target.name, newest.name, now)
     except OSError as exc:
@@ -1066,7 +1072,7 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
         now = utc_now()
         try:  # judged against the newest not dated in the future, as the run judges it
             current = [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
-            _refuse_emptied(target, current, result.directories)
+            _refuse_emptied(target, current)
         except TargetError as exc:
             result.fail(f"would fail: {exc}")
             return

@@ -367,7 +367,7 @@ def test_a_folder_that_gives_nothing_where_the_last_archive_held_files_fails_and
     assert previewed.code == 1 and f"failed: [m] => would fail: {project.root / 'mnt'} {said}" in previewed.stdout
     assert ran.code == 1, ran.output
     assert f"failed: [m] => {project.root / 'mnt'} {said}" in ran.stdout
-    assert f"but {full.name} holds 3 entries: is a disk not mounted?" in ran.stdout
+    assert f"but {full.name} holds 2 files: is a disk not mounted?" in ran.stdout
     assert "backup --force --only m" in ran.stdout
     assert project.archives() == [full]
     with zipfile.ZipFile(full) as archive:
@@ -403,3 +403,26 @@ def test_a_folder_of_links_only_or_of_a_database_left_out_is_not_taken_for_an_em
     assert ran.code == 1, ran.output
     assert "holds no file to archive" not in ran.stdout
     assert "app.db" in ran.stdout and "database" in ran.stdout, ran.output
+
+
+@pytest.mark.parametrize("newest", ["whole", "cut short"])
+def test_one_file_gone_under_a_placeholder_folder_or_behind_a_broken_newest_archive_still_fails(
+    project: Project, newest: str
+) -> None:
+    # Compared by entries, one file against one placeholder folder passed; and a newest archive
+    # that was not whole counted no entry, so the guard let the full one be rotated away.
+    project.file("src/db.dump", "rows\n")
+    project.write_manifest("version: 1\ntargets:\n  - {name: d, path: src, keep: {last: 1}}\n")
+    assert project.invoke("backup", env={"BACKUP_NOW": "2026-01-01T00:00:00Z"}).code == 0
+    [full] = project.archives()
+    if newest == "cut short":
+        cut = full.with_name(full.name.replace("20260101T000000", "20260102T000000"))
+        cut.write_bytes(full.read_bytes()[:100])
+    (project.root / "src" / "db.dump").unlink()
+    (project.root / "src" / "lost+found").mkdir()
+
+    ran = project.invoke("backup", env={"BACKUP_NOW": "2026-01-03T00:00:00Z"})
+
+    assert ran.code == 1, ran.output
+    assert f"but {full.name} holds 1 file: is a disk not mounted?" in ran.stdout
+    assert full.exists() and len(project.archives()) == (1 if newest == "whole" else 2)

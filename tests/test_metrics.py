@@ -332,7 +332,16 @@ def metric_names(expression: Any) -> set[str]:
 
 def test_every_metric_the_alert_rules_name_is_in_what_the_tool_writes(project: Project) -> None:
     metrics = make_project(project)
+    # With skip_unchanged, a run that finds notes unchanged gives backup_unchanged_timestamp_seconds.
+    project.manifest.write_text(
+        project.manifest.read_text(encoding="utf-8").replace(
+            "path: notes.txt}", "path: notes.txt, skip_unchanged: true}"
+        ),
+        encoding="utf-8",
+    )
     assert project.invoke("backup", env=at(T0)).code == 0
+    assert project.invoke("backup", env=at(T0 + timedelta(hours=1))).code == 0
+    assert project.invoke("status", env=at(T0 + timedelta(hours=2))).code == 0
     written = set(read_metrics(metrics))
     named: set[str] = set()
     for rule in rules():

@@ -368,7 +368,13 @@ def test_unchanged_source_reports_ok_and_writes_and_rotates_nothing(project: Pro
     check_grammar(ran.stdout)
     assert f"ok: [notes] => unchanged since {newest.name}" in ran.stdout.splitlines()
     assert recap(ran.stdout) == [("notes", counts(ok=1))]
-    assert tree_files(project.root / "backups") == before  # nothing written, nothing rotated
+    # No archive written, none rotated: only the record that the source was found unchanged
+    # (what status counts max_age from), naming the archive it matched.
+    after = tree_files(project.root / "backups")
+    record = after.pop(".notes.unchanged")
+    assert after == before and ".notes.unchanged" not in before
+    assert (project.root / "backups" / ".notes.unchanged").read_text(encoding="utf-8").startswith(f"{newest.name}\n")
+    assert record
     assert not [p for p in (project.root / "backups").iterdir() if p.name.endswith(".partial")]
 
 
@@ -787,6 +793,8 @@ def test_credentials_written_into_a_hook_never_reach_the_output_the_log_or_the_j
         (["env", "PGPASSWORD=a b", "pg_dump"], "a b", "'PGPASSWORD=***'"),
         (["tool", "--password", "hunter5", "x"], "hunter5", "tool --password '***' x"),
         (["curl", "https://x.example/ping?key=abc123"], "abc123", "'https://x.example/ping?key=***'"),
+        (["sqlcmd", "-P", "my s3cr3t", "-Q", "x"], "my s3cr3t", "sqlcmd -P '***'"),
+        (["sqlcmd", "-Ps3cr3t"], "s3cr3t", "sqlcmd '-P***'"),
     ],
 )
 def test_a_hooks_credentials_are_masked_in_every_written_form(arguments: list[str], secret: str, shown: str) -> None:
@@ -807,6 +815,13 @@ def test_a_hooks_credentials_are_masked_in_every_written_form(arguments: list[st
         ["app", "--auth", "--verbose"],
         ["docker", "exec", "-u", "www-data:www-data", "c"],
         ["journalctl", "-u", "app"],
+        # A program's rules apply after its name only, and a flag's value is no program.
+        ["docker", "run", "-u", "1000:1000", "img", "curl", "x"],
+        ["rsync", "-pvz", "/var/lib/mysql", "dst"],
+        ["tar", "-C", "/srv/sshpass", "-p", "file"],
+        ["curl", "--key", "/etc/ssl/client.key", "https://x"],
+        ["gpg", "--recv-key", "ABCDEF"],
+        ["echo", "monkey=banana"],
     ],
 )
 def test_what_is_no_secret_is_shown_as_written(arguments: list[str]) -> None:
@@ -875,9 +890,12 @@ def test_a_hook_timeout_kills_the_hanging_hook_and_fails_the_target(project: Pro
     assert "timed out" in failure["env"]["BACKUP_ERROR"]
 
 
-def _backup_with_a_hanging_command(project: Project, hook: str, then: str, timeout: int) -> tuple[Ran, bool]:
+def _backup_with_a_hanging_command(
+    project: Project, hook: str, then: str, timeout: int, settle: float = 0
+) -> tuple[Ran, bool]:
     """A backup whose `hook` (a shell) runs a command that never ends, then `then` (`;` or `&`
-    and what follows); whether that command was still alive when the run was over."""
+    and what follows); whether that command was still alive when the run was over (`settle`
+    seconds later at most: a process sent SIGKILL may take a moment to die on a loaded machine)."""
     hang = script(project, "hang", HANG)
     pid_file = project.root / "hang.pid"
     command = f"{shlex.quote(PY)} {shlex.quote(hang)} {shlex.quote(str(pid_file))} {then}"
@@ -885,7 +903,10 @@ def _backup_with_a_hanging_command(project: Project, hook: str, then: str, timeo
     try:
         ran = project.invoke("backup", timeout=60)
         wait_for(pid_file.exists, "the command to start")
-        alive = pid_alive(int(pid_file.read_text(encoding="utf-8")))
+        pid = int(pid_file.read_text(encoding="utf-8"))
+        deadline = time.monotonic() + settle
+        while (alive := pid_alive(pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
             os.kill(int(pid_file.read_text(encoding="utf-8")), signal.SIGKILL)
@@ -895,7 +916,7 @@ def _backup_with_a_hanging_command(project: Project, hook: str, then: str, timeo
 @posix_only
 def test_a_shell_hook_timeout_kills_the_command_it_runs(project: Project) -> None:
     # Two commands, so the shell cannot exec the first: the hanging process is the shell's child.
-    ran, alive = _backup_with_a_hanging_command(project, "before", "; echo finished", timeout=1)
+    ran, alive = _backup_with_a_hanging_command(project, "before", "; echo finished", timeout=1, settle=5)
     assert ran.code == 1, ran.output
     assert "timed out" in results(ran.stdout)[0][2]
     assert not alive, "the hook's command kept running after the timeout"

@@ -285,6 +285,45 @@ def test_an_unchanged_source_counts_as_backed_up_when_it_was_found_so(project: P
     ), stale.stdout
 
 
+def test_the_unchanged_record_is_no_change_to_another_targets_source_nor_trusted_from_the_future(
+    project: Project, tmp_path: Path
+) -> None:
+    # `other` keeps its archives inside `data`'s source: the record it rewrote on every run made
+    # `data` archive anew every run.  And a record dated ahead of the clock hid a stale target.
+    project.file("data/a.txt", "a\n")
+    project.file("other/b.txt", "b\n")
+    project.write_manifest(
+        """
+        version: 1
+        defaults: {skip_unchanged: true, max_age: 26h}
+        targets:
+          - {name: other, path: other, destination: data/bk}
+          - {name: data, path: data}
+        """
+    )
+    for day in range(3):
+        ran = project.invoke("backup", env=at(T0 + timedelta(days=day)))
+        assert ran.code == 0, ran.output
+    assert "ok: [data] => unchanged since" in ran.stdout and "ok: [other] => unchanged since" in ran.stdout
+    assert not (project.root / "data" / "bk" / ".other.unchanged").exists()
+    assert (project.root / "backups" / ".data.unchanged").exists()
+    metrics = tmp_path / "backups.prom"
+    fresh = project.invoke("status", "--only", "data", "--metrics-file", str(metrics), env=at(T0 + timedelta(days=2)))
+    assert fresh.code == 0, fresh.output
+    exported = metrics.read_text(encoding="utf-8")
+    stamp = (T0 + timedelta(days=2)).timestamp()
+    [value] = [
+        float(line.rsplit(" ", 1)[1])
+        for line in exported.splitlines()
+        if line.startswith('backup_unchanged_timestamp_seconds{store="local",target="data"} ')
+    ]
+    assert value == stamp, exported
+    # Judged from a clock set back a day: the record is "ahead", so the archive's own age counts.
+    back = project.invoke("status", "--only", "data", env=at(T0 + timedelta(days=1, hours=3)))
+    assert back.code == 1
+    assert line_of(back.stdout, "data").startswith("failed: [data] => newest archive is 27h 0min old"), back.stdout
+
+
 def test_a_destination_moved_away_is_named_not_taken_for_a_target_never_backed_up(project: Project) -> None:
     # After `mv backups backups.bak` status said only "no archive yet", exit 0.
     manifest(project)

@@ -7,6 +7,7 @@ a schema cannot say (duplicate names, variables, paths that swallow themselves).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -106,6 +107,10 @@ class Target:
     line: int = 0
     changed_files: str = "auto"  # a file that keeps changing while read: auto, fail or warn
     critical: tuple[str, ...] = ()  # files that fail the target if they change while read
+    # Whether a run that finds the source unchanged records so beside the archives (see
+    # archives.confirm): not when the destination lies in another target's source, whose own
+    # unchanged check the record, rewritten every run, would defeat.
+    records_unchanged: bool = True
 
     def settings(self) -> dict[str, Any]:
         """The resolved settings as plain data (for `invoke list` and JSON output)."""
@@ -423,7 +428,24 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
     if isinstance(data.get("metrics_file"), str) and "metrics_file" not in broken:
         base = document.file.parent
         metrics_file = _expand_path(document, data["metrics_file"], ("metrics_file",), base, environ, problems)
-    return Manifest(document.file, tuple(targets), jobs, run_hooks, remotes, metrics_file), problems
+    return Manifest(document.file, tuple(_recording(targets)), jobs, run_hooks, remotes, metrics_file), problems
+
+
+def _recording(targets: list[Target]) -> list[Target]:
+    """`targets`, those with skip_unchanged whose destination lies in another target's source
+    told not to record an unchanged run there.  Paths as written (absolute, links not followed):
+    one look up the parents of each such destination, not a comparison of every pair."""
+    sources = {target.path: target.name for target in targets}
+    return [
+        dataclasses.replace(target, records_unchanged=False)
+        if target.skip_unchanged
+        and any(
+            sources.get(folder, target.name) != target.name
+            for folder in (target.destination, *target.destination.parents)
+        )
+        else target
+        for target in targets
+    ]
 
 
 def _resolve_target(

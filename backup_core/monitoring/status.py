@@ -220,7 +220,8 @@ def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetStat
             continue
         since = store.newest_when
         # A remote's newest copy of the archive the source was found to match is as current.
-        if found and store.newest in (found[0], f"{found[0]}.age") and found[1] > since:
+        # A record dated ahead of the clock is not trusted: it would hide a stopped backup.
+        if found and store.newest in (found[0], f"{found[0]}.age") and since < found[1] <= now + _CLOCK_SLACK:
             store.confirmed_when = since = found[1]
         store.age = (now - since).total_seconds()
     state.problems = [store.error for store in stores if store.error]

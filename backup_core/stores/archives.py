@@ -439,7 +439,7 @@ def confirm(destination: Path, target: str, archive: str, when: datetime) -> Non
     """Record that the source was found to hold what `archive` holds, at `when` (atomically:
     a torn record would read as none).  OSError when it cannot be written."""
     final = confirmed_path(destination, target)
-    scratch = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+    scratch = final.with_name(f"{final.name}.tmp")  # one writer: the run holding the target's lock
     try:
         scratch.write_text(f"{archive}\n{when.astimezone(timezone.utc).isoformat()}\n", encoding="utf-8")
         scratch.replace(final)  # os.replace: atomic on Windows too
