@@ -377,6 +377,11 @@ class S3Server:
             f"-filer.localSocket={self.root / 'filer.sock'}",
             f"-s3.localSocket={self.root / 's3.sock'}",
             "-s3.autoCreateBucket=false",
+            # Each bucket is a collection with volumes of its own, and by default the volume count
+            # is free disk / 1 GiB (about 45 here): a session's buckets ran out of volumes and the
+            # uploads of later tests failed with InternalError.  Volumes are sparse files, so more
+            # cost nothing until written.
+            "-volume.max=1000",
             "-master.telemetry=false",
             "-admin.ui=false",
             "-webdav=false",
