@@ -272,13 +272,7 @@ def _serve() -> None:
 
     # systemd stops a whole service's processes with SIGTERM: stop as the parent would.
     signal.signal(signal.SIGTERM, lambda signum, frame: runner.stop())
-    for stopping in (
-        signal.SIGINT,
-        getattr(signal, "SIGHUP", None),
-        getattr(signal, "SIGBREAK", None),
-    ):  # a terminal's, sent to the whole group
-        if stopping is not None:
-            signal.signal(stopping, signal.SIG_IGN)  # the parent decides when to stop
+    framing.leave_stopping_to_parent()
     threading.Thread(target=read, name="requests", daemon=True).start()
     with archives.one_listing_per_run():
         while (target := todo.get()) is not None and not runner.stopped():

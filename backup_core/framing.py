@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import struct
 import sys
 from pathlib import Path
@@ -109,3 +110,11 @@ def picklable(value: object) -> bool:
     except Exception:
         return False
     return True
+
+
+def leave_stopping_to_parent() -> None:
+    """In a child: ignore the signals a terminal sends its whole process group (Ctrl-C, a hang-up,
+    Ctrl-Break): the parent receives them too and decides when, and how, its children stop."""
+    for stopping in (signal.SIGINT, getattr(signal, "SIGHUP", None), getattr(signal, "SIGBREAK", None)):
+        if stopping is not None:
+            signal.signal(stopping, signal.SIG_IGN)

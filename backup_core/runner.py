@@ -557,7 +557,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
     now = utc_now()
     when = archives.next_time(now, listed)
     # An archive from the future (a clock that ran ahead) is never "the newest" to compare with.
-    existing = [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
+    existing = _current(listed, now)
     walked = _unchanged_walk(target, kind, options, existing, now, result)
     if result.compared == "metadata":
         _confirm(target, existing[-1], now, result)
@@ -696,6 +696,12 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
+def _current(listed: list[Archive], now: datetime) -> list[Archive]:
+    """`listed` without archives dated in the future (a clock that ran ahead): never "the newest"
+    to compare with."""
+    return [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
+
+
 def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
     """Fail a folder that gave no file to archive (empty folders at most) where the newest
     whole archive holds files.
@@ -709,8 +715,7 @@ def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
 
     again = f"if it is meant to be empty now, run {command(f'backup --force --only {target.name}')} once"
     for newest in reversed(existing):
-        ending = archives.ending(newest.path)
-        if ending.readable and ending.problem is not None:
+        if archives.ending(newest.path).broken:
             continue  # not a whole zip: neither counted nor judged (see _due); the one before decides
         try:
             with zipfile.ZipFile(newest.path) as opened:
@@ -976,20 +981,17 @@ def _due(existing: list[Archive], target: Target, result: TargetResult) -> list[
     (a 64 KiB tail read each) once the plan would delete anything: judging only those it
     keeps let a broken file that was due move into the kept ones when the plan was made again."""
     due = _retention(existing, target, result).deleted
-    if due and (broken := not_whole(existing, result.archive, result.warnings)):
+    if due and (broken := _not_whole(existing, result.archive, result.warnings)):
         due = retention.plan([a for a in existing if a not in broken], _when, target.keep, utc_now()).deleted
     return due
 
 
-def not_whole(existing: list[Archive], made: Path | None, warnings: list[str] | None) -> list[Archive]:
+def _not_whole(existing: list[Archive], made: Path | None, warnings: list[str] | None) -> list[Archive]:
     """Those of `existing` that do not end as a whole zip (`made`, the archive this run made and
     verified, is not read again); named in one of `warnings` when given."""
     broken = []
     for archive in existing:
-        if archive.path == made:
-            continue
-        ending = archives.ending(archive.path)
-        if ending.problem is not None and ending.readable:
+        if archive.path != made and (ending := archives.ending(archive.path)).broken:
             broken.append((archive, ending.problem))
     if broken and warnings is not None:
         (first, why), more = broken[0], len(broken) - 1
@@ -1049,8 +1051,7 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
         # unchanged, the run would archive and rotate nothing (Ansible's check mode predicted
         # `changed` on a host that was converged).  Otherwise only the run can tell.
         now = utc_now()
-        existing = [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
-        _unchanged_walk(target, kind, options, existing, now, result)
+        _unchanged_walk(target, kind, options, _current(listed, now), now, result)
         if result.compared == "metadata":
             result.reason = f"would archive nothing: {result.reason}"
             for remote in target.offsite:  # what the remote lacks still goes, as in the run
@@ -1069,10 +1070,8 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
         else:
             links += 1
     if kind == "folder" and not (result.files or links) and not options.force:
-        now = utc_now()
         try:  # judged against the newest not dated in the future, as the run judges it
-            current = [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
-            _refuse_emptied(target, current)
+            _refuse_emptied(target, _current(listed, utc_now()))
         except TargetError as exc:
             result.fail(f"would fail: {exc}")
             return
@@ -1170,7 +1169,7 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
     was made without a database or holding a damaged one (its comment says so): an older
     archive may be the last that holds it, and a backup missing a database needs a person."""
     staying = [a for a in existing if a not in doomed]
-    broken = not_whole(staying, None, None)  # neither counted nor deleted (see _due): not "the newest"
+    broken = _not_whole(staying, None, None)  # neither counted nor deleted (see _due): not "the newest"
     kept = retention.newest([a for a in staying if a not in broken], _when, utc_now())
     if kept is None:
         return None

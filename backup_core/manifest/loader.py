@@ -519,12 +519,10 @@ def _offsite_beside(
     is a problem (every run failed with "already exists with other content" on its own archive)."""
     chosen = _offsite(document, names, source("offsite"), remotes, problems)
     places: dict[tuple[str, ...], str] = {}
+    here = ("folder", os.path.normcase(destination)) if destination is not None else None
     for remote in chosen:
-        # A folder remote by the folder this target's copies land in (a prefix `Daily-` and
-        # `daily-`, or `sub/` and a path ending in `sub`, are one folder on Windows' disks).
-        landing = remote.path / f"{remote.prefix}{name}" if remote.type == "folder" and remote.path else None
-        key = ("folder", os.path.normcase(landing)) if landing else remotes_module.place(remote)
-        first = places.setdefault(key, remote.name)
+        landing = remotes_module.landing(remote, name)
+        first = places.setdefault(landing, remote.name)
         if first != remote.name:
             # Each would count and prune the other's copies by its own keep, and send again what
             # the other deleted: `b +2 (3 held), a -2 (1 held)` on every run.  (Remotes naming
@@ -536,11 +534,7 @@ def _offsite_beside(
                     "apply its own keep to the other's copies of this target; keep one, or give each its own prefix",
                 )
             )
-        if (
-            landing is not None
-            and destination is not None
-            and os.path.normcase(landing) == os.path.normcase(destination)
-        ):
+        if landing == here:
             problems.append(
                 document.problem(
                     source("destination"),

@@ -76,12 +76,14 @@ def resolve(document: Document, environ: Mapping[str, str], problems: list[Probl
     return remotes
 
 
-def place(remote: Remote) -> tuple[str, ...]:
-    """Where a remote's copies land, as two remotes naming one place would both say it."""
+def landing(remote: Remote, target: str) -> tuple[str, ...]:
+    """Where a remote puts a target's copies, as two remotes naming one place would both say it:
+    a folder by the folder itself (`Daily-` and `daily-`, or `sub/` and a path ending in `sub`,
+    are one folder on Windows' disks), a bucket by its endpoint, name and key prefix."""
     if remote.type == "folder":
-        return ("folder", os.path.normcase(str(remote.path)), remote.prefix)
+        return ("folder", os.path.normcase(Path(remote.path or ".", f"{remote.prefix}{target}")))
     endpoint = (remote.endpoint or "").rstrip("/").lower()
-    return ("s3", endpoint, remote.bucket, remote.prefix)
+    return ("s3", endpoint, remote.bucket, f"{remote.prefix}{target}")
 
 
 def _resolve_one(

@@ -205,7 +205,7 @@ def _not_whole(archive: Path) -> str | None:
     ending = archives.ending(archive)
     if not ending.readable:
         return None  # a monitoring account may list archives (0600) it cannot read: not judged
-    if ending.problem:
+    if ending.broken:
         return f"is not a whole zip: {ending.problem}"
     note = incomplete_note(ending.comment)
     return f"is marked incomplete: {note}" if note is not None else None

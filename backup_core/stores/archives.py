@@ -239,6 +239,11 @@ class Ending(NamedTuple):
     readable: bool = True  # False: the file could not be read, so nothing is known of its shape
     members: int = 0  # of a whole zip: the entries its end record counts
 
+    @property
+    def broken(self) -> bool:
+        """Known not to end as a whole zip (a file that could not be read is not judged)."""
+        return self.readable and self.problem is not None
+
 
 def ending(path: Path) -> Ending:
     """Whether `path` ends as a whole zip does: an end-of-central-directory record (written last,

@@ -131,7 +131,7 @@ def _whole_only(target: Target, remote: Remote, local: list[Stored], result: Off
     whole = []
     for stored in local:
         ending = archives.ending(target.destination / stored.name)
-        if ending.problem is None or not ending.readable:
+        if not ending.broken:
             whole.append(stored)  # one that cannot be read fails its upload, and says why
             continue
         if result is None:

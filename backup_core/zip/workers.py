@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -306,13 +305,7 @@ def _done_here(job: Callable[..., tuple[Any, bytes]], args: tuple[Any, ...]) -> 
 def _serve() -> None:
     """Answer jobs from standard input, and write the data of each when told where, until
     standard input closes."""
-    for stopping in (
-        signal.SIGINT,
-        getattr(signal, "SIGHUP", None),
-        getattr(signal, "SIGBREAK", None),
-    ):  # a terminal's, sent to the whole group
-        if stopping is not None:
-            signal.signal(stopping, signal.SIG_IGN)  # the writer decides when to stop
+    framing.leave_stopping_to_parent()
     requests = sys.stdin.buffer
     answers = framing.serve(_HELLO)
     held: deque[bytes] = deque()  # data of answered jobs, in order, until placed
