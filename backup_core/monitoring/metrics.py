@@ -32,7 +32,7 @@ from prometheus_client.exposition import write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
 from backup_core.errors import BackupError, UsageError
-from backup_core.monitoring.status import StoreState, TargetState
+from backup_core.monitoring.status import TargetState
 from backup_core.results import FAILED, OK, SKIPPED, STATUSES, TargetResult
 from backup_core.stores import archives, retention
 
@@ -262,17 +262,12 @@ def merge(
             put("backup_archives_size_bytes", labels, store.bytes)
             if store.newest_when is not None and store.age is not None:
                 put("backup_newest_archive_timestamp_seconds", labels, store.newest_when.timestamp())
-                made = store.age if store.confirmed_when is None else store.age + _seconds(store)
-                put("backup_newest_archive_age_seconds", labels, made)
+                # The archive's own age: status counts `age` from a later "found unchanged", if any.
+                since = (store.confirmed_when or store.newest_when) - store.newest_when
+                put("backup_newest_archive_age_seconds", labels, store.age + since.total_seconds())
                 if store.confirmed_when is not None:
                     put("backup_unchanged_timestamp_seconds", labels, store.confirmed_when.timestamp())
     return samples
-
-
-def _seconds(store: StoreState) -> float:
-    """How long before the source was found unchanged the store's newest archive was made."""
-    assert store.confirmed_when is not None and store.newest_when is not None
-    return (store.confirmed_when - store.newest_when).total_seconds()
 
 
 def _known(metric: str, values: dict[LabelValues, float], targets: dict[str, str | None]) -> dict[LabelValues, float]:

@@ -436,14 +436,14 @@ def sync_folder(folder: Path) -> None:
 # run records here which archive it found the source matching, and when.
 
 
-def confirmed_path(destination: Path, target: str) -> Path:
+def _confirmed_path(destination: Path, target: str) -> Path:
     return destination / f".{target}.unchanged"
 
 
 def confirm(destination: Path, target: str, archive: str, when: datetime) -> None:
     """Record that the source was found to hold what `archive` holds, at `when` (atomically:
     a torn record would read as none).  OSError when it cannot be written."""
-    final = confirmed_path(destination, target)
+    final = _confirmed_path(destination, target)
     scratch = final.with_name(f"{final.name}.tmp")  # one writer: the run holding the target's lock
     try:
         scratch.write_text(f"{archive}\n{when.astimezone(timezone.utc).isoformat()}\n", encoding="utf-8")
@@ -457,7 +457,7 @@ def confirmation(destination: Path, target: str) -> tuple[str, datetime] | None:
     """The archive a run last found the source unchanged from, and when; None when there is no
     (readable) record."""
     try:
-        archive, when = confirmed_path(destination, target).read_text(encoding="utf-8").split("\n")[:2]
+        archive, when = _confirmed_path(destination, target).read_text(encoding="utf-8").split("\n")[:2]
         moment = datetime.fromisoformat(when)
     except (OSError, ValueError):
         return None
