@@ -7,6 +7,7 @@ targets finished in.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import gc
@@ -603,7 +604,8 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                     # The disk starts on what is written while the last pieces are placed...
                     big = queued >= _SYNC_TWICE_FROM
                     early = syncing.submit(os.fsync, file.fileno()) if big else None
-                    stats = writer.close(lambda: _incomplete_comment(result, writer.stats.torn_databases))
+                    made = writer.stats
+                    stats = writer.close(lambda: _archive_comment(result, made.torn_databases, made.changed))
                 except BaseException:
                     writer.abort()
                     raise
@@ -713,7 +715,8 @@ def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
     to count its files (an end record counts folders too)."""
     import zipfile
 
-    again = f"if it is meant to be empty now, run {command(f'backup --force --only {target.name}')} once"
+    forced = f"run {command(f'backup --force --only {target.name}')} once"
+    again = f"if it is meant to be empty now, {forced}"
     for newest in reversed(existing):
         if archives.ending(newest.path).broken:
             continue  # not a whole zip: neither counted nor judged (see _due); the one before decides
@@ -732,21 +735,46 @@ def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
             f"but {newest.name} holds {held} file{'' if held == 1 else 's'}: is a disk not mounted? nothing was "
             f"archived and no old archive deleted; {again}"
         )
+    # No local archive to judge by: a new host whose data folder was made before its data was
+    # restored, or local archives cleared.  Its remotes' copies may be the last good ones, and
+    # an archive of nothing sent there would count as their newest and prune them away.
+    for remote in target.offsite:
+        try:
+            copies = offsite.copies_of(target, remote)
+        except (BackupError, OSError) as exc:
+            why = str(exc) if isinstance(exc, BackupError) else f"{exc.strerror or exc} ({exc.filename or remote.name})"
+            raise TargetError(
+                f"{target.path} holds no file to archive and {target.destination} holds no archive, and remote "
+                f"{remote.name} could not be asked whether it holds copies ({why}): nothing was archived, uploaded "
+                f"or deleted; {again}"
+            ) from None
+        if copies:
+            raise TargetError(
+                f"{target.path} holds no file to archive and {target.destination} holds no archive, but remote "
+                f"{remote.name} holds {len(copies)} cop{'y' if len(copies) == 1 else 'ies'} of {target.name} (newest "
+                f"{copies[-1]}): is this a new host whose data is not restored yet, or a disk not mounted? nothing "
+                f"was archived, uploaded or deleted; restore it with "
+                f"{command(f'restore {target.name} --to {target.path} --remote {remote.name}')}, "
+                f"or {forced} if it is meant to be empty"
+            )
 
 
-def _incomplete_comment(result: TargetResult, torn: list[str]) -> bytes:
+def _archive_comment(result: TargetResult, torn: list[str], changed: list[str]) -> bytes:
     """The archive's comment when databases were left out of it, or are in it unchecked (see
-    packing.INCOMPLETE_COMMENT)."""
+    packing.INCOMPLETE_COMMENT), or files in it changed while they were read (UNSETTLED_COMMENT)."""
+    from backup_core.zip.packing import INCOMPLETE_COMMENT, UNSETTLED_COMMENT
+
     said = []
     if result.incomplete:
         said.append(f"made without {len(result.incomplete)} database(s): " + "; ".join(result.incomplete))
     if torn:
         said.append(f"holds {len(torn)} damaged database(s) as they were, unchecked: " + ", ".join(torn))
-    if not said:
-        return b""
-    from backup_core.zip.packing import INCOMPLETE_COMMENT
-
-    return INCOMPLETE_COMMENT + "; ".join(said).encode("utf-8", "surrogateescape")
+    lead = INCOMPLETE_COMMENT if said else b""
+    if changed:
+        # The count and the first few: a busy log folder may have thousands (the members say which).
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        said.append(f"{UNSETTLED_COMMENT.decode()}{len(changed)} file(s): {', '.join(changed[:3])}{more}")
+    return lead + "; ".join(said).encode("utf-8", "surrogateescape")
 
 
 def _whole(archive: Archive) -> bool:
@@ -1173,14 +1201,12 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
     kept = retention.newest([a for a in staying if a not in broken], _when, utc_now())
     if kept is None:
         return None
-    problem, comment, _, _ = archives.ending(kept.path)
-    if problem is None and (note := _incompleteness(comment)) is not None:
-        problem = f"it is incomplete: {note}"
+    problem = archives.doubt(kept.path)
     if problem is None:
         return None
     return (
-        f"nothing was deleted: {kept.name}, the newest archive that would be kept, is not a whole archive "
-        f"({problem}); older archives may be the last good ones: check it with {command('verify')}, and make a "
+        f"nothing was deleted: {kept.name}, the newest archive that would be kept, is no ground for it: "
+        f"{problem}; older archives may be the last good ones: check it with {command('verify')}, and make a "
         f"complete backup (or move it out of the folder) before pruning"
     )
 
@@ -1231,7 +1257,12 @@ def push_target(target: Target, options: Options) -> TargetResult:
         if not remotes:
             result.status, result.reason = SKIPPED, "no remote to copy to (offsite: is empty)"
             return
-        with _locked(target, result) as held:
+        # Check mode takes no lock: it writes nothing, and a preview holding the lock while a
+        # slow remote is listed made a real backup skip the target.
+        guard: contextlib.AbstractContextManager[list[str] | None] = (
+            contextlib.nullcontext([]) if options.check else _locked(target, result)
+        )
+        with guard as held:
             if held is None:
                 return
             for remote in remotes:

@@ -125,6 +125,12 @@ def test_a_folder_keeps_its_archive_with_a_warning_and_rotates_nothing(project: 
     with zipfile.ZipFile(archives[-1]) as archive:
         assert archive.testzip() is None
         assert archive.read("notes.txt") == b"steady\n" * 100
+        # Said where a prune reads (the archive's end): a prune deleted the older archive.
+        assert archive.comment == b"changed while read: 1 file(s): log.bin"
+    pruned = project.invoke("prune")
+    assert pruned.code == 1, pruned.output
+    assert "it holds files that changed while they were read (1 file(s): log.bin)" in pruned.stdout
+    assert project.archives() == archives
     ran = project.invoke("verify", "--format", "json")
     assert ran.code == 0, ran.output  # the data is as read; the archive itself says what it holds
     newest = ran.json()["targets"][-1]

@@ -147,6 +147,11 @@ class S3Remote:
 
 @pytest.fixture(params=["folder", "s3"])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
+    yield from each_remote(request, tmp_path)
+
+
+def each_remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
+    """The body of a `remote` fixture with params ["folder", "s3"] (other test files have one too)."""
     if request.param == "folder":
         yield FolderRemote(tmp_path / "nas")
         return

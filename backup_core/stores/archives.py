@@ -292,6 +292,19 @@ def ending(path: Path) -> Ending:
     return Ending(None, comment, members=count)
 
 
+def doubt(path: Path) -> str | None:
+    """Why the archive at `path` is no ground for deleting older ones, or None: it does not end as
+    a whole zip (or cannot be read), or its comment says a database was left out of it or files in
+    it changed while they were read (see packing.unsettled_note).  Retention trusts the newest
+    archive it keeps by its name: an older one may be the last that holds what this one lacks."""
+    from backup_core.zip.packing import unsettled_note
+
+    found = ending(path)
+    if found.problem is not None:
+        return f"it is not a whole archive ({found.problem})"
+    return unsettled_note(found.comment)
+
+
 def _no_end(file: BinaryIO, tail: bytes, start: int, size: int) -> str:
     """Why no end record ends the file: bytes after a whole zip's own end record (appended, or
     left of a longer file), else none at all.  A record counts as the archive's own only when

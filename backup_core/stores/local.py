@@ -100,6 +100,7 @@ class FolderStore:
             # A partial copy of this archive is a run's that was killed (this one holds the
             # target's lock): it is begun again, not taken for someone's file.
             archives.remove(partial)
+            _clear_stale_copies(folder, target)
             written = _copy(file, partial, progress, self.max_bandwidth)
             # What reached the remote disk must be what was verified here: hash it once more
             # from the copy, not from what we meant to write.
@@ -196,6 +197,29 @@ def _listing(folder: Path, target: str) -> list[Stored]:
         if stored is not None and entry.is_file(follow_symlinks=False):
             found.append(Stored(stored.when, stored.name, entry.stat(follow_symlinks=False).st_size))
     return sorted(found)
+
+
+# A copy being written has its time moved by every write, even through a slow link: one left
+# untouched this long was begun by a run that was killed.
+_STALE_COPY = 3600
+
+
+def _clear_stale_copies(folder: Path, target: str) -> None:
+    """Remove the partial copies of the target's other archives that killed runs left: nothing
+    else would (only a copy of the same archive begins again from its own), and the keep may
+    never want that archive again."""
+    now = time.time()
+    for entry in os.scandir(folder):
+        name = entry.name
+        if not (name.startswith(f".{target}-") and name.endswith(".partial")):
+            continue
+        if parse(target, name[1 : -len(".partial")]) is None:
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > _STALE_COPY:
+                archives.remove(Path(entry.path))
+        except OSError:
+            continue  # gone meanwhile, or not ours to judge
 
 
 def _sidecar(path: Path) -> Path:

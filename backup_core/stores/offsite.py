@@ -75,7 +75,7 @@ def replicate(
     now = now or datetime.now(timezone.utc)
     local = LocalStore(target.destination)
     try:
-        held = store.list(target.name)
+        held = _held(store, target, remote)
         have = {stored.archive for stored in held}
         ours = local.list(target.name) + ([planned] if planned else [])
         missing = _whole_only(target, remote, [a for a in ours if a.name not in have and a is not planned], result)
@@ -95,6 +95,8 @@ def replicate(
         wanted = set(planned_here.kept)
         uploads = [a for a in reversed(missing) if a in wanted]  # newest first
         doomed = [a for a in planned_here.deleted if a in held] if prune else []
+        if doomed:
+            _refuse_on_doubt(target, remote, planned_here.kept, now)
         if check:
             result.uploaded = [_stored_name(remote, a.name) for a in uploads]
             result.deleted = [a.name for a in doomed]
@@ -143,6 +145,23 @@ def _whole_only(target: Target, remote: Remote, local: list[Stored], result: Off
     return whole
 
 
+def _held(store: Store, target: Target, remote: Remote) -> list[Stored]:
+    """The copies of `target` in the remote's series: encrypted ones when it encrypts, plain ones
+    when it does not.  Switching encryption on or off starts a new series: the copies of the
+    other kind stay where they are, neither counted nor deleted (restore still reads them).
+    Counted together, an archive held both ways was two copies toward the keep, and the plain
+    newest was sent again beside its encrypted copy without a word."""
+    return [stored for stored in store.list(target.name) if stored.encrypted == remote.encrypted]
+
+
+def copies_of(target: Target, remote: Remote) -> list[str]:
+    """The names of the copies of `target` that this host put on `remote` and that are still as
+    it put them, oldest first (one request per copy on a bucket: for a rare question).  Raises
+    StoreError (or OSError) when the remote cannot be asked."""
+    store = store_for(remote)
+    return [s.name for s in _held(store, target, remote) if store.vouched(target.name, s) is None]
+
+
 def lacking(target: Target, remote: Remote, now: datetime) -> list[str]:
     """The target's local archives that `remote` holds no good copy of: none, where its keep would
     keep one, or one this tool cannot vouch for (replaced, or changed since it was copied; bytes
@@ -150,7 +169,7 @@ def lacking(target: Target, remote: Remote, now: datetime) -> list[str]:
     Deleting one of them here could lose it; a push sends those it has none of.  StoreError when
     the remote cannot be asked."""
     store = store_for(remote)
-    held = store.list(target.name)
+    held = _held(store, target, remote)
     have = {stored.archive for stored in held}
     local = LocalStore(target.destination).list(target.name)
     # As replicate() plans: a broken local file is not one the remote's keep counts.
@@ -169,10 +188,12 @@ def prune_remote(target: Target, remote: Remote, check: bool = False, now: datet
     started = time.monotonic()
     now = now or datetime.now(timezone.utc)
     try:
-        held = store.list(target.name)
+        held = _held(store, target, remote)
         planned_here, unvouched = _plan(store, target, remote, held, [], result, now)
         held = [s for s in held if s not in unvouched]
         doomed = [s for s in planned_here.deleted if s not in unvouched]
+        if doomed:
+            _refuse_on_doubt(target, remote, planned_here.kept, now)
         if check:
             result.deleted = [a.name for a in doomed]
         else:
@@ -184,6 +205,24 @@ def prune_remote(target: Target, remote: Remote, check: bool = False, now: datet
     finally:
         result.seconds = time.monotonic() - started
     return result
+
+
+def _refuse_on_doubt(target: Target, remote: Remote, kept: list[Stored], now: datetime) -> None:
+    """Raise StoreError when the newest copy the remote's keep would keep is no ground for
+    deleting older ones, as a local prune refuses (see archives.doubt): judged by its local
+    twin, which an archive a push sent (made without a database, say) still has here.  Without
+    this, a keep shorter on the remote than here deleted the last complete copy there."""
+    newest = retention.newest(kept, _when, now)
+    twin = target.destination / newest.archive if newest is not None else None
+    if twin is None or not twin.is_file():
+        return  # a copy whose archive was rotated out here was judged when it was the newest
+    problem = archives.doubt(twin)
+    if problem is not None:
+        raise StoreError(
+            f"remote {remote.name}: nothing was deleted there: {newest.name if newest else ''}, the newest copy its "
+            f"keep would keep, is no ground for it: {problem}; older copies may be the last good ones: make a "
+            "complete backup before pruning"
+        )
 
 
 def _plan(

@@ -12,8 +12,9 @@ The rules follow `restic forget`, which `borg prune` closely resembles:
 * the newest archive is always kept, so a policy can never delete the last backup.
 
 `plan` adds what a clock that jumps needs: archives dated in the future are reported,
-kept and never counted as the newest, and a run that would delete every archive but the
-newest although the policy asks for more is refused.
+kept and never counted as the newest; a run that would delete every archive but the
+newest although the policy asks for more is refused; and a `within` window that a newest
+archive dated far ahead would empty keeps, once, what it held before that archive.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Plan(Generic[A]):
     kept: list[A]
     deleted: list[A]
     future: list[A]  # dated after now (beyond the tolerance): reported, kept, never counted as newest
-    refused: str | None = None  # why the policy's deletions were not made (then `deleted` is empty)
+    refused: str | None = None  # why some or all of the policy's deletions were not made
 
 
 def plan(
@@ -109,7 +110,8 @@ def plan(
     Archives dated in the future are set aside: a clock that ran ahead once must not make
     every later archive look old.  And when the policy would delete every archive older than
     the newest although it means to keep more than one (a `within` after a jump of the
-    clock), nothing is deleted and `refused` says why.
+    clock), nothing is deleted and `refused` says why; so too for what `within` kept before a
+    newest archive dated more than the window after the one before it.
     """
     horizon = now + tolerance
     future = [item for item in items if when(item) > horizon]
@@ -126,12 +128,37 @@ def plan(
             f"the next run deletes them"
         )
         kept, deleted = present, []
+    elif deleted and "within" in policy and len(present) >= 2:
+        kept, deleted, refused = _within_past_a_jump(present, kept, deleted, when, policy["within"])
     staying = {id(item) for item in (*future, *kept)}
     return Plan(
         kept=[item for item in items if id(item) in staying],
         deleted=deleted,
         future=future,
         refused=refused,
+    )
+
+
+def _within_past_a_jump(
+    present: list[A], kept: list[A], deleted: list[A], when: Callable[[A], datetime], within: str
+) -> tuple[list[A], list[A], str | None]:
+    """`within` counts back from the newest archive: when that one is dated more than the window
+    after the one before it (a clock set ahead, most often), the window would hold it alone and
+    the history it was meant to keep would go at once, whatever else the policy keeps.  Those
+    archives the window keeps counting from the one before stay this once, with a warning."""
+    dated = sorted(present, key=when)
+    newest, older = dated[-1], dated[-2]
+    gap, window = when(newest) - when(older), parse_duration(within)
+    if gap <= window:
+        return kept, deleted, None
+    spared = [item for item in deleted if when(older) - when(item) <= window]
+    if not spared:
+        return kept, deleted, None
+    return (
+        [*kept, *spared],
+        [item for item in deleted if item not in spared],
+        f"kept {len(spared)} archive(s) that within: {within} keeps counting from the archive before the newest: "
+        f"the newest is {_days(gap)} after it (a clock set ahead?); if that gap is real, the next run deletes them",
     )
 
 

@@ -64,11 +64,28 @@ CHANGED_COMMENT = b"changed while read: may mix versions of the file"
 INCOMPLETE_COMMENT = b"incomplete: "
 
 
+# Begins the archive's own comment (or follows its incomplete note) when files in it kept
+# changing while they were read: a prune reads only an archive's end, and must not delete an
+# older archive on the strength of one that may hold a mixture of a file's versions.
+UNSETTLED_COMMENT = b"changed while read: "
+
+
 def incomplete_note(comment: bytes) -> str | None:
     """What an archive's comment says was left out of it, or None when nothing was."""
     if not comment.startswith(INCOMPLETE_COMMENT):
         return None
     return comment[len(INCOMPLETE_COMMENT) :].decode("utf-8", "replace")
+
+
+def unsettled_note(comment: bytes) -> str | None:
+    """Why an archive's comment says it is no ground for deleting older ones (something left
+    out of it, or files that changed while they were read), or None."""
+    if (note := incomplete_note(comment)) is not None:
+        return f"it is incomplete: {note}"
+    if comment.startswith(UNSETTLED_COMMENT):
+        which = comment[len(UNSETTLED_COMMENT) :].decode("utf-8", "replace")
+        return f"it holds files that changed while they were read ({which})"
+    return None
 
 
 # What says a file did not change while it was read: size, modification and change times,
