@@ -320,6 +320,20 @@ def test_check_mode_previews_the_manifest_a_run_would_install_not_the_installed_
     assert fleet.tree() == before, "the scratch files are removed"
 
 
+def test_no_verbosity_or_diff_shows_a_credential_written_into_the_manifest(deployed: Deployed) -> None:
+    # Check mode at -v printed the whole rendered manifest (a fact, and the module's argument at
+    # -vvv), and --diff showed the manifest's lines: a hook's password with them.
+    fleet = deployed.fleet
+    secret = "SECRETzq60b"
+    hooks = {"backups_hooks": {"after": [["curl", "-fsS", f"https://ops:{secret}@hc.example/ping"]]}}
+
+    play = fleet.playbook("--check", "--diff", "-vvv", "--limit", "alpha", inventory=fleet.inventory(alpha=hooks))
+
+    assert play.code == 0, play.ran.output
+    assert "backups_preview" in play.ran.stdout  # the fact was set, its value censored
+    assert secret not in play.ran.output
+
+
 @dataclass
 class Fresh:
     fleet: Fleet

@@ -307,7 +307,7 @@ def main() -> None:
             "force": {"type": "bool", "default": False},
             "log_file": {"type": "path"},
             "executable": {"type": "path"},
-            "candidate": {"type": "str"},
+            "candidate": {"type": "str", "no_log": True},  # a manifest may hold credentials
         },
         supports_check_mode=True,
     )
