@@ -123,13 +123,70 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
         return results
 
     _stopping.clear()
-    if (run_hooks.before or run_hooks.after) and _all_busy(targets):
-        # Another run holds every target: this one would do nothing, and its hooks (stop the
-        # app, start the app) would start the app in the middle of the other run's backup.
-        why = "another run is working on this target (lock_timeout to wait longer); the run's hooks were not run"
-        _without_running(targets, SKIPPED, why, outcome, options)
-        outcome.seconds = time.monotonic() - started
-        return outcome
+    with _run_lock(manifest, targets, bool(run_hooks.before or run_hooks.after)) as held:
+        if not held or ((run_hooks.before or run_hooks.after) and _all_busy(targets)):
+            # Another run of this manifest, or holding every target: this one's hooks (stop the
+            # app, start the app) would start the app in the middle of the other run's backup.
+            what = "another run of this manifest is running" if not held else "another run is working on this target"
+            why = f"{what} (lock_timeout to wait longer); the run's hooks were not run"
+            _without_running(targets, SKIPPED, why, outcome, options)
+        else:
+            _run_held(command, targets, options, run_hooks, one, begun, outcome)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+@contextmanager
+def _run_lock(manifest: Manifest, targets: list[Target], needed: bool) -> Iterator[bool]:
+    """Hold the manifest's run lock while a run with run-level hooks works; yield whether it is held.
+
+    Target locks are taken as each target starts, after the run's `before` hook: two overlapping
+    runs each stopped the app, and the first to finish started it again while the other was
+    still archiving.  A run with such hooks waits for another run of the same manifest as long
+    as its targets' longest lock_timeout, then skips every target.  The lock file lies beside
+    the manifest, or in the temporary folder when that folder cannot be written."""
+    if not needed:
+        yield True
+        return
+    wait = max((t.lock_timeout for t in targets), default=0)
+    lock = None
+    for path in _run_lock_paths(manifest.file):
+        candidate = _file_lock(path)
+        try:
+            candidate.acquire(timeout=wait)
+        except filelock.Timeout:
+            yield False
+            return
+        except OSError:
+            continue  # a folder this user cannot write: the next place
+        lock = candidate
+        break
+    try:
+        yield True  # without any place to lock, as before: the target locks still guard the archives
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_lock_paths(manifest: Path) -> list[Path]:
+    import hashlib
+    import tempfile
+
+    resolved = manifest.resolve()
+    keyed = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
+    return [resolved.with_name(f".{resolved.name}.run.lock"), Path(tempfile.gettempdir()) / f"backup-run-{keyed}.lock"]
+
+
+def _run_held(
+    command: str,
+    targets: list[Target],
+    options: Options,
+    run_hooks: Hooks,
+    one: Callable[[Target], list[TargetResult]],
+    begun: list[str],
+    outcome: RunResult,
+) -> None:
+    """The run itself: the run's before hook, every target, then its after or on_failure hooks."""
     try:
         try:
             hooks.run_hooks("before", run_hooks.before, {"BACKUP_STATUS": "running"})
@@ -175,8 +232,6 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
         lambda: outcome.failed,
         lambda exc: outcome.errors.append(str(exc)),
     )
-    outcome.seconds = time.monotonic() - started
-    return outcome
 
 
 def _without_running(targets: list[Target], status: str, why: str, outcome: RunResult, options: Options) -> None:

@@ -586,3 +586,36 @@ def test_a_run_whose_every_target_another_run_holds_runs_no_run_hooks(project: P
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, out + err
     assert (project.root / "app.state").read_text() == "started\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second_only", [None, "other"])
+def test_a_run_started_during_another_runs_before_hook_skips_and_runs_no_hooks(
+    project: Project, second_only: str | None
+) -> None:
+    # Target locks were taken after the run's before hook: B, started while A's before hook
+    # ("stop the app") ran, stopped the app too, and A's after hook started it again in the
+    # middle of B's backup.  Also when B backed up another target of the manifest.
+    project.file("site/a.txt")
+    project.file("other/b.txt")
+    project.write_manifest(
+        "version: 1\n"
+        "hooks:\n"
+        '  before: [["sh", "-c", "echo stop >> $STATE/app.log; touch $STATE/holding; sleep 3"]]\n'
+        '  after: [["sh", "-c", "echo start >> $STATE/app.log"]]\n'
+        "targets:\n"
+        "  - {name: site, path: site}\n"
+        "  - {name: other, path: other}\n"
+    )
+    first = _start(project)
+    _wait_for((project.root / "holding").exists, first)
+
+    only = ["--only", second_only] if second_only else []
+    second = project.invoke("backup", "--format", "json", *only, env={"STATE": str(project.root)})
+
+    assert second.code == 0, second.output
+    assert {r["status"] for r in second.json()["targets"]} == {"skipped"}
+    assert all("another run of this manifest is running" in r["reason"] for r in second.json()["targets"])
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+    assert (project.root / "app.log").read_text() == "stop\nstart\n"
