@@ -119,6 +119,19 @@ def test_within_the_tolerance_an_archive_still_counts_and_names_sort_after_it() 
     assert plan.future == [] and plan.deleted == [START - timedelta(days=1)]
 
 
+def test_a_clock_behind_by_exactly_the_tolerance_never_reuses_a_name(project: Project) -> None:
+    # The newest archive sat exactly at the tolerance, so the next name was one microsecond past
+    # it, and that name, one microsecond beyond the tolerance, was taken for a future archive's
+    # and not looked at: "already exists", exit 1.
+    project.file("site/a.txt")
+    project.write_manifest("version: 1\ntargets:\n  - {name: site, path: site, keep: {last: 2}}\n")
+    for moment in ("12:00:00", "11:57:00", "11:50:00"):
+        project.file("site/a.txt", moment)
+        ran = project.invoke("backup", env={"BACKUP_NOW": f"2026-12-07T{moment}Z"})
+        assert ran.code == 0, ran.output
+    assert len(project.archives()) == 3
+
+
 def test_last_1_still_deletes_the_previous_archive_every_run() -> None:
     # Keeping one archive is a policy, not a clock fault: no refusal.
     items = [START - timedelta(days=400), START]

@@ -221,9 +221,13 @@ def next_time(now: datetime, existing: list[Archive], tolerance: timedelta = FUT
     towards the year 9999 (nor past it, into an OverflowError).
     """
     present = [archive.when for archive in existing if archive.when <= now + tolerance]
-    if present and max(present) >= now:
-        return max(present) + timedelta(microseconds=1)
-    return now
+    moment = max(present) + timedelta(microseconds=1) if present and max(present) >= now else now
+    # An archive dated just past the tolerance may hold that very name (one microsecond past it,
+    # when the newest sits exactly at it): step past every name taken.
+    taken = {archive.when for archive in existing}
+    while moment in taken:
+        moment += timedelta(microseconds=1)
+    return moment
 
 
 _END = struct.Struct("<4s4H2LH")  # end of central directory: signature, disks, counts, size, offset, comment
