@@ -604,6 +604,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
     """Make the target's archive (or find it unchanged); return the target's archives as they now are.
     `names`: the destination's names that may be the target's, listed under its lock."""
     destination, observer = target.destination, options.observer
+    _same_origin(target, options, result)
     stale_ones = archives.stale_partials(destination, target.name, names)
     for stale in stale_ones:
         stale.unlink(missing_ok=True)
@@ -751,6 +752,34 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         for leftover in (partial, *snapshots, *sqlite_files):
             if not archives.remove(leftover):
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
+
+
+def _same_origin(target: Target, options: Options, result: TargetResult) -> None:
+    """Fail when the destination's archives of this target name were made from another source
+    or on another host (see archives.origin): two manifests, or two hosts sharing a folder,
+    each counted the other's archives toward its keep, and a restore took the other's data
+    without a word.  The first run records the origin; --force records this one."""
+    from backup_core.stores.base import this_host
+
+    here = (this_host(), str(target.path))
+    found = archives.origin(target.destination, target.name)
+    if found is not None and found != here and not options.force:
+        host, path = found
+        made = f"from {path}" + (f" on host {host}" if host != here[0] else "")
+        raise TargetError(
+            f"{target.destination} holds archives of {target.name} made {made}, not from {target.path}"
+            + (f" on host {here[0]}" if host != here[0] else "")
+            + ": two manifests or hosts share this destination and target name, and each would rotate away and "
+            "restore the other's archives; give each its own destination (such as /backups/${BACKUP_HOST}) or name; "
+            f"if {target.path} is where that data now lives, run {command(f'backup --force --only {target.name}')} once"
+        )
+    if found != here and not options.check:
+        try:
+            archives.record_origin(target.destination, target.name, *here)
+        except OSError as exc:
+            result.warnings.append(
+                f"could not record where {target.name}'s archives come from: {_describe(exc, target)}"
+            )
 
 
 def _current(listed: list[Archive], now: datetime) -> list[Archive]:
@@ -1127,6 +1156,11 @@ def _when(archive: Archive) -> datetime:
 
 def _preview(target: Target, kind: str, options: Options, result: TargetResult) -> None:
     """Check mode: what a backup would archive and delete, touching nothing."""
+    try:
+        _same_origin(target, options, result)
+    except TargetError as exc:
+        result.fail(f"would fail: {exc}")
+        return
     names = _listing(target)
     listed = archives.list_archives(target.destination, target.name, names)
     if target.skip_unchanged and not options.force:

@@ -1223,3 +1223,34 @@ def test_selecting_nothing_is_a_usage_error(project: Project, args: list[str]) -
     assert ran.code == 2, ran.output
     assert "no target" in ran.output
     assert project.snapshot_tree() == before
+
+
+def test_two_manifests_sharing_a_destination_and_target_name_fail_instead_of_rotating_each_other(
+    project: Project,
+) -> None:
+    # Each counted the other's archives toward its keep (so each kept half), skip_unchanged never
+    # skipped, and a restore with one manifest gave back the other's files, exit 0.
+    project.file("src/b/x.txt", "b\n")
+    project.file("src/c/y.txt", "c\n")
+    first = "version: 1\ntargets:\n  - {name: web, path: src/b, destination: shared}\n"
+    other = first.replace("src/b", "src/c")
+    project.write_manifest(first)
+    assert project.invoke("backup").code == 0
+    [archive] = project.archives("shared")
+
+    project.write_manifest(other)
+    previewed = project.invoke("backup", "--check")
+    ran = project.invoke("backup")
+
+    said = f"{project.root / 'shared'} holds archives of web made from {project.root / 'src' / 'b'}, not from"
+    assert previewed.code == 1 and said in previewed.stdout, previewed.output
+    assert ran.code == 1 and said in ran.stdout and "give each its own destination" in ran.stdout, ran.output
+    assert project.archives("shared") == [archive]
+    # The first manifest goes on as before; a source moved on purpose is recorded with --force.
+    project.write_manifest(first)
+    assert project.invoke("backup").code == 0
+    project.write_manifest(other)
+    assert project.invoke("backup", "--force").code == 0
+    assert project.invoke("backup").code == 0
+    project.write_manifest(first)
+    assert project.invoke("backup").code == 1

@@ -446,6 +446,39 @@ def sync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+# --- where a target's archives come from ------------------------------------------------------
+# Archives are found by the target's name alone: two manifests, or two hosts sharing a folder,
+# that give a target the same name and destination would each rotate and restore the other's.
+
+
+def _origin_path(destination: Path, target: str) -> Path:
+    return destination / f".{target}.origin"
+
+
+def origin(destination: Path, target: str) -> tuple[str, str] | None:
+    """The host and source path recorded for the target's archives in `destination`, or None when
+    none is recorded (or it cannot be read)."""
+    try:
+        host, path = (
+            _origin_path(destination, target).read_text(encoding="utf-8", errors="surrogateescape").split("\n")[:2]
+        )
+    except (OSError, ValueError):
+        return None
+    return host, path
+
+
+def record_origin(destination: Path, target: str, host: str, path: str) -> None:
+    """Record (atomically) that the target's archives in `destination` come from `path` on `host`."""
+    final = _origin_path(destination, target)
+    scratch = final.with_name(f"{final.name}.tmp")
+    try:
+        scratch.write_text(f"{host}\n{path}\n", encoding="utf-8", errors="surrogateescape")
+        scratch.replace(final)
+    except OSError:
+        remove(scratch)
+        raise
+
+
 # --- an unchanged source, found so ----------------------------------------------------------------
 # With skip_unchanged, a run that finds the source unchanged writes no archive: the newest one
 # keeps its old date, and `status` judged the target by that date, failing a max_age of 26h
