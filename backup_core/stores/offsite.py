@@ -213,15 +213,14 @@ def _refuse_on_doubt(target: Target, remote: Remote, kept: list[Stored], now: da
     twin, which an archive a push sent (made without a database, say) still has here.  Without
     this, a keep shorter on the remote than here deleted the last complete copy there."""
     newest = retention.newest(kept, _when, now)
-    twin = target.destination / newest.archive if newest is not None else None
-    if twin is None or not twin.is_file():
+    if newest is None or not (twin := target.destination / newest.archive).is_file():
         return  # a copy whose archive was rotated out here was judged when it was the newest
     problem = archives.doubt(twin)
     if problem is not None:
         raise StoreError(
-            f"remote {remote.name}: nothing was deleted there: {newest.name if newest else ''}, the newest copy its "
-            f"keep would keep, is no ground for it: {problem}; older copies may be the last good ones: make a "
-            "complete backup before pruning"
+            f"remote {remote.name}: nothing was deleted there: {newest.name}, the newest copy its keep would keep, "
+            f"is no ground for it: {problem}; older copies may be the last good ones: make a complete backup "
+            "before pruning"
         )
 
 
