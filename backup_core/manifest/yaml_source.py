@@ -249,10 +249,10 @@ def _scalar(file: Path, node: yaml.ScalarNode, path: KeyPath, problems: list[Pro
     kind = tag.rpartition(":")[2]
     if tag.startswith("tag:yaml.org,2002:") and kind in _FORMS and not _FORMS[kind].match(value):
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        # A hook's argument may be a password, and alone it cannot be told from one: not quoted.
+        shown = "this value" if "hooks" in path else f"'{value}'"
         problems.append(
-            Problem(
-                file, line, column, format_path(path), f"'{value}' is not {_WRITTEN[kind]}, as its tag !!{kind} says"
-            )
+            Problem(file, line, column, format_path(path), f"{shown} is not {_WRITTEN[kind]}, as its tag !!{kind} says")
         )
         return value
     if tag.endswith(":bool"):
