@@ -164,3 +164,28 @@ def argv(given: tuple[str, ...]) -> str:
     """Arguments as one line to read (quoted as the platform would need), secrets masked."""
     shown = arguments(given)
     return subprocess.list2cmdline(shown) if os.name == "nt" else shlex.join(shown)
+
+
+# A URL as error texts quote it (in backquotes, quotes or bare): scheme://user-info@host/path?query
+_URL = re.compile(
+    r"(?i)(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<user>[^\s`'\"<>]*@)?(?P<place>[^\s`'\"<>?#]*)"
+    r"(?:\?(?P<query>[^\s`'\"<>#]*))?"
+)
+
+
+def urls(said: str) -> str:
+    """A text with the user-info and the query values of every URL in it masked, for texts
+    that quote a URL someone else gave (a library's error): `http://***@host/path?x=***`."""
+
+    def masked(found: re.Match[str]) -> str:
+        user = f"{MASK}@" if found["user"] else ""
+        shown = f"{found['scheme']}{user}{found['place']}"
+        if found["query"] is None:
+            return shown
+        parts = [
+            f"{part.partition('=')[0]}={MASK}" if "=" in part else MASK if part else ""
+            for part in found["query"].split("&")
+        ]
+        return f"{shown}?{'&'.join(parts)}"
+
+    return _URL.sub(masked, said)
