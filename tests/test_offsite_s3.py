@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -218,3 +219,25 @@ def test_an_endpoint_url_from_the_environment_is_named_without_its_credentials(
     assert shown in status.stdout, status.stdout
     everything = ran.output + status.output + log.read_text(encoding="utf-8")
     assert not any(secret in everything for secret in ("Zendpoint1", "Zquery2", "Zkey3")), everything
+
+
+def test_a_failing_credential_process_is_named_without_its_output(
+    project: Project, own_aws: dict[str, str], tmp_path: Path
+) -> None:
+    # botocore's message was the helper's stderr, verbatim: a helper may echo what it fetched.
+    helper = "import sys; sys.stderr.write('token Zprocess1 expired'); sys.exit(3)"
+    Path(own_aws["AWS_CONFIG_FILE"]).write_text(
+        f'[profile vault]\ncredential_process = "{sys.executable}" -c "{helper}"\n', encoding="utf-8"
+    )
+    s3_project(project, profile="vault", endpoint="http://127.0.0.1:9")  # no request is ever sent
+    log = tmp_path / "run.log"
+
+    ran = project.invoke("backup", "--format", "json", "--log-file", str(log), env=own_aws, timeout=120)
+    status = project.invoke("status", env=own_aws, timeout=120)
+
+    assert ran.code == 1 and status.code == 1, ran.output
+    error = ran.json()["targets"][0]["error"]
+    assert "the credential_process of AWS profile vault failed" in error, error
+    assert "the credential_process of AWS profile vault failed" in status.stdout, status.stdout
+    everything = ran.output + status.output + log.read_text(encoding="utf-8")
+    assert "Zprocess1" not in everything, everything

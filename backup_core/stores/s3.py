@@ -312,6 +312,13 @@ def _described(exc: BaseException, remote: Remote) -> str:
     where = remote.endpoint or "AWS"
     if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
         return _described(exc.__context__, remote)  # boto3 keeps the service's answer only there
+    if isinstance(exc, botocore_errors.CredentialRetrievalError) and exc.kwargs.get("provider") == "custom-process":
+        # Its text is the helper's stderr, which may echo what it fetched; botocore keeps no exit status.
+        profile = f"AWS profile {remote.profile}" if remote.profile else "the AWS profile"
+        return (
+            f"the credential_process of {profile} failed (its output is not shown, as it may hold a "
+            "secret); run that command by hand to see why"
+        )
     if isinstance(exc, botocore_errors.NoCredentialsError):
         return "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role"
     if isinstance(exc, botocore_errors.ProfileNotFound):
