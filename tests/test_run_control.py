@@ -1189,6 +1189,25 @@ def test_log_file_appends_timestamped_plain_lines(project: Project) -> None:
 
 
 @posix_only
+def test_a_log_file_the_run_creates_is_readable_by_its_owner_only(project: Project) -> None:
+    # It names hooks, remotes and files; it was created 0644 by the usual umask beside 0600 archives.
+    output_project(project)
+    made, given = project.root / "made.log", project.root / "given.log"
+    given.write_text("", encoding="utf-8")
+    given.chmod(0o640)  # the operator's choice (a log group, say) is kept
+    umask = os.umask(0o022)
+    try:
+        runs = [project.invoke("backup", "--log-file", str(log)) for log in (made, given)]
+    finally:
+        os.umask(umask)
+
+    assert all(run.code == 0 for run in runs), [run.output for run in runs]
+    assert made.stat().st_mode & 0o777 == 0o600
+    assert given.stat().st_mode & 0o777 == 0o640
+    assert "BACKUP [" in made.read_text(encoding="utf-8") and "BACKUP [" in given.read_text(encoding="utf-8")
+
+
+@posix_only
 def test_on_a_terminal_colours_and_a_progress_bar_are_drawn(project: Project) -> None:
     import fcntl
     import pty
