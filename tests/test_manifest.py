@@ -179,8 +179,10 @@ def test_a_hook_quoted_by_a_validation_message_is_masked_in_text_and_json(projec
         "  - name: web",
         "    path: web",
         '    hooks: {after: [[curl, --user, !!int "ops:Ztag4"]], before: [{run: "--token=Zrun5", shell: "yes"}]}',
+        # Braces around a command make it a mapping's key: named in the key's path and message.
+        "  - {name: app, path: app, hooks: {before: [{curl -u ops:Zkey6 https://hc.example}]}}",
     )
-    secrets = ("Zrun1", "Ztarget2", "Zlist3", "Ztag4", "Zrun5")
+    secrets = ("Zrun1", "Ztarget2", "Zlist3", "Ztag4", "Zrun5", "Zkey6")
 
     validated = project.invoke("validate")
     as_json = project.invoke("backup", "--format", "json")
@@ -196,6 +198,7 @@ def test_a_hook_quoted_by_a_validation_message_is_masked_in_text_and_json(projec
     assert "targets[1].hooks.on_failure[0]: 'curl -u ops:*** https://hc.example/fail' is a string, not a hook" in said
     assert "targets[2].hooks.after[0][2]: this value is not a whole number" in said
     assert "targets[2].hooks.before[0].shell: 'yes' is not true or false" in said
+    assert "targets[3].hooks.before[0].curl -u ops:*** https://hc.example: unknown key 'curl -u ops:***" in said
 
 
 def test_from_the_root_folder_a_manifest_is_named_in_full(project: Project) -> None:

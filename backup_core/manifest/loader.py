@@ -337,7 +337,8 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
                 continue
             hint = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(allowed)}"
-            problems.append(document.problem((*path, key), f"unknown key '{key}'; {suggestion}"))
+            shown = redact.text(key) if "hooks" in path else key  # a command written as a mapping
+            problems.append(document.problem((*path, key), f"unknown key '{shown}'; {suggestion}"))
         return problems
     if error.validator in ("anyOf", "oneOf") and error.context:
         # Explain the branch meant for this kind of value (an object's problem, not "is not

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from backup_core.errors import Problem
+from backup_core.manifest import redact
 
 Location = tuple[int, int]  # 1-based line and column
 KeyPath = tuple[str | int, ...]
@@ -121,10 +122,12 @@ class Document:
 
 
 def format_path(path: KeyPath) -> str:
-    """targets[2].keep.last, the way an operator reads a key path."""
+    """targets[2].keep.last, the way an operator reads a key path.  A key under hooks other than
+    their own is a command written as a mapping (`before: [{curl -u ops:…}]`): masked."""
     text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    for index, part in enumerate(path):
+        shown = redact.text(part) if isinstance(part, str) and "hooks" in path[:index] else part
+        text += f"[{shown}]" if isinstance(shown, int) else (f".{shown}" if text else str(shown))
     return text
 
 
