@@ -159,6 +159,18 @@ class Recapped(Protocol):
     def recap(self) -> dict[str, dict[str, int]]: ...
 
 
+def _open_log(file: Path) -> IO[str]:
+    """The log, opened to append; one it creates is readable by its owner only (0600 on POSIX,
+    as archives are: it names hooks, remotes and files), an existing one keeps its mode."""
+    descriptor = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
+        return os.fdopen(descriptor, "a", encoding="utf-8", errors="backslashreplace")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 class TextReporter:
     """Lines for people: one per target as it finishes, then a RECAP."""
 
@@ -173,8 +185,7 @@ class TextReporter:
             # (WT_SESSION), ConEmu and MSYS2 terminals (TERM) understand them.
             self.colour = "WT_SESSION" in os.environ or "TERM" in os.environ or "ConEmuANSI" in os.environ
         self._lock = threading.Lock()  # lines from parallel targets never interleave
-        # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
-        self._log = log_file.open("a", encoding="utf-8", errors="backslashreplace") if log_file else None
+        self._log = _open_log(log_file) if log_file else None
         self._log_name = log_file
         # Output that could not be written (a full disk, a closed pipe): the run goes on and
         # the command reports these at the end, on whatever channel still works.  Each is

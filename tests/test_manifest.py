@@ -166,6 +166,41 @@ def test_a_value_the_yaml_or_the_system_cannot_make_sense_of_is_one_located_line
     assert ran.code == 2 and "Traceback" not in ran.output and expected in ran.stderr + ran.stdout, ran.output
 
 
+def test_a_hook_quoted_by_a_validation_message_is_masked_in_text_and_json(project: Project) -> None:
+    # A hook written as a plain string was quoted as written: the password in it went to the
+    # terminal, the journal and the JSON document's errors.
+    write(
+        project,
+        "version: 1",
+        'hooks: {before: "curl -u ops:Zrun1 https://hc.example/start"}',
+        "targets:",
+        '  - {name: site, path: site, hooks: "curl -u ops:Ztarget2 https://hc.example"}',
+        '  - {name: db, path: db, hooks: {on_failure: ["curl -u ops:Zlist3 https://hc.example/fail"]}}',
+        "  - name: web",
+        "    path: web",
+        '    hooks: {after: [[curl, --user, !!int "ops:Ztag4"]], before: [{run: "--token=Zrun5", shell: "yes"}]}',
+        # Braces around a command make it a mapping's key: named in the key's path and message.
+        "  - {name: app, path: app, hooks: {before: [{curl -u ops:Zkey6 https://hc.example}]}}",
+    )
+    secrets = ("Zrun1", "Ztarget2", "Zlist3", "Ztag4", "Zrun5", "Zkey6")
+
+    validated = project.invoke("validate")
+    as_json = project.invoke("backup", "--format", "json")
+
+    assert validated.code == 2 and as_json.code == 2, validated.output
+    errors = as_json.json()["errors"]
+    for text in (validated.stdout, validated.stderr, as_json.stdout, as_json.stderr):
+        assert not any(secret in text for secret in secrets), text
+    # Still says which command, and what is wrong with it.
+    said = "\n".join(errors)
+    assert "hooks.before: 'curl -u ops:*** https://hc.example/start' is a string, expected array" in said
+    assert "targets[0].hooks: 'curl -u ops:*** https://hc.example' is a string, expected object" in said
+    assert "targets[1].hooks.on_failure[0]: 'curl -u ops:*** https://hc.example/fail' is a string, not a hook" in said
+    assert "targets[2].hooks.after[0][2]: this value is not a whole number" in said
+    assert "targets[2].hooks.before[0].shell: 'yes' is not true or false" in said
+    assert "targets[3].hooks.before[0].curl -u ops:*** https://hc.example: unknown key 'curl -u ops:***" in said
+
+
 def test_from_the_root_folder_a_manifest_is_named_in_full(project: Project) -> None:
     # A systemd service runs in /: the journal said etc/backups/backups.yml:3:5, which reads
     # as a relative path no one typed.

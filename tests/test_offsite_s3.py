@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -155,3 +157,87 @@ def test_a_profile_from_the_shared_credentials_file_works(
     ran = project.invoke("backup", env=env)
     assert ran.code == 0, ran.output
     assert S3Remote(s3_server, s3_bucket, prefix="").names("site") == [p.name for p in project.archives()]
+
+
+# --- errors that come before any request: no server needed --------------------------------------
+
+
+@pytest.fixture
+def own_aws(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Variables for a run that reads only this test's AWS files (none of the host's AWS_*)."""
+    folder = tmp_path / "aws"
+    folder.mkdir()
+    (folder / "credentials").write_text("", encoding="utf-8")
+    (folder / "config").write_text("", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("AWS_")]:
+            patch.delenv(name)
+        yield {
+            "AWS_CONFIG_FILE": str(folder / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(folder / "credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+
+def s3_project(project: Project, **remote: Any) -> None:
+    site(project)
+    spec = {"type": "s3", "bucket": "acme-backups", "region": "us-east-1", **remote}
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          offsite: {flow(spec)}
+        targets:
+          - {{name: site, path: site, offsite: [offsite]}}
+        """
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "shown"),
+    [
+        # The client library's own sentences quote the URL as given: "Custom endpoint `…` was not
+        # a valid URI", "Invalid endpoint: …".
+        ("AWS_ENDPOINT_URL", "http://ops:Zendpoint1@127.0.0.1:1/path?x=Zquery2", "http://***@127.0.0.1:1/path?x=***"),
+        ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1/?token=Zquery2", "http://127.0.0.1:1/?token=***"),
+        ("AWS_ENDPOINT_URL", "http://ops:Zendpoint1@bad_host:9/", "http://***@bad_host:9/"),
+    ],
+)
+def test_an_endpoint_url_from_the_environment_is_named_without_its_credentials(
+    project: Project, own_aws: dict[str, str], tmp_path: Path, variable: str, url: str, shown: str
+) -> None:
+    s3_project(project)
+    env = {**own_aws, "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "Zkey3", variable: url}
+    log = tmp_path / "run.log"
+
+    ran = project.invoke("backup", "--format", "json", "--log-file", str(log), env=env, timeout=120)
+    status = project.invoke("status", env=env, timeout=120)
+
+    assert ran.code == 1 and status.code == 1, ran.output
+    error = ran.json()["targets"][0]["error"]
+    assert "remote offsite" in error and shown in error, error
+    assert shown in status.stdout, status.stdout
+    everything = ran.output + status.output + log.read_text(encoding="utf-8")
+    assert not any(secret in everything for secret in ("Zendpoint1", "Zquery2", "Zkey3")), everything
+
+
+def test_a_failing_credential_process_is_named_without_its_output(
+    project: Project, own_aws: dict[str, str], tmp_path: Path
+) -> None:
+    # botocore's message was the helper's stderr, verbatim: a helper may echo what it fetched.
+    helper = "import sys; sys.stderr.write('token Zprocess1 expired'); sys.exit(3)"
+    Path(own_aws["AWS_CONFIG_FILE"]).write_text(
+        f'[profile vault]\ncredential_process = "{sys.executable}" -c "{helper}"\n', encoding="utf-8"
+    )
+    s3_project(project, profile="vault", endpoint="http://127.0.0.1:9")  # no request is ever sent
+    log = tmp_path / "run.log"
+
+    ran = project.invoke("backup", "--format", "json", "--log-file", str(log), env=own_aws, timeout=120)
+    status = project.invoke("status", env=own_aws, timeout=120)
+
+    assert ran.code == 1 and status.code == 1, ran.output
+    error = ran.json()["targets"][0]["error"]
+    assert "the credential_process of AWS profile vault failed" in error, error
+    assert "the credential_process of AWS profile vault failed" in status.stdout, status.stdout
+    everything = ran.output + status.output + log.read_text(encoding="utf-8")
+    assert "Zprocess1" not in everything, everything

@@ -780,6 +780,70 @@ def test_credentials_written_into_a_hook_never_reach_the_output_the_log_or_the_j
     assert "Authorization: ***" in listed.stdout and "--password *** " in listed.stdout
 
 
+# Hook commands as operators write them, with what must still show which command it was.
+GAP_COMMANDS = [
+    ("redis-cli -a Zredis1 ping", "redis-cli -a"),
+    ("MYSQL_PWD=Zpwd2 mysqldump db", "MYSQL_PWD=***"),
+    ("env DB_PW=Zpw3 pg_dump db", "DB_PW=***"),
+    ("curl --oauth2-bearer Zbearer4 https://x", "--oauth2-bearer"),
+    ("curl --header 'Cookie: session=Zcookie5' https://x", "Cookie: ***"),
+    ("curl -H 'Cookie: session=Zcookie6' https://x", "Cookie: ***"),
+    ("curl -b session=Zcookie7 https://x", "curl -b"),
+    ("curl --cookie session=Zcookie8 https://x", "curl --cookie"),
+    ("curl --data-urlencode pw=Zurl9 https://x", "pw=***"),
+    ("mysql --password -x7Zdash10 db", "mysql --password"),
+    ("smbclient //nas/share -U backup%Zsmb11", "backup%***"),
+    ("lftp -u backup,Zftp12 sftp://nas", "backup,***"),
+    ("htpasswd -b /etc/htpasswd backup Zbatch13", "htpasswd -b /etc/htpasswd backup"),
+]
+GAP_SECRETS = [re.findall(r"Z[a-z]+\d+", command)[0] for command, _ in GAP_COMMANDS]
+
+
+def test_more_written_forms_of_a_password_are_masked_in_the_output_the_log_the_json_and_list(
+    project: Project,
+) -> None:
+    dump = script(project, "dump", DUMP)
+    failures = project.root / "failure.jsonl"
+    # One failing hook naming every form (a program's flags count after its own name), whose last
+    # line names a program and no secret.
+    said = "import sys; print('sshpass: not found', file=sys.stderr); sys.exit(127)"
+    failing = [PY, "-c", said, *(word for command, _ in GAP_COMMANDS for word in shlex.split(command))]
+    hooks_project(project, f"{{after: [{flow(failing)}], on_failure: [{flow([PY, dump, str(failures)])}]}}")
+    log = project.root / "run.log"
+
+    ran = project.invoke("backup", "--log-file", str(log))
+    as_json = project.invoke("backup", "--format", "json")
+
+    assert ran.code == 1 and as_json.code == 1, ran.output
+    [(status, _, detail)] = results(ran.stdout)
+    assert status == "failed" and "status 127: sshpass: not found" in detail, detail
+    error = as_json.json()["targets"][0]["error"]
+    backup_errors = [record["env"]["BACKUP_ERROR"] for record in records(failures)]
+    assert len(backup_errors) == 2
+    logged = log.read_text(encoding="utf-8")
+    for text in (ran.stdout, ran.stderr, logged, as_json.stdout, as_json.stderr, *backup_errors):
+        assert not any(secret in text for secret in GAP_SECRETS), text
+    for _, shown in GAP_COMMANDS:
+        assert shown in detail and shown in error, (shown, detail)
+
+    # `list` shows each one alone, written as a line for the shell and as a plain string.
+    listed_hooks = [{"run": command, "shell": True} for command, _ in GAP_COMMANDS]
+    listed_hooks += [{"run": command} for command, _ in GAP_COMMANDS]
+    listed_hooks += [{"run": "export RESTIC_PASSWORD=Zexport14; false", "shell": True}]
+    hooks_project(project, f"{{before: {flow(listed_hooks)}}}")
+
+    listed = project.invoke("list")
+    listed_json = project.invoke("list", "--format", "json")
+
+    assert listed.code == 0 and listed_json.code == 0, listed.output
+    for text in (listed.stdout, listed.stderr, listed_json.stdout):
+        assert not any(secret in text for secret in [*GAP_SECRETS, "Zexport14"]), text
+    before = listed_json.json()[0]["hooks"]["before"]
+    for (command, shown), as_line, as_string in zip(GAP_COMMANDS, before, before[len(GAP_COMMANDS) :], strict=False):
+        assert shown in as_line and shown in as_string.replace("'", ""), (command, as_line, as_string)
+    assert before[-1] == "export RESTIC_PASSWORD=***; false"  # the `;` that ends the command is kept
+
+
 @pytest.mark.parametrize(
     ("arguments", "secret", "shown"),
     [
@@ -822,6 +886,15 @@ def test_a_hooks_credentials_are_masked_in_every_written_form(arguments: list[st
         ["curl", "--key", "/etc/ssl/client.key", "https://x"],
         ["gpg", "--recv-key", "ABCDEF"],
         ["echo", "monkey=banana"],
+        # A program named like a secret, in a hook's last line; the shell's own PWD.
+        ["sh:", "1:", "sshpass:", "not", "found"],
+        ["echo", "PWD=/srv", "OLDPWD=/tmp", "sort_order=asc"],
+        # A flag after a secret's flag is no value of it; curl -b without '=' names a file.
+        ["tool", "--password", "-v"],
+        ["curl", "-b", "cookies.txt", "https://x"],
+        ["htpasswd", "-c", "/etc/htpasswd", "backup"],
+        ["redis-cli", "--askpass", "-h", "db"],
+        ["lftp", "-u", "backup", "sftp://nas"],
     ],
 )
 def test_what_is_no_secret_is_shown_as_written(arguments: list[str]) -> None:
@@ -1113,6 +1186,25 @@ def test_log_file_appends_timestamped_plain_lines(project: Project) -> None:
     for run in runs:  # everything printed is logged too
         for line in run.stdout.splitlines():
             assert line in plain
+
+
+@posix_only
+def test_a_log_file_the_run_creates_is_readable_by_its_owner_only(project: Project) -> None:
+    # It names hooks, remotes and files; it was created 0644 by the usual umask beside 0600 archives.
+    output_project(project)
+    made, given = project.root / "made.log", project.root / "given.log"
+    given.write_text("", encoding="utf-8")
+    given.chmod(0o640)  # the operator's choice (a log group, say) is kept
+    umask = os.umask(0o022)
+    try:
+        runs = [project.invoke("backup", "--log-file", str(log)) for log in (made, given)]
+    finally:
+        os.umask(umask)
+
+    assert all(run.code == 0 for run in runs), [run.output for run in runs]
+    assert made.stat().st_mode & 0o777 == 0o600
+    assert given.stat().st_mode & 0o777 == 0o640
+    assert "BACKUP [" in made.read_text(encoding="utf-8") and "BACKUP [" in given.read_text(encoding="utf-8")
 
 
 @posix_only

@@ -306,9 +306,29 @@ def _yaml_kind(value: Any) -> str:
 _WINDOWS_DEVICE = re.compile(r"(?i:con|prn|aux|nul|com[1-9]|lpt[1-9])")
 
 
+def _masked(value: Any) -> Any:
+    """A value written under `hooks` as a message may quote it: credentials masked as in a
+    hook's description, wherever they sit in it."""
+    if isinstance(value, str):
+        return redact.text(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return redact.arguments(value)
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    return value
+
+
 def _explain(document: Document, error: jsonschema.ValidationError) -> list[Problem]:
     """Turn one schema error into located sentences an operator can act on."""
     path: KeyPath = tuple(error.absolute_path)
+    if "hooks" in path:
+        # A hook is a command, and a command may hold a password: every sentence below that
+        # quotes the value quotes it masked (error.message quotes it as repr).
+        shown = _masked(error.instance)
+        error.message = error.message.replace(repr(error.instance), repr(shown))
+        error.instance = shown
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}) if isinstance(error.schema, dict) else {})
         problems = []
@@ -317,7 +337,8 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
                 continue
             hint = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(allowed)}"
-            problems.append(document.problem((*path, key), f"unknown key '{key}'; {suggestion}"))
+            shown = redact.text(key) if "hooks" in path else key  # a command written as a mapping
+            problems.append(document.problem((*path, key), f"unknown key '{shown}'; {suggestion}"))
         return problems
     if error.validator in ("anyOf", "oneOf") and error.context:
         # Explain the branch meant for this kind of value (an object's problem, not "is not

@@ -17,31 +17,51 @@ import subprocess
 MASK = "***"
 
 # A name that says its value is secret: it ends in one of these words (PGPASSWORD, --api-key,
-# ?key=, client_secret, X-Amz-Signature), so --passes, --keyfile, pkill --signal, monkey=, gpg
-# --recv-key and curl's --key FILE are left alone.
+# ?key=, client_secret, X-Amz-Signature, DB_KEY, MYSQL_PWD, DB_PW, plink's -pw,
+# --oauth2-bearer), so --passes, --keyfile, pkill --signal, monkey=, gpg --recv-key, curl's
+# --key FILE, client.key= and the shell's PWD= are left alone.
 _SECRET_NAME = (
     r"[\w.-]*(?:pass|passwd|password|passphrase|token|secret|api[-_]?key|access[-_]?key|private[-_]?key"
-    r"|auth|authorization|signature|credentials?|(?<![\w.-])key)"
+    r"|auth|authorization|signature|credentials?|bearer|(?<![a-z0-9.-])key|(?<![a-z0-9])pw|(?<=_)pwd)"
 )
+# A value written bare ends at a space, or before the `;`, `&` or `|` that ends its command
+# (`export PGPASSWORD=x; pg_dump` keeps its `;`); inside a word they are part of it.
+_BARE_END = r"(?=[;&|]*(?:[\s'\"]|$))"
 # scheme://user:password@host -> scheme://user:***@host (a password may hold a '/')
 _URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s@]+(@)")
 # name=value, the value bare or quoted: --password=x, ?token=x&, PGPASSWORD="a b"
-_SECRET_PAIR = re.compile(rf"(?i)(\b{_SECRET_NAME}=)(\"[^\"]*\"|'[^']*'|[^&\s'\"]+)")
+_SECRET_PAIR = re.compile(rf"(?i)(\b{_SECRET_NAME}=)(\"[^\"]*\"|'[^']*'|[^&\s'\"]+?(?=[;|]*(?:[&\s'\"]|$)))")
 _WHOLE_PAIR = re.compile(rf"(?i)^(--?(?!-)(?!no-){_SECRET_NAME}=|{_SECRET_NAME}=)")
-# A header: Authorization: Digest …, X-Api-Key: k, PRIVATE-TOKEN: t (to the end of its quotes)
-_SECRET_HEADER = re.compile(rf"(?i)(\b{_SECRET_NAME}:\s*)([^'\"\n]+)")
-# A flag naming a secret, then its value: --password x, --token 'a b' (not --no-pass)
+# Programs whose own name reads like a secret's: `sshpass: not found` is no header.
+_NAMED_LIKE_SECRETS = r"(?:sshpass|pass|gopass|passwd|htpasswd|chpasswd|gpasswd|smbpasswd):"
+# A header: Authorization: Digest …, X-Api-Key: k, PRIVATE-TOKEN: t, Cookie: … (to the end of its quotes)
+_SECRET_HEADER = re.compile(rf"(?i)(\b(?!{_NAMED_LIKE_SECRETS})(?:{_SECRET_NAME}|[\w.-]*cookie):\s*)([^'\"\n]+)")
+# A flag naming a secret, then its value: --password x, --token 'a b', --password -x (not
+# --no-pass, and not a following flag: --auth --verbose, --password -v)
 _SECRET_FLAG = re.compile(rf"(?i)^--?(?!-)(?!no-){_SECRET_NAME}$")
 _SECRET_FLAG_IN_LINE = re.compile(
-    rf"(?i)((?:^|\s)--?(?!-)(?!no-){_SECRET_NAME}\s+)(\"[^\"]*\"|'[^']*'|[^\s'\"-][^\s'\"]*)"
+    rf"(?i)((?:^|\s)--?(?!-)(?!no-){_SECRET_NAME}\s+)"
+    rf"(\"[^\"]*\"|'[^']*'|[^\s'\"-][^\s'\"]*?{_BARE_END}|-[^\s'\"-][^\s'\"]+?{_BARE_END})"
 )
 # Flags whose value is a password only for certain programs, and only after that program's
 # name (docker's -u user:group, rsync -p, a folder named sshpass are no secrets).
-_USER_P = frozenset(("curl", "wget"))  # -u/--user user:password
+# -u user:password (lftp: user,password; Samba's tools: -U user%password), joined or not
+_USER = {
+    "curl": (("-u", "--user"), ":"),
+    "wget": (("-u", "--user"), ":"),
+    "lftp": (("-u", "--user"), ","),
+    **{smb: (("-U", "--user"), "%") for smb in ("smbclient", "rpcclient", "smbcacls", "smbget", "smbtree")},
+}
 _JOINED_P = frozenset(("mysql", "mysqldump", "mysqladmin", "mariadb", "mariadb-dump", "mariadb-admin"))  # -pX
-_SEPARATE_P = {"sshpass": "-p", "sqlcmd": "-P", "bcp": "-P"}  # -p X (sshpass: its first only), -PX
+# -p X or -pX (sshpass: its first only)
+_SEPARATE_P = {"sshpass": "-p", "sqlcmd": "-P", "bcp": "-P", "redis-cli": "-a"}
+_COOKIE = {"curl": ("-b", "--cookie")}  # a cookie's name=value (without '=' it names a file)
+# htpasswd -b [-c…] FILE USER PASSWORD, or -nb USER PASSWORD; -C and -r take a number
+_BATCH = "htpasswd"
+_PROGRAMS = frozenset((*_USER, *_JOINED_P, *_SEPARATE_P, *_COOKIE, _BATCH))
 _EXTENSIONS = (".exe", ".cmd", ".bat", ".com")
-_WORD = re.compile(r"\"[^\"]*\"|'[^']*'|[^\s'\"]+")
+# A word of a command line; a `;`, `&&` or `|` that ends a command is a word of its own.
+_WORD = re.compile(rf"\"[^\"]*\"|'[^']*'|[;&|]+(?=\s|$)|[^\s'\"]+?{_BARE_END}|[^\s'\"]+")
 _BREAKS = frozenset((";", "&&", "||", "|", "&"))
 
 
@@ -51,10 +71,17 @@ def _program(word: str) -> str:
     return next((name[: -len(ext)] for ext in _EXTENSIONS if name.endswith(ext)), name)
 
 
+def _is_value(word: str) -> bool:
+    """Whether a word after a secret's flag is its value: not a flag (`--verbose`, `-v`), though a
+    value may begin with a dash (`--password -x7`)."""
+    return not word.startswith("-") or (not word.startswith("--") and len(word) > 2)
+
+
 def _masked_words(words: list[str]) -> list[str]:
     """`words` (one command's, as written or as arguments) with the values of program-specific
     password flags masked; a flag counts only after its program's name."""
     shown, program, used = list(words), "", set[str]()
+    letters, arguments = "", 0  # htpasswd's flags and arguments so far
     for index, word in enumerate(words):
         bare = word.strip("'\"")
         flag = words[index - 1].strip("'\"") if index else ""
@@ -65,11 +92,19 @@ def _masked_words(words: list[str]) -> list[str]:
         named = _program(word)
         # A program's name stands first, or after a word that is not a flag (sudo curl, cmd /c
         # mysqldump); after a flag it is the flag's value (tar -C /srv/sshpass).
-        if (named in _USER_P or named in _JOINED_P or named in _SEPARATE_P) and not flag.startswith("-"):
-            program, used = named, set()
+        if named in _PROGRAMS and not flag.startswith("-"):
+            program, used, letters, arguments = named, set(), "", 0
             continue
-        if program in _USER_P and (flag in ("-u", "--user") or bare.startswith("--user=")) and ":" in bare:
-            shown[index] = f"{bare.partition(':')[0]}:{MASK}"
+        if program in _USER:
+            names, between = _USER[program]
+            short, long = names
+            joined = bare.startswith(short) and not bare.startswith("--") and len(bare) > len(short)
+            given = f"{long}=" if bare.startswith(f"{long}=") else short if joined else ""
+            if between in bare and (flag in names or given):
+                user = bare[len(given) :].partition(between)[0]
+                shown[index] = f"{given}{user}{between}{MASK}"
+        if program in _COOKIE and flag in _COOKIE[program] and "=" in bare:
+            shown[index] = MASK
         elif program in _JOINED_P and bare.startswith("-p") and len(bare) > 2:
             shown[index] = f"-p{MASK}"
         elif program in _SEPARATE_P:
@@ -82,6 +117,13 @@ def _masked_words(words: list[str]) -> list[str]:
             elif bare.startswith(own) and len(bare) > len(own):
                 shown[index] = f"{own}{MASK}"
                 used.add(own)
+        elif program == _BATCH and flag not in ("-C", "-r"):  # those two take a number
+            if bare.startswith("-") and len(bare) > 1:
+                letters += bare[1:]
+                continue
+            arguments += 1
+            if "b" in letters and arguments == (2 if "n" in letters else 3):  # -n: no file
+                shown[index] = MASK
     return shown
 
 
@@ -99,19 +141,51 @@ def text(line: str) -> str:
     return line
 
 
-def argv(arguments: tuple[str, ...]) -> str:
-    """Arguments as one line to read (quoted as the platform would need), secrets masked.  The
-    programs are looked for in every argument: `cmd /c mysqldump -p…` and `sudo curl -u …`."""
-    shown = _masked_words(list(arguments))
-    for index, argument in enumerate(arguments):
+def arguments(given: list[str] | tuple[str, ...]) -> list[str]:
+    """Arguments with the secrets they hold masked, one for one.  The programs are looked for in
+    every argument: `cmd /c mysqldump -p…` and `sudo curl -u …`."""
+    shown, after_value = _masked_words(list(given)), False
+    for index, argument in enumerate(given):
         if shown[index] != argument:
             continue  # a program's own password flag
-        flag = arguments[index - 1] if index else ""
+        flag = given[index - 1] if index and not after_value else ""  # a value is no flag (-x7TOKEN)
         pair = _WHOLE_PAIR.match(argument)
+        after_value = False
         if pair:  # one argument: all of it after '=' is the value, spaces included
             shown[index] = pair.group(1) + MASK
-        elif _SECRET_FLAG.match(flag) and not argument.startswith("-"):
-            shown[index] = MASK
+        elif _SECRET_FLAG.match(flag) and _is_value(argument):
+            shown[index], after_value = MASK, True
         else:
             shown[index] = text(argument)
+    return shown
+
+
+def argv(given: tuple[str, ...]) -> str:
+    """Arguments as one line to read (quoted as the platform would need), secrets masked."""
+    shown = arguments(given)
     return subprocess.list2cmdline(shown) if os.name == "nt" else shlex.join(shown)
+
+
+# A URL as error texts quote it (in backquotes, quotes or bare): scheme://user-info@host/path?query
+_URL = re.compile(
+    r"(?i)(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<user>[^\s`'\"<>]*@)?(?P<place>[^\s`'\"<>?#]*)"
+    r"(?:\?(?P<query>[^\s`'\"<>#]*))?"
+)
+
+
+def urls(said: str) -> str:
+    """A text with the user-info and the query values of every URL in it masked, for texts
+    that quote a URL someone else gave (a library's error): `http://***@host/path?x=***`."""
+
+    def masked(found: re.Match[str]) -> str:
+        user = f"{MASK}@" if found["user"] else ""
+        shown = f"{found['scheme']}{user}{found['place']}"
+        if found["query"] is None:
+            return shown
+        parts = [
+            f"{part.partition('=')[0]}={MASK}" if "=" in part else MASK if part else ""
+            for part in found["query"].split("&")
+        ]
+        return f"{shown}?{'&'.join(parts)}"
+
+    return _URL.sub(masked, said)

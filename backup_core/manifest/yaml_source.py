@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from backup_core.errors import Problem
+from backup_core.manifest import redact
 
 Location = tuple[int, int]  # 1-based line and column
 KeyPath = tuple[str | int, ...]
@@ -121,10 +122,12 @@ class Document:
 
 
 def format_path(path: KeyPath) -> str:
-    """targets[2].keep.last, the way an operator reads a key path."""
+    """targets[2].keep.last, the way an operator reads a key path.  A key under hooks other than
+    their own is a command written as a mapping (`before: [{curl -u ops:…}]`): masked."""
     text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    for index, part in enumerate(path):
+        shown = redact.text(part) if isinstance(part, str) and "hooks" in path[:index] else part
+        text += f"[{shown}]" if isinstance(shown, int) else (f".{shown}" if text else str(shown))
     return text
 
 
@@ -249,10 +252,10 @@ def _scalar(file: Path, node: yaml.ScalarNode, path: KeyPath, problems: list[Pro
     kind = tag.rpartition(":")[2]
     if tag.startswith("tag:yaml.org,2002:") and kind in _FORMS and not _FORMS[kind].match(value):
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        # A hook's argument may be a password, and alone it cannot be told from one: not quoted.
+        shown = "this value" if "hooks" in path else f"'{value}'"
         problems.append(
-            Problem(
-                file, line, column, format_path(path), f"'{value}' is not {_WRITTEN[kind]}, as its tag !!{kind} says"
-            )
+            Problem(file, line, column, format_path(path), f"{shown} is not {_WRITTEN[kind]}, as its tag !!{kind} says")
         )
         return value
     if tag.endswith(":bool"):

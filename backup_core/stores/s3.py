@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from backup_core.errors import command
-from backup_core.manifest import Remote
+from backup_core.manifest import Remote, redact
 from backup_core.stores.base import Progress, Stored, StoreError, foreign, parse, recorded_host, this_host
 
 _MULTIPART = 64 << 20  # below this an archive goes in one request, whose SHA-256 the server keeps whole
@@ -300,12 +300,25 @@ def _code(exc: Any) -> str:
 
 
 def _explain(exc: BaseException, remote: Remote) -> str:
-    """What went wrong, in words an operator can act on; never a credential."""
+    """What went wrong, in words an operator can act on; never a credential.  Every error the
+    client library gives becomes a message here, so here its texts lose what a URL carries
+    (an endpoint from AWS_ENDPOINT_URL may hold a user and password, or a token in its query)."""
+    return redact.urls(_described(exc, remote))
+
+
+def _described(exc: BaseException, remote: Remote) -> str:
     from botocore import exceptions as botocore_errors
 
     where = remote.endpoint or "AWS"
     if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
-        return _explain(exc.__context__, remote)  # boto3 keeps the service's answer only there
+        return _described(exc.__context__, remote)  # boto3 keeps the service's answer only there
+    if isinstance(exc, botocore_errors.CredentialRetrievalError) and exc.kwargs.get("provider") == "custom-process":
+        # Its text is the helper's stderr, which may echo what it fetched; botocore keeps no exit status.
+        profile = f"AWS profile {remote.profile}" if remote.profile else "the AWS profile"
+        return (
+            f"the credential_process of {profile} failed (its output is not shown, as it may hold a "
+            "secret); run that command by hand to see why"
+        )
     if isinstance(exc, botocore_errors.NoCredentialsError):
         return "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role"
     if isinstance(exc, botocore_errors.ProfileNotFound):
