@@ -604,13 +604,13 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
     """Make the target's archive (or find it unchanged); return the target's archives as they now are.
     `names`: the destination's names that may be the target's, listed under its lock."""
     destination, observer = target.destination, options.observer
-    _same_origin(target, options, result)
     stale_ones = archives.stale_partials(destination, target.name, names)
     for stale in stale_ones:
         stale.unlink(missing_ok=True)
     if stale_ones:
         archives.mark_changed(_lock_path(target))
     listed = archives.list_archives(destination, target.name, names)
+    origin = _same_origin(target, options, listed)
     now = utc_now()
     when = archives.next_time(now, listed)
     # An archive from the future (a clock that ran ahead) is never "the newest" to compare with.
@@ -719,6 +719,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         _still_there(partial)
         archives.place(partial, final)
         archives.mark_changed(_lock_path(target))
+        _record_origin(target, origin, result)
         result.status, result.archive = CHANGED, final
         said = []
         if result.incomplete:
@@ -754,16 +755,19 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
-def _same_origin(target: Target, options: Options, result: TargetResult) -> None:
-    """Fail when the destination's archives of this target name were made from another source
-    or on another host (see archives.origin): two manifests, or two hosts sharing a folder,
-    each counted the other's archives toward its keep, and a restore took the other's data
-    without a word.  The first run records the origin; --force records this one."""
+def _same_origin(target: Target, options: Options, listed: list[Archive]) -> tuple[str, str] | None:
+    """This run's origin (host, source path) when the destination must record it, else None;
+    raises when the target's archives there were made from another source or on another host
+    (see archives.origin).  Two manifests, or two hosts sharing a folder, giving a target the
+    same name and destination each counted the other's archives toward its keep, and a
+    restore took the other's data without a word.  --force takes this origin as the new one."""
     from backup_core.stores.base import this_host
 
     here = (this_host(), str(target.path))
     found = archives.origin(target.destination, target.name)
-    if found is not None and found != here and not options.force:
+    if found == here:
+        return None
+    if found is not None and listed and not options.force:
         host, path = found
         made = f"from {path}" + (f" on host {host}" if host != here[0] else "")
         raise TargetError(
@@ -773,13 +777,17 @@ def _same_origin(target: Target, options: Options, result: TargetResult) -> None
             "restore the other's archives; give each its own destination (such as /backups/${BACKUP_HOST}) or name; "
             f"if {target.path} is where that data now lives, run {command(f'backup --force --only {target.name}')} once"
         )
-    if found != here and not options.check:
-        try:
-            archives.record_origin(target.destination, target.name, *here)
-        except OSError as exc:
-            result.warnings.append(
-                f"could not record where {target.name}'s archives come from: {_describe(exc, target)}"
-            )
+    return here
+
+
+def _record_origin(target: Target, origin: tuple[str, str] | None, result: TargetResult) -> None:
+    """Record where the archive just placed came from, when the destination does not say so yet."""
+    if origin is None:
+        return
+    try:
+        archives.record_origin(target.destination, target.name, *origin)
+    except OSError as exc:
+        result.warnings.append(f"could not record where {target.name}'s archives come from: {_describe(exc, target)}")
 
 
 def _current(listed: list[Archive], now: datetime) -> list[Archive]:
@@ -1145,8 +1153,7 @@ def _retention(existing: list[Archive], target: Target, result: TargetResult) ->
             f"{len(planned.future)} archive(s) dated in the future ({names}): kept, and not counted as the newest; "
             "check this machine's clock, then delete them by hand if they are not needed"
         )
-    if planned.refused:
-        result.warnings.append(planned.refused)
+    result.warnings.extend(said for said in (planned.refused, planned.spared) if said)
     return planned
 
 
@@ -1156,13 +1163,13 @@ def _when(archive: Archive) -> datetime:
 
 def _preview(target: Target, kind: str, options: Options, result: TargetResult) -> None:
     """Check mode: what a backup would archive and delete, touching nothing."""
+    names = _listing(target)
+    listed = archives.list_archives(target.destination, target.name, names)
     try:
-        _same_origin(target, options, result)
+        _same_origin(target, options, listed)
     except TargetError as exc:
         result.fail(f"would fail: {exc}")
         return
-    names = _listing(target)
-    listed = archives.list_archives(target.destination, target.name, names)
     if target.skip_unchanged and not options.force:
         # The metadata walk reads no file and writes nothing: where it proves the source
         # unchanged, the run would archive and rotate nothing (Ansible's check mode predicted

@@ -216,7 +216,7 @@ def test_a_signal_stops_the_targets_of_every_process_and_leaves_nothing_behind(
         assert by_name[name]["status"] == "failed" and "interrupted" in by_name[name]["error"], by_name[name]
     # No target started after the signal, nothing was placed or left half-written.
     assert [n for n in by_name if n.startswith("t")] == []
-    assert sorted(p.name for p in backups.iterdir() if not p.name.endswith(".lock")) == []
+    assert sorted(p.name for p in backups.iterdir() if not p.name.endswith((".lock", ".origin"))) == []
     # The child stopped and exited before the command did.
     assert not Path(f"/proc/{child}").exists()
     assert "Traceback" not in stderr

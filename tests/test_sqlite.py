@@ -85,9 +85,9 @@ def fingerprint(path: Path) -> tuple[bytes, int]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Anything in a destination besides finished archives and lock files."""
+    """Anything in a destination besides finished archives, lock files and origin records."""
     finished = {p.name for p in folder.iterdir() if p.suffix == ".zip" and not p.name.startswith(".")}
-    return sorted(p.name for p in folder.iterdir() if p.name not in finished and p.suffix != ".lock")
+    return sorted(p.name for p in folder.iterdir() if p.name not in finished and p.suffix not in (".lock", ".origin"))
 
 
 def line_for(ran: Ran, status: str, target: str) -> str:

@@ -305,8 +305,7 @@ def _note(result: OffsiteResult, planned: retention.Plan[Stored]) -> None:
     if planned.future:
         names = ", ".join(s.name for s in planned.future)
         result.warnings.append(f"copies dated in the future ({names}): kept, and not counted as the newest")
-    if planned.refused:
-        result.warnings.append(planned.refused)
+    result.warnings.extend(said for said in (planned.refused, planned.spared) if said)
 
 
 @contextmanager

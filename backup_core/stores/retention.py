@@ -95,7 +95,8 @@ class Plan(Generic[A]):
     kept: list[A]
     deleted: list[A]
     future: list[A]  # dated after now (beyond the tolerance): reported, kept, never counted as newest
-    refused: str | None = None  # why some or all of the policy's deletions were not made
+    refused: str | None = None  # why the policy's deletions were not made (then `deleted` is empty)
+    spared: str | None = None  # why some of them were not made (see _within_past_a_jump)
 
 
 def plan(
@@ -110,14 +111,14 @@ def plan(
     Archives dated in the future are set aside: a clock that ran ahead once must not make
     every later archive look old.  And when the policy would delete every archive older than
     the newest although it means to keep more than one (a `within` after a jump of the
-    clock), nothing is deleted and `refused` says why; so too for what `within` kept before a
-    newest archive dated more than the window after the one before it.
+    clock), nothing is deleted and `refused` says why; what `within` kept before a newest archive
+    dated more than the window after the one before it stays too, and `spared` says why.
     """
     horizon = now + tolerance
     future = [item for item in items if when(item) > horizon]
     present = [item for item in items if when(item) <= horizon]
     kept, deleted = split(present, when, policy)
-    refused = None
+    refused = spared = None
     if deleted and len(kept) == 1 and _means_history(present, when, policy):
         newest = max(present, key=when)
         older = max((item for item in present if item is not newest), key=when)
@@ -129,13 +130,14 @@ def plan(
         )
         kept, deleted = present, []
     elif deleted and "within" in policy and len(present) >= 2:
-        kept, deleted, refused = _within_past_a_jump(present, kept, deleted, when, policy["within"])
+        kept, deleted, spared = _within_past_a_jump(present, kept, deleted, when, policy["within"])
     staying = {id(item) for item in (*future, *kept)}
     return Plan(
         kept=[item for item in items if id(item) in staying],
         deleted=deleted,
         future=future,
         refused=refused,
+        spared=spared,
     )
 
 
