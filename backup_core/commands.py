@@ -407,8 +407,8 @@ def restore(
 
     try:
         if remote is None:
-            chosen = restore_module.choose_archive(target, archive)
-            done = restore_module.restore(chosen, Path(to), member=member, force=force)
+            chosen, passed = restore_module.choose_archive(target, archive)
+            done = restore_module.restore(chosen, Path(to), member=member, force=force, warnings=passed)
         else:
             chosen, done = _restore_remote(target, loaded.remotes[remote], Path(to), archive, member, force, identities)
     except (BackupError, KeyboardInterrupt, OSError) as exc:

@@ -62,8 +62,9 @@ class Restored:
         return f"{count} file(s) and link(s) were restored into {self.folder} before it stopped and stay there ({rest})"
 
 
-def choose_archive(target: Target, name: str | None) -> Path:
-    """The named archive of `target`, or its newest."""
+def choose_archive(target: Target, name: str | None) -> tuple[Path, list[str]]:
+    """The named archive of `target`, or its newest whole one; and warnings naming the newer
+    files under an archive's name that were passed over (cut short or emptied: not whole zips)."""
     try:
         existing = archives.list_archives(target.destination, target.name)
     except OSError as exc:  # not about --to: the caller's advice for those would mislead
@@ -73,35 +74,86 @@ def choose_archive(target: Target, name: str | None) -> Path:
         ) from None
     if not existing:
         raise TargetError(f"no archives of {target.name} in {target.destination}; nothing to restore")
-    if name is None:
-        from backup_core.runner import utc_now
+    from backup_core.runner import utc_now
 
+    now = utc_now()
+    if name is None:
         # An archive a clock ahead dated in the future is no newer than last night's: never the default.
-        chosen = retention.newest(existing, lambda a: a.when, utc_now())
-        if chosen is None:
+        if retention.newest(existing, lambda a: a.when, now) is None:
             raise TargetError(
                 f"every archive of {target.name} is dated in the future (a clock ahead?); name one with --archive"
             )
-        return chosen.path
+        # As retention and status judge them: a file under an archive's name that is not a whole
+        # zip (a run killed mid-write, a disk that filled) is passed over, as a remote's
+        # restore passes over copies it cannot vouch for.
+        whole, broken = _newest_whole(existing, now)
+        if whole is None:
+            raise TargetError(
+                f"no whole archive of {target.name} in {target.destination}: {_broken_list(broken)}; "
+                "nothing to restore (a remote's copy may be whole: --remote NAME)"
+            )
+        return whole.path, [
+            f"passed over {archive.name}: it is not a whole archive ({problem}); restored {whole.name} instead"
+            for archive, problem in broken
+        ]
     if Path(name).name != name:
         raise UsageError(
             f"--archive {name}: give the archive's file name only; it is looked for in {target.destination}"
         )
     for archive in existing:
         if archive.name == Path(name).name:
-            return archive.path
+            found = archives.ending(archive.path)
+            if found.broken:
+                whole, _ = _newest_whole(existing, now)
+                instead = (
+                    f"restore the newest whole archive instead: --archive {whole.name}"
+                    if whole is not None
+                    else f"no archive of {target.name} there is whole"
+                )
+                raise TargetError(f"--archive {name} is cut short or damaged ({found.problem}); {instead}")
+            return archive.path, []
     newest = ", ".join(a.name for a in existing[-3:])
     raise UsageError(f"--archive {name}: not an archive of {target.name}; the newest are: {newest}")
 
 
+def _newest_whole(
+    existing: list[archives.Archive], now: datetime
+) -> tuple[archives.Archive | None, list[tuple[archives.Archive, str]]]:
+    """The newest archive not dated in the future that ends as a whole zip, and the newer ones
+    that do not (with what is wrong with each), newest first."""
+    broken: list[tuple[archives.Archive, str]] = []
+    pool = list(existing)
+    while (newest := retention.newest(pool, lambda a: a.when, now)) is not None:
+        found = archives.ending(newest.path)
+        if not found.broken:
+            return newest, broken
+        broken.append((newest, found.problem or ""))
+        pool.remove(newest)
+    return None, broken
+
+
+def _broken_list(broken: list[tuple[archives.Archive, str]]) -> str:
+    if not broken:
+        return "every archive is dated in the future"
+    first, problem = broken[0]
+    more = f" (and {len(broken) - 1} more like it)" if len(broken) > 1 else ""
+    return f"{first.name} is not a whole archive ({problem}){more}"
+
+
 def restore(
-    archive: Path, folder: Path, member: str | None = None, force: bool = False, fetched: str | None = None
+    archive: Path,
+    folder: Path,
+    member: str | None = None,
+    force: bool = False,
+    fetched: str | None = None,
+    warnings: list[str] | None = None,
 ) -> Restored:
     """Extract `archive` (or one member or subfolder of it) into `folder`.  `fetched`: how to get
     the archive again when it is a remote's copy downloaded (and decrypted) into a scratch file,
-    which is gone once this returns ("NAME from remote R, then decrypt it").
+    which is gone once this returns ("NAME from remote R, then decrypt it").  `warnings`: said
+    first, whatever happens (from choosing the archive).
     Whatever it raises carries what was restored so far as `restored` (see commands.restore)."""
-    done = Restored(archive, folder)
+    done = Restored(archive, folder, warnings=list(warnings or []))
     try:
         _restore(archive, folder, member, force, fetched, done)
     except (BackupError, OSError, KeyboardInterrupt) as exc:

@@ -1,0 +1,81 @@
+"""What a restore drill found: restore through the real `invoke`, during an incident.
+
+Broken newest archives, damaged remote copies and members, modes, names with control
+characters, advice that names the real obstacle, `./` in --member, and the scratch
+folders a killed remote restore leaves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import Project, Ran, flow
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes and names")
+
+
+def _manifest(project: Project, **target: object) -> None:
+    project.write_manifest(f"version: 1\ntargets: [{flow({'name': 't', 'path': 'src', **target})}]\n")
+
+
+def _backed_up(project: Project, times: int = 1) -> list[Path]:
+    project.file("src/a.txt", "first\n")
+    project.file("src/sub/b.txt", "second\n")
+    _manifest(project)
+    for _ in range(times):
+        ran = project.invoke("backup")
+        assert ran.code == 0, ran.output
+    return project.archives(target="t")
+
+
+def _one_line(ran: Ran) -> str:
+    assert "Traceback" not in ran.output, ran.output
+    (line,) = [x for x in ran.output.splitlines() if not x.startswith("  [WARNING]")]
+    return line
+
+
+# --- 1. a cut-short newest archive -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", ["half", "nothing"])
+def test_the_default_restore_passes_over_a_cut_short_newest_archive(project: Project, keep: str) -> None:
+    older, newest = _backed_up(project, times=2)
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2] if keep == "half" else b"")
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to))
+
+    assert ran.code == 0, ran.output
+    assert f"[WARNING] [t] passed over {newest.name}: it is not a whole archive (" in ran.output
+    assert f"restored: [t] => {older.name} -> " in ran.output
+    assert (to / "a.txt").read_text() == "first\n"
+
+
+def test_a_restore_with_no_whole_archive_fails_in_one_line(project: Project) -> None:
+    (only,) = _backed_up(project)
+    only.write_bytes(only.read_bytes()[:100])
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to))
+
+    assert ran.code == 1, ran.output
+    line = _one_line(ran)
+    assert line.startswith(f"failed: [t] => no whole archive of t in {project.root / 'backups'}: {only.name}")
+    assert not to.exists()
+
+
+def test_naming_a_cut_short_archive_says_so_and_names_the_newest_whole_one(project: Project) -> None:
+    older, newest = _backed_up(project, times=2)
+    newest.write_bytes(newest.read_bytes()[:-30])
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to), "--archive", newest.name)
+
+    assert ran.code == 1, ran.output
+    line = _one_line(ran)
+    assert f"--archive {newest.name} is cut short or damaged (" in line
+    assert line.endswith(f"restore the newest whole archive instead: --archive {older.name}")
+    assert not to.exists()
