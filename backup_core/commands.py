@@ -476,6 +476,8 @@ def _restore_remote(
         chosen = held[-1]  # checked against its recorded checksum once downloaded, as every copy is
     else:
         newest = offsite.newest_good(store, target.name, held, runner.utc_now())
+        if newest.damaged is not None:  # an older copy in its place must not look like success
+            raise TargetError(newest.damaged)
         if newest.chosen is None:
             raise TargetError(
                 f"no copy of {target.name} on remote {remote.name} can be restored: "

@@ -79,3 +79,40 @@ def test_naming_a_cut_short_archive_says_so_and_names_the_newest_whole_one(proje
     assert f"--archive {newest.name} is cut short or damaged (" in line
     assert line.endswith(f"restore the newest whole archive instead: --archive {older.name}")
     assert not to.exists()
+
+
+# --- 2. a damaged newest copy on a remote --------------------------------------------------------
+
+
+def _with_folder_remote(project: Project, nas: Path) -> None:
+    remote = {"type": "folder", "path": str(nas), "prefix": "host1/"}
+    target = {"name": "t", "path": "src", "offsite": ["nas"]}
+    project.write_manifest(f"version: 1\nremotes:\n  nas: {flow(remote)}\ntargets: [{flow(target)}]\n")
+
+
+def test_a_damaged_newest_remote_copy_restores_nothing_and_names_the_older_one(project: Project) -> None:
+    nas = project.root / "nas"
+    nas.mkdir()
+    project.file("src/a.txt", "first\n")
+    _with_folder_remote(project, nas)
+    for _ in range(2):
+        ran = project.invoke("backup")
+        assert ran.code == 0, ran.output
+    older, newest = sorted(p for p in (nas / "host1" / "t").iterdir() if p.suffix == ".zip")
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # rot: the file's time moves, its recorded checksum stays
+    newest.write_bytes(bytes(data))
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas")
+
+    assert ran.code == 1, ran.output
+    line = _one_line(ran)
+    assert line.startswith(f"failed: [t] => {newest.name} does not match the checksum recorded"), line
+    assert "nothing was restored" in line
+    assert line.endswith(f"restore it with --archive {older.name}"), line
+    assert not to.exists()
+    # The copy it names restores.
+    ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas", "--archive", older.name)
+    assert ran.code == 0, ran.output
+    assert (to / "a.txt").read_text() == "first\n"

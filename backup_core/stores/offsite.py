@@ -335,11 +335,14 @@ def fetched(target: str, store: Store, stored: Stored, identities: list[Any], ne
 
 @dataclass
 class Newest:
-    """The copy a restore takes by default, and the newer copies it passed over (why, for each)."""
+    """The copy a restore takes by default, and the newer copies it passed over (why, for each).
+    `damaged`: why nothing may be taken by default, when the newest copy this tool put there no
+    longer matches its record (restoring an older one without a word would look like success)."""
 
     chosen: Stored | None
     passed: list[str]
     foreign: Foreign | None = None  # the chosen copy is another host's
+    damaged: str | None = None
 
     def warnings(self) -> list[str]:
         said = []
@@ -355,13 +358,26 @@ def newest_good(store: Store, target: str, held: list[Stored], now: datetime) ->
     """The newest copy not dated in the future that this tool can vouch for, as retention and
     status count copies: an object someone else wrote under a newer archive's name must not be
     what a restore brings back.  Another host's copy is taken, with a warning (on a prefix that
-    hosts share, a replacement host may want it)."""
+    hosts share, a replacement host may want it).  A newer copy with no recorded checksum is
+    passed over (not this tool's); one whose recorded checksum no longer matches is damaged:
+    none is chosen, and `damaged` names it and the newest good copy older than it."""
     passed: list[str] = []
+    damaged: str | None = None
     for stored in reversed([s for s in held if s.when <= now + retention.FUTURE_TOLERANCE]):
         why = store.vouched(target, stored)
         if why is None or isinstance(why, Foreign):
-            return Newest(stored, passed, why)
+            if damaged is None:
+                return Newest(stored, passed, why)
+            return Newest(None, passed, damaged=f"{damaged}: restore it with --archive {stored.name}")
+        if damaged is None and store.recorded(target, stored) is not None:
+            damaged = (
+                f"{why}; it is the newest copy this tool put on remote {store.name}, so nothing was restored "
+                f"(check the copies with `{command(f'verify --remote {store.name}')}`); the newest good copy "
+                "older than it may lack recent changes"
+            )
         passed.append(why)
+    if damaged is not None:
+        return Newest(None, passed, damaged=f"{damaged}, and there is none on that remote: restore the local archive")
     return Newest(None, passed)
 
 
