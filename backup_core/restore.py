@@ -47,6 +47,8 @@ class Restored:
     warnings: list[str] = field(default_factory=list)
     # Databases that failed integrity_check: not placed; every other member still is.
     damaged: list[str] = field(default_factory=list)
+    # Members that could not be read (a bad CRC, a stream that does not inflate): left out, with why.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def written(self, damaged: bool = False) -> str:
         """What this restore wrote before it stopped ("" when nothing): said with any failure.
@@ -209,16 +211,20 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
                 _extract(directory, info, path, root, done)
             except TargetError as exc:
                 raise _partly_restored(exc, done) from None
-            except _DAMAGED as exc:  # a link's target, read outside the file copy
-                raise _partly_restored(
-                    TargetError(f"{info.filename} in {archive.name} is damaged: {_why(exc)}"), done
-                ) from None
+            except _DAMAGED as exc:
+                # During an incident every intact file matters: this one is left out (its
+                # temporary copy removed) and named at the end; the rest are still restored.
+                done.unreadable.append((info.filename, _why(exc)))
+                continue
             if info.is_dir():
                 folders.append((info, path))
         # Folders' modes, owners and times last, deepest first: a 0500 folder must be filled
         # before it is closed, and writing into a folder moves its time.
         for info, path in sorted(folders, key=lambda item: -len(item[1].parts)):
             _set_attributes(info, path, done)
+    said = []
+    if done.unreadable:
+        said.append(_unreadable(done, fetched or str(archive)))
     if done.damaged:
         more = f" and {len(done.damaged) - 1} more" if len(done.damaged) > 1 else ""
         # A remote's copy was downloaded to a scratch file that is gone by now: name the copy.
@@ -227,10 +233,31 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
             if fetched is None
             else f"download {fetched}, then unzip -p it MEMBER > FILE"
         )
-        raise TargetError(
-            f"database {done.damaged[0]}{more} in {archive.name} fails integrity_check and was not restored; "
-            f"every other member was, into {folder} (to take it as archived anyway: {take})"
+        every = "" if done.unreadable else f"; every other member was, into {folder}"
+        said.append(
+            f"database {done.damaged[0]}{more} in {archive.name} fails integrity_check and was not restored"
+            f"{every} (to take it as archived anyway: {take})"
         )
+    if said:
+        raise TargetError("; ".join(said))
+
+
+def _unreadable(done: Restored, where: str) -> str:
+    """The members left out because they could not be read, and what was restored instead."""
+    restored = done.files + done.links + done.directories
+    rest = f"the other {restored} members were restored into {done.folder}" if restored else "nothing was restored"
+    if len(done.unreadable) == 1:
+        name, why = done.unreadable[0]
+        return (
+            f"{name} in {where} is damaged: {why}; it was left out, and {rest} "
+            f"(take it from another archive: --archive NAME --member {name})"
+        )
+    shown = ", ".join(f"{name} ({why})" for name, why in done.unreadable[:3])
+    more = f" and {len(done.unreadable) - 3} more" if len(done.unreadable) > 3 else ""
+    return (
+        f"{len(done.unreadable)} members of {where} are damaged and were left out: {shown}{more}; {rest} "
+        "(take them from another archive: --archive NAME --member PATH)"
+    )
 
 
 # What reading a damaged member raises: a bad CRC or header, a stream that does not inflate, a
@@ -436,8 +463,6 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             path.chmod(stat.S_IWRITE)  # Windows will not replace a read-only file (--force asked to)
         partial.replace(path)
         done.files += 1
-    except _DAMAGED as exc:
-        raise TargetError(f"{info.filename} in {directory.filename} is damaged: {_why(exc)}") from None
     finally:
         _remove(partial)
         for suffix in ("-wal", "-shm"):

@@ -8,6 +8,9 @@ folders a killed remote restore leaves.
 from __future__ import annotations
 
 import os
+import stat
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,45 @@ def test_a_damaged_newest_remote_copy_restores_nothing_and_names_the_older_one(p
     ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas", "--archive", older.name)
     assert ran.code == 0, ran.output
     assert (to / "a.txt").read_text() == "first\n"
+
+
+# --- 3. damaged members: the intact ones are still restored --------------------------------------
+
+
+def _spoil(archive: Path, member: str) -> None:
+    """Make `member`'s deflate stream begin with a block of the reserved type: it does not inflate."""
+    with zipfile.ZipFile(archive) as opened:
+        info = opened.getinfo(member)
+    data = bytearray(archive.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    data[info.header_offset + 30 + name_length + extra_length] = 0xFF  # BFINAL 1, BTYPE 11
+    archive.write_bytes(bytes(data))
+
+
+def test_damaged_members_are_left_out_and_every_intact_one_restored(project: Project) -> None:
+    for name in ("a.txt", "m1.txt", "m2.txt", "m3.txt", "m4.txt", "sub/z.txt", "zz.txt"):
+        project.file(f"src/{name}", f"{name} as archived\n" * 200)
+    sub = project.root / "src" / "sub"
+    if os.name == "posix":
+        sub.chmod(0o750)
+    os.utime(sub, (1_700_000_000, 1_700_000_000))
+    _manifest(project)
+    assert project.invoke("backup").code == 0
+    (archive,) = project.archives(target="t")
+    for name in ("m1.txt", "m2.txt", "m3.txt", "m4.txt"):
+        _spoil(archive, name)
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to))
+
+    assert ran.code == 1, ran.output
+    line = _one_line(ran)
+    assert line.startswith(f"failed: [t] => 4 members of {archive} are damaged and were left out: m1.txt (Error -3")
+    assert "m3.txt (Error -3" in line and " and 1 more; " in line
+    assert f"the other 4 members were restored into {to}" in line  # a.txt, sub/, sub/z.txt, zz.txt
+    assert sorted(p.relative_to(to).as_posix() for p in to.rglob("*")) == ["a.txt", "sub", "sub/z.txt", "zz.txt"]
+    assert (to / "zz.txt").read_text() == "zz.txt as archived\n" * 200
+    assert (to / "sub").stat().st_mtime == 1_700_000_000
+    if os.name == "posix":
+        assert stat.S_IMODE((to / "sub").stat().st_mode) == 0o750
