@@ -497,7 +497,8 @@ def _set_attributes(info: zipfile.ZipInfo, path: Path, done: Restored) -> None:
             done.warnings.append(f"could not give {info.filename} its owner {owner[0]}:{owner[1]}: {exc.strerror}")
     if not link and path.is_symlink():
         return  # never set through a link what belongs to a file or folder of the archive
-    if stat.S_IMODE(mode) and not link:
+    # Any recorded Unix mode, 0000 included (a zip made on Windows records none: mode is 0).
+    if mode and not link:
         path.chmod(stat.S_IMODE(mode))
     mtime = _member_mtime(info)
     if mtime is not None and (not link or os.utime in os.supports_follow_symlinks):

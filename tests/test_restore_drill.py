@@ -11,10 +11,11 @@ import os
 import stat
 import struct
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import Project, Ran, flow
+from conftest import Project, Ran, archive_file_name, flow
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes and names")
 
@@ -161,3 +162,35 @@ def test_damaged_members_are_left_out_and_every_intact_one_restored(project: Pro
     assert (to / "sub").stat().st_mtime == 1_700_000_000
     if os.name == "posix":
         assert stat.S_IMODE((to / "sub").stat().st_mode) == 0o750
+
+
+# --- 4. a mode of 0000 ---------------------------------------------------------------------------
+
+
+def _crafted(project: Project, members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
+    """A zip under a valid archive name of target t (which backs up src)."""
+    _manifest(project)
+    destination = project.root / "backups"
+    destination.mkdir(parents=True, exist_ok=True)
+    archive = destination / archive_file_name("t", datetime(2026, 1, 1, tzinfo=timezone.utc))
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as opened:
+        for info, data in members:
+            opened.writestr(info, data)
+    return archive
+
+
+@posix_only
+def test_a_member_archived_with_mode_0000_comes_back_0000(project: Project) -> None:
+    locked = zipfile.ZipInfo("locked.txt", (2025, 6, 1, 12, 0, 0))
+    locked.create_system = 3
+    locked.external_attr = stat.S_IFREG << 16  # mode 0000, as unzip restores it
+    _crafted(project, [(locked, b"no one may read this\n"), ("plain.txt", b"plain\n")])
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to))
+
+    assert ran.code == 0, ran.output
+    assert stat.S_IMODE((to / "locked.txt").lstat().st_mode) == 0
+    assert stat.S_IMODE((to / "plain.txt").lstat().st_mode) == 0o600
+    (to / "locked.txt").chmod(0o600)
+    assert (to / "locked.txt").read_bytes() == b"no one may read this\n"
