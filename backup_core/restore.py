@@ -27,6 +27,7 @@ from pathlib import Path
 
 from backup_core.errors import BackupError, TargetError, UsageError
 from backup_core.manifest import Target
+from backup_core.report import shown
 from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.stores import archives, retention
@@ -100,7 +101,7 @@ def choose_archive(target: Target, name: str | None) -> tuple[Path, list[str]]:
         ]
     if Path(name).name != name:
         raise UsageError(
-            f"--archive {name}: give the archive's file name only; it is looked for in {target.destination}"
+            f"--archive {shown(name)}: give the archive's file name only; it is looked for in {target.destination}"
         )
     for archive in existing:
         if archive.name == Path(name).name:
@@ -112,10 +113,10 @@ def choose_archive(target: Target, name: str | None) -> tuple[Path, list[str]]:
                     if whole is not None
                     else f"no archive of {target.name} there is whole"
                 )
-                raise TargetError(f"--archive {name} is cut short or damaged ({found.problem}); {instead}")
+                raise TargetError(f"--archive {shown(name)} is cut short or damaged ({found.problem}); {instead}")
             return archive.path, []
     newest = ", ".join(a.name for a in existing[-3:])
-    raise UsageError(f"--archive {name}: not an archive of {target.name}; the newest are: {newest}")
+    raise UsageError(f"--archive {shown(name)}: not an archive of {target.name}; the newest are: {newest}")
 
 
 def _newest_whole(
@@ -190,7 +191,7 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
         _refuse_paths_through_links(chosen)
         _refuse_name_clashes(chosen, archive)
         if not force:
-            clashes = [str(path) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
+            clashes = [shown(str(path)) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
             if clashes:
                 more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
                 verb = "already exist" if more else "already exists"
@@ -214,7 +215,7 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
             except _DAMAGED as exc:
                 # During an incident every intact file matters: this one is left out (its
                 # temporary copy removed) and named at the end; the rest are still restored.
-                done.unreadable.append((info.filename, _why(exc)))
+                done.unreadable.append((shown(info.filename), _why(exc)))
                 continue
             if info.is_dir():
                 folders.append((info, path))
@@ -252,10 +253,10 @@ def _unreadable(done: Restored, where: str) -> str:
             f"{name} in {where} is damaged: {why}; it was left out, and {rest} "
             f"(take it from another archive: --archive NAME --member {name})"
         )
-    shown = ", ".join(f"{name} ({why})" for name, why in done.unreadable[:3])
+    listed = ", ".join(f"{name} ({why})" for name, why in done.unreadable[:3])
     more = f" and {len(done.unreadable) - 3} more" if len(done.unreadable) > 3 else ""
     return (
-        f"{len(done.unreadable)} members of {where} are damaged and were left out: {shown}{more}; {rest} "
+        f"{len(done.unreadable)} members of {where} are damaged and were left out: {listed}{more}; {rest} "
         "(take them from another archive: --archive NAME --member PATH)"
     )
 
@@ -285,8 +286,8 @@ def _check_members(directory: zipfile.ZipFile, infos: list[zipfile.ZipInfo], arc
                     pass
         except _DAMAGED as exc:
             raise TargetError(
-                f"{info.filename} in {archive.name} is damaged ({_why(exc)}); nothing was overwritten (verify the "
-                "archives, and restore from another with --archive NAME)"
+                f"{shown(info.filename)} in {archive.name} is damaged ({_why(exc)}); nothing was overwritten "
+                "(verify the archives, and restore from another with --archive NAME)"
             ) from None
 
 
@@ -339,8 +340,8 @@ def _refuse_name_clashes(infos: list[zipfile.ZipInfo], archive: Path) -> None:
         first = seen.setdefault(_landing(info), info.filename)
         if first != info.filename:
             raise UsageError(
-                f"{first} and {info.filename} in {archive.name} would be one file on this system (their names "
-                "differ only in case or trailing dots); restore each with --member into its own folder"
+                f"{shown(first)} and {shown(info.filename)} in {archive.name} would be one file on this system "
+                "(their names differ only in case or trailing dots); restore each with --member into its own folder"
             )
 
 
@@ -362,7 +363,7 @@ def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> 
     wanted = os.fsencode(member.strip("/"))
     chosen = [i for i in infos if (raw := names.raw_name(i).rstrip(b"/")) == wanted or raw.startswith(wanted + b"/")]
     if not chosen:
-        raise UsageError(f"--member {member}: no such file or folder in {archive.name}")
+        raise UsageError(f"--member {shown(member)}: no such file or folder in {archive.name}")
     return chosen
 
 
@@ -423,7 +424,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
                 path.symlink_to(link)
             done.links += 1
         except OSError as exc:  # Windows without the privilege to make links
-            done.warnings.append(f"could not make link {info.filename} -> {link}: {exc.strerror or exc}")
+            done.warnings.append(f"could not make link {shown(info.filename)} -> {shown(link)}: {exc.strerror or exc}")
             return
         _set_attributes(info, path, done)
         return
@@ -450,7 +451,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             if found:
                 # The rest of the archive is still restored: during an incident, every other
                 # file matters as much (an archive holding a database cut short is kept for them).
-                done.damaged.append(f"{info.filename} ({found})")
+                done.damaged.append(f"{shown(info.filename)} ({found})")
                 return
             # A stale -wal beside the old database would be replayed into the restored one.
             for suffix in ("-wal", "-shm", "-journal"):
@@ -458,7 +459,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             done.databases += 1
         _set_attributes(info, partial, done)
         if path.is_dir() and not path.is_symlink():
-            raise TargetError(f"cannot restore file {info.filename}: a folder of that name exists in {root}")
+            raise TargetError(f"cannot restore file {shown(info.filename)}: a folder of that name exists in {root}")
         if _WINDOWS and path.is_file() and not path.is_symlink():
             path.chmod(stat.S_IWRITE)  # Windows will not replace a read-only file (--force asked to)
         partial.replace(path)
@@ -494,7 +495,9 @@ def _set_attributes(info: zipfile.ZipInfo, path: Path, done: Restored) -> None:
         try:
             os.chown(path, *owner, follow_symlinks=False)
         except OSError as exc:
-            done.warnings.append(f"could not give {info.filename} its owner {owner[0]}:{owner[1]}: {exc.strerror}")
+            done.warnings.append(
+                f"could not give {shown(info.filename)} its owner {owner[0]}:{owner[1]}: {exc.strerror}"
+            )
     if not link and path.is_symlink():
         return  # never set through a link what belongs to a file or folder of the archive
     # Any recorded Unix mode, 0000 included (a zip made on Windows records none: mode is 0).

@@ -194,3 +194,28 @@ def test_a_member_archived_with_mode_0000_comes_back_0000(project: Project) -> N
     assert stat.S_IMODE((to / "plain.txt").lstat().st_mode) == 0o600
     (to / "locked.txt").chmod(0o600)
     assert (to / "locked.txt").read_bytes() == b"no one may read this\n"
+
+
+# --- 5. control characters in names --------------------------------------------------------------
+
+
+@posix_only
+def test_restore_messages_escape_control_characters_in_names_as_verify_does(project: Project) -> None:
+    archive = _crafted(project, [("new\nline.txt", b"x\n" * 500), ("ok.txt", b"ok\n")])
+    to = project.root / "out"
+    project.file("out/new\nline.txt", "already here\n")
+
+    ran = project.invoke("restore", "t", "--to", str(to))
+    assert ran.code == 2, ran.output
+    assert len(ran.stderr.strip().splitlines()) == 1, ran.output  # no line forged by the name
+    assert "new\\nline.txt already exists" in ran.stderr
+
+    ran = project.invoke("restore", "t", "--to", str(to), "--member", "ok\x1b[31m.txt")
+    assert ran.code == 2, ran.output
+    assert "\x1b" not in ran.output and "--member ok\\x1b[31m.txt: no such file or folder" in ran.stderr
+
+    (to / "new\nline.txt").unlink()
+    _spoil(archive, "new\nline.txt")
+    ran = project.invoke("restore", "t", "--to", str(to))
+    assert ran.code == 1, ran.output
+    assert _one_line(ran).startswith("failed: [t] => new\\nline.txt in ")
