@@ -360,7 +360,10 @@ def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> 
         return infos
     # As stored bytes, as the operator's shell gives them: zipfile decodes a name without the
     # UTF-8 flag as cp437, so `--member é` missed é/sub/g\xff, stored unflagged.
-    wanted = os.fsencode(member.strip("/"))
+    # `./docs/a.txt` and `docs/` name what `docs/a.txt` and `docs` do (as a shell completes
+    # them); on Windows `.\docs\a.txt` too.
+    typed = member.replace("\\", "/") if _WINDOWS else member
+    wanted = os.fsencode("/".join(part for part in typed.split("/") if part not in ("", ".")))
     chosen = [i for i in infos if (raw := names.raw_name(i).rstrip(b"/")) == wanted or raw.startswith(wanted + b"/")]
     if not chosen:
         raise UsageError(f"--member {shown(member)}: no such file or folder in {archive.name}")

@@ -219,3 +219,19 @@ def test_restore_messages_escape_control_characters_in_names_as_verify_does(proj
     ran = project.invoke("restore", "t", "--to", str(to))
     assert ran.code == 1, ran.output
     assert _one_line(ran).startswith("failed: [t] => new\\nline.txt in ")
+
+
+# --- 7. --member as a shell completes it -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("member", "restored"), [("./a.txt", ["a.txt"]), ("./sub/", ["sub", "sub/b.txt"])])
+def test_member_accepts_a_leading_dot_slash_and_a_trailing_slash(
+    project: Project, member: str, restored: list[str]
+) -> None:
+    _backed_up(project)
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to), "--member", member)
+
+    assert ran.code == 0, ran.output
+    assert sorted(p.relative_to(to).as_posix() for p in to.rglob("*")) == restored
