@@ -485,6 +485,7 @@ def _restore_remote(
                 + "; name one with --archive"
             )
         chosen, warnings = newest.chosen, newest.warnings()
+    restore_module.refuse_blocked(to)  # before the scratch folder is made beside it
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
     with offsite.fetched(target.name, store, chosen, identities, near) as path:

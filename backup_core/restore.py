@@ -15,6 +15,7 @@ first, so a read-only folder is filled before it is closed).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from backup_core.errors import BackupError, TargetError, UsageError
 from backup_core.manifest import Target
-from backup_core.report import shown
+from backup_core.report import human_bytes, shown
 from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.stores import archives, retention
@@ -50,6 +51,7 @@ class Restored:
     damaged: list[str] = field(default_factory=list)
     # Members that could not be read (a bad CRC, a stream that does not inflate): left out, with why.
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    size: int = 0  # what the members to restore hold, uncompressed
 
     def written(self, damaged: bool = False) -> str:
         """What this restore wrote before it stopped ("" when nothing): said with any failure.
@@ -165,9 +167,17 @@ def restore(
     return done
 
 
-def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetched: str | None, done: Restored) -> None:
-    if os.path.lexists(folder) and not folder.is_dir():
+def refuse_blocked(folder: Path) -> None:
+    """Raise UsageError when `folder`, or a folder it lies in, is a file: named, not its folder below."""
+    blocker = next((path for path in [folder, *folder.parents] if os.path.lexists(path) and not path.is_dir()), None)
+    if blocker == folder:
         raise UsageError(f"--to {folder} is a file, not a folder; give a folder to restore into (created if missing)")
+    if blocker is not None:
+        raise UsageError(f"--to {folder}: {blocker} is a file, not a folder; give a folder to restore into")
+
+
+def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetched: str | None, done: Restored) -> None:
+    refuse_blocked(folder)
     root = Path(os.path.realpath(folder))
     try:
         directory = zipfile.ZipFile(archive)
@@ -190,6 +200,14 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
         ]
         _refuse_paths_through_links(chosen)
         _refuse_name_clashes(chosen, archive)
+        # A folder where a file goes: --force replaces files, never a folder (nor what it holds).
+        blocked = [(info, path) for info, path in plan if not info.is_dir() and path.is_dir() and not path.is_symlink()]
+        if blocked:
+            more = f" (and {len(blocked) - 1} more like it)" if len(blocked) > 1 else ""
+            raise UsageError(
+                f"{shown(str(blocked[0][1]))} is a folder where the archive has a file{more}; nothing was "
+                "restored: move the folder away and restore again"
+            )
         if not force:
             clashes = [shown(str(path)) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
             if clashes:
@@ -206,12 +224,18 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
             raise UsageError(
                 f"--to {folder}: {exc.filename or folder} is a file, not a folder; give a folder to restore into"
             ) from None
+        done.size = sum(info.file_size for info in chosen)
         # Links last, as tar does: no file is ever written through a link this restore made.
         for info, path in sorted(plan, key=lambda item: _is_link(item[0])):
             try:
                 _extract(directory, info, path, root, done)
             except TargetError as exc:
                 raise _partly_restored(exc, done) from None
+            except OSError as exc:
+                if (why := _cannot_write(exc, info, path, done)) is None:
+                    raise
+                written = done.written()
+                raise TargetError(f"{why}; {written}" if written else why) from None
             except _DAMAGED as exc:
                 # During an incident every intact file matters: this one is left out (its
                 # temporary copy removed) and named at the end; the rest are still restored.
@@ -241,6 +265,29 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
         )
     if said:
         raise TargetError("; ".join(said))
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _cannot_write(exc: OSError, info: zipfile.ZipInfo, path: Path, done: Restored) -> str | None:
+    """What a full disk or a refused write stopped, in one sentence naming the file; None for
+    other errors.  Neither is mended by another folder this user can create, nor by a rerun."""
+    where = f"{shown(str(path))} ({shown(info.filename)} in {done.archive.name})"
+    if exc.errno in _NO_SPACE:
+        return (
+            f"the disk ran out of space while writing {where}: the restore needs {human_bytes(done.size)} "
+            f"in all (what it holds uncompressed): free that much on the disk that holds {done.folder}"
+        )
+    if exc.errno in _NOT_ALLOWED:
+        if exc.errno == errno.EROFS:
+            return f"cannot write {where}: the file system there is read-only"
+        return (
+            f"cannot write {where}: {exc.strerror}; this user may not write in {shown(str(path.parent))}: "
+            "give it that permission, or restore as a user who may"
+        )
+    return None
 
 
 def _unreadable(done: Restored, where: str) -> str:

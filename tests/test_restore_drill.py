@@ -8,6 +8,7 @@ folders a killed remote restore leaves.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import struct
 import zipfile
@@ -235,3 +236,76 @@ def test_member_accepts_a_leading_dot_slash_and_a_trailing_slash(
 
     assert ran.code == 0, ran.output
     assert sorted(p.relative_to(to).as_posix() for p in to.rglob("*")) == restored
+
+
+# --- 6. advice that names the real obstacle ------------------------------------------------------
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["without --force", "with --force"])
+def test_a_folder_where_a_file_goes_is_named_and_force_is_not_suggested(project: Project, force: list[str]) -> None:
+    _backed_up(project)
+    to = project.root / "out"
+    project.file("out/a.txt/kept.txt", "the folder's own file\n")
+
+    ran = project.invoke("restore", "t", "--to", str(to), *force)
+
+    assert ran.code == 2, ran.output
+    assert f"{to / 'a.txt'} is a folder where the archive has a file; nothing was restored" in ran.stderr
+    assert "--force" not in ran.output
+    assert sorted(p.relative_to(to).as_posix() for p in to.rglob("*")) == ["a.txt", "a.txt/kept.txt"]
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_a_file_on_the_way_to_the_restore_folder_is_the_one_named(project: Project, remote: bool) -> None:
+    nas = project.root / "nas"
+    nas.mkdir()
+    project.file("src/a.txt", "first\n")
+    _with_folder_remote(project, nas)
+    assert project.invoke("backup").code == 0
+    blocker = project.file("blocker", "not a folder\n")
+    to = blocker / "deeper" / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to), *(["--remote", "nas"] if remote else []))
+
+    assert ran.code == 2, ran.output
+    assert f"--to {to}: {blocker} is a file, not a folder" in ran.stderr, ran.output
+    assert blocker.read_text() == "not a folder\n"
+
+
+def test_a_full_disk_names_the_file_and_says_space_ran_out(project: Project, small_fs: Path) -> None:
+    to = small_fs / f"restore-test-{os.getpid()}-{project.root.name}"
+    free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize if hasattr(os, "statvfs") else 0
+    if not 0 < free < 16 << 20:
+        pytest.skip(f"{small_fs} has {free} bytes free; too many to fill in a test")
+    for number in range(4):
+        project.file(f"src/part{number}.bin", os.urandom(free // 3))
+    _manifest(project)
+    assert project.invoke("backup").code == 0
+    try:
+        ran = project.invoke("restore", "t", "--to", str(to))
+
+        assert ran.code == 1, ran.output
+        line = _one_line(ran)
+        assert "the disk ran out of space while writing " in line and "part" in line, line
+        assert " in all (what it holds uncompressed): free that much on the disk that holds " in line
+        assert "choose a folder" not in line
+        assert not [p for p in to.rglob(".*restore-partial")]
+    finally:
+        shutil.rmtree(to, ignore_errors=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_a_folder_this_user_may_not_write_in_is_named_with_the_file(project: Project) -> None:
+    _backed_up(project)
+    to = project.root / "out"
+    (to / "sub").mkdir(parents=True)
+    (to / "sub").chmod(0o555)
+    try:
+        ran = project.invoke("restore", "t", "--to", str(to))
+    finally:
+        (to / "sub").chmod(0o755)
+
+    assert ran.code == 1, ran.output
+    line = _one_line(ran)
+    assert f"cannot write {to / 'sub' / 'b.txt'} (sub/b.txt in " in line
+    assert f"this user may not write in {to / 'sub'}" in line and "choose a folder" not in line
