@@ -11,12 +11,14 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
+import time
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import Project, Ran, archive_file_name, flow
+from conftest import INVOKE, REPO, Project, Ran, archive_file_name, flow
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes and names")
 
@@ -309,3 +311,56 @@ def test_a_folder_this_user_may_not_write_in_is_named_with_the_file(project: Pro
     line = _one_line(ran)
     assert f"cannot write {to / 'sub' / 'b.txt'} (sub/b.txt in " in line
     assert f"this user may not write in {to / 'sub'}" in line and "choose a folder" not in line
+
+
+# --- 8. scratch folders of killed remote restores -------------------------------------------------
+
+
+def test_the_next_remote_restore_removes_a_killed_ones_scratch_folder_but_not_a_live_one(project: Project) -> None:
+    pyrage = pytest.importorskip("pyrage")
+    identity = pyrage.x25519.Identity.generate()
+    key = project.file("key.txt", f"{identity}\n")
+    project.file("src/big.bin", os.urandom(40 << 20))  # stored as is: restoring it takes a moment
+    remote = {"type": "folder", "path": "nas", "encryption": {"recipients": [str(identity.to_public())]}}
+    target = {"name": "t", "path": "src", "offsite": ["nas"]}
+    project.write_manifest(f"version: 1\nremotes:\n  nas: {flow(remote)}\ntargets: [{flow(target)}]\n")
+    (project.root / "nas").mkdir()
+    assert project.invoke("backup").code == 0
+    place = project.root / "restores"
+    place.mkdir()
+    restore = ["restore", "t", "--remote", "nas", "--identity", str(key)]
+
+    killed = subprocess.Popen(
+        [str(INVOKE), "--search-root", str(REPO), *restore[:1], "--manifest", str(project.manifest), *restore[1:],
+         "--to", str(place / "first")],
+        cwd=project.root, env={**os.environ, "NO_COLOR": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(place.glob(".backup-fetch-*/*.zip")):  # the decrypted archive
+            assert killed.poll() is None and time.monotonic() < deadline, "the restore ended before it was killed"
+            time.sleep(0.002)
+    finally:
+        killed.kill()  # SIGKILL: nothing of its own clean-up runs
+        killed.wait()
+    (left,) = place.glob(".backup-fetch-*")
+    # A restore still at work beside it (holding its claim), and a folder an older version left.
+    live = place / ".backup-fetch-live"
+    live.mkdir()
+    descriptor = os.open(live / "in-use", os.O_WRONLY | os.O_CREAT, 0o600)
+    if os.name == "posix":
+        import fcntl
+
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    unclaimed = place / ".backup-fetch-old"
+    unclaimed.mkdir()
+    try:
+        ran = project.invoke(*restore, "--to", str(place / "second"))
+        assert ran.code == 0, ran.output
+        assert (place / "second" / "big.bin").read_bytes() == (project.root / "src" / "big.bin").read_bytes()
+        assert not left.exists(), "the killed restore's scratch folder (a decrypted archive) is still there"
+        assert live.is_dir() and (live / "in-use").exists(), "a live restore's scratch folder was removed"
+        assert unclaimed.is_dir()
+    finally:
+        os.close(descriptor)

@@ -9,7 +9,10 @@ of the run succeeded, and the newest copy is never deleted.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -313,13 +316,17 @@ def _note(result: OffsiteResult, planned: retention.Plan[Stored]) -> None:
 @contextmanager
 def fetched(target: str, store: Store, stored: Stored, identities: list[Any], near: Path) -> Iterator[Path]:
     """The archive's zip as a local file, downloaded and decrypted into a scratch folder in `near`
-    that is removed afterwards; a copy that cannot be decrypted leaves nothing behind."""
+    that is removed afterwards; a copy that cannot be decrypted leaves nothing behind.  Scratch
+    folders that killed runs left in `near` (a decrypted archive in each) are removed first."""
     if stored.encrypted and not identities:
         raise UsageError(
             f"{stored.name} is encrypted; pass --identity FILE (the age identity or SSH private key of a recipient)"
         )
-    scratch = Path(tempfile.mkdtemp(prefix=".backup-fetch-", dir=near))
+    _clear_abandoned_scratch(near)
+    scratch = Path(tempfile.mkdtemp(prefix=_SCRATCH, dir=near))
+    claimed: int | None = None
     try:
+        claimed = _claim_scratch(scratch)
         path = store.fetch(target, stored, scratch)
         _as_recorded(target, store, stored, path)
         if stored.encrypted:
@@ -330,7 +337,49 @@ def fetched(target: str, store: Store, stored: Stored, identities: list[Any], ne
             path = plain
         yield path
     finally:
+        if claimed is not None:
+            os.close(claimed)  # first: Windows deletes no open file
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# A scratch folder holds, once claimed, a file named _IN_USE that its process holds open (and,
+# on POSIX, locked) until it is done: one that no process holds was left by a run that was
+# killed (SIGKILL, a power cut), with the decrypted archive in it, and nothing else removes it.
+_SCRATCH = ".backup-fetch-"
+_IN_USE = "in-use"
+
+
+def _claim_scratch(scratch: Path) -> int | None:
+    """Mark `scratch` as this process's while the returned descriptor stays open; None when this
+    file system cannot say so (no flock), and the folder is then never taken for abandoned."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    if sys.platform == "win32":  # an open file cannot be deleted there: holding it open is the claim
+        return os.open(scratch / _IN_USE, flags, 0o600)
+    # Locked under another name, then renamed: _IN_USE is never seen unlocked while we live.
+    claiming = scratch / f".{_IN_USE}"
+    descriptor = os.open(claiming, flags, 0o600)
+    try:
+        archives.claim(descriptor)
+    except OSError:
+        os.close(descriptor)
+        return None
+    claiming.rename(scratch / _IN_USE)
+    return descriptor
+
+
+def _clear_abandoned_scratch(near: Path) -> None:
+    """Remove the scratch folders in `near` that no live process holds (see _claim_scratch).  One
+    without the claim file is left alone: it may be a moment old, or on a file system without flock."""
+    try:
+        entries = list(os.scandir(near))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(_SCRATCH):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False) and archives.abandoned(Path(entry.path) / _IN_USE):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 @dataclass
