@@ -2,7 +2,8 @@
 
 Every member is checked before anything is written: names that would land
 outside the folder (`../`, absolute paths, drive letters, paths through a link)
-are refused, and existing files are left alone unless forced.  Links are made as
+are refused, and existing files are left alone unless forced.  A member that
+cannot be read is left out and named at the end; every intact one is restored.  Links are made as
 they were, wherever they point (a tree's links often point out of it), and last,
 so nothing is ever written through one.  Each file is written under a short
 temporary name and renamed into place, so a reader never
@@ -93,9 +94,10 @@ def choose_archive(target: Target, name: str | None) -> tuple[Path, list[str]]:
         # restore passes over copies it cannot vouch for.
         whole, broken = _newest_whole(existing, now)
         if whole is None:
+            remote = f" (restore a remote's copy: --remote {target.offsite[0].name})" if target.offsite else ""
             raise TargetError(
                 f"no whole archive of {target.name} in {target.destination}: {_broken_list(broken)}; "
-                "nothing to restore (a remote's copy may be whole: --remote NAME)"
+                f"nothing to restore{remote}"
             )
         return whole.path, [
             f"passed over {archive.name}: it is not a whole archive ({problem}); restored {whole.name} instead"
