@@ -407,8 +407,8 @@ def restore(
 
     try:
         if remote is None:
-            chosen = restore_module.choose_archive(target, archive)
-            done = restore_module.restore(chosen, Path(to), member=member, force=force)
+            chosen, passed = restore_module.choose_archive(target, archive)
+            done = restore_module.restore(chosen, Path(to), member=member, force=force, warnings=passed)
         else:
             chosen, done = _restore_remote(target, loaded.remotes[remote], Path(to), archive, member, force, identities)
     except (BackupError, KeyboardInterrupt, OSError) as exc:
@@ -476,6 +476,8 @@ def _restore_remote(
         chosen = held[-1]  # checked against its recorded checksum once downloaded, as every copy is
     else:
         newest = offsite.newest_good(store, target.name, held, runner.utc_now())
+        if newest.damaged is not None:  # an older copy in its place must not look like success
+            raise TargetError(newest.damaged)
         if newest.chosen is None:
             raise TargetError(
                 f"no copy of {target.name} on remote {remote.name} can be restored: "
@@ -483,6 +485,7 @@ def _restore_remote(
                 + "; name one with --archive"
             )
         chosen, warnings = newest.chosen, newest.warnings()
+    restore_module.refuse_blocked(to)  # before the scratch folder is made beside it
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
     with offsite.fetched(target.name, store, chosen, identities, near) as path:

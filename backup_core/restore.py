@@ -2,7 +2,8 @@
 
 Every member is checked before anything is written: names that would land
 outside the folder (`../`, absolute paths, drive letters, paths through a link)
-are refused, and existing files are left alone unless forced.  Links are made as
+are refused, and existing files are left alone unless forced.  A member that
+cannot be read is left out and named at the end; every intact one is restored.  Links are made as
 they were, wherever they point (a tree's links often point out of it), and last,
 so nothing is ever written through one.  Each file is written under a short
 temporary name and renamed into place, so a reader never
@@ -15,6 +16,7 @@ first, so a read-only folder is filled before it is closed).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from backup_core.errors import BackupError, TargetError, UsageError
 from backup_core.manifest import Target
+from backup_core.report import human_bytes, shown
 from backup_core.sources import sqlite
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.stores import archives, retention
@@ -47,6 +50,9 @@ class Restored:
     warnings: list[str] = field(default_factory=list)
     # Databases that failed integrity_check: not placed; every other member still is.
     damaged: list[str] = field(default_factory=list)
+    # Members that could not be read (a bad CRC, a stream that does not inflate): left out, with why.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    size: int = 0  # what the members to restore hold, uncompressed
 
     def written(self, damaged: bool = False) -> str:
         """What this restore wrote before it stopped ("" when nothing): said with any failure.
@@ -62,8 +68,9 @@ class Restored:
         return f"{count} file(s) and link(s) were restored into {self.folder} before it stopped and stay there ({rest})"
 
 
-def choose_archive(target: Target, name: str | None) -> Path:
-    """The named archive of `target`, or its newest."""
+def choose_archive(target: Target, name: str | None) -> tuple[Path, list[str]]:
+    """The named archive of `target`, or its newest whole one; and warnings naming the newer
+    files under an archive's name that were passed over (cut short or emptied: not whole zips)."""
     try:
         existing = archives.list_archives(target.destination, target.name)
     except OSError as exc:  # not about --to: the caller's advice for those would mislead
@@ -73,35 +80,87 @@ def choose_archive(target: Target, name: str | None) -> Path:
         ) from None
     if not existing:
         raise TargetError(f"no archives of {target.name} in {target.destination}; nothing to restore")
-    if name is None:
-        from backup_core.runner import utc_now
+    from backup_core.runner import utc_now
 
+    now = utc_now()
+    if name is None:
         # An archive a clock ahead dated in the future is no newer than last night's: never the default.
-        chosen = retention.newest(existing, lambda a: a.when, utc_now())
-        if chosen is None:
+        if retention.newest(existing, lambda a: a.when, now) is None:
             raise TargetError(
                 f"every archive of {target.name} is dated in the future (a clock ahead?); name one with --archive"
             )
-        return chosen.path
+        # As retention and status judge them: a file under an archive's name that is not a whole
+        # zip (a run killed mid-write, a disk that filled) is passed over, as a remote's
+        # restore passes over copies it cannot vouch for.
+        whole, broken = _newest_whole(existing, now)
+        if whole is None:
+            remote = f" (restore a remote's copy: --remote {target.offsite[0].name})" if target.offsite else ""
+            raise TargetError(
+                f"no whole archive of {target.name} in {target.destination}: {_broken_list(broken)}; "
+                f"nothing to restore{remote}"
+            )
+        return whole.path, [
+            f"passed over {archive.name}: it is not a whole archive ({problem}); restored {whole.name} instead"
+            for archive, problem in broken
+        ]
     if Path(name).name != name:
         raise UsageError(
-            f"--archive {name}: give the archive's file name only; it is looked for in {target.destination}"
+            f"--archive {shown(name)}: give the archive's file name only; it is looked for in {target.destination}"
         )
     for archive in existing:
         if archive.name == Path(name).name:
-            return archive.path
+            found = archives.ending(archive.path)
+            if found.broken:
+                whole, _ = _newest_whole(existing, now)
+                instead = (
+                    f"restore the newest whole archive instead: --archive {whole.name}"
+                    if whole is not None
+                    else f"no archive of {target.name} there is whole"
+                )
+                raise TargetError(f"--archive {shown(name)} is cut short or damaged ({found.problem}); {instead}")
+            return archive.path, []
     newest = ", ".join(a.name for a in existing[-3:])
-    raise UsageError(f"--archive {name}: not an archive of {target.name}; the newest are: {newest}")
+    raise UsageError(f"--archive {shown(name)}: not an archive of {target.name}; the newest are: {newest}")
+
+
+def _newest_whole(
+    existing: list[archives.Archive], now: datetime
+) -> tuple[archives.Archive | None, list[tuple[archives.Archive, str]]]:
+    """The newest archive not dated in the future that ends as a whole zip, and the newer ones
+    that do not (with what is wrong with each), newest first."""
+    broken: list[tuple[archives.Archive, str]] = []
+    pool = list(existing)
+    while (newest := retention.newest(pool, lambda a: a.when, now)) is not None:
+        found = archives.ending(newest.path)
+        if not found.broken:
+            return newest, broken
+        broken.append((newest, found.problem or ""))
+        pool.remove(newest)
+    return None, broken
+
+
+def _broken_list(broken: list[tuple[archives.Archive, str]]) -> str:
+    if not broken:
+        return "every archive is dated in the future"
+    first, problem = broken[0]
+    more = f" (and {len(broken) - 1} more like it)" if len(broken) > 1 else ""
+    return f"{first.name} is not a whole archive ({problem}){more}"
 
 
 def restore(
-    archive: Path, folder: Path, member: str | None = None, force: bool = False, fetched: str | None = None
+    archive: Path,
+    folder: Path,
+    member: str | None = None,
+    force: bool = False,
+    fetched: str | None = None,
+    warnings: list[str] | None = None,
 ) -> Restored:
     """Extract `archive` (or one member or subfolder of it) into `folder`.  `fetched`: how to get
     the archive again when it is a remote's copy downloaded (and decrypted) into a scratch file,
-    which is gone once this returns ("NAME from remote R, then decrypt it").
+    which is gone once this returns ("NAME from remote R, then decrypt it").  `warnings`: said
+    first, whatever happens (from choosing the archive).
     Whatever it raises carries what was restored so far as `restored` (see commands.restore)."""
-    done = Restored(archive, folder)
+    done = Restored(archive, folder, warnings=list(warnings or []))
     try:
         _restore(archive, folder, member, force, fetched, done)
     except (BackupError, OSError, KeyboardInterrupt) as exc:
@@ -110,9 +169,17 @@ def restore(
     return done
 
 
-def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetched: str | None, done: Restored) -> None:
-    if os.path.lexists(folder) and not folder.is_dir():
+def refuse_blocked(folder: Path) -> None:
+    """Raise UsageError when `folder`, or a folder it lies in, is a file: named, not its folder below."""
+    blocker = next((path for path in [folder, *folder.parents] if os.path.lexists(path) and not path.is_dir()), None)
+    if blocker == folder:
         raise UsageError(f"--to {folder} is a file, not a folder; give a folder to restore into (created if missing)")
+    if blocker is not None:
+        raise UsageError(f"--to {folder}: {blocker} is a file, not a folder; give a folder to restore into")
+
+
+def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetched: str | None, done: Restored) -> None:
+    refuse_blocked(folder)
     root = Path(os.path.realpath(folder))
     try:
         directory = zipfile.ZipFile(archive)
@@ -135,8 +202,16 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
         ]
         _refuse_paths_through_links(chosen)
         _refuse_name_clashes(chosen, archive)
+        # A folder where a file goes: --force replaces files, never a folder (nor what it holds).
+        blocked = [(info, path) for info, path in plan if not info.is_dir() and path.is_dir() and not path.is_symlink()]
+        if blocked:
+            more = f" (and {len(blocked) - 1} more like it)" if len(blocked) > 1 else ""
+            raise UsageError(
+                f"{shown(str(blocked[0][1]))} is a folder where the archive has a file{more}; nothing was "
+                "restored: move the folder away and restore again"
+            )
         if not force:
-            clashes = [str(path) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
+            clashes = [shown(str(path)) for info, path in plan if not info.is_dir() and os.path.lexists(path)]
             if clashes:
                 more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
                 verb = "already exist" if more else "already exists"
@@ -151,22 +226,32 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
             raise UsageError(
                 f"--to {folder}: {exc.filename or folder} is a file, not a folder; give a folder to restore into"
             ) from None
+        done.size = sum(info.file_size for info in chosen)
         # Links last, as tar does: no file is ever written through a link this restore made.
         for info, path in sorted(plan, key=lambda item: _is_link(item[0])):
             try:
                 _extract(directory, info, path, root, done)
             except TargetError as exc:
                 raise _partly_restored(exc, done) from None
-            except _DAMAGED as exc:  # a link's target, read outside the file copy
-                raise _partly_restored(
-                    TargetError(f"{info.filename} in {archive.name} is damaged: {_why(exc)}"), done
-                ) from None
+            except OSError as exc:
+                if (why := _cannot_write(exc, info, path, done)) is None:
+                    raise
+                written = done.written()
+                raise TargetError(f"{why}; {written}" if written else why) from None
+            except _DAMAGED as exc:
+                # During an incident every intact file matters: this one is left out (its
+                # temporary copy removed) and named at the end; the rest are still restored.
+                done.unreadable.append((shown(info.filename), _why(exc)))
+                continue
             if info.is_dir():
                 folders.append((info, path))
         # Folders' modes, owners and times last, deepest first: a 0500 folder must be filled
         # before it is closed, and writing into a folder moves its time.
         for info, path in sorted(folders, key=lambda item: -len(item[1].parts)):
             _set_attributes(info, path, done)
+    said = []
+    if done.unreadable:
+        said.append(_unreadable(done, fetched or str(archive)))
     if done.damaged:
         more = f" and {len(done.damaged) - 1} more" if len(done.damaged) > 1 else ""
         # A remote's copy was downloaded to a scratch file that is gone by now: name the copy.
@@ -175,10 +260,54 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
             if fetched is None
             else f"download {fetched}, then unzip -p it MEMBER > FILE"
         )
-        raise TargetError(
-            f"database {done.damaged[0]}{more} in {archive.name} fails integrity_check and was not restored; "
-            f"every other member was, into {folder} (to take it as archived anyway: {take})"
+        every = "" if done.unreadable else f"; every other member was, into {folder}"
+        said.append(
+            f"database {done.damaged[0]}{more} in {archive.name} fails integrity_check and was not restored"
+            f"{every} (to take it as archived anyway: {take})"
         )
+    if said:
+        raise TargetError("; ".join(said))
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _cannot_write(exc: OSError, info: zipfile.ZipInfo, path: Path, done: Restored) -> str | None:
+    """What a full disk or a refused write stopped, in one sentence naming the file; None for
+    other errors.  Neither is mended by another folder this user can create, nor by a rerun."""
+    where = f"{shown(str(path))} ({shown(info.filename)} in {done.archive.name})"
+    if exc.errno in _NO_SPACE:
+        return (
+            f"the disk ran out of space while writing {where}: the restore needs {human_bytes(done.size)} "
+            f"in all (what it holds uncompressed): free that much on the disk that holds {done.folder}"
+        )
+    if exc.errno in _NOT_ALLOWED:
+        if exc.errno == errno.EROFS:
+            return f"cannot write {where}: the file system there is read-only"
+        return (
+            f"cannot write {where}: {exc.strerror}; this user may not write in {shown(str(path.parent))}: "
+            "give it that permission, or restore as a user who may"
+        )
+    return None
+
+
+def _unreadable(done: Restored, where: str) -> str:
+    """The members left out because they could not be read, and what was restored instead."""
+    restored = done.files + done.links + done.directories
+    rest = f"the other {restored} members were restored into {done.folder}" if restored else "nothing was restored"
+    if len(done.unreadable) == 1:
+        name, why = done.unreadable[0]
+        return (
+            f"{name} in {where} is damaged: {why}; it was left out, and {rest} "
+            f"(take it from another archive: --archive NAME --member {name})"
+        )
+    listed = ", ".join(f"{name} ({why})" for name, why in done.unreadable[:3])
+    more = f" and {len(done.unreadable) - 3} more" if len(done.unreadable) > 3 else ""
+    return (
+        f"{len(done.unreadable)} members of {where} are damaged and were left out: {listed}{more}; {rest} "
+        "(take them from another archive: --archive NAME --member PATH)"
+    )
 
 
 # What reading a damaged member raises: a bad CRC or header, a stream that does not inflate, a
@@ -206,8 +335,8 @@ def _check_members(directory: zipfile.ZipFile, infos: list[zipfile.ZipInfo], arc
                     pass
         except _DAMAGED as exc:
             raise TargetError(
-                f"{info.filename} in {archive.name} is damaged ({_why(exc)}); nothing was overwritten (verify the "
-                "archives, and restore from another with --archive NAME)"
+                f"{shown(info.filename)} in {archive.name} is damaged ({_why(exc)}); nothing was overwritten "
+                "(verify the archives, and restore from another with --archive NAME)"
             ) from None
 
 
@@ -260,8 +389,8 @@ def _refuse_name_clashes(infos: list[zipfile.ZipInfo], archive: Path) -> None:
         first = seen.setdefault(_landing(info), info.filename)
         if first != info.filename:
             raise UsageError(
-                f"{first} and {info.filename} in {archive.name} would be one file on this system (their names "
-                "differ only in case or trailing dots); restore each with --member into its own folder"
+                f"{shown(first)} and {shown(info.filename)} in {archive.name} would be one file on this system "
+                "(their names differ only in case or trailing dots); restore each with --member into its own folder"
             )
 
 
@@ -280,10 +409,13 @@ def _choose(infos: list[zipfile.ZipInfo], member: str | None, archive: Path) -> 
         return infos
     # As stored bytes, as the operator's shell gives them: zipfile decodes a name without the
     # UTF-8 flag as cp437, so `--member é` missed é/sub/g\xff, stored unflagged.
-    wanted = os.fsencode(member.strip("/"))
+    # `./docs/a.txt` and `docs/` name what `docs/a.txt` and `docs` do (as a shell completes
+    # them); on Windows `.\docs\a.txt` too.
+    typed = member.replace("\\", "/") if _WINDOWS else member
+    wanted = os.fsencode("/".join(part for part in typed.split("/") if part not in ("", ".")))
     chosen = [i for i in infos if (raw := names.raw_name(i).rstrip(b"/")) == wanted or raw.startswith(wanted + b"/")]
     if not chosen:
-        raise UsageError(f"--member {member}: no such file or folder in {archive.name}")
+        raise UsageError(f"--member {shown(member)}: no such file or folder in {archive.name}")
     return chosen
 
 
@@ -344,7 +476,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
                 path.symlink_to(link)
             done.links += 1
         except OSError as exc:  # Windows without the privilege to make links
-            done.warnings.append(f"could not make link {info.filename} -> {link}: {exc.strerror or exc}")
+            done.warnings.append(f"could not make link {shown(info.filename)} -> {shown(link)}: {exc.strerror or exc}")
             return
         _set_attributes(info, path, done)
         return
@@ -371,7 +503,7 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             if found:
                 # The rest of the archive is still restored: during an incident, every other
                 # file matters as much (an archive holding a database cut short is kept for them).
-                done.damaged.append(f"{info.filename} ({found})")
+                done.damaged.append(f"{shown(info.filename)} ({found})")
                 return
             # A stale -wal beside the old database would be replayed into the restored one.
             for suffix in ("-wal", "-shm", "-journal"):
@@ -379,13 +511,11 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             done.databases += 1
         _set_attributes(info, partial, done)
         if path.is_dir() and not path.is_symlink():
-            raise TargetError(f"cannot restore file {info.filename}: a folder of that name exists in {root}")
+            raise TargetError(f"cannot restore file {shown(info.filename)}: a folder of that name exists in {root}")
         if _WINDOWS and path.is_file() and not path.is_symlink():
             path.chmod(stat.S_IWRITE)  # Windows will not replace a read-only file (--force asked to)
         partial.replace(path)
         done.files += 1
-    except _DAMAGED as exc:
-        raise TargetError(f"{info.filename} in {directory.filename} is damaged: {_why(exc)}") from None
     finally:
         _remove(partial)
         for suffix in ("-wal", "-shm"):
@@ -417,10 +547,13 @@ def _set_attributes(info: zipfile.ZipInfo, path: Path, done: Restored) -> None:
         try:
             os.chown(path, *owner, follow_symlinks=False)
         except OSError as exc:
-            done.warnings.append(f"could not give {info.filename} its owner {owner[0]}:{owner[1]}: {exc.strerror}")
+            done.warnings.append(
+                f"could not give {shown(info.filename)} its owner {owner[0]}:{owner[1]}: {exc.strerror}"
+            )
     if not link and path.is_symlink():
         return  # never set through a link what belongs to a file or folder of the archive
-    if stat.S_IMODE(mode) and not link:
+    # Any recorded Unix mode, 0000 included (a zip made on Windows records none: mode is 0).
+    if mode and not link:
         path.chmod(stat.S_IMODE(mode))
     mtime = _member_mtime(info)
     if mtime is not None and (not link or os.utime in os.supports_follow_symlinks):

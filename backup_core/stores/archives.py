@@ -394,6 +394,29 @@ def in_use(path: Path) -> bool:
     return False
 
 
+def abandoned(path: Path) -> bool:
+    """Whether `path`, a file a process claimed (see claim), is known to be held by none now: its
+    process ended.  False when it is held, missing, or the file system cannot say (no flock).
+    On Windows the file is deleted if it can be, which only a file no process holds open can."""
+    if sys.platform == "win32":
+        try:
+            path.unlink()
+        except OSError:
+            return False
+        return True
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: a live process holds it; else no flock here, so no knowing
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
 def busy_partials(destination: Path, target: str, names: list[str] | None = None) -> list[Path]:
     """This target's partial archives that a live run is writing (only its lock file was lost);
     `names`: the folder's listing, current for this target (see target_names), if taken."""

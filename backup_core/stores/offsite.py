@@ -9,7 +9,10 @@ of the run succeeded, and the newest copy is never deleted.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -311,13 +314,17 @@ def _note(result: OffsiteResult, planned: retention.Plan[Stored]) -> None:
 @contextmanager
 def fetched(target: str, store: Store, stored: Stored, identities: list[Any], near: Path) -> Iterator[Path]:
     """The archive's zip as a local file, downloaded and decrypted into a scratch folder in `near`
-    that is removed afterwards; a copy that cannot be decrypted leaves nothing behind."""
+    that is removed afterwards; a copy that cannot be decrypted leaves nothing behind.  Scratch
+    folders that killed runs left in `near` (a decrypted archive in each) are removed first."""
     if stored.encrypted and not identities:
         raise UsageError(
             f"{stored.name} is encrypted; pass --identity FILE (the age identity or SSH private key of a recipient)"
         )
-    scratch = Path(tempfile.mkdtemp(prefix=".backup-fetch-", dir=near))
+    _clear_abandoned_scratch(near)
+    scratch = Path(tempfile.mkdtemp(prefix=_SCRATCH, dir=near))
+    claimed: int | None = None
     try:
+        claimed = _claim_scratch(scratch)
         path = store.fetch(target, stored, scratch)
         _as_recorded(target, store, stored, path)
         if stored.encrypted:
@@ -328,16 +335,61 @@ def fetched(target: str, store: Store, stored: Stored, identities: list[Any], ne
             path = plain
         yield path
     finally:
+        if claimed is not None:
+            os.close(claimed)  # first: Windows deletes no open file
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# A scratch folder holds, once claimed, a file named _IN_USE that its process holds open (and,
+# on POSIX, locked) until it is done: one that no process holds was left by a run that was
+# killed (SIGKILL, a power cut), with the decrypted archive in it, and nothing else removes it.
+_SCRATCH = ".backup-fetch-"
+_IN_USE = "in-use"
+
+
+def _claim_scratch(scratch: Path) -> int | None:
+    """Mark `scratch` as this process's while the returned descriptor stays open; None when this
+    file system cannot say so (no flock), and the folder is then never taken for abandoned."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    if sys.platform == "win32":  # an open file cannot be deleted there: holding it open is the claim
+        return os.open(scratch / _IN_USE, flags, 0o600)
+    # Locked under another name, then renamed: _IN_USE is never seen unlocked while we live.
+    claiming = scratch / f".{_IN_USE}"
+    descriptor = os.open(claiming, flags, 0o600)
+    try:
+        archives.claim(descriptor)
+    except OSError:
+        os.close(descriptor)
+        return None
+    claiming.rename(scratch / _IN_USE)
+    return descriptor
+
+
+def _clear_abandoned_scratch(near: Path) -> None:
+    """Remove the scratch folders in `near` that no live process holds (see _claim_scratch).  One
+    without the claim file is left alone: it may be a moment old, or on a file system without flock."""
+    try:
+        entries = list(os.scandir(near))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(_SCRATCH):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False) and archives.abandoned(Path(entry.path) / _IN_USE):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 @dataclass
 class Newest:
-    """The copy a restore takes by default, and the newer copies it passed over (why, for each)."""
+    """The copy a restore takes by default, and the newer copies it passed over (why, for each).
+    `damaged`: why nothing may be taken by default, when the newest copy this tool put there no
+    longer matches its record (restoring an older one without a word would look like success)."""
 
     chosen: Stored | None
     passed: list[str]
     foreign: Foreign | None = None  # the chosen copy is another host's
+    damaged: str | None = None
 
     def warnings(self) -> list[str]:
         said = []
@@ -353,13 +405,26 @@ def newest_good(store: Store, target: str, held: list[Stored], now: datetime) ->
     """The newest copy not dated in the future that this tool can vouch for, as retention and
     status count copies: an object someone else wrote under a newer archive's name must not be
     what a restore brings back.  Another host's copy is taken, with a warning (on a prefix that
-    hosts share, a replacement host may want it)."""
+    hosts share, a replacement host may want it).  A newer copy with no recorded checksum is
+    passed over (not this tool's); one whose recorded checksum no longer matches is damaged:
+    none is chosen, and `damaged` names it and the newest good copy older than it."""
     passed: list[str] = []
+    damaged: str | None = None
     for stored in reversed([s for s in held if s.when <= now + retention.FUTURE_TOLERANCE]):
         why = store.vouched(target, stored)
         if why is None or isinstance(why, Foreign):
-            return Newest(stored, passed, why)
+            if damaged is None:
+                return Newest(stored, passed, why)
+            return Newest(None, passed, damaged=f"{damaged}: restore it with --archive {stored.name}")
+        if damaged is None and store.recorded(target, stored) is not None:
+            damaged = (
+                f"{why}; it is the newest copy this tool put on remote {store.name}, so nothing was restored "
+                f"(check the copies with `{command(f'verify --remote {store.name}')}`); the newest good copy "
+                "older than it may lack recent changes"
+            )
         passed.append(why)
+    if damaged is not None:
+        return Newest(None, passed, damaged=f"{damaged}, and there is none on that remote: restore the local archive")
     return Newest(None, passed)
 
 
