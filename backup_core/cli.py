@@ -187,6 +187,8 @@ def backup(
     help={
         **_SELECT,
         "check": "Show which archives would be deleted, here and on remotes; delete nothing.",
+        "force": "Delete what keep says even when the newest archive kept is incomplete or holds files that "
+        "changed while read (never when it is not a whole zip).",
         "metrics-file": _METRICS,
     },
 )
@@ -197,13 +199,14 @@ def prune(
     tags: list[str] | None = None,
     skip_tags: list[str] | None = None,
     check: bool = False,
+    force: bool = False,
     format: str = "text",
     metrics_file: str = "",
 ) -> None:
     """Apply each target's keep: policy, here and on its remotes, without making a new archive."""
     _run(
-        _commands().run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, output=format,
-        metrics_file=metrics_file or None,
+        _commands().run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, force=force,
+        output=format, metrics_file=metrics_file or None,
     )  # fmt: skip
 
 

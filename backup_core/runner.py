@@ -1071,6 +1071,7 @@ def _rotate(
     existing: list[Archive] | None = None,
     spare: set[str] | None = None,
     guard: bool = False,
+    forced: bool = False,
 ) -> list[str]:
     """Delete this target's archives that its policy no longer keeps (never the new one);
     `existing`: the target's archives, when the caller knows them; `spare`: names kept anyway;
@@ -1080,7 +1081,7 @@ def _rotate(
         existing = archives.list_archives(target.destination, target.name)
     due = _due(existing, target, result)
     doomed = [a for a in due if a.name not in (spare or ())]
-    if guard and doomed and (problem := _newest_kept_problem(existing, doomed)):
+    if guard and doomed and (problem := _newest_kept_problem(existing, doomed, forced)):
         raise TargetError(problem)
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
@@ -1253,7 +1254,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
         # push (or the next backup) has sent it.  Every remote of the target counts, --remote or not.
         unsent = _unsent(target, result, {a.name for a in doomed}) if doomed else set()
         doomed = [a for a in doomed if a.name not in unsent]
-        if doomed and (problem := _newest_kept_problem(existing, doomed)):
+        if doomed and (problem := _newest_kept_problem(existing, doomed, forced=options.force)):
             # Nor are the remotes pruned: they may hold the same incomplete archive as their
             # newest, and the last complete copy as an older one.
             result.fail(problem)
@@ -1272,9 +1273,9 @@ def prune_target(target: Target, options: Options) -> TargetResult:
                 # The listing is taken again under the lock, and reported again; and judged again:
                 # a backup may have placed an incomplete archive meanwhile.
                 result.warnings = [w for w in result.warnings if w.startswith(_KEPT_FOR_REMOTES)]
-                _rotate(target, result, spare=unsent, guard=True)
+                _rotate(target, result, spare=unsent, guard=True, forced=options.force)
         for remote in _remotes(target, options.remote):
-            copy = offsite.prune_remote(target, remote, check=options.check, now=utc_now())
+            copy = offsite.prune_remote(target, remote, check=options.check, now=utc_now(), forced=options.force)
             _offsite_result(result, copy)
             if copy.error:
                 _remote_failed(result, copy.error)
@@ -1287,7 +1288,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
 _KEPT_FOR_REMOTES = "kept for its remotes: "
 
 
-def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str | None:
+def _newest_kept_problem(existing: list[Archive], doomed: list[Archive], forced: bool = False) -> str | None:
     """Why deleting `doomed` could leave no good archive: the newest one kept, which retention
     trusts by its name, does not end as a whole zip (a file cut short, or put there by hand), or
     was made without a database or holding a damaged one (its comment says so): an older
@@ -1297,13 +1298,15 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive]) -> str 
     kept = retention.newest([a for a in staying if a not in broken], _when, utc_now())
     if kept is None:
         return None
-    problem = archives.doubt(kept.path)
+    problem = archives.doubt(kept.path, unsettled=not forced)
     if problem is None:
         return None
+    whole = archives.doubt(kept.path, unsettled=False) is None
+    anyway = f", or run {command('prune --force')} to delete anyway" if whole else ""
     return (
         f"nothing was deleted: {kept.name}, the newest archive that would be kept, is no ground for it: "
         f"{problem}; older archives may be the last good ones: check it with {command('verify')}, and make a "
-        f"complete backup (or move it out of the folder) before pruning"
+        f"complete backup (or move it out of the folder) before pruning{anyway}"
     )
 
 

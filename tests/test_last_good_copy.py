@@ -108,6 +108,11 @@ def test_a_remote_keeps_its_last_complete_copy_when_its_newest_was_made_without_
         pruned.code == 1 and said in pruned.stdout and "it is incomplete: made without 1 database(s)" in pruned.stdout
     )
     assert nas.names("site") == [complete, incomplete]
+    # Told to, a prune deletes what keep says all the same (a database broken for good would
+    # otherwise hold every archive until the disk fills).
+    forced = run(project, nas, "prune", "--force", now=START + timedelta(hours=3))
+    assert forced.code == 0 and "nas -1" in forced.stdout + forced.stderr, forced.output
+    assert nas.names("site") == [incomplete]
     # A complete backup again: the remote's keep applies as before.
     database.unlink()
     _database(project)

@@ -296,7 +296,7 @@ def ending(path: Path) -> Ending:
     return Ending(None, comment, members=count)
 
 
-def doubt(path: Path) -> str | None:
+def doubt(path: Path, unsettled: bool = True) -> str | None:
     """Why the archive at `path` is no ground for deleting older ones, or None: it does not end as
     a whole zip (or cannot be read), or its comment says a database was left out of it or files in
     it changed while they were read (see packing.unsettled_note).  Retention trusts the newest
@@ -306,7 +306,7 @@ def doubt(path: Path) -> str | None:
     found = ending(path)
     if found.problem is not None:
         return f"it is not a whole archive ({found.problem})"
-    return unsettled_note(found.comment)
+    return unsettled_note(found.comment) if unsettled else None
 
 
 def _no_end(file: BinaryIO, tail: bytes, start: int, size: int) -> str:

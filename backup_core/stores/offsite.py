@@ -184,7 +184,9 @@ def lacking(target: Target, remote: Remote, now: datetime) -> list[str]:
     return sorted(a.name for a in local if (a in missing and a in wanted) or a.name in damaged)
 
 
-def prune_remote(target: Target, remote: Remote, check: bool = False, now: datetime | None = None) -> OffsiteResult:
+def prune_remote(
+    target: Target, remote: Remote, check: bool = False, now: datetime | None = None, forced: bool = False
+) -> OffsiteResult:
     """Apply the remote's keep to what it holds of the target, uploading nothing."""
     store = store_for(remote)
     result = OffsiteResult(remote.name, store.describe())
@@ -196,7 +198,7 @@ def prune_remote(target: Target, remote: Remote, check: bool = False, now: datet
         held = [s for s in held if s not in unvouched]
         doomed = [s for s in planned_here.deleted if s not in unvouched]
         if doomed:
-            _refuse_on_doubt(target, remote, planned_here.kept, now)
+            _refuse_on_doubt(target, remote, planned_here.kept, now, forced)
         if check:
             result.deleted = [a.name for a in doomed]
         else:
@@ -210,7 +212,7 @@ def prune_remote(target: Target, remote: Remote, check: bool = False, now: datet
     return result
 
 
-def _refuse_on_doubt(target: Target, remote: Remote, kept: list[Stored], now: datetime) -> None:
+def _refuse_on_doubt(target: Target, remote: Remote, kept: list[Stored], now: datetime, forced: bool = False) -> None:
     """Raise StoreError when the newest copy the remote's keep would keep is no ground for
     deleting older ones, as a local prune refuses (see archives.doubt): judged by its local
     twin, which an archive a push sent (made without a database, say) still has here.  Without
@@ -218,12 +220,14 @@ def _refuse_on_doubt(target: Target, remote: Remote, kept: list[Stored], now: da
     newest = retention.newest(kept, _when, now)
     if newest is None or not (twin := target.destination / newest.archive).is_file():
         return  # a copy whose archive was rotated out here was judged when it was the newest
-    problem = archives.doubt(twin)
+    problem = archives.doubt(twin, unsettled=not forced)
     if problem is not None:
+        whole = archives.doubt(twin, unsettled=False) is None
+        anyway = f", or run {command('prune --force')} to delete anyway" if whole else ""
         raise StoreError(
             f"remote {remote.name}: nothing was deleted there: {newest.name}, the newest copy its keep would keep, "
             f"is no ground for it: {problem}; older copies may be the last good ones: make a complete backup "
-            "before pruning"
+            f"before pruning{anyway}"
         )
 
 
