@@ -704,9 +704,12 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         if walked is not None and (stats.warnings or incomplete or result.changed):
             # A file vanished, a database left out, a file torn: the archive may not hold what was walked.
             walked.usable = False
-        # Never "unchanged" against an archive marked incomplete: once the operator has removed
-        # the bad database, the source may match it, and rotation (and prune) would stay stuck.
-        if target.skip_unchanged and not options.force and not incomplete and existing and _whole(existing[-1]):
+        # Never "unchanged" against an archive that is no ground for rotating (marked incomplete,
+        # or holding files that changed while read), nor for an archive that is one itself: once
+        # the source is settled again it may match, and rotation (here and on the remotes, and
+        # prune) would stay stuck for as long as the source stays unchanged.
+        settled = not incomplete and not result.changed
+        if target.skip_unchanged and not options.force and settled and existing and _sound(existing[-1]):
             result.compared = "content"
             if _same_content(partial, existing[-1].path):
                 result.status, result.archive = OK, existing[-1].path
@@ -869,16 +872,9 @@ def _archive_comment(result: TargetResult, torn: list[str], changed: list[str]) 
     return lead + "; ".join(said).encode("utf-8", "surrogateescape")
 
 
-def _whole(archive: Archive) -> bool:
-    """Whether `archive` is not marked incomplete (see packing.INCOMPLETE_COMMENT)."""
-    return _incompleteness(archives.ending(archive.path).comment) is None
-
-
-def _incompleteness(comment: bytes) -> str | None:
-    """What an archive's comment says it lacks (packing.incomplete_note, imported only here)."""
-    from backup_core.zip.packing import incomplete_note
-
-    return incomplete_note(comment)
+def _sound(archive: Archive) -> bool:
+    """Whether `archive` is ground for rotating older ones (see archives.doubt)."""
+    return archives.doubt(archive.path) is None
 
 
 def _still_there(partial: Path) -> None:

@@ -235,3 +235,52 @@ def test_a_large_file_changed_after_its_stat_is_written_again_whole(
     with zipfile.ZipFile(archive) as result:
         assert result.read("large.bin") == new
         assert result.read("after.txt") == new
+
+
+# Touches a file without pause and never changes its bytes: every read sees it change (its
+# times move), yet an archive of it holds the same bytes as one made while it is quiet.
+_TOUCHER = """
+import os, sys, time
+path, n = sys.argv[1], 0
+while True:
+    os.utime(path, (n, n + 1_000_000_000 + n))
+    n += 1
+    if n == 100:
+        open(path + ".ready", "w").close()
+"""
+
+
+@pytest.mark.slow
+def test_a_settled_source_is_not_unchanged_from_an_archive_made_while_it_changed(project: Project) -> None:
+    # With skip_unchanged, the next quiet run found the source unchanged from the archive that
+    # holds files changed while read (their bytes were the same), so that archive stayed the
+    # newest: nothing rotated for as long as the source stayed unchanged, and every remote's
+    # deletions waited on its strength.
+    big = project.root / "data" / "log.bin"
+    project.file("data/notes.txt", "steady\n")
+    big.write_bytes(_content(SIZE))
+    _manifest(project, "data", "skip_unchanged: true")
+    assert project.invoke("backup").code == 0
+    project.file("data/notes.txt", "edited\n")
+    toucher = subprocess.Popen([sys.executable, "-c", _TOUCHER, str(big)])
+    try:
+        for _ in range(600):
+            if Path(f"{big}.ready").exists():
+                break
+            time.sleep(0.05)
+        touched = project.invoke("backup", "--format", "json")
+    finally:
+        toucher.kill()
+        toucher.wait()
+    assert touched.json()["targets"][0]["changed"] == [str(big)], touched.output
+    [_, unsettled] = project.archives()
+
+    ran = project.invoke("backup", "--format", "json")
+
+    assert ran.code == 0, ran.output
+    [result] = ran.json()["targets"]
+    assert result["status"] == "changed" and len(result["deleted"]) == 2, result
+    [settled] = project.archives()
+    assert settled != unsettled
+    with zipfile.ZipFile(settled) as archive:
+        assert archive.comment == b""

@@ -98,8 +98,11 @@ def replicate(
         wanted = set(planned_here.kept)
         uploads = [a for a in reversed(missing) if a in wanted]  # newest first
         doomed = [a for a in planned_here.deleted if a in held] if prune else []
-        if doomed:
-            _refuse_on_doubt(target, remote, planned_here.kept, now)
+        if doomed and (doubt := _doubt_of_newest_kept(target, remote, planned_here.kept, now)):
+            # The copies are still sent: a backup or push is no prune, and a remote left
+            # behind serves no one.  Only the deletions wait.
+            result.warnings.append(doubt)
+            doomed = []
         if check:
             result.uploaded = [_stored_name(remote, a.name) for a in uploads]
             result.deleted = [a.name for a in doomed]
@@ -197,8 +200,8 @@ def prune_remote(
         planned_here, unvouched = _plan(store, target, remote, held, [], result, now)
         held = [s for s in held if s not in unvouched]
         doomed = [s for s in planned_here.deleted if s not in unvouched]
-        if doomed:
-            _refuse_on_doubt(target, remote, planned_here.kept, now, forced)
+        if doomed and (doubt := _doubt_of_newest_kept(target, remote, planned_here.kept, now, forced)):
+            raise StoreError(doubt)
         if check:
             result.deleted = [a.name for a in doomed]
         else:
@@ -212,23 +215,27 @@ def prune_remote(
     return result
 
 
-def _refuse_on_doubt(target: Target, remote: Remote, kept: list[Stored], now: datetime, forced: bool = False) -> None:
-    """Raise StoreError when the newest copy the remote's keep would keep is no ground for
-    deleting older ones, as a local prune refuses (see archives.doubt): judged by its local
-    twin, which an archive a push sent (made without a database, say) still has here.  Without
-    this, a keep shorter on the remote than here deleted the last complete copy there."""
+def _doubt_of_newest_kept(
+    target: Target, remote: Remote, kept: list[Stored], now: datetime, forced: bool = False
+) -> str | None:
+    """Why nothing may be deleted on the remote, when the newest copy its keep would keep is no
+    ground for deleting older ones, as a local prune refuses (see archives.doubt); else None.
+    Judged by its local twin, which an archive a push sent (made without a database, say) still
+    has here.  Without this, a keep shorter on the remote than here deleted the last complete
+    copy there."""
     newest = retention.newest(kept, _when, now)
     if newest is None or not (twin := target.destination / newest.archive).is_file():
-        return  # a copy whose archive was rotated out here was judged when it was the newest
+        return None  # a copy whose archive was rotated out here was judged when it was the newest
     problem = archives.doubt(twin, unsettled=not forced)
-    if problem is not None:
-        whole = archives.doubt(twin, unsettled=False) is None
-        anyway = f", or run {command('prune --force')} to delete anyway" if whole else ""
-        raise StoreError(
-            f"remote {remote.name}: nothing was deleted there: {newest.name}, the newest copy its keep would keep, "
-            f"is no ground for it: {problem}; older copies may be the last good ones: make a complete backup "
-            f"before pruning{anyway}"
-        )
+    if problem is None:
+        return None
+    whole = archives.doubt(twin, unsettled=False) is None
+    anyway = f", or run {command('prune --force')} to delete anyway" if whole else ""
+    return (
+        f"remote {remote.name}: nothing was deleted there: {newest.name}, the newest copy its keep would keep, "
+        f"is no ground for it: {problem}; older copies may be the last good ones: the next complete backup "
+        f"deletes what keep says{anyway}"
+    )
 
 
 def _plan(
