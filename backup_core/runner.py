@@ -758,29 +758,45 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 result.warnings.append(f"could not remove {leftover}; the next run of {target.name} will")
 
 
-def _same_origin(target: Target, options: Options, listed: list[Archive]) -> tuple[str, str] | None:
+def _same_origin(
+    target: Target, options: Options, listed: list[Archive], judging: bool = False
+) -> tuple[str, str] | None:
     """This run's origin (host, source path) when the destination must record it, else None;
     raises when the target's archives there were made from another source or on another host
     (see archives.origin).  Two manifests, or two hosts sharing a folder, giving a target the
     same name and destination each counted the other's archives toward its keep, and a
-    restore took the other's data without a word.  --force takes this origin as the new one."""
+    restore took the other's data without a word.  --force takes this origin as the new one
+    (a backup's; prune and push, `judging`, only judge: their --force means something else)."""
     from backup_core.stores.base import this_host
 
     here = (this_host(), str(target.path))
     found = archives.origin(target.destination, target.name)
-    if found == here:
-        return None
-    if found is not None and listed and not options.force:
-        host, path = found
-        made = f"from {path}" + (f" on host {host}" if host != here[0] else "")
+    if found is None or _alike(found, here):
+        return None if found is not None else here
+    if not listed or (options.force and not judging):
+        return here
+    host, path = found
+    again = f"run {command(f'backup --force --only {target.name}')} once"
+    if _alike((host, ""), (here[0], "")):  # the same host: another source
         raise TargetError(
-            f"{target.destination} holds archives of {target.name} made {made}, not from {target.path}"
-            + (f" on host {here[0]}" if host != here[0] else "")
-            + ": two manifests or hosts share this destination and target name, and each would rotate away and "
-            "restore the other's archives; give each its own destination (such as /backups/${BACKUP_HOST}) or name; "
-            f"if {target.path} is where that data now lives, run {command(f'backup --force --only {target.name}')} once"
+            f"{target.destination} holds archives of {target.name} made from {path}, not from {target.path}: two "
+            "manifests share this destination and target name, and each would rotate away and restore the "
+            f"other's archives; give each its own destination or name; if {target.path} is where that data now "
+            f"lives, {again}"
         )
-    return here
+    raise TargetError(
+        f"{target.destination} holds archives of {target.name} made on host {host}, not {here[0]} (BACKUP_HOST, else "
+        "the host name): two hosts share this destination and target name, and each would rotate away and restore "
+        "the other's archives; give each its own destination (such as /backups/${BACKUP_HOST}); if this host was "
+        f"renamed, or BACKUP_HOST is set for some runs only, set it alike for every run and {again}"
+    )
+
+
+def _alike(one: tuple[str, str], other: tuple[str, str]) -> bool:
+    """Whether two origins name the same host and source: host names ignore case, as DNS
+    does; Windows paths too."""
+    paths = (one[1].casefold(), other[1].casefold()) if os.name == "nt" else (one[1], other[1])
+    return one[0].casefold() == other[0].casefold() and paths[0] == paths[1]
 
 
 def _record_origin(target: Target, origin: tuple[str, str] | None, result: TargetResult) -> None:
@@ -1245,6 +1261,7 @@ def prune_target(target: Target, options: Options) -> TargetResult:
 
     def body() -> None:
         existing = archives.list_archives(target.destination, target.name)
+        _same_origin(target, options, existing, judging=True)  # another source's archives are not this keep's
         doomed = _due(existing, target, result)
         # A local archive that a remote lacks and would keep goes nowhere else: it stays until a
         # push (or the next backup) has sent it.  Every remote of the target counts, --remote or not.
@@ -1352,6 +1369,7 @@ def push_target(target: Target, options: Options) -> TargetResult:
         if not remotes:
             result.status, result.reason = SKIPPED, "no remote to copy to (offsite: is empty)"
             return
+        _same_origin(target, options, archives.list_archives(target.destination, target.name), judging=True)
         # Check mode takes no lock: it writes nothing, and a preview holding the lock while a
         # slow remote is listed made a real backup skip the target.
         guard: contextlib.AbstractContextManager[list[str] | None] = (

@@ -1338,6 +1338,8 @@ def test_two_manifests_sharing_a_destination_and_target_name_fail_instead_of_rot
     assert previewed.code == 1 and said in previewed.stdout, previewed.output
     assert ran.code == 1 and said in ran.stdout and "give each its own destination" in ran.stdout, ran.output
     assert project.archives("shared") == [archive]
+    pruned = project.invoke("prune")  # keep: {last: 1} would have counted the first's archives as its own
+    assert pruned.code == 1 and said in pruned.stdout, pruned.output
     # The first manifest goes on as before; a source moved on purpose is recorded with --force.
     project.write_manifest(first)
     assert project.invoke("backup").code == 0
@@ -1346,3 +1348,16 @@ def test_two_manifests_sharing_a_destination_and_target_name_fail_instead_of_rot
     assert project.invoke("backup").code == 0
     project.write_manifest(first)
     assert project.invoke("backup").code == 1
+
+
+def test_a_host_name_in_another_case_is_the_same_origin_and_a_renamed_host_is_told_so(project: Project) -> None:
+    project.file("src/a.txt", "a\n")
+    project.write_manifest("version: 1\ntargets:\n  - {name: web, path: src}\n")
+    assert project.invoke("backup", env={"BACKUP_HOST": "Web1"}).code == 0
+    project.file("src/a.txt", "b\n")
+    assert project.invoke("backup", env={"BACKUP_HOST": "web1"}).code == 0
+
+    renamed = project.invoke("backup", env={"BACKUP_HOST": "web2"})
+
+    assert renamed.code == 1, renamed.output
+    assert "made on host Web1, not web2" in renamed.stdout and "if this host was renamed" in renamed.stdout
