@@ -795,6 +795,8 @@ GAP_COMMANDS = [
     ("smbclient //nas/share -U backup%Zsmb11", "backup%***"),
     ("lftp -u backup,Zftp12 sftp://nas", "backup,***"),
     ("htpasswd -b /etc/htpasswd backup Zbatch13", "htpasswd -b /etc/htpasswd backup"),
+    ("mysqldump -uroot -p'Zquoted14' app", "mysqldump -uroot"),  # a password quoted for the shell
+    ('mysqldump -p"Zquoted15 x" app', "mysqldump"),
 ]
 GAP_SECRETS = [re.findall(r"Z[a-z]+\d+", command)[0] for command, _ in GAP_COMMANDS]
 

@@ -60,8 +60,10 @@ _COOKIE = {"curl": ("-b", "--cookie")}  # a cookie's name=value (without '=' it 
 _BATCH = "htpasswd"
 _PROGRAMS = frozenset((*_USER, *_JOINED_P, *_SEPARATE_P, *_COOKIE, _BATCH))
 _EXTENSIONS = (".exe", ".cmd", ".bat", ".com")
-# A word of a command line; a `;`, `&&` or `|` that ends a command is a word of its own.
-_WORD = re.compile(rf"\"[^\"]*\"|'[^']*'|[;&|]+(?=\s|$)|[^\s'\"]+?{_BARE_END}|[^\s'\"]+")
+# A word of a command line; a `;`, `&&` or `|` that ends a command is a word of its own.  A
+# flag glued to a quoted value is one word (`-p'pa ss'`, as a shell hook quotes a password).
+_QUOTED = r"\"[^\"]*\"|'[^']*'"
+_WORD = re.compile(rf"[^\s'\";&|]+(?:{_QUOTED})|{_QUOTED}|[;&|]+(?=\s|$)|[^\s'\"]+?{_BARE_END}|[^\s'\"]+")
 _BREAKS = frozenset((";", "&&", "||", "|", "&"))
 
 
