@@ -151,6 +151,8 @@ def _run_lock(manifest: Manifest, targets: list[Target], needed: bool) -> Iterat
     wait = max((t.lock_timeout for t in targets), default=0)
     lock = None
     for path in _run_lock_paths(manifest.file):
+        if not _ours(path):
+            continue  # another user's file: holding it would make every run of ours skip
         candidate = _file_lock(path)
         try:
             candidate.acquire(timeout=wait)
@@ -174,7 +176,20 @@ def _run_lock_paths(manifest: Path) -> list[Path]:
 
     resolved = manifest.resolve()
     keyed = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
-    return [resolved.with_name(f".{resolved.name}.run.lock"), Path(tempfile.gettempdir()) / f"backup-run-{keyed}.lock"]
+    user = f"{os.getuid()}-" if hasattr(os, "getuid") else ""
+    shared = Path(tempfile.gettempdir()) / f"backup-run-{user}{keyed}.lock"
+    return [resolved.with_name(f".{resolved.name}.run.lock"), shared]
+
+
+def _ours(path: Path) -> bool:
+    """Whether a lock file is this user's to take (or not there yet); on POSIX, a file someone
+    else made in a shared temporary folder is not."""
+    if not hasattr(os, "getuid"):
+        return True
+    try:
+        return path.stat().st_uid in (os.getuid(), 0)
+    except OSError:
+        return True
 
 
 def _run_held(

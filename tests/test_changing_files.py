@@ -129,7 +129,7 @@ def test_a_folder_keeps_its_archive_with_a_warning_and_rotates_nothing(project: 
         assert archive.comment == b"changed while read: 1 file(s): log.bin"
     pruned = project.invoke("prune")
     assert pruned.code == 1, pruned.output
-    assert "it holds files that changed while they were read (1 file(s): log.bin)" in pruned.stdout
+    assert "it holds files that changed while they were read (1 file(s): log.bin; exclude a file" in pruned.stdout
     assert "or run invoke prune --force to delete anyway" in pruned.stdout
     assert project.archives() == archives
     ran = project.invoke("verify", "--format", "json")

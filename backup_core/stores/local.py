@@ -200,8 +200,10 @@ def _listing(folder: Path, target: str) -> list[Stored]:
 
 
 # A copy being written has its time moved by every write, even through a slow link: one left
-# untouched this long was begun by a run that was killed.
-_STALE_COPY = 3600
+# untouched this long was begun by a run that was killed.  A day, not an hour: a share may
+# show an open file's old time until it is closed, and hosts wrongly sharing a prefix upload
+# to the same folder.
+_STALE_COPY = 24 * 3600
 
 
 def _clear_stale_copies(folder: Path, target: str) -> None:

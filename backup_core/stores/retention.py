@@ -126,7 +126,7 @@ def plan(
         refused = (
             f"kept all {len(deleted)} older archive(s): the policy would delete every archive but the newest, "
             f"which is {_days(gap)} after the one before it (a clock set ahead?); if that gap is real, "
-            f"the next run deletes them"
+            f"the next backup deletes them"
         )
         kept, deleted = present, []
     elif deleted and "within" in policy and len(present) >= 2:
@@ -160,7 +160,7 @@ def _within_past_a_jump(
         [*kept, *spared],
         [item for item in deleted if item not in spared],
         f"kept {len(spared)} archive(s) that within: {within} keeps counting from the archive before the newest: "
-        f"the newest is {_days(gap)} after it (a clock set ahead?); if that gap is real, the next run deletes them",
+        f"the newest is {_days(gap)} after it (a clock set ahead?); if that gap is real, the next backup deletes them",
     )
 
 

@@ -84,7 +84,12 @@ def unsettled_note(comment: bytes) -> str | None:
         return f"it is incomplete: {note}"
     if comment.startswith(UNSETTLED_COMMENT):
         which = comment[len(UNSETTLED_COMMENT) :].decode("utf-8", "replace")
-        return f"it holds files that changed while they were read ({which})"
+        # The advice a refusal needs: a complete backup never comes while a file is written
+        # without pause.
+        return (
+            f"it holds files that changed while they were read ({which}; exclude a file that is always being "
+            "written, or pause its writer in a before hook)"
+        )
     return None
 
 
