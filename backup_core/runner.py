@@ -786,18 +786,18 @@ def _same_origin(
 
     here = (this_host(), str(target.path))
     found = archives.origin(target.destination, target.name)
-    if found is None or _alike(found, here):
+    if found is None or archives.alike(found, here):
         return None if found is not None else here
     if not listed or (options.force and not judging):
         return here
     host, path = found
     again = f"run {command(f'backup --force --only {target.name}')} once"
-    if _alike((host, ""), (here[0], "")):  # the same host: another source
+    if archives.alike((host, ""), (here[0], "")):  # the same host: another source
         raise TargetError(
-            f"{target.destination} holds archives of {target.name} made from {path}, not from {target.path}: two "
-            "manifests share this destination and target name, and each would rotate away and restore the "
-            f"other's archives; give each its own destination or name; if {target.path} is where that data now "
-            f"lives, {again}"
+            f"{target.destination} holds archives of {target.name} made from {path}, not from {target.path}: if the "
+            f"target's path was changed and {target.path} is where that data now lives, {again}; if another "
+            "manifest backs up the other source under this name, give each its own destination or name (each would "
+            "rotate away and restore the other's archives)"
         )
     raise TargetError(
         f"{target.destination} holds archives of {target.name} made on host {host}, not {here[0]} (BACKUP_HOST, else "
@@ -805,13 +805,6 @@ def _same_origin(
         "the other's archives; give each its own destination (such as /backups/${BACKUP_HOST}); if this host was "
         f"renamed, or BACKUP_HOST is set for some runs only, set it alike for every run and {again}"
     )
-
-
-def _alike(one: tuple[str, str], other: tuple[str, str]) -> bool:
-    """Whether two origins name the same host and source: host names ignore case, as DNS
-    does; Windows paths too."""
-    paths = (one[1].casefold(), other[1].casefold()) if os.name == "nt" else (one[1], other[1])
-    return one[0].casefold() == other[0].casefold() and paths[0] == paths[1]
 
 
 def _record_origin(target: Target, origin: tuple[str, str] | None, result: TargetResult) -> None:
@@ -945,7 +938,7 @@ def _changed_while_read(target: Target, kind: str, changed: list[str], result: T
         )
     result.warnings.append(
         f"{first}{more} kept changing while it was read ({READ_ATTEMPTS} reads): the archive may hold a mixture "
-        f"of its versions, so no old archive was rotated"
+        f"of its versions, so no old archive was rotated, here or on a remote"
     )
 
 

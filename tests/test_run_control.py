@@ -1343,8 +1343,12 @@ def test_two_manifests_sharing_a_destination_and_target_name_fail_instead_of_rot
     pruned = project.invoke("prune")  # keep: {last: 1} would have counted the first's archives as its own
     assert pruned.code == 1 and said in pruned.stdout, pruned.output
     # The first manifest goes on as before; a source moved on purpose is recorded with --force.
+    statused = project.invoke("status")  # the first's archives must not make the other look backed up
+    assert statused.code == 1, statused.output
+    assert f"made from {project.root / 'src' / 'b'}, not of {project.root / 'src' / 'c'}" in statused.stdout
     project.write_manifest(first)
     assert project.invoke("backup").code == 0
+    assert project.invoke("status").code == 0
     project.write_manifest(other)
     assert project.invoke("backup", "--force").code == 0
     assert project.invoke("backup").code == 0

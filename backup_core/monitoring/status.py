@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from backup_core.errors import EXIT_FAILED, EXIT_OK, BackupError
+from backup_core.errors import EXIT_FAILED, EXIT_OK, BackupError, command
 from backup_core.manifest import Target
 from backup_core.results import FAILED, OK, STATUSES
 from backup_core.stores import archives, offsite, retention
@@ -225,6 +225,8 @@ def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetStat
             store.confirmed_when = since = found[1]
         store.age = (now - since).total_seconds()
     state.problems = [store.error for store in stores if store.error]
+    if (other := _other_origin(target, stores)) is not None:
+        state.problems.append(other)
     state.problems += [
         f"the newest local archive {store.newest} {store.newest_problem}; check it with verify, and make a "
         "complete backup"
@@ -239,6 +241,25 @@ def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetStat
     if state.problems:
         state.status = FAILED
     return state
+
+
+def _other_origin(target: Target, stores: list[StoreState]) -> str | None:
+    """Why the local archives are not this target's, when the destination records another
+    source or host for them (see archives.origin): backups fail on it, and their archives'
+    age must not make a source never backed up look fresh."""
+    from backup_core.stores.base import this_host
+
+    found = archives.origin(target.destination, target.name)
+    if found is None or not any(store.store == "local" and store.archives for store in stores):
+        return None
+    if archives.alike(found, (this_host(), str(target.path))):
+        return None
+    host, path = found
+    made = f"from {path}" + ("" if archives.alike((host, ""), (this_host(), "")) else f" on host {host}")
+    return (
+        f"{target.destination} holds archives of {target.name} made {made}, not of {target.path} on this host: "
+        f"backups of it fail until that is settled (see {command(f'backup --only {target.name}')})"
+    )
 
 
 def _freshness(stores: list[StoreState], limit: timedelta) -> list[str]:

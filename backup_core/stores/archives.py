@@ -490,6 +490,13 @@ def origin(destination: Path, target: str) -> tuple[str, str] | None:
     return host, path
 
 
+def alike(one: tuple[str, str], other: tuple[str, str]) -> bool:
+    """Whether two origins (host, source path) are the same: host names ignore case, as DNS
+    does; Windows paths too."""
+    paths = (one[1].casefold(), other[1].casefold()) if os.name == "nt" else (one[1], other[1])
+    return one[0].casefold() == other[0].casefold() and paths[0] == paths[1]
+
+
 def record_origin(destination: Path, target: str, host: str, path: str) -> None:
     """Record (atomically) that the target's archives in `destination` come from `path` on `host`."""
     final = _origin_path(destination, target)
