@@ -23,13 +23,19 @@ from test_offsite import START, S3Remote, site
 
 def manifest(project: Project, server: S3Server, bucket: str, **remote: Any) -> None:
     spec = {"type": "s3", "bucket": bucket, "endpoint": server.endpoint, "addressing_style": "path", **remote}
+    _one_s3_target(project, spec, keep="{last: 10}")
+
+
+def _one_s3_target(project: Project, spec: dict[str, Any], keep: str | None = None) -> None:
+    """A manifest of the target `site`, copied to the remote `offsite` that `spec` describes."""
+    kept = f", keep: {keep}" if keep else ""
     project.write_manifest(
         f"""
         version: 1
         remotes:
           offsite: {flow(spec)}
         targets:
-          - {{name: site, path: site, offsite: [offsite], keep: {{last: 10}}}}
+          - {{name: site, path: site, offsite: [offsite]{kept}}}
         """
     )
 
@@ -181,16 +187,7 @@ def own_aws(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def s3_project(project: Project, **remote: Any) -> None:
     site(project)
-    spec = {"type": "s3", "bucket": "acme-backups", "region": "us-east-1", **remote}
-    project.write_manifest(
-        f"""
-        version: 1
-        remotes:
-          offsite: {flow(spec)}
-        targets:
-          - {{name: site, path: site, offsite: [offsite]}}
-        """
-    )
+    _one_s3_target(project, {"type": "s3", "bucket": "acme-backups", "region": "us-east-1", **remote})
 
 
 @pytest.mark.parametrize(

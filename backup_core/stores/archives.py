@@ -377,21 +377,7 @@ def claim(descriptor: int) -> None:
 
 def in_use(path: Path) -> bool:
     """Whether a live run is writing the partial archive `path` (see claim)."""
-    if sys.platform == "win32":
-        return False
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False  # a file system without flock: the lock file is the only guard
-    finally:
-        os.close(descriptor)  # and with it the shared lock just taken
-    return False
+    return sys.platform != "win32" and _held(path) is True
 
 
 def abandoned(path: Path) -> bool:
@@ -404,17 +390,26 @@ def abandoned(path: Path) -> bool:
         except OSError:
             return False
         return True
+    return _held(path) is False
+
+
+def _held(path: Path) -> bool | None:
+    """POSIX: whether a live process holds an flock on `path` (see claim); None when that cannot
+    be told (the file is missing or unreadable, or the file system has no flock: the lock file
+    is then the only guard)."""
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except OSError:
-        return False
+        return None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError: a live process holds it; else no flock here, so no knowing
-        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
     finally:
-        os.close(descriptor)
-    return True
+        os.close(descriptor)  # and with it the shared lock just taken
+    return False
 
 
 def busy_partials(destination: Path, target: str, names: list[str] | None = None) -> list[Path]:
