@@ -303,9 +303,14 @@ def _run_all(targets: list[Target], jobs: int, one: Callable[[Target], list[Targ
                 raise KeyboardInterrupt
         return
     pool = ThreadPoolExecutor(jobs, thread_name_prefix="target")
-    futures = [pool.submit(one, target) for target in targets]
+    futures: list[Future[list[TargetResult]]] = []
     collected = 0
     try:
+        # Submitted inside the try: a signal while the later targets are handed out (a loaded
+        # machine can keep this thread waiting long enough for the first to be well under way)
+        # must still wait for the running ones and keep what they report.
+        for target in targets:
+            futures.append(pool.submit(one, target))
         for future in futures:
             outcome.results.extend(future.result())
             collected += 1
