@@ -154,7 +154,8 @@ def _run(call: object, *args: object, **kwargs: object) -> None:
     help={
         **_SELECT,
         "check": "Preview: show what would be archived and deleted; write, delete and lock nothing.",
-        "force": "Archive even when skip_unchanged finds the source unchanged.",
+        "force": "Archive even when skip_unchanged finds the source unchanged, or a folder gives no file where "
+        "its archives held some; record this source as the origin of the target's archives.",
         "jobs": "Targets to run at once (default: the manifest's jobs, else 1).",
         "verbose": "Show every file as it is archived.",
         "log-file": "Append a plain-text log with timestamps to this file.",

@@ -23,6 +23,7 @@ import stat
 import sys
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -505,21 +506,45 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
                 # file matters as much (an archive holding a database cut short is kept for them).
                 done.damaged.append(f"{shown(info.filename)} ({found})")
                 return
-            # A stale -wal beside the old database would be replayed into the restored one.
-            for suffix in ("-wal", "-shm", "-journal"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
             done.databases += 1
         _set_attributes(info, partial, done)
         if path.is_dir() and not path.is_symlink():
             raise TargetError(f"cannot restore file {shown(info.filename)}: a folder of that name exists in {root}")
         if _WINDOWS and path.is_file() and not path.is_symlink():
             path.chmod(stat.S_IWRITE)  # Windows will not replace a read-only file (--force asked to)
-        partial.replace(path)
+        # A stale -wal beside the old database would be replayed into the restored one: the old
+        # database's companions are moved aside first, and put back if the new file cannot take
+        # its place (they may hold the old database's last commits).
+        with _companions_aside(path, digest) if is_database else contextlib.nullcontext():
+            partial.replace(path)
         done.files += 1
     finally:
         _remove(partial)
         for suffix in ("-wal", "-shm"):
             Path(f"{partial}{suffix}").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _companions_aside(database: Path, digest: str) -> Iterator[None]:
+    """The -wal, -shm and -journal files beside `database` moved aside while it is replaced:
+    removed once it is, put back if replacing it failed."""
+    aside: list[tuple[Path, Path]] = []
+    try:
+        for suffix in ("-wal", "-shm", "-journal"):
+            companion = Path(f"{database}{suffix}")
+            if companion.exists() or companion.is_symlink():
+                spare = database.with_name(f".{digest}.restore-aside{suffix}")
+                companion.replace(spare)
+                aside.append((spare, companion))
+        yield
+    except BaseException:
+        for spare, companion in aside:
+            with contextlib.suppress(OSError):
+                spare.replace(companion)
+        raise
+    for spare, _ in aside:
+        with contextlib.suppress(OSError):
+            spare.unlink()
 
 
 # Windows refuses to delete or replace a read-only file (a member archived with mode 0444 makes

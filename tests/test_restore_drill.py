@@ -364,3 +364,40 @@ def test_the_next_remote_restore_removes_a_killed_ones_scratch_folder_but_not_a_
         assert unclaimed.is_dir()
     finally:
         os.close(descriptor)
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    if shutil.which("chattr") is None or os.name != "posix":
+        return False
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False).returncode == 0
+
+
+def test_a_database_restore_that_cannot_take_its_place_keeps_the_live_ones_wal(project: Project) -> None:
+    # The old database's -wal and -shm were deleted before the restored file's rename, which
+    # could still fail: the commits only the -wal held were lost, the restore exiting 1.
+    import sqlite3
+    from contextlib import closing
+
+    source = project.root / "db" / "app.db"
+    source.parent.mkdir()
+    with closing(sqlite3.connect(source)) as connection:
+        connection.execute("CREATE TABLE t (x)")
+        connection.execute("INSERT INTO t VALUES ('archived')")
+        connection.commit()
+    project.write_manifest("version: 1\ntargets:\n  - {name: db, path: db/app.db}\n")
+    assert project.invoke("backup").code == 0
+    live = project.root / "live"
+    live.mkdir()
+    shutil.copy(source, live / "app.db")
+    wal = live / "app.db-wal"
+    wal.write_bytes(b"commits only this file holds")
+    if not _chattr("+i", live / "app.db"):
+        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    try:
+        ran = project.invoke("restore", "db", "--to", str(live), "--force")
+    finally:
+        _chattr("-i", live / "app.db")
+
+    assert ran.code == 1, ran.output
+    assert wal.read_bytes() == b"commits only this file holds"
+    assert not [p.name for p in live.iterdir() if p.name.startswith(".")]
