@@ -296,7 +296,25 @@ def test_a_full_disk_names_the_file_and_says_space_ran_out(project: Project, sma
         shutil.rmtree(to, ignore_errors=True)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def _writes_refused() -> bool:
+    """False for root (or anyone who can write in a folder of mode 0555): the test could not fail."""
+    import tempfile
+
+    if os.name != "posix":
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        closed = Path(folder) / "closed"
+        closed.mkdir(mode=0o555)
+        try:
+            (closed / "probe").write_bytes(b"x")
+        except PermissionError:
+            return True
+        finally:
+            closed.chmod(0o755)
+        return False
+
+
+@pytest.mark.skipif(not _writes_refused(), reason="root may write anywhere")
 def test_a_folder_this_user_may_not_write_in_is_named_with_the_file(project: Project) -> None:
     _backed_up(project)
     to = project.root / "out"
