@@ -277,7 +277,7 @@ def test_a_file_on_the_way_to_the_restore_folder_is_the_one_named(project: Proje
 def test_a_full_disk_names_the_file_and_says_space_ran_out(project: Project, small_fs: Path) -> None:
     to = small_fs / f"restore-test-{os.getpid()}-{project.root.name}"
     free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize if hasattr(os, "statvfs") else 0
-    if not 0 < free < 16 << 20:
+    if not 0 < free <= 64 << 20:  # CI mounts 16 MiB
         pytest.skip(f"{small_fs} has {free} bytes free; too many to fill in a test")
     for number in range(4):
         project.file(f"src/part{number}.bin", os.urandom(free // 3))
