@@ -123,8 +123,9 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
         return results
 
     _stopping.clear()
-    with _run_lock(manifest, targets, bool(run_hooks.before or run_hooks.after)) as held:
-        if not held or ((run_hooks.before or run_hooks.after) and _all_busy(targets)):
+    hooked = bool(run_hooks.before or run_hooks.after)
+    with _run_lock(manifest, targets, hooked) as held:
+        if not held or (hooked and _all_busy(targets)):
             # Another run of this manifest, or holding every target: this one's hooks (stop the
             # app, start the app) would start the app in the middle of the other run's backup.
             what = "another run of this manifest is running" if not held else "another run is working on this target"
@@ -866,7 +867,7 @@ def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
         try:
             copies = offsite.copies_of(target, remote)
         except (BackupError, OSError) as exc:
-            why = str(exc) if isinstance(exc, BackupError) else f"{exc.strerror or exc} ({exc.filename or remote.name})"
+            why = _unasked(exc, remote)
             raise TargetError(
                 f"{target.path} holds no file to archive and {target.destination} holds no archive, and remote "
                 f"{remote.name} could not be asked whether it holds copies ({why}): nothing was archived, uploaded "
@@ -1324,16 +1325,19 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive], forced:
     kept = retention.newest([a for a in staying if a not in broken], _when, utc_now())
     if kept is None:
         return None
-    problem = archives.doubt(kept.path, unsettled=not forced)
-    if problem is None:
+    found = archives.doubt(kept.path, forced)
+    if found is None:
         return None
-    whole = archives.doubt(kept.path, unsettled=False) is None
-    anyway = f", or run {command('prune --force')} to delete anyway" if whole else ""
     return (
         f"nothing was deleted: {kept.name}, the newest archive that would be kept, is no ground for it: "
-        f"{problem}; older archives may be the last good ones: check it with {command('verify')}, and make a "
-        f"complete backup (or move it out of the folder) before pruning{anyway}"
+        f"{found.why}; older archives may be the last good ones: check it with {command('verify')}, and make a "
+        f"complete backup (or move it out of the folder) before pruning{found.anyway}"
     )
+
+
+def _unasked(exc: BackupError | OSError, remote: Remote) -> str:
+    """Why a remote could not be asked (what it holds), in a few words."""
+    return str(exc) if isinstance(exc, BackupError) else f"{exc.strerror or exc} ({exc.filename or remote.name})"
 
 
 def _unsent(target: Target, result: TargetResult, due: set[str]) -> set[str]:
@@ -1347,7 +1351,7 @@ def _unsent(target: Target, result: TargetResult, due: set[str]) -> set[str]:
         try:
             lacking = offsite.lacking(target, remote, utc_now())
         except (BackupError, OSError) as exc:
-            why = str(exc) if isinstance(exc, BackupError) else f"{exc.strerror or exc} ({exc.filename or remote.name})"
+            why = _unasked(exc, remote)
             result.warnings.append(
                 f"{_KEPT_FOR_REMOTES}no local archive was deleted, since remote {remote.name} could not be asked "
                 f"which it lacks ({why})"

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from backup_core.errors import command
 from backup_core.stores.retention import FUTURE_TOLERANCE
 
 if sys.platform != "win32":
@@ -296,17 +297,31 @@ def ending(path: Path) -> Ending:
     return Ending(None, comment, members=count)
 
 
-def doubt(path: Path, unsettled: bool = True) -> str | None:
+class Doubt(NamedTuple):
+    """Why an archive is no ground for deleting older ones (see doubt)."""
+
+    why: str
+    forceable: bool  # only its comment speaks against it: prune --force goes past it
+
+    @property
+    def anyway(self) -> str:
+        """The advice that ends a refusal: how to delete all the same, where that is allowed."""
+        return f", or run {command('prune --force')} to delete anyway" if self.forceable else ""
+
+
+def doubt(path: Path, forced: bool = False) -> Doubt | None:
     """Why the archive at `path` is no ground for deleting older ones, or None: it does not end as
     a whole zip (or cannot be read), or its comment says a database was left out of it or files in
-    it changed while they were read (see packing.unsettled_note).  Retention trusts the newest
-    archive it keeps by its name: an older one may be the last that holds what this one lacks."""
+    it changed while they were read (see packing.unsettled_note; not asked when `forced`, as
+    prune --force asks).  Retention trusts the newest archive it keeps by its name: an older one
+    may be the last that holds what this one lacks.  One read of the archive's end."""
     from backup_core.zip.packing import unsettled_note
 
     found = ending(path)
     if found.problem is not None:
-        return f"it is not a whole archive ({found.problem})"
-    return unsettled_note(found.comment) if unsettled else None
+        return Doubt(f"it is not a whole archive ({found.problem})", forceable=False)
+    note = None if forced else unsettled_note(found.comment)
+    return Doubt(note, forceable=True) if note is not None else None
 
 
 def _no_end(file: BinaryIO, tail: bytes, start: int, size: int) -> str:

@@ -226,15 +226,13 @@ def _doubt_of_newest_kept(
     newest = retention.newest(kept, _when, now)
     if newest is None or not (twin := target.destination / newest.archive).is_file():
         return None  # a copy whose archive was rotated out here was judged when it was the newest
-    problem = archives.doubt(twin, unsettled=not forced)
-    if problem is None:
+    found = archives.doubt(twin, forced)
+    if found is None:
         return None
-    whole = archives.doubt(twin, unsettled=False) is None
-    anyway = f", or run {command('prune --force')} to delete anyway" if whole else ""
     return (
         f"remote {remote.name}: nothing was deleted there: {newest.name}, the newest copy its keep would keep, "
-        f"is no ground for it: {problem}; older copies may be the last good ones: the next complete backup "
-        f"deletes what keep says{anyway}"
+        f"is no ground for it: {found.why}; older copies may be the last good ones: the next complete backup "
+        f"deletes what keep says{found.anyway}"
     )
 
 
