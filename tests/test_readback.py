@@ -143,10 +143,8 @@ def test_the_read_back_reads_what_is_on_disk_not_what_is_in_memory(tmp_path: Pat
 
 
 def test_the_inflate_check_refuses_every_stream_that_is_not_exactly_the_source() -> None:
-    # The check feeds the stream a slice at a time (16 KiB in, at most 256 KiB out) and compares
-    # in place: a stream that gives a prefix, more than the source, a different byte past the
-    # first steps, or bytes after its end (within its last slice or slices later) must fail as
-    # surely as a lossy one, whole members and pieces alike.
+    # A stream that gives a prefix, more than the source, a different byte deep inside, or
+    # bytes after its end must fail as surely as a lossy one, whole members and pieces alike.
     from backup_core.zip.packing import _prove_decodes
 
     source = random.Random(7).randbytes(100_000) + b"log line\n" * 50_000
