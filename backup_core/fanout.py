@@ -169,8 +169,7 @@ class _Child:
                     return  # stopped (by us, or by a signal of its own): the rest was never started
                 if not isinstance(answer, list):
                     if not self._stopping.is_set():  # when stopping, it runs nothing more: no line
-                        index = handed[0][0]
-                        self._done[index] = [_lost(self._targets[index], why)]
+                        self._lose(handed[0][0], why)
                     return  # what else it held was never started: run() runs it
                 index, sent = handed.popleft()
                 self._done[index] = answer
@@ -180,8 +179,7 @@ class _Child:
                     self._finished(result)
         except Exception as exc:  # whatever it is, the target it was running must not vanish from the run
             if handed and self._done[handed[0][0]] is None:
-                index = handed[0][0]
-                self._done[index] = [_lost(self._targets[index], f"{type(exc).__name__}: {exc}")]
+                self._lose(handed[0][0], f"{type(exc).__name__}: {exc}")
         finally:
             self.stop()
             if process.poll() is None:
@@ -191,6 +189,13 @@ class _Child:
                     process.kill()  # it was told to stop a minute ago and holds no target of ours
                     process.wait()
             process.stdout.close()
+
+    def _lose(self, index: int, why: str) -> None:
+        """Fail the target this child was running, and report it like any other: a failure
+        without its line would leave cron mail and the log with a RECAP and no reason."""
+        result = _lost(self._targets[index], why)
+        self._done[index] = [result]
+        self._finished(result)
 
     def _hand_out(self, handed: deque[tuple[int, float]]) -> bool:
         """Send it the next target, if any is left; False when none is, or it cannot be sent."""

@@ -114,10 +114,14 @@ def test_a_long_target_in_the_child_never_holds_up_another_the_command_could_run
 def test_a_child_process_killed_in_the_middle_of_a_target_fails_that_target_and_no_other(project: Project) -> None:
     marker = project.root / "t01.ran"
     _manifest(project, {0: [f"wait={marker}"], 1: [f"mark={marker}", "kill-parent"]})
+    log = project.root / "run.log"
 
-    ran = project.invoke("backup", "--jobs", "2", "--format", "json")
+    ran = project.invoke("backup", "--jobs", "2", "--format", "json", "--log-file", str(log))
 
     assert ran.code == 1, ran.output
+    # The failure has its line like any other, in the log (and so in cron mail, in text mode).
+    [line] = [line for line in log.read_text(encoding="utf-8").splitlines() if "failed: [t01]" in line]
+    assert "the process that ran this target for --jobs stopped" in line
     document = json.loads(ran.stdout)
     by_name = {t["name"]: t for t in document["targets"]}
     assert list(by_name) == [f"t{n:02d}" for n in range(MANY)]
