@@ -238,3 +238,18 @@ def test_a_failing_credential_process_is_named_without_its_output(
     assert "the credential_process of AWS profile vault failed" in status.stdout, status.stdout
     everything = ran.output + status.output + log.read_text(encoding="utf-8")
     assert "Zprocess1" not in everything, everything
+
+
+def test_an_unknown_profile_from_aws_profile_is_named_with_where_it_came_from(
+    project: Project, own_aws: dict[str, str]
+) -> None:
+    # A manifest's profile: is checked when it is loaded; one from the environment only at the request.
+    s3_project(project, endpoint="http://127.0.0.1:9")  # no request is ever sent
+    env = {**own_aws, "AWS_PROFILE": "nosuchprofile"}
+
+    ran = project.invoke("backup", "--format", "json", env=env, timeout=120)
+
+    assert ran.code == 1, ran.output
+    error = ran.json()["targets"][0]["error"]
+    assert "AWS profile 'nosuchprofile' (named by AWS_PROFILE) is in neither" in error, error
+    assert "unset AWS_PROFILE" in error, error

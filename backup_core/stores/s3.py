@@ -322,7 +322,14 @@ def _described(exc: BaseException, remote: Remote) -> str:
     if isinstance(exc, botocore_errors.NoCredentialsError):
         return "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role"
     if isinstance(exc, botocore_errors.ProfileNotFound):
-        return f"AWS profile {remote.profile!r} not found"
+        # The manifest's profile: is checked when it is loaded; one that fails here came from the
+        # environment, which the operator must be told to look at.
+        named = exc.kwargs.get("profile") or remote.profile
+        source, other = ("", "") if remote.profile else (" (named by AWS_PROFILE)", " or unset AWS_PROFILE")
+        return (
+            f"AWS profile {named!r}{source} is in neither the shared config nor the credentials file; "
+            f"add it (aws configure --profile){other}"
+        )
     if isinstance(exc, (botocore_errors.EndpointConnectionError, botocore_errors.ConnectionClosedError)):
         return f"cannot reach {where} (connection refused or no route); is the endpoint up?"
     if isinstance(exc, (botocore_errors.ConnectTimeoutError, botocore_errors.ReadTimeoutError)):
