@@ -480,6 +480,15 @@ def test_a_leading_zero_number_is_flagged_once_and_quoting_it_makes_text(project
     assert settings(project)["site"]["tags"] == ["0644", "0755"]
 
 
+def test_a_leading_zero_under_an_unknown_key_is_reported_with_the_key(project: Project) -> None:
+    # Quoting the value, as the first sentence says, must not be the way to learn of the second.
+    write(project, "version: 1", "targets:", "  - name: site", "    path: site", "    mode: 0755")
+    found = problems_of(project.manifest)
+    assert "backups.yml:5:11: targets[0].mode: 0755 has a leading zero; quote it if it is text" in found
+    assert any("targets[0].mode: unknown key 'mode'" in line for line in found), found
+    assert len(found) == 2, found
+
+
 def test_dates_and_times_stay_text(project: Project) -> None:
     project.write_manifest(
         """

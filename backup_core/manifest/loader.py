@@ -163,9 +163,10 @@ def load(file: Path, environ: dict[str, str] | None = None, trust_passes: bool =
         schema_problems = _schema_problems(document)
         if not schema_problems and record:
             passes.remember(file, verdict)
-    # A value YAML already flagged (say 0755) needs no second sentence from the schema.
+    # A value YAML already flagged (say 0755) needs no second sentence from the schema, unless
+    # the sentence is about its key: `mode: 0755` under a target is an unknown key as well.
     flagged = {p.where for p in problems}
-    problems += [p for p in schema_problems if p.where not in flagged]
+    problems += [p for p in schema_problems if p.where not in flagged or p.message.startswith(_UNKNOWN_KEY)]
     problems += _nul_problems(document, document.data, ())
     if document.data is None:
         raise ManifestError([Problem(file, 1, 1, "", "the manifest is empty; it needs `version: 1` and `targets:`")])
@@ -320,6 +321,9 @@ def _masked(value: Any) -> Any:
     return value
 
 
+_UNKNOWN_KEY = "unknown key"
+
+
 def _explain(document: Document, error: jsonschema.ValidationError) -> list[Problem]:
     """Turn one schema error into located sentences an operator can act on."""
     path: KeyPath = tuple(error.absolute_path)
@@ -338,7 +342,7 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
             hint = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(allowed)}"
             shown = redact.text(key) if "hooks" in path else key  # a command written as a mapping
-            problems.append(document.problem((*path, key), f"unknown key '{shown}'; {suggestion}"))
+            problems.append(document.problem((*path, key), f"{_UNKNOWN_KEY} '{shown}'; {suggestion}"))
         return problems
     if error.validator in ("anyOf", "oneOf") and error.context:
         # Explain the branch meant for this kind of value (an object's problem, not "is not
