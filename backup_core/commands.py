@@ -488,10 +488,20 @@ def _restore_remote(
     restore_module.refuse_blocked(to)  # before the scratch folder is made beside it
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
-    with offsite.fetched(target.name, store, chosen, identities, near) as path:
-        # The scratch copy is gone once restore returns: its advice names the copy itself.
-        how = f"{chosen.name} from remote {remote.name}" + (", decrypt it (age -d -i KEY)" if chosen.encrypted else "")
-        done = restore_module.restore(path, to, member=member, force=force, fetched=how)
+    try:
+        with offsite.fetched(target.name, store, chosen, identities, near) as path:
+            # The scratch copy is gone once restore returns: its advice names the copy itself.
+            how = f"{chosen.name} from remote {remote.name}" + (
+                ", decrypt it (age -d -i KEY)" if chosen.encrypted else ""
+            )
+            done = restore_module.restore(path, to, member=member, force=force, fetched=how)
+    except offsite.DamagedCopy as damaged:
+        # Damage that only a download shows (same size, metadata kept): the copy to take instead
+        # is named as when the record alone shows it.  One the operator named stays their choice.
+        older = None if archive else offsite.older_than(store, target.name, held, chosen, runner.utc_now())
+        if older is None:
+            raise
+        raise damaged.instead(older) from None
     done.warnings.extend(warnings)
     return Path(chosen.name), done
 

@@ -437,8 +437,35 @@ def newest_good(store: Store, target: str, held: list[Stored], now: datetime) ->
     return Newest(None, passed)
 
 
+class DamagedCopy(TargetError):
+    """A downloaded copy is not the bytes whose SHA-256 put() recorded; `what` says which and how,
+    for a message that names another copy to take (see older_than)."""
+
+    def __init__(self, what: str, store: Store) -> None:
+        self.what, self.store = what, store
+        super().__init__(
+            f"{what}; nothing is taken from it (check the copies with {command(f'verify --remote {store.name}')}; "
+            "take another with --archive NAME, or the local archive)"
+        )
+
+    def instead(self, older: str) -> TargetError:
+        """The same failure, naming the copy to restore in its place, as newest_good does for a
+        copy whose damage shows without a download."""
+        return TargetError(
+            f"{self.what}; nothing was restored (check the copies with "
+            f"`{command(f'verify --remote {self.store.name}')}`); the newest good copy older than it may "
+            f"lack recent changes: restore it with --archive {older}"
+        )
+
+
+def older_than(store: Store, target: str, held: list[Stored], damaged: Stored, now: datetime) -> str | None:
+    """The copy a restore would take if `damaged` and everything newer were not there, or None."""
+    older = newest_good(store, target, [s for s in held if s.when < damaged.when], now)
+    return None if older.chosen is None else older.chosen.name
+
+
 def _as_recorded(target: str, store: Store, stored: Stored, path: Path) -> None:
-    """Raise TargetError unless `path` holds the bytes whose SHA-256 put() recorded for the copy.
+    """Raise DamagedCopy unless `path` holds the bytes whose SHA-256 put() recorded for the copy.
 
     A valid zip put in a copy's place (with its metadata kept, or after its checksum file)
     would otherwise be verified and restored as if it were the backup."""
@@ -451,10 +478,7 @@ def _as_recorded(target: str, store: Store, stored: Stored, path: Path) -> None:
         )
     else:
         return
-    raise TargetError(
-        f"{stored.name} on remote {store.name} {why}; nothing is taken from it (check the copies with "
-        f"{command(f'verify --remote {store.name}')}; take another with --archive NAME, or the local archive)"
-    )
+    raise DamagedCopy(f"{stored.name} on remote {store.name} {why}", store)
 
 
 def download_and_verify(target: Target, store: Store, stored: Stored, identities: list[Any], how: str) -> Verdict:
