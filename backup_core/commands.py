@@ -463,10 +463,10 @@ def _restore_remote(
         named = [s for s in held if archive in (s.name, s.archive)]
         if not named:
             # A name that is not there is the flag's mistake, as for a local restore (exit 2).
-            recent = ", ".join(s.name for s in held[-3:]) or "none"
+            recent = ", ".join(s.name for s in reversed(held[-3:])) or "none"
             raise UsageError(
                 f"--archive {archive}: no copy of that name of {target.name} on remote {remote.name}; "
-                f"the newest are: {recent}"
+                f"the newest are (newest first): {recent}"
             )
         held = named
     if not held:

@@ -88,6 +88,23 @@ def test_naming_a_cut_short_archive_says_so_and_names_the_newest_whole_one(proje
     assert not to.exists()
 
 
+def test_an_archive_name_that_is_not_there_lists_the_newest_first(project: Project) -> None:
+    project.file("src/a.txt", "first\n")
+    _with_folder_remote(project, project.root / "nas")
+    (project.root / "nas").mkdir()
+    for _ in range(2):
+        ran = project.invoke("backup")
+        assert ran.code == 0, ran.output
+    older, newest = project.archives(target="t")
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to), "--archive", "nope.zip")
+
+    assert ran.code == 2, ran.output
+    assert f"not an archive of t; the newest are (newest first): {newest.name}, {older.name}" in ran.stderr
+    assert not to.exists()
+
+
 # --- 2. a damaged newest copy on a remote --------------------------------------------------------
 
 
