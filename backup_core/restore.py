@@ -121,7 +121,9 @@ def choose_archive(target: Target, name: str | None) -> tuple[Path, list[str]]:
                 raise TargetError(f"--archive {shown(name)} is cut short or damaged ({found.problem}); {instead}")
             return archive.path, []
     newest = ", ".join(a.name for a in reversed(existing[-3:])) or "none"
-    raise UsageError(f"--archive {shown(name)}: not an archive of {target.name}; the newest are (newest first): {newest}")
+    raise UsageError(
+        f"--archive {shown(name)}: not an archive of {target.name}; the newest are (newest first): {newest}"
+    )
 
 
 def _newest_whole(
