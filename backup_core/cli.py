@@ -370,6 +370,18 @@ class _Program(Program):
         with _usage_errors():
             super().parse_tasks()
 
+    def print_help(self) -> None:
+        # Invoke's help, without the options refused above: help must not offer what then fails.
+        refused = {name for names in (*_SHELL_OPTIONS, ("-R", "--dry")) for name in names}
+        offered = [
+            (flags, said)
+            for flags, said in self.initial_context.help_tuples()
+            if not refused & {part.split("=")[0].split(" ")[0] for part in flags.split(", ")}
+        ]
+        print(f"Usage: {self.binary} [--core-opts] <subcommand> [--subcommand-opts] ...\n\nCore options:\n")
+        self.print_columns(offered)
+        self.list_tasks()
+
     def parse_cleanup(self) -> None:
         wanted = self.args.help.value
         if isinstance(wanted, str) and wanted not in self.parser.contexts:

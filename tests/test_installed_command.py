@@ -4,6 +4,7 @@ and the wheel installed into a fresh virtual environment backs up the shipped ex
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,20 @@ def test_invokes_options_for_shell_commands_are_refused_not_ignored(
     ran = run([str(installed), *flag, "validate"], cwd=tmp_path)
     assert ran.code == 2, ran.output
     assert "is Invoke's, for shell commands, and does nothing here" in ran.stderr
+
+
+@pytest.mark.slow
+def test_help_offers_no_option_it_refuses(installed: Path, tmp_path: Path) -> None:
+    ran = run([str(installed), "--help"], cwd=tmp_path)
+    assert ran.code == 0, ran.output
+    # The first column of each line: "-l [STRING], --list[=STRING]   List available tasks, ..."
+    columns = [line.strip().split("   ")[0] for line in ran.stdout.splitlines() if line.startswith("  -")]
+    flags = {flag for column in columns for flag in re.findall(r"(?<![\w-])--?[\w-]+", column)}
+    assert {"--version", "--list", "--config"} <= flags, ran.stdout
+    refused = {"-w", "--warn-only", "-T", "--command-timeout", "-e", "--echo", "-p", "--pty", "--hide", "-R", "--dry"}
+    assert not refused & flags, ran.stdout
+    assert "prompt-for-sudo-password" not in ran.stdout
+    assert "backup     Back up every selected target" in ran.stdout
 
 
 @pytest.mark.slow
