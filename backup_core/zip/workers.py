@@ -197,6 +197,7 @@ class _Process:
             },
         )
         self._answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._why_gone = ""  # the collector's reason for killing it, once it has one
         self.answered = 0
         self.sent = 0
         self.retired = False
@@ -211,7 +212,10 @@ class _Process:
         try:
             framing.send(self._stdin(), message)
         except (OSError, ValueError) as exc:
-            raise _Broken(f"cannot send it work: {exc}") from None
+            # A broken pipe is most often the collector's doing (it kills a process whose output
+            # it cannot trust): its reason, once it has one, says why; the pipe only says that.
+            self._reader.join(timeout=5)
+            raise _Broken(self._why_gone or f"cannot send it work: {exc}") from None
 
     def answer(self) -> Any:
         """The next answer; raises what the job raised, or _Broken if the process is gone."""
@@ -279,6 +283,7 @@ class _Process:
             why = f"its answer could not be read: {type(exc).__name__}: {exc}"
         finally:
             if why:
+                self._why_gone = why
                 self._child.kill()  # its output cannot be trusted: it must not write anything either
             code = self._child.wait()
             self._answers.put(("gone", why or ("it exited" if code == 0 else f"it exited with status {code}")))
