@@ -957,7 +957,9 @@ def _unchanged_walk(
         return None
     settings = state.settings_key(target.path, kind, target.exclude, target.compression_level, target.inflate_check)
     now_ns = round(now.timestamp() * 1_000_000) * 1000
-    if existing and not options.force:
+    # The state describes the archive by name and size only: one since damaged in place (zeroed,
+    # overwritten) must not stay "unchanged" run after run while status and restore pass it over.
+    if existing and not options.force and _sound(existing[-1]):
         same = state.unchanged(
             target.destination, target.name, kind, settings, existing[-1], now_ns, target.path, target.exclude,
             should_stop=_stopping.is_set,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import time
 import zipfile
@@ -183,6 +184,34 @@ def test_a_newest_archive_replaced_by_hand_is_not_trusted(project: Project) -> N
 
 
 @posix_only
+@pytest.mark.parametrize("how", ["zeroed", "overwritten"])
+def test_a_newest_archive_damaged_in_place_is_not_unchanged_from(project: Project, how: str) -> None:
+    # The state names the archive and its size: both stay when it is zeroed, or overwritten with
+    # as many other bytes (a new file moved over it); then status and restore pass it over, so
+    # "unchanged" would leave the source in no readable archive, run after run.
+    make(project)
+    backup(project, LATER[0])
+    assert backup(project, LATER[1])["compared"] == "metadata"
+    (archive,) = project.archives()
+    size = archive.stat().st_size
+    if how == "zeroed":
+        with archive.open("r+b") as file:
+            file.write(bytes(size))
+    else:
+        other = archive.with_name("other")
+        other.write_bytes(os.urandom(size))
+        other.replace(archive)
+
+    third = backup(project, LATER[2])
+
+    assert third["status"] == "changed", third
+    newest = project.archives()[-1]
+    assert newest != archive and zipfile.ZipFile(newest).testzip() is None
+    assert "a.txt" in zipfile.ZipFile(newest).namelist()
+    assert backup(project, LATER[3])["compared"] == "metadata"  # the new one is the baseline now
+
+
+@posix_only
 def test_a_changed_exclude_makes_a_new_archive(project: Project) -> None:
     make(project)
     backup(project, LATER[0])
@@ -206,6 +235,39 @@ def test_a_changed_setting_is_decided_by_content(project: Project) -> None:
 
     assert (second["status"], second["compared"]) == ("ok", "content")  # the same files, however deflated
     assert backup(project, LATER[2])["compared"] == "metadata"
+
+
+@posix_only
+@pytest.mark.skipif(os.name != "nt" and os.geteuid() != 0, reason="giving a file away takes root")
+def test_a_new_owner_alone_makes_a_new_archive(project: Project) -> None:
+    # Contents, sizes and modes the same: before, the comparison said ok, recorded the new state,
+    # and a restore as root gave the files their old owner for ever after.
+    source = make(project)
+    backup(project, LATER[0])
+    os.chown(source, 4321, 4321)
+
+    second = backup(project, LATER[1])
+
+    assert (second["status"], second["compared"]) == ("changed", "content")
+    with zipfile.ZipFile(second["archive"]) as archive:
+        extra = archive.getinfo("sub/b.bin").extra
+    assert struct.pack("<HHBBIBI", 0x7875, 11, 1, 4, 4321, 4, 4321) in extra
+
+
+@posix_only
+def test_a_link_replaced_by_a_file_holding_its_target_is_a_new_state(project: Project) -> None:
+    make(project)
+    link = project.root / "src" / "current"
+    link.symlink_to("a.txt")
+    backup(project, LATER[0])
+    mode = link.lstat().st_mode & 0o7777
+    link.unlink()
+    link.write_text("a.txt")  # the same bytes as the link's member, and the same permissions
+    link.chmod(mode)
+
+    second = backup(project, LATER[1])
+
+    assert (second["status"], second["compared"]) == ("changed", "content")
 
 
 @posix_only

@@ -1,11 +1,13 @@
 """What an archive holds, compared without unpacking it.
 
 Two archives hold the same state when they list the same members, in the same order,
-with the same CRC-32, size and permission bits.  Every member's CRC is already in the
-zip's central directory, so an archive needs no extra file to carry its fingerprint,
-and a change of a single byte anywhere changes a CRC.  Modification times are left
-out: a file rewritten with identical content is not a new state.  For a database the
-CRC is the snapshot's, so an idle database compares equal.
+with the same CRC-32, size, kind and permission bits (the whole Unix mode: a link replaced
+by a file holding its target's name is a new state), and owner and group (a `chown -R`
+must reach the backups: a restore as root gives files their recorded owners).  Every
+member's CRC is already in the zip's central directory, so an archive needs no extra file
+to carry its fingerprint, and a change of a single byte anywhere changes a CRC.
+Modification times are left out: a file rewritten with identical content is not a new
+state.  For a database the CRC is the snapshot's, so an idle database compares equal.
 
 The central directory is read in pieces and folded into a digest as it goes, so
 comparing archives of millions of members takes no more memory than of ten (zipfile
@@ -31,7 +33,7 @@ _LONGEST_TAIL = _END.size + 0xFFFF  # the end record and the longest comment
 
 
 def of_archive(archive: Path) -> str:
-    """A digest of the (name, CRC, size, mode) of every member, in the order the archive lists them.
+    """A digest of the (name, CRC, size, mode, owner) of every member, in the order the archive lists them.
     Raises ValueError for a file that is not a whole zip archive."""
     with archive.open("rb") as file:
         start, size, count = _directory(file)
@@ -56,8 +58,9 @@ def of_archive(archive: Path) -> str:
                 crc, length = fields[7], fields[9]
                 if length == 0xFFFFFFFF:  # the true size is in the ZIP64 extra field
                     length = _zip64_size(pending[position + _CENTRAL.size + fields[10] : end - fields[12]])
-                mode = (fields[15] >> 16) & 0o7777
-                digest.update(struct.pack("<IIQI", len(name), crc, length, mode) + name)
+                mode = fields[15] >> 16
+                owner = _owner(pending[position + _CENTRAL.size + fields[10] : end - fields[12]])
+                digest.update(struct.pack("<IIQIH", len(name), crc, length, mode, len(owner)) + name + owner)
                 seen += 1
                 position = end
             pending = pending[position:]
@@ -95,6 +98,17 @@ def _directory(file: BinaryIO) -> tuple[int, int, int]:
     if start + size > length:
         raise ValueError("the central directory lies beyond the end of the file")
     return start, size, count
+
+
+def _owner(extra: bytes) -> bytes:
+    """The data of Info-ZIP's Unix owner field (0x7875) in a member's extra field, or b"" (an
+    archive made on Windows, or by a tool that records no owner)."""
+    while len(extra) >= 4:
+        kind, size = struct.unpack_from("<HH", extra)
+        if kind == 0x7875:
+            return extra[4 : 4 + size]
+        extra = extra[4 + size :]
+    return b""
 
 
 def _zip64_size(extra: bytes) -> int:
