@@ -114,36 +114,18 @@ def _with_folder_remote(project: Project, nas: Path) -> None:
     project.write_manifest(f"version: 1\nremotes:\n  nas: {flow(remote)}\ntargets: [{flow(target)}]\n")
 
 
-def test_a_damaged_newest_remote_copy_restores_nothing_and_names_the_older_one(project: Project) -> None:
-    nas = project.root / "nas"
-    nas.mkdir()
-    project.file("src/a.txt", "first\n")
-    _with_folder_remote(project, nas)
-    for _ in range(2):
-        ran = project.invoke("backup")
-        assert ran.code == 0, ran.output
-    older, newest = sorted(p for p in (nas / "host1" / "t").iterdir() if p.suffix == ".zip")
-    data = bytearray(newest.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # rot: the file's time moves, its recorded checksum stays
-    newest.write_bytes(bytes(data))
-    to = project.root / "out"
-
-    ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas")
-
-    assert ran.code == 1, ran.output
-    line = _one_line(ran)
-    assert line.startswith(f"failed: [t] => {newest.name} does not match the checksum recorded"), line
-    assert "nothing was restored" in line
-    assert line.endswith(f"restore it with --archive {older.name}"), line
-    assert not to.exists()
-    # The copy it names restores.
-    ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas", "--archive", older.name)
-    assert ran.code == 0, ran.output
-    assert (to / "a.txt").read_text() == "first\n"
-
-
-def test_damage_only_a_download_shows_still_names_the_older_copy(project: Project) -> None:
-    # Same size, and its time put back before its checksum file's: nothing but the bytes tells.
+@pytest.mark.parametrize(
+    ("when_put_back", "said"),
+    [
+        # Rot: the file's time moves, its recorded checksum stays; the record alone tells.
+        (False, "does not match the checksum recorded"),
+        # Same size, and its time put back before its checksum file's: only the download tells.
+        (True, "on remote nas is not the copy uploaded"),
+    ],
+)
+def test_a_damaged_newest_remote_copy_restores_nothing_and_names_the_older_one(
+    project: Project, when_put_back: bool, said: str
+) -> None:
     nas = project.root / "nas"
     nas.mkdir()
     project.file("src/a.txt", "first\n")
@@ -156,22 +138,27 @@ def test_damage_only_a_download_shows_still_names_the_older_copy(project: Projec
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))
-    os.utime(newest, ns=(was.st_atime_ns, was.st_mtime_ns))
+    if when_put_back:
+        os.utime(newest, ns=(was.st_atime_ns, was.st_mtime_ns))
     to = project.root / "out"
 
     ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas")
 
     assert ran.code == 1, ran.output
     line = _one_line(ran)
-    assert line.startswith(f"failed: [t] => {newest.name} on remote nas is not the copy uploaded"), line
+    assert line.startswith(f"failed: [t] => {newest.name} {said}"), line
     assert "nothing was restored" in line
     assert line.endswith(f"restore it with --archive {older.name}"), line
     assert not to.exists()
     # Named by the operator, the damaged copy is refused with the general advice.
     ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas", "--archive", newest.name)
     assert ran.code == 1, ran.output
-    assert "take another with --archive NAME" in _one_line(ran)
+    assert "nothing is taken from it" in _one_line(ran) and "take another with --archive NAME" in _one_line(ran)
     assert not to.exists()
+    # The copy it names restores.
+    ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas", "--archive", older.name)
+    assert ran.code == 0, ran.output
+    assert (to / "a.txt").read_text() == "first\n"
 
 
 # --- 3. damaged members: the intact ones are still restored --------------------------------------
