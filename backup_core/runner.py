@@ -959,7 +959,9 @@ def _unchanged_walk(
     now_ns = round(now.timestamp() * 1_000_000) * 1000
     # The state describes the archive by name and size only: one since damaged in place (zeroed,
     # overwritten) must not stay "unchanged" run after run while status and restore pass it over.
-    if existing and not options.force and _sound(existing[-1]):
+    # Its end is read (as retention reads it), not its comment's notes: an archive they would
+    # doubt has no state.  Reading them would load the archive-writing modules.
+    if existing and not options.force and archives.ending(existing[-1].path).problem is None:
         same = state.unchanged(
             target.destination, target.name, kind, settings, existing[-1], now_ns, target.path, target.exclude,
             should_stop=_stopping.is_set,
