@@ -453,6 +453,14 @@ def test_settings_that_would_make_a_schedule_that_never_works_fail_the_host(depl
     outcome, result = play.results("Stop when the scheduled command would refuse its flags")["beta"]
     assert outcome == "fatal" and "backups_backup_args --bogus would make every scheduled run fail" in result["msg"][0]
     assert fleet.tree() == before
+    # A relative prefix would put the command in the login's folder, where no schedule finds it.
+    play = fleet.playbook(
+        "--skip-tags", "backups_run", "--limit", "alpha", inventory=fleet.inventory(alpha={"backups_prefix": "opt"})
+    )  # fmt: skip
+    assert play.code == 2, play.ran.output
+    outcome, result = play.results("Check the role's settings")["alpha"]
+    assert outcome == "fatal" and "backups_prefix must be an absolute path, not opt" in result["msg"]
+    assert fleet.tree() == before
 
 
 def test_the_cron_schedule_mails_a_failed_runs_reasons_and_nothing_when_it_succeeds(

@@ -240,16 +240,24 @@ def test_a_failing_credential_process_is_named_without_its_output(
     assert "Zprocess1" not in everything, everything
 
 
-def test_an_unknown_profile_from_aws_profile_is_named_with_where_it_came_from(
-    project: Project, own_aws: dict[str, str]
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ({"AWS_PROFILE": "nosuchprofile"}, "AWS_PROFILE"),
+        # botocore reads AWS_DEFAULT_PROFILE first: advice to unset AWS_PROFILE would change nothing.
+        ({"AWS_PROFILE": "writer", "AWS_DEFAULT_PROFILE": "nosuchprofile"}, "AWS_DEFAULT_PROFILE"),
+    ],
+)
+def test_an_unknown_profile_from_the_environment_is_named_with_where_it_came_from(
+    project: Project, own_aws: dict[str, str], given: dict[str, str], named: str
 ) -> None:
     # A manifest's profile: is checked when it is loaded; one from the environment only at the request.
     s3_project(project, endpoint="http://127.0.0.1:9")  # no request is ever sent
-    env = {**own_aws, "AWS_PROFILE": "nosuchprofile"}
+    env = {**own_aws, **given}
 
     ran = project.invoke("backup", "--format", "json", env=env, timeout=120)
 
     assert ran.code == 1, ran.output
     error = ran.json()["targets"][0]["error"]
-    assert "AWS profile 'nosuchprofile' (named by AWS_PROFILE) is in neither" in error, error
-    assert "unset AWS_PROFILE" in error, error
+    assert f"AWS profile 'nosuchprofile' (named by {named}) is in neither" in error, error
+    assert f"unset {named}" in error, error

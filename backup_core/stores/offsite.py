@@ -459,8 +459,12 @@ class DamagedCopy(TargetError):
 
 
 def older_than(store: Store, target: str, held: list[Stored], damaged: Stored, now: datetime) -> str | None:
-    """The copy a restore would take if `damaged` and everything newer were not there, or None."""
-    older = newest_good(store, target, [s for s in held if s.when < damaged.when], now)
+    """The copy a restore would take if `damaged` and everything newer were not there, or None
+    (also when the remote cannot be asked now: the damage must still be what is said)."""
+    try:
+        older = newest_good(store, target, [s for s in held if s.when < damaged.when], now)
+    except (StoreError, TargetError, OSError):
+        return None
     return None if older.chosen is None else older.chosen.name
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -325,7 +326,9 @@ def _described(exc: BaseException, remote: Remote) -> str:
         # The manifest's profile: is checked when it is loaded; one that fails here came from the
         # environment, which the operator must be told to look at.
         named = exc.kwargs.get("profile") or remote.profile
-        source, other = ("", "") if remote.profile else (" (named by AWS_PROFILE)", " or unset AWS_PROFILE")
+        # botocore reads AWS_DEFAULT_PROFILE before AWS_PROFILE: name the one it took.
+        variable = "AWS_DEFAULT_PROFILE" if os.environ.get("AWS_DEFAULT_PROFILE") else "AWS_PROFILE"
+        source, other = ("", "") if remote.profile else (f" (named by {variable})", f" or unset {variable}")
         return (
             f"AWS profile {named!r}{source} is in neither the shared config nor the credentials file; "
             f"add it (aws configure --profile){other}"
