@@ -427,9 +427,7 @@ def newest_good(store: Store, target: str, held: list[Stored], now: datetime) ->
             return Newest(None, passed, damaged=f"{damaged}: restore it with --archive {stored.name}")
         if damaged is None and store.recorded(target, stored) is not None:
             damaged = (
-                f"{why}; it is the newest copy this tool put on remote {store.name}, so nothing was restored "
-                f"(check the copies with `{command(f'verify --remote {store.name}')}`); the newest good copy "
-                "older than it may lack recent changes"
+                f"{why}; it is the newest copy this tool put on remote {store.name}, so {_nothing_restored(store)}"
             )
         passed.append(why)
     if damaged is not None:
@@ -451,11 +449,7 @@ class DamagedCopy(TargetError):
     def instead(self, older: str) -> TargetError:
         """The same failure, naming the copy to restore in its place, as newest_good does for a
         copy whose damage shows without a download."""
-        return TargetError(
-            f"{self.what}; nothing was restored (check the copies with "
-            f"`{command(f'verify --remote {self.store.name}')}`); the newest good copy older than it may "
-            f"lack recent changes: restore it with --archive {older}"
-        )
+        return TargetError(f"{self.what}; {_nothing_restored(self.store)}: restore it with --archive {older}")
 
 
 def older_than(store: Store, target: str, held: list[Stored], damaged: Stored, now: datetime) -> str | None:
@@ -463,9 +457,17 @@ def older_than(store: Store, target: str, held: list[Stored], damaged: Stored, n
     (also when the remote cannot be asked now: the damage must still be what is said)."""
     try:
         older = newest_good(store, target, [s for s in held if s.when < damaged.when], now)
-    except (StoreError, TargetError, OSError):
+    except (TargetError, OSError):  # a StoreError is a TargetError
         return None
     return None if older.chosen is None else older.chosen.name
+
+
+def _nothing_restored(store: Store) -> str:
+    """What a restore that found the newest copy damaged says, before naming an older one."""
+    return (
+        f"nothing was restored (check the copies with `{command(f'verify --remote {store.name}')}`); "
+        "the newest good copy older than it may lack recent changes"
+    )
 
 
 def _as_recorded(target: str, store: Store, stored: Stored, path: Path) -> None:

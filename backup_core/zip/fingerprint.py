@@ -56,10 +56,13 @@ def of_archive(archive: Path) -> str:
                     break
                 name = pending[position + _CENTRAL.size : position + _CENTRAL.size + fields[10]]
                 crc, length = fields[7], fields[9]
+                extra = pending[position + _CENTRAL.size + fields[10] : end - fields[12]]
                 if length == 0xFFFFFFFF:  # the true size is in the ZIP64 extra field
-                    length = _zip64_size(pending[position + _CENTRAL.size + fields[10] : end - fields[12]])
+                    length = _zip64_size(extra)
                 mode = fields[15] >> 16
-                owner = _owner(pending[position + _CENTRAL.size + fields[10] : end - fields[12]])
+                # Info-ZIP's Unix owner field; none in an archive made on Windows or by a tool
+                # that records no owner.
+                owner = _field(extra, 0x7875) or b""
                 digest.update(struct.pack("<IIQIH", len(name), crc, length, mode, len(owner)) + name + owner)
                 seen += 1
                 position = end
@@ -100,22 +103,19 @@ def _directory(file: BinaryIO) -> tuple[int, int, int]:
     return start, size, count
 
 
-def _owner(extra: bytes) -> bytes:
-    """The data of Info-ZIP's Unix owner field (0x7875) in a member's extra field, or b"" (an
-    archive made on Windows, or by a tool that records no owner)."""
-    while len(extra) >= 4:
-        kind, size = struct.unpack_from("<HH", extra)
-        if kind == 0x7875:
-            return extra[4 : 4 + size]
-        extra = extra[4 + size :]
-    return b""
+def _field(extra: bytes, tag: int) -> bytes | None:
+    """The data of the first field tagged `tag` in a member's extra field, or None."""
+    position = 0
+    while position + 4 <= len(extra):
+        found, length = struct.unpack_from("<HH", extra, position)
+        if found == tag:
+            return extra[position + 4 : position + 4 + length]
+        position += 4 + length
+    return None
 
 
 def _zip64_size(extra: bytes) -> int:
-    position = 0
-    while position + 4 <= len(extra):
-        tag, length = struct.unpack_from("<HH", extra, position)
-        if tag == 1 and length >= 8:
-            return int(struct.unpack_from("<Q", extra, position + 4)[0])
-        position += 4 + length
-    raise ValueError("a ZIP64 size without its extra field")
+    zip64 = _field(extra, 1)
+    if zip64 is None or len(zip64) < 8:
+        raise ValueError("a ZIP64 size without its extra field")
+    return int(struct.unpack_from("<Q", zip64)[0])
