@@ -374,7 +374,7 @@ class _Program(Program):
         # Invoke's help, without the options refused above: help must not offer what then fails.
         refused = {name for names in (*_SHELL_OPTIONS, ("-R", "--dry")) for name in names}
         offered = [
-            (flags, said)
+            _LIST_HELP if "--list[" in flags else (flags, said)
             for flags, said in self.initial_context.help_tuples()
             if not refused & {part.split("=")[0].split(" ")[0] for part in flags.split(", ")}
         ]
@@ -411,6 +411,8 @@ _SHELL_OPTIONS = [
 
 
 _LIST_FORMATS = ("flat", "nested", "json")
+# Invoke describes --list[=NAMESPACE]; this program has no namespaces and refuses a value.
+_LIST_HELP = ("-l, --list", "List the subcommands and exit.")
 
 
 def _usage(message: str) -> None:

@@ -196,6 +196,8 @@ def test_help_offers_no_option_it_refuses(installed: Path, tmp_path: Path) -> No
     refused = {"-w", "--warn-only", "-T", "--command-timeout", "-e", "--echo", "-p", "--pty", "--hide", "-R", "--dry"}
     assert not refused & flags, ran.stdout
     assert "prompt-for-sudo-password" not in ran.stdout
+    # Invoke's --list[=STRING] narrows to a namespace; this command has none and refuses a value.
+    assert "-l, --list " in ran.stdout and "--list[" not in ran.stdout and "namespace" not in ran.stdout, ran.stdout
     assert "backup     Back up every selected target" in ran.stdout
 
 
