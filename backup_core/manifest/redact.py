@@ -15,6 +15,9 @@ import shlex
 import subprocess
 
 MASK = "***"
+# The patterns below are kept as strings and compiled by `re` on first use (and cached there):
+# most runs never show a hook, and compiling them all at import cost 8 to 11 ms of every
+# command's start-up.
 
 # A name that says its value is secret: it ends in one of these words (PGPASSWORD, --api-key,
 # ?key=, client_secret, X-Amz-Signature, DB_KEY, MYSQL_PWD, DB_PW, plink's -pw,
@@ -28,18 +31,18 @@ _SECRET_NAME = (
 # (`export PGPASSWORD=x; pg_dump` keeps its `;`); inside a word they are part of it.
 _BARE_END = r"(?=[;&|]*(?:[\s'\"]|$))"
 # scheme://user:password@host -> scheme://user:***@host (a password may hold a '/')
-_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s@]+(@)")
+_URL_PASSWORD = r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s@]+(@)"
 # name=value, the value bare or quoted: --password=x, ?token=x&, PGPASSWORD="a b"
-_SECRET_PAIR = re.compile(rf"(?i)(\b{_SECRET_NAME}=)(\"[^\"]*\"|'[^']*'|[^&\s'\"]+?(?=[;|]*(?:[&\s'\"]|$)))")
-_WHOLE_PAIR = re.compile(rf"(?i)^(--?(?!-)(?!no-){_SECRET_NAME}=|{_SECRET_NAME}=)")
+_SECRET_PAIR = rf"(?i)(\b{_SECRET_NAME}=)(\"[^\"]*\"|'[^']*'|[^&\s'\"]+?(?=[;|]*(?:[&\s'\"]|$)))"
+_WHOLE_PAIR = rf"(?i)^(--?(?!-)(?!no-){_SECRET_NAME}=|{_SECRET_NAME}=)"
 # Programs whose own name reads like a secret's: `sshpass: not found` is no header.
 _NAMED_LIKE_SECRETS = r"(?:sshpass|pass|gopass|passwd|htpasswd|chpasswd|gpasswd|smbpasswd):"
 # A header: Authorization: Digest …, X-Api-Key: k, PRIVATE-TOKEN: t, Cookie: … (to the end of its quotes)
-_SECRET_HEADER = re.compile(rf"(?i)(\b(?!{_NAMED_LIKE_SECRETS})(?:{_SECRET_NAME}|[\w.-]*cookie):\s*)([^'\"\n]+)")
+_SECRET_HEADER = rf"(?i)(\b(?!{_NAMED_LIKE_SECRETS})(?:{_SECRET_NAME}|[\w.-]*cookie):\s*)([^'\"\n]+)"
 # A flag naming a secret, then its value: --password x, --token 'a b', --password -x (not
 # --no-pass, and not a following flag: --auth --verbose, --password -v)
-_SECRET_FLAG = re.compile(rf"(?i)^--?(?!-)(?!no-){_SECRET_NAME}$")
-_SECRET_FLAG_IN_LINE = re.compile(
+_SECRET_FLAG = rf"(?i)^--?(?!-)(?!no-){_SECRET_NAME}$"
+_SECRET_FLAG_IN_LINE = (
     rf"(?i)((?:^|\s)--?(?!-)(?!no-){_SECRET_NAME}\s+)"
     rf"(\"[^\"]*\"|'[^']*'|[^\s'\"-][^\s'\"]*?{_BARE_END}|-[^\s'\"-][^\s'\"]+?{_BARE_END})"
 )
@@ -63,7 +66,7 @@ _EXTENSIONS = (".exe", ".cmd", ".bat", ".com")
 # A word of a command line; a `;`, `&&` or `|` that ends a command is a word of its own.  A
 # flag glued to a quoted value is one word (`-p'pa ss'`, as a shell hook quotes a password).
 _QUOTED = r"\"[^\"]*\"|'[^']*'"
-_WORD = re.compile(rf"[^\s'\";&|]+(?:{_QUOTED})|{_QUOTED}|[;&|]+(?=\s|$)|[^\s'\"]+?{_BARE_END}|[^\s'\"]+")
+_WORD = rf"[^\s'\";&|]+(?:{_QUOTED})|{_QUOTED}|[;&|]+(?=\s|$)|[^\s'\"]+?{_BARE_END}|[^\s'\"]+"
 _BREAKS = frozenset((";", "&&", "||", "|", "&"))
 
 
@@ -131,11 +134,11 @@ def _masked_words(words: list[str]) -> list[str]:
 
 def text(line: str) -> str:
     """A command line with the secrets it holds masked."""
-    line = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<2>", line)
-    line = _SECRET_PAIR.sub(rf"\g<1>{MASK}", line)
-    line = _SECRET_HEADER.sub(rf"\g<1>{MASK}", line)
-    line = _SECRET_FLAG_IN_LINE.sub(rf"\g<1>{MASK}", line)
-    words = [(m.start(), m.end(), m.group(0)) for m in _WORD.finditer(line)]
+    line = re.sub(_URL_PASSWORD, rf"\g<1>{MASK}\g<2>", line)
+    line = re.sub(_SECRET_PAIR, rf"\g<1>{MASK}", line)
+    line = re.sub(_SECRET_HEADER, rf"\g<1>{MASK}", line)
+    line = re.sub(_SECRET_FLAG_IN_LINE, rf"\g<1>{MASK}", line)
+    words = [(m.start(), m.end(), m.group(0)) for m in re.finditer(_WORD, line)]
     masked = _masked_words([w for _, _, w in words])
     for (start, end, word), new in reversed(list(zip(words, masked, strict=True))):
         if new != word:
@@ -151,11 +154,11 @@ def arguments(given: list[str] | tuple[str, ...]) -> list[str]:
         if shown[index] != argument:
             continue  # a program's own password flag
         flag = given[index - 1] if index and not after_value else ""  # a value is no flag (-x7TOKEN)
-        pair = _WHOLE_PAIR.match(argument)
+        pair = re.match(_WHOLE_PAIR, argument)
         after_value = False
         if pair:  # one argument: all of it after '=' is the value, spaces included
             shown[index] = pair.group(1) + MASK
-        elif _SECRET_FLAG.match(flag) and _is_value(argument):
+        elif re.match(_SECRET_FLAG, flag) and _is_value(argument):
             shown[index], after_value = MASK, True
         else:
             shown[index] = text(argument)
@@ -169,7 +172,7 @@ def argv(given: tuple[str, ...]) -> str:
 
 
 # A URL as error texts quote it (in backquotes, quotes or bare): scheme://user-info@host/path?query
-_URL = re.compile(
+_URL = (
     r"(?i)(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<user>[^\s`'\"<>]*@)?(?P<place>[^\s`'\"<>?#]*)"
     r"(?:\?(?P<query>[^\s`'\"<>#]*))?"
 )
@@ -190,4 +193,4 @@ def urls(said: str) -> str:
         ]
         return f"{shown}?{'&'.join(parts)}"
 
-    return _URL.sub(masked, said)
+    return re.sub(_URL, masked, said)
