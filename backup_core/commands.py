@@ -463,10 +463,9 @@ def _restore_remote(
         named = [s for s in held if archive in (s.name, s.archive)]
         if not named:
             # A name that is not there is the flag's mistake, as for a local restore (exit 2).
-            recent = ", ".join(s.name for s in reversed(held[-3:])) or "none"
             raise UsageError(
                 f"--archive {archive}: no copy of that name of {target.name} on remote {remote.name}; "
-                f"the newest are (newest first): {recent}"
+                f"{restore_module.newest_first([s.name for s in held])}"
             )
         held = named
     if not held:

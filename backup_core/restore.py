@@ -120,10 +120,14 @@ def choose_archive(target: Target, name: str | None) -> tuple[Path, list[str]]:
                 )
                 raise TargetError(f"--archive {shown(name)} is cut short or damaged ({found.problem}); {instead}")
             return archive.path, []
-    newest = ", ".join(a.name for a in reversed(existing[-3:])) or "none"
-    raise UsageError(
-        f"--archive {shown(name)}: not an archive of {target.name}; the newest are (newest first): {newest}"
-    )
+    newest = newest_first([a.name for a in existing])
+    raise UsageError(f"--archive {shown(name)}: not an archive of {target.name}; {newest}")
+
+
+def newest_first(names: list[str]) -> str:
+    """What an --archive name that is not there is answered with: the newest three of `names`
+    (which run oldest first), newest first."""
+    return "the newest are (newest first): " + (", ".join(reversed(names[-3:])) or "none")
 
 
 def _newest_whole(
