@@ -34,7 +34,7 @@ help:
 	@grep -E '^\.PHONY: [a-z-]+ +## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z-]+) +## (.*)/  make \1\t\2/' | expand -t 20
 
 .PHONY: install  ## create .venv and install the pinned dependencies
-install: $(STAMP)
+install: $(BYTECODE)
 
 .PHONY: backup  ## back up every target in backups.yml (ARGS="--only site --check")
 backup: $(BYTECODE)
