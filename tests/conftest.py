@@ -151,6 +151,21 @@ def archive_file_name(target: str, when: datetime) -> str:
     return f"{target}-{when:%Y%m%dT%H%M%S}.{when.microsecond:06d}Z.zip"
 
 
+NOT_A_FILE = {"dangling link": "a symbolic link", "folder": "a folder", "named pipe": "a named pipe"}
+
+
+def place_not_a_file(path: Path, kind: str) -> None:
+    """Put something that is no file under an archive's name, as a person might (see NOT_A_FILE)."""
+    if kind != "folder" and os.name != "posix":
+        pytest.skip("links and named pipes are made here on POSIX only")
+    if kind == "dangling link":
+        path.symlink_to(path.parent / "nowhere")
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+
+
 def fake_archive(folder: Path, target: str, when: datetime) -> Path:
     """A small real zip under a target's archive name (prune and rotation only read names)."""
     folder.mkdir(parents=True, exist_ok=True)

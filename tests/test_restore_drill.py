@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import INVOKE, REPO, Project, Ran, archive_file_name, flow
+from conftest import INVOKE, NOT_A_FILE, REPO, Project, Ran, archive_file_name, flow, place_not_a_file
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes and names")
 
@@ -57,6 +57,23 @@ def test_the_default_restore_passes_over_a_cut_short_newest_archive(project: Pro
 
     assert ran.code == 0, ran.output
     assert f"[WARNING] [t] passed over {newest.name}: it is not a whole archive (" in ran.output
+    assert f"restored: [t] => {older.name} -> " in ran.output
+    assert (to / "a.txt").read_text() == "first\n"
+
+
+@pytest.mark.parametrize("kind", list(NOT_A_FILE))
+def test_the_default_restore_passes_over_what_is_no_file_under_the_newest_name(project: Project, kind: str) -> None:
+    # A dangling link or a folder under the newest archive's name failed the restore ("cannot
+    # open ...: No such file or directory"), and a named pipe made it wait forever.
+    (older,) = _backed_up(project)
+    odd = older.with_name(archive_file_name("t", datetime.now(timezone.utc)))
+    place_not_a_file(odd, kind)
+    to = project.root / "out"
+
+    ran = project.invoke("restore", "t", "--to", str(to), timeout=120)
+
+    assert ran.code == 0, ran.output
+    assert f"[WARNING] [t] passed over {odd.name}: it is not a whole archive (it is {NOT_A_FILE[kind]}" in ran.output
     assert f"restored: [t] => {older.name} -> " in ran.output
     assert (to / "a.txt").read_text() == "first\n"
 

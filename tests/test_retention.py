@@ -8,13 +8,14 @@ the newest of each group, and keeps the groups' newest N; `last` keeps the N new
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Callable, Hashable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import Project, archive_file_name, fake_archive, flow
+from conftest import NOT_A_FILE, Project, archive_file_name, fake_archive, flow, place_not_a_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -293,6 +294,37 @@ def test_rotation_does_not_count_a_cut_short_archive_toward_keep(project: Projec
     with zipfile.ZipFile(good) as whole:
         assert whole.testzip() is None
     assert f"{newest.name} is not a whole archive" in ran.stdout, ran.output
+
+
+@pytest.mark.parametrize("kind", list(NOT_A_FILE))
+def test_what_is_no_file_under_an_archives_name_is_neither_counted_nor_deleted_nor_waited_on(
+    project: Project, kind: str
+) -> None:
+    # A dangling link or a folder under the newest archive's name counted toward keep: with keep
+    # {last: 2} the backup deleted both good archives, without a word.  A named pipe there made
+    # backup, prune and verify wait forever for a writer, holding the target's lock.
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 2}}]\n")
+    assert project.invoke("backup", env={"BACKUP_NOW": "2026-01-01T00:00:00Z"}).code == 0
+    assert project.invoke("backup", env={"BACKUP_NOW": "2026-01-02T00:00:00Z"}).code == 0
+    older, newer = project.archives()
+    odd = newer.with_name(archive_file_name("site", datetime(2026, 1, 2, 12, tzinfo=timezone.utc)))
+    place_not_a_file(odd, kind)
+    said = f"{odd.name} is not a whole archive (it is {NOT_A_FILE[kind]}, not a file)"
+
+    ran = project.invoke("backup", env={"BACKUP_NOW": "2026-01-03T00:00:00Z"}, timeout=120)
+
+    assert ran.code == 0, ran.output
+    *kept, made = project.archives()
+    assert kept == [newer, odd] and made.name.startswith("site-20260103T"), ran.output
+    assert not older.exists() and os.path.lexists(odd)
+    assert said in ran.stdout and "not counted toward keep and not deleted" in ran.stdout, ran.output
+    pruned = project.invoke("prune", timeout=120)
+    assert pruned.code == 0, pruned.output
+    assert said in pruned.stdout and newer.exists() and os.path.lexists(odd), pruned.output
+    verified = project.invoke("verify", timeout=60)
+    assert verified.code == 1, verified.output
+    assert f"{odd.name}: it is {NOT_A_FILE[kind]}, not a file" in verified.output, verified.output
 
 
 def test_durations_past_the_calendar_mean_forever_and_break_nothing(project: Project) -> None:

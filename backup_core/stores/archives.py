@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import struct
 import sys
 import threading
@@ -257,6 +258,11 @@ def ending(path: Path) -> Ending:
     retention is about to trust as the newest, whatever its size (parsing its directory could
     take seconds)."""
     try:
+        mode = path.lstat().st_mode
+        if not stat.S_ISREG(mode):
+            # Put there by hand: a link may point anywhere (or nowhere), and opening a named pipe
+            # waits for a writer that never comes.  None of them is an archive this tool made.
+            return Ending(f"it is {_kind(mode)}, not a file")
         with path.open("rb") as file:
             size = file.seek(0, os.SEEK_END)
             start = max(0, size - (_END.size + 0xFFFF))
@@ -295,6 +301,12 @@ def ending(path: Path) -> Ending:
     except (ValueError, OverflowError):  # a ZIP64 locator pointing past any possible offset
         return Ending("its ZIP64 end record is missing")
     return Ending(None, comment, members=count)
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words."""
+    kinds = [(stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe")]
+    return next((words for test, words in kinds if test(mode)), "a special file")
 
 
 class Doubt(NamedTuple):

@@ -95,7 +95,13 @@ def read_directory(archive: Path, verdict: Verdict | None = None) -> list[Record
 
 def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
     """Check every member's data; with sqlite_check, also every SQLite member's integrity."""
+    from backup_core.stores.archives import ending
+
     verdict = Verdict(archive)
+    with contextlib.suppress(OSError):  # one that cannot be looked at is reported by the reading below
+        if not stat.S_ISREG(archive.lstat().st_mode):  # a link, a folder, a named pipe that would never answer
+            verdict.problems.append(ending(archive).problem or "it is not a file")
+            return verdict
     try:
         infos = read_directory(archive, verdict)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
@@ -106,8 +112,6 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
         return verdict
     # Readers skip bytes after the end record, but this tool writes none: they were appended, or
     # a longer file was partly overwritten; retention and prune would not take it for whole either.
-    from backup_core.stores.archives import ending
-
     if (problem := ending(archive).problem) is not None:
         verdict.problems.append(problem)
     scratch = Path(tempfile.mkdtemp(prefix="verify-")) if sqlite_check != "none" else None
