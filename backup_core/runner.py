@@ -551,6 +551,17 @@ def _closing_hooks(
         spare = {name for copy in result.offsite for name in copy.unvouched}
         try:
             spared = _rotate(target, result, now_there, spare=spare)
+        except KeyboardInterrupt:
+            # While old archives were judged or deleted (a large one takes a while to free): the
+            # new archive stays, and the line says so, and what went, rather than the run's
+            # "nothing more was placed or rotated" over a result with no archive.
+            _stopping.set()
+            went = (
+                f"{len(result.deleted)} old archive(s) deleted before it" if result.deleted else "nothing was rotated"
+            )
+            made = result.archive.name if result.archive else "its archive"
+            result.fail(f"interrupted after {made} was made; {went}")
+            return
         except OSError as exc:
             result.fail(f"archive made, but rotating old archives failed: {_describe(exc, target)}")
             return

@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zipfile
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -623,3 +624,39 @@ def test_a_run_started_during_another_runs_before_hook_skips_and_runs_no_hooks(
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, out + err
     assert (project.root / "app.log").read_text() == "stop\nstart\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="a signal to a child is a kill on Windows")
+def test_an_interrupt_while_old_archives_are_rotated_keeps_the_new_one_and_says_what_went(project: Project) -> None:
+    # SIGTERM while retention judged or deleted old archives (a large one takes a while to free)
+    # reported "interrupted before it finished; nothing more was placed or rotated" and a null
+    # archive, though the new archive was in place and old ones may have gone.
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    backups = project.root / "backups"
+    for _attempt in range(3):  # the run may finish before the signal lands: set up and try again
+        old = {fake_archive(backups, "site", OLD + timedelta(minutes=m)).name for m in range(4000)}
+        process = _start(project, "--format", "json")
+
+        def placed(old: set[str] = old) -> list[str]:
+            return [p.name for p in backups.glob("site-*.zip") if p.name not in old]
+
+        while not placed() and process.poll() is None:
+            time.sleep(0.001)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+        if process.returncode == 0:
+            continue
+        assert process.returncode == 130, stdout + stderr
+        (made,) = placed()
+        (result,) = json.loads(stdout)["targets"]
+        assert result["status"] == "failed" and result["archive"] == str(backups / made), result
+        gone = sorted(old - {p.name for p in backups.glob("site-*.zip")})
+        assert sorted(result["deleted"]) == gone, result
+        went = f"{len(gone)} old archive(s) deleted before it" if gone else "nothing was rotated"
+        assert result["error"] == f"interrupted after {made} was made; {went}", result
+        with zipfile.ZipFile(backups / made) as whole:
+            assert whole.testzip() is None
+        return
+    pytest.fail("three runs each rotated 4,000 archives before a signal sent as soon as the new one appeared")
