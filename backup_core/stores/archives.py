@@ -258,11 +258,8 @@ def ending(path: Path) -> Ending:
     retention is about to trust as the newest, whatever its size (parsing its directory could
     take seconds)."""
     try:
-        mode = path.lstat().st_mode
-        if not stat.S_ISREG(mode):
-            # Put there by hand: a link may point anywhere (or nowhere), and opening a named pipe
-            # waits for a writer that never comes.  None of them is an archive this tool made.
-            return Ending(f"it is {_kind(mode)}, not a file")
+        if (odd := not_a_file(path)) is not None:
+            return Ending(odd)
         with path.open("rb") as file:
             size = file.seek(0, os.SEEK_END)
             start = max(0, size - (_END.size + 0xFFFF))
@@ -303,10 +300,16 @@ def ending(path: Path) -> Ending:
     return Ending(None, comment, members=count)
 
 
-def _kind(mode: int) -> str:
-    """What a file that is not a regular one is, in words."""
+def not_a_file(path: Path) -> str | None:
+    """What `path` is when it is no regular file (so no archive this tool made), told without
+    opening it, or None for a file.  Put there by hand: a link may point anywhere (or nowhere),
+    and opening a named pipe waits for a writer that never comes.  Raises OSError when `path`
+    cannot be looked at."""
+    mode = path.lstat().st_mode
+    if stat.S_ISREG(mode):
+        return None
     kinds = [(stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe")]
-    return next((words for test, words in kinds if test(mode)), "a special file")
+    return f"it is {next((words for test, words in kinds if test(mode)), 'a special file')}, not a file"
 
 
 class Doubt(NamedTuple):

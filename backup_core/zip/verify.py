@@ -95,12 +95,12 @@ def read_directory(archive: Path, verdict: Verdict | None = None) -> list[Record
 
 def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
     """Check every member's data; with sqlite_check, also every SQLite member's integrity."""
-    from backup_core.stores.archives import ending
+    from backup_core.stores.archives import ending, not_a_file
 
     verdict = Verdict(archive)
     with contextlib.suppress(OSError):  # one that cannot be looked at is reported by the reading below
-        if not stat.S_ISREG(archive.lstat().st_mode):  # a link, a folder, a named pipe that would never answer
-            verdict.problems.append(ending(archive).problem or "it is not a file")
+        if (odd := not_a_file(archive)) is not None:  # a link, a folder, a named pipe that would never answer
+            verdict.problems.append(odd)
             return verdict
     try:
         infos = read_directory(archive, verdict)
