@@ -162,13 +162,10 @@ class Recapped(Protocol):
 def _open_log(file: Path) -> IO[str]:
     """The log, opened to append; one it creates is readable by its owner only (0600 on POSIX,
     as archives are: it names hooks, remotes and files), an existing one keeps its mode."""
-    descriptor = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
-    try:
-        # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
-        return os.fdopen(descriptor, "a", encoding="utf-8", errors="backslashreplace")
-    except BaseException:
-        os.close(descriptor)
-        raise
+    from backup_core import deferral
+
+    # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
+    return deferral.open_private(file, "a", encoding="utf-8", errors="backslashreplace")
 
 
 class TextReporter:

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from backup_core import deferral
 from backup_core.errors import command
 from backup_core.stores.retention import FUTURE_TOLERANCE
 
@@ -368,12 +369,7 @@ def create_private(path: Path, buffering: int = -1) -> BinaryIO:
     """Create `path` new, for writing, readable by its owner only, whatever the umask: an
     archive (here, in a folder remote, decrypted for a restore) holds the server's secrets.
     Never over an existing file, and never through a link planted at its name."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-    try:
-        return os.fdopen(descriptor, "wb", buffering=buffering)
-    except BaseException:
-        os.close(descriptor)
-        raise
+    return deferral.open_private(path, "xb", buffering=buffering)  # type: ignore[return-value]
 
 
 def partial_path(destination: Path, target: str, when: datetime, what: str) -> Path:
