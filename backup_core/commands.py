@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from backup_core import deferral, interrupts, report
+from backup_core import interrupts, report
 from backup_core import manifest as manifest_module
 from backup_core.errors import (
     EXIT_FAILED,
@@ -307,7 +307,7 @@ def _stop_on_terminate() -> None:
         runner.stop()  # targets in other threads stop within a piece of data
         if not received:
             received.append(signum)
-            deferral.interrupt()
+            raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         for signum in interrupts.handled():

@@ -20,8 +20,6 @@ import signal
 import sys
 import threading
 
-from backup_core import deferral
-
 in_task = threading.Event()  # set while a task runs: a signal then stops its work
 
 
@@ -30,8 +28,7 @@ _SAID = "interrupted before the command started; nothing was done"
 
 def _interrupted(signum: int, frame: object) -> None:
     if in_task.is_set():
-        deferral.interrupt()
-        return
+        raise KeyboardInterrupt
     if _json_wanted(sys.argv[1:]):
         # The document every outcome gets in JSON mode (report.error_document's shape, written
         # here by hand: the report module may not be loaded yet).

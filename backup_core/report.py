@@ -162,10 +162,11 @@ class Recapped(Protocol):
 def _open_log(file: Path) -> IO[str]:
     """The log, opened to append; one it creates is readable by its owner only (0600 on POSIX,
     as archives are: it names hooks, remotes and files), an existing one keeps its mode."""
-    from backup_core import deferral
+    from backup_core.stores import archives
 
-    # A name that is not valid UTF-8 must not stop a run halfway through: escape it.
-    return deferral.open_private(file, "a", encoding="utf-8", errors="backslashreplace")
+    # A name that is not valid UTF-8 must not stop a run halfway through: escape it.  One call,
+    # so that no interrupt can close the descriptor twice (see archives.create_private).
+    return open(file, "a", encoding="utf-8", errors="backslashreplace", opener=archives.owner_only)
 
 
 class TextReporter:

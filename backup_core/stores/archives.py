@@ -25,7 +25,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from backup_core import deferral
 from backup_core.errors import command
 from backup_core.stores.retention import FUTURE_TOLERANCE
 
@@ -369,7 +368,21 @@ def create_private(path: Path, buffering: int = -1) -> BinaryIO:
     """Create `path` new, for writing, readable by its owner only, whatever the umask: an
     archive (here, in a folder remote, decrypted for a restore) holds the server's secrets.
     Never over an existing file, and never through a link planted at its name."""
-    return deferral.open_private(path, "xb", buffering=buffering)  # type: ignore[return-value]
+    # One call, so that the file object owns the descriptor from the start.  Made in two steps
+    # (os.open, then os.fdopen, closing the descriptor by hand if that failed), a signal's
+    # KeyboardInterrupt raised as fdopen returned closed it twice: once as the new object was
+    # dropped, once by hand.  The second close failed with "Bad file descriptor" (a database
+    # snapshot stopped by SIGTERM reported that instead of the interrupt), or could shut a
+    # file that had taken the number meanwhile.  An interrupt inside the opener can still leak
+    # the descriptor until the run ends, which it is about to.  Holding interrupts back around
+    # the call would prevent that, but would also leave an open that blocks (a hung network
+    # mount) deaf to Ctrl-C and SIGTERM.  "x" is O_CREAT | O_EXCL.
+    return open(path, "xb", buffering=buffering, opener=owner_only)
+
+
+def owner_only(path: str, flags: int) -> int:
+    """An opener for open(): a file it creates is readable and writable by its owner only."""
+    return os.open(path, flags, 0o600)
 
 
 def partial_path(destination: Path, target: str, when: datetime, what: str) -> Path:
