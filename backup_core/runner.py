@@ -31,7 +31,7 @@ from backup_core.manifest import Hooks, Manifest, Remote, Target
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, OffsiteResult, RunResult, TargetResult
 from backup_core.sources import sqlite
 from backup_core.sources import walk as sources
-from backup_core.stores import archives, offsite, retention, state
+from backup_core.stores import archives, base, offsite, retention, state
 from backup_core.stores.archives import Archive
 from backup_core.stores.base import Stored
 
@@ -123,6 +123,7 @@ def run(command: str, manifest: Manifest, targets: list[Target], options: Option
         return results
 
     _stopping.clear()
+    base.forget_unanswered()
     hooked = bool(run_hooks.before or run_hooks.after)
     with _run_lock(manifest, targets, hooked) as held:
         if not held or (hooked and _all_busy(targets)):

@@ -80,6 +80,38 @@ def test_an_unreachable_endpoint_is_named_and_bounded(project: Project, s3_serve
     assert "cannot reach http://127.0.0.1:9" in error and "is kept" in error
 
 
+def test_a_remote_that_cannot_be_reached_is_asked_once_per_run_and_the_others_still_get_their_copies(
+    project: Project, s3_server: S3Server, s3_bucket: str
+) -> None:
+    # Asked again for every target, a service that accepts connections and never answers cost
+    # each one 3 tries of 30 s: three small targets took four and a half minutes.  A refused
+    # connection takes the same path, quickly.
+    for name in ("a", "b", "c"):
+        project.file(f"{name}/file.txt", name)
+    dead = {"type": "s3", "bucket": "anything", "endpoint": "http://127.0.0.1:9", "addressing_style": "path"}
+    alive = {"type": "s3", "bucket": s3_bucket, "endpoint": s3_server.endpoint, "addressing_style": "path"}
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes: {{dead: {flow(dead)}, alive: {flow(alive)}}}
+        defaults: {{offsite: [dead, alive]}}
+        targets: [{{name: a, path: a}}, {{name: b, path: b}}, {{name: c, path: c}}]
+        """
+    )
+
+    ran = project.invoke("backup", "--format", "json", "--jobs", "1", env=s3_server.env(), timeout=120)
+
+    assert ran.code == 1, ran.output
+    errors = [t["error"] for t in ran.json()["targets"]]
+    assert "remote dead: cannot list the bucket: cannot reach http://127.0.0.1:9" in errors[0], errors[0]
+    for later in errors[1:]:
+        assert "remote dead: not asked again in this run: cannot reach http://127.0.0.1:9" in later, later
+        assert "is kept" in later
+    copies = s3_server.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])
+    assert sorted(c["Key"].split("/")[0] for c in copies) == ["a", "b", "c"]  # the other remote got every copy
+    assert len(project.archives()) == 3
+
+
 def test_the_archives_sha256_is_recorded_in_the_objects_metadata(
     project: Project, s3_server: S3Server, s3_bucket: str
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,36 @@ def foreign(name: str, host: str) -> Foreign | None:
 
 class StoreError(TargetError):
     """A store could not do what was asked: one sentence naming the store and the reason."""
+
+
+# Remotes that did not answer during this run, and what was said of the first failure.  A
+# service that accepts connections and never answers costs every request 3 tries of up to
+# 30 s: asked again for every later target (and every copy of each), one dead endpoint made
+# a run of three small targets last four and a half minutes.  A remote given up on is not
+# asked again until the next run, which tries it afresh.
+_unanswered: dict[str, str] = {}
+_unanswered_lock = threading.Lock()
+
+
+def give_up_on(remote: str, why: str) -> None:
+    """Remember that `remote` did not answer (`why`, the failure's own sentence)."""
+    with _unanswered_lock:
+        _unanswered.setdefault(remote, why)
+
+
+def not_asked(remote: str) -> StoreError | None:
+    """The error for a request that is not sent, when `remote` did not answer earlier in this run."""
+    with _unanswered_lock:
+        why = _unanswered.get(remote)
+    if why is None:
+        return None
+    return StoreError(f"remote {remote}: not asked again in this run: {why}")
+
+
+def forget_unanswered() -> None:
+    """A new run asks every remote afresh."""
+    with _unanswered_lock:
+        _unanswered.clear()
 
 
 class Store(Protocol):

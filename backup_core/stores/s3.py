@@ -21,7 +21,17 @@ from typing import Any, cast
 
 from backup_core.errors import command
 from backup_core.manifest import Remote, redact
-from backup_core.stores.base import Progress, Stored, StoreError, foreign, parse, recorded_host, this_host
+from backup_core.stores.base import (
+    Progress,
+    Stored,
+    StoreError,
+    foreign,
+    give_up_on,
+    not_asked,
+    parse,
+    recorded_host,
+    this_host,
+)
 
 _MULTIPART = 64 << 20  # below this an archive goes in one request, whose SHA-256 the server keeps whole
 _ALGORITHMS = {"sha256": "SHA256", "crc32": "CRC32"}
@@ -29,6 +39,7 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Inval
 _CHECKSUM = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest", "InvalidChecksum"}
 _QUOTA = {"QuotaExceeded", "EntityTooLarge", "StorageQuotaExceeded", "ServiceQuotaExceeded"}
 _LOCKED = {"AccessDenied", "ObjectLocked", "InvalidRequest"}  # what services answer for a delete under a lock
+_TRIES, _CONNECT_TIMEOUT, _READ_TIMEOUT = 3, 5, 30  # per request; seconds
 # A multipart upload pending this long under a target's prefix was left by a run that died or
 # lost the server mid-upload (s3transfer aborts the ones it sees fail): its parts are billed.
 _STALE_UPLOAD = timedelta(days=1)
@@ -146,6 +157,10 @@ class S3Store:
 
     @property
     def client(self) -> Any:
+        # Asked before each request: a remote that did not answer is not waited on again.
+        refused = not_asked(self.name)
+        if refused is not None:
+            raise refused
         if self._client is None:
             self._client = make_client(self.remote)
         return self._client
@@ -267,9 +282,9 @@ def make_client(remote: Remote) -> Any:
     config = Config(
         # Bounded, and set here so the host's AWS_MAX_ATTEMPTS or ~/.aws/config cannot unbound it:
         # 3 tries with backoff, then the run reports the remote as failed and goes on.
-        retries={"total_max_attempts": 3, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=30,
+        retries={"total_max_attempts": _TRIES, "mode": "standard"},
+        connect_timeout=_CONNECT_TIMEOUT,
+        read_timeout=_READ_TIMEOUT,
         s3=cast(Any, {"addressing_style": remote.addressing_style}),  # a Literal the schema has checked
         # Checksums are asked for explicitly per request; the newer "always" defaults break
         # several S3-compatible services.
@@ -303,8 +318,21 @@ def _code(exc: Any) -> str:
 def _explain(exc: BaseException, remote: Remote) -> str:
     """What went wrong, in words an operator can act on; never a credential.  Every error the
     client library gives becomes a message here, so here its texts lose what a URL carries
-    (an endpoint from AWS_ENDPOINT_URL may hold a user and password, or a token in its query)."""
-    return redact.urls(_described(exc, remote))
+    (an endpoint from AWS_ENDPOINT_URL may hold a user and password, or a token in its query).
+    A remote that could not be reached or did not answer is given up on for the rest of the run."""
+    said = redact.urls(_described(exc, remote))
+    if _unanswered(exc):
+        give_up_on(remote.name, said)
+    return said
+
+
+def _unanswered(exc: BaseException) -> bool:
+    from botocore import exceptions as botocore_errors
+
+    if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
+        return _unanswered(exc.__context__)
+    unreached = (botocore_errors.EndpointConnectionError, botocore_errors.ConnectionClosedError)
+    return isinstance(exc, (*unreached, botocore_errors.ConnectTimeoutError, botocore_errors.ReadTimeoutError))
 
 
 def _described(exc: BaseException, remote: Remote) -> str:
@@ -335,8 +363,10 @@ def _described(exc: BaseException, remote: Remote) -> str:
         )
     if isinstance(exc, (botocore_errors.EndpointConnectionError, botocore_errors.ConnectionClosedError)):
         return f"cannot reach {where} (connection refused or no route); is the endpoint up?"
-    if isinstance(exc, (botocore_errors.ConnectTimeoutError, botocore_errors.ReadTimeoutError)):
-        return f"{where} did not answer in time"
+    if isinstance(exc, botocore_errors.ConnectTimeoutError):
+        return f"{where} did not answer in time ({_TRIES} tries, {_CONNECT_TIMEOUT} s each to connect)"
+    if isinstance(exc, botocore_errors.ReadTimeoutError):
+        return f"{where} did not answer in time ({_TRIES} tries, {_READ_TIMEOUT} s each to answer)"
     if isinstance(exc, botocore_errors.ClientError):
         code = _code(exc)
         if code in ("NoSuchBucket",) or (code == "404" and "bucket" in str(exc).lower()):
