@@ -79,12 +79,9 @@ def _database(project: Project) -> Path:
     return database
 
 
-def test_a_remote_keeps_its_last_complete_copy_when_its_newest_was_made_without_a_database(
-    project: Project, tmp_path: Path
-) -> None:
-    # With a keep shorter on the remote than here, the local guard never ran: a push sent the
-    # archive made without the database, and a prune deleted the remote's last complete copy.
-    nas = FolderRemote(tmp_path / "nas")
+def _complete_then_incomplete_copy(project: Project, nas: FolderRemote) -> tuple[Path, str, str]:
+    """A remote with keep {last: 1} holding a complete copy, then a newer one made without the
+    target's database (pushed there); the database, and the two copies' names."""
     site(project)
     database = _database(project)
     write(project, nas, keep={"last": 1}, local_keep={"last": 5})
@@ -98,6 +95,16 @@ def test_a_remote_keeps_its_last_complete_copy_when_its_newest_was_made_without_
     pushed = run(project, nas, "push", now=START + timedelta(hours=2))
     assert pushed.code == 0, pushed.output
     [_, incomplete] = nas.names("site")
+    return database, complete, incomplete
+
+
+def test_a_remote_keeps_its_last_complete_copy_when_its_newest_was_made_without_a_database(
+    project: Project, tmp_path: Path
+) -> None:
+    # With a keep shorter on the remote than here, the local guard never ran: a push sent the
+    # archive made without the database, and a prune deleted the remote's last complete copy.
+    nas = FolderRemote(tmp_path / "nas")
+    database, complete, incomplete = _complete_then_incomplete_copy(project, nas)
 
     previewed = run(project, nas, "prune", "--check", now=START + timedelta(hours=3))
     pruned = run(project, nas, "prune", now=START + timedelta(hours=3))
@@ -118,6 +125,36 @@ def test_a_remote_keeps_its_last_complete_copy_when_its_newest_was_made_without_
     _database(project)
     assert run(project, nas, "backup", now=START + timedelta(hours=4)).code == 0
     assert nas.names("site") == [project.archives()[-1].name]
+
+
+@pytest.mark.parametrize("lost", ["the destination", "the incomplete archive"])
+def test_a_remote_keeps_its_last_complete_copy_when_the_local_archive_of_its_newest_is_gone(
+    project: Project, tmp_path: Path, lost: str
+) -> None:
+    # The remote's newest copy is judged by its local twin.  With the local disk lost, or the
+    # incomplete archive moved out of the folder (as the local prune's message suggests), it
+    # was taken on trust and a prune deleted the remote's last complete copy, exit 0.
+    nas = FolderRemote(tmp_path / "nas")
+    _, complete, incomplete = _complete_then_incomplete_copy(project, nas)
+    if lost == "the destination":
+        for archive in project.archives():
+            archive.unlink()
+    else:
+        (project.root / "backups" / incomplete).rename(tmp_path / incomplete)
+
+    previewed = run(project, nas, "prune", "--check", now=START + timedelta(days=1))
+    pruned = run(project, nas, "prune", now=START + timedelta(days=1))
+
+    said = (
+        f"remote nas: nothing was deleted there: {incomplete}, the newest copy its keep would keep, "
+        f"has no archive of that name in {project.root / 'backups'} to judge it by"
+    )
+    assert previewed.code == 1 and said in previewed.stdout, previewed.output
+    assert pruned.code == 1 and said in pruned.stdout, pruned.output
+    assert nas.names("site") == [complete, incomplete]
+    forced = run(project, nas, "prune", "--force", now=START + timedelta(days=1))
+    assert forced.code == 0 and "nas -1" in forced.stdout + forced.stderr, forced.output
+    assert nas.names("site") == [incomplete]
 
 
 def test_a_within_policy_keeps_its_history_past_a_clock_that_jumped_a_year_ahead(project: Project) -> None:

@@ -98,7 +98,7 @@ def replicate(
         wanted = set(planned_here.kept)
         uploads = [a for a in reversed(missing) if a in wanted]  # newest first
         doomed = [a for a in planned_here.deleted if a in held] if prune else []
-        if doomed and (doubt := _doubt_of_newest_kept(target, remote, planned_here.kept, now)):
+        if doomed and (doubt := _doubt_of_newest_kept(target, remote, planned_here.kept, now, planned=planned)):
             # The copies are still sent: a backup or push is no prune, and a remote left
             # behind serves no one.  Only the deletions wait.
             result.warnings.append(doubt)
@@ -216,7 +216,12 @@ def prune_remote(
 
 
 def _doubt_of_newest_kept(
-    target: Target, remote: Remote, kept: list[Stored], now: datetime, forced: bool = False
+    target: Target,
+    remote: Remote,
+    kept: list[Stored],
+    now: datetime,
+    forced: bool = False,
+    planned: Stored | None = None,
 ) -> str | None:
     """Why nothing may be deleted on the remote, when the newest copy its keep would keep is no
     ground for deleting older ones, as a local prune refuses (see archives.doubt); else None.
@@ -224,8 +229,22 @@ def _doubt_of_newest_kept(
     has here.  Without this, a keep shorter on the remote than here deleted the last complete
     copy there."""
     newest = retention.newest(kept, _when, now)
-    if newest is None or not (twin := target.destination / newest.archive).is_file():
-        return None  # a copy whose archive was rotated out here was judged when it was the newest
+    if newest is None or newest is planned:
+        return None  # (a preview's archive to be, not made yet: the real run judges it)
+    twin = target.destination / newest.archive
+    if not twin.is_file():
+        # Local retention never deletes a target's newest archive, so the newest copy lacks its
+        # twin only after the local archives were lost or moved (or the destination changed).
+        # It may be one made without a database: taken on trust, it let a prune delete the last
+        # complete copy there.  The next backup's archive, judged here, settles it.
+        if forced:
+            return None
+        return (
+            f"remote {remote.name}: nothing was deleted there: {newest.name}, the newest copy its keep would keep, "
+            f"has no archive of that name in {target.destination} to judge it by (one made without a database, "
+            "or holding files that changed, is no ground for deleting older copies); the next complete backup "
+            f"deletes what keep says, or run {command('prune --force')} to delete anyway"
+        )
     found = archives.doubt(twin, forced)
     if found is None:
         return None
