@@ -63,6 +63,30 @@ def test_refused_credentials_fail_the_target_in_one_sentence_without_the_secret(
     assert "Traceback" not in everything
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("AWS_SESSION_TOKEN", "IQoJb3JpZ2luX2VjEleakTOKEN\r"), ("AWS_ACCESS_KEY_ID", "AKIDXLEAK\nYQZW7")],
+)
+def test_a_credential_with_a_stray_line_end_is_named_without_showing_it(
+    project: Project, s3_server: S3Server, s3_bucket: str, variable: str, value: str, tmp_path: Path
+) -> None:
+    # The HTTP client refused the header and its error quoted it whole: the session token, or
+    # with a newline in the key id the whole Authorization header with its signature.
+    site(project)
+    manifest(project, s3_server, s3_bucket)
+    log = tmp_path / "run.log"
+    ran = project.invoke(
+        "backup", "--format", "json", "--log-file", str(log), env=s3_server.env() | {variable: value}
+    )  # fmt: skip
+    assert ran.code == 1, ran.output
+    [result] = ran.json()["targets"]
+    assert "a credential holds a character no HTTP header may" in result["error"], result["error"]
+    everything = ran.output + log.read_text(encoding="utf-8")
+    for piece in (value.strip(), "Signature=", "IQoJb3JpZ2lu", "AKIDXLEAK", "YQZW7"):
+        assert piece not in everything, piece
+    assert "Traceback" not in everything
+
+
 def test_a_missing_bucket_is_named(project: Project, s3_server: S3Server) -> None:
     site(project)
     manifest(project, s3_server, "no-such-bucket-here")

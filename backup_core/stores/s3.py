@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -381,11 +382,34 @@ def _described(exc: BaseException, remote: Remote) -> str:
             return "an object of that name appeared meanwhile; it was not overwritten"
         message = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
         return f"{code}: {message}".rstrip(": ")
+    if isinstance(exc, botocore_errors.HTTPClientError) and "header" in str(exc).lower():
+        # Its text quotes the refused header whole: the session token, or with a stray newline
+        # in the key id the whole Authorization header (seen with an env file saved with CRLF).
+        return (
+            "a credential holds a character no HTTP header may (a carriage return or newline: a file "
+            "with Windows line ends?); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN "
+            "or the profile's keys"
+        )
     if isinstance(exc, botocore_errors.BotoCoreError):
-        return str(exc)
+        return _without_credentials(str(exc))
     if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return f"{type(exc).__name__}: {exc}"
+        return _without_credentials(exc.strerror or str(exc))
+    return _without_credentials(f"{type(exc).__name__}: {exc}")
+
+
+_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def _without_credentials(text: str) -> str:
+    """`text`, a library's own words, with the environment's credentials (as given, trimmed, or
+    quoted as bytes) and a signature header's parts masked: the last guard, for texts this
+    module has no sentence of its own for."""
+    for variable in _CREDENTIAL_VARIABLES:
+        value = os.environ.get(variable, "")
+        for form in {value, value.strip(), repr(value.encode())[2:-1]}:
+            if len(form) >= 4:
+                text = text.replace(form, redact.MASK)
+    return re.sub(r"(?i)\b(Credential|Signature|SignedHeaders)=[^,\s'\"]+", r"\1=" + redact.MASK, text)
 
 
 def _host(head: dict[str, Any] | None) -> str:
