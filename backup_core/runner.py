@@ -567,11 +567,7 @@ def _closing_hooks(
             result.fail(f"archive made, but rotating old archives failed: {_describe(exc, target)}")
             return
         if spared:
-            more = f" and {len(spared) - 1} more" if len(spared) > 1 else ""
-            result.warnings.append(
-                f"kept {spared[0]}{more}, which keep no longer wants: a remote holds no good copy of it "
-                "(its warning says which), so this may be the only one"
-            )
+            result.warnings.append(_spared(spared, "kept"))
 
     hooks.run_closing_hooks(
         target.hooks,
@@ -612,6 +608,15 @@ def _remote_failed(result: TargetResult, error: str) -> None:
     that cannot be reached are two problems: the line named only the last)."""
     earlier = result.error if result.status == FAILED and result.error else ""
     result.fail(f"{earlier}; {error}" if earlier else error)
+
+
+def _spared(names: list[str], verb: str) -> str:
+    """The warning for local archives kept past their keep: a remote's copy of each is not good."""
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return (
+        f"{verb} {names[0]}{more}, which keep no longer wants: a remote holds no good copy of it "
+        "(its warning says which), so this may be the only one"
+    )
 
 
 def _hook_failed(result: TargetResult, exc: TargetError) -> None:
@@ -1268,6 +1273,11 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
         _offsite_result(result, copy)
         if copy.error:
             _remote_failed(result, copy.error)
+    # As the run would: a local archive whose copy on a remote is damaged or replaced is kept.
+    spare = {name for copy in result.offsite for name in copy.unvouched}
+    if spared := [name for name in result.deleted if name in spare]:
+        result.deleted = [name for name in result.deleted if name not in spare]
+        result.warnings.append(_spared(spared, "would keep"))
 
 
 def _cut_short_database(path: Path) -> bool:

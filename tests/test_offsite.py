@@ -711,6 +711,7 @@ def test_rotation_never_deletes_a_local_archive_whose_remote_copy_is_damaged(pro
     newest = archive_file_name("site", days[2])
     project.file("site/day.txt", "the third day\n")
 
+    previewed = run(project, remote, "backup", "--check", "--format", "json", now=days[2])
     ran = run(project, remote, "backup", "--format", "json", now=days[2])
 
     assert ran.code == 0, ran.output
@@ -720,6 +721,11 @@ def test_rotation_never_deletes_a_local_archive_whose_remote_copy_is_damaged(pro
     warned = " ".join(result["warnings"])
     assert f"kept {older}, which keep no longer wants: a remote holds no good copy of it" in warned
     assert result["offsite"][0]["unvouched"] == [older]
+    # The preview said it would delete the older archive too, which the run then kept.
+    assert previewed.code == 0, previewed.output
+    [preview] = previewed.json()["targets"]
+    assert preview["deleted"] == [newer], preview
+    assert f"would keep {older}, which keep no longer wants" in " ".join(preview["warnings"])
 
 
 def test_prune_never_deletes_a_local_archive_whose_remote_copy_is_damaged(project: Project, remote: Remote) -> None:
