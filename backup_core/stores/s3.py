@@ -299,11 +299,34 @@ def make_client(remote: Remote) -> Any:
     # s3transfer then aborts the refused multipart upload.  upload_file takes no IfNoneMatch.
     for operation in ("PutObject", "CompleteMultipartUpload"):
         client.meta.events.register(f"before-parameter-build.s3.{operation}", _if_none_match)
+    if remote.checksum == "md5":
+        # The transfer's parts carry no checksum of their own when none is asked for by name,
+        # and a service that takes no x-amz-checksum header takes none: each part's Content-MD5
+        # is what the service checks its bytes against (a single request has one already).
+        client.meta.events.register("before-call.s3.UploadPart", _part_md5)
     return client
 
 
 def _if_none_match(params: dict[str, Any], **_: Any) -> None:
     params.setdefault("IfNoneMatch", "*")
+
+
+def _part_md5(params: dict[str, Any], **_: Any) -> None:
+    """Give an UploadPart request the Content-MD5 of its body, read once more from the file."""
+    import hashlib
+
+    body, headers = params.get("body"), params["headers"]
+    if body is None or "Content-MD5" in headers:
+        return
+    # s3transfer counts progress and spends the bandwidth limit only once a request is sent
+    # (it turns both on as the request is created, after this): this read costs neither.
+    if hasattr(body, "signal_not_transferring"):
+        body.signal_not_transferring()
+    start, digest = body.tell(), hashlib.md5(usedforsecurity=False)
+    while piece := body.read(1 << 20):
+        digest.update(piece)
+    body.seek(start)
+    headers["Content-MD5"] = base64.b64encode(digest.digest()).decode("ascii")
 
 
 def _when(target: str, name: str) -> Any:
