@@ -227,3 +227,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server) -> str:
     """A new, empty bucket on the session's S3 server, for one test."""
     return s3_server.create_bucket()
+
+
+def permissions_enforced() -> bool:
+    """False for root (or anyone who can read a mode-000 file): chmod 000 would not stop the read."""
+    if os.name != "posix":
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_bytes(b"x")
+        probe.chmod(0)
+        try:
+            probe.read_bytes()
+        except PermissionError:
+            return True
+        return False

@@ -16,14 +16,13 @@ import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import INVOKE, REPO, SEVEN_ZIP, Project, Ran, have, needs
+from conftest import INVOKE, REPO, SEVEN_ZIP, Project, Ran, have, needs, permissions_enforced
 
 from backup_core.zip import packing
 from backup_core.zip.compression import compressor_factory
@@ -832,22 +831,7 @@ def test_a_missing_source_fails_without_writing_or_deleting_anything(project: Pr
     assert len(project.archives(target="site")) == 3
 
 
-def _permissions_enforced() -> bool:
-    """False for root (or anyone who can read a mode-000 file): chmod 000 would not stop the read."""
-    if os.name != "posix":
-        return False
-    with tempfile.TemporaryDirectory() as folder:
-        probe = Path(folder) / "probe"
-        probe.write_bytes(b"x")
-        probe.chmod(0)
-        try:
-            probe.read_bytes()
-        except PermissionError:
-            return True
-        return False
-
-
-@pytest.mark.skipif(not _permissions_enforced(), reason="root (or this platform) reads files whatever their mode")
+@pytest.mark.skipif(not permissions_enforced(), reason="root (or this platform) reads files whatever their mode")
 @pytest.mark.parametrize("size", [100, 3 * MiB], ids=["small", "chunked"])
 def test_an_unreadable_file_fails_naming_it_and_leaves_nothing(project: Project, size: int) -> None:
     destination = _three_archives_then_keep_one(project)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from conftest import Project, archive_file_name, fake_archive, flow, have
+from conftest import Project, archive_file_name, fake_archive, flow, have, permissions_enforced
 from s3server import S3Server
 
 START = datetime(2026, 1, 1, 3, 0, tzinfo=timezone.utc)
@@ -902,6 +902,48 @@ def test_a_known_profile_is_accepted_and_list_shows_the_remotes(project: Project
     [target] = json.loads(ran.stdout)
     where = target["offsite"]["offsite"]["where"]
     assert where.startswith("s3://acme-backups/") and where.endswith("/") and "${" not in where
+
+
+@pytest.mark.parametrize(
+    ("credentials", "said"),
+    [
+        ("[backups]\naws_access_key_id = A\n[backups]\naws_access_key_id = B\n", "section 'backups' already exists"),
+        ("aws_secret_access_key = SECRETzq60b\n[backups]\n", "File contains no section headers."),
+        (None, "cannot be read (Permission denied); fix its permissions"),
+    ],
+    ids=["duplicate-section", "no-section", "unreadable"],
+)
+def test_a_profile_in_a_credentials_file_that_cannot_be_read_is_not_called_missing(
+    project: Project, tmp_path: Path, credentials: str | None, said: str
+) -> None:
+    # Each said "is in neither the shared config nor the credentials file; add it": false, and
+    # for a duplicate section the advice made the file worse.
+    site(project)
+    aws = tmp_path / "aws"
+    aws.mkdir()
+    file = aws / "credentials"
+    if credentials is None:
+        if not permissions_enforced():
+            pytest.skip("root (or this platform) reads files whatever their mode")
+        file.write_text("[backups]\naws_access_key_id = A\n", encoding="utf-8")
+        file.chmod(0)
+    else:
+        file.write_text(credentials, encoding="utf-8")
+    project.write_manifest(
+        """
+        version: 1
+        remotes: {offsite: {type: s3, bucket: acme-backups, profile: backups}}
+        targets: [{name: site, path: site, offsite: [offsite]}]
+        """
+    )
+    env = {"AWS_CONFIG_FILE": str(aws / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(file)}
+
+    ran = project.invoke("validate", env=env)
+
+    assert ran.code == 2, ran.output
+    assert f"AWS profile 'backups' cannot be looked up: {file}" in ran.stderr, ran.output
+    assert said in ran.stderr and "is in neither" not in ran.stderr
+    assert "SECRETzq60b" not in ran.output
 
 
 def test_verify_remote_names_an_unknown_remote_as_a_usage_error(project: Project, remote: Remote) -> None:

@@ -111,14 +111,20 @@ def _resolve_one(
     elif "path" in raw:
         problems.append(document.problem((*here, "path"), "path is for folder remotes; an s3 remote has a bucket"))
     profile = raw.get("profile")
-    if profile is not None and profile not in _aws_profiles(environ):
-        problems.append(
-            document.problem(
-                (*here, "profile"),
-                f"AWS profile {profile!r} is in neither the shared config nor the credentials file; "
-                "add it (aws configure --profile) or remove profile:",
+    if profile is not None:
+        found, unread = _aws_profiles(environ)
+        if unread and profile not in found:
+            # Not "missing": the file that may define it cannot be read as the AWS tools read it.
+            said = f"AWS profile {profile!r} cannot be looked up: {'; '.join(unread)}"
+            problems.append(document.problem((*here, "profile"), said))
+        elif profile not in found:
+            problems.append(
+                document.problem(
+                    (*here, "profile"),
+                    f"AWS profile {profile!r} is in neither the shared config nor the credentials file; "
+                    "add it (aws configure --profile) or remove profile:",
+                )
             )
-        )
     bandwidth = raw.get("max_bandwidth")
     return Remote(
         name=name,
@@ -144,21 +150,32 @@ def _rate(text: str) -> int:
     return int(text.removesuffix(unit)) * _UNITS[unit]
 
 
-def _aws_profiles(environ: Mapping[str, str]) -> set[str]:
-    """Profile names in the shared AWS files, found where boto3 looks for them."""
+def _aws_profiles(environ: Mapping[str, str]) -> tuple[set[str], list[str]]:
+    """Profile names in the shared AWS files, found where boto3 looks for them; and what is
+    wrong with a file that exists but cannot be read as boto3 reads it (it refuses such a file
+    at the run: a duplicate section, a line that is no key = value, a file it may not read)."""
     home = Path("~").expanduser()
     config = Path(environ.get("AWS_CONFIG_FILE") or home / ".aws" / "config").expanduser()
     credentials = Path(environ.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials").expanduser()
     names: set[str] = set()
+    unread: list[str] = []
     for file, strip in ((config, "profile "), (credentials, "")):
         parser = configparser.RawConfigParser()
         try:
-            parser.read(file, encoding="utf-8")
-        except (OSError, configparser.Error):
+            # Read here: configparser.read() passes over a file it cannot open without a word.
+            parser.read_string(file.read_text(encoding="utf-8"), source=str(file))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            unread.append(f"{file} cannot be read ({exc.strerror or exc}); fix its permissions")
+            continue
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            unread.append(f"{file} is not a valid AWS file ({first}); fix it")
             continue
         for section in parser.sections():
             names.add(section.removeprefix(strip).strip() if strip else section.strip())
-    return names
+    return names, unread
 
 
 def _recipients(
