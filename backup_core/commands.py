@@ -7,6 +7,7 @@ bad manifest or command line and otherwise return the status the results give.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -487,6 +488,11 @@ def _restore_remote(
     restore_module.refuse_blocked(to)  # before the scratch folder is made beside it
     near = to.absolute().parent
     near.mkdir(parents=True, exist_ok=True)
+    if to.is_dir() and not os.access(near, os.W_OK | os.X_OK):
+        # A folder this user may write in, under one it may not (its own /srv/app under root's
+        # /srv, a writable volume under a read-only root): the scratch folder goes inside it,
+        # on the same disk all the same, and is removed before the restore says it is done.
+        near = to
     try:
         with offsite.fetched(target.name, store, chosen, identities, near) as path:
             # The scratch copy is gone once restore returns: its advice names the copy itself.

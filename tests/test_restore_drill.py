@@ -384,6 +384,31 @@ def test_a_folder_this_user_may_not_write_in_is_named_with_the_file(project: Pro
     assert f"this user may not write in {to / 'sub'}" in line and "choose a folder" not in line
 
 
+@pytest.mark.skipif(not _writes_refused(), reason="root may write anywhere")
+def test_a_remote_restore_into_a_folder_whose_parent_it_may_not_write_in_works(project: Project) -> None:
+    # The scratch folder for the downloaded copy was made beside --to: "cannot restore into TO:
+    # Permission denied (PARENT/.backup-fetch-…); choose a folder this user can create and
+    # write", for a folder the user owns under one it does not (/srv/app under root's /srv).
+    project.file("src/a.txt", "remote\n")
+    target = {"name": "t", "path": "src", "offsite": ["nas"]}
+    project.write_manifest(f"version: 1\nremotes:\n  nas: {{type: folder, path: nas}}\ntargets: [{flow(target)}]\n")
+    (project.root / "nas").mkdir()
+    assert project.invoke("backup").code == 0
+    parent = project.root / "srv"
+    to = parent / "app"
+    to.mkdir(parents=True)
+    parent.chmod(0o555)
+    try:
+        ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas")
+        left = sorted(p.name for p in to.iterdir())
+    finally:
+        parent.chmod(0o755)
+
+    assert ran.code == 0, ran.output
+    assert (to / "a.txt").read_text(encoding="utf-8") == "remote\n"
+    assert left == ["a.txt"]  # the scratch folder inside it is gone
+
+
 # --- 8. scratch folders of killed remote restores -------------------------------------------------
 
 
