@@ -499,7 +499,8 @@ def _restore_remote(
             how = f"{chosen.name} from remote {remote.name}" + (
                 ", decrypt it (age -d -i KEY)" if chosen.encrypted else ""
             )
-            done = restore_module.restore(path, to, member=member, force=force, fetched=how)
+            scratch = offsite.scratch_of(path, near)
+            done = restore_module.restore(path, to, member=member, force=force, fetched=how, scratch=scratch)
     except offsite.DamagedCopy as damaged:
         # Damage that only a download shows (same size, metadata kept): the copy to take instead
         # is named as when the record alone shows it.  One the operator named stays their choice.

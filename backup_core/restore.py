@@ -161,15 +161,17 @@ def restore(
     force: bool = False,
     fetched: str | None = None,
     warnings: list[str] | None = None,
+    scratch: Path | None = None,
 ) -> Restored:
     """Extract `archive` (or one member or subfolder of it) into `folder`.  `fetched`: how to get
     the archive again when it is a remote's copy downloaded (and decrypted) into a scratch file,
-    which is gone once this returns ("NAME from remote R, then decrypt it").  `warnings`: said
-    first, whatever happens (from choosing the archive).
+    which is gone once this returns ("NAME from remote R, then decrypt it"); `scratch`: the
+    folder that holds it then, whose files take room on the disk until the restore ends.
+    `warnings`: said first, whatever happens (from choosing the archive).
     Whatever it raises carries what was restored so far as `restored` (see commands.restore)."""
     done = Restored(archive, folder, warnings=list(warnings or []))
     try:
-        _restore(archive, folder, member, force, fetched, done)
+        _restore(archive, folder, member, force, fetched, done, scratch)
     except (BackupError, OSError, KeyboardInterrupt) as exc:
         exc.restored = done  # type: ignore[union-attr]
         raise
@@ -185,7 +187,15 @@ def refuse_blocked(folder: Path) -> None:
         raise UsageError(f"--to {folder}: {blocker} is a file, not a folder; give a folder to restore into")
 
 
-def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetched: str | None, done: Restored) -> None:
+def _restore(
+    archive: Path,
+    folder: Path,
+    member: str | None,
+    force: bool,
+    fetched: str | None,
+    done: Restored,
+    scratch: Path | None,
+) -> None:
     refuse_blocked(folder)
     root = Path(os.path.realpath(folder))
     try:
@@ -241,7 +251,7 @@ def _restore(archive: Path, folder: Path, member: str | None, force: bool, fetch
             except TargetError as exc:
                 raise _partly_restored(exc, done) from None
             except OSError as exc:
-                if (why := _cannot_write(exc, info, path, done)) is None:
+                if (why := _cannot_write(exc, info, path, done, scratch)) is None:
                     raise
                 written = done.written()
                 raise TargetError(f"{why}; {written}" if written else why) from None
@@ -280,14 +290,20 @@ _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def _cannot_write(exc: OSError, info: zipfile.ZipInfo, path: Path, done: Restored) -> str | None:
+def _cannot_write(exc: OSError, info: zipfile.ZipInfo, path: Path, done: Restored, scratch: Path | None) -> str | None:
     """What a full disk or a refused write stopped, in one sentence naming the file; None for
     other errors.  Neither is mended by another folder this user can create, nor by a rerun."""
     where = f"{shown(str(path))} ({shown(info.filename)} in {done.archive.name})"
     if exc.errno in _NO_SPACE:
+        needed, held = done.size, ""
+        if scratch is not None and _same_disk(scratch, path.parent):
+            # The downloaded copy (and, decrypted, the archive beside it) stays on that disk
+            # until the restore ends: freeing only the uncompressed size was not enough.
+            copy = sum(p.stat().st_size for p in scratch.iterdir() if p.is_file())
+            needed, held = needed + copy, f", and {human_bytes(copy)} for the downloaded copy while it runs"
         return (
-            f"the disk ran out of space while writing {where}: the restore needs {human_bytes(done.size)} "
-            f"in all (what it holds uncompressed): free that much on the disk that holds {done.folder}"
+            f"the disk ran out of space while writing {where}: the restore needs {human_bytes(needed)} "
+            f"in all (what it holds uncompressed{held}): free that much on the disk that holds {done.folder}"
         )
     if exc.errno in _NOT_ALLOWED:
         if exc.errno == errno.EROFS:
@@ -297,6 +313,13 @@ def _cannot_write(exc: OSError, info: zipfile.ZipInfo, path: Path, done: Restore
             "give it that permission, or restore as a user who may"
         )
     return None
+
+
+def _same_disk(one: Path, other: Path) -> bool:
+    try:
+        return one.stat().st_dev == other.stat().st_dev
+    except OSError:
+        return False
 
 
 def _unreadable(done: Restored, where: str) -> str:

@@ -8,6 +8,7 @@ folders a killed remote restore leaves.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import struct
@@ -327,11 +328,16 @@ def test_a_file_on_the_way_to_the_restore_folder_is_the_one_named(project: Proje
     assert blocker.read_text() == "not a folder\n"
 
 
-def test_a_full_disk_names_the_file_and_says_space_ran_out(project: Project, small_fs: Path) -> None:
-    to = small_fs / f"restore-test-{os.getpid()}-{project.root.name}"
+def _small_fs_free(small_fs: Path) -> int:
     free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize if hasattr(os, "statvfs") else 0
     if not 0 < free <= 64 << 20:  # CI mounts 16 MiB
         pytest.skip(f"{small_fs} has {free} bytes free; too many to fill in a test")
+    return free
+
+
+def test_a_full_disk_names_the_file_and_says_space_ran_out(project: Project, small_fs: Path) -> None:
+    to = small_fs / f"restore-test-{os.getpid()}-{project.root.name}"
+    free = _small_fs_free(small_fs)
     for number in range(4):
         project.file(f"src/part{number}.bin", os.urandom(free // 3))
     _manifest(project)
@@ -365,6 +371,36 @@ def _writes_refused() -> bool:
         finally:
             closed.chmod(0o755)
         return False
+
+
+def test_a_full_disk_in_a_remote_restore_counts_the_downloaded_copy_it_holds(project: Project, small_fs: Path) -> None:
+    # The line asked to free the uncompressed size alone, while the downloaded copy took as
+    # much again on the same disk until the restore ended: freeing that much was not enough.
+    pyrage = pytest.importorskip("pyrage")
+    to = small_fs / f"restore-test-{os.getpid()}-{project.root.name}"
+    free = _small_fs_free(small_fs)
+    for number in range(2):
+        project.file(f"src/part{number}.bin", os.urandom(free * 3 // 10))  # the copy fits; with it, the restore not
+    identity = pyrage.x25519.Identity.generate()
+    key = project.file("key.txt", f"{identity}\n")
+    remote = {"type": "folder", "path": "nas", "encryption": {"recipients": [str(identity.to_public())]}}
+    target = {"name": "t", "path": "src", "offsite": ["nas"]}
+    project.write_manifest(f"version: 1\nremotes:\n  nas: {flow(remote)}\ntargets: [{flow(target)}]\n")
+    (project.root / "nas").mkdir()
+    assert project.invoke("backup").code == 0
+    try:
+        ran = project.invoke("restore", "t", "--to", str(to), "--remote", "nas", "--identity", str(key))
+
+        assert ran.code == 1, ran.output
+        line = _one_line(ran)
+        assert "the disk ran out of space while writing " in line, line
+        needs = re.search(r"the restore needs ([\d.]+) MB in all \(what it holds uncompressed, and ([\d.]+) MB", line)
+        assert needs, line
+        assert float(needs.group(1)) * 1e6 > free  # what it truly needs there
+        assert float(needs.group(2)) * 1e6 > free * 6 // 10
+        assert not list(small_fs.glob(".backup-fetch-*"))
+    finally:
+        shutil.rmtree(to, ignore_errors=True)
 
 
 @pytest.mark.skipif(not _writes_refused(), reason="root may write anywhere")

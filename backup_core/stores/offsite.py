@@ -368,6 +368,13 @@ def fetched(target: str, store: Store, stored: Stored, identities: list[Any], ne
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def scratch_of(path: Path, near: Path) -> Path | None:
+    """The scratch folder `fetched` made in `near` that holds `path`; None when the store handed
+    over its own file (a folder remote's copy, not encrypted)."""
+    folder = path.parent
+    return folder if folder.parent == near and folder.name.startswith(_SCRATCH) else None
+
+
 # A scratch folder holds, once claimed, a file named _IN_USE that its process holds open (and,
 # on POSIX, locked) until it is done: one that no process holds was left by a run that was
 # killed (SIGKILL, a power cut), with the decrypted archive in it, and nothing else removes it.
