@@ -270,6 +270,36 @@ def test_an_existing_copy_with_other_bytes_is_never_overwritten(project: Project
     assert archive.name == name  # the local archive is kept and counts
 
 
+@pytest.mark.parametrize("bytes_kept", [True, False], ids=["same-bytes", "other-bytes"])
+def test_a_folder_remote_copy_whose_checksum_file_was_lost_is_recorded_again_only_when_its_bytes_match(
+    project: Project, tmp_path: Path, bytes_kept: bool
+) -> None:
+    # push failed "already exists with other content" on a byte-identical newest copy whose
+    # .sha256 a person or a sync tool had removed, and the copy was never vouched for again.
+    nas = FolderRemote(tmp_path / "nas")
+    site(project)
+    write(project, nas)
+    assert run(project, nas, "backup", now=START).code == 0
+    [name] = nas.names("site")
+    sidecar = nas.root / "host1" / "site" / f"{name}.sha256"
+    recorded = sidecar.read_text(encoding="utf-8")
+    sidecar.unlink()
+    if not bytes_kept:
+        nas.replace("site", name, b"someone else's bytes")
+
+    pushed = run(project, nas, "push", now=START + timedelta(hours=1))
+
+    if bytes_kept:
+        assert pushed.code == 0, pushed.output
+        assert sidecar.read_text(encoding="utf-8") == recorded  # proven by its bytes, recorded again
+        assert run(project, nas, "verify", "--remote", "nas").code == 0
+    else:
+        assert pushed.code == 1, pushed.output
+        said = "already exists with other content; it was not overwritten (it has no recorded checksum either"
+        assert said in pushed.output, pushed.output
+        assert not sidecar.exists() and nas.read("site", name) == b"someone else's bytes"
+
+
 def test_an_unavailable_remote_fails_the_target_keeps_the_archive_and_the_next_run_catches_up(
     project: Project, remote: Remote
 ) -> None:

@@ -125,13 +125,21 @@ class FolderStore:
 
     def _existing(self, target: str, final: Path, sha256: str) -> Stored:
         # A copy from an earlier run that stopped before it could say so: keep it if it is the same.
-        if _recorded(final) == sha256 and sha256_of(final) == sha256:
+        recorded = _recorded(final)
+        if recorded in (sha256, None) and sha256_of(final) == sha256:
+            if recorded is None:
+                # Its record is gone (deleted by hand, or by a sync tool), but its bytes are the
+                # verified archive's, just hashed: record them again rather than call it foreign.
+                _sidecar(final).write_text(f"{sha256}  {final.name}\n", encoding="utf-8", newline="\n")
             stored = parse(target, final.name, final.stat().st_size)
             assert stored is not None
             return stored
+        unrecorded = (
+            f"it has no recorded checksum either ({_sidecar(final).name} is missing); " if recorded is None else ""
+        )
         raise StoreError(
             f"remote {self.name}: {final} already exists with other content; it was not overwritten "
-            f"(check it with `{command(f'verify --remote {self.name}')}`, then move or delete it)"
+            f"({unrecorded}check it with `{command(f'verify --remote {self.name}')}`, then move or delete it)"
         )
 
     def delete(self, target: str, stored: Stored) -> bool:
