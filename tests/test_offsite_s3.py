@@ -328,6 +328,26 @@ def test_a_failing_credential_process_is_named_without_its_output(
     assert "Zprocess1" not in everything, everything
 
 
+def test_a_credential_process_that_prints_no_json_is_named(
+    project: Project, own_aws: dict[str, str], tmp_path: Path
+) -> None:
+    # The line was "JSONDecodeError: Expecting value: line 1 column 1 (char 0)": neither the
+    # profile nor the helper named.
+    helper = "print('aws_secret_access_key=Zplain4')"
+    Path(own_aws["AWS_CONFIG_FILE"]).write_text(
+        f'[profile vault]\ncredential_process = "{sys.executable}" -c "{helper}"\n', encoding="utf-8"
+    )
+    s3_project(project, profile="vault", endpoint="http://127.0.0.1:9")  # no request is ever sent
+
+    ran = project.invoke("backup", "--format", "json", env=own_aws, timeout=120)
+
+    assert ran.code == 1, ran.output
+    error = ran.json()["targets"][0]["error"]
+    said = "the credentials of AWS profile vault could not be read: its credential_process (or a credentials cache)"
+    assert said in error and "printed no valid JSON" in error, error
+    assert "Zplain4" not in ran.output
+
+
 @pytest.mark.parametrize(
     ("given", "named"),
     [

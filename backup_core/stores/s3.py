@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -371,6 +372,14 @@ def _described(exc: BaseException, remote: Remote) -> str:
         return (
             f"the credential_process of {profile} failed (its output is not shown, as it may hold a "
             "secret); run that command by hand to see why"
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        # Raised while credentials are fetched (botocore parses a credential_process's output,
+        # and a few caches, as JSON): neither the profile nor the helper was named.
+        profile = f"AWS profile {remote.profile}" if remote.profile else "the AWS profile"
+        return (
+            f"the credentials of {profile} could not be read: its credential_process (or a credentials cache) "
+            f"printed no valid JSON ({exc.msg} at line {exc.lineno}); run that command by hand to see what it prints"
         )
     if isinstance(exc, botocore_errors.NoCredentialsError):
         return "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role"
