@@ -83,7 +83,8 @@ def read_directory(archive: Path, verdict: Verdict | None = None) -> list[Record
             _check_names(directory, verdict)
         infos = sorted(directory.infolist(), key=lambda info: info.header_offset)
         ends = [info.header_offset for info in infos[1:]]  # each member's data ends before the next
-        ends.append(directory.start_dir)
+        if infos:  # (an archive of an empty folder has no member, and so no last one)
+            ends.append(directory.start_dir)
         return [
             Record(
                 i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC, i.orig_filename,
