@@ -183,6 +183,35 @@ def test_a_newest_archive_replaced_by_hand_is_not_trusted(project: Project) -> N
     assert len(project.archives()) == 2
 
 
+@pytest.mark.parametrize("how", ["copied over", "moved over"])
+def test_a_newest_archive_written_over_by_an_older_whole_one_of_its_size_is_not_unchanged_from(
+    project: Project, how: str
+) -> None:
+    # The state knew the archive by name and size: an older whole archive of the same size put
+    # under the newest's name (a restore of the folder from another backup) passed for it, and
+    # a changed source was `ok`, unchanged, with only the old contents archived.
+    source = project.file("src/f.txt", "aaaa\n")
+    manifest(project)
+    backup(project, LATER[0])
+    (old,) = project.archives()
+    kept = project.root / "old.zip"
+    kept.write_bytes(old.read_bytes())
+    source.write_text("bbbb\n", encoding="utf-8")
+    assert backup(project, LATER[1])["status"] == "changed"
+    assert backup(project, LATER[2])["compared"] == "metadata"
+    newest = project.archives()[-1]
+    assert newest.stat().st_size == kept.stat().st_size  # the premise: one size for both
+    if how == "copied over":
+        newest.write_bytes(kept.read_bytes())
+    else:
+        kept.replace(newest)
+
+    fourth = backup(project, LATER[3])
+
+    assert (fourth["status"], fourth["compared"]) == ("changed", "content"), fourth
+    assert zipfile.ZipFile(project.archives()[-1]).read("f.txt") == b"bbbb\n"
+
+
 @posix_only
 @pytest.mark.parametrize("how", ["zeroed", "overwritten"])
 def test_a_newest_archive_damaged_in_place_is_not_unchanged_from(project: Project, how: str) -> None:

@@ -51,7 +51,7 @@ from backup_core.stores import statewalk
 if TYPE_CHECKING:
     from backup_core.stores.archives import Archive
 
-FORMAT = 2  # 1 held one digest of the whole walk
+FORMAT = 3  # 1 held one digest of the whole walk; 2 knew the archive by its name and size alone
 CHUNK = 4096  # entries a digest covers
 _RACY_NS = 2_000_000_000  # covers coarse file-system clocks (FAT: 2 s) and a tick of the kernel's
 _RECORD = struct.Struct("<qqqQQIB")  # size, mtime_ns, ctime_ns, inode, device, mode, kind
@@ -214,11 +214,14 @@ def unchanged(destination: Path, target: str, kind: str, settings: str, newest: 
     if chunks is None:
         return None
     try:
-        size = newest.path.stat().st_size
+        now_there = _archive_identity(newest.path.stat())
     except OSError:
         return None
-    if recorded.get("archive") != newest.name or recorded.get("archive_size") != size:
-        return None  # made by another run, replaced, or truncated: not the archive described
+    if recorded.get("archive") != newest.name or recorded.get("archive_identity") != now_there:
+        # Made by another run, replaced, truncated, or written over in place: by name and size
+        # alone, another whole zip of the same size copied over it passed for the archive
+        # described, and a changed source was reported unchanged.
+        return None
     walked = Recorder(settings, now_ns, expected=chunks, should_stop=should_stop)
     walk = entries(source, kind, exclude)
     split = statewalk.split_at(len(chunks)) if kind == "folder" else 0
@@ -256,7 +259,7 @@ def save(destination: Path, target: str, archive: Path, walked: Recorder, when: 
     body = {
         "format": FORMAT,
         "archive": archive.name,
-        "archive_size": archive.stat().st_size,
+        "archive_identity": _archive_identity(archive.stat()),
         "settings": walked.settings,
         "entries": walked.count,
         "chunks": walked.chunks,
@@ -269,6 +272,12 @@ def save(destination: Path, target: str, archive: Path, walked: Recorder, when: 
     temporary = archives.partial_path(destination, target, when, "state")  # the next run removes a leftover
     temporary.write_text(line + "\n", encoding="utf-8")
     temporary.replace(path_of(destination, target))
+
+
+def _archive_identity(st: os.stat_result) -> list[int]:
+    """What tells the archive described from another file under its name: its size, its time,
+    its inode and (POSIX) its change time, which no one can put back.  A list: JSON's shape."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns if os.name == "posix" else 0]
 
 
 def _check(text: str) -> str:
