@@ -732,3 +732,40 @@ def test_a_header_read_that_hangs_holds_up_no_other_file(tmp_path: Path) -> None
         with hung.open("wb") as writer:  # let the hung read end
             writer.write(b"x")
         waiting.join(timeout=10)
+
+
+def test_a_live_database_declared_type_file_is_refused_while_its_log_holds_what_the_file_lacks(
+    project: Project,
+) -> None:
+    # type: file copied the database file alone: the committed rows still in its -wal were not
+    # in the archive, without a word, and with skip_unchanged it stayed `ok` for ever.
+    database = project.root / "data" / "app.db"
+    database.parent.mkdir()
+    live = sqlite3.connect(database, isolation_level=None)
+    try:
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("PRAGMA wal_autocheckpoint=0")
+        live.execute("CREATE TABLE t (x INTEGER)")
+        live.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(100)])
+        project.write_manifest(
+            "version: 1\ntargets: [{name: db, path: data/app.db, type: file, skip_unchanged: true}]\n"
+        )
+
+        refused = project.invoke("backup")
+
+        assert refused.code == 1, refused.output
+        said = f"source {database} is an SQLite database whose app.db-wal holds what is not in the file yet"
+        assert said in refused.stdout and "remove type: file (or write type: sqlite)" in refused.stdout
+        assert project.archives() == []
+        project.write_manifest("version: 1\ntargets: [{name: db, path: data/app.db, skip_unchanged: true}]\n")
+        assert project.invoke("backup").code == 0
+    finally:
+        live.close()
+    (archive,) = project.archives()
+    restored = project.root / "restored.db"
+    restored.write_bytes(zipfile.ZipFile(archive).read("app.db"))
+    with closing(sqlite3.connect(restored)) as copy:
+        assert copy.execute("SELECT count(*) FROM t").fetchone() == (100,)
+    # Closed, its log checkpointed and gone: the file alone is the database, copied as declared.
+    project.write_manifest("version: 1\ntargets: [{name: db, path: data/app.db, type: file}]\n")
+    assert project.invoke("backup").code == 0

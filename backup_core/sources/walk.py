@@ -9,6 +9,7 @@ companions are left out because the database is archived as a snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -82,7 +83,32 @@ def kind_of(path: Path, declared: str) -> str:
         return "sqlite"
     if declared == "auto" and actual == "file" and is_sqlite(path, st):
         return "sqlite"
+    if declared == "file" and actual == "file" and is_sqlite(path, st) and (pending := _pending_log(path)):
+        # Copied byte for byte, a database whose log still holds committed transactions (or a
+        # transaction half written, for a hot journal) lacked them, in silence; and with
+        # skip_unchanged, the database file alone unchanged, it was `ok` for ever.
+        raise TargetError(
+            f"source {path} is an SQLite database whose {pending.name} holds what is not in the file yet; "
+            "copied as type: file it would lack it: remove type: file (or write type: sqlite) to snapshot it"
+        )
     return actual
+
+
+_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # a rollback journal's header, zeroed once committed
+
+
+def _pending_log(database: Path) -> Path | None:
+    """The database's -wal when it is not empty (what it holds may not be in the file yet), or
+    its -journal when its header is live (a transaction half written, or one to roll back;
+    journal_mode=PERSIST keeps a journal whose header is zeroed)."""
+    wal, journal = (database.with_name(database.name + suffix) for suffix in ("-wal", "-journal"))
+    with contextlib.suppress(OSError):
+        if wal.stat().st_size > 0:
+            return wal
+    with contextlib.suppress(OSError), journal.open("rb") as file:
+        if file.read(8) == _JOURNAL_MAGIC:
+            return journal
+    return None
 
 
 def entries(path: Path, kind: str, exclude: tuple[str, ...] = (), start: str = "") -> Iterator[Entry]:
