@@ -808,13 +808,21 @@ def _same_origin(
     from backup_core.stores.base import this_host
 
     here = (this_host(), str(target.path))
-    found = archives.origin(target.destination, target.name)
+    again = f"run {command(f'backup --force --only {target.name}')} once"
+    try:
+        found = archives.origin(target.destination, target.name)
+    except archives.OriginUnreadable as exc:
+        if not listed or (options.force and not judging):
+            return here  # nothing to mistake for another's, or told to: record this run's
+        raise TargetError(
+            f"{exc}: it records where the archives of {target.name} there come from, so nothing is archived, "
+            f"counted or deleted until it can be read; if they are this target's, {again} to record it again"
+        ) from None
     if found is None or archives.alike(found, here):
         return None if found is not None else here
     if not listed or (options.force and not judging):
         return here
     host, path = found
-    again = f"run {command(f'backup --force --only {target.name}')} once"
     if archives.alike((host, ""), (here[0], "")):  # the same host: another source
         raise TargetError(
             f"{target.destination} holds archives of {target.name} made from {path}, not from {target.path}: if the "

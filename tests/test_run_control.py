@@ -1356,6 +1356,33 @@ def test_two_manifests_sharing_a_destination_and_target_name_fail_instead_of_rot
     assert project.invoke("backup").code == 1
 
 
+@pytest.mark.parametrize("damage", ["emptied", "garbled"])
+def test_an_origin_record_that_cannot_be_read_lets_no_run_adopt_the_archives(project: Project, damage: str) -> None:
+    # An empty .web.origin counted as no record: the other manifest's run took the first's
+    # archive for its own and rotated it away (keep: {last: 1}), exit 0, without a word.
+    project.file("src/b/x.txt", "b\n")
+    project.file("src/c/y.txt", "c\n")
+    first = "version: 1\ntargets:\n  - {name: web, path: src/b, destination: shared, keep: {last: 1}}\n"
+    project.write_manifest(first)
+    assert project.invoke("backup").code == 0
+    [archive] = project.archives("shared")
+    record = project.root / "shared" / ".web.origin"
+    record.write_bytes(b"" if damage == "emptied" else b"\x00\x00\x00")
+    project.write_manifest(first.replace("src/b", "src/c"))
+
+    ran = project.invoke("backup")
+    statused = project.invoke("status")
+
+    said = f"{record} is empty or damaged: it records where the archives of web there come from"
+    assert ran.code == 1 and said in ran.stdout, ran.output
+    assert "backup --force --only web once to record it again" in ran.stdout, ran.output
+    assert project.archives("shared") == [archive]
+    assert statused.code == 1 and said in statused.stdout, statused.output
+    # Told to, a backup records its own origin again.
+    assert project.invoke("backup", "--force").code == 0
+    assert project.invoke("backup").code == 0
+
+
 def test_a_host_name_in_another_case_is_the_same_origin_and_a_renamed_host_is_told_so(project: Project) -> None:
     project.file("src/a.txt", "a\n")
     project.write_manifest("version: 1\ntargets:\n  - {name: web, path: src}\n")

@@ -249,8 +249,16 @@ def _other_origin(target: Target, stores: list[StoreState]) -> str | None:
     age must not make a source never backed up look fresh."""
     from backup_core.stores.base import this_host
 
-    found = archives.origin(target.destination, target.name)
-    if found is None or not any(store.store == "local" and store.archives for store in stores):
+    if not any(store.store == "local" and store.archives for store in stores):
+        return None
+    try:
+        found = archives.origin(target.destination, target.name)
+    except archives.OriginUnreadable as exc:
+        return (
+            f"{exc}: it records where the archives of {target.name} there come from, "
+            "and backups of it fail until it can be read"
+        )
+    if found is None:
         return None
     if archives.alike(found, (this_host(), str(target.path))):
         return None

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from backup_core.errors import command
+from backup_core.errors import TargetError, command
 from backup_core.stores.retention import FUTURE_TOLERANCE
 
 if sys.platform != "win32":
@@ -512,15 +512,26 @@ def _origin_path(destination: Path, target: str) -> Path:
     return destination / f".{target}.origin"
 
 
+class OriginUnreadable(TargetError):
+    """The record of where a target's archives come from is there, but cannot be read."""
+
+
 def origin(destination: Path, target: str) -> tuple[str, str] | None:
     """The host and source path recorded for the target's archives in `destination`, or None when
-    none is recorded (or it cannot be read)."""
+    none is recorded.  Raises OriginUnreadable for a record that is there but cannot be read or
+    is empty or garbled: taken for none, it let another manifest's run adopt the archives and
+    rotate them away."""
+    where = _origin_path(destination, target)
     try:
-        host, path = (
-            _origin_path(destination, target).read_text(encoding="utf-8", errors="surrogateescape").split("\n")[:2]
-        )
-    except (OSError, ValueError):
+        text = where.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise OriginUnreadable(f"{where} cannot be read ({exc.strerror or exc})") from None
+    host, _, rest = text.partition("\n")
+    path = rest.partition("\n")[0]
+    if not host.strip() or not path.strip():
+        raise OriginUnreadable(f"{where} is empty or damaged")
     return host, path
 
 
