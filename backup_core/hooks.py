@@ -77,7 +77,7 @@ def _run_one(
     except OSError as exc:
         raise HookError(f"{when} hook `{hook.describe()}` could not start: {exc.strerror or exc}") from None
     try:
-        _wait(process, hook.timeout, should_stop)
+        _wait(process, hook.timeout, should_stop, (stdout, stderr))
     except _Stopped:
         _kill_group(process)
         process.wait()
@@ -101,8 +101,17 @@ class _Stopped(Exception):
     """The run was interrupted while a hook ran."""
 
 
-def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callable[[], bool]) -> None:
-    """Wait for `process` to exit within `timeout`, looking at `should_stop` several times a second."""
+# Bytes of a hook's output kept on disk.  Only its last line is ever shown, and a before hook
+# that writes without end (`pg_dump app` without -f: the whole dump) filled the temporary
+# folder, often the backups' own disk: past this, what it wrote so far is dropped.
+_OUTPUT_KEPT = 8 << 20
+
+
+def _wait(
+    process: subprocess.Popen[bytes], timeout: float, should_stop: Callable[[], bool], outputs: tuple[IO[bytes], ...]
+) -> None:
+    """Wait for `process` to exit within `timeout`, looking at `should_stop` and at the size of
+    its `outputs` several times a second."""
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
@@ -114,6 +123,18 @@ def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callabl
                 raise
             if should_stop():
                 raise _Stopped from None
+            for output in outputs:
+                _bound(output)
+
+
+def _bound(output: IO[bytes]) -> None:
+    """Empty `output` when it holds more than _OUTPUT_KEPT.  The hook's descriptor shares the
+    file's offset with ours, so it goes on writing from the start, not after a hole."""
+    with contextlib.suppress(OSError):
+        descriptor = output.fileno()
+        if os.fstat(descriptor).st_size > _OUTPUT_KEPT:
+            os.ftruncate(descriptor, 0)
+            os.lseek(descriptor, 0, os.SEEK_SET)
 
 
 def run_closing_hooks(

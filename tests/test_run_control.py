@@ -748,6 +748,36 @@ def test_a_failing_before_hook_fails_the_target_without_archiving(project: Proje
     assert failure["env"]["BACKUP_ARCHIVE"] == ""
 
 
+# Writes 48 MiB, a MiB every 20 ms, then says why it fails on its standard error.
+_SPEWER = """
+import sys, time
+chunk = (b"x" * 1023 + b"\\n") * 1024
+for _ in range(48):
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.flush()
+    time.sleep(0.02)
+print("database not ready", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+def test_a_hook_that_writes_without_end_does_not_fill_the_temporary_folder(project: Project, small_fs: Path) -> None:
+    # Its output went whole to a temporary file (`pg_dump app` without -f writes the dump
+    # there): 882 MB in 1.8 s, and /tmp is often the backups' own disk.  Here the temporary
+    # folder is a 16 MiB file system: the hook's 48 MiB no longer fill it.
+    free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+    if not 12 << 20 < free <= 32 << 20:
+        pytest.skip(f"{small_fs} has {free} bytes free; the test needs about 16 MiB")
+    hooks_project(project, f"{{before: [{flow([PY, '-c', _SPEWER])}]}}")
+
+    ran = project.invoke("backup", env={"TMPDIR": str(small_fs)})
+
+    assert ran.code == 1, ran.output
+    [(status, _, detail)] = results(ran.stdout)
+    assert status == "failed"
+    assert "before hook" in detail and "status 3: database not ready" in detail, detail
+
+
 def test_credentials_written_into_a_hook_never_reach_the_output_the_log_or_the_json(project: Project) -> None:
     # A hook's command is named in its failure (terminal, log, JSON, BACKUP_ERROR, the Ansible
     # module's message) and in `list`: a ping URL's password or a --token= went along with it.
