@@ -193,6 +193,21 @@ def test_the_flag_overrides_the_manifest_and_check_runs_write_nothing(project: P
     assert value(read_metrics(elsewhere), "backup_last_success_timestamp_seconds", target="site") == T0.timestamp()
 
 
+@pytest.mark.skipif(not Path("/proc/sys").is_dir(), reason="needs /proc/sys, where no file can be created")
+def test_a_metrics_file_whose_lock_cannot_be_created_is_named_at_once_not_blamed_on_another_run(
+    project: Project,
+) -> None:
+    # The lock library retried a creation that failed with "No such file or directory" for its
+    # whole 60 s timeout, then the line said another run held the lock; there was none.
+    make_project(project)
+
+    ran = project.invoke("status", "--metrics-file", "/proc/sys/backups.prom", env=at(T0), timeout=50)
+
+    assert ran.code == 1, ran.output
+    assert "metrics file /proc/sys/backups.prom: cannot write it (No such file or directory)" in ran.output
+    assert "another run" not in ran.output
+
+
 def test_a_metrics_file_in_a_folder_that_does_not_exist_is_an_error_and_no_folder_is_made(project: Project) -> None:
     # A typo in the path made the folders, and the run said nothing: no collector reads there.
     make_project(project)

@@ -177,7 +177,10 @@ def record(
         )
     try:
         # Two runs at once (a nightly backup and a status check every few minutes) would each
-        # read the old file and the second to write would drop the first one's values.
+        # read the old file and the second to write would drop the first one's values.  The lock
+        # file is made first here: filelock retries a creation that fails with ENOENT (in /proc,
+        # say) for its whole timeout, then the line blamed another run that never was.
+        os.close(os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o644))
         with filelock.FileLock(f"{path}.lock", timeout=_LOCK_TIMEOUT):
             previous, warnings = read(path)
             write(path, merge(previous, command, targets, runs, states, run_seconds, now))
