@@ -177,6 +177,9 @@ def test_a_broken_hook_is_a_located_manifest_error(project: Project, hook: dict[
         ["--only", ""],
         ["--only", ","],
         ["--tags", ""],
+        # Beside a name (`--only web --only "$DB"`): the one the script meant was left out, exit 0.
+        ["--only", "site", "--only", ""],
+        ["--skip-tags", "x", "--skip-tags", " "],
         # Typed with no value (`--only $T`, T empty): Invoke gives the same empty list as no flag.
         ["--only", "--force"],
         ["--force", "--only"],
@@ -192,6 +195,8 @@ def test_a_broken_hook_is_a_located_manifest_error(project: Project, hook: dict[
         "only empty",
         "only comma",
         "tags empty",
+        "only empty beside a name",
+        "skip-tags blank beside a tag",
         "only bare",
         "only bare last",
         "o bare",

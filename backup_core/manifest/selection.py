@@ -22,8 +22,9 @@ def select(
 ) -> list[Target]:
     """The targets that match, in manifest order; selecting nothing is a usage error."""
     for flag, given in (("--only", only), ("--tags", tags), ("--skip-tags", skip_tags)):
-        # `--only "$T"` with T empty must not quietly mean every target.
-        if given and not split_words(given):
+        # `--only "$T"` with T empty must not quietly mean every target; nor, beside another
+        # (`--only web --only "$DB"`), quietly leave out the one the script meant.
+        if any(not split_words([value]) for value in given or ()):
             raise UsageError(f"{flag} was given without a name")
     names, wanted, unwanted = split_words(only), set(split_words(tags)), set(split_words(skip_tags))
     known = [t.name for t in targets]
