@@ -47,20 +47,28 @@ def _one_s3_target(project: Project, spec: dict[str, Any], keep: str | None = No
 def test_refused_credentials_fail_the_target_in_one_sentence_without_the_secret(
     project: Project, s3_server: S3Server, s3_bucket: str, identity: str, reason: str, tmp_path: Path
 ) -> None:
-    site(project)
-    manifest(project, s3_server, s3_bucket)
-    env = s3_server.env(identity)
-    log = tmp_path / "run.log"
-    ran = project.invoke("backup", "--format", "json", "--log-file", str(log), env=env)
-    assert ran.code == 1
-    [result] = ran.json()["targets"]
-    assert result["status"] == "failed"
+    result, everything = _failed_backup(project, s3_server, s3_bucket, s3_server.env(identity), tmp_path)
     assert reason in result["error"] and "remote offsite" in result["error"]
     assert len(project.archives()) == 1  # the local archive is made and kept
     secret, key = s3_server.identities[identity].secret_key, s3_server.identities[identity].access_key
-    everything = ran.output + log.read_text(encoding="utf-8")
     assert secret not in everything and key not in everything
+
+
+def _failed_backup(
+    project: Project, s3_server: S3Server, bucket: str, env: dict[str, str], tmp_path: Path
+) -> tuple[dict[str, Any], str]:
+    """A backup of `site` to the bucket that fails (exit 1, no traceback): its one target's JSON
+    result, and everything it wrote (standard output and error, and its log file)."""
+    site(project)
+    manifest(project, s3_server, bucket)
+    log = tmp_path / "run.log"
+    ran = project.invoke("backup", "--format", "json", "--log-file", str(log), env=env)
+    assert ran.code == 1, ran.output
+    [result] = ran.json()["targets"]
+    assert result["status"] == "failed"
+    everything = ran.output + log.read_text(encoding="utf-8")
     assert "Traceback" not in everything
+    return result, everything
 
 
 @pytest.mark.parametrize(
@@ -72,19 +80,10 @@ def test_a_credential_with_a_stray_line_end_is_named_without_showing_it(
 ) -> None:
     # The HTTP client refused the header and its error quoted it whole: the session token, or
     # with a newline in the key id the whole Authorization header with its signature.
-    site(project)
-    manifest(project, s3_server, s3_bucket)
-    log = tmp_path / "run.log"
-    ran = project.invoke(
-        "backup", "--format", "json", "--log-file", str(log), env=s3_server.env() | {variable: value}
-    )  # fmt: skip
-    assert ran.code == 1, ran.output
-    [result] = ran.json()["targets"]
+    result, everything = _failed_backup(project, s3_server, s3_bucket, s3_server.env() | {variable: value}, tmp_path)
     assert "a credential holds a character no HTTP header may" in result["error"], result["error"]
-    everything = ran.output + log.read_text(encoding="utf-8")
     for piece in (value.strip(), "Signature=", "IQoJb3JpZ2lu", "AKIDXLEAK", "YQZW7"):
         assert piece not in everything, piece
-    assert "Traceback" not in everything
 
 
 def test_a_missing_bucket_is_named(project: Project, s3_server: S3Server) -> None:
@@ -306,15 +305,20 @@ def test_an_endpoint_url_from_the_environment_is_named_without_its_credentials(
     assert not any(secret in everything for secret in ("Zendpoint1", "Zquery2", "Zkey3")), everything
 
 
+def _vault_profile(project: Project, own_aws: dict[str, str], helper: str) -> None:
+    """A manifest whose remote uses the AWS profile `vault`, whose credential_process runs `helper`
+    (Python); its endpoint listens nowhere, and no request is ever sent."""
+    Path(own_aws["AWS_CONFIG_FILE"]).write_text(
+        f'[profile vault]\ncredential_process = "{sys.executable}" -c "{helper}"\n', encoding="utf-8"
+    )
+    s3_project(project, profile="vault", endpoint="http://127.0.0.1:9")
+
+
 def test_a_failing_credential_process_is_named_without_its_output(
     project: Project, own_aws: dict[str, str], tmp_path: Path
 ) -> None:
     # botocore's message was the helper's stderr, verbatim: a helper may echo what it fetched.
-    helper = "import sys; sys.stderr.write('token Zprocess1 expired'); sys.exit(3)"
-    Path(own_aws["AWS_CONFIG_FILE"]).write_text(
-        f'[profile vault]\ncredential_process = "{sys.executable}" -c "{helper}"\n', encoding="utf-8"
-    )
-    s3_project(project, profile="vault", endpoint="http://127.0.0.1:9")  # no request is ever sent
+    _vault_profile(project, own_aws, "import sys; sys.stderr.write('token Zprocess1 expired'); sys.exit(3)")
     log = tmp_path / "run.log"
 
     ran = project.invoke("backup", "--format", "json", "--log-file", str(log), env=own_aws, timeout=120)
@@ -333,11 +337,7 @@ def test_a_credential_process_that_prints_no_json_is_named(
 ) -> None:
     # The line was "JSONDecodeError: Expecting value: line 1 column 1 (char 0)": neither the
     # profile nor the helper named.
-    helper = "print('aws_secret_access_key=Zplain4')"
-    Path(own_aws["AWS_CONFIG_FILE"]).write_text(
-        f'[profile vault]\ncredential_process = "{sys.executable}" -c "{helper}"\n', encoding="utf-8"
-    )
-    s3_project(project, profile="vault", endpoint="http://127.0.0.1:9")  # no request is ever sent
+    _vault_profile(project, own_aws, "print('aws_secret_access_key=Zplain4')")
 
     ran = project.invoke("backup", "--format", "json", env=own_aws, timeout=120)
 
