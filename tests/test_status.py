@@ -146,6 +146,8 @@ def test_every_store_is_listed_and_a_stale_remote_fails_the_target(project: Proj
         ("nas", 1, remote[0].stat().st_size, remote[0].name, 31 * 3600),
     ]
     assert document.json()["exit_code"] == 1
+    # The keys every command's document has, as backup's, prune's and verify's do.
+    assert (document.json()["check"], document.json()["interrupted"]) == (False, False)
     assert document.stderr.startswith("STATUS [")  # the text goes to stderr with --format json
 
 

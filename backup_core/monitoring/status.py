@@ -132,7 +132,11 @@ class StatusReport:
             "command": "status",
             "manifest": str(self.manifest),
             "now": _iso(self.now),
+            # The keys every command's document has (status neither previews nor is cut short:
+            # an interrupted one gets the error document, which says so).
+            "check": False,
             "exit_code": self.exit_code,
+            "interrupted": False,
             "seconds": round(self.seconds, 3),
             "errors": self.errors,
             "recap": self.recap(),
