@@ -300,9 +300,14 @@ def test_ctrl_c_stops_a_run_whose_log_file_open_waits_for_a_reader(project: Proj
     log = project.root / "log.fifo"
     os.mkfifo(log)
     process = _start(project, "--log-file", str(log))
-    _wait_for(lambda: _waits_for_a_reader(process.pid), process)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        _wait_for(lambda: _waits_for_a_reader(process.pid), process)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # deaf to the signal: the test fails, and leaves no process
+            process.kill()
+            process.communicate()
     assert process.returncode == 130, stdout + stderr
     assert "interrupted" in stdout + stderr
     assert project.archives() == []
