@@ -345,6 +345,8 @@ def _explain(exc: BaseException, remote: Remote) -> str:
     client library gives becomes a message here, so here its texts lose what a URL carries
     (an endpoint from AWS_ENDPOINT_URL may hold a user and password, or a token in its query).
     A remote that could not be reached or did not answer is given up on for the rest of the run."""
+    if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
+        exc = exc.__context__  # boto3 keeps the service's answer, or the connection's error, only there
     said = redact.urls(_described(exc, remote))
     if _unanswered(exc):
         give_up_on(remote.name, said)
@@ -354,8 +356,6 @@ def _explain(exc: BaseException, remote: Remote) -> str:
 def _unanswered(exc: BaseException) -> bool:
     from botocore import exceptions as botocore_errors
 
-    if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
-        return _unanswered(exc.__context__)
     unreached = (botocore_errors.EndpointConnectionError, botocore_errors.ConnectionClosedError)
     return isinstance(exc, (*unreached, botocore_errors.ConnectTimeoutError, botocore_errors.ReadTimeoutError))
 
@@ -364,8 +364,6 @@ def _described(exc: BaseException, remote: Remote) -> str:
     from botocore import exceptions as botocore_errors
 
     where = remote.endpoint or "AWS"
-    if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
-        return _described(exc.__context__, remote)  # boto3 keeps the service's answer only there
     if isinstance(exc, botocore_errors.CredentialRetrievalError) and exc.kwargs.get("provider") == "custom-process":
         # Its text is the helper's stderr, which may echo what it fetched; botocore keeps no exit status.
         profile = f"AWS profile {remote.profile}" if remote.profile else "the AWS profile"
