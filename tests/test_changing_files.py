@@ -7,15 +7,18 @@ and archived whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -25,6 +28,8 @@ from backup_core.zip.verify import first_difference, verify_archive
 from backup_core.zip.writer import ZipWriter
 from tests.conftest import Project, Ran
 
+T = TypeVar("T")
+POSIX = pytest.mark.skipif(os.name != "posix", reason="FIFOs are POSIX")
 SIZE = 16 << 20  # eight pieces of a large member: reading it takes long enough to see every change
 
 # Changes the file for ever: cut short and grown again with new data (as a rewrite does), or
@@ -284,3 +289,93 @@ def test_a_settled_source_is_not_unchanged_from_an_archive_made_while_it_changed
     assert settled != unsettled
     with zipfile.ZipFile(settled) as archive:
         assert archive.comment == b""
+
+
+def _within(seconds: float, work: Callable[[], T]) -> T:
+    """`work()`, failed if it has not returned after `seconds` (a read waiting for ever on a
+    FIFO); the blocked thread is a daemon, released below by opening the FIFO for writing."""
+    done: list[T] = []
+    thread = threading.Thread(target=lambda: done.append(work()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s: a FIFO was opened for reading"
+    return done[0]
+
+
+@contextmanager
+def _released(fifo: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # no reader waits: nothing to release
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@POSIX
+def test_a_small_file_replaced_by_a_fifo_after_its_stat_is_left_out_without_waiting(tmp_path: Path) -> None:
+    # A FIFO opened for reading waits for a writer: the run hung holding the target's lock, and
+    # every later run said "skipped: another run is working on this target", exit 0.
+    path = tmp_path / "f1"
+    path.write_bytes(b"a file, then a FIFO\n")
+    seen = path.stat()
+    path.unlink()
+    os.mkfifo(path)
+    item = ("f1", str(path), b"", seen.st_mode, seen.st_mtime, seen.st_size, -1, -1, packing.identity(seen))
+    with _released(path):
+        facts, block = _within(10, lambda: packing.pack_batch(None, True, [item]))
+    _record, _offsets, files, _folders, _links, size, vanished, changed, _length, _crc, _torn = facts
+    assert (files, size, changed, block) == (0, 0, [], b"")
+    assert vanished == [f"{path} was replaced by something that is not a file before it was read; not archived"]
+
+
+def test_a_small_file_that_grows_past_a_piece_while_read_is_archived_as_changed(tmp_path: Path) -> None:
+    # A log appended to between the walk and the read failed the whole folder target.
+    path = tmp_path / "app.log"
+    path.write_bytes(b"x" * 1_900_000)
+    seen = path.stat()
+    with path.open("ab") as log:
+        log.write(b"y" * (3 << 20))
+    item = ("app.log", str(path), b"", seen.st_mode, seen.st_mtime, seen.st_size, -1, -1, packing.identity(seen))
+    facts, block = packing.pack_batch(None, True, [item])
+    _record, _offsets, files, _folders, _links, size, vanished, changed, _length, _crc, _torn = facts
+    assert (files, vanished, changed) == (1, [], ["app.log"])
+    assert 1_900_000 < size <= packing.CHUNK + 1  # its start, never the whole grown file in memory
+    assert b"x" * 1_900_000 in block
+
+
+@pytest.mark.parametrize("how", ["deleted", "fifo"])
+def test_a_large_file_gone_while_read_is_left_out_with_a_warning_and_the_archive_kept(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log rotated away under a folder's backup failed the whole target; a small file gone is
+    # left out with a warning, and so is a large one now.
+    if how == "fifo" and os.name != "posix":
+        pytest.skip("no FIFOs")
+    source = tmp_path / "big.log"
+    source.write_bytes(_content(SIZE))
+    seen = source.stat()
+    trial = packing.worth_deflating
+
+    def then_gone(compressor: object, path: str) -> bool:
+        answer = trial(compressor, path)  # type: ignore[arg-type]
+        source.unlink()  # after its first bytes were read: the pieces find it gone
+        if how == "fifo":
+            os.mkfifo(source)
+        return answer
+
+    monkeypatch.setattr(packing, "worth_deflating", then_gone)
+    archive = tmp_path / "out.zip"
+    (tmp_path / "after.txt").write_bytes(b"placed after it\n")
+    with archive.open("wb") as file, _released(source):
+        writer = ZipWriter(file, compressor_factory(2), workers=2, path=archive)
+        writer.add_file("big.log", source, seen)
+        writer.add_file("after.txt", tmp_path / "after.txt", (tmp_path / "after.txt").stat())
+        stats = _within(30, writer.close)
+    what = "vanished" if how == "deleted" else "was replaced by something that is not a file"
+    assert stats.warnings == [f"{source} {what} while it was being read; not archived"]
+    assert (stats.files, stats.changed) == (1, [])
+    assert first_difference(archive, writer.spans()) is None
+    assert verify_archive(archive).ok
+    with zipfile.ZipFile(archive) as result:
+        assert result.namelist() == ["after.txt"]
+        assert result.read("after.txt") == b"placed after it\n"

@@ -23,10 +23,16 @@ Windows locks belong to the handle, and its listings give no inode: there nothin
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# Opening a FIFO to read waits for a writer: a file the walk saw, replaced by a FIFO before it
+# is read, held the run (and its target's lock) for ever.  No effect on a regular file's reads.
+O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 HEAD = 100  # SQLite's file header: what any caller reads of a database's first bytes
 _POSIX = os.name == "posix"
@@ -53,8 +59,7 @@ def head(path: Path | str, st: os.stat_result | None = None) -> bytes:
                 return _held[key][1]  # type: ignore[return-value]
             _reading[key] = _reading.get(key, 0) + 1
     try:
-        with open(path, "rb") as file:  # noqa: PTH123 - a str or a Path, as the walk has it
-            return file.read(HEAD)
+        return read_start(path, HEAD)
     finally:
         if key is not None:
             with _changed:
@@ -64,15 +69,25 @@ def head(path: Path | str, st: os.stat_result | None = None) -> bytes:
                     _changed.notify_all()
 
 
+def read_start(path: Path | str, count: int) -> bytes:
+    """The first `count` bytes of `path`, or none when it is not a regular file (by the time it
+    is opened): opened without waiting, so a FIFO put in a file's place never blocks."""
+    descriptor = os.open(path, os.O_RDONLY | O_NONBLOCK | _O_BINARY)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return b""
+        return os.read(descriptor, count)
+    finally:
+        os.close(descriptor)
+
+
 @contextmanager
 def holding(path: Path) -> Iterator[bytes]:
     """Register `path` as held by a connection of this process for the `with` block (the
     connection is opened and closed inside it); gives its first HEAD bytes."""
     key = _key(path.stat())
     if key is None:
-        with path.open("rb") as file:
-            first = file.read(HEAD)
-        yield first
+        yield read_start(path, HEAD)
         return
     with _changed:
         while _reading.get(key):
@@ -84,8 +99,7 @@ def holding(path: Path) -> Iterator[bytes]:
         if reader:
             # Registered, and no connection of this process has the file open yet: safe to read.
             try:
-                with path.open("rb") as file:
-                    first = file.read(HEAD)
+                first = read_start(path, HEAD)
             except BaseException:
                 with _changed:
                     entry[1] = b""  # no waiter stays blocked; it reads nothing that is not there

@@ -105,8 +105,8 @@ def _pending_log(database: Path) -> Path | None:
     with contextlib.suppress(OSError):
         if wal.stat().st_size > 0:
             return wal
-    with contextlib.suppress(OSError), journal.open("rb") as file:
-        if file.read(8) == _JOURNAL_MAGIC:
+    with contextlib.suppress(OSError):
+        if held.read_start(journal, 8) == _JOURNAL_MAGIC:
             return journal
     return None
 

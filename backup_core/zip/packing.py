@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from backup_core.errors import TargetError
+from backup_core.sources.held import O_NONBLOCK
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.zip.compression import (
     SYNC_FLUSH,
@@ -33,6 +34,20 @@ STORED, DEFLATED = 0, 8
 ZIP64_LIMIT = 0xFFFFFFFF
 _UTF8_FLAG = 0x800
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate line ends
+# Without waiting: a file the walk saw may be a FIFO by now (see held.O_NONBLOCK).
+_OPEN_SOURCE = os.O_RDONLY | _O_BINARY | O_NONBLOCK
+
+
+class NotAFile(FileNotFoundError):
+    """The file the walk saw was replaced by something else (a FIFO, a device) before it was read."""
+
+
+def gone(path: str, exc: FileNotFoundError, when: str) -> str:
+    """`path` vanished (or became no file) `when`: the words for either."""
+    what = "was replaced by something that is not a file" if isinstance(exc, NotAFile) else "vanished"
+    return f"{path} {what} {when}"
+
+
 _LOCAL = struct.Struct("<4sHHHHHLLLHH")
 # Deflate a piece only if its first _TRIAL bytes shrink below _SHRINK_ENOUGH of their size:
 # random data and formats with no telling extension cost one small trial, not a full pass.
@@ -168,8 +183,8 @@ def pack_batch(compressor: CompressorFactory | None, check: bool, items: list[It
         if path is not None:
             try:
                 source, mtime, changed = _read_small_steady(path, expected, seen_mtime, seen)
-            except FileNotFoundError:
-                vanished.append(f"{path} vanished before it was read; not archived")
+            except FileNotFoundError as exc:
+                vanished.append(gone(path, exc, "before it was read; not archived"))
                 continue
             except OSError as exc:
                 raise read_error(path, exc) from None
@@ -254,8 +269,11 @@ def pack_piece(
     piece says whether the file was still that file (same identity, no short read) once read."""
     try:
         source, after = _read_range(path, start, length)
-    except FileNotFoundError:
-        raise TargetError(f"{path} vanished while it was being read; run the backup again") from None
+    except FileNotFoundError as exc:
+        if expected is None:  # a private copy nobody else touches
+            raise TargetError(gone(path, exc, "while it was being read; run the backup again")) from None
+        # Watched: the writer reads the file again, or leaves it out once it is gone.
+        return Piece(0, 0, 0, 0, changed=True), b""
     crc = crc32(source)
     data = source
     if compressor is not None and source:
@@ -459,6 +477,8 @@ def _read_small_steady(path: str, expected: int, mtime: float, seen: Identity | 
     for attempt in range(READ_ATTEMPTS):
         source, before, after = _read_small(path, expected, fresh=attempt > 0)
         if seen is None:
+            if len(source) > CHUNK:  # a private copy nobody writes: never so
+                raise TargetError(f"{path} grew past {CHUNK >> 20} MiB while it was being read; run the backup again")
             return source, mtime, False
         if steady(before or seen, identity(after)) and len(source) == after.st_size:
             return source, after.st_mtime if attempt else mtime, False
@@ -470,34 +490,41 @@ def _read_small(path: str, expected: int, fresh: bool = False) -> tuple[bytes, I
     # os.open and os.read: the leanest way to read 100,000 small files.  Ask for the size stat
     # gave, plus one byte to see growth: reading CHUNK bytes would allocate 2 MiB per file.
     # Read to the end of the file: a network file system may return less than asked for.
-    descriptor = os.open(path, os.O_RDONLY | _O_BINARY)
+    descriptor = os.open(path, _OPEN_SOURCE)
     try:
         before = identity(os.fstat(descriptor)) if fresh else None
         parts, total = [], 0
-        while total <= CHUNK:
-            piece = os.read(descriptor, (expected + 1 if total <= expected else CHUNK + 1) - total)
-            if not piece:
-                break
-            parts.append(piece)
-            total += len(piece)
+        try:
+            while total <= CHUNK:
+                piece = os.read(descriptor, (min(expected, CHUNK) + 1 if total <= expected else CHUNK + 1) - total)
+                if not piece:
+                    break
+                parts.append(piece)
+                total += len(piece)
+        except (BlockingIOError, IsADirectoryError):
+            raise NotAFile(path) from None  # a FIFO with a writer, or a folder; otherwise the fstat below
         after = os.fstat(descriptor)
     finally:
         os.close(descriptor)
-    source = parts[0] if len(parts) == 1 else b"".join(parts)
-    if len(source) > CHUNK:
-        raise TargetError(f"{path} grew past {CHUNK >> 20} MiB while it was being read; run the backup again")
-    return source, before, after
+    # Checked once read, not before: one fstat a file, as before (the walk stat-ed it already).
+    if not stat.S_ISREG(after.st_mode):
+        raise NotAFile(path)
+    # Past CHUNK it grew while read: its start is kept, and the caller reads it again or marks
+    # it changed (a log appended to under the walk is the common case), as for a large file.
+    return parts[0] if len(parts) == 1 else b"".join(parts), before, after
 
 
 def _read_range(path: str, start: int, length: int) -> tuple[bytes, Identity]:
     """`length` bytes from `start` (fewer if the file is shorter) and the file's identity once read."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | _O_BINARY)
+        descriptor = os.open(path, _OPEN_SOURCE)
     except FileNotFoundError:
         raise  # the callers say what it means
     except OSError as exc:
         raise read_error(path, exc) from None
     try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise NotAFile(path)
         os.lseek(descriptor, start, os.SEEK_SET)
         pieces = []
         while length > 0:
@@ -507,6 +534,8 @@ def _read_range(path: str, start: int, length: int) -> tuple[bytes, Identity]:
             pieces.append(piece)
             length -= len(piece)
         after = identity(os.fstat(descriptor))
+    except FileNotFoundError:
+        raise  # NotAFile: the callers say what it means
     except OSError as exc:
         raise read_error(path, exc) from None
     finally:

@@ -182,8 +182,8 @@ class ZipWriter:
         member.zip64_local = st.st_size > _ZIP64_LOCAL_FROM
         try:
             deflate = packing.worth_deflating(self._compressor if compress else None, large.path)
-        except FileNotFoundError:
-            self.stats.warnings.append(f"{path} vanished before it was read; not archived")
+        except FileNotFoundError as exc:
+            self.stats.warnings.append(packing.gone(str(path), exc, "before it was read; not archived"))
             return
         member.method = DEFLATED if deflate else STORED
         compressor = large.compressor = self._compressor if deflate else None
@@ -312,7 +312,11 @@ class ZipWriter:
         for _ in range(READ_ATTEMPTS - 1):
             if not large.changed:
                 break
-            self._read_again(large)
+            if (lost := self._read_again(large)) is not None:
+                # Gone while read (a log rotated away): left out, as a small file gone is; the
+                # member's bytes are overwritten by the next one, or cut off when the archive ends.
+                self.stats.warnings.append(packing.gone(large.path, lost, "while it was being read; not archived"))
+                return
         if large.changed:
             self.stats.changed.append(member.name)
             member.comment = CHANGED_COMMENT
@@ -331,8 +335,9 @@ class ZipWriter:
         self._spans[large.header_span][2] = crc32(header)
         self._record(member)
 
-    def _read_again(self, large: _Large) -> None:
+    def _read_again(self, large: _Large) -> FileNotFoundError | None:
         """Write `large` again from its local header on, read afresh: it changed while it was read.
+        What was written of it is dropped either way; the error, when it is no longer a file.
 
         Nothing after it is placed yet (members are placed in order), so its data is simply
         overwritten; worker processes first finish writing what they were told to place, or
@@ -343,10 +348,12 @@ class ZipWriter:
         self._offset, self._position, self._rewound = member.offset, -1, True
         try:
             st = Path(large.path).stat()
-        except FileNotFoundError:
-            raise TargetError(f"{large.path} vanished while it was being read; run the backup again") from None
+        except FileNotFoundError as exc:
+            return exc
         except OSError as exc:
             raise packing.read_error(large.path, exc) from None
+        if not stat.S_ISREG(st.st_mode):
+            return packing.NotAFile(large.path)
         expected = packing.identity(st)
         member.mtime, member.crc, member.size, member.compressed = st.st_mtime, 0, 0, 0
         member.zip64_local = st.st_size > _ZIP64_LOCAL_FROM
@@ -358,6 +365,7 @@ class ZipWriter:
             length = min(CHUNK, st.st_size - start)
             piece, data = packing.pack_piece(large.compressor, self._check, large.path, start, length, expected)
             write(None, piece, data)
+        return None
 
     def _record(self, member: Member) -> None:
         self._add_records(_central_header(member), 1)
