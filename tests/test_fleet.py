@@ -147,7 +147,7 @@ class Fleet:
 
     def host_vars(self, host: str) -> dict[str, Any]:
         home = self.home(host)
-        return {
+        variables: dict[str, Any] = {
             "ansible_connection": "local",
             "ansible_python_interpreter": sys.executable,
             "ansible_become": False,
@@ -166,21 +166,23 @@ class Fleet:
                 {"name": "notes", "path": str(home / "data" / "notes.txt")},
             ],
         }
+        if host == "beta":  # beta layers targets: a group's entry and the host's own are merged by name
+            variables |= {
+                "backups_group_targets": [{"name": "notes", "keep": {"last": 9}, "tags": ["docs"]}],
+                "backups_host_targets": [
+                    {"name": "notes", "tags": ["mine"]},
+                    {"name": "extra", "path": str(home / "data" / "notes.txt")},
+                ],
+            }
+        return variables
 
     def inventory(self, **changes: dict[str, Any]) -> Path:
-        """An inventory of the three hosts; `changes` adds or replaces variables of one host."""
+        """An inventory of the three hosts; `changes` adds or replaces variables of one host, or adds a
+        host with only the variables given (another name for one of the three takes its host_vars)."""
         group_vars = {"backups_version": __version__, "backups_defaults": {"keep": {"last": 3}}, "backups_jobs": 2}
         hosts = {host: self.host_vars(host) for host in HOSTS}
-        # beta layers targets: a group's entry and the host's own are merged by name over backups_targets.
-        hosts["beta"] |= {
-            "backups_group_targets": [{"name": "notes", "keep": {"last": 9}, "tags": ["docs"]}],
-            "backups_host_targets": [
-                {"name": "notes", "tags": ["mine"]},
-                {"name": "extra", "path": str(self.home("beta") / "data" / "notes.txt")},
-            ],
-        }
         for host, variables in changes.items():
-            hosts[host] |= variables
+            hosts[host] = hosts.get(host, {}) | variables
         path = self.root / f"inventory-{self.runs}.yml"
         path.write_text(json.dumps({"backup_servers": {"hosts": hosts, "vars": group_vars}}), encoding="utf-8")
         return path
@@ -223,15 +225,21 @@ class Deployed:
     fleet: Fleet
     first: Play
     second: Play
+    cron: Fleet
 
 
 @pytest.fixture(scope="module")
 def deployed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
-    """The role deployed twice to the three hosts, without running a backup."""
+    """The role deployed twice to the three hosts, without running a backup.
+
+    The first deploy also schedules, by cron, beta of a fleet of its own (host cron_beta), for the
+    cron test: another host adds little to a run, while a run of its own cost about as much as this one."""
     fleet = Fleet(tmp_path_factory.mktemp("fleet"), built)
-    first = fleet.playbook("--skip-tags", "backups_run")
+    cron = Fleet(tmp_path_factory.mktemp("cron"), built)
+    cron_beta = cron.host_vars("beta") | {"backups_schedule": "cron"}
+    first = fleet.playbook("--skip-tags", "backups_run", inventory=fleet.inventory(cron_beta=cron_beta))
     second = fleet.playbook("--skip-tags", "backups_run")
-    return Deployed(fleet, first, second)
+    return Deployed(fleet, first, second, cron)
 
 
 def test_the_role_installs_validates_and_schedules_on_every_host(deployed: Deployed) -> None:
@@ -287,14 +295,43 @@ def test_targets_layer_by_name_across_group_and_host(deployed: Deployed) -> None
     assert targets[3] == {"name": "extra", "path": str(fleet.home("beta") / "data" / "notes.txt")}
 
 
-def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(deployed: Deployed) -> None:
+SECRET = "SECRETzq60b"
+
+
+@dataclass
+class Previewed:
+    fleet: Fleet
+    before: dict[str, tuple[int, int]]
+    after: dict[str, tuple[int, int]]
+    installed: dict[str, bytes]
+    play: Play
+
+
+@pytest.fixture(scope="module")
+def previewed(deployed: Deployed) -> Previewed:
+    """The whole playbook (role, then a backup) in check mode with --diff at -vvv, one scenario per host:
+    alpha as deployed but for a hook whose URL holds a password, beta with a target added by a path
+    relative to the manifest's folder, gamma with an invalid target.  One run, not four: Ansible's
+    cost per task, not per host, is what a run costs."""
     fleet = deployed.fleet
+    hooks = {"after": [["curl", "-fsS", f"https://ops:{SECRET}@hc.example/ping"]]}
+    # Relative to the manifest's folder: previewed from a file anywhere else, it would not be found.
+    beta = [*fleet.host_vars("beta")["backups_host_targets"], {"name": "added", "path": "../data/notes.txt"}]
+    gamma = fleet.host_vars("gamma")["backups_targets"] + [{"name": "broken", "path": "x", "keep": {"last": 0}}]
+    inventory = fleet.inventory(
+        alpha={"backups_hooks": hooks}, beta={"backups_host_targets": beta}, gamma={"backups_targets": gamma}
+    )
     before = fleet.tree()
+    installed = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
+    play = fleet.playbook("--check", "--diff", "-vvv", inventory=inventory)
+    return Previewed(fleet, before, fleet.tree(), installed, play)
 
-    play = fleet.playbook("--check", "--limit", "alpha")
 
-    assert play.code == 0, play.ran.output
-    assert fleet.tree() == before
+def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(previewed: Previewed) -> None:
+    play = previewed.play
+
+    assert play.recap()["alpha"]["failed"] == 0, play.ran.output
+    assert previewed.after == previewed.before
     outcome, result = play.results("Back up every target now")["alpha"]
     assert result["check"] is True and "--check" in result["cmd"]
     assert {t["name"]: (t["status"], t["reason"]) for t in result["results"]}["app-db"] == ("changed", "would archive")
@@ -302,42 +339,43 @@ def test_check_mode_writes_nothing_and_reports_what_a_run_would_do(deployed: Dep
     assert outcome == "changed"
 
 
-def test_check_mode_previews_the_manifest_a_run_would_install_not_the_installed_one(deployed: Deployed) -> None:
-    fleet = deployed.fleet
-    before = fleet.tree()
-    installed = fleet.manifest("alpha").read_bytes()
-    # Relative to the manifest's folder: previewed from a file anywhere else, it would not be found.
-    added = {"backups_host_targets": [{"name": "added", "path": "../data/notes.txt"}]}
+def test_check_mode_previews_the_manifest_a_run_would_install_not_the_installed_one(previewed: Previewed) -> None:
+    fleet, play = previewed.fleet, previewed.play
 
-    play = fleet.playbook("--check", "--limit", "alpha", inventory=fleet.inventory(alpha=added))
-
-    assert play.code == 0, play.ran.output
-    outcome, validated = play.results("Validate the rendered manifest on the host")["alpha"]
+    assert play.recap()["beta"]["failed"] == 0, play.ran.output
+    outcome, validated = play.results("Validate the rendered manifest on the host")["beta"]
     assert (outcome, validated["rc"]) == ("ok", 0), validated
-    assert Path(validated["cmd"][-1]).parent == fleet.manifest("alpha").parent, "validated beside the installed one"
-    outcome, result = play.results("Back up every target now")["alpha"]
+    assert Path(validated["cmd"][-1]).parent == fleet.manifest("beta").parent, "validated beside the installed one"
+    outcome, result = play.results("Back up every target now")["beta"]
     assert result["check"] is True and result["candidate"] is True, result
-    assert result["manifest"] == str(fleet.manifest("alpha"))
-    assert Path(result["cmd"][result["cmd"].index("--manifest") + 1]).parent == fleet.manifest("alpha").parent
-    previewed = {t["name"]: (t["status"], t["reason"]) for t in result["results"]}
-    assert list(previewed) == ["site", "app-db", "notes", "added"]
-    assert previewed["added"] == ("changed", "would archive"), result
-    assert fleet.manifest("alpha").read_bytes() == installed
-    assert fleet.tree() == before, "the scratch files are removed"
+    assert result["manifest"] == str(fleet.manifest("beta"))
+    assert Path(result["cmd"][result["cmd"].index("--manifest") + 1]).parent == fleet.manifest("beta").parent
+    previewed_targets = {t["name"]: (t["status"], t["reason"]) for t in result["results"]}
+    assert list(previewed_targets) == ["site", "app-db", "notes", "extra", "added"]
+    assert previewed_targets["added"] == ("changed", "would archive"), result
+    assert fleet.manifest("beta").read_bytes() == previewed.installed["beta"]
+    assert previewed.after == previewed.before, "the scratch files are removed"
 
 
-def test_no_verbosity_or_diff_shows_a_credential_written_into_the_manifest(deployed: Deployed) -> None:
+def test_no_verbosity_or_diff_shows_a_credential_written_into_the_manifest(previewed: Previewed) -> None:
     # Check mode at -v printed the whole rendered manifest (a fact, and the module's argument at
-    # -vvv), and --diff showed the manifest's lines: a hook's password with them.
-    fleet = deployed.fleet
-    secret = "SECRETzq60b"
-    hooks = {"backups_hooks": {"after": [["curl", "-fsS", f"https://ops:{secret}@hc.example/ping"]]}}
+    # -vvv), and --diff showed the manifest's lines: a hook's password with them (alpha's).
+    play = previewed.play
 
-    play = fleet.playbook("--check", "--diff", "-vvv", "--limit", "alpha", inventory=fleet.inventory(alpha=hooks))
-
-    assert play.code == 0, play.ran.output
+    assert play.recap()["alpha"]["failed"] == 0, play.ran.output
     assert "backups_preview" in play.ran.stdout  # the fact was set, its value censored
-    assert secret not in play.ran.output
+    assert SECRET not in play.ran.output
+
+
+def test_check_mode_fails_a_host_whose_inventory_a_run_would_refuse(previewed: Previewed) -> None:
+    play = previewed.play
+
+    assert play.code == 2, play.ran.output
+    outcome, result = play.results("Stop, keeping the installed manifest, when the rendered one is invalid")["gamma"]
+    assert outcome == "fatal"
+    assert re.search(r"targets\[3\]\.keep\.last: 0 is less than the minimum", "\n".join(result["msg"]))
+    assert play.recap()["alpha"]["failed"] == 0 and play.recap()["beta"]["failed"] == 0
+    assert previewed.after == previewed.before  # a preview still writes nothing on the hosts
 
 
 @dataclass
@@ -377,50 +415,57 @@ def test_check_mode_on_a_fresh_host_says_what_it_cannot_check_and_fails_no_host_
     assert fresh.fleet.tree() == fresh.before, "check mode writes nothing on the hosts"
 
 
-def test_check_mode_fails_a_host_whose_inventory_a_run_would_refuse(deployed: Deployed) -> None:
+@dataclass
+class Refused:
+    fleet: Fleet
+    before: dict[str, tuple[int, int]]
+    after: dict[str, tuple[int, int]]
+    manifests: dict[str, bytes]
+    play: Play
+
+    def changed(self) -> set[str]:
+        """The files and folders of the hosts that the run added, removed or changed."""
+        return {p for p in self.before.keys() | self.after.keys() if self.before.get(p) != self.after.get(p)}
+
+
+@pytest.fixture(scope="module")
+def refused(deployed: Deployed) -> Refused:
+    """One deploy (no backup) in which every host fails, each for its own setting, instead of a run each.
+
+    alpha and gamma give a target name twice (their manifests are rendered, then refused); beta's
+    manifest is fine but its backup flags are not.  The other hosts are more names for beta, each
+    with one setting the role refuses before it writes anything: beta's files, which beta's own
+    failure leaves as deployed, would show it if one of them got further."""
     fleet = deployed.fleet
-    before = fleet.tree()
-    gamma = fleet.host_vars("gamma")["backups_targets"] + [{"name": "broken", "path": "x", "keep": {"last": 0}}]
-
-    play = fleet.playbook(
-        "--check", "--skip-tags", "backups_run", inventory=fleet.inventory(gamma={"backups_targets": gamma})
-    )  # fmt: skip
-
-    assert play.code == 2, play.ran.output
-    outcome, result = play.results("Stop, keeping the installed manifest, when the rendered one is invalid")["gamma"]
-    assert outcome == "fatal"
-    assert re.search(r"targets\[3\]\.keep\.last: 0 is less than the minimum", "\n".join(result["msg"]))
-    assert play.recap()["alpha"]["failed"] == 0 and play.recap()["beta"]["failed"] == 0
-    assert fleet.tree() == before  # a preview still writes nothing on the hosts
-
-
-def test_a_new_backups_version_reinstalls_and_a_wheel_of_another_version_is_refused(deployed: Deployed) -> None:
-    fleet = deployed.fleet
-    before = fleet.tree()
-
-    play = fleet.playbook(
-        "--skip-tags", "backups_run", "--limit", "alpha", inventory=fleet.inventory(alpha={"backups_version": "9.9.9"})
-    )  # fmt: skip
-
-    assert play.code == 2, play.ran.output
-    outcome, result = play.results("Check that the wheel is of the pinned version")["alpha"]
-    assert outcome == "fatal"
-    assert f"holds version {__version__} but backups_version is 9.9.9" in result["msg"]
-    assert fleet.tree() == before
-
-
-def test_a_target_name_given_twice_fails_the_host_instead_of_losing_an_entry(deployed: Deployed) -> None:
     # alpha: a name twice in one layer (a typo, not a layer); gamma: a host entry meant to
     # override a group's, spelled in other case.  Merged, either would drop a target quietly.
-    fleet = deployed.fleet
-    before = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
     alpha = fleet.host_vars("alpha")["backups_targets"]
     alpha = [*alpha, {"name": alpha[0]["name"], "path": str(fleet.home("alpha") / "data" / "notes.txt")}]
     gamma = {"backups_host_targets": [{"name": fleet.host_vars("gamma")["backups_targets"][0]["name"].upper()}]}
+    beta = fleet.host_vars("beta")
+    inventory = fleet.inventory(
+        alpha={"backups_targets": alpha},
+        gamma=gamma,
+        beta={"backups_backup_args": ["--bogus"]},
+        minute_61=beta | {"backups_schedule": "cron", "backups_cron_minute": "61"},
+        relative_manifest=beta | {"backups_manifest": "backups.yml"},
+        relative_prefix=beta | {"backups_prefix": "opt"},
+        next_version=beta | {"backups_version": "9.9.9"},
+    )
+    before = fleet.tree()
+    manifests = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
+    play = fleet.playbook("--skip-tags", "backups_run", "--forks", "7", inventory=inventory)  # all hosts at once
+    return Refused(fleet, before, fleet.tree(), manifests, play)
 
-    play = fleet.playbook(
-        "--skip-tags", "backups_run", inventory=fleet.inventory(alpha={"backups_targets": alpha}, gamma=gamma)
-    )  # fmt: skip
+
+def candidates(fleet: Fleet, *hosts: str) -> set[str]:
+    """The tree()'s names of these hosts' rendered manifests, which a run writes before validating them."""
+    manifests = [fleet.manifest(host) for host in hosts]
+    return {str(m.with_name(f".{m.name}.candidate").relative_to(fleet.root)) for m in manifests}
+
+
+def test_a_target_name_given_twice_fails_the_host_instead_of_losing_an_entry(refused: Refused) -> None:
+    fleet, play = refused.fleet, refused.play
 
     assert play.code == 2, play.ran.output
     failed = play.results("Stop, keeping the installed manifest, when the rendered one is invalid")
@@ -428,51 +473,46 @@ def test_a_target_name_given_twice_fails_the_host_instead_of_losing_an_entry(dep
         outcome, result = failed[host]
         assert outcome == "fatal", (host, result)
         assert "duplicate target name" in "\n".join(result["msg"]), (host, result)
-        assert fleet.manifest(host).read_bytes() == before[host]
+        assert fleet.manifest(host).read_bytes() == refused.manifests[host]
     assert failed["beta"][0] == "skipping"  # beta's inventory is fine
 
 
-def test_settings_that_would_make_a_schedule_that_never_works_fail_the_host(deployed: Deployed) -> None:
+def test_settings_that_would_make_a_schedule_that_never_works_fail_the_host(refused: Refused) -> None:
     # Each was accepted with "ok": cron drops a line whose minute is 61, an unknown flag made
     # every scheduled run exit 2, and a relative manifest path failed a file task with an empty path.
-    fleet = deployed.fleet
-    before = fleet.tree()
-    inventory = fleet.inventory(
-        alpha={"backups_schedule": "cron", "backups_cron_minute": "61"},
-        beta={"backups_backup_args": ["--bogus"]},
-        gamma={"backups_manifest": "backups.yml"},
-    )
-
-    play = fleet.playbook("--skip-tags", "backups_run", inventory=inventory)
+    play = refused.play
 
     assert play.code == 2, play.ran.output
     settings = play.results("Check the role's settings")
-    assert settings["alpha"][0] == "fatal" and "must be cron fields: minutes 0-59" in settings["alpha"][1]["msg"]
-    assert settings["gamma"][0] == "fatal"
-    assert "backups_manifest must be an absolute path, not backups.yml" in settings["gamma"][1]["msg"]
+    assert settings["minute_61"][0] == "fatal"
+    assert "must be cron fields: minutes 0-59" in settings["minute_61"][1]["msg"]
+    assert settings["relative_manifest"][0] == "fatal"
+    assert "backups_manifest must be an absolute path, not backups.yml" in settings["relative_manifest"][1]["msg"]
     outcome, result = play.results("Stop when the scheduled command would refuse its flags")["beta"]
     assert outcome == "fatal" and "backups_backup_args --bogus would make every scheduled run fail" in result["msg"][0]
-    assert fleet.tree() == before
     # A relative prefix would put the command in the login's folder, where no schedule finds it.
-    play = fleet.playbook(
-        "--skip-tags", "backups_run", "--limit", "alpha", inventory=fleet.inventory(alpha={"backups_prefix": "opt"})
-    )  # fmt: skip
-    assert play.code == 2, play.ran.output
-    outcome, result = play.results("Check the role's settings")["alpha"]
+    outcome, result = settings["relative_prefix"]
     assert outcome == "fatal" and "backups_prefix must be an absolute path, not opt" in result["msg"]
-    assert fleet.tree() == before
+    assert refused.changed() <= candidates(refused.fleet, "alpha", "gamma")  # and beta's files are as deployed
+
+
+def test_a_new_backups_version_reinstalls_and_a_wheel_of_another_version_is_refused(refused: Refused) -> None:
+    play = refused.play
+
+    assert play.code == 2, play.ran.output
+    outcome, result = play.results("Check that the wheel is of the pinned version")["next_version"]
+    assert outcome == "fatal"
+    assert f"holds version {__version__} but backups_version is 9.9.9" in result["msg"]
+    assert refused.changed() <= candidates(refused.fleet, "alpha", "gamma")  # and beta's files are as deployed
 
 
 def test_the_cron_schedule_mails_a_failed_runs_reasons_and_nothing_when_it_succeeds(
-    built: Built, tmp_path: Path
+    deployed: Deployed, tmp_path: Path
 ) -> None:
     # The line sent the run's output to /dev/null: the mail cron sends said "exit status 1" and
     # never which target failed or why.  The line is run here as cron runs it, with sh.
-    fleet = Fleet(tmp_path / "fleet", built)
-    play = fleet.playbook(
-        "--skip-tags", "backups_run", "--limit", "beta", inventory=fleet.inventory(beta={"backups_schedule": "cron"})
-    )  # fmt: skip
-    assert play.code == 0, play.ran.output
+    fleet, play = deployed.cron, deployed.first
+    assert play.code == 0 and "cron_beta" in play.recap(), play.ran.output
     line = (fleet.home("beta") / "cron.d" / "backups").read_text(encoding="utf-8").splitlines()[-1]
     *_, user, command = line.split(" ", 6)
     assert user == "root"
