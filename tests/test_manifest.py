@@ -693,6 +693,58 @@ def test_a_builtin_default_destination_inside_the_source_is_located_at_the_targe
     assert problem.line in (3, 4), str(problem)
 
 
+def test_targets_holding_each_others_archives_are_refused_before_anything_is_written(project: Project) -> None:
+    # Each run archived the other's archives: 100 kB grew 2.5 times a run, until the disk filled.
+    # A folder remote inside its own target's source did it alone.  One way only is fine.
+    for name in ("disk1/a", "disk2/b", "rsrc/r", "site/s"):
+        project.file(name)
+    write(
+        project,
+        "version: 1",
+        "remotes:",
+        "  nas: {type: folder, path: rsrc/nas}",
+        "targets:",
+        "  - {name: one, path: disk1, destination: disk2/backups}",
+        "  - {name: two, path: disk2, destination: disk1/backups}",
+        "  - {name: r, path: rsrc, destination: out, offsite: [nas]}",
+        "  - {name: all, path: ., destination: ../elsewhere, exclude: [disk1, disk2, rsrc, out]}",
+        "  - {name: site, path: site, destination: all-backups}",
+    )
+    root = project.root
+
+    ran = run_invoke("backup", "--manifest", str(project.manifest))
+
+    assert ran.code == 2, ran.output
+    grows = "would grow every run until the disk is full"
+    assert ran.stderr.splitlines()[:2] == [
+        f"{project.manifest}:5:17: targets[0].path: source {root / 'disk1'} holds {root / 'disk1' / 'backups'} "
+        f"(target 'two': its destination), and the source of 'two' holds {root / 'disk2' / 'backups'} (this "
+        f"target: its destination): each would archive the other's archives, and both {grows}; move one of them "
+        "out of the other's source, or exclude it there",
+        f"{project.manifest}:7:15: targets[2].path: source {root / 'rsrc'} holds {root / 'rsrc' / 'nas' / 'r'}, "
+        f"remote nas's copies of it: each backup would archive the copies before it, and they {grows}; give the "
+        "remote a folder outside the source, or exclude it",
+    ], ran.stderr
+    assert "targets[3]" not in ran.stderr and "targets[4]" not in ran.stderr  # one way, or excluded: fine
+    assert not any(root.glob("*/backups")) and not (root / "out").exists() and not (root / "rsrc" / "nas").exists()
+
+
+def test_an_exclude_that_covers_the_other_targets_destination_settles_it(project: Project) -> None:
+    for name in ("disk1/a", "disk2/b"):
+        project.file(name)
+    write(
+        project,
+        "version: 1",
+        "targets:",
+        "  - {name: one, path: disk1, destination: disk2/backups}",
+        "  - {name: two, path: disk2, destination: disk1/backups/deeper, exclude: [backups]}",
+    )
+
+    ran = run_invoke("validate", "--manifest", str(project.manifest))
+
+    assert ran.code == 0, ran.output
+
+
 # --- keep ----------------------------------------------------------------------------------------
 
 

@@ -431,6 +431,7 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
     problems: list[Problem] = []
     remotes = remotes_module.resolve(document, environ, problems)
     targets = []
+    indices: list[int] = []  # each resolved target's place in targets:, for messages
     seen: dict[str, int] = {}
     # A default with a problem of its own (already reported) is left out rather than inherited.
     defaults = {key: value for key, value in data.get("defaults", {}).items() if f"defaults.{key}" not in broken}
@@ -446,6 +447,9 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
             seen.setdefault(name.lower(), index)
         if f"targets[{index}]" not in broken:
             targets.append(_resolve_target(document, index, raw, defaults, environ, remotes, problems))
+            indices.append(index)
+    if not problems:
+        problems += _swallowing(document, targets, indices)
     jobs = data.get("jobs", schema()["properties"]["jobs"]["default"])
     # Run-level hooks with a problem of their own (already reported) are not read further.
     run_hooks = Hooks() if "hooks" in broken else _hooks(data.get("hooks") or {}, document, ("hooks",), problems)
@@ -454,6 +458,73 @@ def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manife
         base = document.file.parent
         metrics_file = _expand_path(document, data["metrics_file"], ("metrics_file",), base, environ, problems)
     return Manifest(document.file, tuple(_recording(targets)), jobs, run_hooks, remotes, metrics_file), problems
+
+
+def _landings(target: Target) -> list[tuple[Path, str]]:
+    """Where `target`'s archives land on this machine: its destination and its folder remotes'
+    folders for it, each with the words that name it."""
+    found = [(target.destination, "its destination")]
+    for remote in target.offsite:
+        if remote.type == "folder" and remote.path is not None:
+            found.append((Path(remote.path, f"{remote.prefix}{target.name}"), f"remote {remote.name}'s copies of it"))
+    return found
+
+
+def _swallowing(document: Document, targets: list[Target], indices: list[int]) -> list[Problem]:
+    """Targets whose archives end up, through each other's sources, inside their own: each run
+    archives the archives before it, and they grow every run (2.5 times a run, measured, for two
+    targets holding each other's destinations) until the disk is full.  A folder remote inside
+    its target's source does it alone.  A source that holds another target's archives one way
+    only is fine (they are bounded by that target's keep).  Paths as written, not resolved:
+    one look up the parents of each landing folder; an exclude that covers it settles it."""
+    from backup_core.sources.walk import matches  # the walk's own matching, loaded only here
+
+    def norm(path: Path) -> str:
+        return os.path.normcase(os.path.normpath(path))
+
+    sources: dict[str, list[int]] = {}
+    for at, target in enumerate(targets):
+        sources.setdefault(norm(target.path), []).append(at)
+    # holds[a]: (b, where, what) for each target b whose archives land inside a's source
+    holds: dict[int, list[tuple[int, Path, str]]] = {}
+    for b, target in enumerate(targets):
+        for landing, what in _landings(target):
+            place = Path(norm(landing))
+            for folder in (place, *place.parents):
+                for a in sources.get(str(folder), ()):
+                    if a == b and what == "its destination":
+                        continue  # said already, where the destination is resolved
+                    relative = place.relative_to(folder).as_posix()
+                    parts = relative.split("/") if relative != "." else []
+                    covered = any(matches("/".join(parts[: n + 1]), targets[a].exclude) for n in range(len(parts)))
+                    if not covered:
+                        holds.setdefault(a, []).append((b, landing, what))
+    problems: list[Problem] = []
+    reported: set[int] = set()
+    for a in sorted(holds):
+        for b, landing, what in holds[a]:
+            back = next(((land, w) for c, land, w in holds.get(b, ()) if c == a), None)
+            if a in reported or back is None:
+                continue
+            here = ("targets", indices[a], "path")
+            if a == b:
+                text = (
+                    f"source {targets[a].path} holds {landing}, {what}: each backup would archive the copies "
+                    "before it, and they would grow every run until the disk is full; give the remote a "
+                    "folder outside the source, or exclude it"
+                )
+            else:
+                other = targets[b].name
+                text = (
+                    f"source {targets[a].path} holds {landing} (target '{other}': {what}), and the source of "
+                    f"'{other}' holds {back[0]} (this target: {back[1]}): each would archive the other's "
+                    "archives, and both would grow every run until the disk is full; move one of them out of "
+                    "the other's source, or exclude it there"
+                )
+                reported.add(b)
+            reported.add(a)
+            problems.append(document.problem(here, text))
+    return problems
 
 
 def _recording(targets: list[Target]) -> list[Target]:
