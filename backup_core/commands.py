@@ -119,10 +119,17 @@ def run_targets(
         from backup_core.monitoring import metrics as metrics_module
         from backup_core.monitoring import status as status_module
 
-        # The stores are listed again: what they hold now, after uploads and rotation.
-        states = status_module.survey(targets, runner.utc_now())
-        runs = metrics_module.runs_of(command, outcome.results)
-        _record_metrics(loaded, metrics, command, runs, states, outcome.seconds, outcome.errors, text)
+        try:
+            # The stores are listed again: what they hold now, after uploads and rotation.
+            states = status_module.survey(targets, runner.utc_now())
+            runs = metrics_module.runs_of(command, outcome.results)
+            _record_metrics(loaded, metrics, command, runs, states, outcome.seconds, outcome.errors, text)
+        except KeyboardInterrupt:
+            # The targets' results stand; the run still reports them (JSON included) and exits 130.
+            runner.stop()
+            outcome.interrupted = True
+            outcome.errors.append(f"interrupted while the metrics file was being brought up to date; {metrics} "
+                                  "was not updated")  # fmt: skip
     text.end(outcome)
     if output == "json" and not report.print_json(outcome, sys.stdout):
         text.problems.append(("could not write the JSON document to stdout", True))
@@ -146,14 +153,17 @@ def status(
     from backup_core.monitoring import status as status_module
 
     output = _format(output)
-    with _json_on_error("status", manifest_path, output == "json"):
+    # A remote that does not answer holds the listing up to its timeout: a signal meanwhile ends
+    # the command at once (130), with its JSON document.
+    with _json_on_error("status", manifest_path, output == "json", "interrupted; nothing was written"):
+        _stop_on_terminate()
         loaded = _load(manifest_path)
         targets = selection.select(loaded.targets, only, tags, skip_tags)
         metrics = _metrics_path(loaded, metrics_file)
-    started = time.monotonic()
-    now = runner.utc_now()
-    found = status_module.StatusReport(loaded.file, now, status_module.survey(targets, now))
-    found.seconds = time.monotonic() - started
+        started = time.monotonic()
+        now = runner.utc_now()
+        found = status_module.StatusReport(loaded.file, now, status_module.survey(targets, now))
+        found.seconds = time.monotonic() - started
     text = report.TextReporter(sys.stderr if output == "json" else sys.stdout, "status")
     if metrics is not None:
         from backup_core.monitoring import metrics as metrics_module
@@ -235,7 +245,12 @@ def _identities(identity: str | None) -> list[Any]:
 
 
 @contextmanager
-def _json_on_error(command: str, manifest_path: Path | str, wanted: bool) -> Iterator[None]:
+def _json_on_error(
+    command: str,
+    manifest_path: Path | str,
+    wanted: bool,
+    interrupted: str = "interrupted before the run started; nothing was done",
+) -> Iterator[None]:
     """With --format json, a run that cannot start still prints a JSON document (then the text)."""
     try:
         yield
@@ -252,9 +267,8 @@ def _json_on_error(command: str, manifest_path: Path | str, wanted: bool) -> Ite
         raise
     except KeyboardInterrupt:
         if wanted:
-            message = "interrupted before the run started; nothing was done"
             report.print_json(
-                report.error_document(command, str(manifest_path), EXIT_INTERRUPTED, [message]), sys.stdout
+                report.error_document(command, str(manifest_path), EXIT_INTERRUPTED, [interrupted]), sys.stdout
             )
         raise
 

@@ -3,6 +3,7 @@ example alert rules checked against what the tool writes (parsed with a PromQL p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
-from conftest import REPO, Project
+from conftest import INVOKE, REPO, Project
 from prometheus_client.parser import text_string_to_metric_families
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -421,3 +422,74 @@ def test_the_26_hour_alert_fires_only_for_a_target_without_a_success_in_26_hours
     assert firing(25) == set()
     assert firing(27) == {"notes"}  # its last success was the first run
     assert firing(47) == {"notes", "site"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM is POSIX's")
+@pytest.mark.parametrize("command", ["backup", "status"])
+def test_a_signal_while_a_silent_remote_is_listed_ends_the_command_at_once_with_its_document(
+    project: Project, command: str
+) -> None:
+    # The listing ran on a thread pool, whose threads the exit waited for: SIGTERM took 86 to
+    # 90 s (systemd kills at 90), and the run printed no JSON document and wrote no metrics.
+    import json
+    import signal
+    import socket
+
+    silent = socket.socket()  # accepts connections (the backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          off: {{type: s3, bucket: bkt, endpoint: "http://127.0.0.1:{port}", addressing_style: path, region: us-east-1}}
+        targets:
+          - {{name: gone, path: no-such-source, offsite: [off]}}
+        """
+    )
+    metrics = project.root / "backups.prom"
+    env = {**os.environ, "NO_COLOR": "1", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}  # fmt: skip
+    args = [str(INVOKE), "--search-root", str(REPO), command, "--manifest", str(project.manifest), "--format", "json"]
+    try:
+        child = subprocess.Popen(
+            [*args, "--metrics-file", str(metrics)], cwd=project.root, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60  # until the run waits on the silent remote
+            while time.monotonic() < deadline and "ESTABLISHED" not in _connections(port):
+                assert child.poll() is None, child.communicate()
+                time.sleep(0.05)
+            time.sleep(0.3)
+            child.send_signal(signal.SIGTERM)
+            out, err = child.communicate(timeout=20)  # was 86 to 90 s
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+    finally:
+        silent.close()
+    assert child.returncode == 130, err
+    document = json.loads(out)
+    assert document["interrupted"] is True and document["exit_code"] == 130, document
+    if command == "backup":
+        assert [t["status"] for t in document["targets"]] == ["failed"]  # its result stands
+        assert any(f"{metrics} was not updated" in e for e in document["errors"]), document
+    else:
+        assert document["errors"] == ["interrupted; nothing was written"], document
+
+
+def _connections(port: int) -> str:
+    """The states of this machine's TCP connections to `port`, as the kernel lists them."""
+    states = {"01": "ESTABLISHED"}
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as listing:  # noqa: PTH123
+            for line in listing.read().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    found.append(states.get(fields[3], fields[3]))
+    return " ".join(found)

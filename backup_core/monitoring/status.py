@@ -8,9 +8,10 @@ that grows.  It only reads: nothing in any store is written, locked or deleted.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -147,9 +148,7 @@ class StatusReport:
 def survey(targets: list[Target], now: datetime) -> list[TargetState]:
     """Every target's state at `now`: each store listed, each newest archive judged."""
     places = [(target, place) for target in targets for place in _places(target)]
-    # A bucket listing waits on the network: list the stores side by side, not one after another.
-    with ThreadPoolExecutor(max(1, min(_LISTERS, len(places))), thread_name_prefix="list") as pool:
-        listed = list(pool.map(lambda pair: list_store(pair[0], *pair[1]), places))
+    listed = _list_all(places)
     states = []
     for target in targets:
         mine = [
@@ -162,6 +161,41 @@ def survey(targets: list[Target], now: datetime) -> list[TargetState]:
 
 
 _LISTERS = 8
+
+
+def _list_all(places: list[tuple[Target, _Place]]) -> list[tuple[StoreState, float]]:
+    """Each place listed, side by side: a bucket listing waits on the network.
+
+    On daemon threads, with this thread waiting in slices a signal can cut: an interrupt
+    (Ctrl-C, SIGTERM) while a remote does not answer ends the command at once.  A thread
+    pool's threads are waited for as the process exits, which held a stopped run for the
+    listing's whole timeout (90 s), past systemd's wait before it kills."""
+    listed: list[tuple[StoreState, float] | None] = [None] * len(places)
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(places)):
+        todo.put(index)
+    left = threading.Semaphore(0)
+
+    def lister() -> None:
+        while True:
+            try:
+                index = todo.get_nowait()
+            except queue.Empty:
+                return
+            target, place = places[index]
+            try:
+                listed[index] = list_store(target, *place)  # which answers every error with a state
+            finally:
+                left.release()
+
+    for _ in range(max(1, min(_LISTERS, len(places)))):
+        threading.Thread(target=lister, name="list", daemon=True).start()
+    for _ in places:
+        while not left.acquire(timeout=0.5):
+            pass
+    return [state for state in listed if state is not None]
+
+
 _Place = tuple[str, str, Callable[[], Store]]  # the store's name, where it is, how to open it
 
 
