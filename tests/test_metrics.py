@@ -450,8 +450,15 @@ def test_a_signal_while_a_silent_remote_is_listed_ends_the_command_at_once_with_
         """
     )
     metrics = project.root / "backups.prom"
-    env = {**os.environ, "NO_COLOR": "1", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret",
-           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}  # fmt: skip
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
     args = [str(INVOKE), "--search-root", str(REPO), command, "--manifest", str(project.manifest), "--format", "json"]
     try:
         child = subprocess.Popen(
