@@ -17,7 +17,7 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
-from conftest import INVOKE, REPO, Project
+from conftest import INVOKE, REPO, Project, archive_file_name
 from prometheus_client.parser import text_string_to_metric_families
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -113,6 +113,31 @@ def test_after_a_backup_the_file_holds_every_metric_for_every_target(project: Pr
     assert value(samples, "backup_run_timestamp_seconds", command="backup") == stamp
     duration = value(samples, "backup_run_duration_seconds", command="backup")
     assert duration is not None and duration > 0
+
+
+@pytest.mark.parametrize("older", [True, False])
+def test_an_empty_file_under_the_newest_archives_name_is_not_reported_as_a_fresh_archive(
+    project: Project, older: bool
+) -> None:
+    # status failed the target, but the metrics gave the empty file's date as the newest
+    # archive's, so the shipped staleness rule saw a fresh backup.
+    metrics = make_project(project)
+    if older:
+        assert project.invoke("backup", "--only", "notes", env=at(T0)).code == 0
+    later = T0 + timedelta(hours=30)
+    (project.root / "backups").mkdir(exist_ok=True)
+    (project.root / "backups" / archive_file_name("notes", later)).write_bytes(b"")
+
+    ran = project.invoke("status", "--only", "notes", env=at(later))
+
+    assert ran.code == 1, ran.output
+    samples = read_metrics(metrics)
+    newest = value(samples, "backup_newest_archive_timestamp_seconds", target="notes", store="local")
+    age = value(samples, "backup_newest_archive_age_seconds", target="notes", store="local")
+    if older:
+        assert (newest, age) == (T0.timestamp(), 30 * 3600)
+    else:
+        assert (newest, age) == (0, later.timestamp())  # no good archive: every staleness rule fires
 
 
 def test_the_file_follows_prometheus_naming_conventions(project: Project) -> None:

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import filelock
@@ -264,9 +264,15 @@ def merge(
             put("backup_archives", labels, store.archives)
             put("backup_archives_size_bytes", labels, store.bytes)
             if store.newest_when is not None and store.age is not None:
-                put("backup_newest_archive_timestamp_seconds", labels, store.newest_when.timestamp())
+                # An empty or cut-short newest archive is no backup: the newest good one counts,
+                # and with none, the epoch, so every staleness rule fires.
+                newest = store.newest_when
+                if store.newest_problem is not None:
+                    newest = store.good_when or datetime.fromtimestamp(0, timezone.utc)
+                put("backup_newest_archive_timestamp_seconds", labels, newest.timestamp())
                 # The archive's own age: status counts `age` from a later "found unchanged", if any.
-                since = (store.confirmed_when or store.newest_when) - store.newest_when
+                confirmed = store.confirmed_when if store.newest_problem is None else None
+                since = (confirmed or store.newest_when) - newest
                 put("backup_newest_archive_age_seconds", labels, store.age + since.total_seconds())
                 if store.confirmed_when is not None:
                     put("backup_unchanged_timestamp_seconds", labels, store.confirmed_when.timestamp())

@@ -43,6 +43,9 @@ class StoreState:
     age: float | None = None  # seconds between newest_when and the survey
     error: str | None = None  # the store could not be listed: one sentence
     newest_problem: str | None = None  # the newest local archive is not whole, or marked incomplete
+    # With a newest_problem: the time in the name of the newest one without (None: there is none),
+    # which is what metrics report as the newest, so an empty file cannot look like a fresh backup.
+    good_when: datetime | None = None
     folder_missing: bool = False  # the local destination does not exist (never made, or moved away)
     # When a run last found the source to hold what the newest archive holds (skip_unchanged):
     # the age is counted from then, not from the archive's date.
@@ -232,6 +235,10 @@ def list_store(target: Target, name: str, where: str, open_store: Callable[[], S
             state.folder_missing = not target.destination.is_dir()
             if newest is not None:
                 state.newest_problem = _not_whole(target.destination / newest.name)
+                if state.newest_problem is not None:
+                    older = (s for s in reversed(held) if s.when < newest.when)
+                    good = next((s for s in older if _not_whole(target.destination / s.name) is None), None)
+                    state.good_when = good.when if good is not None else None
     return state, time.monotonic() - started
 
 
