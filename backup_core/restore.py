@@ -187,6 +187,18 @@ def refuse_blocked(folder: Path) -> None:
         raise UsageError(f"--to {folder}: {blocker} is a file, not a folder; give a folder to restore into")
 
 
+def _files_where_folders_go(root: Path, plan: list[tuple[zipfile.ZipInfo, Path]]) -> list[Path]:
+    """What is on disk, and no folder, where the restore must have a folder: a folder member's
+    place, or a folder on the way to any member (each looked at once)."""
+    folders: set[Path] = set()
+    for info, path in plan:
+        folder = path if info.is_dir() else path.parent
+        while folder not in folders and root in folder.parents:
+            folders.add(folder)
+            folder = folder.parent
+    return sorted(p for p in folders if os.path.lexists(p) and not p.is_dir())
+
+
 def _restore(
     archive: Path,
     folder: Path,
@@ -226,6 +238,14 @@ def _restore(
             raise UsageError(
                 f"{shown(str(blocked[0][1]))} is a folder where the archive has a file{more}; nothing was "
                 "restored: move the folder away and restore again"
+            )
+        # And a file where a folder goes (the archive's, or one on a member's way): found only
+        # while writing, it left part of the archive restored and advised --force, which cannot help.
+        if on_disk is not None and (files := _files_where_folders_go(root, plan)):
+            more = f" (and {len(files) - 1} more like it)" if len(files) > 1 else ""
+            raise UsageError(
+                f"{shown(str(files[0]))} is a file where the archive has a folder{more}; nothing was restored: "
+                "move the file away and restore again"
             )
         if not force:
             clashes = [shown(str(path)) for info, path in plan if not info.is_dir() and os.path.lexists(path)]

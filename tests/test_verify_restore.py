@@ -652,23 +652,33 @@ def test_a_restore_that_left_out_a_damaged_member_says_what_it_wrote(project: Pr
     assert f"it was left out, and the other 31 members were restored into {folder}" in ran.output  # and d/
 
 
-def test_restore_over_a_file_where_the_archive_has_a_folder_says_so(project: Project) -> None:
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["without --force", "with --force"])
+def test_restore_over_a_file_where_the_archive_has_a_folder_says_so_and_restores_nothing(
+    project: Project, force: list[str]
+) -> None:
     # It said "File exists; choose a folder this user can create and write": the folder was fine.
-    # And the files restored before it stopped went unmentioned.
+    # Then it was found only while writing: the files before it stayed restored, and the line
+    # advised --force, which failed the same way.  Now it is found before anything is written.
     project.file("site/d/a.txt")
+    project.file("site/x/deep/y/z.txt")
     for name in ("b1", "b2", "b3"):
-        project.file(f"site/e/{name}.txt")  # after d/ in the archive: never written
-        project.file(f"site/a/{name}.txt")  # before it: written, and said to be
+        project.file(f"site/e/{name}.txt")  # after d/ in the archive
+        project.file(f"site/a/{name}.txt")  # before it
     project.write_manifest("version: 1\ntargets: [{name: site, path: site}]\n")
     back_up(project)
     folder = project.root / "restored"
     project.file("restored/d", "a file where the archive has a folder\n")
+    project.file("restored/x/deep", "a file on the way to a member\n")
 
-    ran = project.invoke("restore", "site", "--to", str(folder), "--force")
+    ran = project.invoke("restore", "site", "--to", str(folder), *force)
 
-    assert ran.code == 1, ran.output
-    assert f"{folder / 'd'} is a file where the archive has a folder; move it away and restore again" in ran.output
-    assert f"; 3 file(s) and link(s) were restored into {folder} before it stopped and stay there" in ran.output
+    assert ran.code == 2, ran.output
+    assert (
+        f"{folder / 'd'} is a file where the archive has a folder (and 1 more like it); nothing was restored: "
+        "move the file away and restore again"
+    ) in ran.output
+    assert "--force" not in ran.output
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["d", "x", "x/deep"]
     assert (folder / "d").read_text() == "a file where the archive has a folder\n"
 
 
