@@ -126,11 +126,20 @@ def _finish(code: int) -> None:
         raise Exit(code=code)
 
 
+def _lost_stdout(exc: OSError) -> str:
+    """The line for output stdout would not take (`> /dev/full`); stdout then goes nowhere, so
+    the interpreter's own flush at exit does not fail again with a traceback."""
+    sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - stands in for stdout until exit
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    return f"ERROR: could not write to stdout ({exc.strerror or exc}); what this command printed is lost"
+
+
 def _run(call: object, *args: object, **kwargs: object) -> None:
     interrupts.in_task.set()
     _commands().tolerant_output()
     try:
         code = call(*args, **kwargs)  # type: ignore[operator]
+        sys.stdout.flush()  # here, not in the interpreter's exit: a full disk is said in one line
     except ManifestError as exc:
         raise Exit(str(exc), code=exc.exit_code) from None
     except BackupError as exc:
@@ -139,6 +148,10 @@ def _run(call: object, *args: object, **kwargs: object) -> None:
         # The reader went away (`invoke list | head`): nothing more can be said.
         sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - stands in for the closed pipe until exit
         raise Exit(code=1) from None
+    except OSError as exc:
+        if exc.filename is not None:
+            raise Exit(f"error: {exc.strerror or exc} ({exc.filename})", code=1) from None
+        raise Exit(_lost_stdout(exc), code=1) from None
     except KeyboardInterrupt:
         raise Exit("interrupted; no partial archive was left in place", code=130) from None
     finally:
@@ -442,4 +455,7 @@ def main() -> None:
         # The reader went away (`backups --help | head`): nothing more can be said, and the
         # interpreter's own flush at exit must not fail again on the closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    except OSError as exc:  # --help or --version into a full disk
+        print(_lost_stdout(exc), file=sys.stderr)
         raise SystemExit(1) from None

@@ -175,8 +175,13 @@ def status(
     for state in found.targets:
         text.verdict(state.status, state.name, report.describe_status(state))
     text.end(found)
+    # Lines stdout or the log would not take fail the command, as for a run: monitoring that
+    # reads the output must not take silence for "all ok".
+    found.errors.extend(message for message, fails in text.problems if fails)
     if output == "json" and not _document(found.as_json()):
+        _tell(text.problems)
         return max(found.exit_code, EXIT_FAILED)
+    _tell(text.problems)
     return found.exit_code
 
 

@@ -84,6 +84,30 @@ def test_a_json_document_that_cannot_be_written_fails_status_and_list(project: P
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "command",
+    [["validate"], ["list"], ["status"], ["restore", "one", "--to", "restored"], ["--version"], ["--help"]],
+    ids=lambda words: words[0],
+)
+def test_text_output_to_a_full_disk_is_one_error_line_and_exit_1(project: Project, command: list[str]) -> None:
+    # validate, list, restore, --version and --help ended in a traceback; status exited 0 in silence.
+    _three_targets(project)
+    assert project.invoke("backup").code == 0
+    words = command if command[0].startswith("--") else [*command, "--manifest", str(project.manifest)]
+    with Path("/dev/full").open("w") as full:
+        done = subprocess.run(
+            [sys.executable, "-c", "from backup_core.cli import main; main()", *words],  # the installed `backups`
+            cwd=project.root, env={**os.environ, "NO_COLOR": "1"}, stdout=full, stderr=subprocess.PIPE, text=True,
+            timeout=300, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "ERROR: could not write to stdout (No space left on device)" in done.stderr, done.stderr
+    _clean(done.stderr)
+    if command[0] == "restore":
+        assert (project.root / "restored").is_dir()  # the restore itself was done
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_output_redirected_to_a_full_disk_skips_no_target_and_fails_the_run(project: Project) -> None:
     _three_targets(project)
     with Path("/dev/full").open("w") as full:
