@@ -745,6 +745,46 @@ def test_an_exclude_that_covers_the_other_targets_destination_settles_it(project
     assert ran.code == 0, ran.output
 
 
+@pytest.mark.skipif(os.name == "nt", reason="$ begins real folder names on Windows")
+def test_a_bare_dollar_variable_or_command_is_an_error_not_a_folder_named_so(project: Project) -> None:
+    # `destination: $HOME/bk` was valid, and a folder named `$HOME` was made beside the manifest.
+    project.file("data/a.txt")
+    write(
+        project,
+        "version: 1",
+        "targets:",
+        "  - {name: a, path: data, destination: $HOME/bk}",
+        "  - {name: b, path: \"$(pwd)/data\"}",
+        "  - {name: c, path: data, destination: cost$/fine}",
+    )
+
+    ran = run_invoke("backup", "--manifest", str(project.manifest))
+
+    assert ran.code == 2, ran.output
+    only = "is not a variable this tool expands: only ${NAME} is"
+    assert ran.stderr.splitlines()[:2] == [
+        f"{project.manifest}:3:27: targets[0].destination: '$HOME' {only}, with no default or other shell form; "
+        "export the variable (to its default, if need be) and write ${NAME}",
+        f"{project.manifest}:4:15: targets[1].path: '$(' {only}, with no default or other shell form; "
+        "export the variable (to its default, if need be) and write ${NAME}",
+    ], ran.stderr
+    assert "targets[2]" not in ran.stderr  # a $ that begins no name is a plain character
+    assert sorted(p.name for p in project.root.iterdir()) == ["backups.yml", "data"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="HOME is POSIX's")
+def test_a_tilde_with_home_set_empty_is_an_error_not_the_root_folder(project: Project) -> None:
+    # Python takes HOME="" as the home folder: `~/data` named /data, and validate said valid.
+    write(project, "version: 1", "targets:", "  - {name: a, path: ~/data}")
+
+    ran = run_invoke("validate", "--manifest", str(project.manifest), env={"HOME": ""})
+
+    assert ran.code == 2, ran.output
+    assert f"{project.manifest}:3:15: targets[0].path: ~/data begins with ~, but HOME is set empty; set it or " in (
+        ran.stderr
+    )
+
+
 # --- keep ----------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,9 @@ from backup_core.manifest.yaml_source import Document, KeyPath
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CMD_FORM = re.compile(r"%[A-Za-z_][A-Za-z0-9_()]*%")  # Windows: %ProgramData% made a folder of that name
 _SHELL_FORM = re.compile(r"\$\{(?![A-Za-z_][A-Za-z0-9_]*\})[^}]*\}?")  # ${ that is not ${NAME}
+# $HOME and $(command): a shell would expand them, this tool would make a folder named `$HOME`.
+# Not on Windows, where `$` begins real folder names ($Recycle.Bin) and no shell uses $NAME.
+_BARE_FORM = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\()")
 # Windows' environment ignores case (${ProgramData} is PROGRAMDATA), and os.environ keeps its
 # names in upper case there: copied into a plain dict, a name in any other case went undefined.
 FOLD_CASE = os.name == "nt"
@@ -40,7 +43,7 @@ def expand(
     def known(name: str) -> str | None:
         return environ.get(name.upper() if FOLD_CASE else name)
 
-    shell_form = _SHELL_FORM.search(value) or (_CMD_FORM.search(value) if FOLD_CASE else None)
+    shell_form = _SHELL_FORM.search(value) or (_CMD_FORM.search(value) if FOLD_CASE else _BARE_FORM.search(value))
     if shell_form:
         # `${DATA:-/srv}` or `${ DATA }` would have stayed as text, and a folder named `${DATA:-`
         # been made beside the manifest.
@@ -75,10 +78,16 @@ def home_expanded(document: Document, value: str, where: KeyPath, problems: list
             document.problem(where, f"{value}: ~{user} is not supported on Windows; write the path in full")
         )
         return None
+    home = "USERPROFILE" if FOLD_CASE else "HOME"
+    if value.startswith("~") and not user and os.environ.get(home) == "":
+        # Python takes an empty HOME as the home folder: `~/data` became `/data`.
+        problems.append(
+            document.problem(where, f"{value} begins with ~, but {home} is set empty; set it or write the path in full")
+        )
+        return None
     try:
         return Path(value).expanduser()
     except RuntimeError:  # Python's "Could not determine home directory."
-        home = "USERPROFILE" if FOLD_CASE else "HOME"
         who = f"no user '{user}'" if user else f"no home folder ({home} is not set, and the user has no entry)"
         problems.append(document.problem(where, f"{value} begins with ~, but this machine has {who}"))
         return None
