@@ -754,7 +754,7 @@ def test_a_bare_dollar_variable_or_command_is_an_error_not_a_folder_named_so(pro
         "version: 1",
         "targets:",
         "  - {name: a, path: data, destination: $HOME/bk}",
-        "  - {name: b, path: \"$(pwd)/data\"}",
+        '  - {name: b, path: "$(pwd)/data"}',
         "  - {name: c, path: data, destination: cost$/fine}",
     )
 
