@@ -737,6 +737,11 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         holds = stats.files or stats.links or result.incomplete or torn
         if kind == "folder" and not holds and not options.force:
             _refuse_emptied(target, existing)
+            if target.exclude:  # a first run, say: nothing to judge by, but worth a word
+                result.warnings.append(
+                    f"{target.path} holds no file to archive after exclude: the archive holds folders at most; "
+                    "check the exclude patterns"
+                )
         # An archive missing a database, or holding a damaged one unchecked, is never "unchanged".
         incomplete = bool(result.incomplete or torn)
         if walked is not None and (stats.warnings or incomplete or result.changed):

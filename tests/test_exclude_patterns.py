@@ -55,3 +55,43 @@ def test_a_backup_with_many_patterns_leaves_out_exactly_what_each_names(project:
     # An excluded folder takes what it holds; "logs/*.gz" matches the path from the root, and its
     # * does not stop at a slash, as in fnmatch.
     assert files == ["keep.txt", "sub/keep.log"], files
+
+
+def test_an_anchored_pattern_that_would_match_nothing_is_a_located_error(project: Project) -> None:
+    # `/a.txt` and `./a.txt` were valid and excluded nothing: `--check` said "would archive 2 files".
+    project.file("data/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - {name: t, path: data, exclude: ["/a.txt", "./b", "../c", ".git", "*.tmp"], critical: ["/x"]}
+        """
+    )
+
+    ran = project.invoke("validate")
+
+    assert ran.code == 2, ran.output
+    nothing = "would match nothing: patterns match paths relative to the target's folder, with no leading /, ./ or ../"
+    assert ran.stderr.splitlines() == [
+        f"backups.yml:3:37: targets[0].exclude[0]: '/a.txt' {nothing}; write 'a.txt'",
+        f"backups.yml:3:47: targets[0].exclude[1]: './b' {nothing}; write 'b'",
+        "backups.yml:3:54: targets[0].exclude[2]: '../c' is outside the target's folder, which no pattern reaches",
+        f"backups.yml:3:91: targets[0].critical[0]: '/x' {nothing}; write 'x'",
+        "4 problems in the manifest; nothing was done",
+    ]
+
+
+def test_a_first_run_whose_exclude_leaves_no_file_says_so(project: Project) -> None:
+    # exclude: ["*"] made an archive of nothing, exit 0, without a word (a later run refuses it).
+    project.file("data/a.txt")
+    project.file("data/sub/b.txt")
+    project.write_manifest("version: 1\ntargets: [{name: t, path: data, exclude: ['*.txt']}]\n")
+
+    ran = project.invoke("backup", "--format", "json")
+
+    assert ran.code == 0, ran.output
+    (target,) = ran.json()["targets"]
+    assert target["warnings"] == [
+        f"{project.root / 'data'} holds no file to archive after exclude: the archive holds folders at most; check "
+        "the exclude patterns"
+    ]

@@ -406,6 +406,19 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
                 "the manifest)",
             )
         ]
+    if error.validator == "pattern" and len(path) > 1 and path[-2] in ("exclude", "critical"):
+        bare = re.sub(r"^(?:\.{0,2}/)+", "", str(error.instance))
+        if str(error.instance).startswith("../"):
+            return [
+                document.problem(path, f"'{error.instance}' is outside the target's folder, which no pattern reaches")
+            ]
+        return [
+            document.problem(
+                path,
+                f"'{error.instance}' would match nothing: patterns match paths relative to the target's folder, "
+                f"with no leading /, ./ or ../; write '{bare}'" + ("" if bare else " without them"),
+            )
+        ]
     if error.validator == "pattern" and path and path[-1] == "bucket":
         return [
             document.problem(
