@@ -785,6 +785,25 @@ def test_a_tilde_with_home_set_empty_is_an_error_not_the_root_folder(project: Pr
     )
 
 
+@pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"], ids=["CR", "CRLF", "LF"])
+def test_a_bad_byte_or_an_invisible_character_is_located_whatever_the_line_endings(
+    project: Project, newline: str
+) -> None:
+    # With CR alone, both were said to be on line 1 (at column 50 and 66): only "\n" was counted.
+    lines = ["version: 1", "targets:", "  - name: a", "    path: ../data{}"]
+    for odd, expected in (
+        (b"\xff", "4:18: byte 0xff is not UTF-8"),
+        ("\u2028".encode(), "4:18: invisible character U+2028"),
+    ):
+        text = newline.join(lines).encode().replace(b"{}", odd) + newline.encode()
+        project.manifest.write_bytes(text)
+
+        ran = run_invoke("validate", "--manifest", str(project.manifest))
+
+        assert ran.code == 2, ran.output
+        assert ran.stderr.startswith(f"{project.manifest}:{expected}"), ran.stderr
+
+
 # --- keep ----------------------------------------------------------------------------------------
 
 

@@ -209,9 +209,8 @@ def _read(file: Path) -> str:
                 )
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            begins = raw.rfind(b"\n", 0, exc.start) + 1
-            column = len(raw[begins : exc.start].decode("utf-8", "replace")) + 1  # in characters, as editors count
+            before = raw[: exc.start].decode("utf-8", "replace")  # in characters, as editors count
+            line, column = yaml_source.position(before, len(before))
             raise ManifestError(
                 [
                     Problem(

@@ -143,15 +143,26 @@ _INVISIBLE_NAMES = {
 _INVISIBLE = re.compile("[" + "".join(_INVISIBLE_NAMES) + "]")
 
 
+# What YAML (and so PyYAML's marks) counts as a line break: a file saved with CR alone, or
+# holding U+2028, was located on its first line by counting "\n" only.
+_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def position(text: str, at: int) -> tuple[int, int]:
+    """The 1-based line and column (in characters) of `text[at]`, as YAML counts lines."""
+    line, begins = 1, 0
+    for found in _BREAK.finditer(text, 0, at):
+        line, begins = line + 1, found.end()
+    return line, at - begins + 1
+
+
 def _invisible(file: Path, text: str) -> Problem | None:
     found = _INVISIBLE.search(text, 1 if text.startswith("\ufeff") else 0)  # a BOM may open the file
     if found is None:
         return None
-    at = found.start()
-    line_start = text.rfind("\n", 0, at) + 1
     character = found.group()
     what = f"invisible character U+{ord(character):04X} ({_INVISIBLE_NAMES[character]})"
-    line, column = text.count("\n", 0, at) + 1, at - line_start + 1
+    line, column = position(text, found.start())
     return Problem(file, line, column, "", f"{what}, often pasted in with copied text; delete it")
 
 
