@@ -394,7 +394,16 @@ def _describe(exc: BaseException, target: Target) -> str:
             # The file in the way may be a folder on the way (destfile/sub with destfile a file).
             blocker = archives.file_in_the_way(link) or link
             return f"{blocker} is a file where a folder is needed; remove it or choose another destination"
-        return f"{exc.strerror or exc} ({where})"
+        if exc.errno == errno.ELOOP:
+            return f"{where} leads through a loop of symbolic links; fix the links, or name the folder itself"
+        if exc.errno == errno.ENOENT and exc.filename:
+            # The destination's folder could not be made (under /proc, say): the source is named elsewhere.
+            return (
+                f"cannot make or use {where}: no such file or folder, and it cannot be created there; "
+                "check the path (the destination, or a folder on its way)"
+            )
+        # Any other: the system's words, and where; a line, never a traceback.
+        return f"{exc.strerror or exc} ({where}); check the path and run the backup again"
     return f"unexpected error: {type(exc).__name__}: {exc}"
 
 

@@ -431,3 +431,33 @@ def test_one_file_gone_under_a_placeholder_folder_or_behind_a_broken_newest_arch
     assert ran.code == 1, ran.output
     assert f"but {full.name} holds 1 file: is a disk not mounted?" in ran.stdout
     assert full.exists() and len(project.archives()) == (1 if newest == "whole" else 2)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_a_destination_that_cannot_be_made_and_a_loop_of_links_are_said_with_what_to_do(project: Project) -> None:
+    # Each was the system's bare words: "No such file or directory (/proc/nope)", "Too many levels
+    # of symbolic links (…/loopA)".
+    project.file("data/a.txt")
+    (project.root / "loopA").symlink_to("loopB")
+    (project.root / "loopB").symlink_to("loopA")
+    project.write_manifest(
+        """
+        version: 1
+        targets:
+          - {name: d, path: data, destination: /proc/nope}
+          - {name: l, path: loopA, destination: out}
+        """
+    )
+
+    ran = project.invoke("backup", "--format", "json")
+
+    assert ran.code == 1, ran.output
+    errors = {t["name"]: t["error"] for t in ran.json()["targets"]}
+    assert errors["d"] == (
+        "cannot make or use /proc/nope: no such file or folder, and it cannot be created there; check the path "
+        "(the destination, or a folder on its way)"
+    )
+    assert (
+        errors["l"]
+        == f"{project.root / 'loopA'} leads through a loop of symbolic links; fix the links, or name the folder itself"
+    )
