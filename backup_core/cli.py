@@ -91,7 +91,7 @@ class _Task(Task):  # type: ignore[type-arg]
         if args and isinstance(args[0], Context) and args[0].config.run.dry:
             # Invoke's -R/--dry echoes shell commands instead of running them. These tasks run
             # none, so it would change nothing: a "dry" backup would write and delete for real.
-            raise Exit("error: --dry is Invoke's, for shell commands, and previews nothing here; use --check", code=2)
+            self._refuse("--dry is Invoke's, for shell commands, and previews nothing here; use --check", kwargs)
         for name, flags in _SELECTION_FLAGS.items():
             if name in kwargs and not kwargs[name] and _given_bare(flags, self, sys.argv[1:]):
                 kwargs[name] = [""]  # which selection.select refuses: "--only was given without a name"
@@ -100,8 +100,18 @@ class _Task(Task):  # type: ignore[type-arg]
             # the default manifest, `--metrics-file $F` write no metrics, both without a word.
             flag = "--" + name.replace("_", "-")
             if value == "" and _given_empty(flag, _SHORT_FLAGS.get(name), sys.argv[1:]):
-                raise Exit(f"error: {flag} was given an empty value; give one, or leave the flag out", code=2)
+                self._refuse(f"{flag} was given an empty value; give one, or leave the flag out", kwargs)
         return super().__call__(*args, **kwargs)
+
+    def _refuse(self, message: str, kwargs: dict[str, Any]) -> None:
+        """A usage error found before the command runs: exit 2, with the JSON document
+        `--format json` promises for every usage error."""
+        if kwargs.get("format") == "json":
+            from backup_core import report
+
+            manifest = kwargs.get("manifest") or "backups.yml"
+            report.print_json(report.error_document(self.name, manifest, 2, [message]), sys.stdout)
+        raise Exit(f"error: {message}", code=2)
 
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
         opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
