@@ -392,6 +392,11 @@ class _Program(Program):
     def parse_tasks(self) -> None:
         with _usage_errors():
             super().parse_tasks()
+        if len(self.tasks) > 1:
+            # Invoke runs each in turn: two JSON documents on one stdout, and after a failure
+            # the next task was never run, without a word.
+            names = " and ".join(str(t.name) for t in self.tasks)
+            _usage(f"error: one command at a time ({names} were given); run each on its own")
 
     def print_help(self) -> None:
         # Invoke's help, without the options refused above: help must not offer what then fails.

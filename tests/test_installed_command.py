@@ -186,6 +186,18 @@ def test_invokes_options_for_shell_commands_are_refused_not_ignored(
 
 
 @pytest.mark.slow
+def test_two_commands_on_one_line_are_a_usage_error_and_neither_runs(installed: Path, tmp_path: Path) -> None:
+    # Invoke ran each: two JSON documents on one stdout, or, after a failure, the second never
+    # ran without a word.
+    shutil.copy2(REPO / "backups.yml", tmp_path / "backups.yml")
+    ran = run([str(installed), "status", "--format", "json", "backup", "--format", "json"], cwd=tmp_path)
+    assert ran.code == 2, ran.output
+    assert ran.stdout == ""
+    assert ran.stderr == "error: one command at a time (status and backup were given); run each on its own\n"
+    assert not (tmp_path / "backups").exists()
+
+
+@pytest.mark.slow
 def test_help_offers_no_option_it_refuses(installed: Path, tmp_path: Path) -> None:
     ran = run([str(installed), "--help"], cwd=tmp_path)
     assert ran.code == 0, ran.output
