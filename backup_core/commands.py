@@ -88,6 +88,13 @@ def run_targets(
         _known_remote(loaded, remote)
         _needs_remote(remote, identity=identity, download=download)
         metrics = _metrics_path(loaded, metrics_file)
+        if check and metrics is not None:
+            # A preview writes no metrics, but says what every real run would meet (the Ansible
+            # role checks a schedule's flags with one): the run would be done, its metrics not.
+            from backup_core.monitoring import metrics as metrics_module
+
+            if (why := metrics_module.folder_problem(metrics)) is not None:
+                raise UsageError(f"{why}; every run would back up, then fail (exit 1) to write it")
         identities = _identities(identity)
         if download and remote is not None and loaded.remotes[remote].encrypted and not identities:
             # Said once, before anything is downloaded, rather than as a failure of every copy.

@@ -245,6 +245,21 @@ def test_a_metrics_file_in_a_folder_that_does_not_exist_is_an_error_and_no_folde
     assert len(project.archives(target="site")) == 1  # the backups themselves were done
 
 
+def test_a_preview_says_the_metrics_folder_every_real_run_would_miss(project: Project) -> None:
+    # `backup --check` never looked at the metrics path, so the Ansible role's check of a
+    # schedule's flags passed one that made every scheduled run exit 1.
+    make_project(project)
+    typo = project.root / "textfile_colector" / "backups.prom"
+    ran = project.invoke("backup", "--check", "--metrics-file", str(typo), "--format", "json", env=at(T0))
+    assert ran.code == 2, ran.output
+    said = (
+        f"metrics file {typo}: the folder {typo.parent} does not exist; check the path (the textfile collector's "
+        "folder) or create the folder; every run would back up, then fail (exit 1) to write it"
+    )
+    assert ran.json()["errors"] == [said]
+    assert not typo.parent.exists() and project.archives() == []
+
+
 def test_a_name_the_textfile_collector_would_ignore_is_refused(project: Project) -> None:
     make_project(project, metrics="metrics/backups.txt")
     ran = project.invoke("status")

@@ -166,15 +166,8 @@ def record(
     `targets` maps every target of the manifest to its max_age; `runs` and `states`
     cover the selected ones.  Raises MetricsError when the file cannot be written.
     """
-    if not path.parent.is_dir():
-        # Not created: a typo in the path would make a folder no collector reads, and monitoring
-        # would go stale in silence.  The collector's folder exists where it is installed.
-        blocker = archives.file_in_the_way(path.parent)
-        why = f"{blocker} is a file, not a folder" if blocker else f"the folder {path.parent} does not exist"
-        raise MetricsError(
-            f"metrics file {path}: {why}; check the path (the textfile collector's folder) or create the "
-            "folder; the run itself is done"
-        )
+    if (why := folder_problem(path)) is not None:
+        raise MetricsError(f"{why}; the run itself is done")
     try:
         # Two runs at once (a nightly backup and a status check every few minutes) would each
         # read the old file and the second to write would drop the first one's values.  The lock
@@ -194,6 +187,17 @@ def record(
             "but monitoring will not see it until the file can be written"
         ) from None
     return warnings
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why the metrics file cannot be written in its folder, or None.  The folder is never
+    made: a typo in the path would make one no collector reads, and monitoring would go stale
+    in silence.  The collector's folder exists where it is installed."""
+    if path.parent.is_dir():
+        return None
+    blocker = archives.file_in_the_way(path.parent)
+    why = f"{blocker} is a file, not a folder" if blocker else f"the folder {path.parent} does not exist"
+    return f"metrics file {path}: {why}; check the path (the textfile collector's folder) or create the folder"
 
 
 def read(path: Path) -> tuple[Samples, list[str]]:
