@@ -730,6 +730,30 @@ def test_targets_holding_each_others_archives_are_refused_before_anything_is_wri
     assert not any(root.glob("*/backups")) and not (root / "out").exists() and not (root / "rsrc" / "nas").exists()
 
 
+def test_three_targets_in_a_ring_of_each_others_archives_are_refused(project: Project) -> None:
+    for name in ("d1/a", "d2/b", "d3/c"):
+        project.file(name)
+    write(
+        project,
+        "version: 1",
+        "targets:",
+        "  - {name: one, path: d1, destination: d2/backups}",
+        "  - {name: two, path: d2, destination: d3/backups}",
+        "  - {name: three, path: d3, destination: d1/backups}",
+    )
+
+    ran = run_invoke("validate", "--manifest", str(project.manifest))
+
+    assert ran.code == 2, ran.output
+    assert ran.stderr.splitlines() == [
+        f"{project.manifest}:3:17: targets[0].path: source {project.root / 'd1'} holds the archives of 'three', "
+        "whose source holds those of 'two', whose source holds this target's: each run would archive the others' "
+        "archives, and all would grow every run until the disk is full; move one destination out of the source "
+        "that holds it, or exclude it there",
+        "1 problem in the manifest; nothing was done",
+    ]
+
+
 def test_an_exclude_that_covers_the_other_targets_destination_settles_it(project: Project) -> None:
     for name in ("disk1/a", "disk2/b"):
         project.file(name)

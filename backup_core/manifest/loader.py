@@ -536,7 +536,34 @@ def _swallowing(document: Document, targets: list[Target], indices: list[int]) -
                 reported.add(b)
             reported.add(a)
             problems.append(document.problem(here, text))
+    for a in sorted(holds):  # longer rings: a holds b's, b holds c's, c holds a's
+        ring = None if a in reported else _ring(holds, a)
+        if ring is not None:
+            reported.update(ring)
+            chain = ", whose source holds those of ".join(f"'{targets[b].name}'" for b in ring[1:])
+            problems.append(
+                document.problem(
+                    ("targets", indices[a], "path"),
+                    f"source {targets[a].path} holds the archives of {chain}, whose source holds this "
+                    "target's: each run would archive the others' archives, and all would grow every run until "
+                    "the disk is full; move one destination out of the source that holds it, or exclude it there",
+                )
+            )
     return problems
+
+
+def _ring(holds: dict[int, list[tuple[int, Path, str]]], start: int) -> list[int] | None:
+    """A chain start -> b -> ... back to start through `holds` (three targets or more), or None."""
+    stack, seen = [(start, [start])], {start}
+    while stack:
+        node, path = stack.pop()
+        for nxt, _, _ in holds.get(node, ()):
+            if nxt == start and len(path) >= 3:
+                return path
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
 
 
 def _recording(targets: list[Target]) -> list[Target]:
