@@ -730,19 +730,22 @@ def test_targets_holding_each_others_archives_are_refused_before_anything_is_wri
     assert not any(root.glob("*/backups")) and not (root / "out").exists() and not (root / "rsrc" / "nas").exists()
 
 
-def test_three_targets_in_a_ring_of_each_others_archives_are_refused(project: Project) -> None:
-    for name in ("d1/a", "d2/b", "d3/c"):
+def _validated(project: Project, files: tuple[str, ...], *targets: str) -> Ran:
+    """`invoke validate` of a manifest of these target lines, with these files made first."""
+    for name in files:
         project.file(name)
-    write(
+    write(project, "version: 1", "targets:", *targets)
+    return run_invoke("validate", "--manifest", str(project.manifest))
+
+
+def test_three_targets_in_a_ring_of_each_others_archives_are_refused(project: Project) -> None:
+    ran = _validated(
         project,
-        "version: 1",
-        "targets:",
+        ("d1/a", "d2/b", "d3/c"),
         "  - {name: one, path: d1, destination: d2/backups}",
         "  - {name: two, path: d2, destination: d3/backups}",
         "  - {name: three, path: d3, destination: d1/backups}",
     )
-
-    ran = run_invoke("validate", "--manifest", str(project.manifest))
 
     assert ran.code == 2, ran.output
     assert ran.stderr.splitlines() == [
@@ -755,17 +758,12 @@ def test_three_targets_in_a_ring_of_each_others_archives_are_refused(project: Pr
 
 
 def test_an_exclude_that_covers_the_other_targets_destination_settles_it(project: Project) -> None:
-    for name in ("disk1/a", "disk2/b"):
-        project.file(name)
-    write(
+    ran = _validated(
         project,
-        "version: 1",
-        "targets:",
+        ("disk1/a", "disk2/b"),
         "  - {name: one, path: disk1, destination: disk2/backups}",
         "  - {name: two, path: disk2, destination: disk1/backups/deeper, exclude: [backups]}",
     )
-
-    ran = run_invoke("validate", "--manifest", str(project.manifest))
 
     assert ran.code == 0, ran.output
 
