@@ -9,6 +9,7 @@ Exit status: 0 all selected targets succeeded, 1 a target (or archive) failed,
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import sys
@@ -136,6 +137,10 @@ def _finish(code: int) -> None:
         raise Exit(code=code)
 
 
+# What writing to stdout raises when what it goes to cannot take it (a disk full or failing).
+_OUTPUT_LOST = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+
+
 def _lost_stdout(exc: OSError) -> str:
     """The line for output stdout would not take (`> /dev/full`); stdout then goes nowhere, so
     the interpreter's own flush at exit does not fail again with a traceback."""
@@ -159,9 +164,10 @@ def _run(call: object, *args: object, **kwargs: object) -> None:
         sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - stands in for the closed pipe until exit
         raise Exit(code=1) from None
     except OSError as exc:
-        if exc.filename is not None:
-            raise Exit(f"error: {exc.strerror or exc} ({exc.filename})", code=1) from None
-        raise Exit(_lost_stdout(exc), code=1) from None
+        if exc.filename is None and exc.errno in _OUTPUT_LOST:
+            raise Exit(_lost_stdout(exc), code=1) from None
+        where = f" ({exc.filename})" if exc.filename is not None else ""
+        raise Exit(f"error: {exc.strerror or exc}{where}", code=1) from None
     except KeyboardInterrupt:
         raise Exit("interrupted; no partial archive was left in place", code=130) from None
     finally:

@@ -746,7 +746,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
         holds = stats.files or stats.links or result.incomplete or torn
         if kind == "folder" and not holds and not options.force:
             _refuse_emptied(target, existing)
-            if target.exclude:  # a first run, say: nothing to judge by, but worth a word
+            if target.exclude and not existing:  # a first run: nothing to judge by, but worth a word
                 result.warnings.append(
                     f"{target.path} holds no file to archive after exclude: the archive holds folders at most; "
                     "check the exclude patterns"

@@ -295,10 +295,20 @@ def _within(seconds: float, work: Callable[[], T]) -> T:
     """`work()`, failed if it has not returned after `seconds` (a read waiting for ever on a
     FIFO); the blocked thread is a daemon, released below by opening the FIFO for writing."""
     done: list[T] = []
-    thread = threading.Thread(target=lambda: done.append(work()), daemon=True)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(work())
+        except BaseException as exc:  # said in the test's thread, not lost in this one
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(seconds)
     assert not thread.is_alive(), f"still waiting after {seconds} s: a FIFO was opened for reading"
+    if failed:
+        raise failed[0]
     return done[0]
 
 
@@ -379,3 +389,43 @@ def test_a_large_file_gone_while_read_is_left_out_with_a_warning_and_the_archive
     with zipfile.ZipFile(archive) as result:
         assert result.namelist() == ["after.txt"]
         assert result.read("after.txt") == b"placed after it\n"
+
+
+def test_a_large_file_gone_during_its_last_reading_is_left_out_not_kept_cut_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It changed on the first two readings and was deleted during the third: 8 MiB of it were
+    # kept as "changed while read", though the README says a file gone while read is left out.
+    source = tmp_path / "big.log"
+    source.write_bytes(_content(SIZE))
+    seen = source.stat()
+    time.sleep(0.02)
+    source.write_bytes(_content(SIZE))  # not what the walk saw: read again
+    calls = 0
+    piece = packing.pack_piece  # the readings again, in the writer's process; the first is the workers'
+
+    def meddling(*args: object) -> object:
+        nonlocal calls
+        answer = piece(*args)  # type: ignore[arg-type]
+        calls += 1
+        if calls == 1:
+            os.utime(source, ns=(seen.st_atime_ns, seen.st_mtime_ns + 10**9))  # changes during the second
+        elif calls == SIZE // packing.CHUNK + 1:
+            source.unlink()  # and goes during the third
+        return answer
+
+    monkeypatch.setattr(packing, "pack_piece", meddling)
+    archive = tmp_path / "out.zip"
+    (tmp_path / "after.txt").write_bytes(b"placed after it\n")
+    with archive.open("wb") as file:
+        writer = ZipWriter(file, compressor_factory(2), workers=2, path=archive)
+        writer.add_file("big.log", source, seen)
+        writer.add_file("after.txt", tmp_path / "after.txt", (tmp_path / "after.txt").stat())
+        stats = writer.close()
+    assert calls == 2 * SIZE // packing.CHUNK  # three readings in all
+    assert stats.warnings == [f"{source} vanished while it was being read; not archived"]
+    assert (stats.files, stats.changed) == (1, [])
+    assert first_difference(archive, writer.spans()) is None
+    assert verify_archive(archive).ok
+    with zipfile.ZipFile(archive) as result:
+        assert result.namelist() == ["after.txt"]

@@ -757,12 +757,14 @@ def test_three_targets_in_a_ring_of_each_others_archives_are_refused(project: Pr
     ]
 
 
-def test_an_exclude_that_covers_the_other_targets_destination_settles_it(project: Project) -> None:
+@pytest.mark.parametrize("exclude", ["Backups", "'*.zip'", "Backups/*"])
+def test_an_exclude_that_covers_the_other_targets_destination_settles_it(project: Project, exclude: str) -> None:
+    # The folder, or every archive in it; matched in the case it is written in, as the walk does.
     ran = _validated(
         project,
         ("disk1/a", "disk2/b"),
-        "  - {name: one, path: disk1, destination: disk2/backups}",
-        "  - {name: two, path: disk2, destination: disk1/backups/deeper, exclude: [backups]}",
+        "  - {name: one, path: disk1, destination: disk2/Backups}",
+        f"  - {{name: two, path: disk2, destination: disk1/backups/deeper, exclude: [{exclude}]}}",
     )
 
     assert ran.code == 0, ran.output

@@ -500,15 +500,21 @@ def _swallowing(document: Document, targets: list[Target], indices: list[int]) -
     # holds[a]: (b, where, what) for each target b whose archives land inside a's source
     holds: dict[int, list[tuple[int, Path, str]]] = {}
     for b, target in enumerate(targets):
+        # What lands there: archives, and beside a remote's copies their checksums.
+        sample = f"{target.name}-20000101T000000.000000Z.zip"
         for landing, what in _landings(target):
+            written = Path(os.path.normpath(landing))
             place = Path(norm(landing))
-            for folder in (place, *place.parents):
+            for depth, folder in enumerate((place, *place.parents)):
                 for a in sources.get(str(folder), ()):
                     if a == b and what == "its destination":
                         continue  # said already, where the destination is resolved
-                    relative = place.relative_to(folder).as_posix()
-                    parts = relative.split("/") if relative != "." else []
-                    covered = any(matches("/".join(parts[: n + 1]), targets[a].exclude) for n in range(len(parts)))
+                    # As written, not case-folded: exclude matches case as the walk does.
+                    parts = list(written.parts[len(written.parts) - depth :]) if depth else []
+                    names = [sample] if what == "its destination" else [sample, f"{sample}.sha256"]
+                    covered = any(
+                        matches("/".join(parts[: n + 1]), targets[a].exclude) for n in range(len(parts))
+                    ) or all(matches("/".join([*parts, name]), targets[a].exclude) for name in names)
                     if not covered:
                         holds.setdefault(a, []).append((b, landing, what))
     problems: list[Problem] = []

@@ -187,7 +187,12 @@ def _list_all(places: list[tuple[Target, _Place]]) -> list[tuple[StoreState, flo
                 return
             target, place = places[index]
             try:
-                listed[index] = list_store(target, *place)  # which answers every error with a state
+                listed[index] = list_store(target, *place)
+            except Exception as exc:  # list_store answers a store's errors; anything else, said the same way
+                listed[index] = (
+                    StoreState(place[0], place[1], error=f"cannot be listed: {type(exc).__name__}: {exc}"),
+                    0.0,
+                )
             finally:
                 left.release()
 
@@ -196,7 +201,7 @@ def _list_all(places: list[tuple[Target, _Place]]) -> list[tuple[StoreState, flo
     for _ in places:
         while not left.acquire(timeout=0.5):
             pass
-    return [state for state in listed if state is not None]
+    return [state for state in listed if state is not None]  # all of them: each thread set its own
 
 
 _Place = tuple[str, str, Callable[[], Store]]  # the store's name, where it is, how to open it

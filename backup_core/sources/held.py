@@ -76,7 +76,11 @@ def read_start(path: Path | str, count: int) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             return b""
-        return os.read(descriptor, count)
+        parts: list[bytes] = []
+        while count > 0 and (part := os.read(descriptor, count)):  # a network file system may give less
+            parts.append(part)
+            count -= len(part)
+        return b"".join(parts)
     finally:
         os.close(descriptor)
 

@@ -164,6 +164,7 @@ class Piece(NamedTuple):
     length: int  # of the data to write
     changed: bool = False  # the file was not the one expected by the time this piece was read
     head: bytes = b""  # the file's first 16 bytes, in its first piece
+    gone: FileNotFoundError | None = None  # the file was gone (or no file) by the time this piece was read
 
 
 def pack_batch(compressor: CompressorFactory | None, check: bool, items: list[Item]) -> tuple[Packed, bytes]:
@@ -273,7 +274,7 @@ def pack_piece(
         if expected is None:  # a private copy nobody else touches
             raise TargetError(gone(path, exc, "while it was being read; run the backup again")) from None
         # Watched: the writer reads the file again, or leaves it out once it is gone.
-        return Piece(0, 0, 0, 0, changed=True), b""
+        return Piece(0, 0, 0, 0, changed=True, gone=exc), b""
     crc = crc32(source)
     data = source
     if compressor is not None and source:
@@ -483,7 +484,7 @@ def _read_small_steady(path: str, expected: int, mtime: float, seen: Identity | 
         if steady(before or seen, identity(after)) and len(source) == after.st_size:
             return source, after.st_mtime if attempt else mtime, False
         expected = after.st_size
-    return source, after.st_mtime, True
+    return source[:CHUNK], after.st_mtime, True  # its start, when it grew past a piece
 
 
 def _read_small(path: str, expected: int, fresh: bool = False) -> tuple[bytes, Identity | None, os.stat_result]:
@@ -502,6 +503,8 @@ def _read_small(path: str, expected: int, fresh: bool = False) -> tuple[bytes, I
                 parts.append(piece)
                 total += len(piece)
         except (BlockingIOError, IsADirectoryError):
+            if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise  # a file system that answers EAGAIN: a read error, said as one
             raise NotAFile(path) from None  # a FIFO with a writer, or a folder; otherwise the fstat below
         after = os.fstat(descriptor)
     finally:

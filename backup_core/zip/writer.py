@@ -106,6 +106,7 @@ class _Large:
     compressor: CompressorFactory | None = None
     header_span: int = -1  # index in ZipWriter.spans of its local header, once written
     changed: bool = False  # some piece found the file changed since it was stat'ed
+    gone: FileNotFoundError | None = None  # some piece found it gone, or no longer a file
     head: bytes = b""  # its first 16 bytes
 
 
@@ -288,6 +289,7 @@ class ZipWriter:
                 self._write(_local_header(member))
                 large.header_span = len(self._spans) - 1
             large.changed |= piece.changed
+            large.gone = piece.gone or large.gone
             large.head = piece.head or large.head
             member.crc = crc32_combine(member.crc, piece.crc, piece.size)
             member.size += piece.size
@@ -317,6 +319,11 @@ class ZipWriter:
                 # member's bytes are overwritten by the next one, or cut off when the archive ends.
                 self.stats.warnings.append(packing.gone(large.path, lost, "while it was being read; not archived"))
                 return
+        if large.gone is not None:
+            # Gone during the last reading too: what was read of it is no version of the file.
+            self._drop(large)
+            self.stats.warnings.append(packing.gone(large.path, large.gone, "while it was being read; not archived"))
+            return
         if large.changed:
             self.stats.changed.append(member.name)
             member.comment = CHANGED_COMMENT
@@ -335,6 +342,12 @@ class ZipWriter:
         self._spans[large.header_span][2] = crc32(header)
         self._record(member)
 
+    def _drop(self, large: _Large) -> None:
+        """Take back what was written of `large`: the next member (or the end) goes at its offset."""
+        self._workers.settle()
+        del self._spans[large.header_span :]
+        self._offset, self._position, self._rewound = large.member.offset, -1, True
+
     def _read_again(self, large: _Large) -> FileNotFoundError | None:
         """Write `large` again from its local header on, read afresh: it changed while it was read.
         What was written of it is dropped either way; the error, when it is no longer a file.
@@ -342,10 +355,8 @@ class ZipWriter:
         Nothing after it is placed yet (members are placed in order), so its data is simply
         overwritten; worker processes first finish writing what they were told to place, or
         one could land on the new data afterwards.  Rare, so read here, on one core."""
-        self._workers.settle()
+        self._drop(large)
         member = large.member
-        del self._spans[large.header_span :]
-        self._offset, self._position, self._rewound = member.offset, -1, True
         try:
             st = Path(large.path).stat()
         except FileNotFoundError as exc:
@@ -357,7 +368,7 @@ class ZipWriter:
         expected = packing.identity(st)
         member.mtime, member.crc, member.size, member.compressed = st.st_mtime, 0, 0, 0
         member.zip64_local = st.st_size > _ZIP64_LOCAL_FROM
-        large.changed, large.header_span = False, -1
+        large.changed, large.gone, large.header_span = False, None, -1
         self._write(_local_header(member))
         large.header_span = len(self._spans) - 1
         write = self._piece_writer(large)
