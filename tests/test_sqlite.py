@@ -699,22 +699,33 @@ def test_a_full_destination_during_a_snapshot_is_named_as_such(project: Project,
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a FIFO stands in for a file on a hung mount")
-def test_a_header_read_that_hangs_holds_up_no_other_file(tmp_path: Path) -> None:
+def test_a_header_read_that_hangs_holds_up_no_other_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The registry's lock was held across the read: one file on a hung mount stalled every
-    # target's walk and snapshot.  A FIFO with no writer yet is a read that does not return.
+    # target's walk and snapshot.  The hung read is one that waits until the test lets it go
+    # (a FIFO did it once; sources are now opened without waiting, so a FIFO no longer hangs).
     import threading
 
     from backup_core.sources import held
 
     hung = tmp_path / "hung"
-    os.mkfifo(hung)
+    hung.write_bytes(b"x")
     database = tmp_path / "app.db"
     with closing(sqlite3.connect(database)) as db:
         db.execute("CREATE TABLE t (x)")
         db.commit()
+    release, reading = threading.Event(), threading.Event()
+    read_start = held.read_start
+
+    def hanging(path: Path | str, count: int) -> bytes:
+        if Path(path) == hung:
+            reading.set()
+            release.wait(60)
+        return read_start(path, count)
+
+    monkeypatch.setattr(held, "read_start", hanging)
     waiting = threading.Thread(target=held.head, args=(hung,), daemon=True)
     waiting.start()
-    time.sleep(0.2)  # it is blocked opening the FIFO
+    assert reading.wait(30), "the read never began"
     seen: list[bytes] = []
 
     def other_file() -> None:
@@ -729,8 +740,7 @@ def test_a_header_read_that_hangs_holds_up_no_other_file(tmp_path: Path) -> None
         assert not other.is_alive(), "a read of another file waited for the hung one"
         assert seen == [b"SQLite format 3\0"] * 2
     finally:
-        with hung.open("wb") as writer:  # let the hung read end
-            writer.write(b"x")
+        release.set()  # let the hung read end
         waiting.join(timeout=10)
 
 
