@@ -214,13 +214,6 @@ def test_every_command_escapes_names_a_console_cannot_show(project: Project) -> 
         (["--only", "nope"], "version: 1\ntargets: [{name: one, path: one}]\n", "--only nope: no target matches"),
         ([], "version: 2\ntargets: [{name: one, path: one}]\n", "backups.yml:1:1: version: 2 is not one of [1]"),
         ([], "version: 1\ntargets: [{name: one, path: one}\n", "YAML syntax error"),
-        # Refused before the command itself ran: no document was printed.
-        (["--log-file", ""], "version: 1\ntargets: [{name: one, path: one}]\n", "--log-file was given an empty value"),
-        (
-            ["--metrics-file", ""],
-            "version: 1\ntargets: [{name: one, path: one}]\n",
-            "--metrics-file was given an empty",
-        ),
     ],
 )
 @pytest.mark.parametrize("command", ["backup", "prune", "verify", "list"])
@@ -229,8 +222,6 @@ def test_usage_and_manifest_errors_print_a_json_document(
 ) -> None:
     if command != "backup" and flags[:1] == ["--jobs"]:
         pytest.skip("only backup takes --jobs")
-    if (flags[:1] == ["--log-file"] and command != "backup") or (flags[:1] == ["--metrics-file"] and command == "list"):
-        pytest.skip("the command does not take the flag")
     project.file("one/a.txt")
     project.write_manifest(manifest)
     ran = project.invoke(command, *flags, "--format", "json")
@@ -239,6 +230,24 @@ def test_usage_and_manifest_errors_print_a_json_document(
     assert document["exit_code"] == 2 and document["command"] == command and document["targets"] == []
     assert any(message in error for error in document["errors"]), document
     assert message in ran.stderr  # the text still goes to people, on stderr
+    assert project.archives() == []
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [("backup", "--log-file"), ("backup", "--metrics-file"), ("prune", "--metrics-file"), ("verify", "--metrics-file")],
+)
+def test_an_empty_flag_value_refused_before_the_command_runs_prints_a_json_document(
+    project: Project, command: str, flag: str
+) -> None:
+    # Refused before the command itself ran, these printed no document.
+    project.file("one/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: one, path: one}]\n")
+    ran = project.invoke(command, flag, "", "--format", "json")
+    assert ran.code == 2, ran.output
+    message = f"{flag} was given an empty value; give one, or leave the flag out"
+    assert ran.json()["errors"] == [message] and ran.json()["command"] == command
+    assert f"error: {message}" in ran.stderr
     assert project.archives() == []
 
 
