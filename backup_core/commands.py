@@ -185,11 +185,9 @@ def status(
     # Lines stdout or the log would not take fail the command, as for a run: monitoring that
     # reads the output must not take silence for "all ok".
     found.errors.extend(message for message, fails in text.problems if fails)
-    if output == "json" and not _document(found.as_json()):
-        _tell(text.problems)
-        return max(found.exit_code, EXIT_FAILED)
+    printed = output != "json" or _document(found.as_json())
     _tell(text.problems)
-    return found.exit_code
+    return found.exit_code if printed else max(found.exit_code, EXIT_FAILED)
 
 
 def _document(data: dict[str, Any] | list[Any]) -> bool:

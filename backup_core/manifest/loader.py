@@ -503,6 +503,7 @@ def _swallowing(document: Document, targets: list[Target], indices: list[int]) -
         # What lands there: archives, and beside a remote's copies their checksums.
         sample = f"{target.name}-20000101T000000.000000Z.zip"
         for landing, what in _landings(target):
+            names = [sample] if what == "its destination" else [sample, f"{sample}.sha256"]
             written = Path(os.path.normpath(landing))
             place = Path(norm(landing))
             for depth, folder in enumerate((place, *place.parents)):
@@ -511,7 +512,6 @@ def _swallowing(document: Document, targets: list[Target], indices: list[int]) -
                         continue  # said already, where the destination is resolved
                     # As written, not case-folded: exclude matches case as the walk does.
                     parts = list(written.parts[len(written.parts) - depth :]) if depth else []
-                    names = [sample] if what == "its destination" else [sample, f"{sample}.sha256"]
                     covered = any(
                         matches("/".join(parts[: n + 1]), targets[a].exclude) for n in range(len(parts))
                     ) or all(matches("/".join([*parts, name]), targets[a].exclude) for name in names)

@@ -164,6 +164,7 @@ def survey(targets: list[Target], now: datetime) -> list[TargetState]:
 
 
 _LISTERS = 8
+_Place = tuple[str, str, Callable[[], Store]]  # the store's name, where it is, how to open it
 
 
 def _list_all(places: list[tuple[Target, _Place]]) -> list[tuple[StoreState, float]]:
@@ -202,9 +203,6 @@ def _list_all(places: list[tuple[Target, _Place]]) -> list[tuple[StoreState, flo
         while not left.acquire(timeout=0.5):
             pass
     return [state for state in listed if state is not None]  # all of them: each thread set its own
-
-
-_Place = tuple[str, str, Callable[[], Store]]  # the store's name, where it is, how to open it
 
 
 def _places(target: Target) -> list[_Place]:

@@ -29,10 +29,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# Opening a FIFO to read waits for a writer: a file the walk saw, replaced by a FIFO before it
-# is read, held the run (and its target's lock) for ever.  No effect on a regular file's reads.
-O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_O_BINARY = getattr(os, "O_BINARY", 0)
+# How a source file is opened to be read.  Without waiting: opening a FIFO to read waits for a
+# writer, and a file the walk saw, replaced by a FIFO before it is read, held the run (and its
+# target's lock) for ever; no effect on a regular file's reads.  Binary: Windows would
+# otherwise translate line ends.
+OPEN_SOURCE = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 HEAD = 100  # SQLite's file header: what any caller reads of a database's first bytes
 _POSIX = os.name == "posix"
@@ -72,7 +73,7 @@ def head(path: Path | str, st: os.stat_result | None = None) -> bytes:
 def read_start(path: Path | str, count: int) -> bytes:
     """The first `count` bytes of `path`, or none when it is not a regular file (by the time it
     is opened): opened without waiting, so a FIFO put in a file's place never blocks."""
-    descriptor = os.open(path, os.O_RDONLY | O_NONBLOCK | _O_BINARY)
+    descriptor = os.open(path, OPEN_SOURCE)
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             return b""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from backup_core.errors import TargetError
-from backup_core.sources.held import O_NONBLOCK
+from backup_core.sources.held import OPEN_SOURCE
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.zip.compression import (
     SYNC_FLUSH,
@@ -33,9 +33,6 @@ CHUNK = 2 << 20  # a large file is compressed in pieces of this size
 STORED, DEFLATED = 0, 8
 ZIP64_LIMIT = 0xFFFFFFFF
 _UTF8_FLAG = 0x800
-_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate line ends
-# Without waiting: a file the walk saw may be a FIFO by now (see held.O_NONBLOCK).
-_OPEN_SOURCE = os.O_RDONLY | _O_BINARY | O_NONBLOCK
 
 
 class NotAFile(FileNotFoundError):
@@ -491,7 +488,7 @@ def _read_small(path: str, expected: int, fresh: bool = False) -> tuple[bytes, I
     # os.open and os.read: the leanest way to read 100,000 small files.  Ask for the size stat
     # gave, plus one byte to see growth: reading CHUNK bytes would allocate 2 MiB per file.
     # Read to the end of the file: a network file system may return less than asked for.
-    descriptor = os.open(path, _OPEN_SOURCE)
+    descriptor = os.open(path, OPEN_SOURCE)
     try:
         before = identity(os.fstat(descriptor)) if fresh else None
         parts, total = [], 0
@@ -520,7 +517,7 @@ def _read_small(path: str, expected: int, fresh: bool = False) -> tuple[bytes, I
 def _read_range(path: str, start: int, length: int) -> tuple[bytes, Identity]:
     """`length` bytes from `start` (fewer if the file is shorter) and the file's identity once read."""
     try:
-        descriptor = os.open(path, _OPEN_SOURCE)
+        descriptor = os.open(path, OPEN_SOURCE)
     except FileNotFoundError:
         raise  # the callers say what it means
     except OSError as exc:

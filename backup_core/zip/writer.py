@@ -312,15 +312,12 @@ class ZipWriter:
         if large.header_span < 0:  # never happens: a large file has at least one piece
             raise TargetError(f"{large.path} was not read; run the backup again")
         for _ in range(READ_ATTEMPTS - 1):
-            if not large.changed:
+            if not large.changed or not self._read_again(large):
                 break
-            if (lost := self._read_again(large)) is not None:
-                # Gone while read (a log rotated away): left out, as a small file gone is; the
-                # member's bytes are overwritten by the next one, or cut off when the archive ends.
-                self.stats.warnings.append(packing.gone(large.path, lost, "while it was being read; not archived"))
-                return
         if large.gone is not None:
-            # Gone during the last reading too: what was read of it is no version of the file.
+            # Gone while read (a log rotated away), at the last look: left out, as a small file
+            # gone is; what was read of it is no version of the file.  The member's bytes are
+            # overwritten by the next one, or cut off when the archive ends.
             self._drop(large)
             self.stats.warnings.append(packing.gone(large.path, large.gone, "while it was being read; not archived"))
             return
@@ -348,9 +345,10 @@ class ZipWriter:
         del self._spans[large.header_span :]
         self._offset, self._position, self._rewound = large.member.offset, -1, True
 
-    def _read_again(self, large: _Large) -> FileNotFoundError | None:
+    def _read_again(self, large: _Large) -> bool:
         """Write `large` again from its local header on, read afresh: it changed while it was read.
-        What was written of it is dropped either way; the error, when it is no longer a file.
+        What was written of it is dropped either way; False, with `large.gone` set, when it is
+        no longer a file.
 
         Nothing after it is placed yet (members are placed in order), so its data is simply
         overwritten; worker processes first finish writing what they were told to place, or
@@ -360,11 +358,13 @@ class ZipWriter:
         try:
             st = Path(large.path).stat()
         except FileNotFoundError as exc:
-            return exc
+            large.gone = exc
+            return False
         except OSError as exc:
             raise packing.read_error(large.path, exc) from None
         if not stat.S_ISREG(st.st_mode):
-            return packing.NotAFile(large.path)
+            large.gone = packing.NotAFile(large.path)
+            return False
         expected = packing.identity(st)
         member.mtime, member.crc, member.size, member.compressed = st.st_mtime, 0, 0, 0
         member.zip64_local = st.st_size > _ZIP64_LOCAL_FROM
@@ -376,7 +376,7 @@ class ZipWriter:
             length = min(CHUNK, st.st_size - start)
             piece, data = packing.pack_piece(large.compressor, self._check, large.path, start, length, expected)
             write(None, piece, data)
-        return None
+        return True
 
     def _record(self, member: Member) -> None:
         self._add_records(_central_header(member), 1)
