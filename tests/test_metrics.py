@@ -367,6 +367,27 @@ def test_the_file_is_replaced_in_one_rename_and_never_seen_half_written(project:
     assert sorted(p.name for p in metrics.parent.iterdir()) == ["backups.prom", "backups.prom.lock"]
 
 
+def test_a_signal_while_the_file_is_written_leaves_no_temporary_file_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal lands exactly between the write and the rename (a SIGTERM is raised as
+    KeyboardInterrupt): the old file stays whole and nothing else is left in its folder."""
+    from backup_core.monitoring import metrics as module
+
+    target = tmp_path / "backups.prom"
+    target.write_text("# the last run's\n", encoding="utf-8")
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", interrupted)
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        module.write(target, {"backup_last_run_timestamp_seconds": {("backup", "site"): 1.0}})
+    assert [p.name for p in tmp_path.iterdir()] == ["backups.prom"]
+    assert target.read_text(encoding="utf-8") == "# the last run's\n"
+
+
 # --- the example alert rules ---------------------------------------------------------------------
 
 

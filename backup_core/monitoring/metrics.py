@@ -1,9 +1,9 @@
 """Prometheus metrics after every run, as a text file for node_exporter's textfile collector.
 
 After a backup, prune, push, verify or status run, the file named by `metrics_file:`
-(or --metrics-file) is rewritten whole: prometheus_client formats it and writes it
-under a temporary name that is then renamed over the old file, so the collector
-never reads half a file.  A run that selects only some targets keeps every other
+(or --metrics-file) is rewritten whole: prometheus_client formats it, and it is
+written under a temporary name that is then renamed over the old file, so the
+collector never reads half a file.  A run that selects only some targets keeps every other
 target's last values, read back from the file itself: `--only` must never make a
 target look as if it had never succeeded.  Targets no longer in the manifest are
 dropped, so a removed target stops alerting.
@@ -17,6 +17,7 @@ keeps growing when the tool stops running, unlike an age written by the tool.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 import filelock
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import write_to_textfile
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backup_core.errors import BackupError, UsageError
@@ -313,18 +314,28 @@ class _Collector:
 
 
 def write(path: Path, samples: Samples) -> None:
-    """Replace the file in one rename (prometheus_client writes a temporary file beside it first)."""
+    """Replace the file in one rename.  Written here rather than by prometheus_client's
+    write_to_textfile, which removes its temporary file on an Exception only: a signal
+    while it wrote left one more file beside the metrics every time."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(samples))  # type: ignore[arg-type]
-    for attempt in range(10):
-        try:
-            write_to_textfile(str(path), registry)
-            return
-        except PermissionError:
-            # Windows: a collector or virus scanner reading the old file blocks the rename for a moment.
-            if sys.platform != "win32" or attempt == 9:
-                raise
-            time.sleep(0.1 * (attempt + 1))
+    text = generate_latest(registry)
+    # Not *.prom: the collector reads only those, and so never this one half written.
+    temporary = path.with_name(f".backups-metrics.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(text)
+        for attempt in range(10):
+            try:
+                temporary.replace(path)
+                return
+            except PermissionError:
+                # Windows: a collector or virus scanner reading the old file blocks the rename for a moment.
+                if sys.platform != "win32" or attempt == 9:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+    finally:
+        with contextlib.suppress(OSError):  # gone already once renamed
+            temporary.unlink(missing_ok=True)
 
 
 def _reason(exc: BaseException) -> str:
