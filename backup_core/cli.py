@@ -25,6 +25,7 @@ from backup_core import interrupts  # first: its signal handlers cover Invoke's 
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit, ParseError
+from invoke.executor import Executor
 from invoke.program import Program
 from invoke.tasks import Task, task
 
@@ -376,6 +377,18 @@ def status(
 namespace = Collection(backup, prune, push, verify, restore, validate, list_, status)
 
 
+class OneTask(Executor):
+    """Runs the one command given.  Invoke runs several in turn: two JSON documents on one
+    stdout, and after a failure the next command never ran, without a word.  `backups` uses
+    it; `invoke` in a checkout through the project's invoke.yaml (tasks.executor_class)."""
+
+    def execute(self, *tasks: Any) -> dict[Any, Any]:
+        if len(tasks) > 1:
+            names = " and ".join(str(getattr(t, "name", t)) for t in tasks)
+            _usage(f"error: one command at a time ({names} were given); run each on its own")
+        return super().execute(*tasks)  # type: ignore[no-any-return]
+
+
 class _Program(Program):
     """`backups`: the same tasks as a program, where a flag it does not know is a usage error (exit 2)."""
 
@@ -398,11 +411,6 @@ class _Program(Program):
     def parse_tasks(self) -> None:
         with _usage_errors():
             super().parse_tasks()
-        if len(self.tasks) > 1:
-            # Invoke runs each in turn: two JSON documents on one stdout, and after a failure
-            # the next task was never run, without a word.
-            names = " and ".join(str(t.name) for t in self.tasks)
-            _usage(f"error: one command at a time ({names} were given); run each on its own")
 
     def print_help(self) -> None:
         # Invoke's help, without the options refused above: help must not offer what then fails.
@@ -464,7 +472,7 @@ def _usage_errors() -> Iterator[None]:
         _usage(f"error: a flag that takes a whole number was given something else ({exc})")
 
 
-program = _Program(name="backups", binary="backups", version=__version__, namespace=namespace)
+program = _Program(name="backups", binary="backups", version=__version__, namespace=namespace, executor_class=OneTask)
 
 
 def main() -> None:

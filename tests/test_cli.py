@@ -450,6 +450,18 @@ def test_an_empty_manifest_flag_is_refused_not_read_as_the_default_manifest(proj
     assert project.snapshot_tree() == before
 
 
+def test_two_commands_on_one_line_are_a_usage_error_and_neither_runs(project: Project) -> None:
+    # Invoke ran each in turn: a failed backup then skipped the prune after it without a word,
+    # and with --format json two documents went to one stdout.
+    selection_project(project)
+    before = project.snapshot_tree()
+    manifest = ["--manifest", str(project.manifest)]
+    ran = run_invoke("backup", *manifest, "--format", "json", "prune", *manifest, cwd=project.root)
+    expected = "error: one command at a time (backup and prune were given); run each on its own\n"
+    assert (ran.code, ran.stdout, ran.stderr) == (2, "", expected)
+    assert project.snapshot_tree() == before
+
+
 def _refused(project: Project, flags: list[str]) -> Done:
     selection_project(project)
     before = project.snapshot_tree()

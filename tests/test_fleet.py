@@ -451,10 +451,16 @@ def refused(deployed: Deployed) -> Refused:
         relative_manifest=beta | {"backups_manifest": "backups.yml"},
         relative_prefix=beta | {"backups_prefix": "opt"},
         next_version=beta | {"backups_version": "9.9.9"},
+        # Its flags are checked on the manifest it installs, so it gets a manifest of its own.
+        metrics_folder=beta
+        | {
+            "backups_manifest": str(fleet.home("beta") / "etc" / "metrics-check.yml"),
+            "backups_backup_args": ["--metrics-file", str(fleet.root / "gone" / "backups.prom")],
+        },
     )
     before = fleet.tree()
     manifests = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
-    play = fleet.playbook("--skip-tags", "backups_run", "--forks", "7", inventory=inventory)  # all hosts at once
+    play = fleet.playbook("--skip-tags", "backups_run", "--forks", "8", inventory=inventory)  # all hosts at once
     return Refused(fleet, before, fleet.tree(), manifests, play)
 
 
@@ -462,6 +468,15 @@ def candidates(fleet: Fleet, *hosts: str) -> set[str]:
     """The tree()'s names of these hosts' rendered manifests, which a run writes before validating them."""
     manifests = [fleet.manifest(host) for host in hosts]
     return {str(m.with_name(f".{m.name}.candidate").relative_to(fleet.root)) for m in manifests}
+
+
+def refusals_may_write(fleet: Fleet) -> set[str]:
+    """What the refused deploy may change: alpha's and gamma's refused manifests, and the
+    manifest of the host whose flags are refused only once its manifest is installed."""
+    own = fleet.home("beta") / "etc" / "metrics-check.yml"
+    return candidates(fleet, "alpha", "gamma") | {
+        str(m.relative_to(fleet.root)) for m in (own, own.with_name(f".{own.name}.candidate"))
+    }
 
 
 def test_a_target_name_given_twice_fails_the_host_instead_of_losing_an_entry(refused: Refused) -> None:
@@ -488,12 +503,17 @@ def test_settings_that_would_make_a_schedule_that_never_works_fail_the_host(refu
     assert "must be cron fields: minutes 0-59" in settings["minute_61"][1]["msg"]
     assert settings["relative_manifest"][0] == "fatal"
     assert "backups_manifest must be an absolute path, not backups.yml" in settings["relative_manifest"][1]["msg"]
-    outcome, result = play.results("Stop when the scheduled command would refuse its flags")["beta"]
+    refusals = play.results("Stop when the scheduled command would refuse its flags")
+    outcome, result = refusals["beta"]
     assert outcome == "fatal" and "backups_backup_args --bogus would make every scheduled run fail" in result["msg"][0]
+    # A metrics file in a folder that does not exist failed every scheduled run's metrics step.
+    outcome, result = refusals["metrics_folder"]
+    assert outcome == "fatal" and "would make every scheduled run fail" in result["msg"][0], result
+    assert "gone" in "\n".join(result["msg"]), result
     # A relative prefix would put the command in the login's folder, where no schedule finds it.
     outcome, result = settings["relative_prefix"]
     assert outcome == "fatal" and "backups_prefix must be an absolute path, not opt" in result["msg"]
-    assert refused.changed() <= candidates(refused.fleet, "alpha", "gamma")  # and beta's files are as deployed
+    assert refused.changed() <= refusals_may_write(refused.fleet)  # and beta's files are as deployed
 
 
 def test_a_new_backups_version_reinstalls_and_a_wheel_of_another_version_is_refused(refused: Refused) -> None:
@@ -503,7 +523,7 @@ def test_a_new_backups_version_reinstalls_and_a_wheel_of_another_version_is_refu
     outcome, result = play.results("Check that the wheel is of the pinned version")["next_version"]
     assert outcome == "fatal"
     assert f"holds version {__version__} but backups_version is 9.9.9" in result["msg"]
-    assert refused.changed() <= candidates(refused.fleet, "alpha", "gamma")  # and beta's files are as deployed
+    assert refused.changed() <= refusals_may_write(refused.fleet)  # and beta's files are as deployed
 
 
 def test_the_cron_schedule_mails_a_failed_runs_reasons_and_nothing_when_it_succeeds(
