@@ -9,6 +9,7 @@ Damaged copies are made byte by byte, as a failing disk or an attacker would lea
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -568,9 +569,39 @@ def test_a_private_key_given_as_recipient_is_refused_without_being_printed(proje
     write_project(project, encryption_yaml([key.secret]))
     ran = project.invoke("backup", "--format", "json")
     assert ran.code == 2, ran.output
-    assert "this is a private key, which must never be in the manifest" in ran.stderr
+    assert "this holds a private key, which must never be in the manifest" in ran.stderr
     assert key.secret[15:] not in ran.output and key.secret[15:].lower() not in ran.output.lower()
     assert not (project.root / "backups").exists()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["{{recipients: {key}}}", "{key}", "{{recipients_file: {key}}}", '{{recipients: "{key}\\nage1x"}}'],
+    ids=["string-for-list", "string-for-mapping", "as-file-name", "two-lines"],
+)
+def test_a_private_key_in_the_wrong_shape_is_refused_without_being_printed(project: Project, shape: str) -> None:
+    # The schema's message quoted the value whole, to stderr and into the JSON document; given
+    # as a string instead of a list, the key was then checked a character at a time, one line each.
+    key = age_key(project.root)
+    write_project(project, shape.format(key=key.secret))
+    ran = project.invoke("backup", "--format", "json")
+    assert ran.code == 2, ran.output
+    assert ran.output.count("holds a private key") == 2, ran.output  # the line, and the JSON's copy of it
+    assert key.secret[15:] not in ran.output and key.secret[15:].lower() not in ran.output.lower()
+    assert "Traceback" not in ran.output
+    assert not (project.root / "backups").exists()
+
+
+@pytest.mark.parametrize("wrong", ["[[age1x]]", "[5]", "[null]"], ids=["list", "number", "null"])
+@pytest.mark.parametrize("key", ["recipients", "recipients_file"])
+def test_a_wrong_type_under_encryption_is_a_located_problem(project: Project, key: str, wrong: str) -> None:
+    # Each ended in a traceback, exit 1, and no JSON document.
+    write_project(project, f"{{{key}: {wrong}}}")
+    ran = project.invoke("backup", "--format", "json")
+    assert ran.code == 2, ran.output
+    assert "Traceback" not in ran.output
+    [problem] = json.loads(ran.stdout)["errors"]
+    assert f"remotes.vault.encryption.{key}" in problem and "found, expected" in problem, problem
 
 
 @needs("ssh-keygen")
@@ -590,14 +621,17 @@ def test_an_ssh_private_key_as_recipients_file_is_refused_in_one_line_showing_no
 
 
 @pytest.mark.parametrize(
-    "value",
-    ["key=AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ", "hunter2-not-a-key"],
+    ("value", "said"),
+    [
+        ("key=AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ", "this holds a private key"),
+        ("hunter2-not-a-key", "this is not"),
+    ],
 )
-def test_a_recipient_shaped_unlike_a_public_key_is_never_quoted(project: Project, value: str) -> None:
+def test_a_recipient_shaped_unlike_a_public_key_is_never_quoted(project: Project, value: str, said: str) -> None:
     write_project(project, encryption_yaml([value]))
     ran = project.invoke("validate")
     assert ran.code == 2, ran.output
-    assert "remotes.vault.encryption.recipients[0]: this is " in ran.stderr, ran.stderr
+    assert f"remotes.vault.encryption.recipients[0]: {said}" in ran.stderr, ran.stderr
     assert value[4:16] not in ran.output and "hunter2" not in ran.output
 
 

@@ -270,6 +270,60 @@ def test_an_existing_copy_with_other_bytes_is_never_overwritten(project: Project
     assert archive.name == name  # the local archive is kept and counts
 
 
+@pytest.mark.skipif(os.name != "posix", reason="making a link needs a privilege on Windows")
+def test_a_link_under_the_copys_name_on_a_folder_remote_is_never_counted_as_a_copy(
+    project: Project, tmp_path: Path
+) -> None:
+    # Hashed through the link, it was "uploaded" on every push, while verify found no copy.
+    folder = FolderRemote(tmp_path / "disk")
+    site(project)
+    write(project, folder)
+    assert run(project, folder, "backup").code == 0
+    [archive] = project.archives()
+    copy = folder._folder("site") / archive.name
+    for made in (copy, copy.with_name(f"{copy.name}.sha256"), copy.with_name(f"{copy.name}.host")):
+        made.unlink()
+    copy.symlink_to(archive)
+    ran = run(project, folder, "push", "--format", "json")
+    assert ran.code == 1, ran.output
+    [result] = ran.json()["targets"]
+    assert result["status"] == "failed"
+    assert f"{copy} is not a file (a link or a folder); it was neither followed nor overwritten" in result["error"]
+    assert sorted(p.name for p in copy.parent.iterdir()) == [archive.name]  # no checksum beside the link
+    assert copy.is_symlink() and project.archives() == [archive]
+
+
+@pytest.mark.parametrize("command", [["verify", "--remote", "nas"], ["prune"], ["backup"]])
+def test_a_file_where_a_targets_folder_of_copies_should_be_fails_that_target_only(
+    project: Project, tmp_path: Path, command: list[str]
+) -> None:
+    # The listing's error ended the whole command: `error: Not a directory`, no RECAP, no JSON
+    # document, and the other targets never verified.
+    folder = FolderRemote(tmp_path / "disk")
+    site(project)
+    spec = {**folder.manifest()}
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          nas: {flow(spec)}
+        targets:
+          - {{name: site, path: site, offsite: [nas]}}
+          - {{name: other, path: site, offsite: [nas]}}
+        """
+    )
+    assert run(project, folder, "backup").code == 0
+    shutil.rmtree(folder._folder("site"))
+    folder._folder("site").write_text("not a folder\n", encoding="utf-8")
+    ran = run(project, folder, *command, "--format", "json")
+    assert ran.code == 1, ran.output
+    results = {t["name"]: t for t in ran.json()["targets"]}
+    assert results["site"]["status"] == "failed"
+    assert f"{folder._folder('site')} is a file where the target's folder of copies should be" in ran.output
+    assert results["other"]["status"] in ("ok", "changed"), results["other"]
+    assert "Traceback" not in ran.output
+
+
 @pytest.mark.parametrize("bytes_kept", [True, False], ids=["same-bytes", "other-bytes"])
 def test_a_folder_remote_copy_whose_checksum_file_was_lost_is_recorded_again_only_when_its_bytes_match(
     project: Project, tmp_path: Path, bytes_kept: bool

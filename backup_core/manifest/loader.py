@@ -332,6 +332,12 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
         shown = _masked(error.instance)
         error.message = error.message.replace(repr(error.instance), repr(shown))
         error.instance = shown
+    # A private key pasted where a public key or a file name goes (or anywhere else) is never
+    # quoted back: the message would carry it to the terminal, the log and the JSON.
+    instance: Any = error.instance
+    keys_only = error.validator == "additionalProperties" and isinstance(instance, dict)
+    if redact.holds_private_key_anywhere(list(instance) if keys_only else instance):
+        return [document.problem(path, redact.PRIVATE_KEY)]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}) if isinstance(error.schema, dict) else {})
         problems = []

@@ -70,6 +70,29 @@ _WORD = rf"[^\s'\";&|]+(?:{_QUOTED})|{_QUOTED}|[;&|]+(?=\s|$)|[^\s'\"]+?{_BARE_E
 _BREAKS = frozenset((";", "&&", "||", "|", "&"))
 
 
+def holds_private_key(text: str) -> bool:
+    """Whether `text` holds an age secret key or a PEM or OpenSSH private key, anywhere in it."""
+    upper = text.upper()
+    return "AGE-SECRET-KEY-1" in upper or "PRIVATE KEY-----" in upper  # the latter: a PEM or OpenSSH armour line
+
+
+def holds_private_key_anywhere(value: object) -> bool:
+    """Whether a manifest value (a string, or a list or mapping holding strings) holds one."""
+    if isinstance(value, str):
+        return holds_private_key(value)
+    if isinstance(value, list):
+        return any(holds_private_key_anywhere(item) for item in value)
+    if isinstance(value, dict):
+        return any(holds_private_key_anywhere(item) for item in (*value.keys(), *value.values()))
+    return False
+
+
+PRIVATE_KEY = (
+    "this holds a private key, which must never be in the manifest or on the backup host; "
+    "put its public key here (age-keygen -y KEYFILE) and keep the private key elsewhere"
+)
+
+
 def _program(word: str) -> str:
     """A word as the program it names: `"C:\\Tools\\curl.exe"` and `/usr/bin/curl` are both curl."""
     name = re.split(r"[\\/]", word.strip("'\""))[-1].lower()

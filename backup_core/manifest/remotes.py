@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_core.errors import Problem
+from backup_core.manifest import redact
 from backup_core.manifest.variables import expand, home_expanded
 from backup_core.manifest.yaml_source import Document, KeyPath, format_path
 
@@ -186,8 +187,16 @@ def _recipients(
     from backup_core.stores import encryption  # imported only when a manifest encrypts
 
     if "recipients" in raw:
-        lines = [(item, (*where, "recipients", index), 0) for index, item in enumerate(raw["recipients"])]
+        given = raw["recipients"]
+        if not isinstance(given, list) or not all(isinstance(item, str) for item in given):
+            return ()  # the schema said what it must be
+        lines = [(item, (*where, "recipients", index), 0) for index, item in enumerate(given)]
     elif "recipients_file" in raw:
+        if not isinstance(raw["recipients_file"], str):
+            return ()  # the schema said what it must be
+        if redact.holds_private_key(raw["recipients_file"]):
+            problems.append(document.problem((*where, "recipients_file"), redact.PRIVATE_KEY))
+            return ()
         name = expand(document, raw["recipients_file"], (*where, "recipients_file"), environ, problems, "path")
         home = None if name is None else home_expanded(document, name, (*where, "recipients_file"), problems)
         if home is None:
@@ -202,7 +211,7 @@ def _recipients(
         # Numbered so that a bad recipient is reported at its own line of that file.
         numbered = [(line.strip(), (*where, "recipients_file"), n) for n, line in enumerate(text.splitlines(), 1)]
         lines = [(line, place, n) for line, place, n in numbered if line and not line.startswith("#")]
-        if any(encryption.holds_private_key(line) for line, _, _ in lines):
+        if any(redact.holds_private_key(line) for line, _, _ in lines):
             # The whole file, in one line: reported line by line, the body of an SSH private
             # key would be refused one base64 line at a time, each a piece of the key.
             problems.append(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from backup_core.errors import TargetError, UsageError
+from backup_core.manifest.redact import PRIVATE_KEY, holds_private_key
 from backup_core.stores import archives
 from backup_core.stores.base import ENCRYPTED_SUFFIX, Progress, Store, Stored, StoreError
 
@@ -31,7 +32,7 @@ def recipient_problem(text: str) -> str | None:
     a terminal, a log or a CI transcript.  The problem's place names the line instead.
     """
     if holds_private_key(text):
-        return _PRIVATE
+        return PRIVATE_KEY
     try:
         _recipient(text)
     except Exception as exc:
@@ -45,18 +46,6 @@ def recipient_problem(text: str) -> str | None:
             why = f"not a valid age recipient ({_first_line(exc)})"
         return f"{shown} {why}; use an age1... public key (age-keygen -y KEYFILE) or an SSH public key"
     return None
-
-
-_PRIVATE = (
-    "this is a private key, which must never be in the manifest or on the backup host; "
-    "put its public key here (age-keygen -y KEYFILE) and keep the private key elsewhere"
-)
-
-
-def holds_private_key(text: str) -> bool:
-    """Whether `text` holds an age secret key or a PEM or OpenSSH private key, anywhere in it."""
-    upper = text.upper()
-    return "AGE-SECRET-KEY-1" in upper or "PRIVATE KEY-----" in upper  # the latter: a PEM or OpenSSH armour line
 
 
 def _public_shape(text: str) -> bool:

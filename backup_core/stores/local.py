@@ -88,14 +88,28 @@ class FolderStore:
     def list(self, target: str) -> list[Stored]:
         if not self.root.is_dir():
             raise StoreError(f"remote {self.name}: {self.root} is not a folder (is the disk mounted?)")
-        return _listing(self._folder(target), target)
+        folder = self._folder(target)
+        try:
+            return _listing(folder, target)
+        except NotADirectoryError:
+            raise StoreError(
+                f"remote {self.name}: {folder} is a file where the target's folder of copies should be; move it away"
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"remote {self.name}: cannot list {folder}: {_reason(exc)}") from None
 
     def put(self, target: str, file: Path, name: str, sha256: str, progress: Progress | None = None) -> Stored:
         folder = self._folder(target)
         final, partial = folder / name, folder / f".{name}.partial"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if final.exists():
+            if os.path.lexists(final):
+                if not final.is_file() or final.is_symlink():
+                    # A link would be hashed and counted through, though no copy is there.
+                    raise StoreError(
+                        f"remote {self.name}: {final} is not a file (a link or a folder); it was neither "
+                        "followed nor overwritten, and no copy is counted there: move it away"
+                    )
                 return self._existing(target, final, sha256)
             # A partial copy of this archive is a run's that was killed (this one holds the
             # target's lock): it is begun again, not taken for someone's file.
