@@ -80,10 +80,13 @@ class S3Store:
         existing = self._head(key)
         if existing is not None:
             # An upload an earlier run finished but could not confirm: keep it if it is ours and whole.
-            if existing.get("Metadata", {}).get("sha256") == sha256 and existing["ContentLength"] == size:
+            recorded = existing.get("Metadata", {}).get("sha256")
+            if recorded == sha256 and existing["ContentLength"] == size:
                 return Stored(_when(target, name), name, size)
+            # Without a recorded checksum its content is unknown, not known to differ.
+            what = "with other content" if recorded else "with no checksum recorded, so it is not taken for this copy"
             raise StoreError(
-                f"remote {self.name}: {key} already exists with other content; it was not overwritten "
+                f"remote {self.name}: {key} already exists {what}; it was not overwritten "
                 f"(check it with `{command(f'verify --remote {self.name}')}`, then move or delete it)"
             )
         extra: dict[str, Any] = {"Metadata": {"sha256": sha256, "size": str(size), "host": recorded_host(this_host())}}
@@ -392,7 +395,10 @@ def _described(exc: BaseException, remote: Remote) -> str:
             f"AWS profile {named!r}{source} is in neither the shared config nor the credentials file; "
             f"add it (aws configure --profile){other}"
         )
-    if isinstance(exc, (botocore_errors.EndpointConnectionError, botocore_errors.ConnectionClosedError)):
+    if isinstance(exc, botocore_errors.ConnectionClosedError):
+        # Connected, then dropped before an answer: a server that hangs or a proxy that cut it.
+        return f"{where} closed the connection before answering ({_TRIES} tries); is the endpoint healthy?"
+    if isinstance(exc, botocore_errors.EndpointConnectionError):
         return f"cannot reach {where} (connection refused or no route); is the endpoint up?"
     if isinstance(exc, botocore_errors.ConnectTimeoutError):
         return f"{where} did not answer in time ({_TRIES} tries, {_CONNECT_TIMEOUT} s each to connect)"
