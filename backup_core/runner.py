@@ -1374,13 +1374,37 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive], forced:
     if kept is None:
         return None
     found = archives.doubt(kept.path, forced)
-    if found is None:
+    why, anyway = (found.why, found.anyway) if found is not None else (_damaged(kept.path), "")
+    if why is None:
         return None
     return (
         f"nothing was deleted: {kept.name}, the newest archive that would be kept, is no ground for it: "
-        f"{found.why}; older archives may be the last good ones: check it with {command('verify')}, and make a "
-        f"complete backup (or move it out of the folder) before pruning{found.anyway}"
+        f"{why}; older archives may be the last good ones: check it with {command('verify')}, and make a "
+        f"complete backup (or move it out of the folder) before pruning{anyway}"
     )
+
+
+# What reading an archive through found, by its identity: prune judges the newest archive it
+# keeps once before it takes the lock and again under it.
+_read_through: dict[tuple[str, int, int, int], str | None] = {}
+
+
+def _damaged(path: Path) -> str | None:
+    """Why the archive's members do not read back as written (a CRC mismatch, a cut member), or
+    None.  Its end (see archives.doubt) says nothing of the bytes before it: a bit flipped on the
+    disk since it was made left it looking whole, and prune then deleted every older archive.
+    Only prune asks: a backup's rotation keeps the archive it has just read back."""
+    from backup_core.zip.verify import verify_archive
+
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _read_through:
+        verdict = verify_archive(path)
+        _read_through[key] = verdict.problems[0] if verdict.problems else None
+    return _read_through[key]
 
 
 def _unasked(exc: BackupError | OSError, remote: Remote) -> str:

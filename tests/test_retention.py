@@ -9,6 +9,7 @@ the newest of each group, and keeps the groups' newest N; `last` keeps the N new
 from __future__ import annotations
 
 import os
+import random
 import zipfile
 from collections.abc import Callable, Hashable
 from datetime import date, datetime, timedelta, timezone
@@ -239,6 +240,35 @@ def test_prune_deletes_nothing_when_the_newest_archive_kept_is_not_a_whole_zip(p
     assert (
         f"{cut.name} is not a whole archive" in ran.stdout and "not counted toward keep and not deleted" in ran.stdout
     )
+
+
+@pytest.mark.parametrize("flags", [[], ["--force"], ["--check"]], ids=["prune", "force", "check"])
+def test_prune_deletes_nothing_when_the_newest_kept_is_damaged_inside(project: Project, flags: list[str]) -> None:
+    # Its end was whole, so it was trusted by its end alone: prune deleted both older archives
+    # and left only the damaged one, which restore then refused.
+    project.file("src/data.bin", random.Random(3).randbytes(200_000))
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 3}}]\n")
+    for day, when in enumerate(PRUNE_TIMES[:3]):
+        with (project.root / "src" / "data.bin").open("ab") as grown:
+            grown.write(bytes([day]))
+        assert project.invoke("backup", env={"BACKUP_NOW": when.isoformat()}).code == 0
+    *older, newest = project.archives()
+    damaged = bytearray(newest.read_bytes())
+    damaged[100_000] ^= 0xFF  # in the member's data, far from the end the tail check reads
+    newest.write_bytes(bytes(damaged))
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    before = project.snapshot_tree()
+
+    ran = project.invoke("prune", *flags, "--format", "json")
+
+    assert ran.code == 1, ran.output
+    [result] = ran.json()["targets"]
+    assert result["status"] == "failed" and result["deleted"] == []
+    assert result["error"].startswith(
+        f"nothing was deleted: {newest.name}, the newest archive that would be kept, is no ground for it: "
+        "data.bin: CRC mismatch"
+    ), result["error"]
+    assert project.snapshot_tree() == before and len(older) == 2
 
 
 @pytest.mark.parametrize(
