@@ -145,6 +145,18 @@ def test_several_archives_in_one_day_under_daily_are_thinned_without_refusal() -
     assert plan.deleted == items[:2] and plan.refused is None
 
 
+@pytest.mark.parametrize(
+    ("within", "apart"), [("1d", timedelta(days=1, seconds=1)), ("7d", timedelta(days=7, minutes=3))]
+)
+def test_a_window_as_wide_as_the_time_between_runs_is_no_clock_jump(within: str, apart: timedelta) -> None:
+    # within: 1d run daily (a few seconds later each day) kept every archive, with a "clock set
+    # ahead?" warning on every run, until the disk filled.
+    items = [START + apart * n for n in range(5)]
+    plan = retention.plan(items, lambda t: t, {"within": within}, items[-1])
+    assert (plan.kept, plan.deleted) == ([items[-1]], items[:-1])
+    assert plan.refused is None and plan.spared is None
+
+
 # --- through invoke ------------------------------------------------------------------------------
 
 
@@ -159,6 +171,14 @@ def _run(project: Project, now: datetime, *flags: str) -> dict[str, Any]:
     assert "Traceback" not in ran.output
     (result,) = ran.json()["targets"]
     return dict(result)
+
+
+def test_daily_runs_under_within_1d_keep_the_newest_only_and_warn_of_no_clock(project: Project) -> None:
+    _manifest(project, "{within: 1d}")
+    results = [_run(project, START + timedelta(days=day, seconds=day), "backup") for day in range(3)]
+    assert [len(r["deleted"]) for r in results] == [0, 1, 1]
+    assert not any(r["warnings"] for r in results), results
+    assert [p.name for p in project.archives()] == [Path(results[-1]["archive"]).name]
 
 
 def test_a_clock_two_years_ahead_does_not_delete_a_week_of_archives(project: Project) -> None:

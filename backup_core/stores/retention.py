@@ -154,7 +154,9 @@ def _within_past_a_jump(
     if gap <= window:
         return kept, deleted, None
     spared = [item for item in deleted if when(older) - when(item) <= window]
-    if not spared:
+    if len([item for item in spared if item is not older]) == 0:
+        # The window held the archive before the newest alone: runs are as far apart as the
+        # window is wide (`within: 1d`, run daily), which is no jump (see _means_history).
         return kept, deleted, None
     return (
         [*kept, *spared],
@@ -168,10 +170,18 @@ def _means_history(items: list[A], when: Callable[[A], datetime], policy: dict[s
     """Whether `policy` asks for more than the newest archive of `items`.
 
     `last: 1` (or `daily: 1`) legitimately keeps one archive, and `daily: 7` keeps one of a
-    day's several archives; `within` and a count of two periods that have archives do not.
+    day's several archives; a count of two periods that have archives does not.  Nor does a
+    `within` whose window held more than one archive before the newest came: counted from the
+    archive before the newest, it holds the one before that too.  A window no wider than the
+    time between runs (`within: 1d`, run daily) keeps one archive by design: taking every such
+    run for a jump of the clock kept every archive, for ever.
     """
-    if policy.get("last", 0) >= 2 or "within" in policy:
+    if policy.get("last", 0) >= 2:
         return True
+    if "within" in policy and len(items) >= 3:
+        dated = sorted(items, key=when)
+        if when(dated[-2]) - when(dated[-3]) <= parse_duration(policy["within"]):
+            return True
     for rule, period_of in PERIODS.items():
         if policy.get(rule, 0) >= 2 and len({period_of(when(item)) for item in items}) >= 2:
             return True
