@@ -12,6 +12,7 @@ import errno
 import functools
 import gc
 import os
+import stat
 import struct
 import threading
 import time
@@ -422,7 +423,23 @@ def _locked(target: Target, result: TargetResult) -> Iterator[list[str] | None]:
         with _created_locks_lock:
             _created_locks.add(path)
     except FileExistsError:
-        os.close(os.open(path, os.O_WRONLY))
+        # Without waiting: a named pipe under the lock's name held the run for ever, and every
+        # later run said "another run is working on this target" (a FIFO with no reader: ENXIO).
+        try:
+            descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            descriptor = None
+        try:
+            regular = descriptor is not None and stat.S_ISREG(os.fstat(descriptor).st_mode)
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
+        if not regular:
+            raise TargetError(
+                f"{path} is not a regular file; move it away (the next run makes its lock file again)"
+            ) from None
     lock = _file_lock(path)
     try:
         lock.acquire(timeout=target.lock_timeout)

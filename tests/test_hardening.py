@@ -458,3 +458,64 @@ def test_a_destination_that_cannot_be_made_and_a_loop_of_links_are_said_with_wha
         errors["l"]
         == f"{project.root / 'loopA'} leads through a loop of symbolic links; fix the links, or name the folder itself"
     )
+
+
+# --- named pipes under the names of the tool's own files -------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize(
+    ("name", "outcome", "said"),
+    [
+        (".site.lock", "failed", ".site.lock is not a regular file; move it away"),
+        (".site.origin", "failed", ".site.origin cannot be read (not a regular file"),
+        (".site.state", "ok", "unchanged since"),  # no state: the contents are compared
+        (".site-20260101T000000.000000Z.zip.partial", "ok", "unchanged since"),
+    ],
+    ids=["lock", "origin", "state", "partial"],
+)
+def test_a_named_pipe_under_one_of_the_tools_own_names_never_holds_the_run(
+    project: Project, name: str, outcome: str, said: str
+) -> None:
+    # Each was opened as a file and waited for a writer for ever, holding the target's lock:
+    # every later run said "another run is working on this target" and exited 0.
+    project.file("src/a.txt", "a\n")
+    manifest(project, "src", skip_unchanged=True)
+    assert project.invoke("backup").code == 0
+    pipe = project.root / "backups" / name
+    pipe.unlink(missing_ok=True)
+    os.mkfifo(pipe)
+
+    ran = project.invoke("backup", "--format", "json", timeout=60)
+
+    [result] = ran.json()["targets"]
+    assert (ran.code, result["status"]) == ((1, "failed") if outcome == "failed" else (0, "ok")), ran.output
+    assert said in (result["error"] or result["reason"] or ""), result
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_under_a_copys_checksum_or_host_file_never_holds_a_push(project: Project) -> None:
+    project.file("src/a.txt", "a\n")
+    nas = project.root / "nas"
+    nas.mkdir()
+    project.write_manifest(
+        f"""
+        version: 1
+        remotes:
+          nas: {{type: folder, path: {nas}}}
+        targets:
+          - {{name: site, path: src, offsite: [nas]}}
+        """
+    )
+    assert project.invoke("backup").code == 0
+    [copy] = [p for p in (nas / "site").iterdir() if p.suffix == ".zip"]
+    for made in (copy.with_name(f"{copy.name}.sha256"), copy.with_name(f"{copy.name}.host")):
+        made.unlink()
+        os.mkfifo(made)
+
+    pushed = project.invoke("push", timeout=60)
+    verified = project.invoke("verify", "--remote", "nas", timeout=60)
+
+    assert pushed.code == 0, pushed.output  # its bytes are the archive's: recorded again
+    assert verified.code == 0, verified.output
+    assert copy.with_name(f"{copy.name}.sha256").is_file()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from backup_core.errors import TargetError, command
+from backup_core.sources.held import OPEN_SOURCE, read_own
 from backup_core.stores.retention import FUTURE_TOLERANCE
 
 if sys.platform != "win32":
@@ -437,7 +438,7 @@ def _held(path: Path) -> bool | None:
     be told (the file is missing or unreadable, or the file system has no flock: the lock file
     is then the only guard)."""
     try:
-        descriptor = os.open(path, os.O_RDONLY)
+        descriptor = os.open(path, OPEN_SOURCE)  # a named pipe under its name must not hold us
     except OSError:
         return None
     try:
@@ -523,7 +524,7 @@ def origin(destination: Path, target: str) -> tuple[str, str] | None:
     rotate them away."""
     where = _origin_path(destination, target)
     try:
-        text = where.read_text(encoding="utf-8", errors="surrogateescape")
+        text = read_own(where)
     except FileNotFoundError:
         return None
     except OSError as exc:

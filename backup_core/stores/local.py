@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from backup_core.errors import command
+from backup_core.sources.held import read_own
 from backup_core.stores import archives
 from backup_core.stores.base import Progress, Stored, StoreError, foreign, parse, recorded_host, sha256_of, this_host
 
@@ -125,8 +126,8 @@ class FolderStore:
                 )
             # The host in a file of its own: BusyBox's sha256sum -c fails on any other line.  Plain
             # \n on Windows too: a share's copies are checked from other systems (`name\r` is missing).
-            _host_file(final).write_text(recorded_host(this_host()) + "\n", encoding="utf-8", newline="\n")
-            _sidecar(final).write_text(f"{sha256}  {name}\n", encoding="utf-8", newline="\n")
+            _write_record(_host_file(final), recorded_host(this_host()) + "\n")
+            _write_record(_sidecar(final), f"{sha256}  {name}\n")
             _place_new(partial, final)
             archives.sync_folder(folder)
         except OSError as exc:
@@ -144,7 +145,7 @@ class FolderStore:
             if recorded is None:
                 # Its record is gone (deleted by hand, or by a sync tool), but its bytes are the
                 # verified archive's, just hashed: record them again rather than call it foreign.
-                _sidecar(final).write_text(f"{sha256}  {final.name}\n", encoding="utf-8", newline="\n")
+                _write_record(_sidecar(final), f"{sha256}  {final.name}\n")
             stored = parse(target, final.name, final.stat().st_size)
             assert stored is not None
             return stored
@@ -254,17 +255,29 @@ def _host_file(path: Path) -> Path:
     return path.with_name(f"{path.name}.host")
 
 
+def _write_record(path: Path, text: str) -> None:
+    """Write a copy's checksum or host file whole, under a scratch name renamed over it: opened
+    in place, a named pipe under its name held the run (and the target's lock) for ever.
+    Plain \n on Windows too: a share's copies are checked from other systems (`name\r` is missing)."""
+    scratch = path.with_name(f".{path.name}.tmp")
+    try:
+        scratch.write_text(text, encoding="utf-8", newline="\n")
+        scratch.replace(path)
+    finally:
+        archives.remove(scratch)
+
+
 def _recorded_host(path: Path) -> str:
     """The host recorded beside a copy; "" for none (a copy made before hosts were recorded)."""
     try:
-        return _host_file(path).read_text(encoding="utf-8").strip()
+        return read_own(_host_file(path)).strip()
     except (OSError, UnicodeDecodeError):
         return ""
 
 
 def _recorded(path: Path) -> str | None:
     try:
-        text = _sidecar(path).read_text(encoding="utf-8")
+        text = read_own(_sidecar(path))
     except (OSError, UnicodeDecodeError):
         return None
     digest = text.split(" ", 1)[0].strip()

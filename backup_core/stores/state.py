@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backup_core.errors import TargetError
+from backup_core.sources import held
 from backup_core.sources.walk import Entry, entries
 from backup_core.stores import statewalk
 
@@ -287,7 +288,7 @@ def _check(text: str) -> str:
 def _load(path: Path) -> dict[str, object] | None:
     """The recorded state, or None when missing, unreadable, damaged or of another format."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(held.read_own(path))  # a named pipe there is no state
         body = document["state"]
         if document["check"] != _check(json.dumps(body, sort_keys=True)) or body["format"] != FORMAT:
             return None
