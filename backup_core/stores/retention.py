@@ -158,9 +158,10 @@ def _within_past_a_jump(
         # The window held the archive before the newest alone: runs are as far apart as the
         # window is wide (`within: 1d`, run daily), which is no jump (see _means_history).
         return kept, deleted, None
+    staying = {id(item) for item in spared}
     return (
         [*kept, *spared],
-        [item for item in deleted if item not in spared],
+        [item for item in deleted if id(item) not in staying],
         f"kept {len(spared)} archive(s) that within: {within} keeps counting from the archive before the newest: "
         f"the newest is {_days(gap)} after it (a clock set ahead?); if that gap is real, the next backup deletes them",
     )
