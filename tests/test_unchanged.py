@@ -326,6 +326,28 @@ def test_a_file_written_just_before_the_run_is_decided_by_content(project: Proje
 
 
 @posix_only
+def test_a_file_dated_past_2262_is_archived_and_then_found_unchanged(project: Project) -> None:
+    # Its time in nanoseconds does not fit 64 signed bits: the state's record of it failed
+    # every run of the target ("unexpected error: argument out of range"), and no archive was made.
+    source = make(project)
+    far = 10_000_000_000 * 10**9  # 2286-11-20
+    try:
+        os.utime(source, ns=(far, far))
+    except (OSError, OverflowError):
+        pytest.skip("this file system does not keep times past 2262")
+    first = backup(project, LATER[0])
+    second = backup(project, LATER[1])
+    with (project.root / "src" / "sub" / "b.bin").open("r+b") as changed:
+        changed.write(b"!")
+    os.utime(source, ns=(far, far))
+    third = backup(project, LATER[2])
+
+    assert first["status"] == "changed"
+    assert (second["status"], second["compared"]) == ("ok", "metadata")
+    assert third["status"] == "changed"  # the change time saw the byte
+
+
+@posix_only
 def test_a_removed_file_and_a_new_empty_folder_are_seen(project: Project) -> None:
     make(project)
     backup(project, LATER[0])

@@ -56,6 +56,18 @@ FORMAT = 3  # 1 held one digest of the whole walk; 2 knew the archive by its nam
 CHUNK = 4096  # entries a digest covers
 _RACY_NS = 2_000_000_000  # covers coarse file-system clocks (FAT: 2 s) and a tick of the kernel's
 _RECORD = struct.Struct("<qqqQQIB")  # size, mtime_ns, ctime_ns, inode, device, mode, kind
+_WIDE = struct.Struct("<QQQQQIB")
+_64 = (1 << 64) - 1
+
+
+def _pack_wide(*fields: int) -> bytes:
+    """A record whose times do not fit 64 signed bits (ext4 keeps times to 2446), as _RECORD's
+    bytes of its fields modulo 2**64: the same bytes as _RECORD's for every value that fits.  It
+    failed every run of a skip_unchanged target holding such a file."""
+    *wide, mode, kind = fields
+    return _WIDE.pack(*(value & _64 for value in wide), mode, kind)
+
+
 _KINDS = {"dir": 0, "link": 1, "file": 2, "sqlite": 3}
 _PENDING = 64 << 10
 SUPPORTED = os.name != "nt"  # Windows' st_ctime is the creation time: a change would not show
@@ -135,7 +147,10 @@ class Recorder:
                 size = st.st_size
                 pending += name.encode("utf-8", "surrogateescape")
                 pending += b"\0"
-                pending += pack(size, st.st_mtime_ns, ctime, st.st_ino, st.st_dev, st.st_mode, kinds[kind])
+                try:
+                    pending += pack(size, st.st_mtime_ns, ctime, st.st_ino, st.st_dev, st.st_mode, kinds[kind])
+                except struct.error:  # a time past 2262 (or before 1677): the same bytes, wrapped
+                    pending += _pack_wide(size, st.st_mtime_ns, ctime, st.st_ino, st.st_dev, st.st_mode, kinds[kind])
                 if len(pending) >= _PENDING:
                     self._hash.update(pending)
                     pending.clear()
