@@ -525,9 +525,14 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             else:
                 path.symlink_to(link)
             done.links += 1
-        except OSError as exc:  # Windows without the privilege to make links
-            done.warnings.append(f"could not make link {shown(info.filename)} -> {shown(link)}: {exc.strerror or exc}")
-            return
+        except OSError as exc:
+            said = f"could not make link {shown(info.filename)} -> {shown(link)}: {exc.strerror or exc}"
+            if getattr(exc, "winerror", None) == _NO_LINK_PRIVILEGE:  # Windows, without the privilege
+                done.warnings.append(said)
+                return
+            # Anything else (a target too long for this file system, no space): a restore that
+            # says "restored" while a link is missing would be believed.
+            raise TargetError(said) from None
         _set_attributes(info, path, done)
         return
     # A short temporary name in the same folder: the member's own name may already be as long
@@ -599,6 +604,7 @@ def _companions_aside(database: Path, digest: str) -> Iterator[None]:
 # Windows refuses to delete or replace a read-only file (a member archived with mode 0444 makes
 # its temporary copy one): its flag is cleared first there.  Its links use its own separators.
 _WINDOWS = os.name == "nt"
+_NO_LINK_PRIVILEGE = 1314  # ERROR_PRIVILEGE_NOT_HELD: links need Developer Mode or an administrator
 
 
 def _remove(path: Path) -> None:

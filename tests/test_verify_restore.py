@@ -174,6 +174,19 @@ def test_verify_reads_every_archive_one_line_each_with_a_recap(project: Project)
     assert project.snapshot_tree() == before, "verify changed something"
 
 
+def test_verify_names_a_member_with_no_name_instead_of_ending_in_a_traceback(project: Project) -> None:
+    project.file("site/file.txt", "x\n")
+    project.write_manifest(SITE_MANIFEST)
+    craft(project.root / "backups", "site", [("ok.txt", "ok"), (zipfile.ZipInfo(""), "x")])
+
+    ran = project.invoke("verify", "--only", "site", "--format", "json")
+
+    assert ran.code == 1, ran.output
+    assert "Traceback" not in ran.output
+    [result] = ran.json()["targets"]
+    assert ": restore would refuse it: it has no name to restore to" in result["error"], result
+
+
 def test_verify_passes_the_archive_of_an_empty_folder(project: Project) -> None:
     # A zip with no member failed "not a readable zip archive (truncated or damaged?): zip()
     # argument 2 is longer than argument 1", exit 1: a scheduled verify's false alarm.
@@ -533,6 +546,16 @@ def test_restore_never_writes_through_a_link_that_leads_outside(
     assert ran.code == 1, ran.output
     assert "refus" in ran.output
     assert_nothing_written_outside(project.root, folder)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="making links needs a privilege on Windows")
+def test_a_link_this_file_system_cannot_make_fails_the_restore(project: Project) -> None:
+    # Its target is longer than a path may be: it was a warning, then "restored", exit 0.
+    ran, folder = restore_crafted(project, [("f.txt", "f"), (symlink_info("current"), "releases/" + "x" * 4100)])
+
+    assert ran.code == 1, ran.output
+    assert "could not make link current -> " in ran.output and "File name too long" in ran.output
+    assert (folder / "f.txt").read_text(encoding="utf-8") == "f" and not os.path.lexists(folder / "current")
 
 
 @pytest.mark.skipif(os.name != "posix", reason="making links needs a privilege on Windows")

@@ -141,7 +141,7 @@ def _check_names(directory: zipfile.ZipFile, verdict: Verdict) -> None:
         mode = info.external_attr >> 16
         name = names.disk_name(info)
         refused = names.refusal(name)
-        if info.is_dir():
+        if info.filename.endswith("/"):  # is_dir() fails on an empty name
             verdict.directories += 1
         elif stat.S_ISLNK(mode):
             verdict.links += 1
