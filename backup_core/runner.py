@@ -1341,6 +1341,16 @@ def prune_target(target: Target, options: Options) -> TargetResult:
     result = TargetResult(target.name)
 
     def body() -> None:
+        try:
+            pruning()
+        except KeyboardInterrupt:
+            # While archives were judged or deleted: what went is said, not lost with this
+            # result (the run's own "interrupted" result for it said nothing was deleted).
+            _stopping.set()
+            went = f"{len(result.deleted)} archive(s) deleted before it" if result.deleted else "nothing was deleted"
+            result.fail(f"interrupted; {went}")
+
+    def pruning() -> None:
         existing = archives.list_archives(target.destination, target.name)
         _same_origin(target, options, existing, judging=True)  # another source's archives are not this keep's
         doomed = _due(existing, target, result)

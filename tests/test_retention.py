@@ -271,6 +271,36 @@ def test_prune_deletes_nothing_when_the_newest_kept_is_damaged_inside(project: P
     assert project.snapshot_tree() == before and len(older) == 2
 
 
+def test_a_prune_interrupted_while_deleting_says_what_it_deleted(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run replaced the target's result with one saying nothing was deleted (JSON: deleted
+    # []), while 2,499 archives were gone.  The signal lands on the third deletion, exactly.
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    made = [fake_archive(project.root / "backups", "site", when) for when in PRUNE_TIMES[:5]]
+    [target] = manifest.load(project.manifest).targets
+    deleting = runner._delete_archive
+    calls = []
+
+    def interrupted(path: Any, result: Any) -> bool:
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return deleting(path, result)
+
+    monkeypatch.setattr(runner, "_delete_archive", interrupted)
+    try:
+        result = runner.prune_target(target, runner.Options())
+    finally:
+        runner._stopping.clear()
+
+    assert result.status == "failed"
+    assert result.deleted == [made[0].name, made[1].name]
+    assert result.error == "interrupted; 2 archive(s) deleted before it"
+    assert [p.name for p in project.archives()] == [p.name for p in made[2:]]
+
+
 @pytest.mark.parametrize(
     ("kinds", "deleted"),
     [
