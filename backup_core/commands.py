@@ -26,6 +26,7 @@ from backup_core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    NOW_VARIABLE,
     BackupError,
     ManifestError,
     TargetError,
@@ -46,8 +47,27 @@ FORMATS = ("text", "json")
 
 
 def _load(manifest_path: Path | str, check: bool = False) -> Manifest:
+    _check_clock()
     # A preview writes nothing, not even the record that the manifest passed the schema.
     return manifest_module.load(Path(manifest_path), record=not check)
+
+
+def _check_clock() -> None:
+    """A BACKUP_NOW that names no time an archive can be named by is the command's usage error,
+    not an "unexpected error" on every target."""
+    fixed = os.environ.get(NOW_VARIABLE)
+    if not fixed:
+        return
+    from datetime import datetime, timedelta, timezone
+
+    try:
+        moment = datetime.fromisoformat(fixed.replace("Z", "+00:00"))
+        (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)) + timedelta(days=1)
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"{NOW_VARIABLE}={fixed}: not a time this tool can name archives by; give an ISO 8601 time "
+            "before 9999-12-31 (2026-03-01T12:00:00Z) or unset it"
+        ) from None
 
 
 def _format(value: str) -> str:

@@ -14,6 +14,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 # How the operator runs this tool, for advice that names a command: the installed `backups`
 # sets it (in the environment, so --jobs children and worker processes say the same).
 PROGRAM_VARIABLE = "BACKUP_PROGRAM"
+NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
 
 
 def command(task: str) -> str:

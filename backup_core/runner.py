@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 import filelock
 
 from backup_core import hooks
-from backup_core.errors import BackupError, TargetError, command
+from backup_core.errors import NOW_VARIABLE, BackupError, TargetError, command
 from backup_core.manifest import Hooks, Manifest, Remote, Target
 from backup_core.results import CHANGED, FAILED, OK, SKIPPED, OffsiteResult, RunResult, TargetResult
 from backup_core.sources import sqlite
@@ -41,7 +41,6 @@ from backup_core.stores.base import Stored
 if TYPE_CHECKING:
     from backup_core.zip.writer import ZipWriter
 
-NOW_VARIABLE = "BACKUP_NOW"  # an ISO 8601 time to use instead of the clock (tests, replays)
 _DATA = ("file", "sqlite")  # entry kinds that carry bytes
 # A file the packer found to begin as a database without being whole pages of one (packing.torn_database).
 _CUT_SHORT = "begins as a SQLite database but is not a whole number of pages, so it is damaged or was cut short"

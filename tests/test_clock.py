@@ -251,3 +251,16 @@ def test_restore_takes_the_newest_archive_that_is_not_from_the_future(project: P
     # Named, the future archive is still there to restore.
     again = project.invoke("restore", "site", "--to", str(project.root / "again"), "--archive", future.name)
     assert again.code == 0, again.output
+
+
+@pytest.mark.parametrize("value", ["garbage", "9999-12-31T23:59:59Z"])
+def test_a_backup_now_that_names_no_usable_time_is_a_usage_error(project: Project, value: str) -> None:
+    # Each target failed with "unexpected error: ValueError: ...", exit 1.
+    _manifest(project, "{last: 2}")
+    ran = project.invoke("backup", "--format", "json", env={"BACKUP_NOW": value})
+    assert ran.code == 2, ran.output
+    assert ran.json()["errors"] == [
+        f"BACKUP_NOW={value}: not a time this tool can name archives by; give an ISO 8601 time "
+        "before 9999-12-31 (2026-03-01T12:00:00Z) or unset it"
+    ]
+    assert "unexpected error" not in ran.output and project.archives() == []
