@@ -325,6 +325,12 @@ def _cannot_write(exc: OSError, info: zipfile.ZipInfo, path: Path, done: Restore
             f"the disk ran out of space while writing {where}: the restore needs {human_bytes(needed)} "
             f"in all (what it holds uncompressed{held}): free that much on the disk that holds {done.folder}"
         )
+    if exc.errno == errno.EFBIG:
+        # FAT32 holds no file of 4 GiB or more; a `ulimit -f` has the same effect.
+        return (
+            f"cannot write {where}: {human_bytes(info.file_size)} is more than a file may hold there (FAT32 "
+            "stops below 4 GiB, or a file size limit is set); restore onto another file system"
+        )
     if exc.errno in _NOT_ALLOWED:
         if exc.errno == errno.EROFS:
             return f"cannot write {where}: the file system there is read-only"

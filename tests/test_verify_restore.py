@@ -13,6 +13,7 @@ import re
 import sqlite3
 import stat
 import struct
+import subprocess
 import sys
 import zipfile
 from contextlib import closing
@@ -935,3 +936,30 @@ def test_a_member_in_a_method_the_reader_lacks_is_not_called_encrypted(project: 
 
     assert ran.code == 1, ran.output
     assert "compression method" in ran.output and "encrypted" not in ran.output, ran.output
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a file size limit is a POSIX resource limit")
+def test_a_file_larger_than_the_file_system_takes_is_named_with_the_reason(project: Project) -> None:
+    # "cannot restore into …/out: File too large (…/out); choose a folder this user can create":
+    # neither the file nor the cause.  A size limit stands in for FAT32's 4 GiB.
+    import resource
+
+    from conftest import INVOKE, REPO
+
+    project.file("site/big.img", bytes(3 << 20))
+    project.file("site/small.txt", "small\n")
+    project.write_manifest(SITE_MANIFEST)
+    assert project.invoke("backup", "--only", "site").code == 0
+    folder = project.root / "out"
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    ran = subprocess.run(
+        [str(INVOKE), "--search-root", str(REPO), "restore", "site", "--to", str(folder), "-m", str(project.manifest)],
+        capture_output=True, text=True, preexec_fn=limited, env={**os.environ, "NO_COLOR": "1"}, check=False,
+    )  # fmt: skip
+
+    assert ran.returncode == 1, ran.stderr
+    assert f"cannot write {folder / 'big.img'} (big.img in site-" in ran.stderr
+    assert "is more than a file may hold there" in ran.stderr
