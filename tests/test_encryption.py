@@ -765,3 +765,14 @@ def test_a_push_stopped_while_encrypting_exits_130_and_leaves_no_ciphertext(proj
     ran = project.invoke("push")  # the next run sends it whole
     assert ran.code == 0, ran.output
     assert [p.name.removesuffix(".age") for p in copies(project)] == [a.name for a in project.archives()]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_recipients_file_that_is_a_named_pipe_is_a_located_problem_not_a_hang(project: Project) -> None:
+    # Every command, `list` included, waited for a writer for ever.
+    pipe = project.root / "recipients.txt"
+    os.mkfifo(pipe)
+    write_project(project, encryption_yaml(recipients_file=str(pipe)))
+    ran = project.invoke("list", timeout=60)
+    assert ran.code == 2, ran.output
+    assert f"cannot read {pipe}: not a regular file: a named pipe, a folder or a device" in ran.stderr

@@ -18,6 +18,7 @@ from typing import Any
 
 from backup_core.errors import Problem
 from backup_core.manifest import redact
+from backup_core.sources import held
 from backup_core.manifest.variables import expand, home_expanded
 from backup_core.manifest.yaml_source import Document, KeyPath, format_path
 
@@ -203,8 +204,9 @@ def _recipients(
             return ()
         file = document.file.parent / home
         try:
-            text = file.read_text(encoding="utf-8-sig")  # a byte-order mark from Notepad is not part of a key
-        except (OSError, UnicodeDecodeError) as exc:
+            # Opened without waiting: a named pipe there held every command, `list` included.
+            text = held.read_own(file).removeprefix("\ufeff")  # a byte-order mark from Notepad is no key
+        except OSError as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             problems.append(document.problem((*where, "recipients_file"), f"cannot read {file}: {reason}"))
             return ()
