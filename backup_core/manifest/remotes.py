@@ -18,9 +18,9 @@ from typing import Any
 
 from backup_core.errors import Problem
 from backup_core.manifest import redact
-from backup_core.sources import held
 from backup_core.manifest.variables import expand, home_expanded
 from backup_core.manifest.yaml_source import Document, KeyPath, format_path
+from backup_core.sources import held
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
