@@ -20,7 +20,6 @@ import errno
 import hashlib
 import os
 import stat
-import sys
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -419,35 +418,19 @@ def _refuse_paths_through_links(infos: list[zipfile.ZipInfo]) -> None:
             raise TargetError(f"refusing member {info.filename!r}: it lies under the link {'/'.join(through)!r}")
 
 
-# Where the disk ignores case (and, on Windows, trailing dots and spaces), two members can land
-# on one file.
-_CASELESS = sys.platform in ("win32", "darwin")
-_TRIMS_NAMES = sys.platform == "win32"
-
-
 def _landing(info: zipfile.ZipInfo) -> tuple[str, ...]:
-    parts = tuple(part for part in names.disk_name(info).split("/") if part not in ("", "."))
-    if _TRIMS_NAMES:
-        parts = tuple(part.rstrip(". ") or part for part in parts)
-    return tuple(part.casefold() for part in parts) if _CASELESS else parts
+    return names.landing(info)
 
 
 def _refuse_name_clashes(infos: list[zipfile.ZipInfo], archive: Path) -> None:
-    """Refuse, before anything is written, members that would land on one file here: an archive
-    made on Linux may hold README and readme, and on Windows or macOS the second would replace
-    the first without a word."""
-    if not _CASELESS:
-        return
-    seen: dict[tuple[str, ...], str] = {}
-    for info in infos:
-        if info.is_dir():
-            continue  # folders of one name merge; their files are compared one by one
-        first = seen.setdefault(_landing(info), info.filename)
-        if first != info.filename:
-            raise UsageError(
-                f"{shown(first)} and {shown(info.filename)} in {archive.name} would be one file on this system "
-                "(their names differ only in case or trailing dots); restore each with --member into its own folder"
-            )
+    """Refuse, before anything is written, members that would land on one path here (see
+    names.clash): the second would replace the first without a word, or a file would stand
+    where another member needs a folder."""
+    if (problem := names.clash(infos)) is not None:
+        raise UsageError(
+            f"{archive.name} was not restored: {shown(problem)}; an archive this tool makes never holds such members "
+            "(another program made or changed it): restore the others with --member, or use another archive"
+        )
 
 
 def _ancestors(infos: list[zipfile.ZipInfo], chosen: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:

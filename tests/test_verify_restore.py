@@ -963,3 +963,45 @@ def test_a_file_larger_than_the_file_system_takes_is_named_with_the_reason(proje
     assert ran.returncode == 1, ran.stderr
     assert f"cannot write {folder / 'big.img'} (big.img in site-" in ran.stderr
     assert "is more than a file may hold there" in ran.stderr
+
+
+CLASHES = {
+    "twice": ([("notes.txt", "first"), ("notes.txt", "second")], "notes.txt is in it twice"),
+    "two-spellings": ([("a/b.txt", "one"), ("a//b.txt", "two")], "a/b.txt and a//b.txt name one file here"),
+    "file-and-link": ([("cfg", "data"), (symlink_info("cfg"), "elsewhere")], "cfg is in it twice"),
+    "file-as-folder": ([("x", "file"), ("x/y", "under it")], "x is a file, and x/y needs it as a folder"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # zipfile's, as it writes the crafted archive
+@pytest.mark.parametrize(("members", "said"), CLASHES.values(), ids=CLASHES.keys())
+def test_members_landing_on_one_path_fail_verify_and_restore_writes_nothing(
+    project: Project, members: list[tuple[zipfile.ZipInfo | str, str]], said: str
+) -> None:
+    # verify said ok; restore kept the second of two files (or the link, losing the file's
+    # data), said "restored", exit 0, or failed halfway and then refused its own --force.
+    ran, folder = restore_crafted(project, members)
+    verified = project.invoke("verify", "--only", "site")
+
+    assert ran.code == 2, ran.output
+    assert f"was not restored: {said}; an archive this tool makes never holds such members" in ran.stderr
+    assert not folder.exists()
+    assert verified.code == 1, verified.output
+    assert f"restore would refuse it: {said}" in verified.stdout
+
+
+def test_verify_fails_a_member_marked_encrypted(project: Project) -> None:
+    project.file("site/file.txt", "x\n")
+    project.write_manifest(SITE_MANIFEST)
+    archive = craft(project.root / "backups", "site", [("ok.txt", "ok"), ("enc.txt", "x" * 50)])
+    data = bytearray(archive.read_bytes())
+    local = data.index(b"PK\x03\x04", 4)
+    central = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 4)
+    data[local + 6] |= 1  # general purpose flag bit 0, in the local header and the directory
+    data[central + 8] |= 1
+    archive.write_bytes(bytes(data))
+
+    ran = project.invoke("verify", "--only", "site")
+
+    assert ran.code == 1, ran.output
+    assert "enc.txt: restore would refuse it: it is marked encrypted" in ran.stdout

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import sys
 import zipfile
 
 _UTF8_FLAG = 0x800
@@ -66,4 +68,45 @@ def link_refusal(name: str, target: str) -> str | None:
         return "the link is empty"
     if "\0" in target:
         return "no file system can hold a link to a name with a NUL character"
+    return None
+
+
+# Where the disk ignores case (and, on Windows, trailing dots and spaces), two members can land
+# on one file.
+_CASELESS = sys.platform in ("win32", "darwin")
+_TRIMS_NAMES = sys.platform == "win32"
+
+
+def landing(info: zipfile.ZipInfo) -> tuple[str, ...]:
+    """The path a member lands on here, as parts: `./a`, `a/.` and `a//b` land where `a` and
+    `a/b` do, and without case where the disk ignores it."""
+    parts = tuple(part for part in disk_name(info).split("/") if part not in ("", "."))
+    if _TRIMS_NAMES:
+        parts = tuple(part.rstrip(". ") or part for part in parts)
+    return tuple(part.casefold() for part in parts) if _CASELESS else parts
+
+
+def clash(infos: list[zipfile.ZipInfo]) -> str | None:
+    """Why two members of an archive would land on one path here, or None: one name twice (or
+    spelt two ways, `a//b` and `a/b`), a file that another member needs as its folder, and,
+    where the disk ignores case, README beside readme.  This tool never makes such an archive;
+    restore would keep one of two files and lose the other, or fail halfway.  The names are as
+    stored: whoever prints the sentence escapes them (report.shown)."""
+    landings = [landing(info) for info in infos]
+    files: dict[tuple[str, ...], int] = {}
+    for index, info in enumerate(infos):
+        if info.filename.endswith("/"):
+            continue  # folders of one name merge; their files are compared one by one
+        first = files.setdefault(landings[index], index)
+        if first != index:
+            one, other = infos[first].orig_filename, info.orig_filename
+            if one == other:
+                return f"{one} is in it twice"
+            why = " (only their case or trailing dots differ)" if _CASELESS else ""
+            return f"{one} and {other} name one file here{why}"
+    for index, parts in enumerate(landings):
+        above = next((files[parts[:i]] for i in range(1, len(parts)) if parts[:i] in files), None)
+        # A member under a link is refused for that (restore._refuse_paths_through_links).
+        if above is not None and not stat.S_ISLNK(infos[above].external_attr >> 16):
+            return f"{infos[above].orig_filename} is a file, and {infos[index].orig_filename} needs it as a folder"
     return None

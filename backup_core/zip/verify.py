@@ -38,6 +38,7 @@ _Item = TypeVar("_Item")
 _LOCAL = struct.Struct("<4sHHH4xLLLHH")
 _LATER = 0x08  # flag bit 3: CRC and sizes follow the data, in a data descriptor
 _UTF8 = 0x800
+_ENCRYPTED = 0x1  # general purpose flag bit 0
 _ZIP64_SIZE = 0xFFFFFFFF  # a size field that says "see the ZIP64 extra field"
 
 
@@ -154,10 +155,14 @@ def _check_names(directory: zipfile.ZipFile, verdict: Verdict) -> None:
         parent = next((p for p in _parents(info.filename) if p in links), None) if links else None
         if not refused and parent:
             refused = f"it lies under the link {parent!r}"
+        if not refused and info.flag_bits & _ENCRYPTED:
+            refused = "it is marked encrypted, which this tool never writes (its flags are damaged)"
         if refused:
             verdict.problems.append(f"{info.filename}: restore would refuse it: {refused}")
         if info.comment.startswith(b"changed while read"):
             verdict.warnings.append(f"{info.filename} kept changing while it was archived: it may mix versions")
+    if (clash := names.clash(infos)) is not None:
+        verdict.problems.append(f"restore would refuse it: {clash}")
     if (note := incomplete_note(directory.comment)) is not None:
         verdict.warnings.append(f"this archive is incomplete, as the run that made it said: {note}")
 
