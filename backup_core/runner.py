@@ -379,6 +379,13 @@ def _describe(exc: BaseException, target: Target) -> str:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return f"disk full writing to {target.destination}; free some space or choose another destination"
         if isinstance(exc, PermissionError):
+            if exc.filename and not os.path.lexists(exc.filename):
+                # A file being made (a partial archive): the folder refused it, not the file.
+                folder = Path(exc.filename).parent
+                return (
+                    f"permission denied making files in {folder}; fix its permissions or run as a user that can "
+                    "write there"
+                )
             return f"permission denied on {where}; fix its permissions or run as a user that can use it"
         if exc.errno == errno.EROFS:
             return f"{where} is on a read-only file system; choose another destination"
@@ -422,6 +429,10 @@ def _locked(target: Target, result: TargetResult) -> Iterator[list[str] | None]:
         with _created_locks_lock:
             _created_locks.add(path)
     except FileExistsError:
+        if path.is_symlink():  # never followed: "a loop of symbolic links" was all it said
+            raise TargetError(
+                f"{path} is a symbolic link, not a lock file; move it away (the next run makes its lock file again)"
+            ) from None
         # Without waiting: a named pipe under the lock's name held the run for ever, and every
         # later run said "another run is working on this target" (a FIFO with no reader: ENXIO).
         try:

@@ -835,6 +835,21 @@ def test_a_missing_source_fails_without_writing_or_deleting_anything(project: Pr
     assert len(project.archives(target="site")) == 3
 
 
+@pytest.mark.skipif(not permissions_enforced(), reason="root (or this platform) writes anywhere")
+def test_a_destination_this_user_may_not_write_in_is_named_not_the_archive_it_would_make(project: Project) -> None:
+    # "permission denied on …/.site-….zip.partial; fix its permissions": a file that never existed.
+    destination = _three_archives_then_keep_one(project)
+    destination.chmod(0o555)
+    try:
+        ran = project.invoke("backup", env={"BACKUP_NOW": "2026-01-04T00:00:00Z"})
+    finally:
+        destination.chmod(0o755)
+
+    assert ran.code == 1, ran.output
+    assert f"permission denied making files in {destination}; fix its permissions" in failed_line(ran)
+    assert len(project.archives(target="site")) == 3
+
+
 @pytest.mark.skipif(not permissions_enforced(), reason="root (or this platform) reads files whatever their mode")
 @pytest.mark.parametrize("size", [100, 3 * MiB], ids=["small", "chunked"])
 def test_an_unreadable_file_fails_naming_it_and_leaves_nothing(project: Project, size: int) -> None:

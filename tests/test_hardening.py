@@ -519,3 +519,18 @@ def test_a_named_pipe_under_a_copys_checksum_or_host_file_never_holds_a_push(pro
     assert pushed.code == 0, pushed.output  # its bytes are the archive's: recorded again
     assert verified.code == 0, verified.output
     assert copy.with_name(f"{copy.name}.sha256").is_file()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="making links needs a privilege on Windows")
+def test_a_link_under_the_lock_files_name_is_named_so(project: Project) -> None:
+    # "leads through a loop of symbolic links" was all it said.
+    project.file("src/a.txt", "a\n")
+    manifest(project, "src")
+    assert project.invoke("backup").code == 0
+    lock = project.root / "backups" / ".site.lock"
+    lock.rename(project.root / "elsewhere")
+    lock.symlink_to(project.root / "elsewhere")
+    ran = project.invoke("backup", "--format", "json")
+    assert ran.code == 1, ran.output
+    [result] = ran.json()["targets"]
+    assert result["error"].startswith(f"{lock} is a symbolic link, not a lock file; move it away"), result
