@@ -211,8 +211,14 @@ def _restore(
     root = Path(os.path.realpath(folder))
     try:
         directory = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except zipfile.BadZipFile as exc:
         raise TargetError(f"cannot open {archive.name}: {exc}") from None
+    except OSError as exc:
+        # The system's words, not Python's "[Errno 13] Permission denied: '/…'".
+        raise TargetError(
+            f"cannot read {archive}: {exc.strerror or exc}; run the restore as a user that can read it, "
+            "or name another archive with --archive NAME"
+        ) from None
     with directory:
         if (note := incomplete_note(directory.comment)) is not None:
             done.warnings.append(f"{archive.name} is incomplete, as the run that made it said: {note}")

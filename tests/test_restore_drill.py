@@ -403,6 +403,22 @@ def test_a_full_disk_in_a_remote_restore_counts_the_downloaded_copy_it_holds(pro
         shutil.rmtree(to, ignore_errors=True)
 
 
+@pytest.mark.skipif(not _writes_refused(), reason="root may read anything")
+def test_an_unreadable_archive_is_named_in_the_systems_words(project: Project) -> None:
+    # "cannot open …zip: [Errno 13] Permission denied: '…'": Python's text, not an operator's.
+    _backed_up(project)
+    [archive] = [p for p in (project.root / "backups").iterdir() if p.suffix == ".zip"]
+    archive.chmod(0)
+    try:
+        ran = project.invoke("restore", "t", "--to", str(project.root / "out"))
+    finally:
+        archive.chmod(0o600)
+
+    assert ran.code == 1, ran.output
+    assert f"cannot read {archive}: Permission denied; run the restore as a user that can read it" in _one_line(ran)
+    assert "Errno" not in ran.output
+
+
 @pytest.mark.skipif(not _writes_refused(), reason="root may write anywhere")
 def test_a_folder_this_user_may_not_write_in_is_named_with_the_file(project: Project) -> None:
     _backed_up(project)
