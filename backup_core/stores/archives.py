@@ -529,8 +529,9 @@ def origin(destination: Path, target: str) -> tuple[str, str] | None:
         return None
     except OSError as exc:
         raise OriginUnreadable(f"{where} cannot be read ({exc.strerror or exc})") from None
+    # Lines as written on Windows before this was written with \n only: host\r\npath\r\n.
     host, _, rest = text.partition("\n")
-    path = rest.partition("\n")[0]
+    host, path = host.removesuffix("\r"), rest.partition("\n")[0].removesuffix("\r")
     if not host.strip() or not path.strip():
         raise OriginUnreadable(f"{where} is empty or damaged")
     return host, path
@@ -548,7 +549,7 @@ def record_origin(destination: Path, target: str, host: str, path: str) -> None:
     final = _origin_path(destination, target)
     scratch = final.with_name(f"{final.name}.tmp")
     try:
-        scratch.write_text(f"{host}\n{path}\n", encoding="utf-8", errors="surrogateescape")
+        scratch.write_text(f"{host}\n{path}\n", encoding="utf-8", errors="surrogateescape", newline="\n")
         scratch.replace(final)
     except OSError:
         remove(scratch)
