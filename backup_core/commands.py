@@ -62,11 +62,14 @@ def _check_clock() -> None:
 
     try:
         moment = datetime.fromisoformat(fixed.replace("Z", "+00:00"))
-        (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)) + timedelta(days=1)
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        # An archive's name holds a four-digit year, and names are made a little after it.
+        if not 1000 <= (moment + timedelta(days=1)).year <= 9998:
+            raise ValueError(moment)
     except (ValueError, OverflowError):
         raise UsageError(
             f"{NOW_VARIABLE}={fixed}: not a time this tool can name archives by; give an ISO 8601 time "
-            "before 9999-12-31 (2026-03-01T12:00:00Z) or unset it"
+            "in the years 1000 to 9998 (2026-03-01T12:00:00Z) or unset it"
         ) from None
 
 

@@ -253,7 +253,9 @@ def test_restore_takes_the_newest_archive_that_is_not_from_the_future(project: P
     assert again.code == 0, again.output
 
 
-@pytest.mark.parametrize("value", ["garbage", "9999-12-31T23:59:59Z"])
+@pytest.mark.parametrize(
+    "value", ["garbage", "9999-12-31T23:59:59Z", "0001-01-01T01:00:00+05:00", "0999-06-01T00:00:00Z"]
+)
 def test_a_backup_now_that_names_no_usable_time_is_a_usage_error(project: Project, value: str) -> None:
     # Each target failed with "unexpected error: ValueError: ...", exit 1.
     _manifest(project, "{last: 2}")
@@ -261,6 +263,6 @@ def test_a_backup_now_that_names_no_usable_time_is_a_usage_error(project: Projec
     assert ran.code == 2, ran.output
     assert ran.json()["errors"] == [
         f"BACKUP_NOW={value}: not a time this tool can name archives by; give an ISO 8601 time "
-        "before 9999-12-31 (2026-03-01T12:00:00Z) or unset it"
+        "in the years 1000 to 9998 (2026-03-01T12:00:00Z) or unset it"
     ]
     assert "unexpected error" not in ran.output and project.archives() == []

@@ -206,9 +206,10 @@ def _recipients(
         try:
             # Opened without waiting: a named pipe there held every command, `list` included.
             text = held.read_own(file).removeprefix("\ufeff")  # a byte-order mark from Notepad is no key
-        except OSError as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            problems.append(document.problem((*where, "recipients_file"), f"cannot read {file}: {reason}"))
+            text.encode("utf-8")  # a byte that is not UTF-8 (kept by read_own as a surrogate): not a text file
+        except (OSError, UnicodeEncodeError) as exc:
+            why = "it is not UTF-8 text" if isinstance(exc, UnicodeEncodeError) else exc.strerror or str(exc)
+            problems.append(document.problem((*where, "recipients_file"), f"cannot read {file}: {why}"))
             return ()
         # Numbered so that a bad recipient is reported at its own line of that file.
         numbered = [(line.strip(), (*where, "recipients_file"), n) for n, line in enumerate(text.splitlines(), 1)]
