@@ -157,6 +157,24 @@ def test_a_window_as_wide_as_the_time_between_runs_is_no_clock_jump(within: str,
     assert plan.refused is None and plan.spared is None
 
 
+def test_runs_jittering_around_a_window_as_wide_as_their_interval_are_no_jump() -> None:
+    # within: 1d, daily runs 0, 5, 1 and 3 s past the hour: judged by exact times, the window
+    # "held" two archives on some days, and those runs kept everything with a clock warning.
+    items = [START + timedelta(days=n, seconds=s) for n, s in enumerate([0, 5, 1, 3, 2])]
+    for count in range(2, len(items) + 1):
+        plan = retention.plan(items[:count], lambda t: t, {"within": "1d"}, items[count - 1])
+        assert plan.refused is None and plan.spared is None, count
+        newest = items[count - 1]
+        assert plan.kept == [i for i in items[:count] if newest - i <= timedelta(days=1)]  # what within means
+
+
+def test_a_jump_after_weekly_runs_that_drift_is_still_caught() -> None:
+    items = [START + timedelta(weeks=n, seconds=5 * n) for n in range(10)]
+    ahead = items[-1] + timedelta(days=400)
+    plan = retention.plan([*items, ahead], lambda t: t, {"within": "7d"}, ahead)
+    assert plan.deleted == [] and plan.refused is not None
+
+
 # --- through invoke ------------------------------------------------------------------------------
 
 

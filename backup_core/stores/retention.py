@@ -151,12 +151,10 @@ def _within_past_a_jump(
     dated = sorted(present, key=when)
     newest, older = dated[-1], dated[-2]
     gap, window = when(newest) - when(older), parse_duration(within)
-    if gap <= window:
+    if not _jumped(dated, when, window):
         return kept, deleted, None
     spared = [item for item in deleted if when(older) - when(item) <= window]
-    if len([item for item in spared if item is not older]) == 0:
-        # The window held the archive before the newest alone: runs are as far apart as the
-        # window is wide (`within: 1d`, run daily), which is no jump (see _means_history).
+    if not spared:
         return kept, deleted, None
     staying = {id(item) for item in spared}
     return (
@@ -172,21 +170,32 @@ def _means_history(items: list[A], when: Callable[[A], datetime], policy: dict[s
 
     `last: 1` (or `daily: 1`) legitimately keeps one archive, and `daily: 7` keeps one of a
     day's several archives; a count of two periods that have archives does not.  Nor does a
-    `within` whose window held more than one archive before the newest came: counted from the
-    archive before the newest, it holds the one before that too.  A window no wider than the
-    time between runs (`within: 1d`, run daily) keeps one archive by design: taking every such
-    run for a jump of the clock kept every archive, for ever.
+    `within` whose newest archive came after a jump (see _jumped): a window no wider than the
+    time between runs (`within: 1d`, run daily, a few seconds later or earlier each day) keeps
+    one archive by design, and taking each such run for a jump kept every archive, for ever.
     """
     if policy.get("last", 0) >= 2:
         return True
-    if "within" in policy and len(items) >= 3:
-        dated = sorted(items, key=when)
-        if when(dated[-2]) - when(dated[-3]) <= parse_duration(policy["within"]):
-            return True
+    if (
+        "within" in policy
+        and len(items) >= 2
+        and _jumped(sorted(items, key=when), when, parse_duration(policy["within"]))
+    ):
+        return True
     for rule, period_of in PERIODS.items():
         if policy.get(rule, 0) >= 2 and len({period_of(when(item)) for item in items}) >= 2:
             return True
     return False
+
+
+def _jumped(dated: list[A], when: Callable[[A], datetime], window: timedelta) -> bool:
+    """Whether the newest of `dated` (oldest first, two or more) came further after the one
+    before it than runs do: past the window by more than the interval before (at least the
+    clock's tolerance).  A clock set ahead, most often; runs jittering by seconds around a
+    window as wide as their interval are no jump."""
+    gap = when(dated[-1]) - when(dated[-2])
+    usual = when(dated[-2]) - when(dated[-3]) if len(dated) >= 3 else timedelta(0)
+    return gap > window + max(usual, FUTURE_TOLERANCE)
 
 
 def _days(gap: timedelta) -> str:
