@@ -432,11 +432,17 @@ def _refuse_name_clashes(infos: list[zipfile.ZipInfo], archive: Path) -> None:
     """Refuse, before anything is written, members that would land on one path here (see
     names.clash): the second would replace the first without a word, or a file would stand
     where another member needs a folder."""
-    if (problem := names.clash(infos)) is not None:
+    if (found := names.clash(infos)) is None:
+        return
+    if found.case_only:
         raise UsageError(
-            f"{archive.name} was not restored: {shown(problem)}; an archive this tool makes never holds such members "
-            "(another program made or changed it): restore the others with --member, or use another archive"
+            f"{archive.name} was not restored: {shown(found.said)} on this system; restore each with --member "
+            "into its own folder"
         )
+    raise UsageError(
+        f"{archive.name} was not restored: {shown(found.said)}; an archive this tool makes never holds such members "
+        "(another program made or changed it): restore the others with --member, or use another archive"
+    )
 
 
 def _ancestors(infos: list[zipfile.ZipInfo], chosen: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:

@@ -1443,7 +1443,7 @@ def _damaged(path: Path) -> str | None:
         return f"it cannot be read ({exc.strerror or exc})"
     key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _read_through:
-        verdict = verify_archive(path)
+        verdict = verify_archive(path, judge_names=False)  # its data: what a name says is restore's to judge
         _read_through[key] = verdict.problems[0] if verdict.problems else None
     return _read_through[key]
 

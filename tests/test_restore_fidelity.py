@@ -300,6 +300,35 @@ def test_verify_reports_what_restore_would_refuse(project: Project, name: str, l
     assert "refusing" in ran.stderr and "Traceback" not in ran.output
 
 
+def test_names_that_differ_only_in_case_are_a_verify_warning_and_never_stop_a_prune(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A case-sensitive volume on macOS holds README and readme, and this tool archives both:
+    # verify failed its own archives, and prune, judging the newest by them, deleted nothing
+    # ever again.  (macOS's rule is switched on here, in-process: CI runs on Linux.)
+    from backup_core import manifest as manifest_module
+    from backup_core import runner
+    from backup_core.zip import names as member_names
+    from backup_core.zip.verify import verify_archive
+
+    project.file("src/README", "upper\n")
+    project.file("src/readme", "lower\n")
+    project.write_manifest("version: 1\ntargets: [{name: t, path: src, keep: {last: 2}}]\n")
+    for day in (1, 2):
+        assert project.invoke("backup", env={"BACKUP_NOW": f"2026-03-0{day}T00:00:00Z"}).code == 0
+    project.write_manifest("version: 1\ntargets: [{name: t, path: src, keep: {last: 1}}]\n")
+    monkeypatch.setattr(member_names, "_CASELESS", True)
+    newest = project.archives()[-1]
+
+    verdict = verify_archive(newest)
+    assert verdict.ok, verdict.problems
+    assert any("README and readme name one file here (only their case" in w for w in verdict.warnings)
+    [target] = manifest_module.load(project.manifest).targets
+    result = runner.prune_target(target, runner.Options())
+    assert result.status == "changed", result.error
+    assert project.archives() == [newest]
+
+
 @pytest.mark.parametrize(
     ("names", "trims"),
     [(["docs/README", "docs/readme"], False), (["Docs/a.txt", "docs/A.TXT"], False), (["notes", "notes."], True)],

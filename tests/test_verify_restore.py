@@ -970,6 +970,8 @@ CLASHES = {
     "two-spellings": ([("a/b.txt", "one"), ("a//b.txt", "two")], "a/b.txt and a//b.txt name one file here"),
     "file-and-link": ([("cfg", "data"), (symlink_info("cfg"), "elsewhere")], "cfg is in it twice"),
     "file-as-folder": ([("x", "file"), ("x/y", "under it")], "x is a file, and x/y needs it as a folder"),
+    "file-and-folder": ([("a", "file"), ("a/", "")], "a is a file, and a/ needs it as a folder"),
+    "link-and-folder": ([(symlink_info("a"), "elsewhere"), ("a/", "")], "a is a file, and a/ needs it as a folder"),
 }
 
 

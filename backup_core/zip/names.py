@@ -15,6 +15,7 @@ import re
 import stat
 import sys
 import zipfile
+from typing import NamedTuple
 
 _UTF8_FLAG = 0x800
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -77,36 +78,91 @@ _CASELESS = sys.platform in ("win32", "darwin")
 _TRIMS_NAMES = sys.platform == "win32"
 
 
-def landing(info: zipfile.ZipInfo) -> tuple[str, ...]:
+def landing(info: zipfile.ZipInfo, fold: bool = True) -> tuple[str, ...]:
     """The path a member lands on here, as parts: `./a`, `a/.` and `a//b` land where `a` and
-    `a/b` do, and without case where the disk ignores it."""
+    `a/b` do, and (`fold`) without case and trailing dots where the disk ignores them."""
     parts = tuple(part for part in disk_name(info).split("/") if part not in ("", "."))
+    if not fold:
+        return parts
     if _TRIMS_NAMES:
         parts = tuple(part.rstrip(". ") or part for part in parts)
     return tuple(part.casefold() for part in parts) if _CASELESS else parts
 
 
-def clash(infos: list[zipfile.ZipInfo]) -> str | None:
+class Clash(NamedTuple):
+    said: str
+    case_only: bool  # only case (or trailing dots) makes the two names one: a case-sensitive
+    # volume on macOS can hold both, and this tool then archived both
+
+
+def clash(infos: list[zipfile.ZipInfo]) -> Clash | None:
     """Why two members of an archive would land on one path here, or None: one name twice (or
-    spelt two ways, `a//b` and `a/b`), a file that another member needs as its folder, and,
-    where the disk ignores case, README beside readme.  This tool never makes such an archive;
-    restore would keep one of two files and lose the other, or fail halfway.  The names are as
-    stored: whoever prints the sentence escapes them (report.shown)."""
-    landings = [landing(info) for info in infos]
-    files: dict[tuple[str, ...], int] = {}
+    spelt two ways, `a//b` and `a/b`), a file or link that another member needs as its folder
+    (or that a folder member is too), and, where the disk ignores case, README beside readme.
+    Restore would keep one of two files and lose the other, or fail halfway.  The names are as
+    stored: whoever prints the sentence escapes them (report.shown).
+
+    One pass over hashes of the landings and of the folders above them finds whether there
+    may be one (a million members: a set of a million numbers and one of the folders); only
+    then are the members compared by name, to say which."""
+    files: set[int] = set()
+    folders: set[int] = set()
+    for info in infos:
+        key = _key(info)
+        here = hash(key)
+        if info.filename.endswith("/"):
+            if here in files:
+                return _named_clash(infos)
+            folders.add(here)
+        else:
+            if here in files or here in folders:
+                return _named_clash(infos)
+            files.add(here)
+        at = key.find("/")
+        while at != -1:
+            above = hash(key[:at])
+            if above in files:
+                return _named_clash(infos)
+            folders.add(above)
+            at = key.find("/", at + 1)
+    return None
+
+
+def _key(info: zipfile.ZipInfo) -> str:
+    """landing(info) as one string, without splitting a name that needs no folding."""
+    name = disk_name(info)
+    if _CASELESS or _TRIMS_NAMES or "//" in name or "./" in name or name.endswith("/.") or name == ".":
+        return "/".join(landing(info))
+    return name.strip("/")
+
+
+def _named_clash(infos: list[zipfile.ZipInfo]) -> Clash | None:
+    """clash(), naming the members; None when the hashes only happened to meet, or when the
+    member is under a link (restore refuses it for that)."""
+    files: dict[int, int] = {}  # hash of a file's or link's landing -> its index
     for index, info in enumerate(infos):
         if info.filename.endswith("/"):
             continue  # folders of one name merge; their files are compared one by one
-        first = files.setdefault(landings[index], index)
-        if first != index:
+        key = "/".join(landing(info))
+        first = files.setdefault(hash(key), index)
+        if first != index and "/".join(landing(infos[first])) == key:
             one, other = infos[first].orig_filename, info.orig_filename
             if one == other:
-                return f"{one} is in it twice"
-            why = " (only their case or trailing dots differ)" if _CASELESS else ""
-            return f"{one} and {other} name one file here{why}"
-    for index, parts in enumerate(landings):
-        above = next((files[parts[:i]] for i in range(1, len(parts)) if parts[:i] in files), None)
-        # A member under a link is refused for that (restore._refuse_paths_through_links).
-        if above is not None and not stat.S_ISLNK(infos[above].external_attr >> 16):
-            return f"{infos[above].orig_filename} is a file, and {infos[index].orig_filename} needs it as a folder"
+                return Clash(f"{one} is in it twice", False)
+            if landing(infos[first], fold=False) != landing(info, fold=False):
+                return Clash(f"{one} and {other} name one file here (only their case or trailing dots differ)", True)
+            return Clash(f"{one} and {other} name one file here", False)
+    for info in infos:
+        key = "/".join(landing(info))
+        ends = [at for at, char in enumerate(key) if char == "/"]
+        if info.filename.endswith("/"):
+            ends.append(len(key))  # a folder member must not be a file either
+        for end in ends:
+            above = files.get(hash(key[:end]))
+            if above is None or "/".join(landing(infos[above])) != key[:end]:
+                continue
+            if end < len(key) and stat.S_ISLNK(infos[above].external_attr >> 16):
+                break  # under a link: refused for that (restore._refuse_paths_through_links)
+            file = infos[above].orig_filename
+            return Clash(f"{file} is a file, and {info.orig_filename} needs it as a folder", False)
     return None

@@ -95,8 +95,9 @@ def read_directory(archive: Path, verdict: Verdict | None = None) -> list[Record
         ]  # fmt: skip
 
 
-def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
-    """Check every member's data; with sqlite_check, also every SQLite member's integrity."""
+def verify_archive(archive: Path, sqlite_check: str = "none", judge_names: bool = True) -> Verdict:
+    """Check every member's data; with sqlite_check, also every SQLite member's integrity; with
+    judge_names, also every name as restore judges it."""
     from backup_core.stores.archives import ending, not_a_file
 
     verdict = Verdict(archive)
@@ -105,7 +106,7 @@ def verify_archive(archive: Path, sqlite_check: str = "none") -> Verdict:
             verdict.problems.append(odd)
             return verdict
     try:
-        infos = read_directory(archive, verdict)
+        infos = read_directory(archive, verdict if judge_names else None)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
         verdict.problems.append(f"not a readable zip archive (truncated or damaged?): {exc}")
         return verdict
@@ -162,7 +163,9 @@ def _check_names(directory: zipfile.ZipFile, verdict: Verdict) -> None:
         if info.comment.startswith(b"changed while read"):
             verdict.warnings.append(f"{info.filename} kept changing while it was archived: it may mix versions")
     if (clash := names.clash(infos)) is not None:
-        verdict.problems.append(f"restore would refuse it: {clash}")
+        # Case alone: an archive of a case-sensitive volume, whole; restore here takes such
+        # members one at a time.  Anything else: this tool never made it so.
+        (verdict.warnings if clash.case_only else verdict.problems).append(f"restore would refuse it: {clash.said}")
     if (note := incomplete_note(directory.comment)) is not None:
         verdict.warnings.append(f"this archive is incomplete, as the run that made it said: {note}")
 
