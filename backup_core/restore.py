@@ -52,6 +52,8 @@ class Restored:
     damaged: list[str] = field(default_factory=list)
     # Members that could not be read (a bad CRC, a stream that does not inflate): left out, with why.
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    # Links this file system would not make (a target longer than a path may be, FAT): left out.
+    unmade: list[str] = field(default_factory=list)
     size: int = 0  # what the members to restore hold, uncompressed
 
     def written(self, damaged: bool = False) -> str:
@@ -307,6 +309,12 @@ def _restore(
             f"database {done.damaged[0]}{more} in {archive.name} fails integrity_check and was not restored"
             f"{every} (to take it as archived anyway: {take})"
         )
+    if done.unmade:
+        more = f" (and {len(done.unmade) - 1} more link(s))" if len(done.unmade) > 1 else ""
+        said.append(
+            f"{done.unmade[0]}{more}; every other member was restored into {folder}: make the link(s) by hand, "
+            "or restore onto a file system that takes them"
+        )
     if said:
         raise TargetError("; ".join(said))
 
@@ -531,9 +539,11 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
             if getattr(exc, "winerror", None) == _NO_LINK_PRIVILEGE:  # Windows, without the privilege
                 done.warnings.append(said)
                 return
-            # Anything else (a target too long for this file system, no space): a restore that
-            # says "restored" while a link is missing would be believed.
-            raise TargetError(said) from None
+            # Anything else (a target too long for this file system, FAT, no space): the other
+            # links and the folders' modes still come, and the restore fails at the end: one
+            # that says "restored" while a link is missing would be believed.
+            done.unmade.append(said)
+            return
         _set_attributes(info, path, done)
         return
     # A short temporary name in the same folder: the member's own name may already be as long

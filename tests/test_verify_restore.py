@@ -551,12 +551,22 @@ def test_restore_never_writes_through_a_link_that_leads_outside(
 
 @pytest.mark.skipif(os.name != "posix", reason="making links needs a privilege on Windows")
 def test_a_link_this_file_system_cannot_make_fails_the_restore(project: Project) -> None:
-    # Its target is longer than a path may be: it was a warning, then "restored", exit 0.
-    ran, folder = restore_crafted(project, [("f.txt", "f"), (symlink_info("current"), "releases/" + "x" * 4100)])
+    # Its target is longer than a path may be: it was a warning, then "restored", exit 0.  The
+    # other links and the folders' modes still come: a private folder must not stay 0755.
+    private = zipfile.ZipInfo("d/")
+    private.create_system, private.external_attr = 3, (stat.S_IFDIR | 0o700) << 16 | 0x10
+    members: list[tuple[zipfile.ZipInfo | str, str]] = [
+        ("f.txt", "f"), (symlink_info("current"), "releases/" + "x" * 4100), (symlink_info("ok"), "f.txt"),
+        (private, ""), ("d/secret.txt", "s"),
+    ]  # fmt: skip
+    ran, folder = restore_crafted(project, members)
 
     assert ran.code == 1, ran.output
     assert "could not make link current -> " in ran.output and "File name too long" in ran.output
+    assert f"every other member was restored into {folder}" in ran.output
     assert (folder / "f.txt").read_text(encoding="utf-8") == "f" and not os.path.lexists(folder / "current")
+    assert str((folder / "ok").readlink()) == "f.txt"
+    assert stat.S_IMODE((folder / "d").stat().st_mode) == 0o700
 
 
 @pytest.mark.skipif(os.name != "posix", reason="making links needs a privilege on Windows")
