@@ -87,6 +87,9 @@ def _describe_local(result: TargetResult, command: str, check: bool) -> str:
             # The line begins with the archive's name; an error that begins with it too would
             # say it twice ("NAME: NAME does not match ...").  JSON keeps the error whole.
             return f"{result.archive.name}: {error.removeprefix(result.archive.name + ' ')}"
+        if command == "prune" and result.deleted and "deleted before it" not in error:
+            # A prune that failed part-way (a file it may not delete): what went is said too.
+            return f"{error} (deleted before it: {', '.join(result.deleted)})"
         return error
     if result.status == SKIPPED:
         return result.reason

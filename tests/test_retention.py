@@ -301,6 +301,32 @@ def test_a_prune_interrupted_while_deleting_says_what_it_deleted(
     assert [p.name for p in project.archives()] == [p.name for p in made[2:]]
 
 
+def test_a_prune_that_fails_part_way_says_what_it_deleted_in_its_line(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The line named only the archive it could not delete (immutable, say); the JSON alone said
+    # which had gone before it.
+    from backup_core import report
+
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    made = [fake_archive(project.root / "backups", "site", when) for when in PRUNE_TIMES[:3]]
+    [target] = manifest.load(project.manifest).targets
+    deleting = runner._delete_archive
+
+    def refused(path: Any, result: Any) -> bool:
+        if path == made[1]:
+            raise PermissionError(13, "Operation not permitted", str(path))
+        return deleting(path, result)
+
+    monkeypatch.setattr(runner, "_delete_archive", refused)
+    result = runner.prune_target(target, runner.Options())
+
+    assert result.status == "failed" and result.deleted == [made[0].name]
+    line = report.describe(result, "prune", check=False)
+    assert line.startswith(f"permission denied on {made[1]}") and line.endswith(f"(deleted before it: {made[0].name})")
+
+
 @pytest.mark.parametrize(
     ("kinds", "deleted"),
     [
