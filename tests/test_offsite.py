@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -246,12 +247,20 @@ def test_a_partial_copy_left_by_a_killed_run_is_begun_again(project: Project, tm
     leftover = tmp_path / "disk" / "host1" / "site" / f".{name}.partial"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"the first megabytes of a copy")
+    # An older archive's leftovers, a day old: its record's scratch files (a kill between their
+    # write and rename) too.
+    older = archive_file_name("site", START - timedelta(days=3))
+    stale = [leftover.with_name(f".{older}{end}") for end in (".partial", ".sha256.tmp", ".host.tmp")]
+    for file in stale:
+        file.write_text("left by a killed run\n", encoding="utf-8")
+        os.utime(file, (time.time() - 2 * 86400,) * 2)
 
     ran = run(project, folder, "backup", now=START)
 
     assert ran.code == 0, ran.output
     assert folder.read("site", name) == (project.root / "backups" / name).read_bytes()
     assert not leftover.exists()
+    assert not any(file.exists() for file in stale)
 
 
 def test_an_existing_copy_with_other_bytes_is_never_overwritten(project: Project, remote: Remote) -> None:

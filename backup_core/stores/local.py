@@ -230,15 +230,17 @@ _STALE_COPY = 24 * 3600
 
 
 def _clear_stale_copies(folder: Path, target: str) -> None:
-    """Remove the partial copies of the target's other archives that killed runs left: nothing
-    else would (only a copy of the same archive begins again from its own), and the keep may
-    never want that archive again."""
+    """Remove the partial copies of the target's other archives, and the scratch files of their
+    records, that killed runs left: nothing else would (only a copy of the same archive begins
+    again from its own), and the keep may never want that archive again."""
     now = time.time()
     for entry in os.scandir(folder):
         name = entry.name
-        if not (name.startswith(f".{target}-") and name.endswith(".partial")):
+        # A copy's, or a scratch of its checksum or host file (see _write_record).
+        suffix = next((end for end in (".partial", ".sha256.tmp", ".host.tmp") if name.endswith(end)), None)
+        if suffix is None or not name.startswith(f".{target}-"):
             continue
-        if parse(target, name[1 : -len(".partial")]) is None:
+        if parse(target, name[1 : -len(suffix)]) is None:
             continue
         try:
             if now - entry.stat(follow_symlinks=False).st_mtime > _STALE_COPY:
