@@ -559,9 +559,14 @@ def _extract(directory: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, root
         with directory.open(info) as source, archives.create_private(partial) as copy:
             head = source.read(_BLOCK)
             is_database = head[:16] == SQLITE_HEADER
+            written = 0
             while head:
                 copy.write(head)
+                written += len(head)
                 head = source.read(_BLOCK)
+            if written != info.file_size:
+                # zipfile checks the CRC, not the size the directory gives: verify fails it so.
+                raise zipfile.BadZipFile(f"its data is {written} bytes, the directory says {info.file_size}")
             copy.flush()
             os.fsync(copy.fileno())
         if is_database:

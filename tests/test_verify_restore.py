@@ -1017,3 +1017,23 @@ def test_verify_fails_a_member_marked_encrypted(project: Project) -> None:
 
     assert ran.code == 1, ran.output
     assert "enc.txt: restore would refuse it: it is marked encrypted" in ran.stdout
+
+
+def test_a_member_whose_data_is_not_the_size_its_directory_gives_is_left_out(project: Project) -> None:
+    # Its CRC matched, so it was "restored" (over the file there, with --force) while verify
+    # failed the archive for its size.
+    project.file("site/file.txt", "x\n")
+    project.write_manifest(SITE_MANIFEST)
+    archive = craft(project.root / "backups", "site", [("report.txt", "h" * 100)])
+    data = bytearray(archive.read_bytes())
+    struct.pack_into("<I", data, 22, 1_000_000)  # the local header's uncompressed size
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, 1_000_000)  # and the central directory's
+    archive.write_bytes(bytes(data))
+    mine = project.file("out/report.txt", "the current report\n")
+
+    ran = project.invoke("restore", "site", "--to", str(project.root / "out"), "--force")
+
+    assert ran.code == 1, ran.output
+    assert "report.txt in " in ran.stderr and "its data is 100 bytes, the directory says 1000000" in ran.stderr
+    assert mine.read_text(encoding="utf-8") == "the current report\n"
