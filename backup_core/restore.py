@@ -422,18 +422,14 @@ def _is_link(info: zipfile.ZipInfo) -> bool:
 def _refuse_paths_through_links(infos: list[zipfile.ZipInfo]) -> None:
     # Compared as the names land on disk (`./a`, `a/.` and `a` are one path; a name stored as
     # bytes and one flagged UTF-8 may be the same), and without case where the disk ignores it.
-    links = {_landing(info) for info in infos if _is_link(info)}
+    links = {names.landing(info) for info in infos if _is_link(info)}
     if not links:
         return
     for info in infos:
-        parts = _landing(info)
+        parts = names.landing(info)
         through = next((parts[:i] for i in range(1, len(parts)) if parts[:i] in links), None)
         if through:
             raise TargetError(f"refusing member {info.filename!r}: it lies under the link {'/'.join(through)!r}")
-
-
-def _landing(info: zipfile.ZipInfo) -> tuple[str, ...]:
-    return names.landing(info)
 
 
 def _refuse_name_clashes(infos: list[zipfile.ZipInfo], archive: Path) -> None:

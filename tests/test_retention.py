@@ -13,6 +13,7 @@ import random
 import zipfile
 from collections.abc import Callable, Hashable
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -271,29 +272,35 @@ def test_prune_deletes_nothing_when_the_newest_kept_is_damaged_inside(project: P
     assert project.snapshot_tree() == before and len(older) == 2
 
 
+def _prune_failing_at(
+    project: Project, monkeypatch: pytest.MonkeyPatch, count: int, at: int, failure: BaseException
+) -> tuple[list[Path], Any]:
+    """Prune `count` archives down to one in-process, deleting raising `failure` at the archive
+    `at` exactly (a signal, a refusal): the moment a real run could only be hoped to hit."""
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    made = [fake_archive(project.root / "backups", "site", when) for when in PRUNE_TIMES[:count]]
+    [target] = manifest.load(project.manifest).targets
+    deleting = runner._delete_archive
+
+    def failing(path: Any, result: Any) -> bool:
+        if path == made[at]:
+            raise failure
+        return deleting(path, result)
+
+    monkeypatch.setattr(runner, "_delete_archive", failing)
+    try:
+        return made, runner.prune_target(target, runner.Options())
+    finally:
+        runner._stopping.clear()  # an interrupt sets it for the rest of the run
+
+
 def test_a_prune_interrupted_while_deleting_says_what_it_deleted(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The run replaced the target's result with one saying nothing was deleted (JSON: deleted
     # []), while 2,499 archives were gone.  The signal lands on the third deletion, exactly.
-    project.file("src/a.txt")
-    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
-    made = [fake_archive(project.root / "backups", "site", when) for when in PRUNE_TIMES[:5]]
-    [target] = manifest.load(project.manifest).targets
-    deleting = runner._delete_archive
-    calls = []
-
-    def interrupted(path: Any, result: Any) -> bool:
-        calls.append(path)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return deleting(path, result)
-
-    monkeypatch.setattr(runner, "_delete_archive", interrupted)
-    try:
-        result = runner.prune_target(target, runner.Options())
-    finally:
-        runner._stopping.clear()
+    made, result = _prune_failing_at(project, monkeypatch, 5, 2, KeyboardInterrupt())
 
     assert result.status == "failed"
     assert result.deleted == [made[0].name, made[1].name]
@@ -308,19 +315,9 @@ def test_a_prune_that_fails_part_way_says_what_it_deleted_in_its_line(
     # which had gone before it.
     from backup_core import report
 
-    project.file("src/a.txt")
-    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
-    made = [fake_archive(project.root / "backups", "site", when) for when in PRUNE_TIMES[:3]]
-    [target] = manifest.load(project.manifest).targets
-    deleting = runner._delete_archive
-
-    def refused(path: Any, result: Any) -> bool:
-        if path == made[1]:
-            raise PermissionError(13, "Operation not permitted", str(path))
-        return deleting(path, result)
-
-    monkeypatch.setattr(runner, "_delete_archive", refused)
-    result = runner.prune_target(target, runner.Options())
+    second = project.root / "backups" / archive_file_name("site", PRUNE_TIMES[1])
+    refused = PermissionError(13, "Operation not permitted", str(second))
+    made, result = _prune_failing_at(project, monkeypatch, 3, 1, refused)
 
     assert result.status == "failed" and result.deleted == [made[0].name]
     line = report.describe(result, "prune", check=False)

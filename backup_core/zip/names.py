@@ -143,9 +143,9 @@ def _named_clash(infos: list[zipfile.ZipInfo]) -> Clash | None:
     for index, info in enumerate(infos):
         if info.filename.endswith("/"):
             continue  # folders of one name merge; their files are compared one by one
-        key = "/".join(landing(info))
+        key = _key(info)
         first = files.setdefault(hash(key), index)
-        if first != index and "/".join(landing(infos[first])) == key:
+        if first != index and _key(infos[first]) == key:
             one, other = infos[first].orig_filename, info.orig_filename
             if one == other:
                 return Clash(f"{one} is in it twice", False)
@@ -153,13 +153,13 @@ def _named_clash(infos: list[zipfile.ZipInfo]) -> Clash | None:
                 return Clash(f"{one} and {other} name one file here (only their case or trailing dots differ)", True)
             return Clash(f"{one} and {other} name one file here", False)
     for info in infos:
-        key = "/".join(landing(info))
+        key = _key(info)
         ends = [at for at, char in enumerate(key) if char == "/"]
         if info.filename.endswith("/"):
             ends.append(len(key))  # a folder member must not be a file either
         for end in ends:
             above = files.get(hash(key[:end]))
-            if above is None or "/".join(landing(infos[above])) != key[:end]:
+            if above is None or _key(infos[above]) != key[:end]:
                 continue
             if end < len(key) and stat.S_ISLNK(infos[above].external_attr >> 16):
                 break  # under a link: refused for that (restore._refuse_paths_through_links)
