@@ -429,27 +429,19 @@ def _locked(target: Target, result: TargetResult) -> Iterator[list[str] | None]:
         with _created_locks_lock:
             _created_locks.add(path)
     except FileExistsError:
-        if path.is_symlink():  # never followed: "a loop of symbolic links" was all it said
+        # Looked at before it is opened: a link is never followed ("a loop of symbolic links"
+        # was all it said), and a named pipe held the run for ever while every later run said
+        # "another run is working on this target".  Opened without waiting all the same.
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
             raise TargetError(
                 f"{path} is a symbolic link, not a lock file; move it away (the next run makes its lock file again)"
             ) from None
-        # Without waiting: a named pipe under the lock's name held the run for ever, and every
-        # later run said "another run is working on this target" (a FIFO with no reader: ENXIO).
-        try:
-            descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0))
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            descriptor = None
-        try:
-            regular = descriptor is not None and stat.S_ISREG(os.fstat(descriptor).st_mode)
-        finally:
-            if descriptor is not None:
-                os.close(descriptor)
-        if not regular:
+        if not stat.S_ISREG(mode):
             raise TargetError(
                 f"{path} is not a regular file; move it away (the next run makes its lock file again)"
             ) from None
+        os.close(os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0)))
     lock = _file_lock(path)
     try:
         lock.acquire(timeout=target.lock_timeout)
