@@ -690,6 +690,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
 
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
+    root = _root(target)
     total = (
         sum(e.stat.st_size for e in sources.entries(target.path, kind, target.exclude) if e.kind in _DATA)
         if observer.wants_totals else None
@@ -748,6 +749,11 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 else:
                     early.result()
                     synced.result()
+        if _root(target) != root:
+            raise TargetError(
+                f"{target.path} was moved, replaced or unmounted while it was being archived: the archive would "
+                "hold part of it at best; nothing was archived and no old archive deleted; run the backup again"
+            )
         result.files, result.directories = stats.files, stats.directories
         result.bytes_in, result.bytes_out, result.warnings = stats.bytes_in, stats.bytes_out, stats.warnings
         _changed_while_read(target, kind, stats.changed, result)
@@ -963,6 +969,19 @@ def _archive_comment(result: TargetResult, torn: list[str], changed: list[str]) 
 def _sound(archive: Archive) -> bool:
     """Whether `archive` is ground for rotating older ones (see archives.doubt)."""
     return archives.doubt(archive.path) is None
+
+
+def _root(target: Target) -> tuple[int, int] | None:
+    """The device and inode of the target's source (a link to it followed), None once gone.
+
+    Compared before and after the walk: a source unmounted (even lazily) or moved away while it
+    was walked left an archive of the files read before it went, reported as `changed`, and
+    rotation deleted the whole one.  Its files' own checks only saw some of them vanish."""
+    try:
+        st = target.path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _still_there(partial: Path) -> None:

@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -338,6 +338,65 @@ def test_a_small_file_replaced_by_a_fifo_after_its_stat_is_left_out_without_wait
     assert vanished == [f"{path} was replaced by something that is not a file before it was read; not archived"]
 
 
+@POSIX
+@pytest.mark.parametrize("how", ["link", "renamed"])
+def test_a_small_file_replaced_after_its_stat_is_left_out_and_a_link_never_followed(tmp_path: Path, how: str) -> None:
+    # A file swapped for a link between the walk and the read was read through the link, out of
+    # the tree: another user's secret archived under the file's name, as a regular file, with no
+    # warning.  A file renamed over it is another file too: the walk's file was never read.
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"TOPSECRET\n")
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"the file the walk saw\n")
+    seen = path.stat()
+    if how == "link":
+        path.unlink()
+        path.symlink_to(secret)
+    else:  # made before the walk's file goes, or it could take its inode number
+        other = tmp_path / "data.txt.new"
+        other.write_bytes(b"written beside it, then renamed over it\n")
+        other.replace(path)
+    item = ("data.txt", str(path), b"", seen.st_mode, seen.st_mtime, seen.st_size, -1, -1, packing.identity(seen))
+    facts, block = packing.pack_batch(None, True, [item])
+    _record, _offsets, files, _folders, _links, size, vanished, changed, _length, _crc, _torn = facts
+    assert (files, size, changed, block) == (0, 0, [], b"")
+    assert vanished == [f"{path} was replaced by another file or a link before it was read; not archived"]
+
+
+@POSIX
+def test_a_large_file_swapped_for_a_link_while_read_is_left_out_and_the_link_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"TOPSECRET\n" * (SIZE // 10))
+    source = tmp_path / "data.bin"
+    source.write_bytes(_content(SIZE))
+    seen = source.stat()
+    trial = packing.worth_deflating
+
+    def then_a_link(compressor: object, path: str) -> bool:
+        answer = trial(compressor, path)  # type: ignore[arg-type]
+        source.unlink()  # after its first bytes were read: the pieces, and any reading again, find a link
+        source.symlink_to(secret)
+        return answer
+
+    monkeypatch.setattr(packing, "worth_deflating", then_a_link)
+    monkeypatch.setattr(workers, "PROCESSES_FROM", 0)
+    archive = tmp_path / "out.zip"
+    (tmp_path / "after.txt").write_bytes(b"placed after it\n")
+    with archive.open("wb") as file:
+        writer = ZipWriter(file, compressor_factory(0), workers=2, path=archive)
+        writer.add_file("data.bin", source, seen)
+        writer.add_file("after.txt", tmp_path / "after.txt", (tmp_path / "after.txt").stat())
+        stats = writer.close()
+    assert stats.warnings == [f"{source} was replaced by another file or a link while it was being read; not archived"]
+    assert (stats.files, stats.changed) == (1, [])
+    assert verify_archive(archive).ok
+    with zipfile.ZipFile(archive) as result:
+        assert result.namelist() == ["after.txt"]
+    assert b"TOPSECRET" not in archive.read_bytes()  # stored (level 0): its bytes would show
+
+
 def test_a_small_file_that_grows_past_a_piece_while_read_is_archived_as_changed(tmp_path: Path) -> None:
     # A log appended to between the walk and the read failed the whole folder target.
     path = tmp_path / "app.log"
@@ -429,3 +488,45 @@ def test_a_large_file_gone_during_its_last_reading_is_left_out_not_kept_cut_shor
     assert verify_archive(archive).ok
     with zipfile.ZipFile(archive) as result:
         assert result.namelist() == ["after.txt"]
+
+
+# --- the source itself gone while it is walked ---------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["moved", "replaced"])
+def test_a_source_moved_away_while_walked_fails_and_keeps_the_whole_archive(
+    project: Project, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A source unmounted (umount -l) or moved away mid-run gave an archive of the files read
+    # before it went, reported as `changed` with "vanished" warnings, and keep: {last: 1} then
+    # deleted the whole archive.  The move lands after the third file, exactly.
+    from backup_core import manifest, runner
+
+    for number in range(12):
+        project.file(f"src/f{number:02d}.txt", f"file {number}\n" * 100)
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    first = project.invoke("backup")
+    assert first.code == 0, first.output
+    [whole] = project.archives()
+    [target] = manifest.load(project.manifest).targets
+    adding, added = runner._add, []
+
+    def then_gone(writer: Any, entry: Any, *args: Any, **kwargs: Any) -> None:
+        adding(writer, entry, *args, **kwargs)
+        added.append(entry.name)
+        if len(added) == 3:
+            (project.root / "src").rename(project.root / "src.old")
+            if how == "replaced":  # another folder of the same names: a mount point's stale copies
+                for number in range(12):
+                    project.file(f"src/f{number:02d}.txt", f"stale {number}\n")
+
+    monkeypatch.setattr(runner, "_add", then_gone)
+    monkeypatch.setenv("BACKUP_NOW", "2099-01-01T00:00:00Z")  # a new archive's name, whatever the clock
+    result = runner.backup_target(target, runner.Options())
+    assert result.status == "failed"
+    assert result.error == (
+        f"{target.path} was moved, replaced or unmounted while it was being archived: the archive would hold "
+        "part of it at best; nothing was archived and no old archive deleted; run the backup again"
+    )
+    assert project.archives() == [whole]
+    assert sorted(p.name for p in (project.root / "backups").iterdir() if p.name.startswith(".site-")) == []

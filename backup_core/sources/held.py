@@ -35,6 +35,13 @@ from pathlib import Path
 # target's lock) for ever; no effect on a regular file's reads.  Binary: Windows would
 # otherwise translate line ends.
 OPEN_SOURCE = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+# How a file found by a walk is opened: never through a link.  A file swapped for a link
+# between the walk and the read was read through it, out of the tree (a link to another user's
+# secret archived under the file's name, as a regular file).  The walk's own inode is checked
+# too (see packing): a link further up the path is caught that way.
+OPEN_MEMBER = OPEN_SOURCE | getattr(os, "O_NOFOLLOW", 0)
+# What opening a link with O_NOFOLLOW raises: ELOOP on Linux, EMLINK on FreeBSD, EFTYPE on NetBSD.
+LINK_REFUSED = frozenset({errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", errno.ELOOP)})
 
 HEAD = 100  # SQLite's file header: what any caller reads of a database's first bytes
 _POSIX = os.name == "posix"

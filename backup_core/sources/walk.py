@@ -125,7 +125,10 @@ def entries(path: Path, kind: str, exclude: tuple[str, ...] = (), start: str = "
 
 
 def _single(path: Path, kind: str) -> Iterator[Entry]:
-    yield Entry(path.name, str(path), kind, path.stat())  # stat-ed when asked for, as a walk's entries are
+    # A target that is itself a link is followed (the operator named it): it is read at the
+    # file the link names, since files are never opened through a link (see held.OPEN_MEMBER).
+    read = os.path.realpath(path) if path.is_symlink() else str(path)
+    yield Entry(path.name, read, kind, path.stat())  # stat-ed when asked for, as a walk's entries are
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from backup_core.errors import TargetError
-from backup_core.sources.held import OPEN_SOURCE
+from backup_core.sources.held import LINK_REFUSED, OPEN_MEMBER
 from backup_core.sources.walk import SQLITE_HEADER
 from backup_core.zip.compression import (
     SYNC_FLUSH,
@@ -39,10 +39,27 @@ class NotAFile(FileNotFoundError):
     """The file the walk saw was replaced by something else (a FIFO, a device) before it was read."""
 
 
+class Replaced(FileNotFoundError):
+    """The file the walk saw was replaced by another file or by a link before it was read: what
+    its name leads to now is not the file walked (a link's target may lie outside the tree)."""
+
+
 def gone(path: str, exc: FileNotFoundError, when: str) -> str:
-    """`path` vanished (or became no file) `when`: the words for either."""
-    what = "was replaced by something that is not a file" if isinstance(exc, NotAFile) else "vanished"
+    """`path` vanished (or became no file, or another file) `when`: the words for each."""
+    if isinstance(exc, NotAFile):
+        what = "was replaced by something that is not a file"
+    elif isinstance(exc, Replaced):
+        what = "was replaced by another file or a link"
+    else:
+        what = "vanished"
     return f"{path} {what} {when}"
+
+
+def replaced(seen: Identity | None, now: Identity) -> bool:
+    """Whether the file read is another than the one walked (inode or device differ).  As
+    borg does: the walk's file, if still there, was never read.  Unknown on a Windows walk
+    (os.scandir gives no inode), and for a private copy (`seen` None)."""
+    return seen is not None and seen[3:] != (0, 0) and seen[3:] != now[3:]
 
 
 _LOCAL = struct.Struct("<4sHHHHHLLLHH")
@@ -282,6 +299,8 @@ def pack_piece(
             if check:
                 _prove_decodes(deflated, source, path, whole=False)
             data = deflated
+    if replaced(expected, after):
+        return Piece(0, 0, 0, 0, changed=True, gone=Replaced(path)), b""
     changed = expected is not None and (not steady(expected, after) or len(source) < length)
     head = bytes(source[:16]) if start == 0 else b""
     return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data), changed, head), data
@@ -474,6 +493,8 @@ def _read_small_steady(path: str, expected: int, mtime: float, seen: Identity | 
     read must be as many as the file then holds."""
     for attempt in range(READ_ATTEMPTS):
         source, before, after = _read_small(path, expected, fresh=attempt > 0)
+        if replaced(seen, identity(after)):
+            raise Replaced(path)
         if seen is None:
             if len(source) > CHUNK:  # a private copy nobody writes: never so
                 raise TargetError(f"{path} grew past {CHUNK >> 20} MiB while it was being read; run the backup again")
@@ -488,17 +509,23 @@ def _read_small(path: str, expected: int, fresh: bool = False) -> tuple[bytes, I
     # os.open and os.read: the leanest way to read 100,000 small files.  Ask for the size stat
     # gave, plus one byte to see growth: reading CHUNK bytes would allocate 2 MiB per file.
     # Read to the end of the file: a network file system may return less than asked for.
-    descriptor = os.open(path, OPEN_SOURCE)
+    descriptor = _open_member(path)
     try:
         before = identity(os.fstat(descriptor)) if fresh else None
         parts, total = [], 0
         try:
             while total <= CHUNK:
-                piece = os.read(descriptor, (min(expected, CHUNK) + 1 if total <= expected else CHUNK + 1) - total)
+                wanted = (min(expected, CHUNK) + 1 if total <= expected else CHUNK + 1) - total
+                piece = os.read(descriptor, wanted)
                 if not piece:
                     break
                 parts.append(piece)
                 total += len(piece)
+                if total == expected and len(piece) < wanted:
+                    # Short of the one byte past stat's size: the end, without a read that returns
+                    # nothing (a fifth of the system calls of a small file).  The callers hold the
+                    # size to the fstat below, so growth since is still seen.
+                    break
         except (BlockingIOError, IsADirectoryError):
             if stat.S_ISREG(os.fstat(descriptor).st_mode):
                 raise  # a file system that answers EAGAIN: a read error, said as one
@@ -517,9 +544,9 @@ def _read_small(path: str, expected: int, fresh: bool = False) -> tuple[bytes, I
 def _read_range(path: str, start: int, length: int) -> tuple[bytes, Identity]:
     """`length` bytes from `start` (fewer if the file is shorter) and the file's identity once read."""
     try:
-        descriptor = os.open(path, OPEN_SOURCE)
+        descriptor = _open_member(path)
     except FileNotFoundError:
-        raise  # the callers say what it means
+        raise  # the callers say what it means (Replaced too)
     except OSError as exc:
         raise read_error(path, exc) from None
     try:
@@ -541,6 +568,15 @@ def _read_range(path: str, start: int, length: int) -> tuple[bytes, Identity]:
     finally:
         os.close(descriptor)
     return pieces[0] if len(pieces) == 1 else b"".join(pieces), after
+
+
+def _open_member(path: str) -> int:
+    try:
+        return os.open(path, OPEN_MEMBER)
+    except OSError as exc:
+        if exc.errno in LINK_REFUSED:
+            raise Replaced(path) from None
+        raise
 
 
 def read_error(path: str, exc: OSError) -> TargetError:

@@ -108,6 +108,7 @@ class _Large:
     changed: bool = False  # some piece found the file changed since it was stat'ed
     gone: FileNotFoundError | None = None  # some piece found it gone, or no longer a file
     head: bytes = b""  # its first 16 bytes
+    seen: packing.Identity | None = None  # what the walk saw of it (None: a private copy)
 
 
 # What is done with a finished job, in order: (job, what to record, data or None).
@@ -179,7 +180,7 @@ class ZipWriter:
         member = _member(name, st)
         compress = self._compressor is not None and worth_compressing(name)
         self._flush_batch()
-        large = _Large(member, str(path))
+        large = _Large(member, str(path), seen=seen)
         member.zip64_local = st.st_size > _ZIP64_LOCAL_FROM
         try:
             deflate = packing.worth_deflating(self._compressor if compress else None, large.path)
@@ -312,7 +313,7 @@ class ZipWriter:
         if large.header_span < 0:  # never happens: a large file has at least one piece
             raise TargetError(f"{large.path} was not read; run the backup again")
         for _ in range(READ_ATTEMPTS - 1):
-            if not large.changed or not self._read_again(large):
+            if not large.changed or isinstance(large.gone, packing.Replaced) or not self._read_again(large):
                 break
         if large.gone is not None:
             # Gone while read (a log rotated away), at the last look: left out, as a small file
@@ -356,12 +357,15 @@ class ZipWriter:
         self._drop(large)
         member = large.member
         try:
-            st = Path(large.path).stat()
+            st = os.lstat(large.path)  # a link now under its name is not followed
         except FileNotFoundError as exc:
             large.gone = exc
             return False
         except OSError as exc:
             raise packing.read_error(large.path, exc) from None
+        if stat.S_ISLNK(st.st_mode) or packing.replaced(large.seen, packing.identity(st)):
+            large.gone = packing.Replaced(large.path)
+            return False
         if not stat.S_ISREG(st.st_mode):
             large.gone = packing.NotAFile(large.path)
             return False
