@@ -166,6 +166,53 @@ def test_a_value_the_yaml_or_the_system_cannot_make_sense_of_is_one_located_line
     assert ran.code == 2 and "Traceback" not in ran.output and expected in ran.stderr + ran.stdout, ran.output
 
 
+@pytest.mark.parametrize(
+    ("remote", "expected"),
+    [
+        (
+            "{type: folder, path: nas, max_bandwidth: 10k}",
+            "remotes.nas.max_bandwidth: '10k' is not a rate in bytes a second like 512K, 10M or 1G",
+        ),
+        ("{type: folder, path: nas, prefix: 5}", "remotes.nas.prefix: 5 found, expected text"),
+        ("{type: s3, bucket: acme-backups, profile: [a]}", "remotes.nas.profile: a list found, expected text"),
+        ("{type: s3, bucket: acme-backups, endpoint: 5}", "remotes.nas.endpoint: 5 found, expected text"),
+    ],
+)
+def test_a_remote_value_of_the_wrong_form_is_a_located_line_in_every_command(
+    project: Project, remote: str, expected: str
+) -> None:
+    # The schema refused these, but the remote was read before its verdict was looked at: every
+    # command, `validate` included, ended in a traceback with exit 1 and no JSON.
+    write(project, "version: 1", f"remotes: {{nas: {remote}}}", "targets: [{name: site, path: site, offsite: [nas]}]")
+    ran = project.invoke("validate")
+    assert ran.code == 2 and "Traceback" not in ran.output, ran.output
+    assert expected in ran.stderr, ran.output
+    ran = project.invoke("backup", "--format", "json")
+    assert ran.code == 2 and "Traceback" not in ran.output, ran.output
+    [error] = ran.json()["errors"]
+    assert error.startswith("backups.yml:2:") and expected in error, error
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("max_age: 30", "targets[0].max_age: 30 found, expected text: a duration like 36h, 14d, 8w, 6m or 1y"),
+        ("keep: {within: 5}", "targets[0].keep.within: 5 found, expected text: a duration like 36h, 14d, 8w, 6m or 1y"),
+        ("tags: ['12:30']", "targets[0].tags[0]: '12:30' is not a tag: use letters, digits, '.', '-' and '_'"),
+        (
+            "hooks: {before: [{run: 'true', timeout: -1}]}",
+            "targets[0].hooks.before[0].timeout: -1 is too small: it must be more than 0",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_form_says_what_form_it_needs(project: Project, setting: str, expected: str) -> None:
+    # They said "30 found, expected text", "does not match '^[A-Za-z0-9_.-]+$'" and "-1 is less
+    # than or equal to the minimum of 0": what is wrong, not what to write.
+    write(project, "version: 1", f"targets: [{{name: site, path: site, {setting}}}]")
+    [problem] = problems_of(project.manifest)
+    assert problem.split(": ", 1)[1] == expected, problem
+
+
 def test_a_hook_quoted_by_a_validation_message_is_masked_in_text_and_json(project: Project) -> None:
     # A hook written as a plain string was quoted as written: the password in it went to the
     # terminal, the journal and the JSON document's errors.

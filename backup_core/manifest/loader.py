@@ -177,7 +177,7 @@ def load(file: Path, environ: dict[str, str] | None = None, trust_passes: bool =
         broken = {
             ".".join(p.where.split(".")[:2]) if p.where.startswith("defaults.") else p.where.split(".")[0]
             for p in problems
-        }
+        } | {p.where for p in problems if p.where.startswith("remotes.")}  # whole: see remotes.resolve
         manifest, more = _resolve(document, variables.with_builtins(os.environ if environ is None else environ), broken)
         problems += more
     if problems or manifest is None:
@@ -287,6 +287,12 @@ _SCHEMA_KINDS = {
     "string": "text",
     "boolean": "true or false",
 }
+# What a key's text must look like, for the messages of its type and pattern checks.
+_FORMS = {
+    "within": "a duration like 36h, 14d, 8w, 6m or 1y",
+    "max_age": "a duration like 36h, 14d, 8w, 6m or 1y",
+    "max_bandwidth": "a rate in bytes a second like 512K, 10M or 1G (a whole number, then K, M or G, 1024-based)",
+}
 
 
 def _yaml_kind(value: Any) -> str:
@@ -360,7 +366,24 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
     if error.validator == "type" and not isinstance(error.instance, str):
         kinds: Any = error.validator_value
         expected = " or ".join(_SCHEMA_KINDS.get(k, k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+        like = _FORMS.get(str(path[-1])) if path and expected == "text" else None
+        expected = f"text: {like}" if like else expected  # `max_age: 30`: a number, but of what?
         return [document.problem(path, f"{_yaml_kind(error.instance)} found, expected {expected}")]
+    if error.validator == "exclusiveMinimum" and isinstance(error.instance, (int, float)):
+        # jsonschema's own words, "-1 is less than or equal to the minimum of 0", call the bound a minimum.
+        return [document.problem(path, f"{error.instance} is too small: it must be more than {error.validator_value}")]
+    if error.validator == "pattern" and path and path[-1] in _FORMS:
+        return [document.problem(path, f"'{error.instance}' is not {_FORMS[path[-1]]}")]
+    if error.validator == "pattern" and len(path) > 1 and path[-2] == "tags":
+        return [document.problem(path, f"'{error.instance}' is not a tag: use letters, digits, '.', '-' and '_'")]
+    if error.validator == "pattern" and path == ("remotes",):
+        return [
+            document.problem(
+                path,
+                f"'{error.instance}' is not a safe remote name: use letters, digits, '-' and '_' "
+                "(at most 64, starting with a letter or digit)",
+            )
+        ]
     if error.validator == "type" and isinstance(error.instance, str):
         wanted = error.validator_value
         if wanted == "boolean":
@@ -393,8 +416,6 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
                 "(at most 64, starting with a letter or digit)",
             )
         ]
-    if error.validator == "pattern" and path and path[-1] in ("within", "max_age"):
-        return [document.problem(path, f"'{error.instance}' is not a duration like 36h, 14d, 8w, 6m or 1y")]
     if error.validator == "pattern" and path == ("metrics_file",):
         return [
             document.problem(
@@ -447,7 +468,7 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
 def _resolve(document: Document, environ: Any, broken: set[str]) -> tuple[Manifest, list[Problem]]:
     data = document.data
     problems: list[Problem] = []
-    remotes = remotes_module.resolve(document, environ, problems)
+    remotes = remotes_module.resolve(document, environ, problems, broken)
     targets = []
     indices: list[int] = []  # each resolved target's place in targets:, for messages
     seen: dict[str, int] = {}

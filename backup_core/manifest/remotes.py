@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import configparser
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,13 @@ class Remote:
         return data
 
 
-def resolve(document: Document, environ: Mapping[str, str], problems: list[Problem]) -> dict[str, Remote]:
-    """Every remote of the manifest by name; problems are appended, never raised."""
+def resolve(
+    document: Document, environ: Mapping[str, str], problems: list[Problem], broken: Set[str] = frozenset()
+) -> dict[str, Remote]:
+    """Every remote of the manifest by name; problems are appended, never raised.  A remote the
+    schema refused (a key path in `broken` under it) is left out: its values may be of any type
+    (`max_bandwidth: 10k`, `profile: [a]` ended every command in a traceback), and the schema's
+    messages already say what is wrong with it."""
     raw_remotes = document.data.get("remotes") or {}
     remotes = {}
     if not isinstance(raw_remotes, dict):
@@ -73,6 +78,8 @@ def resolve(document: Document, environ: Mapping[str, str], problems: list[Probl
     for name, raw in raw_remotes.items():
         if not isinstance(raw, dict) or raw.get("type") not in ("s3", "folder"):
             continue  # the schema has said why
+        if any(where == f"remotes.{name}" or where.startswith(f"remotes.{name}.") for where in broken):
+            continue
         here: KeyPath = ("remotes", name)
         remotes[name] = _resolve_one(document, name, raw, here, environ, problems)
     return remotes
