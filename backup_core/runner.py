@@ -1427,6 +1427,16 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive], forced:
         return None
     found = archives.doubt(kept.path, forced)
     why, anyway = (found.why, found.anyway) if found is not None else (_damaged(kept.path), "")
+    if why is None and not forced and not _held(kept.path):
+        # An archive of nothing (an empty folder, or a zip put there by hand) as the newest: a
+        # backup refuses to make one over archives that hold files (see _refuse_emptied), and
+        # prune, trusting it, deleted every archive that did.
+        fuller = next((a for a in sorted(going, key=_when, reverse=True) if _held(a.path)), None)
+        if fuller is not None:
+            count = _held(fuller.path)
+            files = f"{count} file{'s' * (count != 1)}"
+            why = f"it holds no file, while {fuller.name}, which it would delete, holds {files}"
+            anyway = f"; to prune anyway, run {command('prune --force')}"
     if why is None:
         return None
     return (
@@ -1439,6 +1449,23 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive], forced:
 # What reading an archive through found, by its identity: prune judges the newest archive it
 # keeps once before it takes the lock and again under it.
 _read_through: dict[tuple[str, int, int, int], str | None] = {}
+
+
+def _held(path: Path) -> int:
+    """How many files and links the archive's directory lists: 0 for no whole zip, and the end
+    record's count of entries when the directory cannot be read as it says (never a reason to
+    refuse).  Python's zipfile takes end-record bytes inside a comment for the end record."""
+    import zipfile
+
+    entries = archives.ending(path).members
+    if not entries:
+        return 0
+    try:
+        with zipfile.ZipFile(path) as opened:
+            members = opened.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return entries
+    return sum(1 for member in members if not member.is_dir()) if len(members) == entries else entries
 
 
 def _damaged(path: Path) -> str | None:

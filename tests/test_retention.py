@@ -489,3 +489,29 @@ def test_a_simulated_month_keeps_exactly_what_the_policy_says(
     assert moment - datetime(2026, 3, 1, tzinfo=UTC) > timedelta(days=29)  # the runs did span a month
     # The end state, for a reader: the last 3, plus the newest of the 7 most recent days and 4 weeks.
     assert len(model) < runs
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_prune_keeps_the_archives_that_hold_files_when_the_newest_holds_none(project: Project, forced: bool) -> None:
+    # An empty zip under the newest archive's name (put there by hand, or made of a folder
+    # emptied with --force) was trusted as the last good one: keep {last: 1} deleted every
+    # archive that held files, exit 0; verify and restore then said "ok (0 files)".
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    made = [fake_archive(project.root / "backups", "site", when) for when in PRUNE_TIMES[:3]]
+    empty = project.root / "backups" / archive_file_name("site", PRUNE_TIMES[3])
+    zipfile.ZipFile(empty, "w").close()
+
+    ran = project.invoke("prune", *(["--force"] if forced else []))
+
+    if forced:  # the operator's word that the source is meant to be empty now
+        assert ran.code == 0, ran.output
+        assert project.archives() == [empty]
+        return
+    assert ran.code == 1, ran.output
+    assert (
+        f"nothing was deleted: {empty.name}, the newest archive that would be kept, is no ground for it: it holds "
+        f"no file, while {made[-1].name}, which it would delete, holds 1 file; older archives may be the last good "
+        "ones" in ran.stdout
+    ), ran.output
+    assert "to prune anyway, run invoke prune --force" in ran.stdout, ran.output
+    assert project.archives() == [*made, empty]
