@@ -681,6 +681,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
     when = archives.next_time(now, listed)
     # An archive from the future (a clock that ran ahead) is never "the newest" to compare with.
     existing = _current(listed, now)
+    _refuse_other_kind(target, kind, options, existing)
     walked = _unchanged_walk(target, kind, options, existing, now, result)
     if result.compared == "metadata":
         _confirm(target, existing[-1], now, result)
@@ -891,6 +892,42 @@ def _current(listed: list[Archive], now: datetime) -> list[Archive]:
     """`listed` without archives dated in the future (a clock that ran ahead): never "the newest"
     to compare with."""
     return [a for a in listed if a.when <= now + retention.FUTURE_TOLERANCE]
+
+
+def _refuse_other_kind(target: Target, kind: str, options: Options, existing: list[Archive]) -> None:
+    """Fail a target of `type: auto` whose source is now a file where its newest whole archive
+    holds a folder, or the other way round.  A folder whose path became a file (a mount point
+    replaced, a deploy gone wrong) was archived as that one file, and rotation deleted the
+    folder's archives.  A file's archive holds one member, the file's own name: anything else is
+    a folder's."""
+    if target.type != "auto" or options.force:
+        return
+    newest = next((a for a in reversed(existing) if not archives.ending(a.path).broken), None)
+    if newest is None:
+        return
+    entries = archives.ending(newest.path).members
+    was_file = entries == 1 and _only_member(newest.path) == target.path.name
+    if was_file == (kind != "folder"):
+        return
+    now, before = ("a folder", "the file") if kind == "folder" else ("a file", "a folder")
+    forced = command(f"backup --force --only {target.name}")
+    raise TargetError(
+        f"{target.path} is now {now}, but {newest.name} holds {before} of that name: nothing was archived and "
+        f"no old archive deleted; if this is meant, write its type (file or folder) in the manifest, or run "
+        f"{forced} once"
+    )
+
+
+def _only_member(path: Path) -> str | None:
+    """The name of the archive's single member (None when it cannot be read)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as opened:
+            names = opened.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return names[0] if len(names) == 1 else None
 
 
 def _refuse_emptied(target: Target, existing: list[Archive]) -> None:
@@ -1277,6 +1314,7 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
     listed = archives.list_archives(target.destination, target.name, names)
     try:
         _same_origin(target, options, listed)
+        _refuse_other_kind(target, kind, options, _current(listed, utc_now()))
     except TargetError as exc:
         result.fail(f"would fail: {exc}")
         return

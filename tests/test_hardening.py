@@ -534,3 +534,47 @@ def test_a_link_under_the_lock_files_name_is_named_so(project: Project) -> None:
     assert ran.code == 1, ran.output
     [result] = ran.json()["targets"]
     assert result["error"].startswith(f"{lock} is a symbolic link, not a lock file; move it away"), result
+
+
+@pytest.mark.parametrize("became", ["file", "folder"])
+def test_a_source_that_became_the_other_kind_fails_until_the_operator_says_so(project: Project, became: str) -> None:
+    # A folder whose path became a file (a mount point replaced, a deploy gone wrong) was archived
+    # as that one file, "changed", exit 0, and keep {last: 1} deleted the folder's archive.
+    source = project.root / "src"
+    if became == "file":
+        for number in range(3):
+            project.file(f"src/f{number}.txt", f"file {number}\n")
+    else:
+        source.write_text("a single file\n", encoding="utf-8")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    first = project.invoke("backup")
+    assert first.code == 0, first.output
+    [whole] = project.archives()
+    if became == "file":
+        for child in source.iterdir():
+            child.unlink()
+        source.rmdir()
+        source.write_text("placeholder\n", encoding="utf-8")
+        was = "a folder"
+    else:
+        source.unlink()
+        project.file("src/inside.txt", "now a folder\n")
+        was = "the file"
+
+    preview = project.invoke("backup", "--check")
+    ran = project.invoke("backup")
+
+    said = (
+        f"{source} is now a {became}, but {whole.name} holds {was} of that name: nothing was archived and no old "
+        "archive deleted; if this is meant, write its type (file or folder) in the manifest, or run invoke backup "
+        "--force --only site once"
+    )
+    assert (preview.code, ran.code) == (1, 1), preview.output + ran.output
+    assert f"failed: [site] => would fail: {said}" in preview.stdout, preview.output
+    assert f"failed: [site] => {said}" in ran.stdout, ran.output
+    assert project.archives() == [whole]
+    # Said once, it is archived: the type written in the manifest settles it as well as --force.
+    project.write_manifest(f"version: 1\ntargets: [{{name: site, path: src, type: {became}, keep: {{last: 1}}}}]\n")
+    settled = project.invoke("backup")
+    assert settled.code == 0, settled.output
+    assert whole not in project.archives()
