@@ -891,6 +891,11 @@ def test_more_written_forms_of_a_password_are_masked_in_the_output_the_log_the_j
         (["curl", "https://x.example/ping?key=abc123"], "abc123", "'https://x.example/ping?key=***'"),
         (["sqlcmd", "-P", "my s3cr3t", "-Q", "x"], "my s3cr3t", "sqlcmd -P '***'"),
         (["sqlcmd", "-Ps3cr3t"], "s3cr3t", "sqlcmd '-P***'"),
+        # Short flags bundled with curl's -u (-su, -fsSu), its value apart or joined; a SAS sig=.
+        (["curl", "-su", "admin:S3CRET31", "http://h/"], "S3CRET31", "curl -su 'admin:***'"),
+        (["curl", "-fsSu", "admin:S3CRET19", "http://h/"], "S3CRET19", "curl -fsSu 'admin:***'"),
+        (["curl", "-fsSuadmin:S3CRET20", "http://h/"], "S3CRET20", "curl '-fsSuadmin:***'"),
+        (["curl", "-fsS", "http://h/x?sv=2022&sig=S3CRET32"], "S3CRET32", "'http://h/x?sv=2022&sig=***'"),
     ],
 )
 def test_a_hooks_credentials_are_masked_in_every_written_form(arguments: list[str], secret: str, shown: str) -> None:
@@ -927,6 +932,7 @@ def test_a_hooks_credentials_are_masked_in_every_written_form(arguments: list[st
         ["htpasswd", "-c", "/etc/htpasswd", "backup"],
         ["redis-cli", "--askpass", "-h", "db"],
         ["lftp", "-u", "backup", "sftp://nas"],
+        ["curl", "-fsSL", "-o", "out:file", "https://x/design"],
     ],
 )
 def test_what_is_no_secret_is_shown_as_written(arguments: list[str]) -> None:

@@ -25,7 +25,8 @@ MASK = "***"
 # --key FILE, client.key= and the shell's PWD= are left alone.
 _SECRET_NAME = (
     r"[\w.-]*(?:pass|passwd|password|passphrase|token|secret|api[-_]?key|access[-_]?key|private[-_]?key"
-    r"|auth|authorization|signature|credentials?|bearer|(?<![a-z0-9.-])key|(?<![a-z0-9])pw|(?<=_)pwd)"
+    r"|auth|authorization|signature|credentials?|bearer|(?<![a-z0-9.-])key|(?<![a-z0-9])pw|(?<=_)pwd"
+    r"|(?<![a-z0-9])sig)"
 )
 # A value written bare ends at a space, or before the `;`, `&` or `|` that ends its command
 # (`export PGPASSWORD=x; pg_dump` keeps its `;`); inside a word they are part of it.
@@ -126,9 +127,12 @@ def _masked_words(words: list[str]) -> list[str]:
         if program in _USER:
             names, between = _USER[program]
             short, long = names
-            joined = bare.startswith(short) and not bare.startswith("--") and len(bare) > len(short)
-            given = f"{long}=" if bare.startswith(f"{long}=") else short if joined else ""
-            if between in bare and (flag in names or given):
+            # Short flags bundle: `-su user:pw` and `-fsSuuser:pw` are -s -u … (curl, wget, lftp).
+            bundle = None if bare.startswith("--") else re.match(rf"-[A-Za-z]*?{short[1]}", bare)
+            joined = bundle is not None and len(bare) > bundle.end()
+            given = f"{long}=" if bare.startswith(f"{long}=") else bundle.group() if bundle and joined else ""
+            follows = flag in names or re.fullmatch(rf"-[A-Za-z]*{short[1]}", flag) is not None
+            if between in bare and (follows or given):
                 user = bare[len(given) :].partition(between)[0]
                 shown[index] = f"{given}{user}{between}{MASK}"
         if program in _COOKIE and flag in _COOKIE[program] and "=" in bare:
