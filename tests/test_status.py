@@ -185,9 +185,18 @@ def test_an_archive_dated_ahead_of_the_clock_cannot_pass_as_fresh(project: Proje
     ran = project.invoke("status", "--only", "site", env=at(T0))
     assert ran.code == 1
     assert line_of(ran.stdout, "site").startswith(
-        "failed: [site] => the newest archive is dated 365d 0h ahead of this machine's clock, "
-        "so its age cannot be judged; check the clock; max_age is 26h ("
+        "failed: [site] => every archive is dated more than 5 minutes ahead of this machine's clock (the newest "
+        "365d 0h ahead), so the last backup's age cannot be judged; check the clock; max_age is 26h ("
     )
+    # Not counted as the newest, as a backup does not count it: a backup made now is judged by its
+    # own age.  It failed status for as long as the archive dated ahead stayed there.
+    assert project.invoke("backup", "--only", "site", env=at(T0)).code == 0
+    fresh = project.invoke("status", "--only", "site", "--format", "json", env=at(T0 + timedelta(hours=1)))
+    assert fresh.code == 0, fresh.output
+    [local] = fresh.json()["targets"][0]["stores"]
+    assert (local["age_seconds"], local["ahead"]) == (3600, archive_file_name("site", T0 + timedelta(days=365)))
+    late = project.invoke("status", "--only", "site", env=at(T0 + timedelta(hours=27)))
+    assert late.code == 1 and "newest archive is 27h 0min old" in late.stdout, late.output  # a stopped backup shows
 
 
 def test_selection_flags_work_and_a_selection_of_nothing_is_a_usage_error(project: Project) -> None:

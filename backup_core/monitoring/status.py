@@ -50,6 +50,11 @@ class StoreState:
     # When a run last found the source to hold what the newest archive holds (skip_unchanged):
     # the age is counted from then, not from the archive's date.
     confirmed_when: datetime | None = None
+    # The newest archive dated more than _CLOCK_SLACK ahead of the clock, when there is one: not
+    # counted as the newest (as a backup does not count it), or a fresh backup beside it failed
+    # status for as long as it stayed there.
+    ahead: str | None = None
+    ahead_when: datetime | None = None
 
     @property
     def listed(self) -> bool:
@@ -67,6 +72,7 @@ class StoreState:
             "unchanged_time": _iso(self.confirmed_when),
             "age_seconds": None if self.age is None else round(self.age, 3),
             "newest_problem": self.newest_problem,
+            "ahead": self.ahead,
             "error": self.error,
         }
 
@@ -151,7 +157,7 @@ class StatusReport:
 def survey(targets: list[Target], now: datetime) -> list[TargetState]:
     """Every target's state at `now`: each store listed, each newest archive judged."""
     places = [(target, place) for target in targets for place in _places(target)]
-    listed = _list_all(places)
+    listed = _list_all(places, now)
     states = []
     for target in targets:
         mine = [
@@ -167,7 +173,7 @@ _LISTERS = 8
 _Place = tuple[str, str, Callable[[], Store]]  # the store's name, where it is, how to open it
 
 
-def _list_all(places: list[tuple[Target, _Place]]) -> list[tuple[StoreState, float]]:
+def _list_all(places: list[tuple[Target, _Place]], now: datetime) -> list[tuple[StoreState, float]]:
     """Each place listed, side by side: a bucket listing waits on the network.
 
     On daemon threads, with this thread waiting in slices a signal can cut: an interrupt
@@ -188,7 +194,7 @@ def _list_all(places: list[tuple[Target, _Place]]) -> list[tuple[StoreState, flo
                 return
             target, place = places[index]
             try:
-                listed[index] = list_store(target, *place)
+                listed[index] = list_store(target, *place, now=now)
             except Exception as exc:  # list_store answers a store's errors; anything else, said the same way
                 listed[index] = (
                     StoreState(place[0], place[1], error=f"cannot be listed: {type(exc).__name__}: {exc}"),
@@ -211,7 +217,9 @@ def _places(target: Target) -> list[_Place]:
     return [local, *((r.name, r.describe(), partial(offsite.store_for, r)) for r in target.offsite)]
 
 
-def list_store(target: Target, name: str, where: str, open_store: Callable[[], Store]) -> tuple[StoreState, float]:
+def list_store(
+    target: Target, name: str, where: str, open_store: Callable[[], Store], now: datetime | None = None
+) -> tuple[StoreState, float]:
     """What a store holds of `target`, and the seconds that took; a store that cannot be opened
     or listed is a state with an error, not an exception."""
     started = time.monotonic()
@@ -221,9 +229,10 @@ def list_store(target: Target, name: str, where: str, open_store: Callable[[], S
         store = open_store()
         state.where = store.describe()
         held: list[Stored] = store.list(target.name)
+        ahead = [s for s in held if now is not None and s.when > now + _CLOCK_SLACK]
         # The newest copy this tool put there: an object someone else wrote under a newer
         # archive's name must not make a stale remote look fresh.
-        newest = next((s for s in reversed(held) if store.vouched(target.name, s) is None), None)
+        newest = next((s for s in reversed(held) if s not in ahead and store.vouched(target.name, s) is None), None)
     except BackupError as exc:
         state.error = str(exc)
     except OSError as exc:
@@ -232,6 +241,8 @@ def list_store(target: Target, name: str, where: str, open_store: Callable[[], S
         state.error = f"{words}: cannot be listed: {type(exc).__name__}: {exc}"
     else:
         state.archives, state.bytes = len(held), sum(s.size for s in held)
+        if ahead:
+            state.ahead, state.ahead_when = ahead[-1].name, ahead[-1].when
         if newest is not None:
             state.newest, state.newest_when = newest.name, newest.when
         if name == "local":
@@ -282,7 +293,7 @@ def judge(target: Target, stores: list[StoreState], now: datetime) -> TargetStat
         if store.newest_problem
     ]
     if target.max_age:
-        stale = _freshness(stores, retention.parse_duration(target.max_age))
+        stale = _freshness(stores, retention.parse_duration(target.max_age), now)
         if stale:
             stale[-1] += f"; max_age is {target.max_age}"
         state.problems += stale
@@ -318,7 +329,7 @@ def _other_origin(target: Target, stores: list[StoreState]) -> str | None:
     )
 
 
-def _freshness(stores: list[StoreState], limit: timedelta) -> list[str]:
+def _freshness(stores: list[StoreState], limit: timedelta, now: datetime) -> list[str]:
     """What is too old, missing or dated ahead, in as few words as the stores allow (unlisted ones are not judged)."""
     remotes = any(store.store != "local" for store in stores)
     everywhere = all(store.listed for store in stores)
@@ -329,14 +340,20 @@ def _freshness(stores: list[StoreState], limit: timedelta) -> list[str]:
             return f"on remote {store.store}"
         return "locally" if remotes else ""
 
-    missing = [store for store in stores if store.newest_when is None]
-    ahead = [store for store in stores if store.age is not None and -store.age > _CLOCK_SLACK.total_seconds()]
+    # Only archives dated ahead: nothing tells when the last backup was made.
+    missing = [store for store in stores if store.newest_when is None and store.ahead is None]
+    ahead = [store for store in stores if store.newest_when is None and store.ahead is not None]
     old = [store for store in stores if store.age is not None and store.age > limit.total_seconds()]
     problems = []
     if ahead:
-        dated = " and ".join(f"{format_age(-(s.age or 0))} ahead {place(s)}".rstrip() for s in ahead)
+        dated = " and ".join(
+            f"{format_age((s.ahead_when - now).total_seconds())} ahead {place(s)}".rstrip()
+            for s in ahead
+            if s.ahead_when
+        )
         problems.append(
-            f"the newest archive is dated {dated} of this machine's clock, so its age cannot be judged; check the clock"
+            f"every archive is dated more than {_CLOCK_SLACK.seconds // 60} minutes ahead of this machine's "
+            f"clock (the newest {dated}), so the last backup's age cannot be judged; check the clock"
         )
     # A destination moved away or unmounted looks like a target never backed up: say which.
     gone = next((f" ({s.where} does not exist)" for s in missing if s.folder_missing), "")
