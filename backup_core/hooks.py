@@ -94,7 +94,18 @@ def _run_one(
     if process.returncode != 0:
         said = redact.text(_last_line(stderr) or _last_line(stdout))  # a command may echo its URL
         detail = f": {said}" if said else ""
-        raise HookError(f"{when} hook `{hook.describe()}` exited with status {process.returncode}{detail}")
+        raise HookError(f"{when} hook `{hook.describe()}` {_ended(process.returncode)}{detail}")
+
+
+def _ended(code: int) -> str:
+    """How a process that failed ended, in words: Python gives a signal as a negative status."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = f" ({signal.Signals(-code).name})"
+    except ValueError:
+        name = ""
+    return f"was killed by signal {-code}{name}"
 
 
 class _Stopped(Exception):

@@ -950,6 +950,20 @@ def failing_after_project(project: Project) -> Path:
     return failures
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_a_hook_killed_by_a_signal_is_said_so(project: Project) -> None:
+    # Python gives a signal as a negative status: the line said "exited with status -9".
+    killed = [PY, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    hooks_project(project, f"{{before: [{flow(killed)}]}}")
+
+    ran = project.invoke("backup")
+
+    assert ran.code == 1, ran.output
+    [(status, _, detail)] = results(ran.stdout)
+    assert status == "failed"
+    assert detail.endswith("was killed by signal 9 (SIGKILL)"), detail
+
+
 def test_a_failing_after_hook_fails_the_target_but_keeps_the_archive(project: Project) -> None:
     failing_after_project(project)
 
