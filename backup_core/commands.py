@@ -110,6 +110,13 @@ def run_targets(
         targets = selection.select(loaded.targets, only, tags, skip_tags)
         _known_remote(loaded, remote)
         _needs_remote(remote, identity=identity, download=download)
+        if identity and not download:
+            # Accepted, it decrypted nothing: the checksums alone were compared, and a key that
+            # cannot open the copies passed for one that can.
+            raise UsageError(
+                "--identity decrypts the copies that --download reads back; without --download only their "
+                "checksums are compared: add --download"
+            )
         metrics = _metrics_path(loaded, metrics_file)
         if check and metrics is not None:
             # A preview writes no metrics, but says what every real run would meet (the Ansible

@@ -455,6 +455,17 @@ def test_verify_remote_download_without_identity_is_a_usage_error(backed: Backed
     )
 
 
+def test_verify_remote_identity_without_download_is_a_usage_error(backed: Backed) -> None:
+    # Accepted, the key was never used: the checksums alone were compared, exit 0, and a key that
+    # cannot open the copies passed for one that can.
+    ran = backed.project.invoke("verify", "--remote", "vault", "--identity", str(backed.key.file))
+    assert ran.code == 2, ran.output
+    assert one_line_error(ran) == (
+        "error: --identity decrypts the copies that --download reads back; without --download only their "
+        "checksums are compared: add --download"
+    )
+
+
 @pytest.mark.parametrize(
     "argv",
     [
