@@ -1573,7 +1573,11 @@ def push_target(target: Target, options: Options) -> TargetResult:
     def body() -> None:
         remotes = _remotes(target, options.remote)
         if not remotes:
-            result.status, result.reason = SKIPPED, "no remote to copy to (offsite: is empty)"
+            # As verify --remote says it: a target with other remotes has an offsite: list.
+            if target.offsite:  # and --remote names another
+                result.status, result.reason = SKIPPED, f"does not copy to remote {options.remote}"
+            else:
+                result.status, result.reason = SKIPPED, "no remote to copy to (offsite: is empty)"
             return
         _same_origin(target, options, archives.list_archives(target.destination, target.name), judging=True)
         # Check mode takes no lock: it writes nothing, and a preview holding the lock while a

@@ -1074,3 +1074,30 @@ def test_max_bandwidth_caps_the_upload_rate(project: Project, remote: Remote) ->
     [copy] = ran.json()["targets"][0]["offsite"]
     assert copy["bytes"] >= 3 << 20
     assert copy["seconds"] >= 2.0  # 3 MiB at 1 MiB/s, less the first second's allowance
+
+
+def test_push_to_one_remote_says_which_targets_do_not_copy_there(project: Project) -> None:
+    # A target copying to another remote was said to have "no remote to copy to (offsite: is empty)".
+    project.file("src/a.txt")
+    project.write_manifest(
+        """
+        version: 1
+        remotes:
+          n1: {type: folder, path: n1}
+          n2: {type: folder, path: n2}
+        targets:
+          - {name: a, path: src, offsite: [n1]}
+          - {name: b, path: src, offsite: [n2]}
+          - {name: c, path: src}
+        """
+    )
+    for folder in ("n1", "n2"):
+        (project.root / folder).mkdir()
+    made = project.invoke("backup")
+    assert made.code == 0, made.output
+
+    ran = project.invoke("push", "--remote", "n1")
+
+    assert ran.code == 0, ran.output
+    assert "skipped: [b] => does not copy to remote n1" in ran.stdout, ran.output
+    assert "skipped: [c] => no remote to copy to (offsite: is empty)" in ran.stdout, ran.output
