@@ -36,7 +36,11 @@ DEFAULT_MANIFEST = "backups.yml"  # in the current folder, unless the configurat
 
 
 def _manifest(c: Context, given: str) -> str:
-    """A flag wins over configuration (the checkout's tasks.py sets its own backups.yml), that over ./backups.yml."""
+    """A flag wins over configuration (the checkout's tasks.py sets its own backups.yml), that over ./backups.yml.
+    The installed command has no checkout: it reads no configuration for it, or an ~/.invoke.yaml,
+    /etc/invoke.yaml or INVOKE_RUNTIME_CONFIG naming a manifest ran that one instead of ./backups.yml."""
+    if os.environ.get(PROGRAM_VARIABLE) == "backups":
+        return given or DEFAULT_MANIFEST
     return given or c.config.get("backups", {}).get("manifest") or DEFAULT_MANIFEST
 
 
@@ -325,6 +329,11 @@ def restore(
     manifest: str = "",
 ) -> None:
     """Restore a target's archive into a folder, safely."""
+    if target in ("--help", "-h"):
+        # Invoke gives a flag where a positional argument is awaited to the argument: `restore
+        # --help` said "restore needs --to DIR".  The help of every other task shows that way.
+        binary = os.environ.get(PROGRAM_VARIABLE) or "invoke"
+        Program(binary=binary, namespace=Collection(restore)).run([binary, "--help", "restore"])
     _run(
         _commands().restore,
         _manifest(c, manifest),

@@ -720,6 +720,16 @@ def test_backup_help_shows_the_manifest_flag(runs: Callable[[str], Done]) -> Non
         assert flag in ran.stdout, flag
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_restore_help_shows_its_options_though_it_awaits_a_target(flag: str) -> None:
+    # Invoke gave the flag to the awaited TARGET: "error: restore needs --to DIR", exit 2.
+    ran = run_invoke("restore", flag)
+    assert (ran.code, ran.stderr) == (0, ""), ran.output
+    assert ran.stdout.startswith("Usage: invoke [--core-opts] restore [--options]"), ran.stdout
+    for option in ("--archive=STRING", "--member=STRING", "--to=STRING", "--identity=STRING"):
+        assert option in ran.stdout, option
+
+
 @scenario("make")
 def _make(project: Project) -> Done:
     if not have("make"):

@@ -121,6 +121,28 @@ def test_the_installed_command_defaults_to_backups_yml_in_the_current_folder(ins
     ran = run([str(installed), "validate"], cwd=tmp_path)
 
     assert (ran.code, ran.stdout.strip()) == (0, "backups.yml: valid, 1 target")
+    # Whatever Invoke's own configuration says: an ~/.invoke.yaml or INVOKE_RUNTIME_CONFIG
+    # naming another manifest made the command run that one, its header still "backups.yml".
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "backups.yml").write_text(
+        "version: 1\ntargets:\n  - {name: a, path: .}\n  - {name: b, path: .}\n", "utf-8"
+    )
+    config = tmp_path / "home" / ".invoke.yaml"
+    config.parent.mkdir()
+    config.write_text(f"backups:\n  manifest: {other / 'backups.yml'}\n", encoding="utf-8")
+    for variable in ("HOME", "INVOKE_RUNTIME_CONFIG"):
+        value = str(config.parent if variable == "HOME" else config)
+        done = subprocess.run(
+            [str(installed), "validate"],
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {variable: value},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "backups.yml: valid, 1 target"), (variable, done)
 
 
 @pytest.mark.slow
