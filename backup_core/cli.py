@@ -224,6 +224,7 @@ def backup(
         "check": "Show which archives would be deleted, here and on remotes; delete nothing.",
         "force": "Delete what keep says even when the newest archive kept is incomplete or holds files that "
         "changed while read (never when it is not a whole zip).",
+        "jobs": "Targets to run at once (default: the manifest's jobs, else 1).",
         "metrics-file": _METRICS,
     },
 )
@@ -235,13 +236,14 @@ def prune(
     skip_tags: list[str] | None = None,
     check: bool = False,
     force: bool = False,
+    jobs: str = "",  # parsed by backup_core, as backup's
     format: str = "text",
     metrics_file: str = "",
 ) -> None:
     """Apply each target's keep: policy, here and on its remotes, without making a new archive."""
     _run(
         _commands().run_targets, "prune", _manifest(c, manifest), only, tags, skip_tags, check=check, force=force,
-        output=format, metrics_file=metrics_file or None,
+        jobs=jobs, output=format, metrics_file=metrics_file or None,
     )  # fmt: skip
 
 

@@ -515,3 +515,14 @@ def test_prune_keeps_the_archives_that_hold_files_when_the_newest_holds_none(pro
     ), ran.output
     assert "to prune anyway, run invoke prune --force" in ran.stdout, ran.output
     assert project.archives() == [*made, empty]
+
+
+def test_prune_takes_jobs_as_backup_does(project: Project) -> None:
+    # The README said --jobs works for prune too; it was "No idea what '-j' is!".
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, keep: {last: 1}}]\n")
+    made = [fake_archive(project.root / "backups", "site", when) for when in PRUNE_TIMES[:3]]
+    ran = project.invoke("prune", "-j", "2")
+    assert ran.code == 0, ran.output
+    assert project.archives() == made[-1:]
+    refused = project.invoke("prune", "--jobs", "0")
+    assert refused.code == 2 and "--jobs 0: give a number of targets to run at once, 1 to 64" in refused.stderr
