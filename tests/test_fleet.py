@@ -318,8 +318,13 @@ def previewed(deployed: Deployed) -> Previewed:
     # Relative to the manifest's folder: previewed from a file anywhere else, it would not be found.
     beta = [*fleet.host_vars("beta")["backups_host_targets"], {"name": "added", "path": "../data/notes.txt"}]
     gamma = fleet.host_vars("gamma")["backups_targets"] + [{"name": "broken", "path": "x", "keep": {"last": 0}}]
+    # flags: beta again, with a flag the scheduled command refuses (the preview passed it).
+    flags = fleet.host_vars("beta") | {"backups_backup_args": ["--bogus"]}
     inventory = fleet.inventory(
-        alpha={"backups_hooks": hooks}, beta={"backups_host_targets": beta}, gamma={"backups_targets": gamma}
+        alpha={"backups_hooks": hooks},
+        beta={"backups_host_targets": beta},
+        gamma={"backups_targets": gamma},
+        flags=flags,
     )
     before = fleet.tree()
     installed = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
@@ -376,6 +381,10 @@ def test_check_mode_fails_a_host_whose_inventory_a_run_would_refuse(previewed: P
     assert re.search(r"targets\[3\]\.keep\.last: 0 is less than the minimum", "\n".join(result["msg"]))
     assert play.recap()["alpha"]["failed"] == 0 and play.recap()["beta"]["failed"] == 0
     assert previewed.after == previewed.before  # a preview still writes nothing on the hosts
+    # The scheduled command's flags, checked by a run, are checked by its preview too.
+    outcome, result = play.results("Stop when the scheduled command would refuse its flags")["flags"]
+    assert outcome == "fatal", result
+    assert result["msg"][0] == "backups_backup_args --bogus would make every scheduled run fail:", result
 
 
 @dataclass
@@ -457,6 +466,16 @@ def refused(deployed: Deployed) -> Refused:
             "backups_manifest": str(fleet.home("beta") / "etc" / "metrics-check.yml"),
             "backups_backup_args": ["--metrics-file", str(fleet.root / "gone" / "backups.prom")],
         },
+        # The manifest's own metrics_file, no flags: the flags' check ran only when there were some.
+        manifest_metrics=beta
+        | {
+            "backups_manifest": str(fleet.home("beta") / "etc" / "manifest-metrics.yml"),
+            "backups_manifest_extra": {"metrics_file": str(fleet.root / "gone" / "backups.prom")},
+        },
+        # Cron drops a line with a step of 0 or a range backwards; --check makes every run a preview.
+        step_0=beta | {"backups_schedule": "cron", "backups_cron_minute": "*/0"},
+        backwards=beta | {"backups_schedule": "cron", "backups_cron_hour": "5-3"},
+        preview_only=beta | {"backups_backup_args": ["--log-file", "/tmp/x.log", "--check"]},
     )
     before = fleet.tree()
     manifests = {host: fleet.manifest(host).read_bytes() for host in HOSTS}
@@ -473,9 +492,9 @@ def candidates(fleet: Fleet, *hosts: str) -> set[str]:
 def refusals_may_write(fleet: Fleet) -> set[str]:
     """What the refused deploy may change: alpha's and gamma's refused manifests, and the
     manifest of the host whose flags are refused only once its manifest is installed."""
-    own = fleet.home("beta") / "etc" / "metrics-check.yml"
+    owns = [fleet.home("beta") / "etc" / name for name in ("metrics-check.yml", "manifest-metrics.yml")]
     return candidates(fleet, "alpha", "gamma") | {
-        str(m.relative_to(fleet.root)) for m in (own, own.with_name(f".{own.name}.candidate"))
+        str(m.relative_to(fleet.root)) for own in owns for m in (own, own.with_name(f".{own.name}.candidate"))
     }
 
 
@@ -510,6 +529,17 @@ def test_settings_that_would_make_a_schedule_that_never_works_fail_the_host(refu
     outcome, result = refusals["metrics_folder"]
     assert outcome == "fatal" and "would make every scheduled run fail" in result["msg"][0], result
     assert "gone" in "\n".join(result["msg"]), result
+    outcome, result = refusals["manifest_metrics"]
+    assert outcome == "fatal", result
+    own = refused.fleet.home("beta") / "etc" / "manifest-metrics.yml"
+    assert result["msg"][0] == f"the manifest {own} would make every scheduled run fail:", result
+    assert "gone" in "\n".join(result["msg"]), result
+    for host in ("step_0", "backwards"):
+        outcome, result = settings[host]
+        assert outcome == "fatal" and "a range (low-high), a list or a step above 0" in result["msg"], (host, result)
+    outcome, result = settings["preview_only"]
+    assert outcome == "fatal", result
+    assert result["msg"] == "backups_backup_args must not hold --check: every scheduled run would then back up nothing"
     # A relative prefix would put the command in the login's folder, where no schedule finds it.
     outcome, result = settings["relative_prefix"]
     assert outcome == "fatal" and "backups_prefix must be an absolute path, not opt" in result["msg"]
