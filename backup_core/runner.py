@@ -1360,7 +1360,7 @@ def _preview(target: Target, kind: str, options: Options, result: TargetResult) 
     result.status = CHANGED
     # Unless unchanged by content (the run compares the new archive with the newest), when it
     # would keep neither the new archive nor delete any old one.
-    unless = target.skip_unchanged and not options.force
+    unless = target.skip_unchanged and not options.force and bool(_current(listed, utc_now()))  # unchanged from what?
     result.reason = "would archive" + (" unless unchanged (then delete nothing)" if unless else "")
     if kind == "file" and _cut_short_database(target.path):
         # The run fails on it (see _archive): a preview that said "would archive" misled

@@ -82,9 +82,12 @@ def test_an_unchanged_source_is_ok_after_a_metadata_walk(project: Project) -> No
 
 @posix_only
 def test_check_mode_predicts_an_unchanged_run_from_the_metadata_walk(project: Project) -> None:
+    # With no archive yet there is nothing to be unchanged from: it said "unless unchanged" too.
+    source = make(project)
+    first = backup(project, LATER[0], "--check")
+    assert (first["status"], first["reason"]) == ("changed", "would archive"), first
     # The preview said "would archive ... unless unchanged; would delete <oldest>" on a source
     # the run then found unchanged (ok, nothing deleted): Ansible's check mode reported changed.
-    source = make(project)
     project.manifest.write_text(project.manifest.read_text(encoding="utf-8").replace("{last: 5}", "{last: 2}"))
     backup(project, LATER[0])
     backup(project, LATER[1], "--force")
