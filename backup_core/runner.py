@@ -400,6 +400,12 @@ def _describe(exc: BaseException, target: Target) -> str:
                 )
             # The file in the way may be a folder on the way (destfile/sub with destfile a file).
             blocker = archives.file_in_the_way(link) or link
+            try:
+                regular = stat.S_ISREG(blocker.lstat().st_mode)
+            except OSError:
+                regular = True
+            if not regular:  # /dev/null: no advice to remove a device, a pipe or a socket
+                return f"{blocker} is not a folder (a device, pipe or socket); choose another destination"
             return f"{blocker} is a file where a folder is needed; remove it or choose another destination"
         if exc.errno == errno.ELOOP:
             return f"{where} leads through a loop of symbolic links; fix the links, or name the folder itself"

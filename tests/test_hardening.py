@@ -578,3 +578,15 @@ def test_a_source_that_became_the_other_kind_fails_until_the_operator_says_so(pr
     settled = project.invoke("backup")
     assert settled.code == 0, settled.output
     assert whole not in project.archives()
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null")
+def test_a_device_as_destination_is_not_advised_to_be_removed(project: Project) -> None:
+    # "/dev/null is a file where a folder is needed; remove it or choose another destination".
+    project.file("src/a.txt")
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src, destination: /dev/null}]\n")
+    ran = project.invoke("backup")
+    assert ran.code == 1, ran.output
+    assert "failed: [site] => /dev/null is not a folder (a device, pipe or socket); choose another destination" in (
+        ran.stdout
+    ), ran.output

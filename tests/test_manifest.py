@@ -1368,3 +1368,9 @@ def test_a_windows_hook_command_line_reaches_the_program_as_written(
     )  # fmt: skip
     (hook,) = manifest.load(project.manifest, environ={}).targets[0].hooks.before
     assert (hook.argv, hook.command, hook.line, hook.describe()) == (None, None, run, run)
+
+
+def test_a_hook_whose_program_is_empty_is_refused_by_validate(project: Project) -> None:
+    # Validated, it failed every run: "could not start: Permission denied".
+    write(project, "version: 1", "hooks: {after: [['']]}", "targets: [{name: site, path: site}]")
+    assert problems_of(project.manifest) == ["backups.yml:2:18: hooks.after[0][0]: '' should be non-empty"]
