@@ -82,6 +82,27 @@ def choose_archive(target: Target, name: str | None) -> tuple[Path, list[str]]:
         ) from None
     if not existing:
         raise TargetError(f"no archives of {target.name} in {target.destination}; nothing to restore")
+    foreign = _made_elsewhere(target)
+    archive, passed = _choose_among(target, name, existing)
+    return archive, foreign + passed
+
+
+def _made_elsewhere(target: Target) -> list[str]:
+    """A warning when the destination records the target's archives as made of another source
+    (or host): restore read them as this target's without a word, while backups of it fail.
+    Restoring another host's archives is what a recovery does: said, not refused."""
+    from backup_core.stores.base import this_host
+
+    try:
+        made = archives.made_elsewhere(target.destination, target.name, target.path, this_host())
+    except archives.OriginUnreadable:
+        return []  # backups say so; what is restored is judged by the archive itself
+    if made is None:
+        return []
+    return [f"the archives of {target.name} in {target.destination} were made {made}, not of {target.path}"]
+
+
+def _choose_among(target: Target, name: str | None, existing: list[archives.Archive]) -> tuple[Path, list[str]]:
     from backup_core.runner import utc_now
 
     now = utc_now()

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import INVOKE, NOT_A_FILE, REPO, Project, Ran, archive_file_name, flow, place_not_a_file
+from conftest import INVOKE, NOT_A_FILE, REPO, Project, Ran, archive_file_name, flow, place_not_a_file, run_invoke
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes and names")
 
@@ -549,3 +549,26 @@ def test_a_database_restore_that_cannot_take_its_place_keeps_the_live_ones_wal(p
     assert ran.code == 1, ran.output
     assert wal.read_bytes() == b"commits only this file holds"
     assert not [p.name for p in live.iterdir() if p.name.startswith(".")]
+
+
+def test_a_restore_of_archives_made_of_another_source_says_so(project: Project) -> None:
+    # Another manifest's target of the same name and destination: backup, prune and status fail
+    # on it, while restore gave its archives back as this source's, without a word.
+    project.file("src/a.txt", "of src\n")
+    project.file("src2/b.txt", "of src2\n")
+    project.write_manifest("version: 1\ntargets: [{name: big, path: src}]\n")
+    assert project.invoke("backup").code == 0
+    other = project.root / "other.yml"
+    other.write_text("version: 1\ntargets: [{name: big, path: src2}]\n", encoding="utf-8")
+
+    ran = run_invoke("restore", "big", "--to", "out", "--manifest", str(other), cwd=project.root)
+
+    assert ran.code == 0, ran.output  # a recovery restores another host's archives: said, not refused
+    warning = (
+        f"[WARNING] [big] the archives of big in {project.root / 'backups'} were made from {project.root / 'src'}, "
+        f"not of {project.root / 'src2'}"
+    )
+    assert warning in ran.output, ran.output
+    assert (project.root / "out" / "a.txt").read_text(encoding="utf-8") == "of src\n"
+    plain = project.invoke("restore", "big", "--to", "out2")
+    assert plain.code == 0 and "WARNING" not in plain.output, plain.output

@@ -311,18 +311,14 @@ def _other_origin(target: Target, stores: list[StoreState]) -> str | None:
     if not any(store.store == "local" and store.archives for store in stores):
         return None
     try:
-        found = archives.origin(target.destination, target.name)
+        made = archives.made_elsewhere(target.destination, target.name, target.path, this_host())
     except archives.OriginUnreadable as exc:
         return (
             f"{exc}: it records where the archives of {target.name} there come from, "
             "and backups of it fail until it can be read"
         )
-    if found is None:
+    if made is None:
         return None
-    if archives.alike(found, (this_host(), str(target.path))):
-        return None
-    host, path = found
-    made = f"from {path}" + ("" if archives.alike((host, ""), (this_host(), "")) else f" on host {host}")
     return (
         f"{target.destination} holds archives of {target.name} made {made}, not of {target.path} on this host: "
         f"backups of it fail until that is settled (see {command(f'backup --only {target.name}')})"

@@ -537,6 +537,17 @@ def origin(destination: Path, target: str) -> tuple[str, str] | None:
     return host, path
 
 
+def made_elsewhere(destination: Path, target: str, source: Path, host: str) -> str | None:
+    """ "from PATH" or "from PATH on host HOST" when the target's archives in `destination` were
+    recorded as made of another source than `source` on `host`; None when they were not, or
+    nothing is recorded.  Raises OriginUnreadable as origin() does."""
+    found = origin(destination, target)
+    if found is None or alike(found, (host, str(source))):
+        return None
+    made = f"from {found[1]}"
+    return made if alike((found[0], ""), (host, "")) else f"{made} on host {found[0]}"
+
+
 def alike(one: tuple[str, str], other: tuple[str, str]) -> bool:
     """Whether two origins (host, source path) are the same: host names ignore case, as DNS
     does; Windows paths too."""
