@@ -51,7 +51,7 @@ class Problem(NamedTuple):
     message: str
 
     def __str__(self) -> str:
-        place = f"{shown(self.file)}:{self.line}:{self.column}" if self.line else str(self.file)
+        place = f"{shown(self.file)}:{self.line}:{self.column}" if self.line else shown(self.file)
         return f"{place}: {self.where}: {self.message}" if self.where else f"{place}: {self.message}"
 
 

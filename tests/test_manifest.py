@@ -1044,6 +1044,9 @@ def test_a_missing_manifest_is_exit_2_with_a_message_naming_the_file(project: Pr
     assert list(project.root.iterdir()) == []
     # The operator must learn which file was looked for: the default lies beside tasks.py, not in the cwd.
     assert str(missing) in ran.stderr
+    # Named as given from the working folder, as every other problem's file is.
+    here = run_invoke("validate", "--manifest", "nowhere/backups.yml", cwd=project.root)
+    assert here.stderr.startswith("nowhere/backups.yml: manifest not found; pass --manifest PATH\n"), here.output
 
 
 # --- validate and list through invoke ------------------------------------------------------------
