@@ -62,6 +62,19 @@ def replaced(seen: Identity | None, now: Identity) -> bool:
     return seen is not None and seen[3:] != (0, 0) and seen[3:] != now[3:]
 
 
+def swapped(path: str, seen: Identity | None, read: Identity) -> bool:
+    """Whether the file read (`read`, from fstat) is another than the one walked, as an lstat of
+    its name now confirms: the walk's lstat and a descriptor's fstat may not agree on the inode
+    and device on some file systems (overlays of old kernels), and every file there would be
+    left out.  A name gone since counts as swapped: what was read is no file the walk saw."""
+    if not replaced(seen, read):
+        return False
+    try:
+        return replaced(seen, identity(os.lstat(path)))
+    except FileNotFoundError:
+        return True
+
+
 _LOCAL = struct.Struct("<4sHHHHHLLLHH")
 # Deflate a piece only if its first _TRIAL bytes shrink below _SHRINK_ENOUGH of their size:
 # random data and formats with no telling extension cost one small trial, not a full pass.
@@ -299,7 +312,7 @@ def pack_piece(
             if check:
                 _prove_decodes(deflated, source, path, whole=False)
             data = deflated
-    if replaced(expected, after):
+    if swapped(path, expected, after):
         return Piece(0, 0, 0, 0, changed=True, gone=Replaced(path)), b""
     changed = expected is not None and (not steady(expected, after) or len(source) < length)
     head = bytes(source[:16]) if start == 0 else b""
@@ -493,7 +506,7 @@ def _read_small_steady(path: str, expected: int, mtime: float, seen: Identity | 
     read must be as many as the file then holds."""
     for attempt in range(READ_ATTEMPTS):
         source, before, after = _read_small(path, expected, fresh=attempt > 0)
-        if replaced(seen, identity(after)):
+        if swapped(path, seen, identity(after)):
             raise Replaced(path)
         if seen is None:
             if len(source) > CHUNK:  # a private copy nobody writes: never so
