@@ -574,7 +574,12 @@ def _closing_hooks(
         # After the after hooks: a service they start again need not wait for an upload.  An
         # archive holding a file that changed while it was read may be torn: it goes offsite
         # (it is the newest there is) but deletes nothing, here or there.
-        _copy_offsite(target, result, observer, prune=not result.changed)
+        # An archive of nothing (a folder emptied and taken as such with --force, or a path
+        # changed to an empty folder and adopted with --force) deletes no archive that holds
+        # files, and no remote copy (what a copy holds is not read): each later run of the
+        # empty folder rotated one more full archive away, here and on the remotes.
+        empty = result.status == CHANGED and not (result.files or result.links)
+        _copy_offsite(target, result, observer, prune=not result.changed and not empty)
         # Old archives go only once everything the operator asked for has succeeded, offsite
         # copies included, and never after an interrupt.
         if result.status != CHANGED or result.changed:
@@ -585,7 +590,7 @@ def _closing_hooks(
         # A local archive whose copy on a remote is damaged or replaced may be its only good copy.
         spare = {name for copy in result.offsite for name in copy.unvouched}
         try:
-            spared = _rotate(target, result, now_there, spare=spare)
+            spared = _rotate(target, result, now_there, spare=spare, keep_full=empty)
         except KeyboardInterrupt:
             # While old archives were judged or deleted (a large one takes a while to free): the
             # new archive stays, and the line says so, and what went, rather than the run's
@@ -697,7 +702,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
 
     partial = archives.partial_path(destination, target.name, when, "zip")
     final = destination / archives.archive_name(target.name, when)
-    root = _root(target)
+    root = _root(target) if kind == "folder" else None
     total = (
         sum(e.stat.st_size for e in sources.entries(target.path, kind, target.exclude) if e.kind in _DATA)
         if observer.wants_totals else None
@@ -756,7 +761,7 @@ def _archive(target: Target, kind: str, options: Options, result: TargetResult, 
                 else:
                     early.result()
                     synced.result()
-        if _root(target) != root:
+        if kind == "folder" and _root(target) != root:
             raise TargetError(
                 f"{target.path} was moved, replaced or unmounted while it was being archived: the archive would "
                 "hold part of it at best; nothing was archived and no old archive deleted; run the backup again"
@@ -912,9 +917,14 @@ def _refuse_other_kind(target: Target, kind: str, options: Options, existing: li
     if newest is None:
         return
     entries = archives.ending(newest.path).members
-    was_file = entries == 1 and _only_member(newest.path) == target.path.name
-    if was_file == (kind != "folder"):
-        return
+    only = _only_member(newest.path) if entries == 1 else None
+    if entries == 1 and only is None:
+        return  # its directory cannot be read (damaged, or held open elsewhere): nothing to judge by
+    was_file = only == target.path.name
+    if kind == "folder" and was_file and (target.path / target.path.name).is_file():
+        was_file = False  # a folder holding one file of its own name (data/data) archives as one member
+    if was_file == (kind != "folder") or _damaged(newest.path) is not None:
+        return  # the same kind, or an archive too damaged to tell by (the run makes a good one)
     now, before = ("a folder", "the file") if kind == "folder" else ("a file", "a folder")
     forced = command(f"backup --force --only {target.name}")
     raise TargetError(
@@ -1015,15 +1025,26 @@ def _sound(archive: Archive) -> bool:
 
 
 def _root(target: Target) -> tuple[int, int] | None:
-    """The device and inode of the target's source (a link to it followed), None once gone.
+    """The device and inode of a folder target's source (a link to it followed), None once gone.
 
     Compared before and after the walk: a source unmounted (even lazily) or moved away while it
     was walked left an archive of the files read before it went, reported as `changed`, and
-    rotation deleted the whole one.  Its files' own checks only saw some of them vanish."""
+    rotation deleted the whole one.  Its files' own checks only saw some of them vanish.  Taken
+    from the folder opened, not a stat of its name: a stat does not trigger an automount, and
+    the trigger's inode before the walk would differ from the mounted root's after it.  (A file
+    target is its one file, whose own read checks it: an atomic save over it is not a move.)"""
     try:
-        st = target.path.stat()
-    except OSError:
-        return None
+        descriptor = os.open(target.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows opens no folder this way: its name's stat does (no automounts there)
+        try:
+            st = target.path.stat()
+        except OSError:
+            return None
+    else:
+        try:
+            st = os.fstat(descriptor)
+        finally:
+            os.close(descriptor)
     return st.st_dev, st.st_ino
 
 
@@ -1222,17 +1243,29 @@ def _rotate(
     spare: set[str] | None = None,
     guard: bool = False,
     forced: bool = False,
+    keep_full: bool = False,
 ) -> list[str]:
     """Delete this target's archives that its policy no longer keeps (never the new one);
     `existing`: the target's archives, when the caller knows them; `spare`: names kept anyway;
     `guard`: raise TargetError, deleting nothing, when the newest kept is not a whole archive
-    (see _newest_kept_problem).  Returns the names that `spare` kept."""
+    (see _newest_kept_problem); `keep_full`: delete no archive that holds a file (the new one
+    holds none).  Returns the names that `spare` kept."""
     if existing is None:
         existing = archives.list_archives(target.destination, target.name)
     due = _due(existing, target, result)
     doomed = [a for a in due if a.name not in (spare or ())]
+    spared = [a.name for a in due if a.name in (spare or ())]
     if guard and doomed and (problem := _newest_kept_problem(existing, doomed, forced)):
         raise TargetError(problem)
+    if keep_full and (full := [a for a in doomed if _held(a.path)]):
+        kept = set(full)
+        doomed = [a for a in doomed if a not in kept]
+        result.warnings.append(
+            f"{result.archive.name if result.archive else 'the new archive'} holds no file: {len(full)} older "
+            f"archive(s) that hold files were kept ({full[-1].name} the newest)"
+            f"{', and no remote copy was deleted' if target.offsite else ''}; if {target.path} is meant to stay "
+            f"empty, {command(f'prune --force --only {target.name}')} applies keep"
+        )
     for archive in doomed:
         if archive.path == result.archive:  # cannot happen: the newest is always kept
             continue
@@ -1242,8 +1275,7 @@ def _rotate(
     # archive, which the next run deletes again, and it saves an fsync a target (one of three).
     if doomed:
         archives.mark_changed(_lock_path(target))
-    going = set(doomed)  # a set: thousands of archives made this quadratic (24 s to prune 5,000)
-    return [a.name for a in due if a not in going]
+    return spared
 
 
 def _due(existing: list[Archive], target: Target, result: TargetResult) -> list[Archive]:

@@ -216,10 +216,11 @@ def test_a_small_file_changed_after_its_stat_is_read_again_whole(tmp_path: Path)
     assert mtime == int(path.stat().st_mtime)
 
 
-@pytest.mark.parametrize("processes", [False, True])
+@pytest.mark.parametrize(("processes", "renamed"), [(False, False), (True, False), (True, True)])
 def test_a_large_file_changed_after_its_stat_is_written_again_whole(
-    tmp_path: Path, processes: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, processes: bool, renamed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Renamed over (an atomic save), it is another inode: read again all the same.
     if processes:
         monkeypatch.setattr(workers, "PROCESSES_FROM", 0)
     source = tmp_path / "large.bin"
@@ -227,7 +228,11 @@ def test_a_large_file_changed_after_its_stat_is_written_again_whole(
     seen = source.stat()
     time.sleep(0.02)
     new = os.urandom(SIZE // 2 + 12345)  # shorter: the first reading's bytes must not survive
-    source.write_bytes(new)
+    if renamed:
+        (tmp_path / "large.bin.new").write_bytes(new)
+        (tmp_path / "large.bin.new").replace(source)
+    else:
+        source.write_bytes(new)
     archive = tmp_path / "out.zip"
     with archive.open("wb") as file:
         writer = ZipWriter(file, compressor_factory(2), workers=2, path=archive)
@@ -339,28 +344,64 @@ def test_a_small_file_replaced_by_a_fifo_after_its_stat_is_left_out_without_wait
 
 
 @POSIX
-@pytest.mark.parametrize("how", ["link", "renamed"])
-def test_a_small_file_replaced_after_its_stat_is_left_out_and_a_link_never_followed(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize("how", ["link", "folder link", "renamed"])
+def test_a_small_file_replaced_after_its_stat_is_read_again_but_never_through_a_link(tmp_path: Path, how: str) -> None:
     # A file swapped for a link between the walk and the read was read through the link, out of
     # the tree: another user's secret archived under the file's name, as a regular file, with no
-    # warning.  A file renamed over it is another file too: the walk's file was never read.
-    secret = tmp_path / "secret"
-    secret.write_bytes(b"TOPSECRET\n")
-    path = tmp_path / "data.txt"
+    # warning; so was one whose folder was swapped for a link.  A file renamed over it (an atomic
+    # save) is the same file's new version: read again, as before.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data.txt").write_bytes(b"TOPSECRET\n")
+    root = tmp_path / "src"
+    path = root / "sub" / "data.txt"
+    path.parent.mkdir(parents=True)
     path.write_bytes(b"the file the walk saw\n")
     seen = path.stat()
     if how == "link":
         path.unlink()
-        path.symlink_to(secret)
+        path.symlink_to(outside / "data.txt")
+    elif how == "folder link":
+        path.parent.rename(tmp_path / "sub.old")
+        path.parent.symlink_to(outside)
     else:  # made before the walk's file goes, or it could take its inode number
-        other = tmp_path / "data.txt.new"
+        other = path.with_name("data.txt.new")
         other.write_bytes(b"written beside it, then renamed over it\n")
         other.replace(path)
-    item = ("data.txt", str(path), b"", seen.st_mode, seen.st_mtime, seen.st_size, -1, -1, packing.identity(seen))
+    item = ("sub/data.txt", str(path), b"", seen.st_mode, seen.st_mtime, seen.st_size, -1, -1, packing.identity(seen))
     facts, block = packing.pack_batch(None, True, [item])
     _record, _offsets, files, _folders, _links, size, vanished, changed, _length, _crc, _torn = facts
+    if how == "renamed":
+        assert (files, vanished, changed) == (1, [], [])
+        assert block.endswith(b"written beside it, then renamed over it\n")
+        return
     assert (files, size, changed, block) == (0, 0, [], b"")
     assert vanished == [f"{path} was replaced by another file or a link before it was read; not archived"]
+
+
+def test_a_file_system_whose_fstat_disagrees_with_the_walk_on_inodes_loses_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Overlays on old kernels give a descriptor's fstat another inode than the name's lstat: every
+    # file must not be taken for replaced and left out there.
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"the file the walk saw\n")
+    seen = path.stat()
+    fstat = os.fstat
+
+    def overlaid(descriptor: int) -> os.stat_result:
+        st = fstat(descriptor)
+        fields = [*st[:10]]
+        fields[1] = st.st_ino + 1_000_000  # st_ino
+        times = ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+        return os.stat_result(fields, {name: getattr(st, name) for name in times})
+
+    monkeypatch.setattr(packing.os, "fstat", overlaid)
+    item = ("data.txt", str(path), b"", seen.st_mode, seen.st_mtime, seen.st_size, -1, -1, packing.identity(seen))
+    facts, block = packing.pack_batch(None, True, [item])
+    _record, _offsets, files, _folders, _links, _size, vanished, changed, _length, _crc, _torn = facts
+    assert (files, vanished, changed) == (1, [], [])
+    assert block.endswith(b"the file the walk saw\n")
 
 
 def test_a_small_file_that_grows_past_a_piece_while_read_is_archived_as_changed(tmp_path: Path) -> None:

@@ -590,3 +590,31 @@ def test_a_device_as_destination_is_not_advised_to_be_removed(project: Project) 
     assert "failed: [site] => /dev/null is not a folder (a device, pipe or socket); choose another destination" in (
         ran.stdout
     ), ran.output
+
+
+def test_a_folder_holding_one_file_of_its_own_name_is_no_change_of_kind(project: Project) -> None:
+    # data/data archives as one member named like the folder, as a file target named data would:
+    # every run after the first failed, "src/data is now a folder, but ... holds the file".
+    project.file("src/data/data", "hi\n")
+    project.write_manifest("version: 1\ntargets: [{name: data, path: src/data}]\n")
+    assert project.invoke("backup").code == 0
+    project.file("src/data/data", "hi again\n")
+    ran = project.invoke("backup")
+    assert ran.code == 0, ran.output
+    assert len(project.archives()) == 2
+
+
+def test_a_newest_archive_whose_directory_cannot_be_read_does_not_stop_a_file_target(project: Project) -> None:
+    # It was said to "hold a folder", and no new archive could be made while it was the newest.
+    project.file("src/a.txt", "first\n")
+    project.write_manifest("version: 1\ntargets: [{name: c, path: src/a.txt}]\n")
+    assert project.invoke("backup").code == 0
+    [archive] = project.archives()
+    data = bytearray(archive.read_bytes())
+    at = data.rindex(b"PK\x01\x02")
+    data[at + 28 : at + 30] = (0xFFFF).to_bytes(2, "little")  # its name's length, past the directory's end
+    archive.write_bytes(bytes(data))
+    project.file("src/a.txt", "second\n")
+    ran = project.invoke("backup")
+    assert ran.code == 0, ran.output
+    assert len(project.archives()) == 2

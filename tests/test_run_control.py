@@ -895,6 +895,8 @@ def test_more_written_forms_of_a_password_are_masked_in_the_output_the_log_the_j
         (["curl", "-su", "admin:S3CRET31", "http://h/"], "S3CRET31", "curl -su 'admin:***'"),
         (["curl", "-fsSu", "admin:S3CRET19", "http://h/"], "S3CRET19", "curl -fsSu 'admin:***'"),
         (["curl", "-fsSuadmin:S3CRET20", "http://h/"], "S3CRET20", "curl '-fsSuadmin:***'"),
+        (["curl", "-4su", "user:S3CRET21", "http://h/"], "S3CRET21", "curl -4su 'user:***'"),
+        (["curl", "-#u", "user:S3CRET22", "http://h/"], "S3CRET22", "'user:***'"),
         (["curl", "-fsS", "http://h/x?sv=2022&sig=S3CRET32"], "S3CRET32", "'http://h/x?sv=2022&sig=***'"),
     ],
 )

@@ -185,7 +185,7 @@ def test_an_archive_dated_ahead_of_the_clock_cannot_pass_as_fresh(project: Proje
     ran = project.invoke("status", "--only", "site", env=at(T0))
     assert ran.code == 1
     assert line_of(ran.stdout, "site").startswith(
-        "failed: [site] => every archive is dated more than 5 minutes ahead of this machine's clock (the newest "
+        "failed: [site] => every archive is dated more than 10 minutes ahead of this machine's clock (the newest "
         "365d 0h ahead), so the last backup's age cannot be judged; check the clock; max_age is 26h ("
     )
     # Not counted as the newest, as a backup does not count it: a backup made now is judged by its
@@ -197,6 +197,16 @@ def test_an_archive_dated_ahead_of_the_clock_cannot_pass_as_fresh(project: Proje
     assert (local["age_seconds"], local["ahead"]) == (3600, archive_file_name("site", T0 + timedelta(days=365)))
     late = project.invoke("status", "--only", "site", env=at(T0 + timedelta(hours=27)))
     assert late.code == 1 and "newest archive is 27h 0min old" in late.stdout, late.output  # a stopped backup shows
+
+
+def test_an_archive_a_few_minutes_ahead_counts_as_a_backup_counts_it(project: Project) -> None:
+    # Status took 5 minutes for "ahead", a backup 10: an archive 7 minutes ahead, which a backup
+    # counted as the newest (and found the source unchanged from), failed status as too old.
+    manifest(project)
+    fake_archive(project.root / "backups", "site", T0 - timedelta(days=2))
+    fake_archive(project.root / "backups", "site", T0 + timedelta(minutes=7))
+    ran = project.invoke("status", "--only", "site", env=at(T0))
+    assert ran.code == 0, ran.output
 
 
 def test_selection_flags_work_and_a_selection_of_nothing_is_a_usage_error(project: Project) -> None:

@@ -128,10 +128,10 @@ def _masked_words(words: list[str]) -> list[str]:
             names, between = _USER[program]
             short, long = names
             # Short flags bundle: `-su user:pw` and `-fsSuuser:pw` are -s -u … (curl, wget, lftp).
-            bundle = None if bare.startswith("--") else re.match(rf"-[A-Za-z]*?{short[1]}", bare)
+            bundle = None if bare.startswith("--") else re.match(rf"-[A-Za-z0-9#:]*?{short[1]}", bare)
             joined = bundle is not None and len(bare) > bundle.end()
             given = f"{long}=" if bare.startswith(f"{long}=") else bundle.group() if bundle and joined else ""
-            follows = flag in names or re.fullmatch(rf"-[A-Za-z]*{short[1]}", flag) is not None
+            follows = flag in names or re.fullmatch(rf"-[A-Za-z0-9#:]*{short[1]}", flag) is not None
             if between in bare and (follows or given):
                 user = bare[len(given) :].partition(between)[0]
                 shown[index] = f"{given}{user}{between}{MASK}"

@@ -26,8 +26,9 @@ from backup_core.stores.base import Store, Stored
 from backup_core.stores.local import LocalStore
 
 # An archive dated a little ahead of this machine's clock is a clock that drifted, not a problem;
-# one dated far ahead would hide a backup that stopped (its age stays negative), so it is reported.
-_CLOCK_SLACK = timedelta(minutes=5)
+# one dated far ahead would hide a backup that stopped (its age stays negative), so it is not
+# counted.  The same slack as a backup's: status failed on archives a backup took as current.
+_CLOCK_SLACK = retention.FUTURE_TOLERANCE
 
 
 @dataclass

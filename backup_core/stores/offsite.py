@@ -161,11 +161,12 @@ def _held(store: Store, target: Target, remote: Remote) -> list[Stored]:
 
 
 def copies_of(target: Target, remote: Remote) -> list[str]:
-    """The names of the copies of `target` that this host put on `remote` and that are still as
-    it put them, oldest first (one request per copy on a bucket: for a rare question).  Raises
-    StoreError (or OSError) when the remote cannot be asked."""
-    store = store_for(remote)
-    return [s.name for s in _held(store, target, remote) if store.vouched(target.name, s) is None]
+    """The names of every copy of `target` on `remote`, oldest first, whichever host put it there
+    and plain or encrypted: the copies a new host must restore before it backs up an empty
+    folder.  Counting this host's alone, a replacement host under another name sent an archive
+    of nothing, which a restore then took as the newest.  Raises StoreError (or OSError) when
+    the remote cannot be asked."""
+    return [s.name for s in store_for(remote).list(target.name)]
 
 
 def lacking(target: Target, remote: Remote, now: datetime) -> list[str]:

@@ -62,17 +62,39 @@ def replaced(seen: Identity | None, now: Identity) -> bool:
     return seen is not None and seen[3:] != (0, 0) and seen[3:] != now[3:]
 
 
-def swapped(path: str, seen: Identity | None, read: Identity) -> bool:
-    """Whether the file read (`read`, from fstat) is another than the one walked, as an lstat of
-    its name now confirms: the walk's lstat and a descriptor's fstat may not agree on the inode
-    and device on some file systems (overlays of old kernels), and every file there would be
-    left out.  A name gone since counts as swapped: what was read is no file the walk saw."""
+def swapped(path: str, name: str, seen: Identity | None, read: Identity) -> bool:
+    """Whether the file read (`read`, from fstat) is reached through a link where the walk found
+    none: the name itself now a link, or a folder on the way from the target's root (the part
+    of `path` that `name`, the member's name, spells).  Another regular file renamed over the
+    name (an editor's or a program's atomic save) is not: it is read again as a changed file.
+    Only asked when the inode or device differ from the walk's, which an lstat of the name must
+    confirm: the walk's lstat and a descriptor's fstat may not agree on them on some file
+    systems (overlays of old kernels), and every file there would have been left out."""
     if not replaced(seen, read):
         return False
     try:
-        return replaced(seen, identity(os.lstat(path)))
+        if not replaced(seen, identity(os.lstat(path))):
+            return False
+    except FileNotFoundError:
+        return True  # gone since: what was read is no file the walk saw
+    return through_a_link(path, name)
+
+
+def through_a_link(path: str, name: str) -> bool:
+    """Whether `path` now leads through a symbolic link: its last part, or a folder of the
+    member's `name` (the folders below the target's root).  POSIX paths only: on Windows the
+    walk gives no inode to tell a replacement by, so this is not asked."""
+    within = path.endswith(name)
+    root, folders = (path[: len(path) - len(name)], name.split("/")[:-1]) if within else ("", [])
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            return True
+        for depth in range(1, len(folders) + 1):
+            if not stat.S_ISDIR(os.lstat(root + "/".join(folders[:depth])).st_mode):
+                return True
     except FileNotFoundError:
         return True
+    return False
 
 
 _LOCAL = struct.Struct("<4sHHHHHLLLHH")
@@ -210,7 +232,7 @@ def pack_batch(compressor: CompressorFactory | None, check: bool, items: list[It
         source, mtime, changed, comment = given, seen_mtime, False, b""
         if path is not None:
             try:
-                source, mtime, changed = _read_small_steady(path, expected, seen_mtime, seen)
+                source, mtime, changed = _read_small_steady(path, name, expected, seen_mtime, seen)
             except FileNotFoundError as exc:
                 vanished.append(gone(path, exc, "before it was read; not archived"))
                 continue
@@ -312,8 +334,6 @@ def pack_piece(
             if check:
                 _prove_decodes(deflated, source, path, whole=False)
             data = deflated
-    if swapped(path, expected, after):
-        return Piece(0, 0, 0, 0, changed=True, gone=Replaced(path)), b""
     changed = expected is not None and (not steady(expected, after) or len(source) < length)
     head = bytes(source[:16]) if start == 0 else b""
     return Piece(crc, len(source), crc32(data) if data is not source else crc, len(data), changed, head), data
@@ -498,7 +518,9 @@ def timestamp_extra(mtime: float) -> bytes:
 # --- reading sources -----------------------------------------------------------------------------
 
 
-def _read_small_steady(path: str, expected: int, mtime: float, seen: Identity | None) -> tuple[bytes, float, bool]:
+def _read_small_steady(
+    path: str, name: str, expected: int, mtime: float, seen: Identity | None
+) -> tuple[bytes, float, bool]:
     """The file's bytes, the mtime to record and whether it kept changing while read.
 
     The first read is checked against what the walk saw (one fstat after reading: the file was
@@ -506,7 +528,7 @@ def _read_small_steady(path: str, expected: int, mtime: float, seen: Identity | 
     read must be as many as the file then holds."""
     for attempt in range(READ_ATTEMPTS):
         source, before, after = _read_small(path, expected, fresh=attempt > 0)
-        if swapped(path, seen, identity(after)):
+        if swapped(path, name, seen, identity(after)):
             raise Replaced(path)
         if seen is None:
             if len(source) > CHUNK:  # a private copy nobody writes: never so

@@ -363,8 +363,8 @@ class ZipWriter:
             return False
         except OSError as exc:
             raise packing.read_error(large.path, exc) from None
-        if stat.S_ISLNK(st.st_mode) or packing.replaced(large.seen, packing.identity(st)):
-            large.gone = packing.Replaced(large.path)
+        if packing.replaced(large.seen, packing.identity(st)) and packing.through_a_link(large.path, member.name):
+            large.gone = packing.Replaced(large.path)  # a regular file renamed over it is read again
             return False
         if not stat.S_ISREG(st.st_mode):
             large.gone = packing.NotAFile(large.path)
