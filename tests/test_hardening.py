@@ -618,3 +618,29 @@ def test_a_newest_archive_whose_directory_cannot_be_read_does_not_stop_a_file_ta
     ran = project.invoke("backup")
     assert ran.code == 0, ran.output
     assert len(project.archives()) == 2
+
+
+def test_an_archive_of_nothing_rotates_away_no_archive_or_copy_that_holds_files(project: Project) -> None:
+    # Once an emptied folder was taken with --force, each later run rotated one more archive
+    # that held files away, here and on the remote, until none was left.
+    project.file("src/a.txt", "a\n")
+    project.file("src/sub/b.txt", "b\n")
+    (project.root / "nas").mkdir()
+    project.write_manifest(
+        "version: 1\nremotes: {nas: {type: folder, path: nas, keep: {last: 1}}}\n"
+        "targets: [{name: t, path: src, keep: {last: 1}, offsite: [nas]}]\n"
+    )
+    assert project.invoke("backup", env={"BACKUP_NOW": "2026-01-01T00:00:00Z"}).code == 0
+    [full] = project.archives()
+    for child in ("src/a.txt", "src/sub/b.txt"):
+        (project.root / child).unlink()
+    forced = project.invoke("backup", "--force", env={"BACKUP_NOW": "2026-01-02T00:00:00Z"})
+    again = project.invoke("backup", env={"BACKUP_NOW": "2026-01-03T00:00:00Z"})
+
+    for ran in (forced, again):
+        assert ran.code == 0, ran.output
+        assert f"1 older archive(s) that hold files were kept ({full.name} the newest), and no remote copy was " in (
+            ran.output
+        ), ran.output
+    assert full in project.archives()
+    assert (project.root / "nas" / "t" / full.name).exists()

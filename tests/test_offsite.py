@@ -1101,3 +1101,26 @@ def test_push_to_one_remote_says_which_targets_do_not_copy_there(project: Projec
     assert ran.code == 0, ran.output
     assert "skipped: [b] => does not copy to remote n1" in ran.stdout, ran.output
     assert "skipped: [c] => no remote to copy to (offsite: is empty)" in ran.stdout, ran.output
+
+
+def test_a_new_host_under_another_name_sends_no_archive_of_an_empty_folder(project: Project) -> None:
+    # The refusal counted this host's copies only: a replacement host under another name sent an
+    # archive of nothing, exit 0, and a restore from the remote then took it as the newest.
+    project.file("src/a.txt")
+    (project.root / "nas").mkdir()
+    project.write_manifest(
+        "version: 1\nremotes: {nas: {type: folder, path: nas}}\ntargets: [{name: site, path: src, offsite: [nas]}]\n"
+    )
+    assert project.invoke("backup", env={"BACKUP_HOST": "old"}).code == 0
+    for archive in project.archives():
+        archive.unlink()
+    (project.root / "src" / "a.txt").unlink()
+
+    ran = project.invoke("backup", env={"BACKUP_HOST": "new"})
+
+    assert ran.code == 1, ran.output
+    assert "holds no file to archive" in ran.stdout and "is this a new host whose data is not restored yet" in (
+        ran.stdout
+    ), ran.output
+    assert project.archives() == []
+    assert len(list((project.root / "nas" / "site").glob("*.zip"))) == 1
