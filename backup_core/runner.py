@@ -630,16 +630,25 @@ def _copy_offsite(target: Target, result: TargetResult, observer: Observer, prun
         progress = functools.partial(observer.uploading, target, remote.name)
         try:
             copy = offsite.replicate(target, remote, prune=prune, progress=progress, now=utc_now())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # Mid-upload (Ctrl-C, SIGTERM): the store removed what it had begun; the run stops
-            # after this target, which failed: the operator asked for a copy and has none.
+            # after this target, which failed: the operator asked for a copy and has none.  What
+            # went up, and what went from the remote, before it is said (it was not).
             _stopping.set()
-            copy = OffsiteResult(remote.name, remote.describe(), error=f"remote {remote.name}: interrupted")
+            copy = getattr(exc, "offsite", None) or OffsiteResult(remote.name, remote.describe())
+            copy.error = f"remote {remote.name}: interrupted{_done_there(copy)}"
         _offsite_result(result, copy)
     failures = [copy.error for copy in result.offsite if copy.error]
     if failures:
         kept = f"; the local archive {result.archive.name} is kept" if result.archive else ""
         result.fail(f"offsite copy failed: {'; '.join(failures)}{kept} and the next run uploads what is missing")
+
+
+def _done_there(copy: OffsiteResult) -> str:
+    """What an interrupted remote had received and lost before it, as words after "interrupted"."""
+    done = [f"{len(copy.uploaded)} copy(ies) sent"] if copy.uploaded else []
+    done += [f"{len(copy.deleted)} old copy(ies) deleted there"] if copy.deleted else []
+    return f" after {' and '.join(done)}" if done else ""
 
 
 def _remote_failed(result: TargetResult, error: str) -> None:
@@ -1444,8 +1453,9 @@ def prune_target(target: Target, options: Options) -> TargetResult:
             # While archives were judged or deleted: what went is said, not lost with this
             # result (the run's own "interrupted" result for it said nothing was deleted).
             _stopping.set()
-            went = f"{len(result.deleted)} archive(s) deleted before it" if result.deleted else "nothing was deleted"
-            result.fail(f"interrupted; {went}")
+            went = [f"{len(result.deleted)} archive(s) deleted before it"] if result.deleted else []
+            went += [f"remote {c.remote}: {len(c.deleted)} cop(ies) deleted" for c in result.offsite if c.deleted]
+            result.fail(f"interrupted; {', '.join(went) if went else 'nothing was deleted'}")
 
     def pruning() -> None:
         existing = archives.list_archives(target.destination, target.name)
@@ -1476,7 +1486,12 @@ def prune_target(target: Target, options: Options) -> TargetResult:
                 result.warnings = [w for w in result.warnings if w.startswith(_KEPT_FOR_REMOTES)]
                 _rotate(target, result, spare=unsent, guard=True, forced=options.force)
         for remote in _remotes(target, options.remote):
-            copy = offsite.prune_remote(target, remote, check=options.check, now=utc_now(), forced=options.force)
+            try:
+                copy = offsite.prune_remote(target, remote, check=options.check, now=utc_now(), forced=options.force)
+            except KeyboardInterrupt as exc:
+                if (partial := getattr(exc, "offsite", None)) is not None:
+                    _offsite_result(result, partial)  # its deletions before it, for the line and the JSON
+                raise
             _offsite_result(result, copy)
             if copy.error:
                 _remote_failed(result, copy.error)

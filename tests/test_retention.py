@@ -526,3 +526,46 @@ def test_prune_takes_jobs_as_backup_does(project: Project) -> None:
     assert project.archives() == made[-1:]
     refused = project.invoke("prune", "--jobs", "0")
     assert refused.code == 2 and "--jobs 0: give a number of targets to run at once, 1 to 64" in refused.stderr
+
+
+def test_a_prune_interrupted_while_deleting_remote_copies_says_how_many_went(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "interrupted; nothing was deleted", exit 130, while 78 copies were gone from the bucket.
+    # The signal lands on the remote's third deletion, exactly.
+    from backup_core.stores import local
+
+    project.file("src/a.txt")
+    (project.root / "nas").mkdir()
+    project.write_manifest(
+        "version: 1\nremotes: {nas: {type: folder, path: nas, keep: {last: 1}}}\n"
+        "targets: [{name: site, path: src, keep: {last: 10}, offsite: [nas]}]\n"
+    )
+    for day in range(1, 7):
+        project.file("src/a.txt", f"day {day}\n")
+        assert project.invoke("backup", env={"BACKUP_NOW": f"2026-01-0{day}T00:00:00Z"}).code == 0
+    # The remote holds all six again under a looser keep; put back to one, five are due there.
+    project.write_manifest(project.manifest.read_text(encoding="utf-8").replace("keep: {last: 1}}", "keep: {last: 9}}"))
+    push = project.invoke("push")
+    assert push.code == 0, push.output
+    assert len(list((project.root / "nas" / "site").glob("*.zip"))) == 6
+    project.write_manifest(project.manifest.read_text(encoding="utf-8").replace("keep: {last: 9}}", "keep: {last: 1}}"))
+    [target] = manifest.load(project.manifest).targets
+    deleting, calls = local.FolderStore.delete, []
+
+    def interrupted(store: Any, name: str, stored: Any) -> bool:
+        calls.append(stored.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return deleting(store, name, stored)
+
+    monkeypatch.setattr(local.FolderStore, "delete", interrupted)
+    try:
+        result = runner.prune_target(target, runner.Options())
+    finally:
+        runner._stopping.clear()
+    assert result.status == "failed"
+    assert result.error == "interrupted; remote nas: 2 cop(ies) deleted"
+    [copy] = result.offsite
+    assert copy.deleted == calls[:2]
+    assert len(list((project.root / "nas" / "site").glob("*.zip"))) == 4

@@ -127,6 +127,9 @@ def replicate(
         result.error = str(exc)
     except OSError as exc:
         result.error = f"remote {remote.name}: {exc.strerror or exc} ({exc.filename or target.destination})"
+    except KeyboardInterrupt as exc:
+        exc.offsite = result  # type: ignore[attr-defined]  # what was sent and deleted before it
+        raise
     finally:
         result.seconds = time.monotonic() - started
     return result
@@ -211,6 +214,9 @@ def prune_remote(
         result.copies = len(held) - len(result.deleted)
     except StoreError as exc:
         result.error = str(exc)
+    except KeyboardInterrupt as exc:
+        exc.offsite = result  # type: ignore[attr-defined]  # what was deleted before it
+        raise
     finally:
         result.seconds = time.monotonic() - started
     return result
