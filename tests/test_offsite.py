@@ -1065,10 +1065,15 @@ def test_the_remote_copy_is_a_zip_every_reader_opens(project: Project, remote: R
     )
 
 
-def test_max_bandwidth_caps_the_upload_rate(project: Project, remote: Remote) -> None:
+@pytest.mark.parametrize("checksum", ["sha256", "md5"])
+def test_max_bandwidth_caps_the_upload_rate(project: Project, remote: Remote, checksum: str) -> None:
     # A lower bound only: a busy machine can make the upload slower, never faster than allowed.
+    # With checksum: md5 an S3 copy goes up in one request, outside s3transfer: it was not paced.
+    if checksum == "md5" and not isinstance(remote, S3Remote):
+        pytest.skip("checksum is an s3 remote's setting")
     project.file("site/noise.bin", os.urandom(3 << 20))  # incompressible: the archive is about 3 MiB
-    write(project, remote, settings_of_remote={"max_bandwidth": "1M"})
+    settings = {"max_bandwidth": "1M"} | ({"checksum": checksum} if isinstance(remote, S3Remote) else {})
+    write(project, remote, settings_of_remote=settings)
     ran = run(project, remote, "backup", "--format", "json")
     assert ran.code == 0, ran.output
     [copy] = ran.json()["targets"][0]["offsite"]

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -198,7 +200,8 @@ class S3Store:
         self.client.put_object(
             Bucket=self.remote.bucket,
             Key=key,
-            Body=body,
+            # One request, outside s3transfer's TransferConfig: max_bandwidth was not applied.
+            Body=_Paced(body, self.remote.max_bandwidth) if self.remote.max_bandwidth else body,
             ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
             **{k: v for k, v in extra.items() if k != "ChecksumAlgorithm"},
         )
@@ -467,3 +470,22 @@ def _verdict(stored: Stored, head: dict[str, Any]) -> str | None:
     if whole and "-" not in whole and base64.b64decode(whole).hex() != recorded["sha256"]:
         return f"{stored.name} does not match the checksum recorded at upload: it was replaced or damaged"
     return None
+
+
+class _Paced(io.BytesIO):
+    """A request body read no faster than `rate` bytes a second on average, as s3transfer paces
+    an upload under max_bandwidth; read again from the start (a retry) it is paced on."""
+
+    def __init__(self, data: bytes, rate: int) -> None:
+        super().__init__(data)
+        self._rate, self._sent, self._start = rate, 0, 0.0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        if not self._start:
+            self._start = time.monotonic()
+        self._sent += len(chunk)
+        wait = self._start + self._sent / self._rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        return chunk
