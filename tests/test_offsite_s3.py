@@ -103,6 +103,27 @@ def test_an_unreachable_endpoint_is_named_and_bounded(project: Project, s3_serve
     assert "cannot reach http://127.0.0.1:9" in error and "is kept" in error
 
 
+@pytest.mark.parametrize("mistake", ["unresolvable", "https"])
+def test_an_endpoint_written_wrong_says_which_way(project: Project, s3_server: S3Server, mistake: str) -> None:
+    # A host name that does not resolve was "connection refused or no route"; https to a plain
+    # http server gave the TLS library's raw text.
+    site(project)
+    endpoint = (
+        "http://no-such-host.invalid:9000"
+        if mistake == "unresolvable"
+        else s3_server.endpoint.replace("http://", "https://")
+    )
+    manifest(project, s3_server, "anything", endpoint=endpoint)
+    ran = project.invoke("backup", "--format", "json", env=s3_server.env(), timeout=120)
+    assert ran.code == 1, ran.output
+    error = ran.json()["targets"][0]["error"]
+    said = {
+        "unresolvable": f"the host name of {endpoint} cannot be resolved; check the endpoint's spelling and DNS",
+        "https": f"{endpoint} does not answer in TLS: is it an http:// endpoint written as https://?",
+    }[mistake]
+    assert said in error, error
+
+
 def test_a_remote_that_cannot_be_reached_is_asked_once_per_run_and_the_others_still_get_their_copies(
     project: Project, s3_server: S3Server, s3_bucket: str
 ) -> None:

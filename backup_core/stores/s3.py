@@ -346,6 +346,17 @@ def _code(exc: Any) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
+# What the system's resolver says of a host name it cannot find (glibc, musl, macOS, Windows).
+_UNRESOLVED = (
+    "Name or service not known",
+    "nodename nor servname",
+    "getaddrinfo failed",
+    "Temporary failure in name resolution",
+    "No address associated with hostname",
+    "Name does not resolve",
+)
+
+
 def _explain(exc: BaseException, remote: Remote) -> str:
     """What went wrong, in words an operator can act on; never a credential.  Every error the
     client library gives becomes a message here, so here its texts lose what a URL carries
@@ -401,7 +412,14 @@ def _described(exc: BaseException, remote: Remote) -> str:
     if isinstance(exc, botocore_errors.ConnectionClosedError):
         # Connected, then dropped before an answer: a server that hangs or a proxy that cut it.
         return f"{where} closed the connection before answering ({_TRIES} tries); is the endpoint healthy?"
+    if isinstance(exc, botocore_errors.SSLError):
+        if "WRONG_VERSION_NUMBER" in str(exc) or "record layer failure" in str(exc):
+            return f"{where} does not answer in TLS: is it an http:// endpoint written as https://?"
+        return f"the TLS handshake with {where} failed; check its certificate (or AWS_CA_BUNDLE)"
     if isinstance(exc, botocore_errors.EndpointConnectionError):
+        cause = str(exc.kwargs.get("error", ""))
+        if any(words in cause for words in _UNRESOLVED):
+            return f"the host name of {where} cannot be resolved; check the endpoint's spelling and DNS"
         return f"cannot reach {where} (connection refused or no route); is the endpoint up?"
     if isinstance(exc, botocore_errors.ConnectTimeoutError):
         return f"{where} did not answer in time ({_TRIES} tries, {_CONNECT_TIMEOUT} s each to connect)"
