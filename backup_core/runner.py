@@ -918,22 +918,25 @@ def _refuse_other_kind(target: Target, kind: str, options: Options, existing: li
     """Fail a target of `type: auto` whose source is now a file where its newest whole archive
     holds a folder, or the other way round.  A folder whose path became a file (a mount point
     replaced, a deploy gone wrong) was archived as that one file, and rotation deleted the
-    folder's archives.  A file's archive holds one member, the file's own name: anything else is
-    a folder's."""
+    folder's archives.  Told by what cannot be a file's archive, which holds one member: more
+    than one; or, for a source now a folder, one member of the source's own name that the folder
+    does not hold (data/data archives as one member named data, as a file named data would; and
+    a file target whose path changed to another file holds one member of another name)."""
     if target.type != "auto" or options.force:
         return
     newest = next((a for a in reversed(existing) if not archives.ending(a.path).broken), None)
     if newest is None:
         return
     entries = archives.ending(newest.path).members
-    only = _only_member(newest.path) if entries == 1 else None
-    if entries == 1 and only is None:
-        return  # its directory cannot be read (damaged, or held open elsewhere): nothing to judge by
-    was_file = only == target.path.name
-    if kind == "folder" and was_file and (target.path / target.path.name).is_file():
-        was_file = False  # a folder holding one file of its own name (data/data) archives as one member
-    if was_file == (kind != "folder") or _damaged(newest.path) is not None:
-        return  # the same kind, or an archive too damaged to tell by (the run makes a good one)
+    if kind == "folder":
+        if entries != 1 or _only_member(newest.path) != target.path.name:
+            return
+        if (target.path / target.path.name).is_file():
+            return
+    elif entries <= 1:
+        return
+    if _damaged(newest.path) is not None:
+        return  # too damaged to tell by: the run makes a good archive
     now, before = ("a folder", "the file") if kind == "folder" else ("a file", "a folder")
     forced = command(f"backup --force --only {target.name}")
     raise TargetError(

@@ -644,3 +644,18 @@ def test_an_archive_of_nothing_rotates_away_no_archive_or_copy_that_holds_files(
         ), ran.output
     assert full in project.archives()
     assert (project.root / "nas" / "t" / full.name).exists()
+
+
+def test_a_file_target_whose_path_changed_to_another_file_is_no_change_of_kind(project: Project) -> None:
+    # Its archive holds one member of another name: "is now a file, but ... holds a folder", where
+    # no record of the source was there to tell the change (destinations made before it).
+    from backup_core.stores import archives
+
+    project.file("src/notes.txt", "notes\n")
+    project.file("src/other/o.txt", "other\n")
+    project.write_manifest("version: 1\ntargets: [{name: notes, path: src/notes.txt}]\n")
+    assert project.invoke("backup").code == 0
+    archives._origin_path(project.root / "backups", "notes").unlink()
+    project.write_manifest("version: 1\ntargets: [{name: notes, path: src/other/o.txt}]\n")
+    ran = project.invoke("backup")
+    assert ran.code == 0, ran.output
