@@ -197,6 +197,13 @@ def restore(
     except (BackupError, OSError, KeyboardInterrupt) as exc:
         exc.restored = done  # type: ignore[union-attr]
         raise
+    if member is None and not (done.files or done.links):
+        # An archive of an empty folder (taken with --force) is the newest: "restored", exit 0,
+        # and nothing there looked like a restore that worked.
+        done.warnings.append(
+            f"{archive.name} holds no file (an archive of an empty folder): nothing was restored; an older "
+            "archive may hold the data: name it with --archive"
+        )
     return done
 
 

@@ -64,6 +64,14 @@ def _partials(folder: Path, target: str) -> list[Path]:
     return sorted(folder.glob(f".{target}-*.partial")) if folder.exists() else []
 
 
+def _size(path: Path) -> int:
+    """The file's size, 0 once it is gone (a partial renamed into place)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 # Hooks run in the working folder of `invoke`: they write where $STATE points, in the project.
 RUN_HOOKS = """
 hooks:
@@ -413,7 +421,10 @@ def test_a_run_that_listed_a_shared_folder_before_a_partial_appeared_still_sees_
     second = _start(project, "--format", "json")
     _wait_for((project.root / "early.listed").exists, second)
     first = _start(project, "--only", "big", "--format", "json")
-    _wait_for(lambda: _partials(backups, "big"), first)
+    # Once data is written to it: the run marks the lock file (creating it again if it is gone)
+    # just after it creates the partial, and a lock deleted before that came back, so the hook
+    # never saw the partial without it (a flake under load).
+    _wait_for(lambda: any(_size(p) for p in _partials(backups, "big")), first)
     (partial,) = _partials(backups, "big")
     (backups / ".big.lock").unlink()  # a tidy-minded person, or a clean-up script
 

@@ -692,6 +692,9 @@ def test_hosts_sharing_a_prefix_never_prune_each_others_copies(
     assert len(warnings) == 1, outputs["web1"]
     assert "was copied there by host web2, not by this host (web1) (and 1 more like it)" in warnings[0]
     assert "prefix: ${BACKUP_HOST}/" in warnings[0]
+    assert warnings[0].endswith(
+        "if this host replaces the one that made them, set BACKUP_HOST to that host's name to take them over"
+    )
     # status, from web2, reports web2's own newest copy.
     status = other.invoke("status", "--format", "json", env={**remote.env, "BACKUP_HOST": "web2"})
     assert made["web2"][-1] in status.stdout, status.output

@@ -572,3 +572,17 @@ def test_a_restore_of_archives_made_of_another_source_says_so(project: Project) 
     assert (project.root / "out" / "a.txt").read_text(encoding="utf-8") == "of src\n"
     plain = project.invoke("restore", "big", "--to", "out2")
     assert plain.code == 0 and "WARNING" not in plain.output, plain.output
+
+
+def test_a_restore_of_an_archive_of_nothing_says_so(project: Project) -> None:
+    # "restored ... (0 files ...)", exit 0, and no word that an older archive holds the data.
+    (project.root / "src").mkdir()
+    project.write_manifest("version: 1\ntargets: [{name: site, path: src}]\n")
+    assert project.invoke("backup").code == 0
+    [archive] = project.archives()
+    ran = project.invoke("restore", "site", "--to", "out")
+    assert ran.code == 0, ran.output
+    assert (
+        f"[WARNING] [site] {archive.name} holds no file (an archive of an empty folder): nothing was restored; an "
+        "older archive may hold the data: name it with --archive" in ran.output
+    ), ran.output

@@ -334,7 +334,8 @@ def _foreign_warning(remote: Remote, foreign: list[str]) -> str:
     return (
         f"{foreign[0]}{more}: another host's copies are neither counted nor deleted here; hosts that share "
         f"remote {remote.name} and a target name must each have their own prefix (prefix: ${{BACKUP_HOST}}/), "
-        "or each would prune the others' copies"
+        "or each would prune the others' copies; if this host replaces the one that made them, set BACKUP_HOST "
+        "to that host's name to take them over"
     )
 
 
