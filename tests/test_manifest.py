@@ -1377,3 +1377,16 @@ def test_a_hook_whose_program_is_empty_is_refused_by_validate(project: Project) 
     # Validated, it failed every run: "could not start: Permission denied".
     write(project, "version: 1", "hooks: {after: [['']]}", "targets: [{name: site, path: site}]")
     assert problems_of(project.manifest) == ["backups.yml:2:18: hooks.after[0][0]: '' should be non-empty"]
+
+
+def test_a_remote_prefix_too_long_for_a_key_is_refused_by_validate(project: Project) -> None:
+    # Accepted, every upload to S3 failed with KeyTooLongError.
+    write(
+        project, "version: 1", f"remotes: {{nas: {{type: folder, path: nas, prefix: {'a' * 900}}}}}",
+        "targets: [{name: site, path: site, offsite: [nas]}]",
+    )  # fmt: skip
+    [problem] = problems_of(project.manifest)
+    assert problem.endswith(
+        "remotes.nas.prefix: prefix is 900 bytes long; a copy's key (prefix, target name and archive name) may be "
+        "at most 1,024 bytes: keep the prefix to 800 bytes"
+    ), problem

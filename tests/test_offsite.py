@@ -1132,3 +1132,23 @@ def test_a_new_host_under_another_name_sends_no_archive_of_an_empty_folder(proje
     ), ran.output
     assert project.archives() == []
     assert len(list((project.root / "nas" / "site").glob("*.zip"))) == 1
+
+
+def test_status_of_a_host_whose_remote_holds_only_other_hosts_copies_says_so(project: Project) -> None:
+    # "no archive at all locally or on any remote (...; nas 3 archives 516 B)": a count the
+    # sentence before it seemed to deny.
+    project.file("src/a.txt")
+    (project.root / "nas").mkdir()
+    project.write_manifest(
+        "version: 1\nremotes: {nas: {type: folder, path: nas}}\n"
+        "targets: [{name: site, path: src, offsite: [nas], max_age: 26h}]\n"
+    )
+    assert project.invoke("backup", env={"BACKUP_HOST": "old"}).code == 0
+    for archive in project.archives():
+        archive.unlink()
+    ran = project.invoke("status", env={"BACKUP_HOST": "new"})
+    assert ran.code == 1, ran.output
+    assert (
+        "failed: [site] => no archive at all locally or on any remote (on remote nas, 1 copy this host did not "
+        "make); max_age is 26h" in ran.stdout
+    ), ran.output

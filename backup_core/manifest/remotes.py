@@ -64,6 +64,11 @@ class Remote:
         return data
 
 
+# A key is the prefix, the target's name (at most 64) twice, and about 45 bytes of time stamp,
+# suffixes and slashes: what is left of S3's 1,024 bytes for the prefix, with room to spare.
+_LONGEST_PREFIX = 800
+
+
 def resolve(
     document: Document, environ: Mapping[str, str], problems: list[Problem], broken: Set[str] = frozenset()
 ) -> dict[str, Remote]:
@@ -107,6 +112,15 @@ def _resolve_one(
     if prefix.startswith("/") or "//" in prefix or ".." in prefix.split("/"):
         problems.append(
             document.problem((*here, "prefix"), f"prefix {prefix!r} must be relative, without '//' or '..' parts")
+        )
+    elif len(prefix.encode("utf-8", "surrogateescape")) > _LONGEST_PREFIX:
+        # S3 refuses a key over 1,024 bytes: every upload failed with KeyTooLongError.
+        problems.append(
+            document.problem(
+                (*here, "prefix"),
+                f"prefix is {len(prefix.encode('utf-8', 'surrogateescape'))} bytes long; a copy's key (prefix, target "
+                f"name and archive name) may be at most 1,024 bytes: keep the prefix to {_LONGEST_PREFIX} bytes",
+            )
         )
     path = None
     if raw["type"] == "folder" and isinstance(raw.get("path"), str):

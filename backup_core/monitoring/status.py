@@ -354,10 +354,17 @@ def _freshness(stores: list[StoreState], limit: timedelta, now: datetime) -> lis
         )
     # A destination moved away or unmounted looks like a target never backed up: say which.
     gone = next((f" ({s.where} does not exist)" for s in missing if s.folder_missing), "")
+    # A store holding only what this host cannot vouch for (another host's copies, or objects put
+    # there by hand) holds "no archive" of its own, yet its count is not 0: said, or it read as a lie.
+    others = [s for s in missing if s.archives]
+    unvouched = "; ".join(
+        f"{place(s)}, {s.archives} cop{'y' if s.archives == 1 else 'ies'} this host did not make" for s in others
+    )
+    said = f" ({unvouched})" if unvouched else ""
     if missing and len(missing) == len(stores) and everywhere:
-        problems.append("no archive at all" + (" locally or on any remote" if remotes else "") + gone)
+        problems.append("no archive at all" + (" locally or on any remote" if remotes else "") + gone + said)
     elif missing:
-        problems.append("no archive " + " or ".join(place(s) for s in missing) + gone)
+        problems.append("no archive " + " or ".join(place(s) for s in missing) + gone + said)
     if old:
         problems.append(
             " and ".join(
