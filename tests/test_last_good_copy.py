@@ -50,10 +50,15 @@ def test_an_empty_source_beside_no_local_archive_leaves_the_remotes_copies_alone
     assert ran.code == 1 and said in ran.stdout, ran.output
     assert f"restore site --to {project.root / 'site'} --remote {remote.name}" in ran.stdout
     assert remote.names("site") == [good] and project.archives() == []
-    # Meant to be empty: once forced, it is archived and sent as any other archive.
+    # Meant to be empty: once forced, it is archived and sent as any other archive; an archive of
+    # nothing deletes no copy (each later run of the empty folder took one more full copy away),
+    # until a prune applies the remote's keep.
     forced = run(project, remote, "backup", "--force", now=START + timedelta(days=2))
     assert forced.code == 0 and "(0 files" in forced.stdout, forced.output
     [empty] = project.archives()
+    assert remote.names("site") == [good, empty.name]
+    pruned = run(project, remote, "prune", now=START + timedelta(days=2))
+    assert pruned.code == 0, pruned.output
     assert remote.names("site") == [empty.name]
 
 

@@ -1152,3 +1152,23 @@ def test_status_of_a_host_whose_remote_holds_only_other_hosts_copies_says_so(pro
         "failed: [site] => no archive at all locally or on any remote (on remote nas, 1 copy this host did not "
         "make); max_age is 26h" in ran.stdout
     ), ran.output
+
+
+def test_a_remote_restore_says_it_passed_over_a_copy_dated_in_the_future(project: Project) -> None:
+    # Passed over without a word, while one dated in the past but not this tool's was named.
+    import shutil
+
+    project.file("src/a.txt")
+    (project.root / "nas").mkdir()
+    project.write_manifest(
+        "version: 1\nremotes: {nas: {type: folder, path: nas}}\ntargets: [{name: site, path: src, offsite: [nas]}]\n"
+    )
+    assert project.invoke("backup").code == 0
+    [copy] = (project.root / "nas" / "site").glob("*.zip")
+    future = archive_file_name("site", datetime(2099, 1, 1, tzinfo=timezone.utc))
+    for suffix in ("", ".sha256", ".host"):
+        shutil.copy2(f"{copy}{suffix}", copy.parent / f"{future}{suffix}")
+    ran = project.invoke("restore", "site", "--to", "out", "--remote", "nas")
+    assert ran.code == 0, ran.output
+    assert f"passed over a newer copy: {future} is dated in the future (a clock ahead?)" in ran.output, ran.output
+    assert f"restored: [site] => {copy.name}" in ran.stdout, ran.output

@@ -451,7 +451,13 @@ def newest_good(store: Store, target: str, held: list[Stored], now: datetime) ->
     hosts share, a replacement host may want it).  A newer copy with no recorded checksum is
     passed over (not this tool's); one whose recorded checksum no longer matches is damaged:
     none is chosen, and `damaged` names it and the newest good copy older than it."""
-    passed: list[str] = []
+    # Dated in the future (a clock ahead, or put there by hand): never the default, but said, as
+    # a local restore says it; they were passed over without a word.
+    passed = [
+        f"{s.name} is dated in the future (a clock ahead?)"
+        for s in reversed(held)
+        if s.when > now + retention.FUTURE_TOLERANCE
+    ]
     damaged: str | None = None
     for stored in reversed([s for s in held if s.when <= now + retention.FUTURE_TOLERANCE]):
         why = store.vouched(target, stored)
