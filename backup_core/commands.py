@@ -516,6 +516,14 @@ def _restore_remote(
     held = store.list(target.name)
     if archive:
         named = [s for s in held if archive in (s.name, s.archive)]
+        inner = getattr(store, "inner", None)  # an encrypted remote's own store, which lists plain copies too
+        if inner is not None:
+            # A plain copy from before encryption was turned on, named by its file's name: its
+            # series is kept, and it is restored as it is (it was "no copy of that name", while
+            # the file was there).  The same archive's encrypted copy is named with its .age.
+            plain = [s for s in inner.list(target.name) if not s.encrypted and s.name == archive]
+            if plain:
+                store, named = inner, plain
         if not named:
             # A name that is not there is the flag's mistake, as for a local restore (exit 2).
             raise UsageError(

@@ -787,3 +787,24 @@ def test_a_recipients_file_that_is_a_named_pipe_is_a_located_problem_not_a_hang(
     ran = project.invoke("list", timeout=60)
     assert ran.code == 2, ran.output
     assert f"cannot read {pipe}: not a regular file: a named pipe, a folder or a device" in ran.stderr
+
+
+def test_a_plain_copy_from_before_encryption_is_restored_when_named(project: Project) -> None:
+    # Its series is kept when encryption is turned on, and named with --archive it was "no copy
+    # of that name", exit 2, while the file was there.
+    key = age_key(project.root)
+    write_project(project, encryption_yaml([key.public]))
+    plain_manifest = project.manifest.read_text(encoding="utf-8")
+    project.write_manifest(plain_manifest.replace(f"encryption: {encryption_yaml([key.public])}", ""))
+    assert "encryption" not in project.manifest.read_text(encoding="utf-8")
+    assert project.invoke("backup", env={"BACKUP_NOW": "2026-01-01T00:00:00Z"}).code == 0
+    [plain] = [p.name for p in (project.root / "vault" / "site").glob("*.zip")]
+    project.write_manifest(plain_manifest)  # encrypted from now on
+    assert project.invoke("backup", env={"BACKUP_NOW": "2026-01-02T00:00:00Z"}).code == 0
+    assert (project.root / "vault" / "site" / f"{plain}.age").exists()  # the new series holds it too, encrypted
+
+    ran = project.invoke("restore", "site", "--to", "out", "--remote", "vault", "--archive", plain)
+
+    assert ran.code == 0, ran.output
+    assert f"restored: [site] => {plain}" in ran.stdout, ran.output
+    assert (project.root / "out" / f"{MARKER}.txt").read_text(encoding="utf-8") == "named after the marker\n"
