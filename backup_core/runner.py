@@ -549,6 +549,13 @@ def backup_target(target: Target, options: Options) -> TargetResult:
                 # After the before hooks: one of them may be what mounts or prepares the source.
                 kind = sources.kind_of(target.path, target.type)
                 now_there = _archive(target, kind, options, result, names)
+                if kind != "folder" and target.exclude and sources.matches(target.path.name, target.exclude):
+                    # exclude picks files out of a folder: a file target is its file, archived
+                    # all the same, which the operator who wrote `exclude: ['*']` did not expect.
+                    result.warnings.append(
+                        f"exclude matches {target.path.name}, but a target that is one file is archived whatever "
+                        "exclude says (it picks files out of a folder)"
+                    )
             except KeyboardInterrupt as exc:
                 # Stopped (Ctrl-C, SIGTERM): a before hook may have stopped a service that
                 # on_failure starts again.  The run stops after this target.  An interrupt

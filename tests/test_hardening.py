@@ -659,3 +659,16 @@ def test_a_file_target_whose_path_changed_to_another_file_is_no_change_of_kind(p
     project.write_manifest("version: 1\ntargets: [{name: notes, path: src/other/o.txt}]\n")
     ran = project.invoke("backup")
     assert ran.code == 0, ran.output
+
+
+def test_exclude_matching_a_file_targets_own_file_is_said_to_do_nothing(project: Project) -> None:
+    # exclude: ['*'] on a target that is one file archived it, exit 0, without a word.
+    project.file("notes.txt", "notes\n")
+    project.write_manifest("version: 1\ntargets: [{name: notes, path: notes.txt, exclude: ['*']}]\n")
+    ran = project.invoke("backup")
+    assert ran.code == 0, ran.output
+    assert (
+        "[WARNING] [notes] exclude matches notes.txt, but a target that is one file is archived whatever exclude "
+        "says (it picks files out of a folder)" in ran.output
+    ), ran.output
+    assert len(project.archives()) == 1
