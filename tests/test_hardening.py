@@ -592,34 +592,6 @@ def test_a_device_as_destination_is_not_advised_to_be_removed(project: Project) 
     ), ran.output
 
 
-def test_a_folder_holding_one_file_of_its_own_name_is_no_change_of_kind(project: Project) -> None:
-    # data/data archives as one member named like the folder, as a file target named data would:
-    # every run after the first failed, "src/data is now a folder, but ... holds the file".
-    project.file("src/data/data", "hi\n")
-    project.write_manifest("version: 1\ntargets: [{name: data, path: src/data}]\n")
-    assert project.invoke("backup").code == 0
-    project.file("src/data/data", "hi again\n")
-    ran = project.invoke("backup")
-    assert ran.code == 0, ran.output
-    assert len(project.archives()) == 2
-
-
-def test_a_newest_archive_whose_directory_cannot_be_read_does_not_stop_a_file_target(project: Project) -> None:
-    # It was said to "hold a folder", and no new archive could be made while it was the newest.
-    project.file("src/a.txt", "first\n")
-    project.write_manifest("version: 1\ntargets: [{name: c, path: src/a.txt}]\n")
-    assert project.invoke("backup").code == 0
-    [archive] = project.archives()
-    data = bytearray(archive.read_bytes())
-    at = data.rindex(b"PK\x01\x02")
-    data[at + 28 : at + 30] = (0xFFFF).to_bytes(2, "little")  # its name's length, past the directory's end
-    archive.write_bytes(bytes(data))
-    project.file("src/a.txt", "second\n")
-    ran = project.invoke("backup")
-    assert ran.code == 0, ran.output
-    assert len(project.archives()) == 2
-
-
 def test_an_archive_of_nothing_rotates_away_no_archive_or_copy_that_holds_files(project: Project) -> None:
     # Once an emptied folder was taken with --force, each later run rotated one more archive
     # that held files away, here and on the remote, until none was left.
@@ -646,21 +618,6 @@ def test_an_archive_of_nothing_rotates_away_no_archive_or_copy_that_holds_files(
     assert (project.root / "nas" / "t" / full.name).exists()
 
 
-def test_a_file_target_whose_path_changed_to_another_file_is_no_change_of_kind(project: Project) -> None:
-    # Its archive holds one member of another name: "is now a file, but ... holds a folder", where
-    # no record of the source was there to tell the change (destinations made before it).
-    from backup_core.stores import archives
-
-    project.file("src/notes.txt", "notes\n")
-    project.file("src/other/o.txt", "other\n")
-    project.write_manifest("version: 1\ntargets: [{name: notes, path: src/notes.txt}]\n")
-    assert project.invoke("backup").code == 0
-    archives._origin_path(project.root / "backups", "notes").unlink()
-    project.write_manifest("version: 1\ntargets: [{name: notes, path: src/other/o.txt}]\n")
-    ran = project.invoke("backup")
-    assert ran.code == 0, ran.output
-
-
 def test_exclude_matching_a_file_targets_own_file_is_said_to_do_nothing(project: Project) -> None:
     # exclude: ['*'] on a target that is one file archived it, exit 0, without a word.
     project.file("notes.txt", "notes\n")
@@ -672,3 +629,36 @@ def test_exclude_matching_a_file_targets_own_file_is_said_to_do_nothing(project:
         "says (it picks files out of a folder)" in ran.output
     ), ran.output
     assert len(project.archives()) == 1
+
+
+@pytest.mark.parametrize("case", ["folder of its own name", "unreadable archive", "another file"])
+def test_a_second_backup_that_is_no_change_of_kind_is_not_refused(project: Project, case: str) -> None:
+    # Each was refused as a change between file and folder:
+    # - data/data archives as one member named like the folder, as a file target named data
+    #   would: every run after the first failed, "src/data is now a folder, but ... holds the file";
+    # - a newest archive whose directory cannot be read was said to "hold a folder", and no new
+    #   archive could be made while it was the newest;
+    # - a file target whose path changed to another file (no record of the source there to tell
+    #   the change, as in destinations made before it) holds one member of another name.
+    from backup_core.stores import archives
+
+    path = {"folder of its own name": "src/data", "unreadable archive": "src/a.txt", "another file": "src/n.txt"}[case]
+    project.file("src/data/data" if case == "folder of its own name" else path, "first\n")
+    project.write_manifest(f"version: 1\ntargets: [{{name: t, path: {path}}}]\n")
+    assert project.invoke("backup").code == 0
+    [archive] = project.archives()
+    if case == "folder of its own name":
+        project.file("src/data/data", "second\n")
+    elif case == "unreadable archive":
+        data = bytearray(archive.read_bytes())
+        at = data.rindex(b"PK\x01\x02")
+        data[at + 28 : at + 30] = (0xFFFF).to_bytes(2, "little")  # its name's length, past the directory's end
+        archive.write_bytes(bytes(data))
+        project.file(path, "second\n")
+    else:
+        archives._origin_path(project.root / "backups", "t").unlink()
+        project.file("src/other/o.txt", "other\n")
+        project.write_manifest("version: 1\ntargets: [{name: t, path: src/other/o.txt}]\n")
+    ran = project.invoke("backup")
+    assert ran.code == 0, ran.output
+    assert len(project.archives()) == 2
