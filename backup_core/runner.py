@@ -931,10 +931,11 @@ def _refuse_other_kind(target: Target, kind: str, options: Options, existing: li
     a file target whose path changed to another file holds one member of another name)."""
     if target.type != "auto" or options.force:
         return
-    newest = next((a for a in reversed(existing) if not archives.ending(a.path).broken), None)
-    if newest is None:
+    ends = ((a, archives.ending(a.path)) for a in reversed(existing))
+    newest, ending = next(((a, end) for a, end in ends if not end.broken), (None, None))
+    if newest is None or ending is None:
         return
-    entries = archives.ending(newest.path).members
+    entries = ending.members
     if kind == "folder":
         if entries != 1 or _only_member(newest.path) != target.path.name:
             return
@@ -1532,9 +1533,9 @@ def _newest_kept_problem(existing: list[Archive], doomed: list[Archive], forced:
         # An archive of nothing (an empty folder, or a zip put there by hand) as the newest: a
         # backup refuses to make one over archives that hold files (see _refuse_emptied), and
         # prune, trusting it, deleted every archive that did.
-        fuller = next((a for a in sorted(going, key=_when, reverse=True) if _held(a.path)), None)
+        counted = ((a, _held(a.path)) for a in sorted(going, key=_when, reverse=True))
+        fuller, count = next(((a, n) for a, n in counted if n), (None, 0))
         if fuller is not None:
-            count = _held(fuller.path)
             files = f"{count} file{'s' * (count != 1)}"
             why = f"it holds no file, while {fuller.name}, which it would delete, holds {files}"
             anyway = f"; to prune anyway, run {command('prune --force')}"

@@ -287,10 +287,13 @@ _SCHEMA_KINDS = {
     "string": "text",
     "boolean": "true or false",
 }
+# What a target's or a remote's name may hold (the schema's pattern for either).
+_SAFE_NAME = "use letters, digits, '-' and '_' (at most 64, starting with a letter or digit)"
 # What a key's text must look like, for the messages of its type and pattern checks.
+_DURATION = "a duration like 36h, 14d, 8w, 6m or 1y"
 _FORMS = {
-    "within": "a duration like 36h, 14d, 8w, 6m or 1y",
-    "max_age": "a duration like 36h, 14d, 8w, 6m or 1y",
+    "within": _DURATION,
+    "max_age": _DURATION,
     "max_bandwidth": "a rate in bytes a second like 512K, 10M or 1G (a whole number, then K, M or G, 1024-based)",
 }
 
@@ -380,8 +383,7 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
         return [
             document.problem(
                 path,
-                f"'{error.instance}' is not a safe remote name: use letters, digits, '-' and '_' "
-                "(at most 64, starting with a letter or digit)",
+                f"'{error.instance}' is not a safe remote name: {_SAFE_NAME}",
             )
         ]
     if error.validator == "type" and isinstance(error.instance, str):
@@ -412,8 +414,7 @@ def _explain(document: Document, error: jsonschema.ValidationError) -> list[Prob
         return [
             document.problem(
                 path,
-                f"'{error.instance}' is not a safe name: use letters, digits, '-' and '_' "
-                "(at most 64, starting with a letter or digit)",
+                f"'{error.instance}' is not a safe name: {_SAFE_NAME}",
             )
         ]
     if error.validator == "pattern" and path == ("metrics_file",):

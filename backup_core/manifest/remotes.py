@@ -113,13 +113,13 @@ def _resolve_one(
         problems.append(
             document.problem((*here, "prefix"), f"prefix {prefix!r} must be relative, without '//' or '..' parts")
         )
-    elif len(prefix.encode("utf-8", "surrogateescape")) > _LONGEST_PREFIX:
+    elif (length := len(prefix.encode("utf-8", "surrogateescape"))) > _LONGEST_PREFIX:
         # S3 refuses a key over 1,024 bytes: every upload failed with KeyTooLongError.
         problems.append(
             document.problem(
                 (*here, "prefix"),
-                f"prefix is {len(prefix.encode('utf-8', 'surrogateescape'))} bytes long; a copy's key (prefix, target "
-                f"name and archive name) may be at most 1,024 bytes: keep the prefix to {_LONGEST_PREFIX} bytes",
+                f"prefix is {length} bytes long; a copy's key (prefix, target name and archive name) may be at "
+                f"most 1,024 bytes: keep the prefix to {_LONGEST_PREFIX} bytes",
             )
         )
     path = None

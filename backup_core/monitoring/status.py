@@ -230,10 +230,18 @@ def list_store(
         store = open_store()
         state.where = store.describe()
         held: list[Stored] = store.list(target.name)
-        ahead = [s for s in held if now is not None and s.when > now + _CLOCK_SLACK]
+        latest = None if now is None else now + _CLOCK_SLACK  # dated past it: ahead of the clock
+        ahead = [s for s in held if latest is not None and s.when > latest]
         # The newest copy this tool put there: an object someone else wrote under a newer
         # archive's name must not make a stale remote look fresh.
-        newest = next((s for s in reversed(held) if s not in ahead and store.vouched(target.name, s) is None), None)
+        newest = next(
+            (
+                s
+                for s in reversed(held)
+                if (latest is None or s.when <= latest) and store.vouched(target.name, s) is None
+            ),
+            None,
+        )
     except BackupError as exc:
         state.error = str(exc)
     except OSError as exc:

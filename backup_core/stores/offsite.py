@@ -453,13 +453,10 @@ def newest_good(store: Store, target: str, held: list[Stored], now: datetime) ->
     none is chosen, and `damaged` names it and the newest good copy older than it."""
     # Dated in the future (a clock ahead, or put there by hand): never the default, but said, as
     # a local restore says it; they were passed over without a word.
-    passed = [
-        f"{s.name} is dated in the future (a clock ahead?)"
-        for s in reversed(held)
-        if s.when > now + retention.FUTURE_TOLERANCE
-    ]
+    latest = now + retention.FUTURE_TOLERANCE
+    passed = [f"{s.name} is dated in the future (a clock ahead?)" for s in reversed(held) if s.when > latest]
     damaged: str | None = None
-    for stored in reversed([s for s in held if s.when <= now + retention.FUTURE_TOLERANCE]):
+    for stored in reversed([s for s in held if s.when <= latest]):
         why = store.vouched(target, stored)
         if why is None or isinstance(why, Foreign):
             if damaged is None:

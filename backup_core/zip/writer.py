@@ -363,7 +363,7 @@ class ZipWriter:
             return False
         except OSError as exc:
             raise packing.read_error(large.path, exc) from None
-        if packing.replaced(large.seen, packing.identity(st)) and packing.through_a_link(large.path, member.name):
+        if packing.swapped(large.path, member.name, large.seen, packing.identity(st)):
             large.gone = packing.Replaced(large.path)  # a regular file renamed over it is read again
             return False
         if not stat.S_ISREG(st.st_mode):
